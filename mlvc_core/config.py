@@ -1,0 +1,75 @@
+"""The repository config: format version, hash, chunker and compression settings.
+
+Stored as JSON under the key ``config``, written once by ``init`` and never rewritten, so every
+writer of a repository chunks and compresses alike (changing the chunker would silently destroy
+dedup). Opening a repository checks the format version first and refuses one it does not know.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from mlvc_core.chunker import ChunkerParams
+from mlvc_core.errors import FormatError, UnsupportedFormatVersion
+
+FORMAT = "mlvc"
+FORMAT_VERSION = 1
+SUPPORTED_VERSIONS = (1,)
+HASH = "blake3-256"
+DEFAULT_PACK_SIZE = 64 << 20
+
+
+@dataclass(frozen=True)
+class RepoConfig:
+    """What every reader and writer of one repository agrees on."""
+
+    chunker: ChunkerParams = field(default_factory=ChunkerParams)
+    compression_level: int = 1
+    pack_size: int = DEFAULT_PACK_SIZE
+    repo_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    version: int = FORMAT_VERSION
+
+    def encode(self) -> bytes:
+        """JSON form."""
+        doc = {
+            "format": FORMAT,
+            "version": self.version,
+            "id": self.repo_id,
+            "hash": HASH,
+            "chunker": self.chunker.to_dict(),
+            "compression": {"codec": "zstd", "level": self.compression_level},
+            "pack_size": self.pack_size,
+        }
+        return (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode()
+
+    @classmethod
+    def decode(cls, data: bytes) -> RepoConfig:
+        """Parse and check a stored config.
+
+        Raises:
+            UnsupportedFormatVersion: A version this mlvc does not know.
+            FormatError: Not an mlvc config.
+        """
+        try:
+            doc: dict[str, Any] = json.loads(data)
+        except ValueError as exc:
+            raise FormatError(f"repository config is not JSON: {exc}") from exc
+        if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+            raise FormatError("not an mlvc repository config")
+        if doc.get("version") not in SUPPORTED_VERSIONS:
+            raise UnsupportedFormatVersion(doc.get("version"), SUPPORTED_VERSIONS)
+        if doc.get("hash") != HASH:
+            raise FormatError(f"unsupported hash {doc.get('hash')!r}")
+        try:
+            return cls(
+                chunker=ChunkerParams.from_dict(doc["chunker"]),
+                compression_level=int(doc["compression"]["level"]),
+                pack_size=int(doc["pack_size"]),
+                repo_id=str(doc["id"]),
+                version=int(doc["version"]),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise FormatError(f"malformed repository config: {exc}") from exc

@@ -1,0 +1,255 @@
+"""The data model: manifests, trees and commits, with one canonical msgpack encoding each.
+
+Pure: no I/O. The same content always encodes to the same bytes, so it always gets the same id
+(:func:`object_id`). Decoding validates shapes and, for trees, entry names, so a hostile tree can
+never name a path outside its checkout directory.
+
+* :class:`Manifest` - one file: its size and its ordered chunks ``(chunk id, length)``.
+* :class:`Tree` - a directory: entries sorted by name; each a file (-> manifest), a directory
+  (-> tree) or a symlink (its target inline).
+* :class:`Commit` - a tree, parent commits, author, time, message and a free-form metadata
+  mapping (experiment params, step, metrics...).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import msgpack
+
+from mlvc_core.errors import FormatError, UnsafePath
+from mlvc_core.ids import DIGEST_SIZE, ObjectId, hash_bytes
+
+# Kind codes, also used in pack indexes.
+CHUNK = 0
+MANIFEST = 1
+TREE = 2
+COMMIT = 3
+KIND_NAMES = {CHUNK: "chunk", MANIFEST: "manifest", TREE: "tree", COMMIT: "commit"}
+_TAGS = {"manifest": MANIFEST, "tree": TREE, "commit": COMMIT}
+
+EntryKind = Literal["file", "dir", "link"]
+MAX_OBJECT_SIZE = 256 << 20
+"""Largest encoded object accepted (a manifest of a 1 TiB file is about 170 MiB)."""
+
+
+def check_name(name: str) -> str:
+    """Validate one path component of a tree entry; return it.
+
+    Raises:
+        UnsafePath: Empty, ``.``/``..``, or containing a separator or NUL.
+    """
+    if (
+        not isinstance(name, str)
+        or name in ("", ".", "..")
+        or "/" in name
+        or "\\" in name
+        or "\x00" in name
+    ):
+        raise UnsafePath(f"unsafe name in tree: {name!r}")
+    return name
+
+
+def _oid(value: Any, what: str) -> ObjectId:
+    if not isinstance(value, bytes) or len(value) != DIGEST_SIZE:
+        raise FormatError(f"{what} is not an object id")
+    return ObjectId(value)
+
+
+def canonical(value: Any) -> Any:
+    """Normalise a metadata value so equal content encodes to equal bytes.
+
+    Maps get sorted string keys; tuples become lists; non-finite floats become strings
+    (``"nan"``, ``"inf"``) as JSON cannot carry them and tools reading ``--json`` rely on that.
+
+    Raises:
+        FormatError: A value msgpack cannot carry (sets, objects...).
+    """
+    if isinstance(value, Mapping):
+        return {str(k): canonical(value[k]) for k in sorted(value, key=str)}
+    if isinstance(value, (list, tuple)):
+        return [canonical(v) for v in value]
+    if isinstance(value, bool) or value is None or isinstance(value, (int, str, bytes)):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)
+    # numpy / torch scalars and the like
+    item = getattr(value, "item", None)
+    if callable(item):
+        return canonical(item())
+    raise FormatError(f"cannot store value of type {type(value).__name__}: {value!r}")
+
+
+def _pack(doc: dict[str, Any]) -> bytes:
+    return msgpack.packb(doc, use_bin_type=True)  # type: ignore[no-any-return]
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """A file: total size and ordered ``(chunk id, length)`` pairs."""
+
+    size: int
+    chunks: tuple[tuple[ObjectId, int], ...]
+
+    kind = MANIFEST
+
+    def encode(self) -> bytes:
+        """Canonical bytes."""
+        return _pack({"t": "manifest", "size": self.size, "chunks": [list(c) for c in self.chunks]})
+
+
+@dataclass(frozen=True)
+class TreeEntry:
+    """One name in a directory."""
+
+    name: str
+    kind: EntryKind
+    oid: ObjectId | None = None
+    """Manifest id (file) or tree id (dir); None for a link."""
+    size: int = 0
+    """File size, or total size of a directory's files."""
+    mode: int = 0o644
+    target: str | None = None
+    """Symlink target, for links."""
+
+    def to_list(self) -> list[Any]:
+        """Encoded form."""
+        return [self.name, self.kind, self.oid, self.size, self.mode, self.target]
+
+
+@dataclass(frozen=True)
+class Tree:
+    """A directory: entries with unique names, sorted by name."""
+
+    entries: tuple[TreeEntry, ...] = ()
+
+    kind = TREE
+
+    def __post_init__(self) -> None:
+        names = [e.name for e in self.entries]
+        if names != sorted(names) or len(set(names)) != len(names):
+            object.__setattr__(
+                self, "entries", tuple(sorted({e.name: e for e in self.entries}.values(),
+                                              key=lambda e: e.name))
+            )
+
+    def encode(self) -> bytes:
+        """Canonical bytes."""
+        return _pack({"t": "tree", "entries": [e.to_list() for e in self.entries]})
+
+    def get(self, name: str) -> TreeEntry | None:
+        """The entry called ``name``."""
+        for e in self.entries:
+            if e.name == name:
+                return e
+        return None
+
+    @property
+    def size(self) -> int:
+        """Sum of the entries' sizes."""
+        return sum(e.size for e in self.entries)
+
+
+@dataclass(frozen=True)
+class Commit:
+    """A snapshot: a tree plus history and metadata."""
+
+    tree: ObjectId
+    parents: tuple[ObjectId, ...] = ()
+    author: str = ""
+    time: float = 0.0
+    message: str = ""
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    kind = COMMIT
+
+    def encode(self) -> bytes:
+        """Canonical bytes."""
+        return _pack(
+            {
+                "t": "commit",
+                "tree": self.tree,
+                "parents": list(self.parents),
+                "author": self.author,
+                "time": float(self.time),
+                "message": self.message,
+                "meta": canonical(self.metadata),
+            }
+        )
+
+
+Object = Manifest | Tree | Commit
+
+
+def object_id(obj: Object) -> ObjectId:
+    """The id of an object: BLAKE3 of its canonical encoding."""
+    return hash_bytes(obj.encode())
+
+
+def decode(data: bytes) -> Object:
+    """Decode canonical bytes into an object, validating its shape.
+
+    Raises:
+        FormatError: Not a well-formed object.
+        UnsafePath: A tree entry with an unsafe name or link target.
+    """
+    if len(data) > MAX_OBJECT_SIZE:
+        raise FormatError("object too large")
+    try:
+        doc = msgpack.unpackb(data, raw=False, strict_map_key=True)
+    except (ValueError, msgpack.UnpackException, TypeError) as exc:
+        raise FormatError(f"undecodable object: {exc}") from exc
+    if not isinstance(doc, dict) or doc.get("t") not in _TAGS:
+        raise FormatError("not an mlvc object")
+    try:
+        t = doc["t"]
+        if t == "manifest":
+            chunks = tuple((_oid(c[0], "chunk"), int(c[1])) for c in doc["chunks"])
+            size = int(doc["size"])
+            if sum(n for _, n in chunks) != size:
+                raise FormatError("manifest chunk lengths do not add up to its size")
+            return Manifest(size, chunks)
+        if t == "tree":
+            entries = []
+            for raw in doc["entries"]:
+                name, kind, oid, size, mode, target = raw
+                check_name(name)
+                if kind == "link":
+                    if not isinstance(target, str):
+                        raise FormatError(f"link {name!r} has no target")
+                    entries.append(TreeEntry(name, "link", None, 0, int(mode), target))
+                elif kind in ("file", "dir"):
+                    entries.append(
+                        TreeEntry(name, kind, _oid(oid, name), int(size), int(mode), None)
+                    )
+                else:
+                    raise FormatError(f"unknown entry kind {kind!r}")
+            return Tree(tuple(entries))
+        return Commit(
+            tree=_oid(doc["tree"], "tree"),
+            parents=tuple(_oid(p, "parent") for p in doc["parents"]),
+            author=str(doc["author"]),
+            time=float(doc["time"]),
+            message=str(doc["message"]),
+            metadata=dict(doc["meta"]),
+        )
+    except (KeyError, ValueError, TypeError, IndexError) as exc:
+        raise FormatError(f"malformed {doc.get('t')} object: {exc}") from exc
+
+
+def iter_tree_refs(obj: Object) -> Iterator[tuple[int, ObjectId]]:
+    """The ``(kind, id)`` of every object ``obj`` points at directly."""
+    if isinstance(obj, Commit):
+        yield TREE, obj.tree
+        for p in obj.parents:
+            yield COMMIT, p
+    elif isinstance(obj, Tree):
+        for e in obj.entries:
+            if e.oid is not None:
+                yield (MANIFEST if e.kind == "file" else TREE), e.oid
+    else:
+        for cid, _ in obj.chunks:
+            yield CHUNK, cid

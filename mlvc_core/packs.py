@@ -1,0 +1,161 @@
+"""Pack files and their indexes.
+
+A pack (``packs/<aa>/<id>``, ``id`` = 32 random hex digits) is::
+
+    b"MLVCPCK1" | payload | payload | ... | index blob | u64 length of index blob | b"MLVCEND1"
+
+Payloads are chunks or encoded objects, each compressed on its own (``mlvc_core.codec``). A
+pack is streamed straight to its final store key (published atomically on close) and never
+modified afterwards. Its index (``index/<id>``) is written after the pack, and the same index
+blob also ends the pack itself so a lost index can be rebuilt from the pack alone.
+
+Index blob::
+
+    b"MLVCIDX1" | blake3(body) (32 bytes) | body = zstd(msgpack({"pack": id, "entries": [...]}))
+
+with one entry ``[id, kind, offset, stored_len, raw_len, codec]`` per payload. Readers trust a
+pack only through its index, so a pack whose writer died before the index was written is
+invisible (and ``gc`` reclaims it after the grace period).
+"""
+
+from __future__ import annotations
+
+import struct
+import uuid
+from typing import NamedTuple
+
+import msgpack
+
+from mlvc_core.codec import compress_blob, decompress_blob
+from mlvc_core.errors import FormatError, IntegrityError
+from mlvc_core.ids import DIGEST_SIZE, ObjectId, hash_bytes
+from mlvc_core.storage.base import Store, Writer
+
+PACK_MAGIC = b"MLVCPCK1"
+END_MAGIC = b"MLVCEND1"
+INDEX_MAGIC = b"MLVCIDX1"
+PACK_PREFIX = "packs/"
+INDEX_PREFIX = "index/"
+
+
+class Location(NamedTuple):
+    """Where one payload lives."""
+
+    pack: str
+    offset: int
+    stored_len: int
+    raw_len: int
+    codec: int
+    kind: int
+
+
+def pack_key(pack_id: str) -> str:
+    """Store key of a pack."""
+    return f"{PACK_PREFIX}{pack_id[:2]}/{pack_id}"
+
+
+def index_key(pack_id: str) -> str:
+    """Store key of a pack's index."""
+    return f"{INDEX_PREFIX}{pack_id}"
+
+
+def new_pack_id() -> str:
+    """A fresh random pack id."""
+    return uuid.uuid4().hex
+
+
+def encode_index(pack_id: str, entries: list[tuple[ObjectId, Location]]) -> bytes:
+    """Encode an index blob."""
+    body = compress_blob(
+        msgpack.packb(
+            {
+                "pack": pack_id,
+                "entries": [
+                    [oid, loc.kind, loc.offset, loc.stored_len, loc.raw_len, loc.codec]
+                    for oid, loc in entries
+                ],
+            },
+            use_bin_type=True,
+        )
+    )
+    return INDEX_MAGIC + hash_bytes(body) + body
+
+
+def decode_index(data: bytes, name: str) -> tuple[str, list[tuple[ObjectId, Location]]]:
+    """Decode and verify an index blob.
+
+    Raises:
+        IntegrityError: The body does not match its recorded hash.
+        FormatError: Not an index blob.
+    """
+    if data[:8] != INDEX_MAGIC:
+        raise FormatError(f"index {name} has no index header")
+    digest, body = data[8 : 8 + DIGEST_SIZE], data[8 + DIGEST_SIZE :]
+    if hash_bytes(body) != digest:
+        raise IntegrityError(name, "index does not match its checksum")
+    try:
+        doc = msgpack.unpackb(decompress_blob(body), raw=False)
+        pack_id = str(doc["pack"])
+        out = [
+            (ObjectId(e[0]), Location(pack_id, int(e[2]), int(e[3]), int(e[4]), int(e[5]), int(e[1])))
+            for e in doc["entries"]
+        ]
+    except (KeyError, TypeError, ValueError, IndexError, msgpack.UnpackException) as exc:
+        raise FormatError(f"malformed index {name}: {exc}") from exc
+    return pack_id, out
+
+
+def read_pack_trailer(store: Store, pack_id: str, size: int) -> bytes:
+    """The index blob stored at the end of a pack (to rebuild a lost index).
+
+    Raises:
+        FormatError: The pack has no valid trailer (its writer died before closing it).
+    """
+    key = pack_key(pack_id)
+    if size < 8 + 16:
+        raise FormatError(f"pack {pack_id} is truncated")
+    tail = store.read_range(key, size - 16, 16)
+    if tail[8:] != END_MAGIC:
+        raise FormatError(f"pack {pack_id} has no trailer")
+    (n,) = struct.unpack("<Q", tail[:8])
+    if n > size - 24:
+        raise FormatError(f"pack {pack_id} has a bad trailer")
+    return store.read_range(key, size - 16 - n, n)
+
+
+class PackWriter:
+    """Appends payloads to one new pack; :meth:`finish` publishes pack then index."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.pack_id = new_pack_id()
+        self._out: Writer | None = store.open_write(pack_key(self.pack_id))
+        self._out.write(PACK_MAGIC)
+        self.size = len(PACK_MAGIC)
+        self.entries: list[tuple[ObjectId, Location]] = []
+
+    def add(self, oid: ObjectId, kind: int, codec: int, payload: bytes | memoryview, raw_len: int) -> Location:
+        """Append one payload; return where it went."""
+        assert self._out is not None, "pack already finished"
+        loc = Location(self.pack_id, self.size, len(payload), raw_len, codec, kind)
+        self._out.write(payload)
+        self.size += len(payload)
+        self.entries.append((oid, loc))
+        return loc
+
+    def finish(self) -> list[tuple[ObjectId, Location]]:
+        """Close the pack, then write its index. Returns the entries."""
+        assert self._out is not None, "pack already finished"
+        blob = encode_index(self.pack_id, self.entries)
+        self._out.write(blob)
+        self._out.write(struct.pack("<Q", len(blob)) + END_MAGIC)
+        out, self._out = self._out, None
+        out.close()
+        self.store.write(index_key(self.pack_id), blob)
+        return self.entries
+
+    def abort(self) -> None:
+        """Discard the pack."""
+        if self._out is not None:
+            self._out.abort()
+            self._out = None

@@ -1,0 +1,200 @@
+"""Refs: named pointers to commits, moved only by compare-and-swap.
+
+Kinds (key ``refs/<kind>/<name>`` in the store):
+
+* ``heads/<branch>`` - branches for ``mlvc commit`` (default ``main``);
+* ``experiments/<id>`` - an experiment's newest commit;
+* ``tags/<name>`` - named versions such as ``production``.
+
+A ref's value is a small JSON document: ``{"target": "<hex commit id>", ...summary}``. The
+summary (status, params, latest step, best metric...) lets ``ls`` show experiments by reading
+one small object each, never their commit chains. JSON keeps refs readable with ``cat``.
+
+Every update names the target it expects to replace (``None``: the ref must not exist). If the
+ref moved meanwhile, :class:`~mlvc_core.errors.RefConflict` is raised: no silent overwrite.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from mlvc_core.errors import (
+    FormatError,
+    InvalidRefName,
+    KeyNotFound,
+    PreconditionFailed,
+    RefConflict,
+    RefNotFound,
+)
+from mlvc_core.ids import ObjectId, from_hex, to_hex
+from mlvc_core.storage.base import KeyInfo, Store, Version
+
+KINDS = ("heads", "experiments", "tags")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+PREFIX = "refs/"
+
+
+def validate_name(name: str) -> str:
+    """Check a full ref name such as ``tags/production``; return it.
+
+    Raises:
+        InvalidRefName: Unknown kind, or a name with characters outside ``[A-Za-z0-9._-]``.
+    """
+    kind, sep, short = name.partition("/")
+    if not sep or kind not in KINDS:
+        raise InvalidRefName(f"invalid ref {name!r}: must be one of {', '.join(KINDS)} + '/<name>'")
+    if not _NAME.match(short) or short.endswith(".lock") or ".." in short:
+        raise InvalidRefName(
+            f"invalid {kind[:-1] if kind != 'heads' else 'branch'} name {short!r}: use letters, "
+            "digits, '.', '_' and '-' (at most 128, not starting with a punctuation mark)"
+        )
+    return name
+
+
+@dataclass(frozen=True)
+class Ref:
+    """One ref as read from the store."""
+
+    name: str
+    target: ObjectId
+    summary: dict[str, Any] = field(default_factory=dict)
+    version: Version | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def kind(self) -> str:
+        """``heads``, ``experiments`` or ``tags``."""
+        return self.name.split("/", 1)[0]
+
+    @property
+    def short_name(self) -> str:
+        """The name without its kind."""
+        return self.name.split("/", 1)[1]
+
+
+def _encode(target: ObjectId, summary: dict[str, Any]) -> bytes:
+    doc = dict(summary)
+    doc["target"] = to_hex(target)
+    return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
+
+
+def _decode(name: str, data: bytes, version: Version | None) -> Ref:
+    try:
+        doc = json.loads(data)
+        target = from_hex(doc.pop("target"))
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise FormatError(f"ref {name!r} is not readable: {exc}") from exc
+    return Ref(name, target, doc, version)
+
+
+class RefStore:
+    """Read, list and compare-and-swap refs kept in a :class:`Store`."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    def get(self, name: str) -> Ref | None:
+        """The ref ``name``, or None if it does not exist."""
+        validate_name(name)
+        try:
+            data, version = self.store.read_versioned(PREFIX + name)
+        except KeyNotFound:
+            return None
+        return _decode(name, data, version)
+
+    def require(self, name: str) -> Ref:
+        """The ref ``name``.
+
+        Raises:
+            RefNotFound: It does not exist.
+        """
+        ref = self.get(name)
+        if ref is None:
+            raise RefNotFound(name)
+        return ref
+
+    def set(
+        self,
+        name: str,
+        target: ObjectId,
+        expected: ObjectId | None,
+        summary: dict[str, Any] | None = None,
+    ) -> Ref:
+        """Point ``name`` at ``target`` if it still points at ``expected``.
+
+        Args:
+            name: Full ref name (``heads/main``...).
+            target: The new commit id.
+            expected: The commit id the caller read, or None to create the ref.
+            summary: Extra fields stored beside the target (replaces the old summary).
+
+        Returns:
+            The ref as written.
+
+        Raises:
+            RefConflict: The ref exists when ``expected`` is None, or points elsewhere.
+        """
+        validate_name(name)
+        key = PREFIX + name
+        version: Version | None = None
+        if expected is not None:
+            current = self.get(name)
+            if current is None or current.target != expected:
+                raise RefConflict(
+                    name, to_hex(expected), to_hex(current.target) if current else None
+                )
+            version = current.version
+        data = _encode(target, summary or {})
+        try:
+            new_version = self.store.write_if(key, data, version)
+        except PreconditionFailed:
+            now = self.get(name)
+            raise RefConflict(
+                name, to_hex(expected) if expected else None, to_hex(now.target) if now else None
+            ) from None
+        return Ref(name, target, dict(summary or {}), new_version)
+
+    def update_summary(self, ref: Ref, summary: dict[str, Any]) -> Ref:
+        """Rewrite a ref's summary, keeping its target, by compare-and-swap on ``ref``.
+
+        Raises:
+            RefConflict: The ref changed since ``ref`` was read.
+        """
+        try:
+            new_version = self.store.write_if(
+                PREFIX + ref.name, _encode(ref.target, summary), ref.version
+            )
+        except PreconditionFailed:
+            raise RefConflict(ref.name, to_hex(ref.target)) from None
+        return Ref(ref.name, ref.target, dict(summary), new_version)
+
+    def delete(self, name: str) -> None:
+        """Remove the ref ``name``.
+
+        Raises:
+            RefNotFound: It does not exist.
+        """
+        validate_name(name)
+        if not self.store.exists(PREFIX + name):
+            raise RefNotFound(name)
+        self.store.delete(PREFIX + name)
+
+    def list_keys(self, kind: str | None = None) -> Iterator[tuple[str, KeyInfo]]:
+        """Names (and listing info: size, mtime) of refs, without reading them."""
+        prefix = PREFIX + (f"{kind}/" if kind else "")
+        for info in self.store.list(prefix):
+            name = info.key[len(PREFIX) :]
+            if name.partition("/")[0] in KINDS:
+                yield name, info
+
+    def list(self, kind: str | None = None) -> list[Ref]:
+        """Every ref (of one kind), read."""
+        out = []
+        for name, _info in self.list_keys(kind):
+            ref = self.get(name)
+            if ref is not None:
+                out.append(ref)
+        return sorted(out, key=lambda r: r.name)

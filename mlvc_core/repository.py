@@ -1,0 +1,558 @@
+"""The repository: config, packs and their index, objects and refs, over one :class:`Store`.
+
+Write ordering lives here (see docs/format.md): a :class:`WriteSession` streams new payloads
+into packs, and :meth:`WriteSession.finish` publishes each pack before its index; only then may
+a caller write a ref pointing at what the session wrote (``commit`` does exactly that, ref last,
+by compare-and-swap). A crash at any point leaves at worst unreferenced packs for ``gc``.
+
+Every read is verified: a payload is decompressed (bounded by its recorded length) and re-hashed;
+a mismatch raises :class:`~mlvc_core.errors.IntegrityError` naming the id.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import socket
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from mlvc_core import codec
+from mlvc_core.config import RepoConfig
+from mlvc_core.errors import (
+    FormatError,
+    IntegrityError,
+    KeyNotFound,
+    NotARepository,
+    ObjectNotFound,
+    RepositoryExists,
+    UsageError,
+)
+from mlvc_core.ids import ObjectId, from_hex, hash_bytes, is_hex_prefix, resolve_prefix, to_hex
+from mlvc_core.objects import (
+    CHUNK,
+    COMMIT,
+    KIND_NAMES,
+    Commit,
+    Manifest,
+    Object,
+    Tree,
+    decode,
+    object_id,
+)
+from mlvc_core.packs import INDEX_PREFIX, Location, PackWriter, decode_index, index_key, pack_key
+from mlvc_core.refs import KINDS, Ref, RefStore
+from mlvc_core.storage import Store, open_store
+
+CONFIG_KEY = "config"
+ProgressFn = Callable[[int], None]
+"""Called with a number of bytes just processed."""
+
+
+def default_workers() -> int:
+    """Threads for hashing/compression: one per core (blake3 and zstd release the GIL)."""
+    return max(2, os.cpu_count() or 2)
+
+
+class _ObjectCache:
+    """A small LRU of decoded objects (trees and manifests are read again and again)."""
+
+    def __init__(self, capacity: int = 4096) -> None:
+        self._d: OrderedDict[ObjectId, Object] = OrderedDict()
+        self._cap = capacity
+        self._lock = threading.Lock()
+
+    def get(self, oid: ObjectId) -> Object | None:
+        with self._lock:
+            obj = self._d.get(oid)
+            if obj is not None:
+                self._d.move_to_end(oid)
+            return obj
+
+    def put(self, oid: ObjectId, obj: Object) -> None:
+        with self._lock:
+            self._d[oid] = obj
+            if len(self._d) > self._cap:
+                self._d.popitem(last=False)
+
+
+class Repository:
+    """An mlvc repository. Open with :meth:`open`, create with :meth:`init`."""
+
+    def __init__(self, store: Store, config: RepoConfig, cache_dir: str | os.PathLike[str] | None = None) -> None:
+        self.store = store
+        self.config = config
+        self.refs = RefStore(store)
+        self.url = store.url
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else None
+        self._index: dict[ObjectId, Location] = {}
+        self._commits: set[ObjectId] = set()
+        self._loaded_indexes: set[str] = set()
+        self._index_lock = threading.RLock()
+        self._objects = _ObjectCache()
+        self._pool: ThreadPoolExecutor | None = None
+        self.load_index()
+
+    # ------------------------------------------------------------------ open / init
+
+    @classmethod
+    def init(
+        cls,
+        url: str | os.PathLike[str] | Store,
+        config: RepoConfig | None = None,
+        cache_dir: str | os.PathLike[str] | None = None,
+        **storage_options: Any,
+    ) -> Repository:
+        """Create a repository at ``url``.
+
+        Raises:
+            RepositoryExists: One is already there.
+        """
+        store = url if isinstance(url, Store) else open_store(url, **storage_options)
+        config = config or RepoConfig()
+        config.chunker.validate()
+        if not store.create(CONFIG_KEY, config.encode()):
+            raise RepositoryExists(store.url)
+        return cls(store, config, cache_dir)
+
+    @classmethod
+    def open(
+        cls,
+        url: str | os.PathLike[str] | Store,
+        cache_dir: str | os.PathLike[str] | None = None,
+        **storage_options: Any,
+    ) -> Repository:
+        """Open the repository at ``url``.
+
+        Raises:
+            NotARepository: No repository there.
+            UnsupportedFormatVersion: Written by a format this mlvc does not know.
+        """
+        store = url if isinstance(url, Store) else open_store(url, **storage_options)
+        try:
+            data = store.read(CONFIG_KEY)
+        except KeyNotFound:
+            raise NotARepository(store.url) from None
+        return cls(store, RepoConfig.decode(data), cache_dir)
+
+    def close(self) -> None:
+        """Release threads and connections."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+        self.store.close()
+
+    def __enter__(self) -> Repository:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def pool(self) -> ThreadPoolExecutor:
+        """Shared worker threads for hashing, compression and reads."""
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(default_workers(), thread_name_prefix="mlvc")
+        return self._pool
+
+    # ------------------------------------------------------------------ index
+
+    def _read_index_blob(self, pack_id: str) -> bytes:
+        cached = self.cache_dir / "index" / pack_id if self.cache_dir is not None else None
+        if cached is not None and cached.is_file():
+            return cached.read_bytes()
+        data = self.store.read(index_key(pack_id))
+        if cached is not None:
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            tmp = cached.with_suffix(f".tmp{os.getpid()}")
+            tmp.write_bytes(data)
+            os.replace(tmp, cached)
+        return data
+
+    def index_ids(self) -> list[str]:
+        """Ids of every pack with a published index."""
+        return [info.key[len(INDEX_PREFIX) :] for info in self.store.list(INDEX_PREFIX)]
+
+    def load_index(self) -> int:
+        """Read indexes not loaded yet (new packs from other writers). Returns how many."""
+        new = [p for p in self.index_ids() if p not in self._loaded_indexes]
+        if not new:
+            return 0
+        blobs: Iterable[bytes]
+        if len(new) > 4 and not self.store.is_local:
+            with ThreadPoolExecutor(16) as ex:
+                blobs = list(ex.map(self._read_index_blob, new))
+        else:
+            blobs = (self._read_index_blob(p) for p in new)
+        for pack_id, blob in zip(new, blobs):
+            _, entries = decode_index(blob, index_key(pack_id))
+            self._add_entries(pack_id, entries)
+        return len(new)
+
+    def _add_entries(self, pack_id: str, entries: list[tuple[ObjectId, Location]]) -> None:
+        with self._index_lock:
+            for oid, loc in entries:
+                self._index.setdefault(oid, loc)
+                if loc.kind == COMMIT:
+                    self._commits.add(oid)
+            self._loaded_indexes.add(pack_id)
+
+    def has(self, oid: ObjectId) -> bool:
+        """True if ``oid`` is stored (in a pack with a published index)."""
+        return oid in self._index
+
+    def locate(self, oid: ObjectId) -> Location:
+        """Where ``oid`` is stored.
+
+        Raises:
+            ObjectNotFound: It is not.
+        """
+        loc = self._index.get(oid)
+        if loc is None:
+            self.load_index()
+            loc = self._index.get(oid)
+            if loc is None:
+                raise ObjectNotFound(to_hex(oid))
+        return loc
+
+    def iter_index(self) -> Iterator[tuple[ObjectId, Location]]:
+        """Every indexed payload."""
+        with self._index_lock:
+            items = list(self._index.items())
+        return iter(items)
+
+    # ------------------------------------------------------------------ reads
+
+    def read_raw(self, oid: ObjectId) -> bytes:
+        """The verified, uncompressed bytes of a chunk or object.
+
+        Raises:
+            ObjectNotFound: Not stored.
+            IntegrityError: The stored bytes are damaged.
+        """
+        loc = self.locate(oid)
+        payload = self.store.read_range(pack_key(loc.pack), loc.offset, loc.stored_len)
+        return self.verify_payload(oid, loc, payload)
+
+    @staticmethod
+    def verify_payload(oid: ObjectId, loc: Location, payload: bytes) -> bytes:
+        """Decompress and re-hash one payload read from a pack.
+
+        Raises:
+            IntegrityError: Truncated, undecodable, or hashing to another id.
+        """
+        if len(payload) != loc.stored_len:
+            raise IntegrityError(to_hex(oid), "pack is truncated")
+        try:
+            raw = codec.decompress(payload, loc.codec, loc.raw_len)
+        except FormatError as exc:
+            raise IntegrityError(to_hex(oid), str(exc)) from exc
+        if hash_bytes(raw) != oid:
+            raise IntegrityError(to_hex(oid), "content does not match its id")
+        return raw
+
+    def read_chunks(self, oids: Iterable[ObjectId], prefetch: int = 8) -> Iterator[bytes]:
+        """Verified chunk bytes, in order, read and checked on the worker threads.
+
+        At most ``prefetch`` chunks are in flight, so memory stays bounded.
+        """
+        pending: list[Any] = []
+        it = iter(oids)
+        for oid in it:
+            pending.append(self.pool.submit(self.read_raw, oid))
+            if len(pending) >= prefetch:
+                break
+        while pending:
+            fut = pending.pop(0)
+            nxt = next(it, None)
+            if nxt is not None:
+                pending.append(self.pool.submit(self.read_raw, nxt))
+            yield fut.result()
+
+    def read_object(self, oid: ObjectId) -> Object:
+        """A verified, decoded object (cached)."""
+        obj = self._objects.get(oid)
+        if obj is None:
+            loc = self.locate(oid)
+            if loc.kind == CHUNK:
+                raise FormatError(f"{to_hex(oid)} is a data chunk, not an object")
+            obj = decode(self.read_raw(oid))
+            self._objects.put(oid, obj)
+        return obj
+
+    def _typed(self, oid: ObjectId, cls: type[Any]) -> Any:
+        obj = self.read_object(oid)
+        if not isinstance(obj, cls):
+            raise UsageError(f"{to_hex(oid)[:12]} is a {type(obj).__name__.lower()}, not a {cls.__name__.lower()}")
+        return obj
+
+    def read_commit(self, oid: ObjectId) -> Commit:
+        """A commit."""
+        commit: Commit = self._typed(oid, Commit)
+        return commit
+
+    def read_tree(self, oid: ObjectId) -> Tree:
+        """A tree."""
+        tree: Tree = self._typed(oid, Tree)
+        return tree
+
+    def read_manifest(self, oid: ObjectId) -> Manifest:
+        """A manifest."""
+        manifest: Manifest = self._typed(oid, Manifest)
+        return manifest
+
+    # ------------------------------------------------------------------ names
+
+    def commit_ids(self) -> set[ObjectId]:
+        """Every stored commit."""
+        return set(self._commits)
+
+    def resolve(self, rev: str | ObjectId) -> ObjectId:
+        """Turn a revision into a commit id.
+
+        Accepts a raw id, a full or unique-prefix hex id, a ref name with its kind
+        (``tags/production``), or a short ref name searched in tags, branches, then experiments.
+
+        Raises:
+            ObjectNotFound: Nothing by that name.
+            AmbiguousId: A prefix matching several commits.
+        """
+        if isinstance(rev, bytes):
+            return ObjectId(rev)
+        rev = rev.strip()
+        if "/" in rev and rev.split("/", 1)[0] in KINDS:
+            return self.refs.require(rev).target
+        for kind in ("tags", "heads", "experiments"):
+            try:
+                ref = self.refs.get(f"{kind}/{rev}")
+            except ValueError:
+                break
+            if ref is not None:
+                return ref.target
+        if is_hex_prefix(rev):
+            if len(rev) == 64:
+                oid = from_hex(rev)
+                self.locate(oid)
+                return oid
+            candidates = [to_hex(c) for c in self._commits]
+            try:
+                return from_hex(resolve_prefix(rev, candidates, "commit"))
+            except ObjectNotFound:
+                if self.load_index():
+                    return from_hex(resolve_prefix(rev, [to_hex(c) for c in self._commits], "commit"))
+                raise
+        raise ObjectNotFound(rev, "revision")
+
+    def head(self, branch: str = "main") -> Ref | None:
+        """The ref of a branch, if it exists."""
+        return self.refs.get(f"heads/{branch}")
+
+    def log(self, start: ObjectId, limit: int | None = None) -> Iterator[tuple[ObjectId, Commit]]:
+        """Commits from ``start`` following first parents, newest first."""
+        oid: ObjectId | None = start
+        n = 0
+        while oid is not None and (limit is None or n < limit):
+            commit = self.read_commit(oid)
+            yield oid, commit
+            n += 1
+            oid = commit.parents[0] if commit.parents else None
+
+    # ------------------------------------------------------------------ writes
+
+    def session(self, progress: ProgressFn | None = None) -> WriteSession:
+        """A new write session (use as a context manager)."""
+        return WriteSession(self, progress)
+
+    def commit(
+        self,
+        paths: Iterable[str | os.PathLike[str]] | str | os.PathLike[str],
+        message: str = "",
+        branch: str | None = "main",
+        metadata: dict[str, Any] | None = None,
+        parents: Iterable[ObjectId] | None = None,
+        exclude: Callable[[str], bool] | None = None,
+        progress: ProgressFn | None = None,
+        stat_cache: Any = None,
+    ) -> ObjectId:
+        """Snapshot files or directories as a commit and (optionally) move a branch to it.
+
+        A single directory becomes the tree root; several paths (or a file) become entries of
+        the root named by their base names.
+
+        Args:
+            paths: Files or directories to snapshot.
+            message: Commit message.
+            branch: Branch to advance by compare-and-swap, or None to write a loose commit.
+            metadata: Free-form mapping stored in the commit.
+            parents: Parents; default the branch's current commit.
+            exclude: Predicate on ``/``-separated relative paths to leave out.
+            progress: Called with bytes read.
+            stat_cache: A :class:`~mlvc_core.statcache.StatCache` to skip unchanged files.
+
+        Returns:
+            The new commit id.
+
+        Raises:
+            RefConflict: The branch moved while committing.
+        """
+        from mlvc_core.ingest import ingest_paths
+
+        if isinstance(paths, (str, os.PathLike)):
+            paths = [paths]
+        expected: ObjectId | None = None
+        if branch is not None:
+            ref = self.head(branch)
+            expected = ref.target if ref else None
+        if parents is None:
+            parents = [expected] if expected is not None else []
+        with self.session(progress) as s:
+            tree_id = ingest_paths(s, list(paths), exclude=exclude, stat_cache=stat_cache)
+            commit = Commit(
+                tree=tree_id,
+                parents=tuple(parents),
+                author=default_author(),
+                time=time.time(),
+                message=message,
+                metadata=dict(metadata or {}),
+            )
+            cid = s.add_object(commit)
+        if branch is not None:
+            self.refs.set(f"heads/{branch}", cid, expected)
+        return cid
+
+    def checkout(
+        self,
+        rev: str | ObjectId,
+        dest: str | os.PathLike[str],
+        paths: Iterable[str] | None = None,
+        force: bool = False,
+        progress: ProgressFn | None = None,
+    ) -> list[str]:
+        """Restore a commit's files into ``dest``. Returns the relative paths written.
+
+        Raises:
+            FileExistsConflict: Existing files would be overwritten and ``force`` is false.
+            UnsafePath: The tree names something outside ``dest``.
+        """
+        from mlvc_core.restore import restore_tree
+
+        commit = self.read_commit(self.resolve(rev))
+        return restore_tree(self, commit.tree, Path(dest), paths=paths, force=force, progress=progress)
+
+
+def default_author() -> str:
+    """``user@host`` of this process."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = "unknown"
+    return f"{user}@{socket.gethostname()}"
+
+
+class WriteSession:
+    """Streams new payloads into packs; :meth:`finish` publishes them (packs, then indexes).
+
+    Data chunks and metadata objects go to separate packs, so metadata stays cheap to read
+    and cache. Thread-safe for concurrent ``add_*`` calls.
+    """
+
+    def __init__(self, repo: Repository, progress: ProgressFn | None = None) -> None:
+        self.repo = repo
+        self.progress = progress
+        self._data: PackWriter | None = None
+        self._meta: PackWriter | None = None
+        self._pending: dict[ObjectId, Location] = {}
+        self._lock = threading.Lock()
+        self.new_bytes = 0
+        self.stored_bytes = 0
+        self.read_bytes = 0
+
+    def has(self, oid: ObjectId) -> bool:
+        """True if ``oid`` is stored or already written in this session."""
+        return oid in self._pending or self.repo.has(oid)
+
+    def _writer(self, kind: int) -> PackWriter:
+        if kind == CHUNK:
+            if self._data is not None and self._data.size >= self.repo.config.pack_size:
+                self._publish(self._data)
+                self._data = None
+            if self._data is None:
+                self._data = PackWriter(self.repo.store)
+            return self._data
+        if self._meta is not None and self._meta.size >= self.repo.config.pack_size:
+            self._publish(self._meta)
+            self._meta = None
+        if self._meta is None:
+            self._meta = PackWriter(self.repo.store)
+        return self._meta
+
+    def _publish(self, w: PackWriter) -> None:
+        entries = w.finish()
+        self.repo._add_entries(w.pack_id, entries)
+        for oid, _ in entries:
+            self._pending.pop(oid, None)
+
+    def add_payload(self, oid: ObjectId, kind: int, codec_id: int, payload: bytes | memoryview, raw_len: int) -> bool:
+        """Store an already hashed and compressed payload unless present. True if written."""
+        with self._lock:
+            if self.has(oid):
+                return False
+            loc = self._writer(kind).add(oid, kind, codec_id, payload, raw_len)
+            self._pending[oid] = loc
+            self.new_bytes += raw_len
+            self.stored_bytes += len(payload)
+            return True
+
+    def add_chunk(self, data: bytes | memoryview) -> ObjectId:
+        """Hash, compress and store one chunk; return its id."""
+        oid = hash_bytes(data)
+        if not self.has(oid):
+            c, payload = codec.compress(data, self.repo.config.compression_level)
+            self.add_payload(oid, CHUNK, c, payload, len(data))
+        return oid
+
+    def add_object(self, obj: Object) -> ObjectId:
+        """Encode and store a manifest, tree or commit; return its id."""
+        data = obj.encode()
+        oid = object_id(obj)
+        if not self.has(oid):
+            c, payload = codec.compress(data, 3)
+            self.add_payload(oid, obj.kind, c, payload, len(data))
+        self.repo._objects.put(oid, obj)
+        return oid
+
+    def finish(self) -> None:
+        """Publish every open pack (pack first, then its index)."""
+        with self._lock:
+            for w in (self._data, self._meta):
+                if w is not None:
+                    self._publish(w)
+            self._data = self._meta = None
+
+    def abort(self) -> None:
+        """Discard open packs (already published ones stay, unreferenced, for gc)."""
+        with self._lock:
+            for w in (self._data, self._meta):
+                if w is not None:
+                    w.abort()
+            self._data = self._meta = None
+            self._pending.clear()
+
+    def __enter__(self) -> WriteSession:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
+        if exc_type is None:
+            self.finish()
+        else:
+            self.abort()
+
+
+def kind_name(kind: int) -> str:
+    """Readable name of an index kind code."""
+    return KIND_NAMES.get(kind, f"kind{kind}")

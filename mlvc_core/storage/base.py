@@ -1,0 +1,146 @@
+"""The storage contract: a flat key -> bytes store with conditional writes.
+
+Everything above this layer (packs, indexes, refs, config) is expressed as keys such as
+``packs/ab/ab12...`` or ``refs/tags/production``. A backend implements :class:`Store`; every
+backend runs the same conformance suite (``mlvc_core.testing.StoreContract``).
+
+Contract, per method:
+
+* ``read``/``read_range`` raise :class:`~mlvc_core.errors.KeyNotFound` for a missing key.
+* ``write`` replaces a key as a whole: a reader sees the old or the new bytes, never a mix.
+* ``create`` writes only if the key is absent and reports whether it did (atomic where the
+  backend allows: local disk, S3 ``If-None-Match``, GCS ``ifGenerationMatch=0``).
+* ``open_write`` streams a large object; it becomes visible under its key only on ``close()``,
+  and ``abort()`` (or an exception inside a ``with`` block) leaves nothing behind.
+* ``read_versioned``/``write_if`` are the compare-and-swap pair refs are built on: ``write_if``
+  succeeds only if the key is still at the version read (``None``: only if it is absent) and
+  raises :class:`~mlvc_core.errors.PreconditionFailed` otherwise. Never a silent overwrite.
+* ``list`` yields every key under a prefix (recursively), with size and modification time.
+* Failures of the backend itself surface as :class:`~mlvc_core.errors.StorageError`.
+
+This module must not import fsspec or any backend library.
+"""
+
+from __future__ import annotations
+
+import abc
+import types
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import BinaryIO, NewType
+
+Version = NewType("Version", object)
+"""An opaque token naming one state of a key (ETag, generation, content, counter...)."""
+
+
+@dataclass(frozen=True)
+class KeyInfo:
+    """One listed key."""
+
+    key: str
+    size: int
+    mtime: float
+    """Seconds since the epoch of the last write."""
+
+
+class Writer(abc.ABC):
+    """A streaming writer returned by :meth:`Store.open_write`."""
+
+    @abc.abstractmethod
+    def write(self, data: bytes | bytearray | memoryview) -> int:
+        """Append bytes."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Publish the object under its key."""
+
+    @abc.abstractmethod
+    def abort(self) -> None:
+        """Discard everything written; the key is left untouched."""
+
+    def __enter__(self) -> Writer:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: types.TracebackType | None,
+    ) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+class Store(abc.ABC):
+    """A key -> bytes store. See the module docstring for the contract."""
+
+    url: str
+    """Where the store lives, for messages."""
+
+    is_local: bool = False
+    """True when reads are cheap local file reads (no cache needed)."""
+
+    @abc.abstractmethod
+    def read(self, key: str) -> bytes:
+        """Return the whole value of ``key``."""
+
+    @abc.abstractmethod
+    def read_range(self, key: str, offset: int, length: int) -> bytes:
+        """Return ``length`` bytes of ``key`` from ``offset`` (fewer only at the end)."""
+
+    def read_ranges(self, key: str, ranges: list[tuple[int, int]]) -> list[bytes]:
+        """Return several ``(offset, length)`` ranges of one key; backends may batch."""
+        return [self.read_range(key, o, n) for o, n in ranges]
+
+    def open_read(self, key: str) -> BinaryIO:
+        """A seekable binary file object over ``key`` (default: reads it whole)."""
+        import io
+
+        return io.BytesIO(self.read(key))
+
+    @abc.abstractmethod
+    def write(self, key: str, data: bytes) -> None:
+        """Replace ``key`` with ``data`` as a whole."""
+
+    @abc.abstractmethod
+    def create(self, key: str, data: bytes) -> bool:
+        """Write ``data`` only if ``key`` is absent; return False if it existed."""
+
+    @abc.abstractmethod
+    def open_write(self, key: str) -> Writer:
+        """Stream a new object to ``key``; published on ``close()``."""
+
+    @abc.abstractmethod
+    def exists(self, key: str) -> bool:
+        """True if ``key`` exists."""
+
+    @abc.abstractmethod
+    def list(self, prefix: str) -> Iterator[KeyInfo]:
+        """Every key that starts with ``prefix`` (a directory-like prefix ending in ``/``)."""
+
+    @abc.abstractmethod
+    def delete(self, key: str) -> None:
+        """Remove ``key``; a missing key is not an error."""
+
+    @abc.abstractmethod
+    def read_versioned(self, key: str) -> tuple[bytes, Version]:
+        """Return the value of ``key`` and a token naming this state of it."""
+
+    @abc.abstractmethod
+    def write_if(self, key: str, data: bytes, expected: Version | None) -> Version:
+        """Write ``data`` only if ``key`` is still at ``expected`` (None: absent).
+
+        Returns:
+            The version token of the new state.
+
+        Raises:
+            PreconditionFailed: The key is not in the expected state.
+        """
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections; the default does nothing."""
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.url!r})"

@@ -1,0 +1,22 @@
+"""Shared pytest configuration; fixtures for object-store servers live in ``tests/servers.py``."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import pytest
+
+# Before anything imports gcsfs (see tests/servers.py and docs on fake-gcs-server).
+os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
+
+pytest_plugins = ["tests.servers"]
+
+
+@pytest.fixture(autouse=True)
+def _scrub_mlvc_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Tests never see the developer's MLVC_* settings."""
+    for name in list(os.environ):
+        if name.startswith("MLVC_"):
+            monkeypatch.delenv(name)
+    yield
