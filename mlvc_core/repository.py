@@ -33,6 +33,7 @@ from mlvc_core.errors import (
     RepositoryExists,
     UsageError,
 )
+from mlvc_core.lock import SharedLock
 from mlvc_core.ids import ObjectId, from_hex, hash_bytes, is_hex_prefix, resolve_prefix, to_hex
 from mlvc_core.objects import (
     CHUNK,
@@ -202,6 +203,14 @@ class Repository:
                     self._commits.add(oid)
             self._loaded_indexes.add(pack_id)
 
+    def forget_packs(self, pack_ids: Iterable[str]) -> None:
+        """Drop packs from the in-memory index (gc, before it rewrites their payloads)."""
+        gone = set(pack_ids)
+        with self._index_lock:
+            for oid in [o for o, loc in self._index.items() if loc.pack in gone]:
+                del self._index[oid]
+            self._loaded_indexes -= gone
+
     def has(self, oid: ObjectId) -> bool:
         """True if ``oid`` is stored (in a pack with a published index)."""
         return oid in self._index
@@ -364,9 +373,17 @@ class Repository:
 
     # ------------------------------------------------------------------ writes
 
-    def session(self, progress: ProgressFn | None = None) -> WriteSession:
-        """A new write session (use as a context manager)."""
-        return WriteSession(self, progress)
+    def session(self, progress: ProgressFn | None = None, lock: bool = True) -> WriteSession:
+        """A new write session (use as a context manager).
+
+        Args:
+            progress: Called with bytes processed.
+            lock: Register as a writer so gc waits (only gc itself passes False).
+
+        Raises:
+            RepositoryLocked: gc is running.
+        """
+        return WriteSession(self, progress, lock)
 
     def commit(
         self,
@@ -421,8 +438,9 @@ class Repository:
                 metadata=dict(metadata or {}),
             )
             cid = s.add_object(commit)
-        if branch is not None:
-            self.refs.set(f"heads/{branch}", cid, expected)
+            s.flush()
+            if branch is not None:
+                self.refs.set(f"heads/{branch}", cid, expected)
         return cid
 
     def checkout(
@@ -461,7 +479,7 @@ class WriteSession:
     and cache. Thread-safe for concurrent ``add_*`` calls.
     """
 
-    def __init__(self, repo: Repository, progress: ProgressFn | None = None) -> None:
+    def __init__(self, repo: Repository, progress: ProgressFn | None = None, lock: bool = True) -> None:
         self.repo = repo
         self.progress = progress
         self._data: PackWriter | None = None
@@ -471,6 +489,16 @@ class WriteSession:
         self.new_bytes = 0
         self.stored_bytes = 0
         self.read_bytes = 0
+        # Registered before any dedup decision: gc must not delete what this session reuses.
+        self._lock_handle: SharedLock | None = SharedLock.acquire(repo.store) if lock else None
+
+    def forget_packs(self, pack_ids: Iterable[str]) -> None:
+        """Drop packs from the in-memory index (gc, before it rewrites their payloads)."""
+        gone = set(pack_ids)
+        with self._index_lock:
+            for oid in [o for o, loc in self._index.items() if loc.pack in gone]:
+                del self._index[oid]
+            self._loaded_indexes -= gone
 
     def has(self, oid: ObjectId) -> bool:
         """True if ``oid`` is stored or already written in this session."""
@@ -526,13 +554,27 @@ class WriteSession:
         self.repo._objects.put(oid, obj)
         return oid
 
-    def finish(self) -> None:
-        """Publish every open pack (pack first, then its index)."""
+    def flush(self) -> None:
+        """Publish every open pack (pack first, then its index); the session stays open.
+
+        Write a ref to what the session stored only after this returns, and before
+        :meth:`finish`, so gc never sees the session's objects unprotected.
+        """
         with self._lock:
             for w in (self._data, self._meta):
                 if w is not None:
                     self._publish(w)
             self._data = self._meta = None
+
+    def finish(self) -> None:
+        """Flush and end the session."""
+        self.flush()
+        self._release()
+
+    def _release(self) -> None:
+        if self._lock_handle is not None:
+            self._lock_handle.release()
+            self._lock_handle = None
 
     def abort(self) -> None:
         """Discard open packs (already published ones stay, unreferenced, for gc)."""
@@ -542,6 +584,7 @@ class WriteSession:
                     w.abort()
             self._data = self._meta = None
             self._pending.clear()
+        self._release()
 
     def __enter__(self) -> WriteSession:
         return self
