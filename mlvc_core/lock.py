@@ -18,7 +18,7 @@ import time
 import uuid
 from dataclasses import dataclass
 
-from mlvc_core.errors import RepositoryLocked
+from mlvc_core.errors import KeyNotFound, RepositoryLocked
 from mlvc_core.storage.base import Store
 
 LOCK_PREFIX = "locks/"
@@ -42,6 +42,17 @@ def _fresh(mtime: float, now: float) -> bool:
     return now - mtime < STALE_AFTER
 
 
+def _exclusive_held(store: Store, now: float) -> bool:
+    """True if a gc holds the exclusive lock and has shown signs of life recently."""
+    try:
+        doc = json.loads(store.read(EXCLUSIVE))
+    except KeyNotFound:
+        return False
+    except ValueError:
+        return True  # unreadable: be safe
+    return _fresh(float(doc.get("time", 0)), now)
+
+
 @dataclass
 class SharedLock:
     """Held by a write session."""
@@ -58,11 +69,9 @@ class SharedLock:
         """
         key = f"{LOCK_PREFIX}shared-{uuid.uuid4().hex}"
         store.write(key, _holder("write"))
-        now = time.time()
-        for info in store.list(EXCLUSIVE):
-            if info.key == EXCLUSIVE and _fresh(info.mtime, now):
-                store.delete(key)
-                raise RepositoryLocked(_describe(store, EXCLUSIVE) + "; retry when it has finished")
+        if _exclusive_held(store, time.time()):
+            store.delete(key)
+            raise RepositoryLocked(_describe(store, EXCLUSIVE) + "; retry when it has finished")
         return cls(store, key)
 
     def release(self) -> None:
@@ -85,8 +94,7 @@ class ExclusiveLock:
         """
         now = time.time()
         if not store.create(EXCLUSIVE, _holder(op)):
-            stale = [i for i in store.list(EXCLUSIVE) if i.key == EXCLUSIVE and not _fresh(i.mtime, now)]
-            if not stale:
+            if _exclusive_held(store, now):
                 raise RepositoryLocked(_describe(store, EXCLUSIVE))
             store.delete(EXCLUSIVE)
             if not store.create(EXCLUSIVE, _holder(op)):

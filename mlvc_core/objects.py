@@ -129,12 +129,11 @@ class Tree:
     kind = TREE
 
     def __post_init__(self) -> None:
-        names = [e.name for e in self.entries]
-        if names != sorted(names) or len(set(names)) != len(names):
-            object.__setattr__(
-                self, "entries", tuple(sorted({e.name: e for e in self.entries}.values(),
-                                              key=lambda e: e.name))
-            )
+        entries = tuple(sorted(self.entries, key=lambda e: e.name))
+        for a, b in zip(entries, entries[1:]):
+            if a.name == b.name:
+                raise FormatError(f"tree has two entries named {a.name!r}")
+        object.__setattr__(self, "entries", entries)
 
     def encode(self) -> bytes:
         """Canonical bytes."""
@@ -236,6 +235,8 @@ def decode(data: bytes) -> Object:
             message=str(doc["message"]),
             metadata=dict(doc["meta"]),
         )
+    except (UnsafePath, FormatError):
+        raise
     except (KeyError, ValueError, TypeError, IndexError) as exc:
         raise FormatError(f"malformed {doc.get('t')} object: {exc}") from exc
 

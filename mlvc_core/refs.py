@@ -171,6 +171,27 @@ class RefStore:
             raise RefConflict(ref.name, to_hex(ref.target)) from None
         return Ref(ref.name, ref.target, dict(summary), new_version)
 
+    def move(self, ref: Ref, target: ObjectId, summary: dict[str, Any]) -> Ref:
+        """Point ``ref`` at ``target`` with a new summary, by compare-and-swap on ``ref``.
+
+        Unlike :meth:`set` (which compares targets only), this fails if anything about the ref
+        changed since it was read, summary included, so a concurrent summary edit (a checkpoint
+        hidden by ``rm``) is never overwritten.
+
+        Raises:
+            RefConflict: The ref changed since ``ref`` was read.
+        """
+        try:
+            new_version = self.store.write_if(
+                PREFIX + ref.name, _encode(target, summary), ref.version
+            )
+        except PreconditionFailed:
+            now = self.get(ref.name)
+            raise RefConflict(
+                ref.name, to_hex(ref.target), to_hex(now.target) if now else None
+            ) from None
+        return Ref(ref.name, target, dict(summary), new_version)
+
     def delete(self, name: str) -> None:
         """Remove the ref ``name``.
 

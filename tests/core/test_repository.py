@@ -1,0 +1,430 @@
+"""Repository behaviour users rely on: round trips, dedup, verification, safety, gc, transfer."""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from mlvc_core.check import check
+from mlvc_core.chunker import ChunkerParams
+from mlvc_core.config import RepoConfig
+from mlvc_core.errors import (
+    FileExistsConflict,
+    IntegrityError,
+    NotARepository,
+    ObjectNotFound,
+    RefConflict,
+    RepositoryExists,
+    RepositoryLocked,
+    UnsafePath,
+    UnsupportedFormatVersion,
+    UsageError,
+)
+from mlvc_core.gc import collect
+from mlvc_core.objects import Commit, Tree, TreeEntry
+from mlvc_core.packs import PACK_PREFIX
+from mlvc_core.repository import Repository
+from mlvc_core.stats import stats
+from mlvc_core.statcache import StatCache
+from mlvc_core.storage import MemoryStore
+from mlvc_core.transfer import transfer
+
+SMALL = RepoConfig(chunker=ChunkerParams(min=1024, avg=4096, max=16384))
+
+
+def rand(n: int, seed: int = 0) -> bytes:
+    import random
+
+    return random.Random(seed).randbytes(n)
+
+
+def make_tree(root: Path) -> dict[str, bytes]:
+    files = {
+        "model.bin": rand(300_000, 1),
+        "config.json": b'{"lr": 0.01}\n',
+        "sub/deeper/notes.txt": b"hello\n" * 1000,
+        "empty.txt": b"",
+    }
+    for rel, data in files.items():
+        p = root / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(data)
+    (root / "link-to-config").symlink_to("config.json")
+    return files
+
+
+def read_all(root: Path) -> dict[str, bytes]:
+    return {
+        str(p.relative_to(root)): p.read_bytes()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and not p.is_symlink()
+    }
+
+
+# --------------------------------------------------------------------------- every backend
+
+
+def test_commit_checkout_round_trip_on_every_store(store_factory, tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    files = make_tree(src)
+    repo = Repository.init(store_factory(), SMALL)
+    cid = repo.commit(src, "first")
+    # A second process opening the same store sees the commit.
+    again = Repository.open(store_factory.reopen(repo.store))
+    assert again.resolve("main") == cid
+    out = tmp_path / "out"
+    again.checkout(cid, out)
+    assert read_all(out) == files
+    assert os.readlink(out / "link-to-config") == "config.json"
+    assert check(again).ok
+
+
+# --------------------------------------------------------------------------- repository
+
+
+def test_init_open_and_refusals(tmp_path: Path) -> None:
+    with pytest.raises(NotARepository):
+        Repository.open(tmp_path / "nothing")
+    Repository.init(tmp_path / "r")
+    with pytest.raises(RepositoryExists):
+        Repository.init(tmp_path / "r")
+    cfg = json.loads((tmp_path / "r" / "config").read_text())
+    assert cfg["chunker"] == {"algorithm": "fastcdc2020", "min": 65536, "avg": 262144, "max": 1048576, "normalization": 1, "seed": 0}
+    cfg["version"] = 99
+    (tmp_path / "r" / "config").write_text(json.dumps(cfg))
+    with pytest.raises(UnsupportedFormatVersion, match="version 99"):
+        Repository.open(tmp_path / "r")
+
+
+def test_chunker_params_are_honoured_on_later_writes(tmp_path: Path) -> None:
+    Repository.init(tmp_path / "r", SMALL)
+    repo = Repository.open(tmp_path / "r")
+    assert repo.config.chunker == SMALL.chunker
+    (tmp_path / "f").write_bytes(rand(200_000))
+    repo.commit(tmp_path / "f", "x")
+    chunk_sizes = [loc.raw_len for _, loc in repo.iter_index() if loc.kind == 0]
+    assert max(chunk_sizes) <= SMALL.chunker.max and len(chunk_sizes) > 10
+
+
+def test_unchanged_content_costs_nothing_and_header_shift_dedups(tmp_path: Path) -> None:
+    repo = Repository.init(tmp_path / "r", SMALL)
+    body = rand(2_000_000, 7)
+    f = tmp_path / "w.safetensors"
+    f.write_bytes(struct.pack("<Q", 8) + b"{}      " + body)
+    repo.commit(f, "v1")
+    stored1 = stats(repo).stored_bytes
+    repo.commit(f, "v2 same bytes")
+    assert stats(repo).stored_bytes - stored1 < 5_000  # a manifest, a tree and a commit
+    # The header grows by 8 bytes: every tensor shifts, but content-defined chunks re-align.
+    f.write_bytes(struct.pack("<Q", 16) + b'{"a":1}         ' + body)
+    repo.commit(f, "v3 shifted")
+    grown = stats(repo).stored_bytes - stored1
+    assert grown < 0.03 * len(body)
+
+
+def test_stat_cache_skips_unchanged_files_and_sees_changes(tmp_path: Path) -> None:
+    repo = Repository.init(tmp_path / "r", SMALL)
+    src = tmp_path / "src"
+    make_tree(src)
+    old = time.time() - 60
+    for p in src.rglob("*"):
+        if p.is_file() and not p.is_symlink():
+            os.utime(p, (old, old))
+    cache = StatCache(tmp_path / "cache.db")
+    repo.commit(src, "one", stat_cache=cache)
+    read: list[int] = []
+    c2 = repo.commit(src, "two", stat_cache=cache, progress=read.append)
+    assert repo.read_commit(c2).tree == repo.read_commit(repo.read_commit(c2).parents[0]).tree
+    (src / "config.json").write_bytes(b'{"lr": 0.02}\n')
+    c3 = repo.commit(src, "three", stat_cache=cache)
+    out = tmp_path / "out"
+    repo.checkout(c3, out)
+    assert (out / "config.json").read_bytes() == b'{"lr": 0.02}\n'
+
+
+def test_id_prefixes(tmp_path: Path) -> None:
+    repo = Repository.init(tmp_path / "r")
+    (tmp_path / "a").write_text("a")
+    cid = repo.commit(tmp_path / "a", "a")
+    assert repo.resolve(cid.hex()[:7]) == cid
+    assert repo.resolve(cid.hex()) == cid
+    with pytest.raises(ObjectNotFound):
+        repo.resolve("0000000")
+    with pytest.raises(UsageError):
+        from mlvc_core.ids import resolve_prefix
+
+        resolve_prefix("abc", [cid.hex()])
+    from mlvc_core.errors import AmbiguousId
+    from mlvc_core.ids import resolve_prefix
+
+    with pytest.raises(AmbiguousId) as info:
+        resolve_prefix("abcdef1", ["abcdef1" + "0" * 57, "abcdef1" + "1" * 57])
+    assert len(info.value.candidates) == 2 and "ambiguous" in str(info.value)
+
+
+def test_branch_moves_by_compare_and_swap(tmp_path: Path) -> None:
+    repo = Repository.init(tmp_path / "r")
+    (tmp_path / "a").write_text("a")
+    c1 = repo.commit(tmp_path / "a", "one")
+    other = Repository.open(tmp_path / "r")
+    c2 = other.commit(tmp_path / "a", "two")
+    # A writer holding a stale view of the branch loses, with a conflict error.
+    with pytest.raises(RefConflict):
+        repo.refs.set("heads/main", c1, c1)
+    assert repo.resolve("main") == c2
+    assert [c.message for _, c in repo.log(c2)] == ["two", "one"]
+
+
+# --------------------------------------------------------------------------- integrity
+
+
+def test_corrupted_pack_raises_and_fsck_names_it(tmp_path: Path) -> None:
+    repo = Repository.init(tmp_path / "r", SMALL)
+    f = tmp_path / "f"
+    f.write_bytes(rand(100_000, 3))
+    cid = repo.commit(f, "x")
+    data_packs = [loc for _, loc in repo.iter_index() if loc.kind == 0]
+    victim_oid, loc = next((o, l) for o, l in repo.iter_index() if l.kind == 0)
+    pack = tmp_path / "r" / "packs" / loc.pack[:2] / loc.pack
+    raw = bytearray(pack.read_bytes())
+    raw[loc.offset + loc.stored_len // 2] ^= 0xFF
+    pack.write_bytes(bytes(raw))
+    fresh = Repository.open(tmp_path / "r")
+    with pytest.raises(IntegrityError) as info:
+        fresh.read_raw(victim_oid)
+    assert victim_oid.hex() in str(info.value)
+    with pytest.raises(IntegrityError):
+        fresh.checkout(cid, tmp_path / "out")
+    report = check(fresh)
+    assert not report.ok
+    assert victim_oid.hex() in {p.key for p in report.problems}
+    assert data_packs
+
+
+def test_missing_pack_is_reported(tmp_path: Path) -> None:
+    repo = Repository.init(tmp_path / "r")
+    (tmp_path / "f").write_bytes(b"x" * 1000)
+    repo.commit(tmp_path / "f", "x")
+    for p in (tmp_path / "r" / "packs").rglob("*"):
+        if p.is_file():
+            p.unlink()
+            break
+    report = check(Repository.open(tmp_path / "r"))
+    assert any(p.kind == "missing" for p in report.problems)
+
+
+# --------------------------------------------------------------------------- restore safety
+
+
+def _hostile(repo: Repository, entries: list[TreeEntry]) -> bytes:
+    """Write a tree the way a malicious repository would, bypassing name validation."""
+    import msgpack
+
+    from mlvc_core.objects import TREE
+
+    with repo.session() as s:
+        data = msgpack.packb({"t": "tree", "entries": [e.to_list() for e in entries]}, use_bin_type=True)
+        from mlvc_core.ids import hash_bytes
+
+        tid = hash_bytes(data)
+        s.add_payload(tid, TREE, 0, data, len(data))
+        cid = s.add_object(Commit(tid, (), "x", 0.0, "hostile"))
+    return cid
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [
+        TreeEntry("..", "link", None, 0, 0o777, "x"),
+        TreeEntry("evil", "link", None, 0, 0o777, "/etc/passwd"),
+        TreeEntry("evil", "link", None, 0, 0o777, "../../outside"),
+        TreeEntry("a/../../b", "link", None, 0, 0o777, "x"),
+    ],
+    ids=["dotdot-name", "absolute-link", "link-out", "slash-in-name"],
+)
+def test_restore_refuses_hostile_trees(tmp_path: Path, entry: TreeEntry) -> None:
+    repo = Repository.init(tmp_path / "r")
+    cid = _hostile(repo, [entry])
+    dest = tmp_path / "box" / "dest"
+    dest.mkdir(parents=True)
+    with pytest.raises(UnsafePath):
+        repo.checkout(cid, dest)
+    assert list((tmp_path / "box").rglob("*")) == [dest]
+    assert list(dest.iterdir()) == []
+
+
+def test_restore_does_not_follow_symlinks_planted_in_dest(tmp_path: Path) -> None:
+    repo = Repository.init(tmp_path / "r")
+    src = tmp_path / "src"
+    (src / "sub").mkdir(parents=True)
+    (src / "sub" / "f").write_text("payload")
+    cid = repo.commit(src, "x")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    (dest / "sub").symlink_to(outside)
+    with pytest.raises((UnsafePath, FileExistsConflict)):
+        repo.checkout(cid, dest, force=True)
+    assert list(outside.iterdir()) == []
+
+
+def test_checkout_does_not_overwrite_without_force(tmp_path: Path) -> None:
+    repo = Repository.init(tmp_path / "r")
+    src = tmp_path / "src"
+    files = make_tree(src)
+    cid = repo.commit(src, "x")
+    dest = tmp_path / "dest"
+    (dest / "sub" / "deeper").mkdir(parents=True)
+    (dest / "config.json").write_text("mine")
+    with pytest.raises(FileExistsConflict) as info:
+        repo.checkout(cid, dest)
+    assert info.value.paths == ["config.json"]
+    assert (dest / "config.json").read_text() == "mine"
+    assert not (dest / "model.bin").exists()  # nothing written before the refusal
+    repo.checkout(cid, dest, force=True)
+    assert read_all(dest) == files
+
+
+def test_checkout_selected_paths(tmp_path: Path) -> None:
+    repo = Repository.init(tmp_path / "r")
+    src = tmp_path / "src"
+    make_tree(src)
+    cid = repo.commit(src, "x")
+    written = repo.checkout(cid, tmp_path / "d", paths=["sub"])
+    assert written == ["sub/deeper/notes.txt"]
+    with pytest.raises(UsageError, match="not in this snapshot"):
+        repo.checkout(cid, tmp_path / "e", paths=["nope"])
+
+
+# --------------------------------------------------------------------------- gc
+
+
+def _backdate(root: Path, seconds: float) -> None:
+    t = time.time() - seconds
+    for p in root.rglob("*"):
+        if p.is_file():
+            os.utime(p, (t, t))
+
+
+def test_gc_dry_run_by_default_then_frees_only_unreachable(tmp_path: Path) -> None:
+    repo = Repository.init(tmp_path / "r", SMALL)
+    keep, drop = tmp_path / "keep", tmp_path / "drop"
+    keep.write_bytes(rand(200_000, 1))
+    drop.write_bytes(rand(200_000, 2))
+    c_keep = repo.commit(keep, "keep")
+    repo.commit(drop, "drop", branch="scratch")
+    repo.refs.delete("heads/scratch")
+    _backdate(tmp_path / "r", 7200)
+    before = stats(repo).stored_bytes
+    dry = collect(repo)
+    assert dry.dry_run and dry.bytes_freed > 150_000
+    assert stats(repo).stored_bytes == before  # nothing deleted
+    report = collect(repo, dry_run=False)
+    assert report.bytes_freed == dry.bytes_freed
+    fresh = Repository.open(tmp_path / "r")
+    assert check(fresh).ok
+    out = tmp_path / "out"
+    fresh.checkout(c_keep, out)
+    assert (out / "keep").read_bytes() == keep.read_bytes()
+    assert stats(fresh).stored_bytes < before - 150_000
+
+
+def test_gc_grace_period_protects_fresh_packs(tmp_path: Path) -> None:
+    repo = Repository.init(tmp_path / "r", SMALL)
+    (tmp_path / "f").write_bytes(rand(100_000))
+    repo.commit(tmp_path / "f", "x", branch="tmp")
+    repo.refs.delete("heads/tmp")
+    report = collect(repo, dry_run=False)  # everything is younger than the grace period
+    assert report.bytes_freed == 0 and report.packs_in_grace >= 1
+
+
+def test_gc_waits_for_writers_and_writers_wait_for_gc(tmp_path: Path) -> None:
+    repo = Repository.init(tmp_path / "r")
+    session = repo.session()
+    with pytest.raises(RepositoryLocked, match="writer"):
+        collect(repo, dry_run=False)
+    session.finish()
+    from mlvc_core.lock import ExclusiveLock
+
+    lock = ExclusiveLock.acquire(repo.store)
+    with pytest.raises(RepositoryLocked):
+        repo.session()
+    lock.release()
+    repo.session().finish()
+
+
+# --------------------------------------------------------------------------- transfer
+
+
+def test_push_sends_only_what_is_missing_and_moves_refs_forward(tmp_path: Path) -> None:
+    src = Repository.init(tmp_path / "a", SMALL)
+    dst = Repository.init(tmp_path / "b", SMALL)
+    f = tmp_path / "w"
+    f.write_bytes(rand(500_000, 1))
+    src.commit(f, "v1")
+    first = transfer(src, dst)
+    assert first.bytes_sent > 400_000 and first.refs_updated == ["heads/main"]
+    data = bytearray(f.read_bytes())
+    data[250_000:250_100] = b"\0" * 100
+    f.write_bytes(bytes(data))
+    c2 = src.commit(f, "v2")
+    second = transfer(src, dst)
+    assert 0 < second.bytes_sent < 0.15 * len(data)
+    assert Repository.open(tmp_path / "b").resolve("main") == c2
+    assert check(Repository.open(tmp_path / "b")).ok
+    # A diverged destination ref is not overwritten without force.
+    dst2 = Repository.open(tmp_path / "b")
+    (tmp_path / "other").write_text("other")
+    dst2.commit(tmp_path / "other", "diverged")
+    src.commit(f, "v3")
+    third = transfer(src, dst2)
+    assert third.refs_skipped == ["heads/main"]
+    assert transfer(src, dst2, force=True).refs_updated == ["heads/main"]
+
+
+# --------------------------------------------------------------------------- memory
+
+
+def test_commit_and_checkout_memory_does_not_grow_with_file_size(tmp_path: Path) -> None:
+    script = r"""
+import os, resource, sys
+from mlvc_core.repository import Repository
+path, repo_path, out = sys.argv[1:4]
+with open(path, "wb") as f:
+    for i in range(192):
+        f.write(os.urandom(1 << 20))
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+repo = Repository.init(repo_path)
+cid = repo.commit(path, "big")
+after_commit = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+repo.checkout(cid, out)
+after_checkout = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(base, after_commit, after_checkout)
+"""
+    res = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path / "big"), str(tmp_path / "r"), str(tmp_path / "out")],
+        capture_output=True, text=True, check=True,
+    )
+    base, after_commit, after_checkout = (int(x) for x in res.stdout.split())
+    # 192 MiB went through; the process grew by far less (ring buffers + chunks in flight).
+    assert after_commit - base < 100_000, res.stdout
+    assert after_checkout - base < 100_000, res.stdout
+    assert (tmp_path / "out" / "big").stat().st_size == 192 << 20
+
+
+def test_memory_store_repository_and_loose_commit() -> None:
+    repo = Repository.init(MemoryStore())
+    with repo.session() as s:
+        tid = s.add_object(Tree(()))
+        cid = s.add_object(Commit(tid, (), "me", 1.0, "empty"))
+    assert repo.read_commit(cid).message == "empty"
+    assert list(repo.store.list(PACK_PREFIX))
+    assert isinstance(Repository.open(repo.store).store, MemoryStore)
