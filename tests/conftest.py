@@ -12,6 +12,12 @@ os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
 
 pytest_plugins = ["tests.servers"]
 
+from hypothesis import settings as _hypothesis_settings  # noqa: E402
+
+# Deterministic property tests: the same examples on every run and machine, no flaky deadlines.
+_hypothesis_settings.register_profile("mlvc", derandomize=True, deadline=None, print_blob=True)
+_hypothesis_settings.load_profile("mlvc")
+
 
 @pytest.fixture(autouse=True)
 def _scrub_mlvc_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:

@@ -1,0 +1,28 @@
+"""The architecture holds: layers, one module per third-party dependency, a light `import mlvc`."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_import_contracts_hold() -> None:
+    exe = shutil.which("lint-imports")
+    cmd = [exe] if exe else [sys.executable, "-m", "importlinter.cli"]
+    res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "BROKEN" not in res.stdout
+
+
+def test_import_mlvc_stays_light() -> None:
+    code = (
+        "import sys, mlvc, mlvc_core; "
+        "heavy = sorted(m for m in ('typer', 'click', 'rich', 'fsspec', 's3fs', 'gcsfs', 'torch', 'numpy') if m in sys.modules); "
+        "print(','.join(heavy))"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert res.stdout.strip() == ""
