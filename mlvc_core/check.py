@@ -60,7 +60,7 @@ def check(repo: Repository, progress: Callable[[int], None] | None = None) -> Ch
 
     Args:
         repo: The repository.
-        progress: Called with the bytes verified so far, pack by pack.
+        progress: Called after each pack with the number of bytes of that pack just verified.
 
     Returns:
         A report listing every problem (``ok`` is False if there is any).

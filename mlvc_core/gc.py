@@ -26,7 +26,8 @@ from mlvc_core.repository import Repository
 from mlvc_core.walk import all_roots, reachable
 
 REPACK_DEAD_FRACTION = 0.2
-"""Repack a pack once at least this fraction of its bytes is dead."""
+"""Repack a pack once at least this fraction of its payload bytes is dead (headers and the
+index trailer are not payload: a freshly repacked pack is never dead weight)."""
 
 
 @dataclass
@@ -101,6 +102,7 @@ def _collect(
         entries = by_pack.get(pack_id, [])
         live_entries = [(oid, loc) for oid, loc in entries if oid in live]
         live_bytes = sum(loc.stored_len for _, loc in live_entries)
+        dead_bytes = sum(loc.stored_len for oid, loc in entries if oid not in live)
         if not live_entries:
             report.packs_deleted += 1
             report.bytes_freed += info.size
@@ -108,7 +110,7 @@ def _collect(
                 repo.store.delete(index_key(pack_id))
                 repo.store.delete(pack_key(pack_id))
                 repo.forget_packs([pack_id])
-        elif info.size - live_bytes >= REPACK_DEAD_FRACTION * info.size:
+        elif dead_bytes >= REPACK_DEAD_FRACTION * (live_bytes + dead_bytes):
             report.packs_repacked += 1
             report.bytes_freed += info.size - live_bytes
             report.bytes_kept += live_bytes

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from mlvc_core import codec
-from mlvc_core.chunker import MiB, ChunkerParams
+from mlvc_core.chunker import ChunkerParams, MiB, make_fastcdc
 from mlvc_core.errors import UsageError
 from mlvc_core.ids import ObjectId, hash_bytes
 from mlvc_core.objects import CHUNK, Manifest, Tree, TreeEntry, check_name
@@ -36,19 +36,6 @@ _BUF = 16 * MiB
 _NBUF = 3
 
 ExcludeFn = Callable[[str], bool]
-
-
-def _make_cdc(params: ChunkerParams) -> Any:
-    from pyfastcdc.cy.fastcdc import FastCDC
-
-    params.validate()
-    return FastCDC(
-        params.avg,
-        min_size=params.min,
-        max_size=params.max,
-        normalized_chunking=params.normalization,
-        seed=params.seed,
-    )
 
 
 def _process(view: memoryview, level: int, has: Callable[[ObjectId], bool]) -> tuple[ObjectId, int, bytes | memoryview | None]:
@@ -66,7 +53,7 @@ class FileIngester:
     def __init__(self, session: WriteSession) -> None:
         self.session = session
         self.repo = session.repo
-        self._cdc = _make_cdc(self.repo.config.chunker)
+        self._cdc = make_fastcdc(self.repo.config.chunker)
         self._bufs = [bytearray(_BUF) for _ in range(_NBUF)]
         self._level = self.repo.config.compression_level
         assert _BUF >= 2 * self.repo.config.chunker.max
@@ -231,5 +218,5 @@ def ingest_bytes(session: WriteSession, data: bytes) -> Manifest:
 
 def chunk_ids_of(data: bytes, params: ChunkerParams) -> list[ObjectId]:
     """Chunk ids ``data`` would get (for tests and tools)."""
-    cdc = _make_cdc(params)
+    cdc = make_fastcdc(params)
     return [hash_bytes(memoryview(data)[c.offset : c.offset + c.length]) for c in cdc.cut_buf(data)]

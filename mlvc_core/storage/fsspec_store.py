@@ -125,7 +125,7 @@ def _s3_precondition_failed(exc: BaseException) -> bool:
     if isinstance(exc, FileExistsError):
         return True
     code, status = _s3_error_code(exc)
-    return code in ("PreconditionFailed", "ConditionalRequestConflict") or status in (412, 409)
+    return code in ("PreconditionFailed", "ConditionalRequestConflict") or status == 412
 
 
 def _invalid_range(exc: BaseException) -> bool:
@@ -142,7 +142,7 @@ def _to_epoch(value: Any) -> float | None:
     if isinstance(value, datetime):
         if value.tzinfo is None:
             value = value.replace(tzinfo=timezone.utc)
-        return value.timestamp()
+        return float(value.timestamp())
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
     if isinstance(value, str) and value:
@@ -237,8 +237,8 @@ class _BufferedFileWriter(Writer):
 def _discard(f: Any) -> None:
     """Cancel an fsspec write file (abort multipart/resumable upload) and disarm its close()."""
     try:
-        if not getattr(f, "closed", True):
-            f.discard()
+        # Also after a failed close(): fsspec marks the file closed, the upload may still be open.
+        f.discard()
     except Exception:  # noqa: BLE001 - best effort; the upload was never completed anyway
         pass
     finally:
@@ -246,8 +246,10 @@ def _discard(f: Any) -> None:
 
 
 class _SpoolWriter(Writer):
-    """Spools to a local temporary file and uploads it on close (filesystems without uploads
-    that stay invisible until committed)."""
+    """Spools to a local temporary file and uploads it on close.
+
+    For filesystems whose open files are not invisible until committed (``memory://``...).
+    """
 
     def __init__(self, store: FsspecStore, key: str) -> None:
         self._store = store
@@ -339,7 +341,7 @@ class FsspecStore(Store):
             yield
         except MlvcError:
             raise
-        except FileNotFoundError as exc:
+        except (FileNotFoundError, IsADirectoryError) as exc:
             if missing_is_key:
                 raise KeyNotFound(key) from exc
             raise StorageError(f"cannot {action} {key} in {self.url}: {exc}") from exc
@@ -491,7 +493,7 @@ class FsspecStore(Store):
                 [ranges[i][0] + ranges[i][1] for i in wanted],
                 on_error="return",
             )
-            for i, res in zip(wanted, results):
+            for i, res in zip(wanted, results, strict=True):
                 if isinstance(res, BaseException):
                     if _invalid_range(res):
                         continue
@@ -673,7 +675,7 @@ class FsspecStore(Store):
             return Version(generation)
         with self._errors(key, "write", missing_is_key=False), _LOCAL_CAS_LOCK:
             try:
-                current: bytes | None = bytes(self.fs.cat_file(path))
+                current: object = bytes(self.fs.cat_file(path))
             except FileNotFoundError:
                 current = None
             if current != expected:
@@ -707,4 +709,3 @@ class FsspecStore(Store):
 
     def __repr__(self) -> str:
         return f"FsspecStore({self.url!r})"
-

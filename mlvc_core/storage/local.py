@@ -23,6 +23,7 @@ from mlvc_core.errors import KeyNotFound, PreconditionFailed, StorageError
 from mlvc_core.storage.base import KeyInfo, Store, Version, Writer
 
 _TMP_SUFFIX = ".tmp-"
+_LOCK_DIR = ".cas-locks"
 
 
 def _check_key(key: str) -> None:
@@ -186,9 +187,11 @@ class LocalStore(Store):
         base = self.root / prefix if prefix else self.root
         if not base.is_dir():
             return
-        for dirpath, _dirs, files in os.walk(base):
+        for dirpath, dirs, files in os.walk(base):
+            if dirpath == str(self.root):
+                dirs[:] = [d for d in dirs if d != _LOCK_DIR]
             for name in files:
-                if _TMP_SUFFIX in name or name.endswith(".lock"):
+                if _TMP_SUFFIX in name:
                     continue
                 full = os.path.join(dirpath, name)
                 try:
@@ -211,9 +214,11 @@ class LocalStore(Store):
         return data, Version(data)
 
     @contextlib.contextmanager
-    def _locked(self, path: Path) -> Iterator[None]:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        lock = path.with_name(path.name + ".lock")
+    def _locked(self, key: str) -> Iterator[None]:
+        # Lock files live apart from the keys (never listed, never mistaken for data) and are
+        # never deleted: unlinking a file another process may hold a lock on is racy.
+        lock = self.root / _LOCK_DIR / (key + ".lock")
+        lock.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
@@ -224,7 +229,7 @@ class LocalStore(Store):
     def write_if(self, key: str, data: bytes, expected: Version | None) -> Version:
         path = self._path(key)
         try:
-            with self._locked(path):
+            with self._locked(key):
                 try:
                     current: bytes | None = path.read_bytes()
                 except FileNotFoundError:

@@ -105,7 +105,7 @@ def test_chunk_boundaries_resynchronise_after_insertion(seed: bytes, where: int,
 
 
 def _lengths(data: bytes) -> list[int]:
-    from pyfastcdc import FastCDC
+    from mlvc_core.chunker import make_fastcdc
 
-    cdc = FastCDC(SMALL.avg, min_size=SMALL.min, max_size=SMALL.max)
+    cdc = make_fastcdc(SMALL)
     return [c.length for c in cdc.cut_buf(data)]

@@ -1,0 +1,90 @@
+"""``mlvc diff``: params, metrics, environment and files between two ids."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import typer
+
+from mlvc import porcelain
+from mlvc.cli import _output
+from mlvc.cli._options import IdArg, JsonOpt, state
+
+_MAX_CELL = 60
+
+
+def _cell(v: Any) -> str:
+    text = _output.fmt_value(v)
+    return text if len(text) <= _MAX_CELL else f"<{len(text)} characters>"
+
+
+def _size_change(old: int | None, new: int | None) -> str:
+    if old is None:
+        return f"+{_output.human_size(new)}"
+    if new is None:
+        return f"-{_output.human_size(old)}"
+    delta = new - old
+    sign = "+" if delta >= 0 else "-"
+    change = f"{sign}{_output.human_size(abs(delta))}"
+    return f"{_output.human_size(old)} -> {_output.human_size(new)} ({change})"
+
+
+def _label(t: porcelain.Target) -> str:
+    text = f"{t.kind} {_output.short_id(t.id)}"
+    if t.kind == "experiment" and t.commit_id.hex() != t.id:
+        text += f" (checkpoint {_output.short_id(t.commit_id.hex())})"
+    if not t.id.startswith(t.spec.lower()):
+        text += f" = {t.spec}"
+    return text
+
+
+def diff(
+    ctx: typer.Context,
+    a: IdArg,
+    b: IdArg,
+    json_: JsonOpt = False,
+) -> None:
+    """Compare two experiments, checkpoints or commits.
+
+    Shows params, metrics and environment entries (package versions, git commit...) that
+    differ, and files added, removed or changed with their sizes.
+
+    Examples:
+        mlvc diff 1a2b3c4d 5e6f7a8b
+
+        mlvc diff 1a2b3c4d@best production --json
+    """
+    st = state(ctx)
+    r = porcelain.diff(st.repo(), a, b)
+    if json_:
+        _output.print_json(r.to_dict())
+        return
+    _output.out(f"a: {_label(r.a)}")
+    _output.out(f"b: {_label(r.b)}")
+    same = True
+    for title, changes in (("params", r.params), ("metrics", r.metrics), ("environment", r.env)):
+        if changes:
+            same = False
+            _output.out("")
+            _output.table([title, "a", "b"], [[c.key, _cell(c.a), _cell(c.b)] for c in changes])
+    if r.files:
+        same = False
+        _output.out("")
+        marks = {"added": "+", "removed": "-", "modified": "M"}
+        _output.table(
+            ["", "file", "size"],
+            [
+                [marks.get(c.status, "?"), c.path, _size_change(c.old_size, c.new_size)]
+                for c in r.files
+            ],
+            title=f"files: {sum(c.status == 'added' for c in r.files)} added, "
+            f"{sum(c.status == 'removed' for c in r.files)} removed, "
+            f"{sum(c.status == 'modified' for c in r.files)} changed",
+        )
+    if same:
+        _output.out("no differences")
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``diff`` to ``app``."""
+    app.command()(diff)

@@ -1,0 +1,79 @@
+"""``mlvc init``: create a repository and write ``mlvc.toml`` naming it."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from mlvc import porcelain
+from mlvc.cli import _output
+from mlvc.cli._options import JsonOpt, state
+from mlvc_core.errors import UsageError
+
+
+def parse_options(pairs: list[str] | None) -> dict[str, object]:
+    """``["endpoint_url=http://x", "anon=true"]`` -> a dict (``true``/``false``/numbers typed).
+
+    Raises:
+        UsageError: An item without ``=``.
+    """
+    options: dict[str, object] = {}
+    for item in pairs or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UsageError(f"storage option {item!r} is not KEY=VALUE")
+        typed: object = value
+        if value.lower() in ("true", "false"):
+            typed = value.lower() == "true"
+        else:
+            try:
+                typed = int(value)
+            except ValueError:
+                pass
+        options[key.strip()] = typed
+    return options
+
+
+def init(
+    ctx: typer.Context,
+    url: Annotated[
+        str | None,
+        typer.Argument(
+            help="Where the repository lives: a path or an fsspec URL.", show_default=".mlvc"
+        ),
+    ] = None,
+    option: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--storage-option",
+            "-o",
+            help="fsspec storage option KEY=VALUE written to mlvc.toml (never credentials).",
+        ),
+    ] = None,
+    json_: JsonOpt = False,
+) -> None:
+    """Create a repository and write mlvc.toml naming it.
+
+    If a repository already exists there, the project is connected to it. Credentials come
+    from the environment (AWS_PROFILE, AWS_ENDPOINT_URL, GOOGLE_APPLICATION_CREDENTIALS).
+
+    Examples:
+        mlvc init
+
+        mlvc init s3://my-bucket/mlvc
+
+        AWS_ENDPOINT_URL=http://localhost:9000 mlvc init s3://bucket/repo
+    """
+    st = state(ctx)
+    result = porcelain.init(url or st.repo_url, storage_options=parse_options(option))
+    if json_:
+        _output.print_json(result.to_dict())
+        return
+    verb = "created a repository" if result.created else "using the existing repository"
+    _output.note(f"{verb} at {result.url}; wrote {result.config_path}", st.quiet)
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``init`` to ``app``."""
+    app.command()(init)

@@ -1,0 +1,122 @@
+"""``mlvc ls`` (experiments) and ``mlvc ps`` (running experiments)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import typer
+
+from mlvc.cli import _output
+from mlvc.cli._options import JsonOpt, state
+
+FilterOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--filter",
+        "-f",
+        help='Keep experiments matching a condition on params or metrics, e.g. "loss < 0.2", '
+        '"lr = 0.01", "status = running" (repeat to combine).',
+    ),
+]
+SortOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--sort",
+        "-s",
+        help='Sort by a column, param or metric ("created", "loss", "-step": descending).',
+    ),
+]
+
+
+def _best(d: dict[str, Any]) -> str:
+    best = d.get("best") or {}
+    primary = d.get("primary_metric") or {}
+    if not best or best.get("value") is None:
+        return "-"
+    name = primary.get("name") or "best"
+    return f"{name}={_output.fmt_value(best.get('value'))} @{best.get('step')}"
+
+
+def _rows(items: list[dict[str, Any]]) -> list[list[str]]:
+    return [
+        [
+            _output.short_id(d.get("id")),
+            _output.human_time(d.get("created")),
+            str(d.get("status") or "-"),
+            str(d.get("user") or "-"),
+            str(d.get("host") or "-"),
+            _output.fmt_mapping(d.get("params"), limit=6),
+            _output.fmt_value(d.get("latest_step")),
+            _best(d),
+        ]
+        for d in items
+    ]
+
+
+COLUMNS = ["id", "created", "status", "user", "host", "params", "step", "best"]
+
+
+def _render(items: list[Any], json_: bool, ids_only: bool, quiet: bool) -> None:
+    dicts = [e.to_dict() for e in items]
+    if json_:
+        _output.print_json(dicts)
+    elif ids_only:
+        for d in dicts:
+            _output.out(_output.short_id(d.get("id")))
+    elif not dicts:
+        _output.note("no experiments", quiet)
+    else:
+        _output.table(COLUMNS, _rows(dicts), right=["step"])
+
+
+def ls(
+    ctx: typer.Context,
+    filter_: FilterOpt = None,
+    sort: SortOpt = None,
+    ids_only: Annotated[
+        bool, typer.Option("--quiet", "-q", help="Print only experiment ids.")
+    ] = False,
+    all_: Annotated[bool, typer.Option("--all", "-a", help="Include removed experiments.")] = False,
+    json_: JsonOpt = False,
+) -> None:
+    """List experiments: id, created, status, user, host, params, latest step, best metric.
+
+    Examples:
+        mlvc ls
+
+        mlvc ls --filter "loss < 0.2" --filter "lr = 0.01" --sort loss
+
+        mlvc rm $(mlvc ls -q --filter "status = crashed")
+    """
+    from mlvc import experiments
+
+    st = state(ctx)
+    items = experiments.list(st.repo(), filter=filter_ or None, sort=sort, include_removed=all_)
+    _render(list(items), json_, ids_only, st.quiet)
+
+
+def ps(
+    ctx: typer.Context,
+    ids_only: Annotated[
+        bool, typer.Option("--quiet", "-q", help="Print only experiment ids.")
+    ] = False,
+    json_: JsonOpt = False,
+) -> None:
+    """List running experiments (a live heartbeat in the last minute).
+
+    Examples:
+        mlvc ps
+
+        mlvc ps --json
+    """
+    from mlvc import experiments
+
+    st = state(ctx)
+    items = [e for e in experiments.list(st.repo()) if e.status == "running"]
+    _render(items, json_, ids_only, st.quiet)
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``ls`` and ``ps`` to ``app``."""
+    app.command()(ls)
+    app.command()(ps)

@@ -1,0 +1,125 @@
+"""``mlvc push`` / ``mlvc pull`` / ``mlvc clone``: move what the other side lacks.
+
+Between any two repositories (local, S3, GCS): only objects the destination does not hold
+are sent, verified on the way, then refs move (forward only unless ``--force``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from mlvc import porcelain
+from mlvc.cli import _output
+from mlvc.cli._options import JsonOpt, state
+
+UrlArg = Annotated[
+    str,
+    typer.Argument(
+        help="The other repository: a path or URL (s3://bucket/prefix, gs://...).",
+        show_default=False,
+    ),
+]
+RefOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--ref", "-r", help="Only this tag, branch or experiment (repeatable; default: all)."
+    ),
+]
+ForceRefsOpt = Annotated[bool, typer.Option("--force", "-f", help="Move refs that diverged too.")]
+
+
+def _render(r: porcelain.TransferResult, verb: str, json_: bool, quiet: bool) -> None:
+    if json_:
+        _output.print_json(r.to_dict())
+        return
+    rep = r.report
+    if r.created:
+        _output.note(f"created a repository at {r.destination}", quiet)
+    _output.out(
+        f"{verb} {rep.objects_sent} objects ({_output.human_size(rep.bytes_sent)}); "
+        f"{rep.objects_present} already there; {len(rep.refs_updated)} refs updated"
+    )
+    if rep.refs_skipped:
+        _output.warn(
+            f"{len(rep.refs_skipped)} refs diverged and were left alone: "
+            f"{', '.join(rep.refs_skipped)} (pass --force to overwrite them)"
+        )
+
+
+def push(
+    ctx: typer.Context,
+    url: UrlArg,
+    ref: RefOpt = None,
+    force: ForceRefsOpt = False,
+    json_: JsonOpt = False,
+) -> None:
+    """Send refs (default: all) and what they reach to another repository.
+
+    The other repository is created if there is none at URL. Endpoints and credentials come
+    from the environment (AWS_ENDPOINT_URL, AWS_PROFILE, GOOGLE_APPLICATION_CREDENTIALS).
+
+    Examples:
+        mlvc push s3://team-bucket/mlvc
+
+        mlvc push gs://bucket/mlvc --ref production
+    """
+    st = state(ctx)
+    with _output.progress("pushing", quiet=st.quiet) as bar:
+        r = porcelain.push(st.repo(), url, refs=ref, force=force, progress=bar, total=bar.set_total)
+    _render(r, "sent", json_, st.quiet)
+
+
+def pull(
+    ctx: typer.Context,
+    url: UrlArg,
+    ref: RefOpt = None,
+    force: ForceRefsOpt = False,
+    json_: JsonOpt = False,
+) -> None:
+    """Fetch refs (default: all) and what they reach from another repository.
+
+    Examples:
+        mlvc pull s3://team-bucket/mlvc
+
+        mlvc pull s3://team-bucket/mlvc --ref production
+    """
+    st = state(ctx)
+    with _output.progress("pulling", quiet=st.quiet) as bar:
+        r = porcelain.pull(st.repo(), url, refs=ref, force=force, progress=bar, total=bar.set_total)
+    _render(r, "received", json_, st.quiet)
+
+
+def clone(
+    ctx: typer.Context,
+    url: UrlArg,
+    directory: Annotated[
+        Path,
+        typer.Argument(
+            help="New project directory (gets .mlvc/ and mlvc.toml).", show_default=False
+        ),
+    ],
+    json_: JsonOpt = False,
+) -> None:
+    """Copy a repository into DIR/.mlvc and write DIR/mlvc.toml naming it.
+
+    Examples:
+        mlvc clone s3://team-bucket/mlvc my-project
+
+        cd my-project && mlvc ls
+    """
+    st = state(ctx)
+    with _output.progress("cloning", quiet=st.quiet) as bar:
+        r = porcelain.clone(url, directory, progress=bar, total=bar.set_total)
+    if not json_:
+        _output.note(f"cloned {r.source} into {directory}", st.quiet)
+    _render(r, "received", json_, st.quiet)
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``push``, ``pull`` and ``clone`` to ``app``."""
+    app.command()(push)
+    app.command()(pull)
+    app.command()(clone)

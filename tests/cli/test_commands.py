@@ -1,0 +1,269 @@
+"""Every command through Typer's runner, on plain commits (experiments: test_experiments.py)."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mlvc.cli.main import app
+from tests.cli.conftest import Cli, Write
+
+HEX12 = re.compile(r"^[0-9a-f]{12}$")
+COMMANDS = [
+    "init", "commit", "log", "ls", "ps", "show", "diff", "checkout", "tag", "rm", "gc", "fsck",
+    "stats", "push", "pull", "clone",
+]  # fmt: skip
+
+
+def test_every_command_is_registered_and_has_an_example(project: Path) -> None:
+    names = {c.name for c in app.registered_commands} | {
+        c.callback.__name__ for c in app.registered_commands if c.callback
+    }
+    assert set(COMMANDS) <= names
+    cli = Cli(project)
+    top = cli("--help")
+    for name in COMMANDS:
+        assert name in top.stdout
+        out = cli(name, "--help").stdout
+        assert "Examples" in out, name
+        assert f"mlvc {name}" in out or name in ("ps",) and "mlvc ps" in out, name
+
+
+def test_no_arguments_shows_help(project: Path) -> None:
+    result = Cli(project)(code=None)
+    assert result.exit_code in (0, 2)
+    assert "Usage" in result.output
+
+
+def test_init_writes_config_and_reuses_an_existing_repository(project: Path) -> None:
+    cli = Cli(project)
+    r = cli("init", "--json")
+    doc = __import__("json").loads(r.stdout)
+    assert doc["created"] is True and doc["url"] == ".mlvc"
+    assert (project / ".mlvc" / "config").is_file()
+    assert 'url = ".mlvc"' in (project / "mlvc.toml").read_text()
+    again = cli("init")
+    assert "existing repository" in again.stderr
+
+
+def test_init_refuses_credentials_in_config(project: Path) -> None:
+    r = Cli(project)("init", "-o", "secret=hunter2", code=2)
+    assert "credential" in r.stderr
+    assert not (project / "mlvc.toml").exists()
+
+
+def test_commit_prints_id_and_counts_only_new_bytes(cli: Cli, write: Write) -> None:
+    payload = os.urandom(2_000_000)
+    write("data/weights.bin", payload)
+    write("data/notes.txt", "v1\n")
+    first = cli("commit", "data", "-m", "first")
+    assert HEX12.match(first.stdout.strip())
+    assert "new" in first.stderr
+    doc = cli.json("commit", "data", "-m", "again")
+    assert doc["total_bytes"] == len(payload) + 3
+    assert doc["new_bytes"] < 4096  # only the new commit object: content is shared
+    assert doc["parent"].startswith(first.stdout.strip())
+    quiet = cli("-q", "commit", "data", "-m", "quiet")
+    assert quiet.stderr == "" and HEX12.match(quiet.stdout.strip())
+
+
+def test_commit_of_a_missing_path_is_a_usage_error(cli: Cli) -> None:
+    r = cli("commit", "nope", "-m", "x", code=2)
+    assert "no such file" in r.stderr
+
+
+def test_log_show_diff_checkout_on_commits(cli: Cli, write: Write, project: Path) -> None:
+    big = os.urandom(300_000)
+    write("data/model.bin", big)
+    write("data/old.txt", "old")
+    a = cli("commit", "data", "-m", "first").stdout.strip()
+    (project / "data" / "old.txt").unlink()
+    write("data/new.txt", "brand new")
+    write("data/model.bin", big + b"more")
+    b = cli("commit", "data", "-m", "second").stdout.strip()
+
+    log = cli.json("log")
+    assert log["kind"] == "branch" and log["ref"] == "heads/main"
+    assert [e["message"] for e in log["entries"]] == ["second", "first"]
+    assert log["entries"][0]["id"].startswith(b) and log["entries"][0]["short_id"] == b
+    assert "second" in cli("log").stdout
+    assert len(cli.json("log", "-n", "1")["entries"]) == 1
+
+    shown = cli.json("show", b[:7])
+    assert shown["kind"] == "commit"
+    assert {f["path"]: f["size"] for f in shown["files"]} == {
+        "model.bin": len(big) + 4,
+        "new.txt": 9,
+    }
+    text = cli("show", b).stdout
+    assert "model.bin" in text and "KiB" in text
+
+    d = cli.json("diff", a, b)
+    changes = {c["path"]: (c["status"], c["old_size"], c["new_size"]) for c in d["files"]}
+    assert changes == {
+        "model.bin": ("modified", len(big), len(big) + 4),
+        "new.txt": ("added", None, 9),
+        "old.txt": ("removed", 3, None),
+    }
+    text = cli("diff", a, b).stdout
+    assert "1 added, 1 removed, 1 changed" in text
+    assert "no differences" in cli("diff", a, a).stdout
+
+    out = project / "restored"
+    r = cli("checkout", a, "-o", out)
+    assert "wrote 2 files" in r.stderr
+    assert (out / "model.bin").read_bytes() == big
+    assert (out / "old.txt").read_text() == "old"
+    refused = cli("checkout", b, "-o", out, code=1)
+    assert "would overwrite existing files: model.bin" in refused.stderr
+    assert "--force" in refused.stderr
+    assert (out / "model.bin").read_bytes() == big  # nothing written
+    cli("checkout", b, "-o", out, "-f")
+    assert (out / "model.bin").read_bytes() == big + b"more"
+    only = cli.json("checkout", "main", "-o", project / "only", "--path", "new.txt")
+    assert only["files"] == ["new.txt"] and only["bytes"] == 9
+    bad = cli("checkout", b, "-o", project / "x", "--path", "missing.txt", code=2)
+    assert "missing.txt" in bad.stderr
+
+
+def test_tags_move_roll_back_and_keep_history(cli: Cli, write: Write) -> None:
+    ids = []
+    for i in range(3):
+        write("m/model.bin", f"version {i}")
+        ids.append(cli("commit", "m", "-m", f"v{i}").stdout.strip())
+    assert "tagged" in cli("tag", "production", ids[0]).stderr
+    assert "moved production" in cli("tag", "production", ids[1]).stderr
+    assert "already points" in cli("tag", "production", ids[1]).stderr
+    cli("tag", "production", ids[0])  # roll back
+    history = cli.json("log", "production")
+    assert history["kind"] == "tag"
+    assert [e["short_id"] for e in history["entries"]] == [ids[0], ids[1], ids[0]]
+    assert [e["current"] for e in history["entries"]] == [True, False, False]
+    listing = cli.json("tag")
+    assert listing[0]["name"] == "production" and listing[0]["versions"] == 3
+    assert listing[0]["target"]["id"].startswith(ids[0])
+    assert cli.json("show", "production")["target"]["via"] == "tags/production"
+    cli("tag", "staging", "main")
+    assert "staging" in cli("tag").stdout
+    assert "deleted tag staging" in cli("tag", "-d", "staging").stderr
+    r = cli("tag", "-d", "staging", code=4)
+    assert "unknown tag" in r.stderr
+    bad = cli("tag", "no/slash", ids[0], code=2)
+    assert "invalid" in bad.stderr
+
+
+def test_stats_gc_fsck(cli: Cli, write: Write, project: Path) -> None:
+    write("d/a.bin", os.urandom(200_000))
+    cli("commit", "d", "-m", "one", "--branch", "scratch")
+    write("d/a.bin", os.urandom(200_000))
+    cli("commit", "d", "-m", "two")
+    s = cli.json("stats")
+    assert set(s) >= {
+        "logical_bytes",
+        "stored_bytes",
+        "dedup_ratio",
+        "objects",
+        "packs",
+        "commits",
+        "refs",
+    }
+    assert s["commits"] == 2 and s["refs"] == 2
+    assert "dedup ratio" in cli("stats").stdout
+
+    # Drop the scratch branch: its packs become garbage.
+    from mlvc.repo import open_repo
+
+    with open_repo(str(project / ".mlvc")) as repo:
+        repo.refs.delete("heads/scratch")
+    dry = cli.json("gc", "--grace", "0")
+    assert dry["dry_run"] is True and dry["bytes_freed"] > 200_000
+    assert "would free" in cli("gc", "--grace", "0").stdout
+    assert "younger than the grace period" in cli("gc").stderr
+    done = cli.json("gc", "--yes", "--grace", "0")
+    assert done["dry_run"] is False and done["bytes_freed"] == dry["bytes_freed"]
+    # Only pack overhead of the repacked metadata pack is left to count (see the report).
+    assert cli.json("gc", "--grace", "0")["bytes_freed"] < 4096
+    ok = cli("fsck")
+    assert ok.stdout.startswith("ok:")
+    assert cli.json("fsck")["ok"] is True
+    bad = cli("gc", "--grace", "soon", code=2)
+    assert "not a duration" in bad.stderr
+
+
+def test_push_pull_clone_between_local_repositories(
+    cli: Cli, write: Write, project: Path, tmp_path: Path
+) -> None:
+    write("d/w.bin", os.urandom(500_000))
+    cid = cli("commit", "d", "-m", "one").stdout.strip()
+    cli("tag", "production", cid)
+    remote = tmp_path / "remote"
+    pushed = cli.json("push", remote)
+    assert pushed["created"] is True and pushed["bytes_sent"] > 0
+    assert sorted(pushed["refs_updated"]) == ["heads/main", "tags/production"]
+    again = cli.json("push", remote)
+    assert again["objects_sent"] == 0 and again["refs_updated"] == []
+
+    clone_dir = tmp_path / "clone"
+    cloned = cli.json("clone", remote, clone_dir)
+    assert cloned["config_path"].endswith("mlvc.toml")
+    assert (clone_dir / ".mlvc" / "config").is_file()
+    assert cli.json("log", cwd=clone_dir)["entries"][0]["short_id"] == cid
+
+    # A commit made in the clone comes back by pull.
+    (clone_dir / "d").mkdir()
+    (clone_dir / "d" / "w.bin").write_bytes(b"changed in the clone")
+    new = cli("commit", "d", "-m", "from clone", cwd=clone_dir).stdout.strip()
+    cli("push", remote, cwd=clone_dir)
+    pulled = cli.json("pull", remote)
+    assert "heads/main" in pulled["refs_updated"]
+    assert cli.json("log")["entries"][0]["short_id"] == new
+    assert "received" in cli("pull", remote).stdout
+    busy = cli("clone", remote, clone_dir, code=2)
+    assert "not empty" in busy.stderr
+
+
+@pytest.mark.parametrize("args", [["ls"], ["ps"], ["tag"]])
+def test_empty_listings(cli: Cli, args: list[str]) -> None:
+    assert cli.json(*args) == []
+    cli(*args)
+
+
+def test_push_and_clone_through_gcs(
+    cli: Cli, write: Write, tmp_path: Path, gcs_repo_url: tuple[str, dict[str, Any]]
+) -> None:
+    """gs:// works with nothing but the standard emulator variable in the environment."""
+    url, options = gcs_repo_url
+    env = {"STORAGE_EMULATOR_HOST": options["endpoint_url"]}
+    payload = os.urandom(300_000)
+    write("d/w.bin", payload)
+    cid = cli("commit", "d", "-m", "to gcs").stdout.strip()
+    assert cli.json("push", url, env=env)["created"] is True
+    clone_dir = tmp_path / "from-gcs"
+    cli("clone", url, clone_dir, env=env)
+    cli("checkout", cid, "-o", tmp_path / "out", cwd=clone_dir)
+    assert (tmp_path / "out" / "w.bin").read_bytes() == payload
+    assert cli("-R", url, "fsck", env=env).stdout.startswith("ok:")
+
+
+def test_init_on_s3_keeps_credentials_in_the_environment(
+    project: Path, write: Write, s3_repo_url: tuple[str, dict[str, Any]]
+) -> None:
+    url, options = s3_repo_url
+    env = {
+        "AWS_ENDPOINT_URL": options["client_kwargs"]["endpoint_url"],
+        "AWS_ACCESS_KEY_ID": options["key"],
+        "AWS_SECRET_ACCESS_KEY": options["secret"],
+    }
+    cli = Cli(project)
+    assert cli.json("init", url, env=env)["created"] is True
+    config = (project / "mlvc.toml").read_text()
+    assert url in config
+    for secret in (options["key"], options["secret"], "endpoint"):
+        assert secret not in config
+    write("d/a.txt", "on s3")
+    cid = cli("commit", "d", "-m", "remote commit", env=env).stdout.strip()
+    assert cli.json("log", env=env)["entries"][0]["short_id"] == cid
