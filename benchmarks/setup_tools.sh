@@ -92,7 +92,4 @@ report() {
 
 install_debian_packages
 install_pypi_packages
-if command -v git-lfs >/dev/null; then
-    git lfs install --skip-repo >/dev/null 2>&1 || log "git lfs install failed"
-fi
 report

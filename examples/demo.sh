@@ -15,8 +15,8 @@ mlvc ls
 exp="$(mlvc ls -q | head -n 1)"
 echo "== mlvc show $exp"
 mlvc show "$exp"
-echo "== mlvc checkout $exp -o restored   (its best checkpoint)"
-mlvc checkout "$exp" -o restored
+echo "== mlvc checkout $exp -o restored --all   (its best checkpoint, with the code it ran)"
+mlvc checkout "$exp" -o restored --all
 ls -l restored/outputs
 cmp restored/train_demo.py train_demo.py && echo "code snapshot restored byte for byte"
 echo "== mlvc stats"

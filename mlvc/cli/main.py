@@ -212,6 +212,7 @@ app = typer.Typer(
     cls=MlvcGroup,
     name="mlvc",
     no_args_is_help=True,
+    rich_markup_mode="markdown",
     pretty_exceptions_show_locals=False,
     add_completion=False,
     context_settings={"help_option_names": ["-h", "--help"]},

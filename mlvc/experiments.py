@@ -1,0 +1,885 @@
+"""Experiments read back: listing, lookup by id prefix, status, removal.
+
+Storage model (docs/experiments.md): an experiment is the ref ``experiments/<id>`` whose JSON
+summary holds what a listing shows, plus a heartbeat object ``heartbeats/<id>`` that a live run
+rewrites. :func:`list` reads only refs (one small object per experiment) and one listing of
+``heartbeats/``, never commit chains; and it keeps a local cache (SQLite, in the repository's
+cache directory) keyed by each ref's listed size and modification time, so a second listing
+re-reads only the refs that changed. An entry read within :data:`RACY_SECONDS` of its
+modification time is read again next time (a later write in the same timestamp tick could
+otherwise go unnoticed, as git's "racy clean" problem).
+
+Status, derived when read: ``stopped`` if the summary says so; ``running`` if the heartbeat is
+younger than ``stale_after`` seconds (default :data:`STALE_AFTER`); otherwise ``crashed`` (the
+process died without a clean stop: ``kill -9``, pre-emption, power loss).
+
+Removal only hides: removing an experiment deletes its ref (and heartbeat); removing a
+checkpoint adds its id to the summary's ``removed`` list. ``mlvc gc`` then frees the space of
+whatever no ref reaches any more; a removed checkpoint's data stays as long as a later
+checkpoint of the same chain still reaches it (the chain runs through it).
+"""
+
+from __future__ import annotations
+
+import builtins
+import json
+import math
+import operator
+import re
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from mlvc.repo import RepositoryLike, shared_repo
+from mlvc_core.errors import ObjectNotFound, RefConflict, UsageError
+from mlvc_core.ids import ObjectId, from_hex, is_hex_prefix, resolve_prefix, to_hex
+from mlvc_core.objects import Commit
+from mlvc_core.refs import Ref
+from mlvc_core.repository import Repository
+from mlvc_core.storage.base import KeyInfo
+
+if TYPE_CHECKING:
+    from mlvc.checkpoints import Checkpoint
+
+__all__ = [
+    "Experiment",
+    "get",
+    "list",
+    "remove",
+    "resolve_any",
+    "STALE_AFTER",
+]
+
+KIND = "experiments"
+HEARTBEAT_PREFIX = "heartbeats/"
+STALE_AFTER = 60.0
+"""Seconds without a heartbeat after which a run that did not stop cleanly reads as crashed."""
+RACY_SECONDS = {"local": 1.0, "remote": 2.0}
+"""A cached ref is trusted only if it was read this long after its modification time."""
+SHORT = 12
+
+Filter = Callable[["Experiment"], bool] | Sequence[str] | str | None
+
+
+# ------------------------------------------------------------------------------ names and values
+
+
+def ref_name(exp_id: str) -> str:
+    """The ref of an experiment."""
+    return f"{KIND}/{exp_id}"
+
+
+def heartbeat_key(exp_id: str) -> str:
+    """The store key of an experiment's heartbeat."""
+    return f"{HEARTBEAT_PREFIX}{exp_id}"
+
+
+def as_float(value: Any) -> float | None:
+    """A metric value as a float (``"nan"``/``"inf"`` as stored for non-finite values), or None."""
+    if isinstance(value, bool):
+        return float(value)
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return None
+    return None
+
+
+def json_number(value: float) -> float | str:
+    """A float as stored in summaries and commits: non-finite values as strings."""
+    return value if math.isfinite(value) else str(value)
+
+
+def _datetime(ts: Any) -> datetime | None:
+    f = as_float(ts)
+    return datetime.fromtimestamp(f, tz=timezone.utc) if f is not None else None
+
+
+def _iso(ts: Any) -> str | None:
+    d = _datetime(ts)
+    return d.isoformat() if d is not None else None
+
+
+def primary_of(summary_or_meta: dict[str, Any]) -> tuple[str, str] | None:
+    """``(name, goal)`` of the primary metric recorded in a summary or checkpoint metadata."""
+    pm = summary_or_meta.get("primary_metric")
+    if isinstance(pm, dict) and isinstance(pm.get("name"), str):
+        return pm["name"], "maximize" if pm.get("goal") == "maximize" else "minimize"
+    return None
+
+
+def is_better(goal: str, value: float, than: float | None) -> bool:
+    """True if ``value`` beats ``than`` for ``goal`` (NaN never wins; ties keep the older)."""
+    if math.isnan(value):
+        return False
+    if than is None or math.isnan(than):
+        return True
+    return value > than if goal == "maximize" else value < than
+
+
+def summary_with_checkpoint(
+    summary: dict[str, Any],
+    checkpoint: str,
+    step: int | None,
+    metrics: dict[str, Any],
+    primary: tuple[str, str] | None,
+) -> dict[str, Any]:
+    """The summary after appending one checkpoint (pure; keeps every other field)."""
+    out = dict(summary)
+    out["checkpoints"] = int(out.get("checkpoints") or 0) + 1
+    out["latest"] = checkpoint
+    out["latest_step"] = step
+    out["latest_metrics"] = dict(metrics)
+    if primary is not None and primary_of(out) is None:
+        out["primary_metric"] = {"name": primary[0], "goal": primary[1]}
+    pm = primary_of(out)
+    if pm is not None:
+        value = as_float(metrics.get(pm[0]))
+        best = out.get("best") or None
+        if value is not None and is_better(pm[1], value, as_float(best["value"]) if best else None):
+            out["best"] = {"checkpoint": checkpoint, "step": step, "value": json_number(value)}
+    return out
+
+
+def rebuild_summary(repo: Repository, target: ObjectId, summary: dict[str, Any]) -> dict[str, Any]:
+    """Recompute the checkpoint fields of a summary from the chain (honours ``removed``)."""
+    removed = set(summary.get("removed") or [])
+    chain = [(oid, c) for oid, c in repo.log(target) if c.metadata.get("type") == "checkpoint"]
+    chain.reverse()
+    out = dict(summary)
+    out.update(checkpoints=0, latest=None, latest_step=None, latest_metrics={}, best=None)
+    for oid, c in chain:
+        h = to_hex(oid)
+        if h in removed:
+            continue
+        m = c.metadata
+        out = summary_with_checkpoint(
+            out, h, m.get("step"), dict(m.get("metrics") or {}), primary_of(m)
+        )
+    return out
+
+
+# ------------------------------------------------------------------------------ the listing cache
+
+
+class _ListingCache:
+    """Ref key -> (size, mtime, read_at, ref document), in SQLite or (no cache dir) in memory."""
+
+    def __init__(self, path: Path | None) -> None:
+        self._lock = threading.Lock()
+        self._mem: dict[str, tuple[int, float, float, str]] = {}
+        self._db: sqlite3.Connection | None = None
+        if path is not None:
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                db = sqlite3.connect(
+                    str(path), timeout=30, check_same_thread=False, isolation_level=None
+                )
+                db.execute("PRAGMA journal_mode=WAL")
+                db.execute(
+                    "CREATE TABLE IF NOT EXISTS refs (name TEXT PRIMARY KEY, size INTEGER, "
+                    "mtime REAL, read_at REAL, doc TEXT)"
+                )
+                self._db = db
+            except (sqlite3.Error, OSError):
+                self._db = None  # an unusable cache only costs reads
+
+    def load(self) -> dict[str, tuple[int, float, float, str]]:
+        with self._lock:
+            if self._db is None:
+                return dict(self._mem)
+            rows = self._db.execute("SELECT name, size, mtime, read_at, doc FROM refs").fetchall()
+        return {r[0]: (r[1], r[2], r[3], r[4]) for r in rows}
+
+    def update(
+        self, rows: builtins.list[tuple[str, int, float, float, str]], gone: Iterable[str]
+    ) -> None:
+        gone = builtins.list(gone)
+        if not rows and not gone:
+            return
+        with self._lock:
+            if self._db is None:
+                for name, size, mtime, read_at, doc in rows:
+                    self._mem[name] = (size, mtime, read_at, doc)
+                for name in gone:
+                    self._mem.pop(name, None)
+                return
+            try:
+                self._db.execute("BEGIN")
+                self._db.executemany("INSERT OR REPLACE INTO refs VALUES (?, ?, ?, ?, ?)", rows)
+                self._db.executemany("DELETE FROM refs WHERE name = ?", [(n,) for n in gone])
+                self._db.execute("COMMIT")
+            except sqlite3.Error:
+                try:
+                    self._db.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass
+
+
+_caches: dict[tuple[str, str], _ListingCache] = {}
+_caches_lock = threading.Lock()
+
+
+def _cache_for(repo: Repository) -> _ListingCache:
+    path = repo.cache_dir / "experiments.sqlite" if repo.cache_dir is not None else None
+    key = (repo.config.repo_id, str(path))
+    with _caches_lock:
+        cache = _caches.get(key)
+        if cache is None:
+            cache = _caches[key] = _ListingCache(path)
+        return cache
+
+
+def heartbeats(repo: Repository) -> dict[str, float]:
+    """Experiment id -> modification time of its heartbeat (one listing)."""
+    return {
+        info.key[len(HEARTBEAT_PREFIX) :]: info.mtime for info in repo.store.list(HEARTBEAT_PREFIX)
+    }
+
+
+def _scan(repo: Repository, stale_after: float) -> builtins.list[Experiment]:
+    cache = _cache_for(repo)
+    cached = cache.load()
+    racy = RACY_SECONDS["local" if repo.store.is_local else "remote"]
+    listed = builtins.list(repo.refs.list_keys(KIND))
+    docs: dict[str, dict[str, Any]] = {}
+    stale = []
+    for name, info in listed:
+        hit = cached.get(name)
+        if (
+            hit is not None
+            and (hit[0], hit[1]) == (info.size, info.mtime)
+            and hit[2] - info.mtime > racy
+        ):
+            docs[name] = json.loads(hit[3])
+        else:
+            stale.append((name, info))
+
+    def read(item: tuple[str, KeyInfo]) -> tuple[str, int, float, float, Ref | None]:
+        name, info = item
+        now = time.time()
+        return name, info.size, info.mtime, now, repo.refs.get(name)
+
+    if len(stale) > 4 and not repo.store.is_local:
+        with ThreadPoolExecutor(16) as pool:
+            results = builtins.list(pool.map(read, stale))
+    else:
+        results = [read(item) for item in stale]
+    fresh = []
+    for name, size, mtime, read_at, ref in results:
+        if ref is None:
+            continue  # deleted since the listing
+        doc: dict[str, Any] = {"name": name, "target": to_hex(ref.target), "summary": ref.summary}
+        fresh.append((name, size, mtime, read_at, json.dumps(doc)))
+        docs[name] = doc
+    seen = {name for name, _ in listed}
+    cache.update(fresh, (n for n in cached if n not in seen))
+    beats = heartbeats(repo)
+    out = []
+    for name, _ in listed:
+        found = docs.get(name)
+        if found is None:
+            continue
+        doc = found
+        exp_id = name.split("/", 1)[1]
+        target = from_hex(doc["target"])
+        out.append(Experiment(repo, exp_id, target, doc["summary"], beats.get(exp_id), stale_after))
+    return out
+
+
+# ------------------------------------------------------------------------------ filter and sort
+
+_OPS: dict[str, Callable[[Any, Any], bool]] = {
+    "<=": operator.le,
+    ">=": operator.ge,
+    "==": operator.eq,
+    "!=": operator.ne,
+    "=": operator.eq,
+    "<": operator.lt,
+    ">": operator.gt,
+}
+_CONDITION = re.compile(r"^\s*([A-Za-z_][\w.\-/]*)\s*(<=|>=|==|!=|=|<|>)\s*((?![<>=!]).+?)\s*$")
+_MISSING = object()
+
+
+def _field(exp: Experiment, name: str) -> Any:
+    """The value of a filter/sort field, or ``_MISSING``."""
+    summary = exp.summary
+    direct: dict[str, Callable[[], Any]] = {
+        "id": lambda: exp.id,
+        "name": lambda: exp.name,
+        "status": lambda: exp.status,
+        "user": lambda: exp.user,
+        "host": lambda: exp.host,
+        "command": lambda: exp.command,
+        "created": lambda: as_float(summary.get("created")),
+        "ended": lambda: as_float(summary.get("ended")),
+        "checkpoints": lambda: summary.get("checkpoints", 0),
+        "step": lambda: summary.get("latest_step"),
+        "best": lambda: as_float((summary.get("best") or {}).get("value")),
+    }
+    if name in direct:
+        value = direct[name]()
+        return _MISSING if value is None else value
+    head, _, rest = name.partition(".")
+    if rest and head == "params":
+        return exp.params.get(rest, _MISSING)
+    if rest and head in ("metrics", "latest_metrics"):
+        return _metric(summary.get("latest_metrics") or {}, rest)
+    if name in exp.params:
+        return exp.params[name]
+    return _metric(summary.get("latest_metrics") or {}, name)
+
+
+def _metric(metrics: dict[str, Any], name: str) -> Any:
+    if name not in metrics:
+        return _MISSING
+    value = as_float(metrics[name])
+    return _MISSING if value is None else value
+
+
+def _literal(text: str) -> Any:
+    if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":
+        return text[1:-1]
+    low = text.lower()
+    if low in ("true", "false"):
+        return low == "true"
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
+def _condition(text: str) -> Callable[[Experiment], bool]:
+    m = _CONDITION.match(text)
+    if m is None:
+        raise UsageError(
+            f"bad filter {text!r}: write FIELD OP VALUE, e.g. 'loss < 0.2', 'lr = 0.01', "
+            "'status = running' (OP is one of = == != < <= > >=)"
+        )
+    field, op_text, raw = m.groups()
+    op = _OPS[op_text]
+    want = _literal(raw)
+
+    def check(exp: Experiment) -> bool:
+        have = _field(exp, field)
+        if have is _MISSING:
+            return False
+        if isinstance(have, bool) or isinstance(want, bool):
+            return bool(op(str(have).lower(), str(want).lower()))
+        if isinstance(have, (int, float)) and isinstance(want, float):
+            return bool(op(float(have), want))
+        return bool(op(str(have), str(want) if not isinstance(want, float) else raw))
+
+    return check
+
+
+def _compile_filter(flt: Filter) -> Callable[[Experiment], bool] | None:
+    if flt is None:
+        return None
+    if callable(flt):
+        return flt
+    conditions = [_condition(flt)] if isinstance(flt, str) else [_condition(c) for c in flt]
+    return lambda exp: all(c(exp) for c in conditions)
+
+
+def _sort_key(field: str) -> Callable[[Experiment], tuple[int, float, str]]:
+    def key(exp: Experiment) -> tuple[int, float, str]:
+        value = _field(exp, field)
+        if value is _MISSING:
+            return (2, 0.0, "")
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return (0, float(value), "")
+        return (1, 0.0, str(value))
+
+    return key
+
+
+# ------------------------------------------------------------------------------ Experiment
+
+
+class Experiment:
+    """One experiment, as read from its ref summary (commits are read only on demand).
+
+    Attributes:
+        id: Full hex id (the id of the experiment's first commit).
+    """
+
+    def __init__(
+        self,
+        repo: Repository,
+        exp_id: str,
+        target: ObjectId,
+        summary: dict[str, Any],
+        heartbeat: float | None = None,
+        stale_after: float = STALE_AFTER,
+        removed: bool = False,
+    ) -> None:
+        self._repo = repo
+        self.id = exp_id
+        self.target = target
+        self._summary = summary
+        self._heartbeat = heartbeat
+        self._removed = removed
+        self._status = self._derive_status(time.time(), stale_after)
+        self._first: Commit | None = None
+        self._checkpoints: builtins.list[Checkpoint] | None = None
+
+    def _derive_status(self, now: float, stale_after: float) -> str:
+        if self._removed:
+            return "removed"
+        if self._summary.get("status") == "stopped":
+            return "stopped"
+        if self._heartbeat is not None and now - self._heartbeat <= stale_after:
+            return "running"
+        return "crashed"
+
+    def __repr__(self) -> str:
+        return f"<Experiment {self.short_id} {self.name!r} {self.status}>"
+
+    @property
+    def repository(self) -> Repository:
+        """The repository the experiment lives in."""
+        return self._repo
+
+    @property
+    def short_id(self) -> str:
+        """The id shortened for display (12 hex digits)."""
+        return self.id[:SHORT]
+
+    @property
+    def summary(self) -> dict[str, Any]:
+        """A copy of the ref summary (see docs/experiments.md)."""
+        return dict(self._summary)
+
+    @property
+    def name(self) -> str:
+        """The experiment's name ("" if none)."""
+        return str(self._summary.get("name") or "")
+
+    @property
+    def created(self) -> datetime | None:
+        """When the run started (UTC)."""
+        return _datetime(self._summary.get("created"))
+
+    @property
+    def ended(self) -> datetime | None:
+        """When the run stopped cleanly (UTC), or None."""
+        return _datetime(self._summary.get("ended"))
+
+    @property
+    def params(self) -> dict[str, Any]:
+        """The hyperparameters given to ``track()``."""
+        return dict(self._summary.get("params") or {})
+
+    @property
+    def status(self) -> str:
+        """``running``, ``stopped`` or ``crashed`` (``removed`` for a removed experiment)."""
+        return self._status
+
+    @property
+    def user(self) -> str:
+        """Who ran it."""
+        return str(self._summary.get("user") or "")
+
+    @property
+    def host(self) -> str:
+        """Where it ran."""
+        return str(self._summary.get("host") or "")
+
+    @property
+    def command(self) -> str:
+        """The command line that ran it."""
+        return str(self._summary.get("command") or "")
+
+    @property
+    def primary_metric(self) -> tuple[str, str] | None:
+        """``(name, "minimize" | "maximize")`` or None."""
+        return primary_of(self._summary)
+
+    @property
+    def heartbeat(self) -> datetime | None:
+        """When a live run last reported (UTC), or None."""
+        return _datetime(self._heartbeat)
+
+    def _first_commit(self) -> Commit:
+        if self._first is None:
+            self._first = self._repo.read_commit(from_hex(self.id))
+        return self._first
+
+    @property
+    def env(self) -> dict[str, Any]:
+        """The recorded environment: python, packages, git, user, host, command, cwd..."""
+        return dict(self._first_commit().metadata.get("env") or {})
+
+    @property
+    def removed_checkpoints(self) -> builtins.list[str]:
+        """Ids of checkpoints hidden by ``remove``."""
+        return builtins.list(self._summary.get("removed") or [])
+
+    @property
+    def checkpoints(self) -> builtins.list[Checkpoint]:
+        """The checkpoints, oldest first (removed ones left out). Reads the commit chain."""
+        if self._checkpoints is None:
+            from mlvc.checkpoints import Checkpoint
+
+            removed = set(self._summary.get("removed") or [])
+            out = [
+                Checkpoint(self._repo, oid, c)
+                for oid, c in self._repo.log(self.target)
+                if c.metadata.get("type") == "checkpoint" and to_hex(oid) not in removed
+            ]
+            out.reverse()
+            self._checkpoints = out
+        return builtins.list(self._checkpoints)
+
+    def _checkpoint(self, hex_id: Any) -> Checkpoint | None:
+        from mlvc.checkpoints import Checkpoint
+
+        if not isinstance(hex_id, str):
+            return None
+        oid = from_hex(hex_id)
+        return Checkpoint(self._repo, oid, self._repo.read_commit(oid))
+
+    def latest(self) -> Checkpoint | None:
+        """The newest checkpoint, or None if there is none."""
+        return self._checkpoint(self._summary.get("latest"))
+
+    def best(self) -> Checkpoint | None:
+        """The checkpoint with the best primary metric, or None without a primary metric."""
+        return self._checkpoint((self._summary.get("best") or {}).get("checkpoint"))
+
+    def best_or_latest(self) -> Checkpoint | None:
+        """:meth:`best` if the experiment has a primary metric, else :meth:`latest`."""
+        return self.best() or self.latest()
+
+    def metrics(self, name: str) -> builtins.list[tuple[int | None, float]]:
+        """``(step, value)`` of one metric over the checkpoints, oldest first."""
+        out = []
+        for c in self.checkpoints:
+            value = as_float(c.metrics.get(name))
+            if value is not None:
+                out.append((c.step, value))
+        return out
+
+    def plot(self, name: str, ax: Any = None) -> Any:
+        """Plot one metric against the step with matplotlib; return the Axes.
+
+        Raises:
+            UsageError: matplotlib is not installed, or the metric was never recorded.
+        """
+        try:
+            import matplotlib.pyplot as plt
+        except ImportError:
+            raise UsageError("Experiment.plot needs matplotlib: pip install matplotlib") from None
+        points = self.metrics(name)
+        if not points:
+            raise UsageError(f"experiment {self.short_id} has no metric {name!r}")
+        if ax is None:
+            _fig, ax = plt.subplots()
+        xs = [s if s is not None else i for i, (s, _) in enumerate(points)]
+        ax.plot(xs, [v for _, v in points], marker="o", label=self.name or self.short_id)
+        ax.set_xlabel("step")
+        ax.set_ylabel(name)
+        ax.set_title(f"{name} - {self.name or self.short_id}")
+        return ax
+
+    def to_dict(self, full: bool = False) -> dict[str, Any]:
+        """A JSON-safe description with stable keys.
+
+        Args:
+            full: Also include ``env`` and the list of checkpoints (reads commits).
+        """
+        s = self._summary
+        best = s.get("best") or None
+        out: dict[str, Any] = {
+            "id": self.id,
+            "short_id": self.short_id,
+            "name": self.name,
+            "status": self.status,
+            "created": _iso(s.get("created")),
+            "ended": _iso(s.get("ended")),
+            "user": self.user,
+            "host": self.host,
+            "command": self.command,
+            "params": _json_safe(self.params),
+            "primary_metric": (
+                {"name": self.primary_metric[0], "goal": self.primary_metric[1]}
+                if self.primary_metric
+                else None
+            ),
+            "checkpoints": int(s.get("checkpoints") or 0),
+            "latest": s.get("latest"),
+            "latest_step": s.get("latest_step"),
+            "latest_metrics": _json_safe(dict(s.get("latest_metrics") or {})),
+            "best": _json_safe(dict(best)) if best else None,
+            "removed": self.removed_checkpoints,
+            "heartbeat": self.heartbeat.isoformat() if self.heartbeat else None,
+            "repository": self._repo.url,
+        }
+        if full:
+            out["env"] = _json_safe(self.env)
+            out["checkpoint_list"] = [c.to_dict() for c in self.checkpoints]
+        return out
+
+    def remove(self) -> None:
+        """Hide this experiment (delete its ref and heartbeat; ``gc`` frees the space)."""
+        _remove_experiment(self._repo, self.id)
+
+
+def _json_safe(value: Any) -> Any:
+    """Replace non-finite floats (not JSON) by their string form, recursively."""
+    if isinstance(value, float):
+        return json_number(value)
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (builtins.list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+# ------------------------------------------------------------------------------ public functions
+
+
+def list(  # noqa: A001 - the public name the API promises
+    repository: RepositoryLike = None,
+    filter: Filter = None,  # noqa: A002
+    sort: str | None = None,
+    include_removed: bool = False,
+    stale_after: float = STALE_AFTER,
+) -> builtins.list[Experiment]:
+    """Every experiment of a repository, from ref summaries only.
+
+    Args:
+        repository: A repository, settings, URL or path; None for the project's.
+        filter: A callable on :class:`Experiment`, or conditions such as ``"loss < 0.2"``,
+            ``"lr = 0.01"``, ``"status = running"`` (all must hold). Fields: ``params.X`` /
+            ``metrics.X`` / a bare name (params first, then latest metrics), ``best`` (best
+            value of the primary metric), ``status``, ``name``, ``user``, ``host``, ``id``,
+            ``created``, ``checkpoints``, ``step``.
+        sort: A field name, ``-field`` for descending; default newest first. Experiments
+            without the field come last.
+        include_removed: Also list experiments removed but not yet collected by ``gc`` (this
+            reads every commit of the repository: slow on large ones).
+        stale_after: Seconds without a heartbeat after which a running run reads as crashed.
+
+    Returns:
+        The experiments.
+
+    Raises:
+        UsageError: A malformed filter condition.
+        NotARepository: No repository there.
+    """
+    repo = shared_repo(repository)
+    check = _compile_filter(filter)
+    exps = _scan(repo, stale_after)
+    if include_removed:
+        exps += _removed_experiments(repo, {e.id for e in exps})
+    if check is not None:
+        exps = [e for e in exps if check(e)]
+    if sort:
+        desc = sort.startswith("-")
+        field = sort.lstrip("-+")
+        present = [e for e in exps if _field(e, field) is not _MISSING]
+        missing = [e for e in exps if _field(e, field) is _MISSING]
+        present.sort(key=_sort_key(field), reverse=desc)
+        return present + missing
+    exps.sort(key=lambda e: as_float(e._summary.get("created")) or 0.0, reverse=True)
+    return exps
+
+
+def _removed_experiments(repo: Repository, live: set[str]) -> builtins.list[Experiment]:
+    firsts: dict[str, Commit] = {}
+    tips: dict[str, ObjectId] = {}
+    parents: set[ObjectId] = set()
+    chains: dict[str, builtins.list[ObjectId]] = {}
+    for oid in repo.commit_ids():
+        c = repo.read_commit(oid)
+        meta = c.metadata
+        parents.update(c.parents)
+        if meta.get("type") == "experiment" and to_hex(oid) not in live:
+            firsts[to_hex(oid)] = c
+            chains.setdefault(to_hex(oid), []).append(oid)
+        elif isinstance(meta.get("experiment"), str) and meta["experiment"] not in live:
+            chains.setdefault(meta["experiment"], []).append(oid)
+    out = []
+    for exp_id, first in firsts.items():
+        candidates = [oid for oid in chains.get(exp_id, []) if oid not in parents]
+        tip = (
+            max(candidates, key=lambda o: repo.read_commit(o).time)
+            if candidates
+            else from_hex(exp_id)
+        )
+        tips[exp_id] = tip
+        meta = first.metadata
+        env = meta.get("env") or {}
+        summary = {
+            "type": "experiment",
+            "name": meta.get("name", ""),
+            "created": meta.get("started", first.time),
+            "user": env.get("user", ""),
+            "host": env.get("host", ""),
+            "command": env.get("command_line", ""),
+            "params": meta.get("params") or {},
+            "status": "removed",
+        }
+        out.append(Experiment(repo, exp_id, tip, rebuild_summary(repo, tip, summary), removed=True))
+    return out
+
+
+def _experiment_ids(repo: Repository) -> builtins.list[str]:
+    return [name.split("/", 1)[1] for name, _ in repo.refs.list_keys(KIND)]
+
+
+def _load_experiment(repo: Repository, exp_id: str, stale_after: float = STALE_AFTER) -> Experiment:
+    ref = repo.refs.get(ref_name(exp_id))
+    if ref is None:
+        raise ObjectNotFound(exp_id, "experiment")
+    return _from_ref(repo, ref, heartbeats(repo).get(exp_id), stale_after)
+
+
+def _from_ref(
+    repo: Repository, ref: Ref, heartbeat: float | None, stale_after: float = STALE_AFTER
+) -> Experiment:
+    return Experiment(repo, ref.short_name, ref.target, ref.summary, heartbeat, stale_after)
+
+
+def resolve_any(
+    repo: Repository, id_prefix: str, stale_after: float = STALE_AFTER
+) -> Experiment | Checkpoint | None:
+    """Find what an id prefix or name refers to.
+
+    Accepts an experiment id prefix, a checkpoint (or any commit) id prefix of 7+ hex digits,
+    ``experiments/<id>``, or a ref name (``production``, ``tags/production``, ``heads/main``).
+
+    Returns:
+        The :class:`Experiment` or :class:`~mlvc.checkpoints.Checkpoint`; None for a commit
+        that is neither (a plain ``mlvc commit``, the first commit of a removed experiment...).
+
+    Raises:
+        ObjectNotFound: Nothing by that id or name.
+        AmbiguousId: The prefix matches several experiments or commits.
+    """
+    from mlvc.checkpoints import Checkpoint
+
+    text = id_prefix.strip()
+    if text.startswith(f"{KIND}/"):
+        wanted = text.split("/", 1)[1].lower()
+        exp_full = resolve_prefix(wanted, _experiment_ids(repo), "experiment")
+        return _load_experiment(repo, exp_full, stale_after)
+    oid: ObjectId | None = None
+    if is_hex_prefix(text.lower()):
+        text = text.lower()
+        exp_ids = _experiment_ids(repo)
+        full: str | None
+        try:
+            full = _resolve_hex(repo, text, exp_ids)
+        except ObjectNotFound:
+            full = None
+        if full is not None:
+            if full in exp_ids:
+                return _load_experiment(repo, full, stale_after)
+            oid = from_hex(full)
+    if oid is None:
+        try:
+            oid = repo.resolve(text)
+        except (ObjectNotFound, UsageError, ValueError):
+            raise ObjectNotFound(id_prefix, "experiment or checkpoint") from None
+    commit = repo.read_commit(oid)
+    if commit.metadata.get("type") == "checkpoint":
+        return Checkpoint(repo, oid, commit)
+    return None
+
+
+def _resolve_hex(repo: Repository, prefix: str, exp_ids: builtins.list[str]) -> str:
+    def candidates() -> set[str]:
+        return set(exp_ids) | {to_hex(c) for c in repo.commit_ids()}
+
+    try:
+        return resolve_prefix(prefix, candidates(), "experiment or checkpoint")
+    except ObjectNotFound:
+        if repo.load_index():
+            return resolve_prefix(prefix, candidates(), "experiment or checkpoint")
+        raise
+
+
+def get(id: str, repository: RepositoryLike = None, stale_after: float = STALE_AFTER) -> Experiment:  # noqa: A002
+    """The experiment named by an id prefix (7+ hex digits) of it or of one of its checkpoints.
+
+    Raises:
+        ObjectNotFound: No such experiment (or it was removed).
+        AmbiguousId: The prefix matches several; the error lists them.
+    """
+    repo = shared_repo(repository)
+    found = resolve_any(repo, id, stale_after)
+    if isinstance(found, Experiment):
+        return found
+    if found is not None:
+        return _load_experiment(repo, found.experiment_id, stale_after)
+    raise ObjectNotFound(id, "experiment")
+
+
+def remove(ids: str | Iterable[str], repository: RepositoryLike = None) -> builtins.list[str]:
+    """Hide experiments and/or checkpoints (``mlvc gc`` frees their space later).
+
+    An experiment id deletes the experiment's ref and heartbeat. A checkpoint id adds the
+    checkpoint to its experiment's ``removed`` list (by compare-and-swap) and recomputes the
+    summary's latest/best. Every id is resolved before anything is removed.
+
+    Returns:
+        The full ids removed.
+
+    Raises:
+        ObjectNotFound: An id names nothing (nothing was removed).
+        AmbiguousId: An id prefix is ambiguous (nothing was removed).
+    """
+    from mlvc.checkpoints import Checkpoint
+
+    repo = shared_repo(repository)
+    wanted = [ids] if isinstance(ids, str) else builtins.list(ids)
+    targets = []
+    for i in wanted:
+        found = resolve_any(repo, i)
+        if found is None:
+            raise ObjectNotFound(i, "experiment or checkpoint")
+        targets.append(found)
+    done = []
+    for t in targets:
+        if isinstance(t, Checkpoint):
+            _remove_checkpoint(repo, t.experiment_id, t.id)
+        else:
+            _remove_experiment(repo, t.id)
+        done.append(t.id)
+    return done
+
+
+def _remove_experiment(repo: Repository, exp_id: str) -> None:
+    repo.refs.delete(ref_name(exp_id))
+    repo.store.delete(heartbeat_key(exp_id))
+
+
+def _remove_checkpoint(
+    repo: Repository, exp_id: str, checkpoint_id: str, attempts: int = 20
+) -> None:
+    for _ in range(attempts):
+        ref = repo.refs.get(ref_name(exp_id))
+        if ref is None:
+            raise ObjectNotFound(exp_id, "experiment")
+        removed = builtins.list(ref.summary.get("removed") or [])
+        if checkpoint_id in removed:
+            return
+        summary = dict(ref.summary, removed=[*removed, checkpoint_id])
+        try:
+            repo.refs.update_summary(ref, rebuild_summary(repo, ref.target, summary))
+            return
+        except RefConflict:
+            time.sleep(0.05)
+    raise RefConflict(ref_name(exp_id), None)

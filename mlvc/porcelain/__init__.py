@@ -1,0 +1,99 @@
+"""One function per command-line verb that is not experiment-specific.
+
+Each takes an open :class:`~mlvc_core.repository.Repository` (or a URL), returns a dataclass
+with a ``to_dict()`` (the ``--json`` form: stable keys, full hex ids, ISO 8601 times), and
+never prints; progress is a callback parameter. Experiment listing and removal live in
+:mod:`mlvc.experiments`.
+
+* :mod:`~mlvc.porcelain._resolve` - what an id names (:func:`resolve`), commit and file info;
+* :mod:`~mlvc.porcelain.history` - :func:`commit`, :func:`log`, tags;
+* :mod:`~mlvc.porcelain.snapshots` - :func:`show`, :func:`diff`, :func:`checkout`;
+* :mod:`~mlvc.porcelain.maintenance` - :func:`gc`, :func:`fsck`, :func:`stats`;
+* :mod:`~mlvc.porcelain.remote` - :func:`init`, :func:`push`, :func:`pull`, :func:`clone`.
+"""
+
+from __future__ import annotations
+
+from mlvc.porcelain._resolve import (
+    CommitInfo,
+    FileInfo,
+    Target,
+    describe_commit,
+    list_files,
+    resolve,
+)
+from mlvc.porcelain.history import (
+    DEFAULT_BRANCH,
+    CommitResult,
+    LogEntry,
+    LogResult,
+    TagInfo,
+    commit,
+    input_size,
+    log,
+    tag_delete,
+    tag_list,
+    tag_set,
+)
+from mlvc.porcelain.maintenance import fsck, gc, parse_duration, stats, stored_size
+from mlvc.porcelain.remote import (
+    DEFAULT_REPO_DIR,
+    InitResult,
+    TransferResult,
+    clone,
+    init,
+    open_url,
+    pull,
+    push,
+)
+from mlvc.porcelain.snapshots import (
+    CheckoutResult,
+    DiffResult,
+    ShowResult,
+    ValueChange,
+    checkout,
+    checkout_size,
+    diff,
+    show,
+)
+
+__all__ = [
+    "DEFAULT_BRANCH",
+    "DEFAULT_REPO_DIR",
+    "CheckoutResult",
+    "CommitInfo",
+    "CommitResult",
+    "DiffResult",
+    "FileInfo",
+    "InitResult",
+    "LogEntry",
+    "LogResult",
+    "ShowResult",
+    "TagInfo",
+    "Target",
+    "TransferResult",
+    "ValueChange",
+    "checkout",
+    "checkout_size",
+    "clone",
+    "commit",
+    "describe_commit",
+    "diff",
+    "fsck",
+    "gc",
+    "init",
+    "input_size",
+    "list_files",
+    "log",
+    "open_url",
+    "parse_duration",
+    "pull",
+    "push",
+    "resolve",
+    "show",
+    "stats",
+    "stored_size",
+    "tag_delete",
+    "tag_list",
+    "tag_set",
+]

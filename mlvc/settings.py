@@ -1,0 +1,264 @@
+"""Settings: where the repository is, how to reach it, where the local cache lives.
+
+The ONLY module of ``mlvc`` that reads environment variables and the project config file
+(``mlvc.toml``). Everything else receives a :class:`Settings`.
+
+Resolution of the repository, first match wins:
+
+1. the ``repository`` argument (a URL or local path);
+2. the project config file ``mlvc.toml`` (``[repository] url = "..."`` with an optional
+   ``[repository.storage_options]`` table), found by walking up from the current directory;
+   a relative local path in it is relative to the file's directory;
+3. the environment variable ``MLVC_REPOSITORY``;
+4. ``<project dir>/.mlvc`` (created by the first tracked run).
+
+The project directory is the directory holding ``mlvc.toml``, or the current directory.
+Credentials never go into ``mlvc.toml``: s3fs and gcsfs read ``AWS_*`` / ``GOOGLE_*`` themselves.
+One addition: older s3fs releases ignore ``AWS_ENDPOINT_URL``, so for an ``s3://`` repository
+its value is passed as ``client_kwargs={"endpoint_url": ...}`` unless the options set one.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mlvc_core.errors import UsageError
+
+CONFIG_NAME = "mlvc.toml"
+DEFAULT_REPO_DIR = ".mlvc"
+ENV_REPOSITORY = "MLVC_REPOSITORY"
+ENV_CACHE_DIR = "MLVC_CACHE_DIR"
+ENV_DEBUG = "MLVC_DEBUG"
+
+__all__ = [
+    "CONFIG_NAME",
+    "Settings",
+    "find_project_config",
+    "load_settings",
+    "read_project_config",
+    "write_project_config",
+]
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the porcelain needs to know about its surroundings.
+
+    Attributes:
+        repository_url: The repository's URL or absolute local path.
+        storage_options: Options for the fsspec filesystem (never credentials from config).
+        project_dir: The project directory (holds ``mlvc.toml``, else the current directory).
+        cache_dir: Root of mlvc's local caches (per repository: ``cache_dir/<repo id>``).
+        debug: ``MLVC_DEBUG`` is set to a true value.
+        config_path: The project config file, if one was found.
+        default_repository: True when no setting named a repository and the project's
+            ``.mlvc`` directory is used.
+    """
+
+    repository_url: str
+    storage_options: dict[str, Any] = field(default_factory=dict, hash=False)
+    project_dir: Path = field(default_factory=Path.cwd)
+    cache_dir: Path = field(default_factory=lambda: Path.home() / ".cache" / "mlvc")
+    debug: bool = False
+    config_path: Path | None = None
+    default_repository: bool = False
+
+    @property
+    def is_local(self) -> bool:
+        """True if the repository is a local directory."""
+        return _is_local(self.repository_url)
+
+
+def _is_local(url: str) -> bool:
+    return "://" not in url or url.startswith("file://")
+
+
+def _truthy(value: str | None) -> bool:
+    return (value or "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def find_project_config(cwd: str | os.PathLike[str] | None = None) -> Path | None:
+    """The nearest ``mlvc.toml`` in ``cwd`` or one of its parents, or None."""
+    here = Path(cwd or Path.cwd()).absolute()
+    for d in (here, *here.parents):
+        candidate = d / CONFIG_NAME
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _toml_loads(text: str) -> dict[str, Any]:
+    try:
+        import tomllib
+    except ImportError:  # Python 3.10
+        try:
+            import tomli as tomllib  # type: ignore[no-redef,import-not-found,unused-ignore]
+        except ImportError:
+            raise UsageError("reading mlvc.toml on Python 3.10 needs `pip install tomli`") from None
+    return tomllib.loads(text)
+
+
+def read_project_config(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Parse a project config file.
+
+    Raises:
+        UsageError: The file is not valid TOML or its ``[repository]`` table is malformed.
+    """
+    p = Path(path)
+    try:
+        doc = _toml_loads(p.read_text())
+    except ValueError as exc:
+        raise UsageError(f"{p} is not valid TOML: {exc}") from exc
+    repo = doc.get("repository", {})
+    if not isinstance(repo, dict) or not isinstance(repo.get("url", ""), str):
+        raise UsageError(f"{p}: [repository] must be a table with a string `url`")
+    if not isinstance(repo.get("storage_options", {}), dict):
+        raise UsageError(f"{p}: [repository.storage_options] must be a table")
+    return doc
+
+
+def default_cache_dir() -> Path:
+    """``$MLVC_CACHE_DIR``, else ``$XDG_CACHE_HOME/mlvc``, else ``~/.cache/mlvc``."""
+    if os.environ.get(ENV_CACHE_DIR):
+        return Path(os.environ[ENV_CACHE_DIR]).expanduser().absolute()
+    if os.environ.get("XDG_CACHE_HOME"):
+        return Path(os.environ["XDG_CACHE_HOME"]).expanduser().absolute() / "mlvc"
+    return Path.home() / ".cache" / "mlvc"
+
+
+def _absolute_local(url: str, base: Path) -> str:
+    if url.startswith("file://"):
+        url = url[len("file://") :]
+    p = Path(url).expanduser()
+    return os.path.normpath(p if p.is_absolute() else (base / p).absolute())
+
+
+def _with_endpoint(url: str, options: dict[str, Any]) -> dict[str, Any]:
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    if not endpoint or not url.startswith(("s3://", "s3a://")):
+        return options
+    client_kwargs = dict(options.get("client_kwargs") or {})
+    if "endpoint_url" in client_kwargs or "endpoint_url" in options:
+        return options
+    client_kwargs["endpoint_url"] = endpoint
+    return {**options, "client_kwargs": client_kwargs}
+
+
+def load_settings(
+    repository: str | os.PathLike[str] | None = None,
+    cwd: str | os.PathLike[str] | None = None,
+    storage_options: dict[str, Any] | None = None,
+) -> Settings:
+    """Work out the settings for a command or a tracked run.
+
+    Args:
+        repository: An explicit repository URL or path (wins over everything else).
+        cwd: Directory to start the search for ``mlvc.toml`` from (default: the current one).
+        storage_options: Explicit storage options (merged over the config file's).
+
+    Returns:
+        The settings.
+
+    Raises:
+        UsageError: The project config file is malformed.
+    """
+    here = Path(cwd or Path.cwd()).absolute()
+    config_path = find_project_config(here)
+    project_dir = config_path.parent if config_path is not None else here
+    options: dict[str, Any] = {}
+    url: str | None = None
+    default = False
+    if config_path is not None:
+        table = read_project_config(config_path).get("repository", {})
+        options = dict(table.get("storage_options", {}))
+        url = table.get("url") or None
+        if url is not None and _is_local(url):
+            url = _absolute_local(url, project_dir)
+    if repository is not None:
+        url = os.fspath(repository)
+        if _is_local(url):
+            url = _absolute_local(url, here)
+    elif url is None and os.environ.get(ENV_REPOSITORY):
+        url = os.environ[ENV_REPOSITORY]
+        if _is_local(url):
+            url = _absolute_local(url, here)
+    if url is None:
+        url = str(project_dir / DEFAULT_REPO_DIR)
+        default = True
+    options.update(storage_options or {})
+    return Settings(
+        repository_url=url.rstrip("/") if not _is_local(url) else url,
+        storage_options=_with_endpoint(url, options),
+        project_dir=project_dir,
+        cache_dir=default_cache_dir(),
+        debug=_truthy(os.environ.get(ENV_DEBUG)),
+        config_path=config_path,
+        default_repository=default,
+    )
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        escaped = value.replace("\\", "\\\\").replace('"', '\\"')
+        return f'"{escaped}"'
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{_toml_key(k)} = {_toml_value(v)}" for k, v in value.items()) + "}"
+    raise UsageError(f"cannot write {type(value).__name__} to mlvc.toml")
+
+
+def _toml_key(key: str) -> str:
+    if key and all(c.isalnum() or c in "-_" for c in key):
+        return key
+    return _toml_value(key)
+
+
+_SECRET_WORDS = ("secret", "password", "token", "credential", "key")
+
+
+def _refuse_secrets(options: dict[str, Any]) -> None:
+    for k, v in options.items():
+        if any(w in k.lower() for w in _SECRET_WORDS):
+            raise UsageError(
+                f"storage option {k!r} looks like a credential: set it in the environment "
+                "(AWS_* / GOOGLE_*), not in mlvc.toml"
+            )
+        if isinstance(v, dict):
+            _refuse_secrets(v)
+
+
+def write_project_config(
+    directory: str | os.PathLike[str],
+    url: str,
+    storage_options: dict[str, Any] | None = None,
+) -> Path:
+    """Write ``<directory>/mlvc.toml`` naming the project's repository.
+
+    Args:
+        directory: The project directory.
+        url: The repository URL or path (a local path is stored as given).
+        storage_options: Non-secret filesystem options (endpoint, region...).
+
+    Returns:
+        The path written.
+
+    Raises:
+        UsageError: An option looks like a credential (credentials belong in the environment).
+    """
+    options = dict(storage_options or {})
+    _refuse_secrets(options)
+    lines = ["[repository]", f"url = {_toml_value(url)}"]
+    if options:
+        lines += ["", "[repository.storage_options]"]
+        lines += [f"{_toml_key(k)} = {_toml_value(v)}" for k, v in options.items()]
+    path = Path(directory) / CONFIG_NAME
+    path.write_text("\n".join(lines) + "\n")
+    return path
