@@ -10,8 +10,9 @@ stopped at the end of the session:
 
 Per-test locations, each a fresh empty ``(url, storage_options)``:
 
-* ``s3_repo_url`` (moto: state reset, then a new bucket), ``gcs_repo_url`` (a new bucket) and
-  ``seaweed_repo_url`` (a new prefix in one session bucket: creating buckets is slow there).
+* ``s3_repo_url`` (moto: state wiped once per test by ``moto_clean``, then a new bucket),
+  ``gcs_repo_url`` (a new bucket) and ``seaweed_repo_url`` (a new prefix in the session bucket
+  ``seaweed_bucket``: creating buckets is slow there).
 
 ``store_factory`` is parametrised over :data:`STORE_KINDS` and yields a :class:`StoreFactory`:
 calling it returns a fresh, empty :class:`~mlvc_core.storage.Store` of that kind, so repository
@@ -94,13 +95,13 @@ def wait_http(
     raise RuntimeError(f"{url} did not become ready within {timeout} s")
 
 
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    """Terminate a server we started, then kill it if it lingers."""
+def stop(proc: subprocess.Popen[bytes], grace: float = 5.0) -> None:
+    """Terminate a server we started, then kill it if it lingers ``grace`` seconds."""
     if proc.poll() is not None:
         return
     proc.terminate()
     try:
-        proc.wait(10)
+        proc.wait(grace)
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
@@ -238,7 +239,7 @@ def seaweed_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             raise RuntimeError(f"{exc}\n--- weed.log ---\n{_log_tail(log_path)}") from None
         yield url
     finally:
-        stop(proc)
+        stop(proc, grace=1.0)  # its graceful shutdown takes seconds; the data is disposable
 
 
 @pytest.fixture(scope="session")
@@ -331,10 +332,16 @@ def reset_moto(endpoint: str) -> None:
 
 
 @pytest.fixture
-def s3_repo_url(moto_endpoint: str) -> Location:
-    """``("s3://<bucket>/repo", storage_options)`` on moto, after wiping its state."""
+def moto_clean(moto_endpoint: str) -> str:
+    """The moto endpoint, wiped once at the start of the test (however many fixtures use it)."""
     reset_moto(moto_endpoint)
-    options = moto_options(moto_endpoint)
+    return moto_endpoint
+
+
+@pytest.fixture
+def s3_repo_url(moto_clean: str) -> Location:
+    """``("s3://<new bucket>/repo", storage_options)`` on moto, wiped at the start of the test."""
+    options = moto_options(moto_clean)
     return f"s3://{make_s3_bucket(options)}/repo", options
 
 
@@ -410,7 +417,7 @@ class StoreFactory:
             self._memory_roots.append(url)
             return url, {}
         if self.kind == "s3-moto":
-            options = moto_options(getfix("moto_endpoint"))
+            options = moto_options(getfix("moto_clean"))
             return f"s3://{make_s3_bucket(options)}/repo", options
         if self.kind == "s3-seaweed":
             return seaweed_location(getfix("seaweed_endpoint"), getfix("seaweed_bucket"))
@@ -459,8 +466,6 @@ class StoreFactory:
 @pytest.fixture(params=STORE_KINDS)
 def store_factory(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StoreFactory]:
     """A :class:`StoreFactory` for each backend in :data:`STORE_KINDS`."""
-    if request.param == "s3-moto":
-        reset_moto(request.getfixturevalue("moto_endpoint"))
     factory = StoreFactory(request.param, request, tmp_path)
     try:
         yield factory
