@@ -28,6 +28,8 @@ class RepoConfig:
 
     chunker: ChunkerParams = field(default_factory=ChunkerParams)
     compression_level: int = 1
+    byte_planes: bool = True
+    """Let the codec split numeric data into byte planes (see ``mlvc_core.codec``)."""
     pack_size: int = DEFAULT_PACK_SIZE
     repo_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     version: int = FORMAT_VERSION
@@ -40,7 +42,7 @@ class RepoConfig:
             "id": self.repo_id,
             "hash": HASH,
             "chunker": self.chunker.to_dict(),
-            "compression": {"codec": "zstd", "level": self.compression_level},
+            "compression": {"codec": "zstd", "level": self.compression_level, "byte_planes": self.byte_planes},
             "pack_size": self.pack_size,
         }
         return (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode()
@@ -67,6 +69,7 @@ class RepoConfig:
             return cls(
                 chunker=ChunkerParams.from_dict(doc["chunker"]),
                 compression_level=int(doc["compression"]["level"]),
+                byte_planes=bool(doc["compression"].get("byte_planes", False)),
                 pack_size=int(doc["pack_size"]),
                 repo_id=str(doc["id"]),
                 version=int(doc["version"]),

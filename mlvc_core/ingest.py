@@ -38,12 +38,14 @@ _NBUF = 3
 ExcludeFn = Callable[[str], bool]
 
 
-def _process(view: memoryview, level: int, has: Callable[[ObjectId], bool]) -> tuple[ObjectId, int, bytes | memoryview | None]:
+def _process(
+    view: memoryview, level: int, planes: bool, has: Callable[[ObjectId], bool]
+) -> tuple[ObjectId, int, bytes | memoryview | None]:
     """Worker: hash a chunk and compress it unless it is already stored."""
     oid = hash_bytes(view)
     if has(oid):
         return oid, codec.RAW, None
-    c, payload = codec.compress(view, level)
+    c, payload = codec.compress(view, level, planes)
     return oid, c, payload
 
 
@@ -56,6 +58,7 @@ class FileIngester:
         self._cdc = make_fastcdc(self.repo.config.chunker)
         self._bufs = [bytearray(_BUF) for _ in range(_NBUF)]
         self._level = self.repo.config.compression_level
+        self._planes = self.repo.config.byte_planes
         assert _BUF >= 2 * self.repo.config.chunker.max
 
     def ingest(self, f: Any) -> Manifest:
@@ -102,7 +105,7 @@ class FileIngester:
                 tail = bytes(data[off : off + length])
             for off, length in cuts:
                 view = data[off : off + length]
-                pending.append((bi, length, pool.submit(_process, view, self._level, session.has)))
+                pending.append((bi, length, pool.submit(_process, view, self._level, self._planes, session.has)))
                 size += length
             session.read_bytes += sum(n for _, n in cuts)
             bi = (bi + 1) % _NBUF

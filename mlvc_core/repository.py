@@ -540,7 +540,7 @@ class WriteSession:
         """Hash, compress and store one chunk; return its id."""
         oid = hash_bytes(data)
         if not self.has(oid):
-            c, payload = codec.compress(data, self.repo.config.compression_level)
+            c, payload = codec.compress(data, self.repo.config.compression_level, self.repo.config.byte_planes)
             self.add_payload(oid, CHUNK, c, payload, len(data))
         return oid
 
