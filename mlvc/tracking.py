@@ -46,22 +46,16 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import functools
-import getpass
-import importlib.metadata
 import io
 import json
 import logging
 import os
-import platform
 import queue
 import random
-import shlex
 import shutil
 import signal
 import socket
 import stat as stat_mod
-import subprocess
 import sys
 import threading
 import time
@@ -73,6 +67,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from mlvc.environment import environment
 from mlvc.errors import FileExistsConflict, TrackingError, UsageError
 from mlvc.experiments import (
     Experiment,
@@ -100,7 +95,6 @@ __all__ = ["Run", "track", "init"]
 DEFAULT_HEARTBEAT = 10.0
 MAX_CODE_FILE_SIZE = 64 << 20
 MAX_CODE_FILES = 20_000
-GIT_DIFF_LIMIT = 1 << 20
 STAGING = ".mlvc-staging"
 _CAS_ATTEMPTS = 30
 
@@ -208,95 +202,12 @@ def copy_file(src: PathArg, dst: PathArg) -> None:
     shutil.copymode(src, dst)
 
 
-def _git(args: list[str], cwd: Path, limit: int | None = None) -> str | None:
-    try:
-        proc = subprocess.run(
-            ["git", *args], cwd=cwd, capture_output=True, timeout=15, stdin=subprocess.DEVNULL
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    if proc.returncode != 0:
-        return None
-    out = proc.stdout if limit is None else proc.stdout[:limit]
-    return out.decode("utf-8", errors="replace")
-
-
-def git_info(directory: Path) -> dict[str, Any] | None:
-    """Commit, branch, dirty flag, diff against HEAD (capped), untracked files; None outside git."""
-    if (_git(["rev-parse", "--is-inside-work-tree"], directory) or "").strip() != "true":
-        return None
-    status = _git(["status", "--porcelain", "--untracked-files=normal"], directory) or ""
-    # mlvc's own directories (a local repository, staging) do not make the work tree dirty.
-    changes = [
-        line
-        for line in status.splitlines()
-        if not any(part in (".mlvc", STAGING) for part in line[3:].strip('"').split("/"))
-    ]
-    diff_full = _git(["diff", "HEAD", "--no-color", "--no-ext-diff"], directory) or ""
-    untracked = [line[3:] for line in changes if line.startswith("??")]
-    return {
-        "commit": (_git(["rev-parse", "HEAD"], directory) or "").strip() or None,
-        "branch": (_git(["rev-parse", "--abbrev-ref", "HEAD"], directory) or "").strip() or None,
-        "root": (_git(["rev-parse", "--show-toplevel"], directory) or "").strip() or None,
-        "dirty": bool(changes),
-        "diff": diff_full[:GIT_DIFF_LIMIT],
-        "diff_truncated": len(diff_full) > GIT_DIFF_LIMIT,
-        "untracked": untracked[:1000],
-    }
-
-
-def packages() -> dict[str, str]:
-    """Installed distributions and their versions.
-
-    Cached per ``sys.path``: scanning them takes about a quarter of a second.
-    """
-    return dict(_packages(tuple(sys.path)))
-
-
-@functools.lru_cache(maxsize=4)
-def _packages(_path: tuple[str, ...]) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for dist in importlib.metadata.distributions():
-        try:
-            name = dist.metadata["Name"]
-        except (KeyError, TypeError):
-            continue
-        if name and name not in out:
-            out[name] = dist.version
-    return dict(sorted(out.items(), key=lambda kv: kv[0].lower()))
-
-
 def _default_name(argv: list[str]) -> str:
     """The script's name (``train`` for ``python train.py``), else ``run``."""
     stem = Path(argv[0]).stem if argv and argv[0] not in ("", "-", "-c", "-m") else ""
     if "ipykernel" in stem:
         return "notebook"
     return stem or "run"
-
-
-def _user() -> str:
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):
-        return "unknown"
-
-
-def environment(code_dir: Path, argv: list[str]) -> dict[str, Any]:
-    """What a run records about where it runs (never environment variables)."""
-    return {
-        "python": platform.python_version(),
-        "implementation": platform.python_implementation(),
-        "platform": platform.platform(),
-        "executable": sys.executable,
-        "packages": packages(),
-        "git": git_info(code_dir),
-        "user": _user(),
-        "host": socket.gethostname(),
-        "command": list(argv),
-        "command_line": shlex.join(argv),
-        "cwd": os.getcwd(),
-        "pid": os.getpid(),
-    }
 
 
 def overlay(session: WriteSession, base: ObjectId | None, entries: Mapping[str, TreeEntry]) -> Tree:

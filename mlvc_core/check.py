@@ -1,5 +1,7 @@
-"""fsck: re-hash every stored payload, verify every index, and check that refs reach only
-objects that exist. Reports every problem; never stops at the first."""
+"""fsck: re-hash every payload, verify every index, check refs reach only stored objects.
+
+Reports every problem; never stops at the first.
+"""
 
 from __future__ import annotations
 
@@ -75,7 +77,9 @@ def check(repo: Repository, progress: Callable[[int], None] | None = None) -> Ch
             report.problems.append(Problem(index_key(pack_id), "corrupt", str(exc)))
             continue
         if pack_id not in packs:
-            report.problems.append(Problem(pack_key(pack_id), "missing", f"pack of {len(entries)} objects is missing"))
+            report.problems.append(
+                Problem(pack_key(pack_id), "missing", f"pack of {len(entries)} objects is missing")
+            )
             continue
         report.packs_checked += 1
         try:
@@ -88,7 +92,9 @@ def check(repo: Repository, progress: Callable[[int], None] | None = None) -> Ch
             try:
                 repo.verify_payload(oid, loc, payload)
             except IntegrityError as exc:
-                report.problems.append(Problem(to_hex(oid), "corrupt", f"{exc} in {pack_key(pack_id)}"))
+                report.problems.append(
+                    Problem(to_hex(oid), "corrupt", f"{exc} in {pack_key(pack_id)}")
+                )
             report.objects_checked += 1
             report.bytes_checked += loc.raw_len
         if progress is not None:
@@ -96,7 +102,11 @@ def check(repo: Repository, progress: Callable[[int], None] | None = None) -> Ch
         del blob
     for pack_id in set(packs) - set(indexes):
         report.warnings.append(
-            Problem(pack_key(pack_id), "orphan", "pack without index (an interrupted write); gc removes it")
+            Problem(
+                pack_key(pack_id),
+                "orphan",
+                "pack without index (an interrupted write); gc removes it",
+            )
         )
     repo.load_index()
     missing: list[tuple[bytes, str]] = []
@@ -108,6 +118,10 @@ def check(repo: Repository, progress: Callable[[int], None] | None = None) -> Ch
     for oid, referrer in missing:
         if to_hex(oid) not in corrupt:
             report.problems.append(
-                Problem(to_hex(oid), "missing", f"referenced by {referrer[:12] or 'a ref'} but not stored")
+                Problem(
+                    to_hex(oid),
+                    "missing",
+                    f"referenced by {referrer[:12] or 'a ref'} but not stored",
+                )
             )
     return report

@@ -138,8 +138,14 @@ def _plane_compressor() -> zstandard.ZstdCompressor:
     if cctx is None:
         # Planes gain from entropy coding, hardly from matches: a tiny match finder is enough.
         params = zstandard.ZstdCompressionParameters(
-            window_log=17, hash_log=8, chain_log=8, search_log=1, min_match=7,
-            target_length=0, strategy=zstandard.STRATEGY_FAST, write_content_size=True,
+            window_log=17,
+            hash_log=8,
+            chain_log=8,
+            search_log=1,
+            min_match=7,
+            target_length=0,
+            strategy=zstandard.STRATEGY_FAST,
+            write_content_size=True,
         )
         cctx = _local.plane_cctx = zstandard.ZstdCompressor(compression_params=params)
     return cctx

@@ -42,7 +42,11 @@ class RepoConfig:
             "id": self.repo_id,
             "hash": HASH,
             "chunker": self.chunker.to_dict(),
-            "compression": {"codec": "zstd", "level": self.compression_level, "byte_planes": self.byte_planes},
+            "compression": {
+                "codec": "zstd",
+                "level": self.compression_level,
+                "byte_planes": self.byte_planes,
+            },
             "pack_size": self.pack_size,
         }
         return (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode()

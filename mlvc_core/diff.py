@@ -23,7 +23,12 @@ class Change:
 
     def to_dict(self) -> dict[str, object]:
         """JSON-safe form."""
-        return {"path": self.path, "status": self.status, "old_size": self.old_size, "new_size": self.new_size}
+        return {
+            "path": self.path,
+            "status": self.status,
+            "old_size": self.old_size,
+            "new_size": self.new_size,
+        }
 
 
 def _files(repo: Repository, entry: TreeEntry, path: str) -> list[tuple[str, TreeEntry]]:
@@ -39,7 +44,9 @@ def _same(a: TreeEntry, b: TreeEntry) -> bool:
     return a.kind == b.kind and a.oid == b.oid and a.target == b.target and a.mode == b.mode
 
 
-def diff_trees(repo: Repository, a: ObjectId | None, b: ObjectId | None, prefix: str = "") -> list[Change]:
+def diff_trees(
+    repo: Repository, a: ObjectId | None, b: ObjectId | None, prefix: str = ""
+) -> list[Change]:
     """Files added, removed or modified from tree ``a`` to tree ``b``, sorted by path.
 
     Subtrees with equal ids are skipped without being read, so a diff costs what changed.

@@ -70,7 +70,11 @@ def collect(
 
 
 def _collect(
-    repo: Repository, dry_run: bool, grace: float, progress: Callable[[int], None] | None, now: float
+    repo: Repository,
+    dry_run: bool,
+    grace: float,
+    progress: Callable[[int], None] | None,
+    now: float,
 ) -> GcReport:
     report = GcReport(dry_run=dry_run)
     repo.load_index()
@@ -88,7 +92,10 @@ def _collect(
 
     to_repack: list[tuple[str, list[tuple[ObjectId, Location]]]] = []
     for pack_id, info in pack_infos.items():
-        young = now - max(info.mtime, index_infos[pack_id].mtime if pack_id in index_infos else 0) < grace
+        young = (
+            now - max(info.mtime, index_infos[pack_id].mtime if pack_id in index_infos else 0)
+            < grace
+        )
         if young:
             report.packs_in_grace += 1
             report.bytes_kept += info.size
@@ -135,7 +142,7 @@ def _repack(repo: Repository, packs: list[tuple[str, list[tuple[ObjectId, Locati
             key = pack_key(pack_id)
             ranges = [(loc.offset, loc.stored_len) for _, loc in entries]
             payloads = repo.store.read_ranges(key, ranges)
-            for (oid, loc), payload in zip(entries, payloads):
+            for (oid, loc), payload in zip(entries, payloads, strict=True):
                 repo.verify_payload(oid, loc, payload)
                 s.add_payload(oid, loc.kind, loc.codec, payload, loc.raw_len)
             done.append(pack_id)

@@ -118,13 +118,18 @@ class FileIngester:
                 tail = bytes(data[off : off + length])
             for off, length in cuts:
                 view = data[off : off + length]
-                pending.append((bi, length, pool.submit(_process, view, self._level, self._planes, session.has)))
+                pending.append(
+                    (
+                        bi,
+                        length,
+                        pool.submit(_process, view, self._level, self._planes, session.has),
+                    )
+                )
                 size += length
             session.read_bytes += sum(n for _, n in cuts)
             bi = (bi + 1) % _NBUF
         drain(None)
         return Manifest(size, tuple(chunks))
-
 
     def _ingest_small(self, data: bytes) -> Manifest:
         """A small file: cut in one piece, hash and compress here (no thread round trips)."""
@@ -150,7 +155,12 @@ def _is_excluded(exclude: ExcludeFn | None, rel: str) -> bool:
 class TreeBuilder:
     """Walks directories into trees, honouring an exclude predicate and a stat cache."""
 
-    def __init__(self, session: WriteSession, exclude: ExcludeFn | None = None, stat_cache: StatCache | None = None) -> None:
+    def __init__(
+        self,
+        session: WriteSession,
+        exclude: ExcludeFn | None = None,
+        stat_cache: StatCache | None = None,
+    ) -> None:
         self.session = session
         self.exclude = exclude
         self.stat_cache = stat_cache
@@ -231,7 +241,9 @@ def ingest_paths(
             for p in resolved:
                 name = p.absolute().name
                 if name in entries:
-                    raise UsageError(f"two paths are both named {name!r}; commit their parent instead")
+                    raise UsageError(
+                        f"two paths are both named {name!r}; commit their parent instead"
+                    )
                 e = builder.entry(p, name, name)
                 if e is not None:
                     entries[name] = e

@@ -27,13 +27,16 @@ STALE_AFTER = 3600.0
 
 
 def _holder(op: str) -> bytes:
-    return json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "time": time.time(), "op": op}).encode()
+    return json.dumps(
+        {"host": socket.gethostname(), "pid": os.getpid(), "time": time.time(), "op": op}
+    ).encode()
 
 
 def _describe(store: Store, key: str) -> str:
     try:
         doc = json.loads(store.read(key))
-        return f"{doc.get('op', '?')} (pid {doc.get('pid')} on {doc.get('host')}, since {time.ctime(doc.get('time', 0))})"
+        since = time.ctime(doc.get("time", 0))
+        return f"{doc.get('op', '?')} (pid {doc.get('pid')} on {doc.get('host')}, since {since})"
     except (OSError, ValueError):
         return key
 
@@ -100,13 +103,15 @@ class ExclusiveLock:
             if not store.create(EXCLUSIVE, _holder(op)):
                 raise RepositoryLocked(_describe(store, EXCLUSIVE))
         writers = [
-            i.key for i in store.list(LOCK_PREFIX)
+            i.key
+            for i in store.list(LOCK_PREFIX)
             if i.key.startswith(LOCK_PREFIX + "shared-") and _fresh(i.mtime, now)
         ]
         if writers:
             store.delete(EXCLUSIVE)
             raise RepositoryLocked(
-                f"{len(writers)} writer(s), e.g. {_describe(store, writers[0])}; retry when they have finished"
+                f"{len(writers)} writer(s), e.g. {_describe(store, writers[0])}; "
+                "retry when they have finished"
             )
         return cls(store)
 

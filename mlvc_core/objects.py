@@ -130,7 +130,7 @@ class Tree:
 
     def __post_init__(self) -> None:
         entries = tuple(sorted(self.entries, key=lambda e: e.name))
-        for a, b in zip(entries, entries[1:]):
+        for a, b in zip(entries, entries[1:], strict=False):
             if a.name == b.name:
                 raise FormatError(f"tree has two entries named {a.name!r}")
         object.__setattr__(self, "entries", entries)

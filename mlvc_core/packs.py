@@ -97,7 +97,10 @@ def decode_index(data: bytes, name: str) -> tuple[str, list[tuple[ObjectId, Loca
         doc = msgpack.unpackb(decompress_blob(body), raw=False)
         pack_id = str(doc["pack"])
         out = [
-            (ObjectId(e[0]), Location(pack_id, int(e[2]), int(e[3]), int(e[4]), int(e[5]), int(e[1])))
+            (
+                ObjectId(e[0]),
+                Location(pack_id, int(e[2]), int(e[3]), int(e[4]), int(e[5]), int(e[1])),
+            )
             for e in doc["entries"]
         ]
     except (KeyError, TypeError, ValueError, IndexError, msgpack.UnpackException) as exc:
@@ -134,7 +137,9 @@ class PackWriter:
         self.size = len(PACK_MAGIC)
         self.entries: list[tuple[ObjectId, Location]] = []
 
-    def add(self, oid: ObjectId, kind: int, codec: int, payload: bytes | memoryview, raw_len: int) -> Location:
+    def add(
+        self, oid: ObjectId, kind: int, codec: int, payload: bytes | memoryview, raw_len: int
+    ) -> Location:
         """Append one payload; return where it went."""
         assert self._out is not None, "pack already finished"
         loc = Location(self.pack_id, self.size, len(payload), raw_len, codec, kind)

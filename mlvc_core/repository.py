@@ -33,8 +33,8 @@ from mlvc_core.errors import (
     RepositoryExists,
     UsageError,
 )
-from mlvc_core.lock import SharedLock
 from mlvc_core.ids import ObjectId, from_hex, hash_bytes, is_hex_prefix, resolve_prefix, to_hex
+from mlvc_core.lock import SharedLock
 from mlvc_core.objects import (
     CHUNK,
     COMMIT,
@@ -85,7 +85,9 @@ class _ObjectCache:
 class Repository:
     """An mlvc repository. Open with :meth:`open`, create with :meth:`init`."""
 
-    def __init__(self, store: Store, config: RepoConfig, cache_dir: str | os.PathLike[str] | None = None) -> None:
+    def __init__(
+        self, store: Store, config: RepoConfig, cache_dir: str | os.PathLike[str] | None = None
+    ) -> None:
         self.store = store
         self.config = config
         self.refs = RefStore(store)
@@ -190,7 +192,7 @@ class Repository:
                 blobs = list(ex.map(self._read_index_blob, new))
         else:
             blobs = (self._read_index_blob(p) for p in new)
-        for pack_id, blob in zip(new, blobs):
+        for pack_id, blob in zip(new, blobs, strict=True):
             _, entries = decode_index(blob, index_key(pack_id))
             self._add_entries(pack_id, entries)
         return len(new)
@@ -297,7 +299,10 @@ class Repository:
     def _typed(self, oid: ObjectId, cls: type[Any]) -> Any:
         obj = self.read_object(oid)
         if not isinstance(obj, cls):
-            raise UsageError(f"{to_hex(oid)[:12]} is a {type(obj).__name__.lower()}, not a {cls.__name__.lower()}")
+            raise UsageError(
+                f"{to_hex(oid)[:12]} is a {type(obj).__name__.lower()}, "
+                f"not a {cls.__name__.lower()}"
+            )
         return obj
 
     def read_commit(self, oid: ObjectId) -> Commit:
@@ -353,7 +358,9 @@ class Repository:
                 return from_hex(resolve_prefix(rev, candidates, "commit"))
             except ObjectNotFound:
                 if self.load_index():
-                    return from_hex(resolve_prefix(rev, [to_hex(c) for c in self._commits], "commit"))
+                    return from_hex(
+                        resolve_prefix(rev, [to_hex(c) for c in self._commits], "commit")
+                    )
                 raise
         raise ObjectNotFound(rev, "revision")
 
@@ -460,7 +467,9 @@ class Repository:
         from mlvc_core.restore import restore_tree
 
         commit = self.read_commit(self.resolve(rev))
-        return restore_tree(self, commit.tree, Path(dest), paths=paths, force=force, progress=progress)
+        return restore_tree(
+            self, commit.tree, Path(dest), paths=paths, force=force, progress=progress
+        )
 
 
 def default_author() -> str:
@@ -479,7 +488,9 @@ class WriteSession:
     and cache. Thread-safe for concurrent ``add_*`` calls.
     """
 
-    def __init__(self, repo: Repository, progress: ProgressFn | None = None, lock: bool = True) -> None:
+    def __init__(
+        self, repo: Repository, progress: ProgressFn | None = None, lock: bool = True
+    ) -> None:
         self.repo = repo
         self.progress = progress
         self._data: PackWriter | None = None
@@ -525,7 +536,9 @@ class WriteSession:
         for oid, _ in entries:
             self._pending.pop(oid, None)
 
-    def add_payload(self, oid: ObjectId, kind: int, codec_id: int, payload: bytes | memoryview, raw_len: int) -> bool:
+    def add_payload(
+        self, oid: ObjectId, kind: int, codec_id: int, payload: bytes | memoryview, raw_len: int
+    ) -> bool:
         """Store an already hashed and compressed payload unless present. True if written."""
         with self._lock:
             if self.has(oid):
@@ -540,7 +553,9 @@ class WriteSession:
         """Hash, compress and store one chunk; return its id."""
         oid = hash_bytes(data)
         if not self.has(oid):
-            c, payload = codec.compress(data, self.repo.config.compression_level, self.repo.config.byte_planes)
+            c, payload = codec.compress(
+                data, self.repo.config.compression_level, self.repo.config.byte_planes
+            )
             self.add_payload(oid, CHUNK, c, payload, len(data))
         return oid
 

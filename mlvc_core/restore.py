@@ -28,7 +28,9 @@ from mlvc_core.objects import Manifest, TreeEntry
 from mlvc_core.repository import ProgressFn, Repository
 
 
-def walk_tree(repo: Repository, tree_id: ObjectId, prefix: str = "") -> Iterator[tuple[str, TreeEntry]]:
+def walk_tree(
+    repo: Repository, tree_id: ObjectId, prefix: str = ""
+) -> Iterator[tuple[str, TreeEntry]]:
     """Every entry below a tree as ``(relative posix path, entry)``, depth first, sorted."""
     for e in repo.read_tree(tree_id).entries:
         rel = f"{prefix}{e.name}"
@@ -50,7 +52,9 @@ def check_link(rel: str, target: str) -> None:
         raise UnsafePath(f"symlink {rel!r} points outside the checkout: {target!r}")
 
 
-def _select(entries: list[tuple[str, TreeEntry]], paths: Iterable[str] | None) -> list[tuple[str, TreeEntry]]:
+def _select(
+    entries: list[tuple[str, TreeEntry]], paths: Iterable[str] | None
+) -> list[tuple[str, TreeEntry]]:
     if paths is None:
         return entries
     wanted = [p.strip("/") for p in paths]
@@ -82,7 +86,13 @@ def _make_parents(root_real: str, dest: Path, rel_dir: str) -> Path:
     return parent
 
 
-def write_file(repo: Repository, manifest: Manifest, target: Path, mode: int, progress: ProgressFn | None = None) -> None:
+def write_file(
+    repo: Repository,
+    manifest: Manifest,
+    target: Path,
+    mode: int,
+    progress: ProgressFn | None = None,
+) -> None:
     """Stream a manifest's chunks into ``target`` (temp file, then rename)."""
     tmp = target.with_name(f".{target.name}.mlvc-{uuid.uuid4().hex[:8]}")
     try:

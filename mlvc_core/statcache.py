@@ -27,7 +27,9 @@ class StatCache:
     def __init__(self, path: str | os.PathLike[str]) -> None:
         p = Path(path)
         p.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(str(p), timeout=30, check_same_thread=False, isolation_level=None)
+        self._db = sqlite3.connect(
+            str(p), timeout=30, check_same_thread=False, isolation_level=None
+        )
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute(
             "CREATE TABLE IF NOT EXISTS files (path TEXT PRIMARY KEY, size INTEGER, "

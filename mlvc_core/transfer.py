@@ -106,10 +106,15 @@ def transfer(
         total(sum(loc.stored_len for entries in by_pack.values() for _, loc in entries))
 
     with dst.session() as session:
-        def fetch(pack_id: str, batch: list[tuple[ObjectId, Location]]) -> list[tuple[ObjectId, Location, bytes]]:
-            payloads = src.store.read_ranges(pack_key(pack_id), [(loc.offset, loc.stored_len) for _, loc in batch])
+
+        def fetch(
+            pack_id: str, batch: list[tuple[ObjectId, Location]]
+        ) -> list[tuple[ObjectId, Location, bytes]]:
+            payloads = src.store.read_ranges(
+                pack_key(pack_id), [(loc.offset, loc.stored_len) for _, loc in batch]
+            )
             out = []
-            for (oid, loc), payload in zip(batch, payloads):
+            for (oid, loc), payload in zip(batch, payloads, strict=True):
                 src.verify_payload(oid, loc, payload)
                 out.append((oid, loc, payload))
             return out
@@ -142,7 +147,9 @@ def transfer(
     return report
 
 
-def _move_ref(src: Repository, dst: Repository, ref: Ref, force: bool, report: TransferReport) -> None:
+def _move_ref(
+    src: Repository, dst: Repository, ref: Ref, force: bool, report: TransferReport
+) -> None:
     current = dst.refs.get(ref.name)
     if current is not None and current.target == ref.target and current.summary == ref.summary:
         report.refs_unchanged.append(ref.name)

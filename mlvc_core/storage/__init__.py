@@ -1,7 +1,8 @@
 """Storage backends behind one contract (:class:`Store`) and :func:`open_store` to pick one by URL.
 
 ``/path`` and ``file://`` open a :class:`LocalStore`; anything else that fsspec understands
-(``s3://``, ``gs://``, ``memory://``...) opens an :class:`~mlvc_core.storage.fsspec_store.FsspecStore`,
+(``s3://``, ``gs://``, ``memory://``...) opens a
+:class:`~mlvc_core.storage.fsspec_store.FsspecStore`,
 imported only when needed so local use never pays for fsspec's import.
 """
 
@@ -14,7 +15,16 @@ from mlvc_core.storage.base import KeyInfo, Store, Version, Writer
 from mlvc_core.storage.local import LocalStore
 from mlvc_core.storage.memory import MemoryStore
 
-__all__ = ["KeyInfo", "LocalStore", "MemoryStore", "Store", "Version", "Writer", "open_store", "is_local_url"]
+__all__ = [
+    "KeyInfo",
+    "LocalStore",
+    "MemoryStore",
+    "Store",
+    "Version",
+    "Writer",
+    "open_store",
+    "is_local_url",
+]
 
 
 def is_local_url(url: str) -> bool:

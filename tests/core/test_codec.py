@@ -22,7 +22,12 @@ RANDOM = os.urandom(300_000)
 
 @pytest.mark.parametrize(
     ("data", "expected", "min_ratio"),
-    [(F32, codec.PLANES, 1.12), (BF16, codec.PLANES, 1.35), (CSV, codec.ZSTD, 3.0), (RANDOM, codec.RAW, 1.0)],
+    [
+        (F32, codec.PLANES, 1.12),
+        (BF16, codec.PLANES, 1.35),
+        (CSV, codec.ZSTD, 3.0),
+        (RANDOM, codec.RAW, 1.0),
+    ],
     ids=["float32-weights", "bf16-weights", "csv", "random"],
 )
 def test_codec_choice_and_ratio(data: bytes, expected: int, min_ratio: float) -> None:

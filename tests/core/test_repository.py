@@ -96,7 +96,14 @@ def test_init_open_and_refusals(tmp_path: Path) -> None:
     with pytest.raises(RepositoryExists):
         Repository.init(tmp_path / "r")
     cfg = json.loads((tmp_path / "r" / "config").read_text())
-    assert cfg["chunker"] == {"algorithm": "fastcdc2020", "min": 65536, "avg": 262144, "max": 1048576, "normalization": 1, "seed": 0}
+    assert cfg["chunker"] == {
+        "algorithm": "fastcdc2020",
+        "min": 65536,
+        "avg": 262144,
+        "max": 1048576,
+        "normalization": 1,
+        "seed": 0,
+    }
     cfg["version"] = 99
     (tmp_path / "r" / "config").write_text(json.dumps(cfg))
     with pytest.raises(UnsupportedFormatVersion, match="version 99"):
@@ -230,7 +237,9 @@ def _hostile(repo: Repository, entries: list[TreeEntry]) -> bytes:
     from mlvc_core.objects import TREE
 
     with repo.session() as s:
-        data = msgpack.packb({"t": "tree", "entries": [e.to_list() for e in entries]}, use_bin_type=True)
+        data = msgpack.packb(
+            {"t": "tree", "entries": [e.to_list() for e in entries]}, use_bin_type=True
+        )
         from mlvc_core.ids import hash_bytes
 
         tid = hash_bytes(data)
@@ -410,8 +419,17 @@ after_checkout = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 print(base, after_commit, after_checkout)
 """
     res = subprocess.run(
-        [sys.executable, "-c", script, str(tmp_path / "big"), str(tmp_path / "r"), str(tmp_path / "out")],
-        capture_output=True, text=True, check=True,
+        [
+            sys.executable,
+            "-c",
+            script,
+            str(tmp_path / "big"),
+            str(tmp_path / "r"),
+            str(tmp_path / "out"),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
     )
     base, after_commit, after_checkout = (int(x) for x in res.stdout.split())
     # 192 MiB went through; the process grew by far less (ring buffers + chunks in flight).

@@ -18,10 +18,18 @@ from mlvc_core.storage import MemoryStore
 
 SMALL = ChunkerParams(min=256, avg=1024, max=4096)
 oids = st.binary(min_size=32, max_size=32)
-names = st.text(min_size=1, max_size=20).filter(lambda s: s not in (".", "..") and not set(s) & {"/", "\\", "\x00"})
+names = st.text(min_size=1, max_size=20).filter(
+    lambda s: s not in (".", "..") and not set(s) & {"/", "\\", "\x00"}
+)
 meta_values = st.recursive(
-    st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | st.floats(allow_nan=False) | st.text(max_size=20),
-    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4),
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**63 - 1)
+    | st.floats(allow_nan=False)
+    | st.text(max_size=20),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4)
+    ),
     max_leaves=12,
 )
 
@@ -58,7 +66,13 @@ def test_manifest_round_trip(_size: int, chunks: list[tuple[bytes, int]]) -> Non
     assert object_id(decode(m.encode())) == object_id(m)
 
 
-@given(st.lists(st.tuples(names, st.sampled_from(["file", "dir", "link"]), oids, st.integers(0, 2**40)), max_size=12, unique_by=lambda e: e[0]))
+@given(
+    st.lists(
+        st.tuples(names, st.sampled_from(["file", "dir", "link"]), oids, st.integers(0, 2**40)),
+        max_size=12,
+        unique_by=lambda e: e[0],
+    )
+)
 def test_tree_round_trip(raw: list[tuple[str, str, bytes, int]]) -> None:
     entries = [
         TreeEntry(n, "link", None, 0, 0o777, "target") if k == "link" else TreeEntry(n, k, o, s)  # type: ignore[arg-type]
@@ -80,8 +94,16 @@ def test_tree_refuses_duplicate_names() -> None:
         Tree((e, e))
 
 
-@given(oids, st.lists(oids, max_size=3), st.text(max_size=50), st.floats(0, 2e9), st.dictionaries(st.text(max_size=8), meta_values, max_size=5))
-def test_commit_round_trip(tree: bytes, parents: list[bytes], msg: str, t: float, meta: dict) -> None:  # type: ignore[type-arg]
+@given(
+    oids,
+    st.lists(oids, max_size=3),
+    st.text(max_size=50),
+    st.floats(0, 2e9),
+    st.dictionaries(st.text(max_size=8), meta_values, max_size=5),
+)
+def test_commit_round_trip(
+    tree: bytes, parents: list[bytes], msg: str, t: float, meta: dict
+) -> None:  # type: ignore[type-arg]
     c = Commit(tree, tuple(parents), "me@host", t, msg, meta)  # type: ignore[arg-type]
     back = decode(c.encode())
     assert back.encode() == c.encode()
@@ -90,7 +112,9 @@ def test_commit_round_trip(tree: bytes, parents: list[bytes], msg: str, t: float
 
 @settings(max_examples=30, deadline=None)
 @given(st.binary(min_size=16, max_size=64), st.integers(0, 2**31), st.integers(1, 64))
-def test_chunk_boundaries_resynchronise_after_insertion(seed: bytes, where: int, n_insert: int) -> None:
+def test_chunk_boundaries_resynchronise_after_insertion(
+    seed: bytes, where: int, n_insert: int
+) -> None:
     # Pseudo-random content (content-defined boundaries need entropy) built from the seed.
     base = b"".join(hash_bytes(seed + i.to_bytes(4, "little")) for i in range(2000))  # 64 KB
     pos = where % len(base)
