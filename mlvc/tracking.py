@@ -16,6 +16,11 @@ Never break the training loop (docs/experiments.md, design invariant 5):
   returns) and enqueues a job. A background thread chunks, stores and commits, then advances
   the experiment's ref by compare-and-swap. The queue is bounded (``max_pending``, default 2):
   the loop waits only when it is full.
+* ``checkpoint(copy=False)`` skips even the copy, for loops that leave their checkpoint files
+  alone until the next checkpoint: the call only notes each file's identity (size, mtime,
+  inode) and returns in microseconds; the background thread reads the files where they are.
+  A file that changed before it was fully stored is never recorded torn or mislabelled: that
+  checkpoint is dropped with a warning (raised with ``strict=True``).
 * Errors are logged to ``logging.getLogger("mlvc")`` and training goes on; with
   ``strict=True`` they raise :class:`~mlvc.errors.TrackingError` instead (a background failure
   at the next call or at ``close()``).
@@ -68,7 +73,7 @@ from pathlib import Path
 from typing import Any
 
 from mlvc.environment import environment
-from mlvc.errors import FileExistsConflict, TrackingError, UsageError
+from mlvc.errors import FileExistsConflict, MlvcError, TrackingError, UsageError
 from mlvc.experiments import (
     Experiment,
     heartbeat_key,
@@ -252,6 +257,8 @@ class _Job:
     primary: tuple[str, str] | None = None
     items: list[tuple[str, Path]] = field(default_factory=list)
     staging: list[Path] = field(default_factory=list)
+    fingerprints: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    """Identity of each file read in place (``copy=False``), noted when the job was queued."""
     time: float = field(default_factory=time.time)
     reason: str = ""
     done: threading.Event = field(default_factory=threading.Event)
@@ -266,6 +273,33 @@ class _Job:
     def cleanup(self) -> None:
         _remove_staging(self.staging)
         self.staging = []
+
+
+class CheckpointChanged(MlvcError):
+    """A checkpoint file read in place changed before the background thread had stored it."""
+
+
+def _fingerprint_of(path: str) -> tuple[int, ...] | None:
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return None
+    return (st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns)
+
+
+def fingerprint(src: Path) -> dict[str, tuple[int, ...]]:
+    """Identity (size, mtime, inode, ctime) of a file or of every file under a directory."""
+    if not src.is_dir() or src.is_symlink():
+        fp = _fingerprint_of(str(src))
+        return {str(src): fp} if fp is not None else {}
+    out: dict[str, tuple[int, ...]] = {}
+    for dirpath, _dirs, files in os.walk(src):
+        for name in files:
+            full = os.path.join(dirpath, name)
+            fp = _fingerprint_of(full)
+            if fp is not None:
+                out[full] = fp
+    return out
 
 
 def _pid_alive(pid: int) -> bool:
@@ -425,6 +459,7 @@ class Run:
         step: int | None = None,
         metrics: Mapping[str, Any] | None = None,
         primary_metric: PrimaryArg = None,
+        copy: bool = True,
     ) -> None:
         """Record a checkpoint: files (optional), step and metrics, committed in the background.
 
@@ -437,6 +472,9 @@ class Run:
             metrics: Metric values (numbers; tensors and numpy scalars are converted).
             primary_metric: ``(name, "minimize" | "maximize")`` ranking checkpoints for
                 ``best()``; once given, later checkpoints default to it.
+            copy: Snapshot the files before returning (default), so they may be overwritten
+                at once. False: return at once and read them in the background; a file
+                changed before it was stored drops the checkpoint with a warning.
 
         Raises:
             TrackingError: Only with ``strict=True``: this or an earlier checkpoint failed.
@@ -456,11 +494,13 @@ class Run:
             primary = parse_primary(primary_metric)
             if primary is not None and self._primary is None:
                 self._primary = primary
-            items, staging = self._stage(path)
+            items, staging, fingerprints = self._stage(path, copy)
         except Exception as exc:  # noqa: BLE001 - never break training unless strict
             self._main_error(f"checkpoint at step {job_step}", exc)
             return
-        job = _Job("checkpoint", job_step, clean, primary or self._primary, items, staging)
+        job = _Job(
+            "checkpoint", job_step, clean, primary or self._primary, items, staging, fingerprints
+        )
         self._next_step = job_step + 1
         self._queue.put(job)
 
@@ -644,13 +684,16 @@ class Run:
         assert last is not None
         raise last
 
-    def _stage(self, paths: Paths) -> tuple[list[tuple[str, Path]], list[Path]]:
+    def _stage(
+        self, paths: Paths, copy: bool
+    ) -> tuple[list[tuple[str, Path]], list[Path], dict[str, tuple[int, ...]]]:
         if paths is None:
-            return [], []
+            return [], [], {}
         if isinstance(paths, (str, os.PathLike)):
             paths = [paths]
         items: list[tuple[str, Path]] = []
         staging: list[Path] = []
+        fingerprints: dict[str, tuple[int, ...]] = {}
         try:
             for p in paths:
                 src = Path(p)
@@ -661,6 +704,11 @@ class Run:
                 rel = self._tree_path(src)
                 if any(r == rel for r, _ in items):
                     raise UsageError(f"checkpoint path given twice: {rel}")
+                if not copy:
+                    src = src.absolute()
+                    fingerprints.update(fingerprint(src))
+                    items.append((rel, src))
+                    continue
                 d = self._staging_dir(src)
                 staging.append(d)
                 dst = d / Path(os.path.abspath(src)).name
@@ -678,7 +726,7 @@ class Run:
         except BaseException:
             _remove_staging(staging)
             raise
-        return items, staging
+        return items, staging, fingerprints
 
     # -------------------------------------------------------------- background worker
 
@@ -887,6 +935,13 @@ class Run:
                 entry = builder.entry(staged, rel.rsplit("/", 1)[-1], rel)
                 if entry is not None:
                     entries[rel] = entry
+            changed = [p for p, fp in job.fingerprints.items() if _fingerprint_of(p) != fp]
+            if changed:
+                raise CheckpointChanged(
+                    f"{changed[0]} changed before mlvc had stored it, so the checkpoint at step "
+                    f"{job.step} was not recorded; with checkpoint(copy=False) leave the files "
+                    "alone until the next checkpoint (or call run.flush() first)"
+                )
             tree = overlay(s, self._code_tree, entries)
             tree_id = s.add_object(tree)
 

@@ -65,6 +65,31 @@ def test_checkpoint_returns_at_once_and_waits_only_when_queue_full(
     assert not any(p.name == ".mlvc-staging" for p in project.iterdir())  # staging cleaned up
 
 
+def test_checkpoint_without_copy_reads_in_place_and_refuses_changed_files(
+    project: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    repo, store = wrap_repo(GatedStore, tmp_path / "repo", tmp_path / "cache" / "r")
+    weights = project / "w.bin"
+    kept = _payload(7, 3_000_000)
+    weights.write_bytes(kept)
+    with caplog.at_level(logging.WARNING, logger="mlvc"):
+        run = mlvc.init(repository=repo, heartbeat_interval=0.2)
+        run.checkpoint(path="w.bin", step=0, copy=False)  # left alone until stored: recorded
+        run.flush()
+        store.gate.clear()  # stall the store so the next file is still unread...
+        run.checkpoint(path="w.bin", step=1, copy=False)
+        assert store.blocked.wait(10)
+        weights.write_bytes(b"the loop overwrote it before it was stored")  # ...and change it
+        store.gate.set()
+        run.close()
+    assert not list(project.glob(".mlvc-staging/*"))  # nothing was copied
+    exp = mlvc.experiments.get(run.id, repository=repo)
+    assert [c.step for c in exp.checkpoints] == [0]  # never a torn or mislabelled step 1
+    with exp.checkpoints[0].open("w.bin") as f:
+        assert f.read() == kept
+    assert any("changed before mlvc had stored it" in r.getMessage() for r in caplog.records)
+
+
 def test_repository_failing_mid_run_does_not_stop_training(
     project: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

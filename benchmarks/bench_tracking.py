@@ -1,0 +1,158 @@
+"""Overhead of ``run.checkpoint()`` as the training loop sees it, next to ``torch.save``.
+
+For a ~512 MiB state dict (scaled by ``--scale``), measured in the same run:
+
+* ``torch.save`` of the state dict to a file (the baseline the loop already pays);
+* the ``run.checkpoint(path=...)`` call right after it (what the loop waits for; the store
+  happens in the background) - target: under 5% of ``torch.save``. Measured both ways: the
+  default (``copy=True``: the files are copied to staging before the call returns, so the loop
+  may overwrite them at once) and ``copy=False`` (nothing copied; the files are read in place
+  in the background);
+* the end-of-run flush (``run.close()``), as throughput, next to a plain
+  ``Repository.commit`` of the same file (the core store's throughput) - target: the same.
+
+Run: ``python benchmarks/bench_tracking.py [--scale S] [--reps 3]``; writes
+``benchmarks/results/tracking.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shutil
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+
+def state_dict(total_bytes: int, seed: int = 0):  # noqa: ANN201 - torch types
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    n_tensors = 16
+    per = total_bytes // 4 // n_tensors
+    return {f"layer{i}.weight": torch.randn(per, generator=g) * 0.02 for i in range(n_tensors)}
+
+
+def perturb(sd, step: int) -> None:  # noqa: ANN001
+    for t in sd.values():
+        t.add_(1e-3 * step)
+
+
+def run(scale: float, reps: int, work: Path) -> dict[str, float]:
+    import torch
+
+    import mlvc
+    from mlvc_core.repository import Repository
+
+    sd = state_dict(int(512 * (1 << 20) * scale))
+    size = sum(t.numel() * t.element_size() for t in sd.values())
+    code = work / "project"
+    code.mkdir()
+    (code / "train.py").write_text("# training script\n")
+    ckpt = code / "model.pth"
+
+    saves: list[float] = []
+    calls: dict[bool, list[float]] = {True: [], False: []}
+    repo_url = work / "repo"
+    with mlvc.track(path=code, repository=str(repo_url), params={"bench": True}) as r:
+        for step in range(2 * reps):
+            copy = step % 2 == 0
+            perturb(sd, step)
+            t0 = time.perf_counter()
+            torch.save(sd, ckpt)
+            t1 = time.perf_counter()
+            r.checkpoint(path=ckpt, step=step, metrics={"loss": 1.0 / (step + 1)}, copy=copy)
+            t2 = time.perf_counter()
+            saves.append(t1 - t0)
+            calls[copy].append(t2 - t1)
+            r.flush()  # measure each call against an idle background, as in a real epoch
+        perturb(sd, 2 * reps)
+        torch.save(sd, ckpt)
+        r.checkpoint(path=ckpt, step=2 * reps)
+        t3 = time.perf_counter()
+    flush = time.perf_counter() - t3
+
+    plain = Repository.init(work / "plain")
+    perturb(sd, reps + 1)
+    torch.save(sd, ckpt)
+    t4 = time.perf_counter()
+    plain.commit(ckpt, "plain")
+    commit = time.perf_counter() - t4
+    plain.close()
+    return {
+        "size": size,
+        "torch_save": statistics.median(saves),
+        "call_copy": statistics.median(calls[True]),
+        "call_in_place": statistics.median(calls[False]),
+        "flush": flush,
+        "commit": commit,
+    }
+
+
+def report(m: dict[str, float], command: str) -> str:
+    flush_gbs = m["size"] / m["flush"] / 1e9
+    commit_gbs = m["size"] / m["commit"] / 1e9
+    rows = [
+        ("torch.save of the state dict", f"{m['torch_save']:.3f} s", "baseline", ""),
+        *[
+            (
+                label,
+                f"{m[key]:.4f} s",
+                f"{m[key] / m['torch_save']:.1%} of torch.save",
+                "PASS" if m[key] / m["torch_save"] < 0.05 else "**FAIL** (target < 5%)",
+            )
+            for label, key in [
+                ("run.checkpoint() call, default (copy=True)", "call_copy"),
+                ("run.checkpoint(copy=False) call", "call_in_place"),
+            ]
+        ],
+        (
+            "end-of-run flush (one checkpoint)",
+            f"{m['flush']:.3f} s = {flush_gbs:.2f} GB/s",
+            f"{flush_gbs / commit_gbs:.2f}x the core store",
+            "PASS" if flush_gbs >= 0.8 * commit_gbs else "**FAIL** (target ~1x)",
+        ),
+        (
+            "core store: Repository.commit of the file",
+            f"{m['commit']:.3f} s = {commit_gbs:.2f} GB/s",
+            "baseline",
+            "",
+        ),
+    ]
+    lines = [
+        "# Tracking overhead",
+        "",
+        f"`{command}` on {platform.machine()} {platform.system()}, {os.cpu_count()} cores; "
+        f"state dict {m['size'] / (1 << 20):.0f} MiB.",
+        "",
+        "| what | time | ratio | target |",
+        "|---|---|---|---|",
+        *[f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows],
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--scale", type=float, default=1.0)
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--results", default=str(Path(__file__).parent / "results"))
+    args = ap.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="mlvc-bench-tracking-"))
+    try:
+        m = run(args.scale, args.reps, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    text = report(m, f"python benchmarks/bench_tracking.py --scale {args.scale} --reps {args.reps}")
+    print(text)
+    out = Path(args.results)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "tracking.md").write_text(text)
+
+
+if __name__ == "__main__":
+    main()
