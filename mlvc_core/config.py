@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from mlvc_core.chunker import ChunkerParams
@@ -33,6 +33,14 @@ class RepoConfig:
     pack_size: int = DEFAULT_PACK_SIZE
     repo_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     version: int = FORMAT_VERSION
+
+    def for_new_repository(self) -> RepoConfig:
+        """The same settings under a fresh repository id (push to a new remote, clone).
+
+        Chunker and compression carry over, so dedup works across the two; the id does not,
+        so the two never share local caches.
+        """
+        return replace(self, repo_id=uuid.uuid4().hex)
 
     def encode(self) -> bytes:
         """JSON form."""

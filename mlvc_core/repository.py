@@ -503,14 +503,6 @@ class WriteSession:
         # Registered before any dedup decision: gc must not delete what this session reuses.
         self._lock_handle: SharedLock | None = SharedLock.acquire(repo.store) if lock else None
 
-    def forget_packs(self, pack_ids: Iterable[str]) -> None:
-        """Drop packs from the in-memory index (gc, before it rewrites their payloads)."""
-        gone = set(pack_ids)
-        with self._index_lock:
-            for oid in [o for o, loc in self._index.items() if loc.pack in gone]:
-                del self._index[oid]
-            self._loaded_indexes -= gone
-
     def has(self, oid: ObjectId) -> bool:
         """True if ``oid`` is stored or already written in this session."""
         return oid in self._pending or self.repo.has(oid)

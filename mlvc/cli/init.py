@@ -51,6 +51,23 @@ def init(
             help="fsspec storage option KEY=VALUE written to mlvc.toml (never credentials).",
         ),
     ] = None,
+    level: Annotated[
+        int,
+        typer.Option(
+            "--compression-level",
+            "-l",
+            help="zstd level for a new repository: 1 is fast, higher is smaller and slower, "
+            "0 stores raw. Fixed once the repository exists.",
+        ),
+    ] = 1,
+    byte_planes: Annotated[
+        bool,
+        typer.Option(
+            "--byte-planes/--no-byte-planes",
+            help="Split numeric data (weights) into byte planes before compressing: "
+            "10-15% smaller checkpoints.",
+        ),
+    ] = True,
     json_: JsonOpt = False,
 ) -> None:
     """Create a repository and write mlvc.toml naming it.
@@ -66,7 +83,12 @@ def init(
         AWS_ENDPOINT_URL=http://localhost:9000 mlvc init s3://bucket/repo
     """
     st = state(ctx)
-    result = porcelain.init(url or st.repo_url, storage_options=parse_options(option))
+    result = porcelain.init(
+        url or st.repo_url,
+        storage_options=parse_options(option),
+        compression_level=level,
+        byte_planes=byte_planes,
+    )
     if json_:
         _output.print_json(result.to_dict())
         return

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mlvc.porcelain._resolve import ProgressFn, resolve
+from mlvc_core.config import RepoConfig
 from mlvc_core.errors import NotARepository, RefNotFound, UsageError
 from mlvc_core.ids import is_hex_prefix
 from mlvc_core.repository import Repository
@@ -72,14 +73,26 @@ def init(
     url: str | None = None,
     project_dir: str | os.PathLike[str] = ".",
     storage_options: dict[str, Any] | None = None,
+    compression_level: int = 1,
+    byte_planes: bool = True,
 ) -> InitResult:
     """Create a repository (default ``./.mlvc``) and write ``mlvc.toml`` naming it.
 
-    If a repository already exists at ``url`` the project is connected to it instead.
+    If a repository already exists at ``url`` the project is connected to it instead (its own
+    settings stay: they are fixed when a repository is created).
+
+    Args:
+        url: Where the repository lives.
+        project_dir: Where ``mlvc.toml`` goes.
+        storage_options: fsspec options written to ``mlvc.toml``.
+        compression_level: zstd level for a new repository (0 stores everything raw).
+        byte_planes: Let a new repository split numeric data into byte planes.
 
     Raises:
-        UsageError: Storage options holding credentials.
+        UsageError: Storage options holding credentials, or a level outside 0-19.
     """
+    if not 0 <= compression_level <= 19:
+        raise UsageError(f"compression level must be 0 (none) to 19, not {compression_level}")
     from mlvc.settings import write_project_config
 
     options = dict(storage_options or {})
@@ -91,7 +104,11 @@ def init(
         repo = open_url(location, storage_options=options)
         created = False
     except NotARepository:
-        repo = open_url(location, create=True, storage_options=options)
+        from mlvc.settings import load_settings
+
+        settings = load_settings(repository=location, storage_options=options)
+        config = RepoConfig(compression_level=compression_level, byte_planes=byte_planes)
+        repo = Repository.init(location, config=config, **dict(settings.storage_options or {}))
         created = True
     repo.close()
     config_path = write_project_config(project, url, options or None)
@@ -176,7 +193,9 @@ def _create_like(url: str, like: Repository) -> Repository:
     from mlvc.settings import load_settings
 
     settings = load_settings(repository=url)
-    return Repository.init(url, config=like.config, **dict(settings.storage_options or {}))
+    return Repository.init(
+        url, config=like.config.for_new_repository(), **dict(settings.storage_options or {})
+    )
 
 
 def pull(
@@ -216,7 +235,9 @@ def clone(
         raise UsageError(f"{project} already exists and is not empty")
     with open_url(url) as src:
         project.mkdir(parents=True, exist_ok=True)
-        dst = Repository.init(str(project / DEFAULT_REPO_DIR), config=src.config)
+        dst = Repository.init(
+            str(project / DEFAULT_REPO_DIR), config=src.config.for_new_repository()
+        )
         with dst:
             report = _transfer(src, dst, None, False, progress, total)
         config_path = write_project_config(project, DEFAULT_REPO_DIR)

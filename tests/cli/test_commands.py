@@ -50,6 +50,18 @@ def test_init_writes_config_and_reuses_an_existing_repository(project: Path) -> 
     assert "existing repository" in again.stderr
 
 
+def test_init_compression_settings_are_fixed_in_the_repository(project: Path) -> None:
+    import json
+
+    cli = Cli(project)
+    cli("init", "--compression-level", "3", "--no-byte-planes")
+    compression = json.loads((project / ".mlvc" / "config").read_text())["compression"]
+    assert compression == {"codec": "zstd", "level": 3, "byte_planes": False}
+    bad = cli("init", "elsewhere", "-l", "42", code=2)
+    assert "compression level must be 0 (none) to 19" in bad.stderr
+    assert not (project / "elsewhere").exists()
+
+
 def test_init_refuses_credentials_in_config(project: Path) -> None:
     r = Cli(project)("init", "-o", "secret=hunter2", code=2)
     assert "credential" in r.stderr

@@ -446,3 +446,10 @@ def test_memory_store_repository_and_loose_commit() -> None:
     assert repo.read_commit(cid).message == "empty"
     assert list(repo.store.list(PACK_PREFIX))
     assert isinstance(Repository.open(repo.store).store, MemoryStore)
+
+
+def test_config_for_a_new_repository_keeps_settings_not_identity() -> None:
+    cfg = RepoConfig(chunker=ChunkerParams(min=1024, avg=4096, max=16384), compression_level=3)
+    new = cfg.for_new_repository()
+    assert (new.chunker, new.compression_level, new.byte_planes) == (cfg.chunker, 3, cfg.byte_planes)
+    assert new.repo_id != cfg.repo_id
