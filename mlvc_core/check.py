@@ -9,7 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from mlvc_core.errors import FormatError, IntegrityError, KeyNotFound, MlvcError
-from mlvc_core.ids import to_hex
+from mlvc_core.ids import ObjectId, to_hex
 from mlvc_core.packs import INDEX_PREFIX, PACK_PREFIX, decode_index, index_key, pack_key
 from mlvc_core.repository import Repository
 from mlvc_core.walk import all_roots, reachable
@@ -109,9 +109,9 @@ def check(repo: Repository, progress: Callable[[int], None] | None = None) -> Ch
             )
         )
     repo.load_index()
-    missing: list[tuple[bytes, str]] = []
+    missing: list[tuple[ObjectId, str]] = []
     try:
-        reachable(repo, all_roots(repo), missing=missing)  # type: ignore[arg-type]
+        reachable(repo, all_roots(repo), missing=missing)
     except MlvcError as exc:
         report.problems.append(Problem("refs", "unreadable", str(exc)))
     corrupt = {p.key for p in report.problems}

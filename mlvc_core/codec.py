@@ -168,9 +168,9 @@ def _compress_planes(data: bytes | memoryview, width: int, mask: int, level: int
                 parts.append(z)
                 stored_mask |= 1 << i
                 continue
-        parts.append(memoryview(plane))
+        parts.append(plane.data)
     header = struct.pack(f"<BB{width}I", width, stored_mask, *(len(p) for p in parts))
-    return b"".join([header, *parts, memoryview(a[n:])])
+    return b"".join([header, *parts, a[n:].data])
 
 
 def _decompress_planes(payload: bytes, raw_len: int) -> bytes:

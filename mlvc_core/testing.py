@@ -25,7 +25,7 @@ def _retrying_increment(store: Store, key: str, times: int) -> int:
         except KeyNotFound:
             data, version = b"0", None
         try:
-            store.write_if(key, str(int(data) + 1).encode(), version)  # type: ignore[arg-type]
+            store.write_if(key, str(int(data) + 1).encode(), version)
             done += 1
         except PreconditionFailed:
             retries += 1

@@ -43,7 +43,8 @@ class TransferReport:
 
 
 def _is_ancestor(repo: Repository, old: ObjectId, new: ObjectId, limit: int = 100_000) -> bool:
-    stack, seen = [new], set()
+    stack: list[ObjectId] = [new]
+    seen: set[ObjectId] = set()
     while stack and len(seen) < limit:
         oid = stack.pop()
         if oid == old:

@@ -234,7 +234,7 @@ class LocalStore(Store):
                     current: bytes | None = path.read_bytes()
                 except FileNotFoundError:
                     current = None
-                if current != expected:
+                if current != expected:  # type: ignore[comparison-overlap] # versions are bytes here
                     raise PreconditionFailed(key)
                 tmp = self._write_tmp(path, data)
                 os.replace(tmp, path)
