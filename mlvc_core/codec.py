@@ -101,12 +101,7 @@ _TEXT_ENTROPY = 6.0
 """Samples below this many bits per byte are text-like: plain zstd (matches) wins."""
 _NOISE_ENTROPY = 7.6
 """Planes above this many bits per byte are noise: stored raw, never fed to zstd."""
-
-
-def _entropy(np: Any, counts: Any) -> float:
-    """Order-0 entropy in bits per byte of a byte histogram."""
-    p = counts[counts > 0] / counts.sum()
-    return float(-(p * np.log2(p)).sum())
+_PLANE_OFFSETS = (0, 256, 512, 768)
 
 
 def _plan(data: bytes | memoryview) -> tuple[int, int] | None:
@@ -115,16 +110,18 @@ def _plan(data: bytes | memoryview) -> tuple[int, int] | None:
 
     n = min(len(data), _SAMPLE) // 4 * 4
     grid = np.frombuffer(data, dtype=np.uint8, count=n).reshape(-1, 4)
-    # Histograms of the 4 planes of width 4; width 2's planes are sums of two of them, and the
-    # plain bytes' histogram is the sum of all four.
-    h4 = [np.bincount(grid[:, i], minlength=256) for i in range(4)]
-    if _entropy(np, h4[0] + h4[1] + h4[2] + h4[3]) < _TEXT_ENTROPY:
+    # One histogram per plane of width 4 in a single bincount; width 2's planes are sums of
+    # two of them, and the plain bytes' histogram is the sum of all four.
+    h4 = np.bincount((grid + _PLANE_OFFSETS).ravel(), minlength=1024).reshape(4, 256)
+    hists = np.vstack([h4.sum(axis=0), h4[0] + h4[2], h4[1] + h4[3], h4])
+    p = hists / hists.sum(axis=1, keepdims=True)
+    logp = np.log2(p, out=np.zeros_like(p), where=p > 0)
+    bits = -(p * logp).sum(axis=1)  # order-0 entropy, bits per byte: plain, w2 x2, w4 x4
+    if bits[0] < _TEXT_ENTROPY:
         return None
-    candidates = {2: [h4[0] + h4[2], h4[1] + h4[3]], 4: h4}
     best: tuple[float, int, int] = (0.0, 0, 0)
-    for width in (2, 4):
-        hs = [_entropy(np, h) for h in candidates[width]]
-        saving = sum(max(0.0, 8.0 - h) for h in hs) / (8.0 * width)
+    for width, hs in ((2, bits[1:3]), (4, bits[3:7])):
+        saving = float(np.clip(8.0 - hs, 0.0, None).sum()) / (8.0 * width)
         mask = sum(1 << i for i, h in enumerate(hs) if h < _NOISE_ENTROPY)
         if saving > best[0] + 0.01:
             best = (saving, width, mask)
