@@ -325,16 +325,25 @@ def resolve(ref: str, repository: RepositoryLike = None) -> Checkpoint:
         return _select(get_experiment(exp_part, repo), selector)
     found = resolve_any(repo, ref)
     if isinstance(found, Experiment):
-        best = found.best_or_latest()
-        if best is None:
-            raise ObjectNotFound(
-                f"{found.short_id} (the experiment has no checkpoints yet)", "checkpoint"
-            )
-        return best
+        return _best_of(found)
     if found is not None:
         return found
     oid = repo.resolve(ref)
     return Checkpoint(repo, oid, repo.read_commit(oid))
+
+
+def _best_of(exp: Experiment) -> Checkpoint:
+    """An experiment's best checkpoint (latest without a primary metric).
+
+    Raises:
+        ObjectNotFound: It has no checkpoints yet.
+    """
+    best = exp.best_or_latest()
+    if best is None:
+        raise ObjectNotFound(
+            f"{exp.short_id} (the experiment has no checkpoints yet)", "checkpoint"
+        )
+    return best
 
 
 def get(id: str, repository: RepositoryLike = None) -> Checkpoint:  # noqa: A002
@@ -349,12 +358,7 @@ def get(id: str, repository: RepositoryLike = None) -> Checkpoint:  # noqa: A002
     repo = shared_repo(repository)
     found = resolve_any(repo, id)
     if isinstance(found, Experiment):
-        best = found.best_or_latest()
-        if best is None:
-            raise ObjectNotFound(
-                f"{found.short_id} (the experiment has no checkpoints yet)", "checkpoint"
-            )
-        return best
+        return _best_of(found)
     if found is None:
         raise ObjectNotFound(id, "checkpoint")
     return found
