@@ -25,6 +25,11 @@ from mlvc_core.packs import INDEX_PREFIX, PACK_PREFIX, Location, index_key, pack
 from mlvc_core.repository import Repository
 from mlvc_core.walk import all_roots, reachable
 
+SMALL_PACK = 4 << 20
+"""Packs below this size are merged once there are :data:`MERGE_AT` of them (each commit or
+checkpoint writes small packs; fewer, larger ones keep opening a remote repository cheap)."""
+MERGE_AT = 16
+
 REPACK_DEAD_FRACTION = 0.2
 """Repack a pack once at least this fraction of its payload bytes is dead (headers and the
 index trailer are not payload: a freshly repacked pack is never dead weight)."""
@@ -39,6 +44,8 @@ class GcReport:
     packs_total: int = 0
     packs_deleted: int = 0
     packs_repacked: int = 0
+    packs_merged: int = 0
+    """Small, fully live packs rewritten into fewer, larger ones."""
     orphans_deleted: int = 0
     bytes_freed: int = 0
     bytes_kept: int = 0
@@ -91,6 +98,7 @@ def _collect(
     # a pack all of whose payloads are such duplicates has no entries here and is dead.
 
     to_repack: list[tuple[str, list[tuple[ObjectId, Location]]]] = []
+    small: list[tuple[str, list[tuple[ObjectId, Location]]]] = []
     for pack_id, info in pack_infos.items():
         young = (
             now - max(info.mtime, index_infos[pack_id].mtime if pack_id in index_infos else 0)
@@ -124,8 +132,13 @@ def _collect(
             to_repack.append((pack_id, live_entries))
         else:
             report.bytes_kept += info.size
+            if info.size < SMALL_PACK:
+                small.append((pack_id, live_entries))
         if progress is not None:
             progress(info.size)
+    if len(small) >= MERGE_AT:
+        report.packs_merged = len(small)
+        to_repack.extend(small)
     if not dry_run and to_repack:
         _repack(repo, to_repack)
     return report

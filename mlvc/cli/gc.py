@@ -52,6 +52,9 @@ def gc(
         f"{verb} {_output.human_size(r.bytes_freed)} ({packs} of {r.packs_total} packs); "
         f"keeping {_output.human_size(r.bytes_kept)}, {r.reachable_objects} reachable objects"
     )
+    if r.packs_merged:
+        merge = "would merge" if r.dry_run else "merged"
+        _output.note(f"{merge} {r.packs_merged} small packs into fewer, larger ones", st.quiet)
     in_grace = r.packs_in_grace
     if in_grace:
         _output.note(

@@ -468,3 +468,24 @@ def test_chunk_boundaries_do_not_depend_on_read_buffers(tmp_path: Path) -> None:
     assert [c for c, _ in manifest.chunks] == chunk_ids_of(data, repo.config.chunker)
     repo.checkout(cid, tmp_path / "out")
     assert (tmp_path / "out" / "big").read_bytes() == data
+
+
+def test_gc_merges_many_small_packs_and_keeps_everything(tmp_path: Path) -> None:
+    from mlvc_core.gc import MERGE_AT
+
+    repo = Repository.init(tmp_path / "r", SMALL)
+    commits = []
+    for i in range(MERGE_AT // 2 + 1):  # each commit writes a data pack and an object pack
+        (tmp_path / "f").write_bytes(rand(20_000, i))
+        commits.append(repo.commit(tmp_path / "f", f"v{i}"))
+    _backdate(tmp_path / "r", 7200)
+    packs_before = stats(repo).packs
+    assert packs_before >= MERGE_AT
+    report = collect(repo, dry_run=False)
+    assert report.packs_merged == packs_before and report.bytes_freed == 0
+    fresh = Repository.open(tmp_path / "r")
+    assert stats(fresh).packs < packs_before // 4
+    assert check(fresh).ok
+    for i, cid in enumerate(commits):
+        fresh.checkout(cid, tmp_path / f"out{i}")
+        assert (tmp_path / f"out{i}" / "f").read_bytes() == rand(20_000, i)
