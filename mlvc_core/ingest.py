@@ -165,17 +165,13 @@ class TreeBuilder:
         self.exclude = exclude
         self.stat_cache = stat_cache
         self._files = FileIngester(session)
-        self.files = 0
-        self.reused = 0
 
     def file_entry(self, path: Path, name: str, st: os.stat_result) -> TreeEntry:
         """Store one regular file; return its entry."""
         key = str(path.absolute())
         manifest_id = self.stat_cache.lookup(key, st) if self.stat_cache else None
         mode = 0o755 if st.st_mode & stat_mod.S_IXUSR else 0o644
-        self.files += 1
         if manifest_id is not None and self.session.has(manifest_id):
-            self.reused += 1
             if self.session.progress is not None:
                 self.session.progress(st.st_size)
             return TreeEntry(name, "file", manifest_id, st.st_size, mode)

@@ -38,7 +38,6 @@ from mlvc_core.lock import SharedLock
 from mlvc_core.objects import (
     CHUNK,
     COMMIT,
-    KIND_NAMES,
     Commit,
     Manifest,
     Object,
@@ -601,8 +600,3 @@ class WriteSession:
             self.finish()
         else:
             self.abort()
-
-
-def kind_name(kind: int) -> str:
-    """Readable name of an index kind code."""
-    return KIND_NAMES.get(kind, f"kind{kind}")

@@ -21,7 +21,8 @@ def test_import_contracts_hold() -> None:
 def test_import_mlvc_stays_light() -> None:
     code = (
         "import sys, mlvc, mlvc_core; "
-        "heavy = sorted(m for m in ('typer', 'click', 'rich', 'fsspec', 's3fs', 'gcsfs', 'torch', 'numpy') if m in sys.modules); "
+        "heavy = sorted(m for m in ('typer', 'click', 'rich', 'fsspec', 's3fs', 'gcsfs', "
+        "'torch', 'numpy') if m in sys.modules); "
         "print(','.join(heavy))"
     )
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

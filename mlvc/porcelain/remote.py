@@ -104,11 +104,8 @@ def init(
         repo = open_url(location, storage_options=options)
         created = False
     except NotARepository:
-        from mlvc.settings import load_settings
-
-        settings = load_settings(repository=location, storage_options=options)
         config = RepoConfig(compression_level=compression_level, byte_planes=byte_planes)
-        repo = Repository.init(location, config=config, **dict(settings.storage_options or {}))
+        repo = _create(location, config, options)
         created = True
     repo.close()
     config_path = write_project_config(project, url, options or None)
@@ -181,21 +178,22 @@ def push(
     try:
         dst = open_url(url)
     except NotARepository:
-        dst = _create_like(url, repo)
+        # Same chunker and compression as this repository, so dedup carries over.
+        dst = _create(url, repo.config.for_new_repository())
         created = True
     with dst:
         report = _transfer(repo, dst, refs, force, progress, total)
     return TransferResult(repo.url, dst.url, report, created)
 
 
-def _create_like(url: str, like: Repository) -> Repository:
-    """Create a repository at ``url`` with ``like``'s config (same chunker, so dedup carries)."""
+def _create(
+    url: str, config: RepoConfig, storage_options: dict[str, Any] | None = None
+) -> Repository:
+    """Create a repository at ``url`` with ``config``; settings supply endpoints and options."""
     from mlvc.settings import load_settings
 
-    settings = load_settings(repository=url)
-    return Repository.init(
-        url, config=like.config.for_new_repository(), **dict(settings.storage_options or {})
-    )
+    settings = load_settings(repository=url, storage_options=storage_options)
+    return Repository.init(url, config=config, **dict(settings.storage_options or {}))
 
 
 def pull(

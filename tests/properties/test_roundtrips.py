@@ -125,7 +125,7 @@ def test_chunk_boundaries_resynchronise_after_insertion(
     # found unchanged in the edited content: boundaries re-synchronised.
     offset = 0
     resync_after = pos + 4 * SMALL.max
-    for oid, length in zip(a, _lengths(base)):
+    for oid, length in zip(a, _lengths(base), strict=True):
         if offset >= resync_after:
             assert oid in b
         offset += length
