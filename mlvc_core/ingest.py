@@ -21,12 +21,13 @@ import stat as stat_mod
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from mlvc_core import codec
 from mlvc_core.chunker import ChunkerParams, MiB, make_fastcdc
-from mlvc_core.errors import UsageError
+from mlvc_core.errors import MlvcError, UsageError
 from mlvc_core.ids import ObjectId, hash_bytes
 from mlvc_core.objects import CHUNK, Manifest, Tree, TreeEntry, check_name
 from mlvc_core.repository import WriteSession
@@ -35,19 +36,89 @@ from mlvc_core.statcache import StatCache
 _BUF = 16 * MiB
 _NBUF = 3
 _SMALL_FILE = 2 * MiB
+_GROUP = 8
+"""Chunks verified per task when following a guide."""
+_MAX_MISSES = 16
+"""Failed guesses after which a file is just cut."""
 
 ExcludeFn = Callable[[str], bool]
 
 
 def _process(
-    view: memoryview, level: int, planes: bool, has: Callable[[ObjectId], bool]
+    view: memoryview,
+    level: int,
+    planes: bool,
+    has: Callable[[ObjectId], bool],
+    seen: list[Any] | None = None,
 ) -> tuple[ObjectId, int, bytes | memoryview | None]:
-    """Worker: hash a chunk and compress it unless it is already stored."""
+    """Worker: hash a chunk and compress it unless it is already stored.
+
+    The id is put in ``seen`` as soon as it is known (before compressing), so the reading
+    thread can look for a previous version's chunk without waiting for the compression.
+    """
     oid = hash_bytes(view)
+    if seen is not None:
+        seen.append(oid)
     if has(oid):
         return oid, codec.RAW, None
     c, payload = codec.compress(view, level, planes)
     return oid, c, payload
+
+
+def _verify(
+    pieces: list[tuple[memoryview, ObjectId]],
+    level: int,
+    planes: bool,
+    has: Callable[[ObjectId], bool],
+) -> list[tuple[ObjectId, int, bytes | memoryview | None]]:
+    """Worker: hash pieces laid out from a previous version; stop at the first that differs.
+
+    Returns one result per piece that matched (a prefix of ``pieces``); a matching chunk the
+    repository lacks (a guide from an incomplete copy) is compressed for storing.
+    """
+    out: list[tuple[ObjectId, int, bytes | memoryview | None]] = []
+    for view, expected in pieces:
+        oid = hash_bytes(view)
+        if oid != expected:
+            break
+        if has(oid):
+            out.append((oid, codec.RAW, None))
+        else:
+            c, payload = codec.compress(view, level, planes)
+            out.append((oid, c, payload))
+    return out
+
+
+class _Guide:
+    """A previous version of a file: its chunks, by id and by offset."""
+
+    def __init__(self, manifest: Manifest, max_len: int) -> None:
+        self.chunks = manifest.chunks
+        self.by_offset: dict[int, int] = {}
+        self.end_of: dict[ObjectId, int] = {}
+        """End offset of each chunk that occurs once (a repeated one says nothing of where)."""
+        repeated: set[ObjectId] = set()
+        off = 0
+        for i, (oid, n) in enumerate(self.chunks):
+            self.by_offset[off] = i
+            off += n
+            if oid in self.end_of:
+                repeated.add(oid)
+            self.end_of[oid] = off
+        for oid in repeated:
+            del self.end_of[oid]
+        self.usable = all(n <= max_len for _, n in self.chunks)
+
+
+@dataclass
+class _Pending:
+    buffer: int
+    offset: int
+    """Offset in the file of the first byte."""
+    lengths: list[int]
+    future: Future[Any]
+    guided: bool
+    seen: list[Any] = field(default_factory=list)
 
 
 class FileIngester:
@@ -64,44 +135,95 @@ class FileIngester:
         self._planes = self.repo.config.byte_planes
         assert _BUF >= 2 * self.repo.config.chunker.max
 
-    def ingest(self, f: Any, size_hint: int | None = None) -> Manifest:
+    def ingest(
+        self, f: Any, size_hint: int | None = None, guide: Manifest | None = None
+    ) -> Manifest:
         """Read a binary file object to its end; store its chunks; return its manifest.
 
         Args:
             f: A binary file object with ``readinto`` (or ``read``).
             size_hint: The expected size; files well below the ring buffer's size are read in
                 one piece instead of through the ring.
+            guide: The manifest of a previous version of the file (same repository). Where
+                the file still holds the guide's chunks they are verified by hash instead of
+                being searched for by the chunker (see :func:`_verify`); the result is the
+                same manifest either way. Needs a seekable ``f``.
         """
         if size_hint is not None and size_hint <= _SMALL_FILE:
             return self._ingest_small(f.read())
+        g = _Guide(guide, _BUF // 2) if guide is not None and guide.chunks else None
+        if g is not None and not (g.usable and f.seekable()):
+            g = None
+        start = f.tell() if g is not None else 0
         session = self.session
         pool = self.repo.pool
-        pending: deque[tuple[int, int, Future[Any]]] = deque()  # (buffer, length, future)
+        level, planes, has = self._level, self._planes, session.has
+        pending: deque[_Pending] = deque()
         chunks: list[tuple[ObjectId, int]] = []
-        size = 0
+        restart: list[int] = []  # file offset to read again from, after a guess failed
+        ends = g.end_of if g is not None else {}
+        hits: list[tuple[int, int]] = []  # (end in the file, end in the guide) of a cut chunk
 
-        def drain(until_buffer: int | None) -> None:
-            while pending and (until_buffer is None or any(p[0] == until_buffer for p in pending)):
-                _buf, length, fut = pending.popleft()
-                oid, c, payload = fut.result()
+        def take(p: _Pending) -> None:
+            if p.guided:
+                results = p.future.result()
+            else:
+                results = [p.future.result()]
+            off = p.offset
+            for (oid, c, payload), length in zip(results, p.lengths, strict=False):
                 if payload is not None:
                     session.add_payload(oid, CHUNK, c, payload, length)
                 chunks.append((oid, length))
+                if not p.guided and oid in ends:
+                    hits.append((off + length, ends[oid]))
+                session.read_bytes += length
                 if session.progress is not None:
                     session.progress(length)
+                off += length
+            if len(results) < len(p.lengths):
+                restart.append(off)
 
+        def drain(until_buffer: int | None) -> None:
+            while pending and (
+                until_buffer is None or any(p.buffer == until_buffer for p in pending)
+            ):
+                p = pending.popleft()
+                if restart:
+                    p.future.result()  # speculative: wait until no worker reads its buffer
+                else:
+                    take(p)
+
+        # Where a boundary is in the file minus where the guide has it: 0 until an insertion
+        # or deletion shifts the content. ``expect`` is the guide's chunk to try next, if any.
+        delta = 0
+        expect: int | None = 0 if g is not None else None
+        evidence = -1  # end offset of the last guide chunk found by hashing and acted on
+        misses = 0
+        base = 0  # file offset of the buffer's first byte
         tail = b""
         bi = 0
         eof = False
-        while not eof:
+        while True:
             drain(bi)
+            if restart:
+                drain(None)
+                base = evidence = restart[0]
+                restart.clear()
+                misses += 1
+                if misses > _MAX_MISSES:
+                    g = None  # the guide keeps failing: just cut
+                f.seek(start + base)
+                tail, expect, eof = b"", None, False
+            if eof:
+                drain(None)
+                if restart:
+                    continue
+                break
             if not self._bufs:
                 self._bufs = [bytearray(_BUF) for _ in range(_NBUF)]
-            buf = self._bufs[bi]
-            mv = memoryview(buf)
-            t = len(tail)
-            mv[:t] = tail
-            filled = t
+            mv = memoryview(self._bufs[bi])
+            filled = len(tail)
+            mv[:filled] = tail
             while filled < _BUF:
                 n = f.readinto(mv[filled:])
                 if not n:
@@ -109,27 +231,80 @@ class FileIngester:
                     break
                 filled += n
             if filled == 0:
-                break
+                continue
             data = mv[:filled]
-            cuts = [(c.offset, c.length) for c in self._cdc.cut_buf(data)]
-            if not eof:
-                # The last piece ends at the buffer's end, not at a content boundary: carry it.
-                off, length = cuts.pop()
-                tail = bytes(data[off : off + length])
-            for off, length in cuts:
-                view = data[off : off + length]
-                pending.append(
-                    (
-                        bi,
-                        length,
-                        pool.submit(_process, view, self._level, self._planes, session.has),
-                    )
-                )
-                size += length
-            session.read_bytes += sum(n for _, n in cuts)
+            pos = 0
+            if g is not None and expect is None:
+                # Back in step with the guide? The newest chunk hashed so far that the guide
+                # holds tells how far the content has shifted.
+                found = hits[-1] if hits else None
+                for p in reversed(pending):
+                    old_end = next((ends[o] for o in p.seen if o in ends), None)
+                    if old_end is not None and not p.guided:
+                        found = (p.offset + p.lengths[0], old_end)
+                        break
+                if found is not None and found[0] > evidence:
+                    evidence, delta = found[0], found[0] - found[1]
+                    expect = g.by_offset.get(base - delta)
+            if g is not None and expect is not None:
+                expect, pos = self._lay_out(g, expect, data, base, eof, bi, pending)
+            if pos < filled and (g is None or expect is None):
+                rest = data[pos:filled]
+                cuts = [(c.offset, c.length) for c in self._cdc.cut_buf(rest)]
+                if not eof:
+                    cuts.pop()  # the last piece ends at the buffer's end, not at a boundary
+                for off, length in cuts:
+                    seen: list[Any] = []
+                    fut = pool.submit(_process, rest[off : off + length], level, planes, has, seen)
+                    pending.append(_Pending(bi, base + pos + off, [length], fut, False, seen))
+                pos += sum(n for _, n in cuts)
+            tail = bytes(data[pos:filled])
+            base += pos
             bi = (bi + 1) % _NBUF
-        drain(None)
-        return Manifest(size, tuple(chunks))
+        return Manifest(sum(n for _, n in chunks), tuple(chunks))
+
+    def _lay_out(
+        self,
+        g: _Guide,
+        expect: int,
+        data: memoryview,
+        base: int,
+        eof: bool,
+        bi: int,
+        pending: deque[_Pending],
+    ) -> tuple[int | None, int]:
+        """Queue the guide's chunks from ``expect`` over ``data`` for verification.
+
+        Returns the guide chunk to try at the next buffer (None: cut from here on) and how
+        far into ``data`` the queued chunks reach.
+        """
+        pool, level, planes, has = self.repo.pool, self._level, self._planes, self.session.has
+        filled = len(data)
+        pos = group_at = 0
+        pieces: list[tuple[memoryview, ObjectId]] = []
+        lengths: list[int] = []
+
+        def submit() -> None:
+            fut = pool.submit(_verify, pieces, level, planes, has)
+            pending.append(_Pending(bi, base + group_at, lengths, fut, True))
+
+        while expect < len(g.chunks):
+            oid, n = g.chunks[expect]
+            if pos + n > filled:
+                break
+            if expect == len(g.chunks) - 1 and not (eof and pos + n == filled):
+                break  # the guide's last chunk was cut by its end of file, not by content
+            pieces.append((data[pos : pos + n], oid))
+            lengths.append(n)
+            pos += n
+            expect += 1
+            if len(pieces) == _GROUP:
+                submit()
+                pieces, lengths, group_at = [], [], pos
+        if pieces:
+            submit()
+        more = not eof and expect < len(g.chunks) and pos + g.chunks[expect][1] > filled
+        return (expect if more else None), pos
 
     def _ingest_small(self, data: bytes) -> Manifest:
         """A small file: cut in one piece, hash and compress here (no thread round trips)."""
@@ -160,23 +335,80 @@ class TreeBuilder:
         session: WriteSession,
         exclude: ExcludeFn | None = None,
         stat_cache: StatCache | None = None,
+        guide: ObjectId | None = None,
     ) -> None:
+        """Set up a walk.
+
+        Args:
+            session: Where to store.
+            exclude: Predicate on ``/``-separated relative paths to leave out.
+            stat_cache: Skips files whose size, mtime, inode and ctime are unchanged.
+            guide: The tree of a previous version (the parent commit's): a changed or
+                touched file whose path it holds is verified chunk by chunk against that
+                version before anything is cut (see :meth:`FileIngester.ingest`).
+        """
         self.session = session
         self.exclude = exclude
         self.stat_cache = stat_cache
         self._files = FileIngester(session)
+        self._guide = guide
+        self._guide_trees: dict[str, Tree | None] = {}
 
-    def file_entry(self, path: Path, name: str, st: os.stat_result) -> TreeEntry:
-        """Store one regular file; return its entry."""
+    def _guide_tree(self, rel_dir: str) -> Tree | None:
+        """The guide's directory at ``rel_dir`` ("" for the root), if it has one."""
+        if rel_dir in self._guide_trees:
+            return self._guide_trees[rel_dir]
+        tree: Tree | None = None
+        try:
+            if rel_dir == "":
+                tree = self.session.repo.read_tree(self._guide) if self._guide else None
+            else:
+                head, _, name = rel_dir.rpartition("/")
+                parent = self._guide_tree(head)
+                e = parent.get(name) if parent is not None else None
+                if e is not None and e.kind == "dir" and e.oid is not None:
+                    tree = self.session.repo.read_tree(e.oid)
+        except MlvcError:
+            tree = None  # a guide is only a hint: an unreadable one is no guide
+        self._guide_trees[rel_dir] = tree
+        return tree
+
+    def guide_for(self, rel: str, previous: ObjectId | None = None) -> Manifest | None:
+        """The previous version of the file at ``rel``, if one is known and readable.
+
+        ``previous`` (a manifest id, from the stat cache) comes first, then the guide tree's
+        file at that path.
+        """
+        candidates = [previous] if previous is not None else []
+        if self._guide is not None:
+            head, _, name = rel.rpartition("/")
+            parent = self._guide_tree(head)
+            e = parent.get(name) if parent is not None else None
+            if e is not None and e.kind == "file" and e.oid is not None:
+                candidates.append(e.oid)
+        for oid in candidates:
+            try:
+                return self.session.repo.read_manifest(oid)
+            except MlvcError:
+                continue
+        return None
+
+    def file_entry(
+        self, path: Path, name: str, st: os.stat_result, rel: str | None = None
+    ) -> TreeEntry:
+        """Store one regular file (``rel``: its path in the tree); return its entry."""
         key = str(path.absolute())
-        manifest_id = self.stat_cache.lookup(key, st) if self.stat_cache else None
+        previous = self.stat_cache.previous(key, st) if self.stat_cache else None
         mode = 0o755 if st.st_mode & stat_mod.S_IXUSR else 0o644
-        if manifest_id is not None and self.session.has(manifest_id):
+        if previous is not None and previous[1] and self.session.has(previous[0]):
             if self.session.progress is not None:
                 self.session.progress(st.st_size)
-            return TreeEntry(name, "file", manifest_id, st.st_size, mode)
+            return TreeEntry(name, "file", previous[0], st.st_size, mode)
+        guide = None
+        if st.st_size > _SMALL_FILE:
+            guide = self.guide_for(rel or name, previous[0] if previous else None)
         with open(path, "rb", buffering=0) as f:
-            manifest = self._files.ingest(f, st.st_size)
+            manifest = self._files.ingest(f, st.st_size, guide)
         manifest_id = self.session.add_object(manifest)
         if self.stat_cache is not None:
             self.stat_cache.record(key, st, manifest_id)
@@ -192,7 +424,7 @@ class TreeBuilder:
             tree = self.tree(path, rel)
             return TreeEntry(name, "dir", self.session.add_object(tree), tree.size, 0o755)
         if stat_mod.S_ISREG(st.st_mode):
-            return self.file_entry(path, name, st)
+            return self.file_entry(path, name, st, rel)
         return None  # sockets, fifos, devices: not content
 
     def tree(self, directory: Path, rel: str = "") -> Tree:
@@ -215,16 +447,17 @@ def ingest_paths(
     paths: list[str | os.PathLike[str]],
     exclude: ExcludeFn | None = None,
     stat_cache: StatCache | None = None,
+    guide: ObjectId | None = None,
 ) -> ObjectId:
     """Store files and directories; return the root tree id.
 
     One directory becomes the root itself. Otherwise each path becomes a root entry named by
-    its base name.
+    its base name. ``guide``: the root tree of a previous version (see :class:`TreeBuilder`).
 
     Raises:
         UsageError: A path does not exist, or two paths share a base name.
     """
-    builder = TreeBuilder(session, exclude, stat_cache)
+    builder = TreeBuilder(session, exclude, stat_cache, guide)
     resolved = [Path(p) for p in paths]
     for p in resolved:
         if not p.exists() and not p.is_symlink():

@@ -11,6 +11,7 @@ a mismatch raises :class:`~mlvc_core.errors.IntegrityError` naming the id.
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import os
 import socket
@@ -28,6 +29,7 @@ from mlvc_core.errors import (
     FormatError,
     IntegrityError,
     KeyNotFound,
+    MlvcError,
     NotARepository,
     ObjectNotFound,
     RepositoryExists,
@@ -431,10 +433,17 @@ class Repository:
         if branch is not None:
             ref = self.head(branch)
             expected = ref.target if ref else None
-        if parents is None:
-            parents = [expected] if expected is not None else []
+        parents = [expected] if expected is not None and parents is None else list(parents or [])
+        guide = None
+        if parents:
+            # Files changed since the parent are verified against its version chunk by chunk
+            # before anything is cut: re-committing rewritten or copied data stays fast.
+            with contextlib.suppress(MlvcError):
+                guide = self.read_commit(parents[0]).tree
         with self.session(progress) as s:
-            tree_id = ingest_paths(s, list(paths), exclude=exclude, stat_cache=stat_cache)
+            tree_id = ingest_paths(
+                s, list(paths), exclude=exclude, stat_cache=stat_cache, guide=guide
+            )
             commit = Commit(
                 tree=tree_id,
                 parents=tuple(parents),

@@ -2,8 +2,12 @@
 
 Maps an absolute path to the ``(size, mtime_ns, inode, ctime_ns)`` it had when it was stored and
 the id of its manifest. A hit is trusted only if all four match and the manifest is still in the
-repository. Files modified within the last two seconds are not recorded, because a later write
-in the same timestamp tick would go unnoticed (git's "racy clean" problem).
+repository. Files modified within the last two seconds are recorded as never matching, because
+a later write in the same timestamp tick would go unnoticed (git's "racy clean" problem).
+
+A path whose stat no longer matches still names its previous manifest (:meth:`StatCache.previous`):
+a file rewritten in place usually keeps much of its content, and ingest verifies that content
+against the old chunks instead of cutting it again.
 
 Kept in SQLite in the repository's local cache directory; one cache per repository.
 """
@@ -40,23 +44,39 @@ class StatCache:
 
     def lookup(self, path: str, st: os.stat_result) -> ObjectId | None:
         """The manifest id recorded for ``path`` if its stat still matches."""
+        found = self.previous(path, st)
+        return found[0] if found is not None and found[1] else None
+
+    def previous(self, path: str, st: os.stat_result | None = None) -> tuple[ObjectId, bool] | None:
+        """The manifest id last recorded for ``path``, and whether ``st`` still matches it.
+
+        A file that no longer matches was most likely rewritten in place, often with much of
+        its old content: its old manifest is a good guide for ingesting the new one.
+        """
         with self._lock:
             row = self._db.execute(
                 "SELECT size, mtime_ns, ino, ctime_ns, manifest FROM files WHERE path = ?", (path,)
             ).fetchone()
         if row is None:
             return None
-        if tuple(row[:4]) != (st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns):
-            return None
-        return ObjectId(bytes(row[4]))
+        same = st is not None and tuple(row[:4]) == (
+            st.st_size,
+            st.st_mtime_ns,
+            st.st_ino,
+            st.st_ctime_ns,
+        )
+        return ObjectId(bytes(row[4])), same
 
     def record(self, path: str, st: os.stat_result, manifest: ObjectId) -> None:
         """Remember ``path``'s manifest (buffered until :meth:`flush`)."""
+        size = st.st_size
         if time.time_ns() - max(st.st_mtime_ns, st.st_ctime_ns) < _RACY_NS:
-            return
+            # Modified too recently to trust its stat (a write within the timestamp's
+            # granularity would go unseen): kept as a guide only, never to skip the file.
+            size = -1
         with self._lock:
             self._pending.append(
-                (path, st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns, bytes(manifest))
+                (path, size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns, bytes(manifest))
             )
 
     def flush(self) -> None:

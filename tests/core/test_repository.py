@@ -156,6 +156,82 @@ def test_stat_cache_skips_unchanged_files_and_sees_changes(tmp_path: Path) -> No
     assert (out / "config.json").read_bytes() == b'{"lr": 0.02}\n'
 
 
+class _CountingCutter:
+    """Wraps a FastCDC cutter and counts the bytes it is asked to cut."""
+
+    def __init__(self, inner: object, counts: list[int]) -> None:
+        self.inner, self.counts = inner, counts
+
+    def cut_buf(self, buf: memoryview) -> object:
+        self.counts.append(len(buf))
+        return self.inner.cut_buf(buf)  # type: ignore[attr-defined]
+
+
+def test_rewritten_or_copied_data_is_verified_against_the_parent_not_cut(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mlvc_core import ingest
+
+    cut: list[int] = []
+    real = ingest.make_fastcdc
+    monkeypatch.setattr(ingest, "make_fastcdc", lambda p: _CountingCutter(real(p), cut))
+    repo = Repository.init(tmp_path / "r")
+    data = os.urandom(6 << 20)
+    src = tmp_path / "run1"
+    src.mkdir()
+    (src / "model.bin").write_bytes(data)
+    c1 = repo.commit(src, "one")
+    assert sum(cut) == len(data)
+
+    # The same bytes under a new path (a copy, a clone, a rewrite): nothing is cut.
+    cut.clear()
+    copy = tmp_path / "run2"
+    copy.mkdir()
+    (copy / "model.bin").write_bytes(data)
+    c2 = repo.commit(copy, "two")
+    assert repo.read_commit(c2).tree == repo.read_commit(c1).tree
+    assert cut == []
+
+    # Bytes inserted in the middle: the part before is verified, the rest is cut, and the
+    # manifest is the one a repository without the guide gives.
+    cut.clear()
+    edited = data[: 3 << 20] + b"inserted" + data[3 << 20 :]
+    (copy / "model.bin").write_bytes(edited)
+    c3 = repo.commit(copy, "three")
+    assert 0 < sum(cut) < len(edited)
+    fresh = Repository.init(tmp_path / "fresh")
+    c4 = fresh.commit(copy, "alone")
+    assert repo.read_tree(repo.read_commit(c3).tree) == fresh.read_tree(fresh.read_commit(c4).tree)
+    out = tmp_path / "out"
+    repo.checkout(c3, out)
+    assert (out / "model.bin").read_bytes() == edited
+
+
+def test_a_stat_cache_guides_a_file_rewritten_in_place(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mlvc_core import ingest
+
+    cut: list[int] = []
+    real = ingest.make_fastcdc
+    monkeypatch.setattr(ingest, "make_fastcdc", lambda p: _CountingCutter(real(p), cut))
+    repo = Repository.init(tmp_path / "r")
+    f = tmp_path / "weights.bin"
+    data = os.urandom(5 << 20)
+    f.write_bytes(data)
+    old = time.time() - 60
+    os.utime(f, (old, old))
+    cache = StatCache(tmp_path / "cache.db")
+    repo.commit(f, "one", branch=None, stat_cache=cache)  # no parent: only the cache knows
+    cut.clear()
+    f.write_bytes(data)  # rewritten with the same bytes: new mtime, the cache misses
+    c2 = repo.commit(f, "two", branch=None, stat_cache=cache)
+    assert cut == []
+    out = tmp_path / "out"
+    repo.checkout(c2, out)
+    assert (out / "weights.bin").read_bytes() == data
+
+
 def test_id_prefixes(tmp_path: Path) -> None:
     repo = Repository.init(tmp_path / "r")
     (tmp_path / "a").write_text("a")
