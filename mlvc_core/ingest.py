@@ -36,51 +36,47 @@ from mlvc_core.statcache import StatCache
 _BUF = 16 * MiB
 _NBUF = 3
 _SMALL_FILE = 2 * MiB
-_GROUP = 8
-"""Chunks verified per task when following a guide."""
+_GROUP = 4
+"""Chunks per worker task."""
 _MAX_MISSES = 16
 """Failed guesses after which a file is just cut."""
 
 ExcludeFn = Callable[[str], bool]
 
 
-def _process(
-    view: memoryview,
-    level: int,
-    planes: bool,
-    has: Callable[[ObjectId], bool],
-    seen: list[Any] | None = None,
-) -> tuple[ObjectId, int, bytes | memoryview | None]:
-    """Worker: hash a chunk and compress it unless it is already stored.
+Result = tuple[ObjectId, int, "bytes | memoryview | None"]
+"""A worker's answer for one chunk: id, codec, payload to store (None: already stored)."""
 
-    The id is put in ``seen`` as soon as it is known (before compressing), so the reading
-    thread can look for a previous version's chunk without waiting for the compression.
-    """
+
+def _process(view: memoryview, level: int, planes: bool, has: Callable[[ObjectId], bool]) -> Result:
+    """Hash a chunk and compress it unless it is already stored."""
     oid = hash_bytes(view)
-    if seen is not None:
-        seen.append(oid)
     if has(oid):
         return oid, codec.RAW, None
     c, payload = codec.compress(view, level, planes)
     return oid, c, payload
 
 
-def _verify(
-    pieces: list[tuple[memoryview, ObjectId]],
+def _process_group(
+    pieces: list[tuple[memoryview, ObjectId | None]],
     level: int,
     planes: bool,
     has: Callable[[ObjectId], bool],
-) -> list[tuple[ObjectId, int, bytes | memoryview | None]]:
-    """Worker: hash pieces laid out from a previous version; stop at the first that differs.
+    seen: list[ObjectId],
+) -> list[Result]:
+    """Worker: :func:`_process` a run of chunks, one task for several (fewer thread hand-offs).
 
-    Returns one result per piece that matched (a prefix of ``pieces``); a matching chunk the
-    repository lacks (a guide from an incomplete copy) is compressed for storing.
+    A piece with an expected id (laid out from a previous version) that hashes to anything
+    else ends the run: the result has one entry per piece before it. Ids go into ``seen`` as
+    soon as they are known (before compressing), so the reading thread can spot a previous
+    version's chunk without waiting for the compression.
     """
-    out: list[tuple[ObjectId, int, bytes | memoryview | None]] = []
+    out: list[Result] = []
     for view, expected in pieces:
         oid = hash_bytes(view)
-        if oid != expected:
+        if expected is not None and oid != expected:
             break
+        seen.append(oid)
         if has(oid):
             out.append((oid, codec.RAW, None))
         else:
@@ -112,13 +108,26 @@ class _Guide:
 
 @dataclass
 class _Pending:
+    """A run of chunks queued to the workers."""
+
     buffer: int
     offset: int
     """Offset in the file of the first byte."""
     lengths: list[int]
-    future: Future[Any]
     guided: bool
-    seen: list[Any] = field(default_factory=list)
+    """Laid out from a guide (each piece checked against its expected id), not cut."""
+    future: Future[list[Result]] | None = None
+    seen: list[ObjectId] = field(default_factory=list)
+
+    def hit(self, ends: dict[ObjectId, int]) -> tuple[int, int] | None:
+        """(end in the file, end in the guide) of the last hashed chunk the guide holds."""
+        if self.guided:
+            return None
+        seen = list(self.seen)
+        for i in range(len(seen) - 1, -1, -1):
+            if seen[i] in ends:
+                return self.offset + sum(self.lengths[: i + 1]), ends[seen[i]]
+        return None
 
 
 class FileIngester:
@@ -146,7 +155,7 @@ class FileIngester:
                 one piece instead of through the ring.
             guide: The manifest of a previous version of the file (same repository). Where
                 the file still holds the guide's chunks they are verified by hash instead of
-                being searched for by the chunker (see :func:`_verify`); the result is the
+                being searched for by the chunker (see :func:`_process_group`); the result is the
                 same manifest either way. Needs a seekable ``f``.
         """
         if size_hint is not None and size_hint <= _SMALL_FILE:
@@ -156,8 +165,6 @@ class FileIngester:
             g = None
         start = f.tell() if g is not None else 0
         session = self.session
-        pool = self.repo.pool
-        level, planes, has = self._level, self._planes, session.has
         pending: deque[_Pending] = deque()
         chunks: list[tuple[ObjectId, int]] = []
         restart: list[int] = []  # file offset to read again from, after a guess failed
@@ -165,29 +172,28 @@ class FileIngester:
         hits: list[tuple[int, int]] = []  # (end in the file, end in the guide) of a cut chunk
 
         def take(p: _Pending) -> None:
-            if p.guided:
-                results = p.future.result()
-            else:
-                results = [p.future.result()]
+            assert p.future is not None
+            results = p.future.result()
             off = p.offset
             for (oid, c, payload), length in zip(results, p.lengths, strict=False):
                 if payload is not None:
                     session.add_payload(oid, CHUNK, c, payload, length)
                 chunks.append((oid, length))
-                if not p.guided and oid in ends:
-                    hits.append((off + length, ends[oid]))
                 session.read_bytes += length
                 if session.progress is not None:
                     session.progress(length)
                 off += length
             if len(results) < len(p.lengths):
                 restart.append(off)
+            elif (h := p.hit(ends)) is not None:
+                hits.append(h)
 
         def drain(until_buffer: int | None) -> None:
             while pending and (
                 until_buffer is None or any(p.buffer == until_buffer for p in pending)
             ):
                 p = pending.popleft()
+                assert p.future is not None
                 if restart:
                     p.future.result()  # speculative: wait until no worker reads its buffer
                 else:
@@ -237,12 +243,10 @@ class FileIngester:
             if g is not None and expect is None:
                 # Back in step with the guide? The newest chunk hashed so far that the guide
                 # holds tells how far the content has shifted.
-                found = hits[-1] if hits else None
-                for p in reversed(pending):
-                    old_end = next((ends[o] for o in p.seen if o in ends), None)
-                    if old_end is not None and not p.guided:
-                        found = (p.offset + p.lengths[0], old_end)
-                        break
+                found = next(
+                    (h for p in reversed(pending) if (h := p.hit(ends)) is not None),
+                    hits[-1] if hits else None,
+                )
                 if found is not None and found[0] > evidence:
                     evidence, delta = found[0], found[0] - found[1]
                     expect = g.by_offset.get(base - delta)
@@ -253,15 +257,29 @@ class FileIngester:
                 cuts = [(c.offset, c.length) for c in self._cdc.cut_buf(rest)]
                 if not eof:
                     cuts.pop()  # the last piece ends at the buffer's end, not at a boundary
-                for off, length in cuts:
-                    seen: list[Any] = []
-                    fut = pool.submit(_process, rest[off : off + length], level, planes, has, seen)
-                    pending.append(_Pending(bi, base + pos + off, [length], fut, False, seen))
+                for i in range(0, len(cuts), _GROUP):
+                    run = cuts[i : i + _GROUP]
+                    self._submit(
+                        _Pending(bi, base + pos + run[0][0], [n for _, n in run], False),
+                        [(rest[off : off + n], None) for off, n in run],
+                        pending,
+                    )
                 pos += sum(n for _, n in cuts)
             tail = bytes(data[pos:filled])
             base += pos
             bi = (bi + 1) % _NBUF
         return Manifest(sum(n for _, n in chunks), tuple(chunks))
+
+    def _submit(
+        self,
+        p: _Pending,
+        pieces: list[tuple[memoryview, ObjectId | None]],
+        pending: deque[_Pending],
+    ) -> None:
+        p.future = self.repo.pool.submit(
+            _process_group, pieces, self._level, self._planes, self.session.has, p.seen
+        )
+        pending.append(p)
 
     def _lay_out(
         self,
@@ -278,15 +296,13 @@ class FileIngester:
         Returns the guide chunk to try at the next buffer (None: cut from here on) and how
         far into ``data`` the queued chunks reach.
         """
-        pool, level, planes, has = self.repo.pool, self._level, self._planes, self.session.has
         filled = len(data)
         pos = group_at = 0
-        pieces: list[tuple[memoryview, ObjectId]] = []
+        pieces: list[tuple[memoryview, ObjectId | None]] = []
         lengths: list[int] = []
 
         def submit() -> None:
-            fut = pool.submit(_verify, pieces, level, planes, has)
-            pending.append(_Pending(bi, base + group_at, lengths, fut, True))
+            self._submit(_Pending(bi, base + group_at, lengths, True), pieces, pending)
 
         while expect < len(g.chunks):
             oid, n = g.chunks[expect]
