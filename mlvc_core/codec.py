@@ -21,18 +21,31 @@ tens of microseconds): low-entropy bytes (text, CSV) go to plain zstd, whose mat
 high-entropy samples whose planes have skewed byte histograms go to ``PLANES``; samples that
 look random everywhere are stored raw without running zstd at all.
 
-zstd contexts are not thread-safe, so each thread keeps its own (``threading.local``).
+Encoding a ``PLANES`` payload costs little besides zstd itself: plane ``i`` is read as the
+low byte of the little-endian words starting at byte ``i`` (a truncating numpy cast, several
+times faster than a byte-strided copy); the planes zstd compresses go through a per-thread
+scratch buffer, and the payload is assembled in one fresh buffer (the raw planes extracted
+straight into place) that the caller owns. Decoding interleaves the planes back by building
+those words with whole-array shifts and ors.
+
+zstd contexts are not thread-safe, so each thread keeps its own (``threading.local``), as it
+does its scratch buffers, whose contents never leave this module.
 """
 
 from __future__ import annotations
 
+import math
 import struct
 import threading
-from typing import Any
+from typing import TYPE_CHECKING
 
 import zstandard
 
 from mlvc_core.errors import FormatError
+
+if TYPE_CHECKING:
+    import numpy as np
+    from numpy.typing import NDArray
 
 RAW = 0
 ZSTD = 1
@@ -76,6 +89,8 @@ def compress(
     Returns:
         ``(codec, payload)``; raw (``data`` itself, not a copy: the caller must write it
         before reusing its buffer) unless compression saved at least :data:`MIN_SAVING`.
+        A compressed payload is the caller's own (``bytes``, or for ``PLANES`` a memoryview
+        of a fresh buffer): it stays valid after later calls, on any thread.
     """
     if level <= 0 or len(data) < 64:
         return RAW, data
@@ -85,10 +100,10 @@ def compress(
             width, mask = plan
             if width == 0:
                 return RAW, data
-            payload = _compress_planes(data, width, mask, level)
-            if len(payload) <= len(data) * (1.0 - MIN_SAVING):
-                return PLANES, payload
-            return RAW, data
+            payload = _compress_planes(data, width, mask)
+            if payload is None:
+                return RAW, data
+            return PLANES, payload
     out = _compressor(level).compress(data)
     if len(out) <= len(data) * (1.0 - MIN_SAVING):
         return ZSTD, out
@@ -101,27 +116,53 @@ _TEXT_ENTROPY = 6.0
 """Samples below this many bits per byte are text-like: plain zstd (matches) wins."""
 _NOISE_ENTROPY = 7.6
 """Planes above this many bits per byte are noise: stored raw, never fed to zstd."""
-_PLANE_OFFSETS = (0, 256, 512, 768)
+_WORD = {2: "<u2", 4: "<u4"}
+"""Little-endian words whose truncating cast to ``uint8`` keeps their first byte."""
+
+_tables: tuple[NDArray[np.uint16], NDArray[np.float64]] | None = None
+
+
+def _plan_tables() -> tuple[NDArray[np.uint16], NDArray[np.float64]]:
+    """``(plane offsets, c * log2(c) for every count c a sample can hold)``, built once."""
+    global _tables
+    if _tables is None:
+        import numpy as np
+
+        offsets = np.array([0, 256, 512, 768], dtype=np.uint16).reshape(4, 1)
+        nlogn = np.arange(_SAMPLE + 1, dtype=np.float64)
+        nlogn[1:] *= np.log2(nlogn[1:])
+        _tables = offsets, nlogn
+    return _tables
 
 
 def _plan(data: bytes | memoryview) -> tuple[int, int] | None:
     """``(width, plane mask)`` for the planes codec, ``(0, 0)`` for raw, None for plain zstd."""
     import numpy as np
 
+    offsets, nlogn = _plan_tables()
     n = min(len(data), _SAMPLE) // 4 * 4
     grid = np.frombuffer(data, dtype=np.uint8, count=n).reshape(-1, 4)
-    # One histogram per plane of width 4 in a single bincount; width 2's planes are sums of
-    # two of them, and the plain bytes' histogram is the sum of all four.
-    h4 = np.bincount((grid + _PLANE_OFFSETS).ravel(), minlength=1024).reshape(4, 256)
-    hists = np.vstack([h4.sum(axis=0), h4[0] + h4[2], h4[1] + h4[3], h4])
-    p = hists / hists.sum(axis=1, keepdims=True)
-    logp = np.log2(p, out=np.zeros_like(p), where=p > 0)
-    bits = -(p * logp).sum(axis=1)  # order-0 entropy, bits per byte: plain, w2 x2, w4 x4
+    # One histogram per plane of width 4 in a single bincount (plane i's bytes shifted to
+    # i * 256 ..); the transposed add keeps numpy's inner loop long. Width 2's planes are sums
+    # of two of them, and the plain bytes' histogram is the sum of all four.
+    index = np.empty((4, n // 4), dtype=np.uint16)
+    np.add(grid.T, offsets, out=index)
+    h4 = np.bincount(index.ravel(), minlength=1024).reshape(4, 256)
+    hists = np.empty((7, 256), dtype=h4.dtype)
+    np.add(h4[:2], h4[2:], out=hists[1:3])
+    np.add(hists[1], hists[2], out=hists[0])
+    hists[3:] = h4
+    # Order-0 entropy of a histogram of N counts c: log2(N) - sum(c * log2(c)) / N.
+    sums: list[float] = (nlogn[hists] @ np.ones(256)).tolist()
+    bits = [
+        math.log2(size) - s / size
+        for s, size in zip(sums, (n, n / 2, n / 2, n / 4, n / 4, n / 4, n / 4), strict=True)
+    ]  # bits per byte: plain, w2 x2, w4 x4
     if bits[0] < _TEXT_ENTROPY:
         return None
     best: tuple[float, int, int] = (0.0, 0, 0)
     for width, hs in ((2, bits[1:3]), (4, bits[3:7])):
-        saving = float(np.clip(8.0 - hs, 0.0, None).sum()) / (8.0 * width)
+        saving = sum(8.0 - h for h in hs if h < 8.0) / (8.0 * width)
         mask = sum(1 << i for i, h in enumerate(hs) if h < _NOISE_ENTROPY)
         if saving > best[0] + 0.01:
             best = (saving, width, mask)
@@ -133,11 +174,12 @@ def _plan(data: bytes | memoryview) -> tuple[int, int] | None:
 def _plane_compressor() -> zstandard.ZstdCompressor:
     cctx: zstandard.ZstdCompressor | None = getattr(_local, "plane_cctx", None)
     if cctx is None:
-        # Planes gain from entropy coding, hardly from matches: a tiny match finder is enough.
+        # Planes gain from entropy coding, hardly from matches: the smallest match finder
+        # zstd has is both the fastest and (fewer short matches) the smallest on weights.
         params = zstandard.ZstdCompressionParameters(
             window_log=17,
-            hash_log=8,
-            chain_log=8,
+            hash_log=6,
+            chain_log=6,
             search_log=1,
             min_match=7,
             target_length=0,
@@ -148,29 +190,82 @@ def _plane_compressor() -> zstandard.ZstdCompressor:
     return cctx
 
 
-def _compress_planes(data: bytes | memoryview, width: int, mask: int, level: int) -> bytes:
+_SCRATCH_MAX = 4 << 20
+"""Larger scratch buffers are not kept between calls."""
+
+
+def _scratch(name: str, size: int) -> NDArray[np.uint8]:
+    """This thread's reusable buffer ``name``, ``size`` bytes long; never handed out."""
     import numpy as np
 
-    a = np.frombuffer(data, dtype=np.uint8)
-    n = len(a) // width * width
-    planes = a[:n].reshape(-1, width).T.copy()  # one pass; each row is now a contiguous plane
+    buf: NDArray[np.uint8] | None = getattr(_local, name, None)
+    if buf is None or buf.size < size:
+        buf = np.empty(max(size, 1 << 16), dtype=np.uint8)
+        if size <= _SCRATCH_MAX:
+            setattr(_local, name, buf)
+    return buf[:size]
+
+
+def _take_plane(data: bytes | memoryview, i: int, width: int, out: NDArray[np.uint8]) -> None:
+    """Write plane ``i`` (bytes ``i``, ``i + width``, ...) of ``data`` into ``out``, whole.
+
+    Plane ``i`` is the first byte of each ``width``-byte little-endian word read from offset
+    ``i``: a truncating cast of those words, which numpy vectorises (several times faster than
+    a byte-strided copy). The last word may run past the end; that byte is copied alone.
+    """
+    import numpy as np
+
+    count = len(out)
+    if count == 0:
+        return
+    whole = count if i + width * count <= len(data) else count - 1
+    words = np.frombuffer(data, dtype=_WORD[width], count=whole, offset=i)
+    np.copyto(out[:whole], words, casting="unsafe")
+    if whole < count:
+        out[whole] = data[i + width * whole]
+
+
+def _compress_planes(data: bytes | memoryview, width: int, mask: int) -> memoryview | None:
+    """The ``PLANES`` payload; None when it would not save :data:`MIN_SAVING`.
+
+    Planes in ``mask`` are extracted into a per-thread scratch buffer and compressed first;
+    once the sizes are known, one fresh buffer receives the header, the frames, the raw planes
+    (extracted straight into place) and the tail.
+    """
+    import numpy as np
+
+    plane_len, tail_len = divmod(len(data), width)
     cctx = _plane_compressor()
-    parts: list[Any] = []
-    stored_mask = 0
+    frames: list[bytes | None] = []
     for i in range(width):
-        plane = planes[i]
+        frame = None
         if mask >> i & 1:
-            z = cctx.compress(plane)
-            if len(z) <= plane.size * (1.0 - MIN_SAVING):
-                parts.append(z)
-                stored_mask |= 1 << i
-                continue
-        parts.append(plane.data)
-    header = struct.pack(f"<BB{width}I", width, stored_mask, *(len(p) for p in parts))
-    return b"".join([header, *parts, a[n:].data])
+            plane = _scratch("plane_in", plane_len)
+            _take_plane(data, i, width, plane)
+            z: bytes = cctx.compress(plane.data)
+            if len(z) <= plane_len * (1.0 - MIN_SAVING):
+                frame = z
+        frames.append(frame)
+    sizes = [plane_len if f is None else len(f) for f in frames]
+    head = 2 + 4 * width
+    total = head + sum(sizes) + tail_len
+    if total > len(data) * (1.0 - MIN_SAVING):
+        return None
+    stored_mask = sum(1 << i for i, f in enumerate(frames) if f is not None)
+    out = np.empty(total, dtype=np.uint8)
+    struct.pack_into(f"<BB{width}I", out.data, 0, width, stored_mask, *sizes)
+    off = head
+    for i, (frame, size) in enumerate(zip(frames, sizes, strict=True)):
+        if frame is None:
+            _take_plane(data, i, width, out[off : off + size])
+        else:
+            out[off : off + size] = np.frombuffer(frame, dtype=np.uint8)
+        off += size
+    out[off:] = np.frombuffer(data, dtype=np.uint8, offset=plane_len * width)
+    return out.data
 
 
-def _decompress_planes(payload: bytes, raw_len: int) -> bytes:
+def _decompress_planes(payload: bytes | memoryview, raw_len: int) -> bytes:
     import numpy as np
 
     if len(payload) < 2 or payload[0] not in (2, 4):
@@ -181,24 +276,32 @@ def _decompress_planes(payload: bytes, raw_len: int) -> bytes:
         raise FormatError("truncated byte-plane header")
     lengths = struct.unpack_from(f"<{width}I", payload, 2)
     plane_len, tail_len = divmod(raw_len, width)
-    out = np.empty(raw_len, dtype=np.uint8)
-    grid = out[: plane_len * width].reshape(-1, width)
+    view = memoryview(payload)
+    planes = []
     off = head
     for i, n in enumerate(lengths):
-        part = payload[off : off + n]
+        part: bytes | memoryview = view[off : off + n]
         off += n
         if mask >> i & 1:
             part = _zstd_frame(part, plane_len)
         if len(part) != plane_len:
             raise FormatError(f"byte plane {i} has {len(part)} bytes, expected {plane_len}")
-        grid[:, i] = np.frombuffer(part, dtype=np.uint8)
+        planes.append(np.frombuffer(part, dtype=np.uint8))
     if len(payload) - off != tail_len:
         raise FormatError("byte-plane payload has a wrong tail length")
-    out[plane_len * width :] = np.frombuffer(payload, dtype=np.uint8, offset=off)
+    out = _scratch("plane_out", raw_len)  # copied out by tobytes()
+    # Interleave by building little-endian words from the top plane down: whole-array shifts
+    # and ors, which numpy vectorises, instead of a byte-strided scatter per plane.
+    words = out[: plane_len * width].view(_WORD[width])
+    np.copyto(words, planes[-1])
+    for plane in reversed(planes[:-1]):
+        np.left_shift(words, 8, out=words)
+        np.bitwise_or(words, plane, out=words)
+    out[plane_len * width :] = np.frombuffer(view, dtype=np.uint8, offset=off)
     return out.tobytes()
 
 
-def _zstd_frame(payload: bytes, raw_len: int) -> bytes:
+def _zstd_frame(payload: bytes | memoryview, raw_len: int) -> bytes:
     try:
         # A frame that declares its size is decoded to that size whatever max_output_size
         # says, so check the declared size first.
