@@ -70,6 +70,7 @@ def run(scale: float, reps: int, work: Path) -> dict[str, float]:
             calls[copy].append(t2 - t1)
             r.flush()  # measure each call against an idle background, as in a real epoch
         perturb(sd, 2 * reps)
+        os.sync()  # both timed stores below start with no earlier writes still in flight
         torch.save(sd, ckpt)
         r.checkpoint(path=ckpt, step=2 * reps)
         t3 = time.perf_counter()
@@ -77,6 +78,7 @@ def run(scale: float, reps: int, work: Path) -> dict[str, float]:
 
     plain = Repository.init(work / "plain")
     perturb(sd, reps + 1)
+    os.sync()
     torch.save(sd, ckpt)
     t4 = time.perf_counter()
     plain.commit(ckpt, "plain")

@@ -16,6 +16,7 @@ import mlvc
 
 
 def main() -> None:
+    """Train a tiny model and record every epoch as a checkpoint."""
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--epochs", type=int, default=8)
     ap.add_argument("--lr", type=float, default=0.05)

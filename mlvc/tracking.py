@@ -11,11 +11,14 @@
 
 Never break the training loop (docs/experiments.md, design invariant 5):
 
-* ``checkpoint()`` only copies the files into a private staging directory beside them (same
-  filesystem, so the copy is cheap; the caller may overwrite its files as soon as the call
-  returns) and enqueues a job. A background thread chunks, stores and commits, then advances
-  the experiment's ref by compare-and-swap. The queue is bounded (``max_pending``, default 2):
-  the loop waits only when it is full.
+* ``checkpoint()`` only snapshots the files into a private staging directory beside them and
+  enqueues a job; the caller may overwrite its files as soon as the call returns. Large files
+  are copied in the background by a helper process that first takes a file lease on each
+  (:mod:`mlvc.staging`): the call returns once they are leased, and a write to a file whose
+  copy is not finished waits (in the kernel) until it is. Small files, and files that cannot be
+  leased, are copied before the call returns. A background thread chunks, stores and commits,
+  then advances the experiment's ref by compare-and-swap. The queue is bounded
+  (``max_pending``, default 2): the loop waits only when it is full.
 * ``checkpoint(copy=False)`` skips even the copy, for loops that leave their checkpoint files
   alone until the next checkpoint: the call only notes each file's identity (size, mtime,
   inode) and returns in microseconds; the background thread reads the files where they are.
@@ -86,6 +89,7 @@ from mlvc.experiments import (
 from mlvc.ignore import IgnoreMatcher
 from mlvc.repo import open_repo, stat_cache
 from mlvc.settings import Settings, load_settings
+from mlvc.staging import STAGING, CopyFailed, Snapshot, Stager
 from mlvc_core.errors import RefConflict
 from mlvc_core.ids import ObjectId, to_hex
 from mlvc_core.ingest import TreeBuilder, ingest_paths
@@ -100,7 +104,6 @@ __all__ = ["Run", "track", "init"]
 DEFAULT_HEARTBEAT = 10.0
 MAX_CODE_FILE_SIZE = 64 << 20
 MAX_CODE_FILES = 20_000
-STAGING = ".mlvc-staging"
 _CAS_ATTEMPTS = 30
 
 PathArg = str | os.PathLike[str]
@@ -180,33 +183,6 @@ def parse_primary(value: PrimaryArg) -> tuple[str, str] | None:
     return name, goal
 
 
-def copy_file(src: PathArg, dst: PathArg) -> None:
-    """Copy one file's bytes (and mode) cheaply.
-
-    ``copy_file_range`` lets the kernel (or the filesystem, by reflink) do the copy; other
-    systems fall back to :func:`shutil.copyfile`.
-    """
-    done = False
-    if hasattr(os, "copy_file_range"):
-        try:
-            with open(src, "rb") as fi, open(dst, "wb") as fo:
-                while os.copy_file_range(fi.fileno(), fo.fileno(), 1 << 30):
-                    pass
-            done = True
-        except OSError as exc:
-            if exc.errno not in (
-                errno.EXDEV,
-                errno.ENOSYS,
-                errno.EINVAL,
-                errno.EOPNOTSUPP,
-                errno.EPERM,
-            ):
-                raise
-    if not done:
-        shutil.copyfile(src, dst)
-    shutil.copymode(src, dst)
-
-
 def _default_name(argv: list[str]) -> str:
     """The script's name (``train`` for ``python train.py``), else ``run``."""
     stem = Path(argv[0]).stem if argv and argv[0] not in ("", "-", "-c", "-m") else ""
@@ -259,6 +235,8 @@ class _Job:
     staging: list[Path] = field(default_factory=list)
     fingerprints: dict[str, tuple[int, ...]] = field(default_factory=dict)
     """Identity of each file read in place (``copy=False``), noted when the job was queued."""
+    snapshot: Snapshot | None = None
+    """The staging copies still being made in the background (``copy=True``)."""
     time: float = field(default_factory=time.time)
     reason: str = ""
     done: threading.Event = field(default_factory=threading.Event)
@@ -270,13 +248,40 @@ class _Job:
             return "experiment start"
         return "experiment end" if self.kind == "stop" else self.kind
 
+    def await_copies(self) -> None:
+        """Wait until the background copies of the job's files are made.
+
+        Raises:
+            CheckpointChanged: A file changed while it was being copied.
+            CopyFailed: A copy failed, or was lost with the helper process.
+        """
+        if self.snapshot is None:
+            return
+        missed = self.snapshot.wait()
+        changed = [c for c in missed if c.status == "changed"]
+        if changed:
+            raise CheckpointChanged(
+                f"{changed[0].src} changed while mlvc was copying it (a write to it waited longer "
+                "than the kernel's lease-break time, /proc/sys/fs/lease-break-time), so the "
+                f"checkpoint at step {self.step} was not recorded"
+            )
+        if missed:
+            what = "failed" if missed[0].status == "failed" else "was lost"
+            raise CopyFailed(
+                f"the background copy of {missed[0].src} for the checkpoint at step {self.step} "
+                f"{what}: {missed[0].detail}"
+            )
+
     def cleanup(self) -> None:
+        if self.snapshot is not None:
+            self.snapshot.wait()  # nothing may still write into the staging directories
+            self.snapshot = None
         _remove_staging(self.staging)
         self.staging = []
 
 
 class CheckpointChanged(MlvcError):
-    """A checkpoint file read in place changed before the background thread had stored it."""
+    """A checkpoint file changed before mlvc had stored it (or copied it, in the background)."""
 
 
 def _fingerprint_of(path: str) -> tuple[int, ...] | None:
@@ -393,6 +398,7 @@ class Run:
         self._max_code_file_size = max_code_file_size
         self._swept: set[Path] = set()
         self._stop_job: _Job | None = None
+        self._stager: Stager | None = None
         self._max_code_files = max_code_files
         self.name = name or _default_name(self._argv)
         self.params: dict[str, Any] = {}
@@ -463,8 +469,17 @@ class Run:
     ) -> None:
         """Record a checkpoint: files (optional), step and metrics, committed in the background.
 
-        Returns as soon as the files are copied to staging and the job is queued; waits only
-        when ``max_pending`` checkpoints are already waiting.
+        Returns as soon as the files are protected and the job is queued; waits only when
+        ``max_pending`` checkpoints are already waiting. With ``copy=True`` (the default), files
+        of 1 MiB and more are copied to staging in the background by a helper process that
+        holds a Linux file lease on each until its copy is made: the loop may overwrite them at
+        once, and a write that comes before the copy is finished (``torch.save``, ``open(path,
+        "wb")``) waits in the kernel until it is (reading them never waits). Smaller files, and
+        where leases are unavailable (other systems, network filesystems, files of another user,
+        a file held open for writing), are copied before the call returns, as is everything if
+        the helper cannot run. A write that waits longer than ``/proc/sys/fs/lease-break-time``
+        (45 s by default) is let in by the kernel; that checkpoint is then dropped with a
+        warning, never recorded torn.
 
         Args:
             path: A file, a directory, or a list of them (weights, optimizer state, ...).
@@ -472,9 +487,9 @@ class Run:
             metrics: Metric values (numbers; tensors and numpy scalars are converted).
             primary_metric: ``(name, "minimize" | "maximize")`` ranking checkpoints for
                 ``best()``; once given, later checkpoints default to it.
-            copy: Snapshot the files before returning (default), so they may be overwritten
-                at once. False: return at once and read them in the background; a file
-                changed before it was stored drops the checkpoint with a warning.
+            copy: Snapshot the files (default), so they may be overwritten at once. False:
+                return at once and read them in place in the background; a file changed before
+                it was stored drops the checkpoint with a warning.
 
         Raises:
             TrackingError: Only with ``strict=True``: this or an earlier checkpoint failed.
@@ -494,12 +509,19 @@ class Run:
             primary = parse_primary(primary_metric)
             if primary is not None and self._primary is None:
                 self._primary = primary
-            items, staging, fingerprints = self._stage(path, copy)
+            items, staging, fingerprints, snapshot = self._stage(path, copy)
         except Exception as exc:  # noqa: BLE001 - never break training unless strict
             self._main_error(f"checkpoint at step {job_step}", exc)
             return
         job = _Job(
-            "checkpoint", job_step, clean, primary or self._primary, items, staging, fingerprints
+            "checkpoint",
+            job_step,
+            clean,
+            primary or self._primary,
+            items,
+            staging,
+            fingerprints,
+            snapshot,
         )
         self._next_step = job_step + 1
         self._queue.put(job)
@@ -686,14 +708,17 @@ class Run:
 
     def _stage(
         self, paths: Paths, copy: bool
-    ) -> tuple[list[tuple[str, Path]], list[Path], dict[str, tuple[int, ...]]]:
+    ) -> tuple[list[tuple[str, Path]], list[Path], dict[str, tuple[int, ...]], Snapshot | None]:
         if paths is None:
-            return [], [], {}
+            return [], [], {}, None
         if isinstance(paths, (str, os.PathLike)):
             paths = [paths]
         items: list[tuple[str, Path]] = []
         staging: list[Path] = []
         fingerprints: dict[str, tuple[int, ...]] = {}
+        if copy and self._stager is None:
+            self._stager = Stager()
+        snapshot = Snapshot(self._stager) if copy else None
         try:
             for p in paths:
                 src = Path(p)
@@ -709,24 +734,20 @@ class Run:
                     fingerprints.update(fingerprint(src))
                     items.append((rel, src))
                     continue
+                assert snapshot is not None
                 d = self._staging_dir(src)
                 staging.append(d)
                 dst = d / Path(os.path.abspath(src)).name
-                if src.is_dir():
-                    shutil.copytree(
-                        src,
-                        dst,
-                        symlinks=True,
-                        copy_function=copy_file,
-                        ignore=shutil.ignore_patterns(STAGING),
-                    )
-                else:
-                    copy_file(src, dst)
+                snapshot.copy(src, dst)
                 items.append((rel, dst))
+            if snapshot is not None:
+                snapshot.protect()
         except BaseException:
+            if snapshot is not None:
+                snapshot.cancel()
             _remove_staging(staging)
             raise
-        return items, staging, fingerprints
+        return items, staging, fingerprints, snapshot
 
     # -------------------------------------------------------------- background worker
 
@@ -737,6 +758,7 @@ class Run:
                 if job.kind == "start":
                     self._start_safely(job)
                 elif job.kind == "checkpoint":
+                    job.await_copies()
                     self._do_checkpoint(job)
                 elif job.kind == "stop":
                     self._do_stop(job)
@@ -1039,6 +1061,8 @@ class Run:
             self._queue.put(job)
             job.done.wait()
             self._worker.join(timeout=30)
+        if self._stager is not None:
+            self._stager.close()  # after the worker: every copy it waited for is made
         self._uninstall_sigterm()
         if self._own_repo and self._repo is not None:
             with contextlib.suppress(Exception):
