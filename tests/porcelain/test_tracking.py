@@ -363,3 +363,38 @@ def test_two_writers_resuming_one_experiment(project: Path, tmp_path: Path) -> N
     assert sorted(steps) == [0, *range(10, 15), *range(20, 25)]  # nothing lost to a race
     assert exp.summary["checkpoints"] == 11 and exp.summary["resumed"] == 2
     assert exp.best().step == 20
+
+
+def test_a_checkpoint_is_verified_against_the_previous_one_not_cut_again(
+    project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mlvc_core import ingest
+
+    cut: list[int] = []
+    real = ingest.make_fastcdc
+
+    class Counting:
+        def __init__(self, inner: object) -> None:
+            self.inner = inner
+
+        def cut_buf(self, buf: memoryview) -> object:
+            cut.append(len(buf))
+            return self.inner.cut_buf(buf)  # type: ignore[attr-defined]
+
+    monkeypatch.setattr(ingest, "make_fastcdc", lambda p: Counting(real(p)))
+    weights = project / "model.bin"
+    frozen, head = os.urandom(6 << 20), os.urandom(1 << 20)
+    with mlvc.track(repository=str(tmp_path / "repo")) as run:
+        weights.write_bytes(frozen + head)
+        run.checkpoint(path=weights, step=0)
+        run.flush()
+        first = sum(cut)
+        weights.write_bytes(frozen + os.urandom(1 << 20))  # only the last tensor changes
+        run.checkpoint(path=weights, step=1)
+        run.flush()
+        second = sum(cut) - first
+    assert first >= 7 << 20
+    assert second < 2 << 20  # the frozen 6 MiB were verified by hash, never cut
+    exp = mlvc.experiments.get(run.id or "", repository=str(tmp_path / "repo"))
+    with exp.checkpoints[-1].open("model.bin") as f:
+        assert f.read() == weights.read_bytes()
