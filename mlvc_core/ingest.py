@@ -6,16 +6,28 @@ The pipeline for one file, all bounded in memory whatever the file's size:
    allocation: fresh large allocations cost a page fault per 4 KiB) and cuts each buffer into
    content-defined chunks (pyfastcdc releases the GIL while it cuts); the bytes after the last
    cut point are carried into the next buffer, so boundaries do not depend on buffer size;
-2. worker threads hash each chunk (BLAKE3) and, only if the repository lacks it, compress it
-   (zstd) - both release the GIL, so this runs on every core;
+2. worker threads hash the chunks (BLAKE3), a run of four per task, and compress (zstd) only
+   those the repository lacks - both release the GIL, so this runs on every core;
 3. the calling thread takes results in order and appends new payloads to the session's pack.
 
+Given the previous version of the file (a *guide*: the parent commit's file at the same path,
+or the stat cache's last record of it), step 1 first lays the guide's chunks over the bytes
+instead of cutting, and the workers check each against its expected id. Where one differs,
+everything queued after it is dropped, the file is read again from there and cut, and the
+guide is tried again once a chunk cut from the file turns out to be one of the guide's (the
+offset between the two versions tells where). The result is exactly the manifest cutting gives:
+a chunk boundary depends only on the bytes since the previous boundary, so a guide chunk whose
+bytes match, starting at a true boundary, ends at one too (a guide's last chunk is used only at
+the end of the file, where its end was not decided by content).
+
 A buffer is refilled only after every chunk cut from it has been written, which bounds the
-memory to the ring (``_NBUF`` x ``_BUF``) plus the compressed payloads in flight.
+memory to the ring (``_NBUF`` buffers of ``_BUF`` or four of the largest chunks) plus the
+compressed payloads in flight.
 """
 
 from __future__ import annotations
 
+import mmap
 import os
 import stat as stat_mod
 from collections import deque
@@ -33,8 +45,9 @@ from mlvc_core.objects import CHUNK, Manifest, Tree, TreeEntry, check_name
 from mlvc_core.repository import WriteSession
 from mlvc_core.statcache import StatCache
 
-_BUF = 16 * MiB
-_NBUF = 3
+_BUF = 4 * MiB
+"""Ring buffer size (at least four of the largest chunks)."""
+_NBUF = 4
 _SMALL_FILE = 2 * MiB
 _GROUP = 4
 """Chunks per worker task."""
@@ -137,12 +150,12 @@ class FileIngester:
         self.session = session
         self.repo = session.repo
         self._cdc = make_fastcdc(self.repo.config.chunker)
-        # Allocated on first use: zero-filling 48 MiB costs tens of milliseconds of page faults,
-        # which a commit that reads nothing (stat cache hits) or only small files must not pay.
-        self._bufs: list[bytearray] = []
+        # The ring's buffers, mapped one by one as a file first needs them: a commit that reads
+        # nothing (stat cache hits) or only small files pays for none of them.
+        self._bufs: list[mmap.mmap] = []
         self._level = self.repo.config.compression_level
         self._planes = self.repo.config.byte_planes
-        assert _BUF >= 2 * self.repo.config.chunker.max
+        self._buf_size = max(_BUF, 4 * self.repo.config.chunker.max)
 
     def ingest(
         self, f: Any, size_hint: int | None = None, guide: Manifest | None = None
@@ -160,7 +173,7 @@ class FileIngester:
         """
         if size_hint is not None and size_hint <= _SMALL_FILE:
             return self._ingest_small(f.read())
-        g = _Guide(guide, _BUF // 2) if guide is not None and guide.chunks else None
+        g = _Guide(guide, self._buf_size // 2) if guide is not None and guide.chunks else None
         if g is not None and not (g.usable and f.seekable()):
             g = None
         start = f.tell() if g is not None else 0
@@ -225,12 +238,15 @@ class FileIngester:
                 if restart:
                     continue
                 break
-            if not self._bufs:
-                self._bufs = [bytearray(_BUF) for _ in range(_NBUF)]
+            if bi == len(self._bufs):
+                # Anonymous mappings: pages are zeroed by the kernel as they are first
+                # written, so a file of a few MiB touches a few MiB (a bytearray would zero
+                # all of it first), and later files reuse what earlier ones touched.
+                self._bufs.append(mmap.mmap(-1, self._buf_size))
             mv = memoryview(self._bufs[bi])
             filled = len(tail)
             mv[:filled] = tail
-            while filled < _BUF:
+            while filled < self._buf_size:
                 n = f.readinto(mv[filled:])
                 if not n:
                     eof = True

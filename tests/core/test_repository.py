@@ -181,7 +181,7 @@ def test_rewritten_or_copied_data_is_verified_against_the_parent_not_cut(
     src.mkdir()
     (src / "model.bin").write_bytes(data)
     c1 = repo.commit(src, "one")
-    assert sum(cut) == len(data)
+    assert sum(cut) >= len(data)  # every byte cut (a carried tail is cut again)
 
     # The same bytes under a new path (a copy, a clone, a rewrite): nothing is cut.
     cut.clear()
