@@ -149,13 +149,18 @@ class FileIngester:
     def __init__(self, session: WriteSession) -> None:
         self.session = session
         self.repo = session.repo
-        self._cdc = make_fastcdc(self.repo.config.chunker)
+        self._cutter: Any = None  # made when a file is first cut (a commit may cut none)
         # The ring's buffers, mapped one by one as a file first needs them: a commit that reads
         # nothing (stat cache hits) or only small files pays for none of them.
         self._bufs: list[mmap.mmap] = []
         self._level = self.repo.config.compression_level
         self._planes = self.repo.config.byte_planes
         self._buf_size = max(_BUF, 4 * self.repo.config.chunker.max)
+
+    def _cdc(self) -> Any:
+        if self._cutter is None:
+            self._cutter = make_fastcdc(self.repo.config.chunker)
+        return self._cutter
 
     def ingest(
         self, f: Any, size_hint: int | None = None, guide: Manifest | None = None
@@ -270,7 +275,7 @@ class FileIngester:
                 expect, pos = self._lay_out(g, expect, data, base, eof, bi, pending)
             if pos < filled and (g is None or expect is None):
                 rest = data[pos:filled]
-                cuts = [(c.offset, c.length) for c in self._cdc.cut_buf(rest)]
+                cuts = [(c.offset, c.length) for c in self._cdc().cut_buf(rest)]
                 if not eof:
                     cuts.pop()  # the last piece ends at the buffer's end, not at a boundary
                 for i in range(0, len(cuts), _GROUP):
@@ -343,7 +348,7 @@ class FileIngester:
         session = self.session
         chunks: list[tuple[ObjectId, int]] = []
         view = memoryview(data)
-        for c in self._cdc.cut_buf(view) if data else ():
+        for c in self._cdc().cut_buf(view) if data else ():
             piece = view[c.offset : c.offset + c.length]
             oid, codec_id, payload = _process(piece, self._level, self._planes, session.has)
             if payload is not None:
