@@ -35,6 +35,7 @@ from mlvc_core.statcache import StatCache
 from mlvc_core.stats import stats
 from mlvc_core.storage import MemoryStore
 from mlvc_core.transfer import transfer
+from tests.cutting import count_cuts
 
 SMALL = RepoConfig(chunker=ChunkerParams(min=1024, avg=4096, max=16384))
 
@@ -156,25 +157,10 @@ def test_stat_cache_skips_unchanged_files_and_sees_changes(tmp_path: Path) -> No
     assert (out / "config.json").read_bytes() == b'{"lr": 0.02}\n'
 
 
-class _CountingCutter:
-    """Wraps a FastCDC cutter and counts the bytes it is asked to cut."""
-
-    def __init__(self, inner: object, counts: list[int]) -> None:
-        self.inner, self.counts = inner, counts
-
-    def cut_buf(self, buf: memoryview) -> object:
-        self.counts.append(len(buf))
-        return self.inner.cut_buf(buf)  # type: ignore[attr-defined]
-
-
 def test_rewritten_or_copied_data_is_verified_against_the_parent_not_cut(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from mlvc_core import ingest
-
-    cut: list[int] = []
-    real = ingest.make_fastcdc
-    monkeypatch.setattr(ingest, "make_fastcdc", lambda p: _CountingCutter(real(p), cut))
+    cut = count_cuts(monkeypatch)
     repo = Repository.init(tmp_path / "r")
     data = os.urandom(6 << 20)
     src = tmp_path / "run1"
@@ -210,11 +196,7 @@ def test_rewritten_or_copied_data_is_verified_against_the_parent_not_cut(
 def test_a_stat_cache_guides_a_file_rewritten_in_place(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from mlvc_core import ingest
-
-    cut: list[int] = []
-    real = ingest.make_fastcdc
-    monkeypatch.setattr(ingest, "make_fastcdc", lambda p: _CountingCutter(real(p), cut))
+    cut = count_cuts(monkeypatch)
     repo = Repository.init(tmp_path / "r")
     f = tmp_path / "weights.bin"
     data = os.urandom(5 << 20)

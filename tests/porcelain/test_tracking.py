@@ -16,6 +16,7 @@ import mlvc
 from mlvc.errors import FileExistsConflict, TrackingError
 from mlvc.repo import open_repo
 from mlvc_core.repository import Repository
+from tests.cutting import count_cuts
 from tests.porcelain.stores import FailingStore, GatedStore, wrap_repo
 
 
@@ -368,20 +369,7 @@ def test_two_writers_resuming_one_experiment(project: Path, tmp_path: Path) -> N
 def test_a_checkpoint_is_verified_against_the_previous_one_not_cut_again(
     project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from mlvc_core import ingest
-
-    cut: list[int] = []
-    real = ingest.make_fastcdc
-
-    class Counting:
-        def __init__(self, inner: object) -> None:
-            self.inner = inner
-
-        def cut_buf(self, buf: memoryview) -> object:
-            cut.append(len(buf))
-            return self.inner.cut_buf(buf)  # type: ignore[attr-defined]
-
-    monkeypatch.setattr(ingest, "make_fastcdc", lambda p: Counting(real(p)))
+    cut = count_cuts(monkeypatch)
     weights = project / "model.bin"
     frozen, head = os.urandom(6 << 20), os.urandom(1 << 20)
     with mlvc.track(repository=str(tmp_path / "repo")) as run:
