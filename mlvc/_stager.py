@@ -1,4 +1,4 @@
-"""Helper process that copies leased checkpoint files; the client is :mod:`mlvc.staging`.
+"""Helper process that holds leases on checkpoint files; the client is :mod:`mlvc.staging`.
 
 Started as ``python -I -S _stager.py FD PARENT_PID``, where ``FD`` is its end of an
 ``AF_UNIX``/``SOCK_SEQPACKET`` socket pair (one message per packet). It imports the standard
@@ -6,24 +6,35 @@ library only, so it starts fast, and it holds no reference to the training proce
 interpreter: the leases it takes are released by this process alone, even while a writer of
 the training process blocks in ``open()`` holding that process's GIL.
 
-Requests are ``id NUL source NUL destination`` (absolute paths). For each request the helper
+Lease requests are ``id NUL source NUL destination`` (absolute paths). For each one the helper
 opens the source (``O_NOFOLLOW``), takes a read lease on it (``F_SETLEASE``, ``F_RDLCK``: from
 then on any open of the file for writing or truncation waits in the kernel until the lease is
-released), creates the destination and answers ``id NUL leased NUL``, or ``id NUL refused NUL
-reason`` when any of that fails (the client then copies the file itself). It copies the leased
-files one after the other, a chunk at a time, answering new requests between chunks, and
-answers ``copied``, ``changed`` (the lease was lost, which the kernel does after
-``/proc/sys/fs/lease-break-time`` seconds of a waiting writer, and the file changed) or
-``failed`` (with the reason) once a file is done, releasing its lease at once.
+released), creates the destination and answers ``id NUL leased NUL identity`` (the leased
+file's device, inode, size, mtime and ctime, in decimal), or ``id NUL refused NUL reason`` when
+any of that fails (the client then copies the file itself).
+
+It then holds the lease without copying: the client reads the file in place. Every
+:data:`HOLD_POLL_MS` while it holds a lease it looks (``F_GETLEASE``) for a writer waiting on
+it. When one waits (a take-over), or when the client asks with ``id NUL copy``, the helper
+copies the file to its destination, a chunk at a time, answering new requests between chunks,
+and releases the lease once the copy is made, answering ``copied``, ``changed`` (the lease was
+lost, which the kernel does after ``/proc/sys/fs/lease-break-time`` seconds of a waiting
+writer, and the file changed) or ``failed`` (with the reason). The writer then goes ahead.
+
+``id NUL done`` says the client has read the file: the helper releases a lease it still holds
+untouched, removes the unused destination and answers ``released`` (the file did not change
+while it was read). For a file already being copied it changes nothing: the copy's answer
+follows. It never waits for the client before releasing a lease.
 
 It exits when the socket reaches end of file (the client closed it, or the training process
 died) or when its parent process changes. It ignores SIGINT, SIGTERM and SIGHUP: a terminal's
 Ctrl-C or a job manager's SIGTERM reaches every process of the job, and the training process
-flushes its pending checkpoints on those, which needs the copies in flight.
+flushes its pending checkpoints on those, which needs the leases and copies in flight.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import os
@@ -40,6 +51,8 @@ CHUNK = 8 << 20
 """Bytes copied between two looks at the socket (bounds how long a request waits)."""
 IDLE_POLL_MS = 1000
 """How often an idle helper checks that its parent is still alive."""
+HOLD_POLL_MS = 20
+"""How often a helper holding leases looks for writers waiting on them."""
 MAX_MESSAGE = 1 << 16
 _OTHER_WAY = frozenset(
     {errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.EPERM, errno.ENOTSUP}
@@ -56,12 +69,15 @@ def _identity(st: os.stat_result) -> tuple[int, int, int, int]:
 
 
 class _Copy:
-    """One leased source file being copied to its destination."""
+    """One leased source file, held until it is read or copied to its destination."""
 
-    def __init__(self, rid: bytes, src: int, dst: int, st: os.stat_result) -> None:
+    def __init__(
+        self, rid: bytes, src: int, dst: int, st: os.stat_result, dst_path: bytes = b""
+    ) -> None:
         self.rid = rid
         self.src = src
         self.dst = dst
+        self.dst_path = dst_path
         self.mode = stat.S_IMODE(st.st_mode)
         self.before = _identity(st)
         self.copied = 0
@@ -98,6 +114,28 @@ class _Copy:
             return bool(fcntl.fcntl(self.src, F_GETLEASE) == fcntl.F_UNLCK)
         except OSError:
             return False
+
+    def release(self) -> bytes:
+        """The client has read the file: release the lease, drop the destination, answer.
+
+        Answers ``released`` when the lease was still held (or the file is unchanged), else
+        ``changed``.
+        """
+        try:
+            fcntl.fcntl(self.src, F_SETLEASE, fcntl.F_UNLCK)
+            held = True
+        except OSError:
+            held = False  # the kernel broke it: a writer may have been let in
+        try:
+            intact = held or _identity(os.fstat(self.src)) == self.before
+        except OSError:
+            intact = False
+        _close(self.src)
+        _close(self.dst)
+        if self.dst_path:
+            with contextlib.suppress(OSError):
+                os.unlink(self.dst_path)
+        return _message(self.rid, "released" if intact else "changed")
 
     def finish(self, error: OSError | None) -> bytes:
         """Release the lease, close both files, and say how the copy went."""
@@ -157,10 +195,13 @@ def lease(request: bytes) -> tuple[_Copy | None, bytes]:
         if src >= 0:
             _close(src)  # closing releases the lease
         return None, _message(rid, "refused", _reason(exc))
-    return _Copy(rid, src, dst, st), _message(rid, "leased")
+    identity = f"{st.st_dev} {st.st_ino} {st.st_size} {st.st_mtime_ns} {st.st_ctime_ns}"
+    return _Copy(rid, src, dst, st, dst_path), _message(rid, "leased", identity)
 
 
-def _receive(fd: int, copies: deque[_Copy], replies: deque[bytes]) -> bool:
+def _receive(
+    fd: int, held: dict[bytes, _Copy], copies: deque[_Copy], replies: deque[bytes]
+) -> bool:
     """Take every waiting request; False at end of file."""
     while True:
         try:
@@ -171,10 +212,20 @@ def _receive(fd: int, copies: deque[_Copy], replies: deque[bytes]) -> bool:
             return False
         if not request:
             return False
+        if request.count(b"\0") == 1:  # a command about a leased file
+            rid, _, verb = request.partition(b"\0")
+            copy = held.pop(rid, None)
+            if copy is None:
+                continue  # being copied (its answer follows) or already answered
+            if verb == b"done":
+                replies.append(copy.release())
+            else:
+                copies.append(copy)
+            continue
         copy, reply = lease(request)
         replies.append(reply)
         if copy is not None:
-            copies.append(copy)
+            held[copy.rid] = copy
 
 
 def _send(fd: int, replies: deque[bytes]) -> bool:
@@ -194,23 +245,29 @@ def serve(fd: int, parent: int) -> None:
     """Answer requests on ``fd`` until end of file or until ``parent`` is no longer the parent."""
     os.set_blocking(fd, False)
     poller = select.poll()
-    copies: deque[_Copy] = deque()
+    held: dict[bytes, _Copy] = {}  # leased, read in place by the client
+    copies: deque[_Copy] = deque()  # taken over: copied one after the other
     replies: deque[bytes] = deque()  # never wait to send: the client may be unable to read
     while os.getppid() == parent:
         poller.register(fd, select.POLLIN | (select.POLLOUT if replies else 0))
-        events = poller.poll(0 if copies else IDLE_POLL_MS)
+        timeout = 0 if copies else HOLD_POLL_MS if held else IDLE_POLL_MS
+        events = poller.poll(timeout)
         if events and events[0][1] & (select.POLLIN | select.POLLHUP | select.POLLERR):
-            if not _receive(fd, copies, replies):
+            if not _receive(fd, held, copies, replies):
                 return
         if not _send(fd, replies):
             return
+        for rid, waited in list(held.items()):
+            if waited.breaking():  # a writer waits for it: copy it, then let the writer in
+                del held[rid]
+                copies.append(waited)
         if not copies:
             continue
         if len(copies) > 1 and not copies[0].breaking():
-            waited = next((c for c in copies if c.breaking()), None)
-            if waited is not None:  # a writer waits for that one: copy it first
-                copies.remove(waited)
-                copies.appendleft(waited)
+            first = next((c for c in copies if c.breaking()), None)
+            if first is not None:  # a writer waits for that one: copy it first
+                copies.remove(first)
+                copies.appendleft(first)
         copy = copies[0]
         try:
             if not copy.step():

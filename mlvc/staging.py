@@ -1,26 +1,35 @@
-"""Snapshots of checkpoint files for ``Run.checkpoint(copy=True)``, copied in the background.
+"""Snapshots of checkpoint files for ``Run.checkpoint(copy=True)``, protected by file leases.
 
-A checkpoint's files are copied into a private staging directory, so the training loop may
-overwrite them as soon as ``checkpoint()`` returns. Small files are copied before the call
-returns (cheap). Large regular files (:data:`LEASE_MIN_SIZE` and up) are handed to a helper
-process (:mod:`mlvc._stager`) that takes a Linux file lease on each one and answers; the call
-returns once every large file is leased, and the helper copies them in the background:
+The training loop may overwrite a checkpoint's files as soon as ``checkpoint()`` returns, yet
+every stored checkpoint holds the bytes its files had at the call. Small files are copied into
+a private staging directory before the call returns (cheap). Large regular files
+(:data:`LEASE_MIN_SIZE` and up) are handed to a helper process (:mod:`mlvc._stager`) that takes
+a Linux file lease on each one and answers; the call returns once every large file is leased:
 
+* the background worker reads a leased file in place (no copy) and then tells the helper,
+  which releases the lease: the file could not change while it was read;
 * while a file is leased, any open of it for writing or truncation (``torch.save``,
-  ``open(path, "wb")``, by any process) waits in the kernel until its copy is done; opening
-  it for reading does not wait, and replacing it by a rename (write elsewhere, then
-  ``os.replace``) does not wait either (the copy reads the old file);
+  ``open(path, "wb")``, by any process) waits in the kernel; the helper sees the writer
+  waiting, copies the file to staging, then releases the lease and the writer goes ahead.
+  That checkpoint is stored from the copy (what was read in place, if anything, is thrown
+  away). Opening a file for reading does not wait, and replacing it by a rename (write
+  elsewhere, then ``os.replace``) does not wait either: the worker sees that the path no
+  longer names the leased file and has the helper copy the old one;
+* files inside a checkpointed directory are copied by the helper in the background (the
+  directory is stored from staging), each under its lease until its copy is made;
 * the kernel lets a waiting writer in after ``/proc/sys/fs/lease-break-time`` seconds (45 by
   default); a file that changed that way is reported ``changed`` and its checkpoint is
   dropped, never recorded torn;
 * the lease is taken and released by the helper process, never by a thread of the training
   process: a writer that blocks in ``open()`` without releasing the GIL (``torch.save``
-  does) would keep such a thread from releasing it until the kernel gave up waiting.
+  does) would keep such a thread from releasing it until the kernel gave up waiting. The
+  helper never waits for the training process before it releases a lease.
 
 Where leases are unavailable (other systems, network filesystems, files of another user, a
 file someone holds open for writing) or the helper cannot run, the file is copied before the
-call returns, as for small files. If the helper dies, copies in flight are reported lost
-(their checkpoints fail, with a clear message) and the rest of the run copies synchronously.
+call returns, as for small files. If the helper dies, files it held are reported lost (what
+was read in place is not trusted; their checkpoints fail, with a clear message) and the rest
+of the run copies synchronously.
 """
 
 from __future__ import annotations
@@ -37,7 +46,9 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 from mlvc.errors import MlvcError
 
@@ -65,6 +76,7 @@ CLOSE_TIMEOUT = 10.0
 """Seconds the helper gets to exit on :meth:`Stager.close` before it is killed."""
 _MAX_MESSAGE = 1 << 16
 _HELPER = Path(__file__).with_name("_stager.py")
+_T = TypeVar("_T")
 
 
 class CopyFailed(MlvcError):
@@ -103,20 +115,29 @@ class BackgroundCopy:
 
     Attributes:
         src: The file as given (copied here again if the helper gives up before the call ends).
-        dst: Its copy in the staging directory.
-        status: ``sent``, then ``leased``, then one of ``copied``, ``changed`` (the lease was
-            broken and the file changed), ``failed``; or ``refused`` (no lease: copy it
-            yourself) or ``lost`` (the helper died or was given up).
+        dst: Where the helper copies it in the staging directory, if it has to.
+        rid: The helper's name for it.
+        status: ``sent``, then ``leased``, then one of ``released`` (read in place and let go
+            untouched), ``copied`` (a writer came, or a copy was asked for: ``dst`` holds the
+            file), ``changed`` (the lease was broken and the file changed), ``failed``; or
+            ``refused`` (no lease: copy it yourself) or ``lost`` (the helper died or was given
+            up).
         detail: Why it was refused, failed or lost.
+        identity: The leased file's (device, inode, size, mtime, ctime), once leased.
+        in_place: Whether it may be read in place (a checkpointed file, not one inside a
+            checkpointed directory, which is stored from staging).
         leased: Set once the file is leased or will not be copied in the background.
         done: Set once the status is final.
     """
 
-    def __init__(self, src: str, dst: str) -> None:
+    def __init__(self, src: str, dst: str, rid: int = 0) -> None:
         self.src = src
         self.dst = dst
+        self.rid = rid
         self.status = "sent"
         self.detail = ""
+        self.identity: tuple[int, ...] | None = None
+        self.in_place = False
         self.leased = threading.Event()
         self.done = threading.Event()
 
@@ -124,6 +145,10 @@ class BackgroundCopy:
         """Record the helper's answer (or the client's verdict) and wake whoever waits."""
         if self.done.is_set():
             return
+        if status == "leased":
+            with contextlib.suppress(ValueError):
+                self.identity = tuple(int(x) for x in detail.split())
+            detail = ""
         self.detail = detail
         self.status = status
         self.leased.set()
@@ -151,6 +176,8 @@ class Stager:
         self._reader: threading.Thread | None = None
         self._closing = False
         self._given_up: str | None = None
+        self.copies_made = 0
+        """Files the helper copied to staging (taken over from a writer, or asked for)."""
         self.unavailable: str | None = (
             None if sys.platform.startswith("linux") else "file leases need Linux"
         )
@@ -180,7 +207,7 @@ class Stager:
             if sock is None:
                 return None
             rid = next(self._ids)
-            copy = BackgroundCopy(src, dst)
+            copy = BackgroundCopy(src, dst, rid)
             self._pending[rid] = copy
         message = b"\0".join((str(rid).encode(), os.fsencode(src), os.fsencode(dst)))
         try:
@@ -190,6 +217,21 @@ class Stager:
             self.abandon(f"sending to it failed: {exc}")
             return None
         return copy
+
+    def tell(self, copy: BackgroundCopy, verb: str) -> None:
+        """Tell the helper ``done`` (the file was read: release it) or ``copy`` (copy it now).
+
+        Its verdict comes as the copy's final status (``lost`` if the helper is gone).
+        """
+        with self._lock:
+            sock = self._sock if self._pending.get(copy.rid) is copy else None
+        if sock is None:
+            return  # already answered
+        try:
+            with self._send_lock:
+                sock.send(b"\0".join((str(copy.rid).encode(), verb.encode())))
+        except OSError as exc:
+            self.abandon(f"sending to it failed: {exc}")
 
     def abandon(self, reason: str) -> None:
         """Stop using the helper: kill it; copies in flight are lost."""
@@ -285,6 +327,8 @@ class Stager:
                     copy = self._pending.get(key)
                     if copy is not None and status != b"leased":
                         del self._pending[key]
+                    if status in (b"copied", b"changed"):
+                        self.copies_made += 1
                 if copy is not None:
                     copy.answer(status.decode(), os.fsdecode(detail))
         finally:
@@ -316,7 +360,9 @@ class Snapshot:
 
     In the caller's thread: :meth:`copy` each file or directory, then :meth:`protect` before
     returning to the training loop (or :meth:`cancel` on failure). In the background:
-    :meth:`wait` before reading the copies.
+    :meth:`copy_nested` then :meth:`wait_nested` before reading staged directories,
+    :meth:`read` for each staged file, and :meth:`wait` before removing the staging
+    directories.
     """
 
     def __init__(self, stager: Stager | None) -> None:
@@ -336,6 +382,8 @@ class Snapshot:
             )
         else:
             self._copy_file(str(src), str(dst))
+            if self.copies and self.copies[-1].dst == os.path.abspath(dst):
+                self.copies[-1].in_place = True
 
     def _copy_file(self, src: str, dst: str) -> str:
         copy = None
@@ -386,12 +434,79 @@ class Snapshot:
             self._await_leases()  # a leased file's copy exists: removing it is final
         self.copies = []
 
+    def copy_nested(self) -> None:
+        """Ask the helper to copy now the files that are not read in place."""
+        for copy in self.copies:
+            if not copy.in_place and self._stager is not None:
+                self._stager.tell(copy, "copy")
+
+    def wait_nested(self) -> list[BackgroundCopy]:
+        """Wait for the copies of the files that are not read in place.
+
+        Returns:
+            Those that did not succeed (changed, failed or lost).
+        """
+        nested = [c for c in self.copies if not c.in_place]
+        for copy in nested:
+            copy.done.wait()
+        return [c for c in nested if c.status != "copied"]
+
+    def read(self, staged: Path, ingest: Callable[[Path], _T]) -> tuple[_T | None, str]:
+        """Run ``ingest`` on a staged file, or on the original while the helper leases it.
+
+        A leased file is read in place; the result is kept only if the helper then releases
+        it untouched (``released``: the lease was held throughout, so the file did not
+        change). If a writer came meanwhile (``copied``), or the path no longer names the
+        leased file (replaced by a rename), the helper's copy is read instead.
+
+        Returns:
+            ``ingest``'s result and ``""``; or None and the status of a copy that failed
+            (``changed``, ``failed``, ``lost``; see :class:`BackgroundCopy`).
+        """
+        copy = self.copy_of(staged)
+        if copy is None:
+            return ingest(staged), ""
+        stager = self._stager
+        assert stager is not None
+        if copy.status == "leased" and copy.identity is not None:
+            if _identity_of(copy.src) == copy.identity:
+                result = ingest(Path(copy.src))
+                intact = _identity_of(copy.src) == copy.identity  # not renamed over meanwhile
+                stager.tell(copy, "done" if intact else "copy")
+                copy.done.wait()
+                if intact and copy.status == "released":
+                    return result, ""
+            else:
+                stager.tell(copy, "copy")
+        elif copy.status == "leased":
+            stager.tell(copy, "copy")
+        copy.done.wait()
+        if copy.status == "copied":
+            return ingest(Path(copy.dst)), ""
+        return None, copy.status
+
+    def copy_of(self, staged: Path) -> BackgroundCopy | None:
+        """The helper's copy for a staged file read by :meth:`read`, if any."""
+        dst = os.path.abspath(staged)
+        return next((c for c in self.copies if c.in_place and c.dst == dst), None)
+
     def wait(self) -> list[BackgroundCopy]:
-        """Wait for every background copy to end.
+        """Let go of the files still leased, and wait for every background copy to end.
 
         Returns:
             The copies that did not succeed (changed, failed or lost).
         """
         for copy in self.copies:
+            if copy.status == "leased" and self._stager is not None:
+                self._stager.tell(copy, "done")
+        for copy in self.copies:
             copy.done.wait()
-        return [c for c in self.copies if c.status != "copied"]
+        return [c for c in self.copies if c.status not in ("copied", "released")]
+
+
+def _identity_of(path: str) -> tuple[int, ...] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)

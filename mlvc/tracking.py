@@ -13,10 +13,11 @@ Never break the training loop (docs/experiments.md, design invariant 5):
 
 * ``checkpoint()`` only snapshots the files into a private staging directory beside them and
   enqueues a job; the caller may overwrite its files as soon as the call returns. Large files
-  are copied in the background by a helper process that first takes a file lease on each
-  (:mod:`mlvc.staging`): the call returns once they are leased, and a write to a file whose
-  copy is not finished waits (in the kernel) until it is. Small files, and files that cannot be
-  leased, are copied before the call returns. A background thread chunks, stores and commits,
+  are leased by a helper process (:mod:`mlvc.staging`): the call returns once they are leased,
+  the background thread reads them in place, and a write to a file before its checkpoint is
+  stored waits (in the kernel) while the helper copies it, then goes ahead; that checkpoint is
+  stored from the copy. Small files, and files that cannot be leased, are copied before the
+  call returns. A background thread chunks, stores and commits,
   then advances the experiment's ref by compare-and-swap. The queue is bounded
   (``max_pending``, default 2): the loop waits only when it is full.
 * ``checkpoint(copy=False)`` skips even the copy, for loops that leave their checkpoint files
@@ -73,7 +74,7 @@ import weakref
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, cast
 
 from mlvc.environment import environment
 from mlvc.errors import FileExistsConflict, MlvcError, TrackingError, UsageError
@@ -89,7 +90,7 @@ from mlvc.experiments import (
 from mlvc.ignore import IgnoreMatcher
 from mlvc.repo import open_repo, stat_cache
 from mlvc.settings import Settings, load_settings
-from mlvc.staging import STAGING, CopyFailed, Snapshot, Stager
+from mlvc.staging import STAGING, BackgroundCopy, CopyFailed, Snapshot, Stager
 from mlvc_core.errors import RefConflict
 from mlvc_core.ids import ObjectId, to_hex
 from mlvc_core.ingest import TreeBuilder, ingest_paths
@@ -224,6 +225,8 @@ def _same_content(local: Path, remote: io.BufferedReader) -> bool:
 
 # ------------------------------------------------------------------------------ jobs
 
+_R = TypeVar("_R")
+
 
 @dataclass
 class _Job:
@@ -236,7 +239,7 @@ class _Job:
     fingerprints: dict[str, tuple[int, ...]] = field(default_factory=dict)
     """Identity of each file read in place (``copy=False``), noted when the job was queued."""
     snapshot: Snapshot | None = None
-    """The staging copies still being made in the background (``copy=True``)."""
+    """The files leased or copied in the background (``copy=True``)."""
     time: float = field(default_factory=time.time)
     reason: str = ""
     done: threading.Event = field(default_factory=threading.Event)
@@ -249,7 +252,9 @@ class _Job:
         return "experiment end" if self.kind == "stop" else self.kind
 
     def await_copies(self) -> None:
-        """Wait until the background copies of the job's files are made.
+        """Wait until the background copies of the files in the job's directories are made.
+
+        Files checkpointed on their own are read in place (:meth:`read`).
 
         Raises:
             CheckpointChanged: A file changed while it was being copied.
@@ -257,7 +262,26 @@ class _Job:
         """
         if self.snapshot is None:
             return
-        missed = self.snapshot.wait()
+        self.snapshot.copy_nested()
+        self._raise_missed(self.snapshot.wait_nested())
+
+    def read(self, staged: Path, ingest: Callable[[Path], _R]) -> _R:
+        """Run ``ingest`` on a staged file, or on the original while the helper leases it.
+
+        Raises:
+            CheckpointChanged: The file changed before it was read or copied.
+            CopyFailed: Its copy failed, or was lost with the helper process.
+        """
+        if self.snapshot is None:
+            return ingest(staged)
+        result, status = self.snapshot.read(staged, ingest)
+        if status:
+            copy = self.snapshot.copy_of(staged)
+            assert copy is not None
+            self._raise_missed([copy])
+        return cast(_R, result)
+
+    def _raise_missed(self, missed: list[BackgroundCopy]) -> None:
         changed = [c for c in missed if c.status == "changed"]
         if changed:
             raise CheckpointChanged(
@@ -471,10 +495,11 @@ class Run:
 
         Returns as soon as the files are protected and the job is queued; waits only when
         ``max_pending`` checkpoints are already waiting. With ``copy=True`` (the default), files
-        of 1 MiB and more are copied to staging in the background by a helper process that
-        holds a Linux file lease on each until its copy is made: the loop may overwrite them at
-        once, and a write that comes before the copy is finished (``torch.save``, ``open(path,
-        "wb")``) waits in the kernel until it is (reading them never waits). Smaller files, and
+        of 1 MiB and more are leased by a helper process (a Linux file lease) and read in place
+        in the background while the lease is held: the loop may overwrite them at once. A write
+        that comes before a file is stored (``torch.save``, ``open(path, "wb")``) waits in the
+        kernel while the helper copies the file to staging, then goes ahead, and that checkpoint
+        is stored from the copy (reading the files never waits). Smaller files, and
         where leases are unavailable (other systems, network filesystems, files of another user,
         a file held open for writing), are copied before the call returns, as is everything if
         the helper cannot run. A write that waits longer than ``/proc/sys/fs/lease-break-time``
@@ -959,7 +984,8 @@ class Run:
             builder = TreeBuilder(s, guide=guide)
             entries: dict[str, TreeEntry] = {}
             for rel, staged in job.items:
-                entry = builder.entry(staged, rel.rsplit("/", 1)[-1], rel)
+                name = rel.rsplit("/", 1)[-1]
+                entry = job.read(staged, lambda path: builder.entry(path, name, rel))  # noqa: B023
                 if entry is not None:
                     entries[rel] = entry
             changed = [p for p, fp in job.fingerprints.items() if _fingerprint_of(p) != fp]

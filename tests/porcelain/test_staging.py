@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import logging
 import os
 import signal
@@ -21,8 +22,10 @@ import pytest
 import torch
 
 import mlvc
-from mlvc import _stager, staging
+from mlvc import _stager, staging, tracking
 from mlvc.staging import BackgroundCopy, Stager
+from mlvc_core.ingest import TreeBuilder
+from mlvc_core.objects import TreeEntry
 from tests.porcelain.conftest import subprocess_env
 
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="file leases")
@@ -111,8 +114,76 @@ def test_overwriting_right_after_checkpoint_records_each_version(
             run.checkpoint(path="model.pth", step=step, metrics={"loss": 1 / (step + 1)})
     assert _recorded(run) == expected
     if _leases_work(project):
-        assert len(sent) == 10 and {c.status for c in sent} == {"copied"}
+        assert len(sent) == 10 and {c.status for c in sent} <= {"copied", "released"}
     assert not (project / ".mlvc-staging").exists()
+
+
+@linux_only
+def test_a_file_left_alone_is_read_in_place_and_never_copied(
+    project: Path, sent: list[BackgroundCopy]
+) -> None:
+    if not _leases_work(project):
+        pytest.skip("no file leases here")
+    weights = project / "model.pth"
+    expected = {}
+    with mlvc.track() as run:
+        for step in range(3):
+            expected[step] = _write(weights, step, "torch")
+            run.checkpoint(path="model.pth", step=step)
+            run.flush()  # stored before the next write
+        assert run._stager is not None
+        assert run._stager.copies_made == 0
+    assert _recorded(run) == expected
+    assert len(sent) == 3 and {c.status for c in sent} == {"released"}
+    assert all(not Path(c.dst).exists() for c in sent)
+
+
+def _replace(path: Path, step: int) -> bytes:
+    """Save elsewhere, then rename over ``path`` (an atomic save: no wait for the lease)."""
+    tmp = path.with_name(path.name + ".tmp")
+    data = _write(tmp, step, "torch")
+    os.replace(tmp, path)
+    return data
+
+
+@linux_only
+@pytest.mark.parametrize("how", ["overwrite", "rename"])
+def test_a_write_during_the_in_place_read_stores_the_copy(
+    project: Path, sent: list[BackgroundCopy], monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:
+    if not _leases_work(project):
+        pytest.skip("no file leases here")
+    reading, gate = threading.Event(), threading.Event()
+    read_from: list[Path] = []
+
+    class GatedBuilder(TreeBuilder):
+        def entry(self, path: Path, name: str, rel: str) -> TreeEntry | None:
+            read_from.append(Path(path))
+            result = super().entry(path, name, rel)
+            if len(read_from) == 1:
+                reading.set()
+                assert gate.wait(30)
+            return result
+
+    monkeypatch.setattr(tracking, "TreeBuilder", GatedBuilder)
+    weights = project / "model.pth"
+    with mlvc.track() as run:
+        original = _write(weights, 0, "torch")
+        run.checkpoint(path="model.pth", step=0)
+        assert reading.wait(30)  # read in place, the lease still held
+        assert read_from == [weights.resolve()]
+        overwritten: list[bytes] = []
+        save = _replace if how == "rename" else functools.partial(_write, writer="torch")
+        writer = threading.Thread(target=lambda: overwritten.append(save(weights, 1)))
+        writer.start()
+        writer.join(30)  # the helper copies the file, then lets the writer in
+        assert overwritten and overwritten[0] != original
+        gate.set()
+        run.flush()
+        assert run._stager is not None and run._stager.copies_made == 1
+    assert _recorded(run) == {0: original}
+    assert [c.status for c in sent] == ["copied"]
+    assert read_from[1:] == [Path(sent[0].dst)]  # stored again, from the copy
 
 
 @linux_only
@@ -421,7 +492,7 @@ def test_helper_reports_a_file_changed_after_its_lease_was_lost(tmp_path: Path) 
     src, dst = tmp_path / "w.bin", tmp_path / "copy"
     src.write_bytes(os.urandom(3 * MIB))
     copy, reply = _stager.lease(_request(src, dst))
-    assert copy is not None and reply == b"7\0leased\0"
+    assert copy is not None and reply.startswith(b"7\0leased\0")
     fcntl.fcntl(copy.src, _stager.F_SETLEASE, fcntl.F_UNLCK)  # as after the lease-break time
     src.write_bytes(os.urandom(3 * MIB))  # a writer was let in
     while not copy.step():
@@ -437,7 +508,7 @@ def test_helper_copies_the_old_file_when_a_rename_replaces_it(tmp_path: Path) ->
     old = os.urandom(3 * MIB)
     src.write_bytes(old)
     copy, reply = _stager.lease(_request(src, dst))
-    assert copy is not None and reply == b"7\0leased\0"
+    assert copy is not None and reply.startswith(b"7\0leased\0")
     new = tmp_path / "w.bin.tmp"
     new.write_bytes(os.urandom(2 * MIB))
     os.replace(new, src)  # an atomic save does not wait: the copy reads the old file
