@@ -26,9 +26,9 @@ from typing import TYPE_CHECKING, Any
 from mlvc.repo import RepositoryLike, shared_repo
 from mlvc_core.errors import ObjectNotFound, UsageError
 from mlvc_core.ids import ObjectId, to_hex
-from mlvc_core.objects import Commit, TreeEntry
+from mlvc_core.objects import Commit
 from mlvc_core.repository import Repository
-from mlvc_core.restore import ChunkedReader, restore_tree, walk_tree
+from mlvc_core.restore import ChunkedReader, find_entry, restore_tree, walk_tree
 
 if TYPE_CHECKING:
     from mlvc.experiments import Experiment
@@ -36,23 +36,6 @@ if TYPE_CHECKING:
 __all__ = ["Checkpoint", "get", "load", "resolve"]
 
 SHORT = 12
-
-
-def find_entry(repo: Repository, tree_id: ObjectId, path: str) -> TreeEntry | None:
-    """The tree entry at a ``/``-separated path, or None."""
-    parts = [p for p in path.strip("/").split("/") if p]
-    if not parts:
-        return None
-    entry: TreeEntry | None = None
-    current: ObjectId | None = tree_id
-    for part in parts:
-        if current is None:
-            return None
-        entry = repo.read_tree(current).get(part)
-        if entry is None:
-            return None
-        current = entry.oid if entry.kind == "dir" else None
-    return entry
 
 
 def open_file(repo: Repository, tree_id: ObjectId, path: str, where: str) -> io.BufferedReader:

@@ -43,6 +43,7 @@ from mlvc_core.errors import MlvcError, UsageError
 from mlvc_core.ids import ObjectId, hash_bytes
 from mlvc_core.objects import CHUNK, Manifest, Tree, TreeEntry, check_name
 from mlvc_core.repository import WriteSession
+from mlvc_core.restore import find_entry
 from mlvc_core.statcache import StatCache
 
 _BUF = 4 * MiB
@@ -61,9 +62,10 @@ Result = tuple[ObjectId, int, "bytes | memoryview | None"]
 """A worker's answer for one chunk: id, codec, payload to store (None: already stored)."""
 
 
-def _process(view: memoryview, level: int, planes: bool, has: Callable[[ObjectId], bool]) -> Result:
-    """Hash a chunk and compress it unless it is already stored."""
-    oid = hash_bytes(view)
+def _store(
+    oid: ObjectId, view: memoryview, level: int, planes: bool, has: Callable[[ObjectId], bool]
+) -> Result:
+    """A hashed chunk's result: compressed unless the repository already has it."""
     if has(oid):
         return oid, codec.RAW, None
     c, payload = codec.compress(view, level, planes)
@@ -77,7 +79,7 @@ def _process_group(
     has: Callable[[ObjectId], bool],
     seen: list[ObjectId],
 ) -> list[Result]:
-    """Worker: :func:`_process` a run of chunks, one task for several (fewer thread hand-offs).
+    """Worker: hash and :func:`_store` a run of chunks, one task for several (fewer hand-offs).
 
     A piece with an expected id (laid out from a previous version) that hashes to anything
     else ends the run: the result has one entry per piece before it. Ids go into ``seen`` as
@@ -90,11 +92,7 @@ def _process_group(
         if expected is not None and oid != expected:
             break
         seen.append(oid)
-        if has(oid):
-            out.append((oid, codec.RAW, None))
-        else:
-            c, payload = codec.compress(view, level, planes)
-            out.append((oid, c, payload))
+        out.append(_store(oid, view, level, planes, has))
     return out
 
 
@@ -350,7 +348,8 @@ class FileIngester:
         view = memoryview(data)
         for c in self._cdc().cut_buf(view) if data else ():
             piece = view[c.offset : c.offset + c.length]
-            oid, codec_id, payload = _process(piece, self._level, self._planes, session.has)
+            oid = hash_bytes(piece)
+            oid, codec_id, payload = _store(oid, piece, self._level, self._planes, session.has)
             if payload is not None:
                 session.add_payload(oid, CHUNK, codec_id, payload, c.length)
             chunks.append((oid, c.length))
@@ -389,26 +388,6 @@ class TreeBuilder:
         self.stat_cache = stat_cache
         self._files = FileIngester(session)
         self._guide = guide
-        self._guide_trees: dict[str, Tree | None] = {}
-
-    def _guide_tree(self, rel_dir: str) -> Tree | None:
-        """The guide's directory at ``rel_dir`` ("" for the root), if it has one."""
-        if rel_dir in self._guide_trees:
-            return self._guide_trees[rel_dir]
-        tree: Tree | None = None
-        try:
-            if rel_dir == "":
-                tree = self.session.repo.read_tree(self._guide) if self._guide else None
-            else:
-                head, _, name = rel_dir.rpartition("/")
-                parent = self._guide_tree(head)
-                e = parent.get(name) if parent is not None else None
-                if e is not None and e.kind == "dir" and e.oid is not None:
-                    tree = self.session.repo.read_tree(e.oid)
-        except MlvcError:
-            tree = None  # a guide is only a hint: an unreadable one is no guide
-        self._guide_trees[rel_dir] = tree
-        return tree
 
     def guide_for(self, rel: str, previous: ObjectId | None = None) -> Manifest | None:
         """The previous version of the file at ``rel``, if one is known and readable.
@@ -416,16 +395,18 @@ class TreeBuilder:
         ``previous`` (a manifest id, from the stat cache) comes first, then the guide tree's
         file at that path.
         """
+        repo = self.session.repo
         candidates = [previous] if previous is not None else []
         if self._guide is not None:
-            head, _, name = rel.rpartition("/")
-            parent = self._guide_tree(head)
-            e = parent.get(name) if parent is not None else None
+            try:  # a guide is only a hint: an unreadable one is no guide
+                e = find_entry(repo, self._guide, rel)
+            except MlvcError:
+                e = None
             if e is not None and e.kind == "file" and e.oid is not None:
                 candidates.append(e.oid)
         for oid in candidates:
             try:
-                return self.session.repo.read_manifest(oid)
+                return repo.read_manifest(oid)
             except MlvcError:
                 continue
         return None

@@ -39,6 +39,23 @@ def walk_tree(
             yield from walk_tree(repo, e.oid, rel + "/")
 
 
+def find_entry(repo: Repository, tree_id: ObjectId, path: str) -> TreeEntry | None:
+    """The tree entry at a ``/``-separated path, or None."""
+    parts = [p for p in path.strip("/").split("/") if p]
+    if not parts:
+        return None
+    entry: TreeEntry | None = None
+    current: ObjectId | None = tree_id
+    for part in parts:
+        if current is None:
+            return None
+        entry = repo.read_tree(current).get(part)
+        if entry is None:
+            return None
+        current = entry.oid if entry.kind == "dir" else None
+    return entry
+
+
 def check_link(rel: str, target: str) -> None:
     """Refuse a symlink whose target would point outside the checkout.
 
