@@ -121,11 +121,7 @@ class _Copy:
         Answers ``released`` when the lease was still held (or the file is unchanged), else
         ``changed``.
         """
-        try:
-            fcntl.fcntl(self.src, F_SETLEASE, fcntl.F_UNLCK)
-            held = True
-        except OSError:
-            held = False  # the kernel broke it: a writer may have been let in
+        held = _unlock(self.src)
         try:
             intact = held or _identity(os.fstat(self.src)) == self.before
         except OSError:
@@ -143,11 +139,7 @@ class _Copy:
         try:
             if error is None:
                 after = _identity(os.fstat(self.src))
-                try:
-                    fcntl.fcntl(self.src, F_SETLEASE, fcntl.F_UNLCK)
-                    held = True
-                except OSError:
-                    held = False  # the kernel broke it: a writer may have been let in
+                held = _unlock(self.src)
                 intact = (held or after == self.before) and self.copied == self.before[0]
                 status = "copied" if intact else "changed"
                 os.fchmod(self.dst, self.mode)
@@ -157,6 +149,15 @@ class _Copy:
             _close(self.src)
             _close(self.dst)
         return _message(self.rid, status, detail)
+
+
+def _unlock(fd: int) -> bool:
+    """Release ``fd``'s lease; False if the kernel had broken it (a writer may have got in)."""
+    try:
+        fcntl.fcntl(fd, F_SETLEASE, fcntl.F_UNLCK)
+    except OSError:
+        return False
+    return True
 
 
 def _close(fd: int) -> None:
