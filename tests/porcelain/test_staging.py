@@ -52,6 +52,13 @@ def _leases_work(directory: Path) -> bool:
 
 
 @pytest.fixture
+def leases(tmp_path: Path) -> None:
+    """Skip the test where this process cannot take file leases (other systems, filesystems)."""
+    if not _leases_work(tmp_path):
+        pytest.skip("no file leases here")
+
+
+@pytest.fixture
 def sent(monkeypatch: pytest.MonkeyPatch) -> list[BackgroundCopy]:
     """Every file handed to the helper process."""
     copies: list[BackgroundCopy] = []
@@ -119,11 +126,10 @@ def test_overwriting_right_after_checkpoint_records_each_version(
 
 
 @linux_only
+@pytest.mark.usefixtures("leases")
 def test_a_file_left_alone_is_read_in_place_and_never_copied(
     project: Path, sent: list[BackgroundCopy]
 ) -> None:
-    if not _leases_work(project):
-        pytest.skip("no file leases here")
     weights = project / "model.pth"
     expected = {}
     with mlvc.track() as run:
@@ -148,11 +154,10 @@ def _replace(path: Path, step: int) -> bytes:
 
 @linux_only
 @pytest.mark.parametrize("how", ["overwrite", "rename"])
+@pytest.mark.usefixtures("leases")
 def test_a_write_during_the_in_place_read_stores_the_copy(
     project: Path, sent: list[BackgroundCopy], monkeypatch: pytest.MonkeyPatch, how: str
 ) -> None:
-    if not _leases_work(project):
-        pytest.skip("no file leases here")
     reading, gate = threading.Event(), threading.Event()
     read_from: list[Path] = []
 
@@ -187,9 +192,8 @@ def test_a_write_during_the_in_place_read_stores_the_copy(
 
 
 @linux_only
+@pytest.mark.usefixtures("leases")
 def test_overwriting_a_file_still_being_copied_waits_for_the_copy(project: Path) -> None:
-    if not _leases_work(project):
-        pytest.skip("no file leases here")
     weights = project / "model.pth"
     expected = {}
     with mlvc.track() as run:
@@ -253,9 +257,8 @@ def test_without_the_helper_checkpoints_are_copied_before_returning(
 
 
 @linux_only
+@pytest.mark.usefixtures("leases")
 def test_helper_killed_mid_run(project: Path, caplog: pytest.LogCaptureFixture) -> None:
-    if not _leases_work(project):
-        pytest.skip("no file leases here")
     weights = project / "model.pth"
     expected = {}
     with caplog.at_level(logging.INFO, logger="mlvc"), mlvc.track() as run:
@@ -355,9 +358,8 @@ def test_close_leaves_no_helper_and_no_staging(project: Path, tmp_path: Path) ->
 
 
 @linux_only
+@pytest.mark.usefixtures("leases")
 def test_a_leased_file_stays_readable(project: Path) -> None:
-    if not _leases_work(project):
-        pytest.skip("no file leases here")
     ckpt_dir = project / "ckpt"
     ckpt_dir.mkdir()
     files = [ckpt_dir / f"{i}.bin" for i in range(8)]
@@ -486,9 +488,8 @@ def test_helper_refuses_a_file_open_for_writing(tmp_path: Path) -> None:
 
 
 @linux_only
+@pytest.mark.usefixtures("leases")
 def test_helper_reports_a_file_changed_after_its_lease_was_lost(tmp_path: Path) -> None:
-    if not _leases_work(tmp_path):
-        pytest.skip("no file leases here")
     src, dst = tmp_path / "w.bin", tmp_path / "copy"
     src.write_bytes(os.urandom(3 * MIB))
     copy, reply = _stager.lease(_request(src, dst))
@@ -501,9 +502,8 @@ def test_helper_reports_a_file_changed_after_its_lease_was_lost(tmp_path: Path) 
 
 
 @linux_only
+@pytest.mark.usefixtures("leases")
 def test_helper_copies_the_old_file_when_a_rename_replaces_it(tmp_path: Path) -> None:
-    if not _leases_work(tmp_path):
-        pytest.skip("no file leases here")
     src, dst = tmp_path / "w.bin", tmp_path / "copy"
     old = os.urandom(3 * MIB)
     src.write_bytes(old)
