@@ -11,16 +11,16 @@
 
 Never break the training loop (docs/experiments.md, design invariant 5):
 
-* ``checkpoint()`` only snapshots the files into a private staging directory beside them and
-  enqueues a job; the caller may overwrite its files as soon as the call returns. Large files
-  are leased by a helper process (:mod:`mlvc.staging`): the call returns once they are leased,
-  the background thread reads them in place, and a write to a file before its checkpoint is
-  stored waits (in the kernel) while the helper copies it, then goes ahead; that checkpoint is
-  stored from the copy. Small files, and files that cannot be leased, are copied before the
-  call returns. A background thread chunks, stores and commits,
-  then advances the experiment's ref by compare-and-swap. The queue is bounded
-  (``max_pending``, default 2): the loop waits only when it is full.
-* ``checkpoint(copy=False)`` skips even the copy, for loops that leave their checkpoint files
+* ``checkpoint()`` only protects the files and enqueues a job; the caller may overwrite them
+  as soon as the call returns. Large files are leased by a helper process (:mod:`mlvc.staging`):
+  the call returns once they are leased, the background thread reads them in place, and a
+  write to a file before its checkpoint is stored waits (in the kernel) while the helper
+  copies it, then goes ahead; that checkpoint is stored from the copy. Small files, and files
+  that cannot be leased, are copied into a private staging directory before the call returns.
+  A background thread chunks, stores and commits, then advances the experiment's ref by
+  compare-and-swap. The queue is bounded (``max_pending``, default 2): the loop waits only
+  when it is full.
+* ``checkpoint(copy=False)`` takes no lease and copies nothing, for loops that leave their checkpoint files
   alone until the next checkpoint: the call only notes each file's identity (size, mtime,
   inode) and returns in microseconds; the background thread reads the files where they are.
   A file that changed before it was fully stored is never recorded torn or mislabelled: that
