@@ -20,9 +20,10 @@ Never break the training loop (docs/experiments.md, design invariant 5):
   A background thread chunks, stores and commits, then advances the experiment's ref by
   compare-and-swap. The queue is bounded (``max_pending``, default 2): the loop waits only
   when it is full.
-* ``checkpoint(copy=False)`` takes no lease and copies nothing, for loops that leave their checkpoint files
-  alone until the next checkpoint: the call only notes each file's identity (size, mtime,
-  inode) and returns in microseconds; the background thread reads the files where they are.
+* ``checkpoint(copy=False)`` takes no lease and copies nothing, for loops that leave their
+  checkpoint files alone until the next checkpoint: the call only notes each file's identity
+  (size, mtime, inode) and returns in microseconds; the background thread reads the files
+  where they are.
   A file that changed before it was fully stored is never recorded torn or mislabelled: that
   checkpoint is dropped with a warning (raised with ``strict=True``).
 * Errors are logged to ``logging.getLogger("mlvc")`` and training goes on; with
