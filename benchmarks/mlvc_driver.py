@@ -13,9 +13,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 
-from mlvc_core.repository import Repository
+# As the mlvc CLI does: OpenBLAS threads (started when numpy loads) would spin on the cores
+# mlvc hashes and compresses on.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+from mlvc_core.repository import Repository  # noqa: E402
 
 
 def init(args: argparse.Namespace) -> dict[str, object]:

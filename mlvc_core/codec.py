@@ -153,7 +153,9 @@ def _plan(data: bytes | memoryview) -> tuple[int, int] | None:
     np.add(hists[1], hists[2], out=hists[0])
     hists[3:] = h4
     # Order-0 entropy of a histogram of N counts c: log2(N) - sum(c * log2(c)) / N.
-    sums: list[float] = (nlogn[hists] @ np.ones(256)).tolist()
+    # A sum, not a product with a ones vector: numpy hands products to BLAS, whose threads
+    # then spin on every core for a while after each call.
+    sums: list[float] = nlogn[hists].sum(axis=1).tolist()
     bits = [
         math.log2(size) - s / size
         for s, size in zip(sums, (n, n / 2, n / 2, n / 4, n / 4, n / 4, n / 4), strict=True)

@@ -6,9 +6,10 @@ The pipeline for one file, all bounded in memory whatever the file's size:
    allocation: fresh large allocations cost a page fault per 4 KiB) and cuts each buffer into
    content-defined chunks (pyfastcdc releases the GIL while it cuts); the bytes after the last
    cut point are carried into the next buffer, so boundaries do not depend on buffer size;
-2. worker threads hash the chunks (BLAKE3), a run of four per task, and compress (zstd) only
-   those the repository lacks - both release the GIL, so this runs on every core;
-3. the calling thread takes results in order and appends new payloads to the session's pack.
+2. worker threads hash the chunks (BLAKE3), a run of four per task, compress (zstd) only
+   those the repository lacks and append them to the session's pack - hashing, compressing
+   and writing release the GIL, so this runs on every core;
+3. the calling thread records the ids in order.
 
 Given the previous version of the file (a *guide*: the parent commit's file at the same path,
 or the stat cache's last record of it), step 1 first lays the guide's chunks over the bytes
@@ -58,42 +59,39 @@ _MAX_MISSES = 16
 ExcludeFn = Callable[[str], bool]
 
 
-Result = tuple[ObjectId, int, "bytes | memoryview | None"]
-"""A worker's answer for one chunk: id, codec, payload to store (None: already stored)."""
-
-
 def _store(
-    oid: ObjectId, view: memoryview, level: int, planes: bool, has: Callable[[ObjectId], bool]
-) -> Result:
-    """A hashed chunk's result: compressed unless the repository already has it."""
-    if has(oid):
-        return oid, codec.RAW, None
-    c, payload = codec.compress(view, level, planes)
-    return oid, c, payload
+    session: WriteSession, oid: ObjectId, view: memoryview, level: int, planes: bool
+) -> None:
+    """Compress and write a hashed chunk, unless the repository already has it."""
+    if not session.has(oid):
+        c, payload = codec.compress(view, level, planes)
+        session.add_payload(oid, CHUNK, c, payload, len(view))
 
 
 def _process_group(
     pieces: list[tuple[memoryview, ObjectId | None]],
     level: int,
     planes: bool,
-    has: Callable[[ObjectId], bool],
-    seen: list[ObjectId],
-) -> list[Result]:
-    """Worker: hash and :func:`_store` a run of chunks, one task for several (fewer hand-offs).
+    session: WriteSession,
+    p: _Pending,
+) -> None:
+    """Worker: hash, compress and write a run of chunks, one task for several (fewer hand-offs).
 
-    A piece with an expected id (laid out from a previous version) that hashes to anything
-    else ends the run: the result has one entry per piece before it. Ids go into ``seen`` as
-    soon as they are known (before compressing), so the reading thread can spot a previous
-    version's chunk without waiting for the compression.
+    The worker writes its payloads itself (the session serialises writes): the reading
+    thread, which also cuts, is the one every other step waits for, so it only reads, cuts
+    and records ids. Ids go into ``p.seen`` as soon as they are known (before compressing),
+    so the reading thread can spot a previous version's chunk without waiting. A piece with
+    an expected id (laid out from a previous version) that hashes to anything else ends the
+    run: ``p.seen`` then has one id per piece before it. Nothing more is written once the
+    reading thread has dropped the run (``p.dropped``).
     """
-    out: list[Result] = []
     for view, expected in pieces:
         oid = hash_bytes(view)
         if expected is not None and oid != expected:
             break
-        seen.append(oid)
-        out.append(_store(oid, view, level, planes, has))
-    return out
+        p.seen.append(oid)
+        if not p.dropped:
+            _store(session, oid, view, level, planes)
 
 
 class _Guide:
@@ -127,8 +125,16 @@ class _Pending:
     lengths: list[int]
     guided: bool
     """Laid out from a guide (each piece checked against its expected id), not cut."""
-    future: Future[list[Result]] | None = None
+    future: Future[None] | None = None
     seen: list[ObjectId] = field(default_factory=list)
+    """Ids of the pieces hashed so far (and, for a guided run, found as expected)."""
+    dropped: bool = False
+    """Set by the reading thread when a failed guess makes this run moot."""
+
+    def wait(self) -> None:
+        """Until the workers are done with this run."""
+        assert self.future is not None
+        self.future.result()
 
     def hit(self, ends: dict[ObjectId, int]) -> tuple[int, int] | None:
         """(end in the file, end in the guide) of the last hashed chunk the guide holds."""
@@ -188,18 +194,15 @@ class FileIngester:
         hits: list[tuple[int, int]] = []  # (end in the file, end in the guide) of a cut chunk
 
         def take(p: _Pending) -> None:
-            assert p.future is not None
-            results = p.future.result()
+            p.wait()
             off = p.offset
-            for (oid, c, payload), length in zip(results, p.lengths, strict=False):
-                if payload is not None:
-                    session.add_payload(oid, CHUNK, c, payload, length)
+            for oid, length in zip(p.seen, p.lengths, strict=False):
                 chunks.append((oid, length))
                 session.read_bytes += length
                 if session.progress is not None:
                     session.progress(length)
                 off += length
-            if len(results) < len(p.lengths):
+            if len(p.seen) < len(p.lengths):
                 restart.append(off)
             elif (h := p.hit(ends)) is not None:
                 hits.append(h)
@@ -209,9 +212,9 @@ class FileIngester:
                 until_buffer is None or any(p.buffer == until_buffer for p in pending)
             ):
                 p = pending.popleft()
-                assert p.future is not None
                 if restart:
-                    p.future.result()  # speculative: wait until no worker reads its buffer
+                    p.dropped = True
+                    p.wait()  # speculative: until no worker reads its buffer
                 else:
                     take(p)
 
@@ -296,7 +299,7 @@ class FileIngester:
         pending: deque[_Pending],
     ) -> None:
         p.future = self.repo.pool.submit(
-            _process_group, pieces, self._level, self._planes, self.session.has, p.seen
+            _process_group, pieces, self._level, self._planes, self.session, p
         )
         pending.append(p)
 
@@ -349,9 +352,7 @@ class FileIngester:
         for c in self._cdc().cut_buf(view) if data else ():
             piece = view[c.offset : c.offset + c.length]
             oid = hash_bytes(piece)
-            oid, codec_id, payload = _store(oid, piece, self._level, self._planes, session.has)
-            if payload is not None:
-                session.add_payload(oid, CHUNK, codec_id, payload, c.length)
+            _store(session, oid, piece, self._level, self._planes)
             chunks.append((oid, c.length))
         session.read_bytes += len(data)
         if session.progress is not None and data:

@@ -286,6 +286,11 @@ _register()
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``mlvc`` console script and ``python -m mlvc``."""
+    # mlvc multiplies no matrices, but numpy (imported for the byte-plane codec) starts
+    # OpenBLAS's thread pool as it loads, and those threads spin on every core for a while:
+    # CPU taken from hashing and compressing on a small machine. Only when the user has not
+    # chosen, and only for this process.
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     try:
         app(args=argv, prog_name="mlvc")
     except KeyboardInterrupt:  # raised outside a command (e.g. while parsing)
