@@ -88,12 +88,17 @@ def run(
     The command runs under a small parent (GNU time, or a Python fallback) that reaps it with
     ``wait4``: that reports exactly this command's peak RSS. Measuring from this (large) process
     would not: a forked child's peak RSS starts at its parent's RSS at fork time, and
-    ``getrusage(RUSAGE_CHILDREN)`` is a maximum over all children ever.
+    ``getrusage(RUSAGE_CHILDREN)`` is a maximum over all children ever. The command never
+    sees ``PYTHONDONTWRITEBYTECODE``.
 
     Raises:
         CommandFailed: The command exited non-zero (its output is in the message).
     """
     argv = [str(c) for c in cmd]
+    # Measured tools run as installed software does, with Python's bytecode cache: without it
+    # every process would compile the modules it imports lazily, inside the timed call.
+    env = dict(os.environ if env is None else env)
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
     with tempfile.TemporaryDirectory() as tmp:
         report = os.path.join(tmp, "usage")
         with (
