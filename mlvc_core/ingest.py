@@ -36,7 +36,7 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mlvc_core import codec
 from mlvc_core.chunker import ChunkerParams, MiB, make_fastcdc
@@ -45,7 +45,9 @@ from mlvc_core.ids import ObjectId, hash_bytes
 from mlvc_core.objects import CHUNK, Manifest, Tree, TreeEntry, check_name
 from mlvc_core.repository import WriteSession
 from mlvc_core.restore import find_entry
-from mlvc_core.statcache import StatCache
+
+if TYPE_CHECKING:
+    from mlvc_core.statcache import StatCache  # sqlite3: imported only where a cache is used
 
 _BUF = 4 * MiB
 """Ring buffer size (at least four of the largest chunks)."""
