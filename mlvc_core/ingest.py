@@ -28,6 +28,7 @@ compressed payloads in flight.
 
 from __future__ import annotations
 
+import contextlib
 import mmap
 import os
 import stat as stat_mod
@@ -230,68 +231,78 @@ class FileIngester:
         tail = b""
         bi = 0
         eof = False
-        while True:
-            drain(bi)
-            if restart:
-                drain(None)
-                base = evidence = restart[0]
-                restart.clear()
-                misses += 1
-                if misses > _MAX_MISSES:
-                    g = None  # the guide keeps failing: just cut
-                f.seek(start + base)
-                tail, expect, eof = b"", None, False
-            if eof:
-                drain(None)
+        try:
+            while True:
+                drain(bi)
                 if restart:
-                    continue
-                break
-            if bi == len(self._bufs):
-                # Anonymous mappings: pages are zeroed by the kernel as they are first
-                # written, so a file of a few MiB touches a few MiB (a bytearray would zero
-                # all of it first), and later files reuse what earlier ones touched.
-                self._bufs.append(mmap.mmap(-1, self._buf_size))
-            mv = memoryview(self._bufs[bi])
-            filled = len(tail)
-            mv[:filled] = tail
-            while filled < self._buf_size:
-                n = f.readinto(mv[filled:])
-                if not n:
-                    eof = True
+                    drain(None)
+                    base = evidence = restart[0]
+                    restart.clear()
+                    misses += 1
+                    if misses > _MAX_MISSES:
+                        g = None  # the guide keeps failing: just cut
+                    f.seek(start + base)
+                    tail, expect, eof = b"", None, False
+                if eof:
+                    drain(None)
+                    if restart:
+                        continue
                     break
-                filled += n
-            if filled == 0:
-                continue
-            data = mv[:filled]
-            pos = 0
-            if g is not None and expect is None:
-                # Back in step with the guide? The newest chunk hashed so far that the guide
-                # holds tells how far the content has shifted.
-                found = next(
-                    (h for p in reversed(pending) if (h := p.hit(ends)) is not None),
-                    hits[-1] if hits else None,
-                )
-                if found is not None and found[0] > evidence:
-                    evidence, delta = found[0], found[0] - found[1]
-                    expect = g.by_offset.get(base - delta)
-            if g is not None and expect is not None:
-                expect, pos = self._lay_out(g, expect, data, base, eof, bi, pending)
-            if pos < filled and (g is None or expect is None):
-                rest = data[pos:filled]
-                cuts = [(c.offset, c.length) for c in self._cdc().cut_buf(rest)]
-                if not eof:
-                    cuts.pop()  # the last piece ends at the buffer's end, not at a boundary
-                for i in range(0, len(cuts), _GROUP):
-                    run = cuts[i : i + _GROUP]
-                    self._submit(
-                        _Pending(bi, base + pos + run[0][0], [n for _, n in run], False),
-                        [(rest[off : off + n], None) for off, n in run],
-                        pending,
+                if bi == len(self._bufs):
+                    # Anonymous mappings: pages are zeroed by the kernel as they are first
+                    # written, so a file of a few MiB touches a few MiB (a bytearray would zero
+                    # all of it first), and later files reuse what earlier ones touched.
+                    self._bufs.append(mmap.mmap(-1, self._buf_size))
+                mv = memoryview(self._bufs[bi])
+                filled = len(tail)
+                mv[:filled] = tail
+                while filled < self._buf_size:
+                    n = f.readinto(mv[filled:])
+                    if not n:
+                        eof = True
+                        break
+                    filled += n
+                if filled == 0:
+                    continue
+                data = mv[:filled]
+                pos = 0
+                if g is not None and expect is None:
+                    # Back in step with the guide? The newest chunk hashed so far that the guide
+                    # holds tells how far the content has shifted.
+                    found = next(
+                        (h for p in reversed(pending) if (h := p.hit(ends)) is not None),
+                        hits[-1] if hits else None,
                     )
-                pos += sum(n for _, n in cuts)
-            tail = bytes(data[pos:filled])
-            base += pos
-            bi = (bi + 1) % _NBUF
+                    if found is not None and found[0] > evidence:
+                        evidence, delta = found[0], found[0] - found[1]
+                        expect = g.by_offset.get(base - delta)
+                if g is not None and expect is not None:
+                    expect, pos = self._lay_out(g, expect, data, base, eof, bi, pending)
+                if pos < filled and (g is None or expect is None):
+                    rest = data[pos:filled]
+                    cuts = [(c.offset, c.length) for c in self._cdc().cut_buf(rest)]
+                    if not eof:
+                        cuts.pop()  # the last piece ends at the buffer's end, not at a boundary
+                    for i in range(0, len(cuts), _GROUP):
+                        run = cuts[i : i + _GROUP]
+                        self._submit(
+                            _Pending(bi, base + pos + run[0][0], [n for _, n in run], False),
+                            [(rest[off : off + n], None) for off, n in run],
+                            pending,
+                        )
+                    pos += sum(n for _, n in cuts)
+                tail = bytes(data[pos:filled])
+                base += pos
+                bi = (bi + 1) % _NBUF
+        except BaseException:
+            # Workers write what they store: none may go on writing into the session after
+            # this returns (the caller then aborts it), so wait for those still running.
+            for p in pending:
+                p.dropped = True
+            for p in pending:
+                with contextlib.suppress(Exception):
+                    p.wait()
+            raise
         return Manifest(sum(n for _, n in chunks), tuple(chunks))
 
     def _submit(

@@ -23,6 +23,7 @@ from mlvc_core.errors import (
     RefConflict,
     RepositoryExists,
     RepositoryLocked,
+    StorageError,
     UnsafePath,
     UnsupportedFormatVersion,
     UsageError,
@@ -564,3 +565,31 @@ def test_a_pack_carries_its_own_index(tmp_path: Path) -> None:
         trailer = read_pack_trailer(repo.store, pack_id, size)
         assert trailer == repo.store.read(index_key(pack_id))
         assert decode_index(trailer, pack_id)[0] == pack_id
+
+
+def test_a_write_failing_mid_file_fails_the_commit_and_nothing_writes_after_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Workers write the chunks they store; once a write fails the commit fails with that
+    error, the branch stays where it was, and no worker is left writing into the repository."""
+    from mlvc_core.packs import PackWriter
+
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "weights.bin").write_bytes(rand(24 << 20, 12))
+    repo = Repository.init(tmp_path / "r")
+    writes: list[float] = []
+    real_add = PackWriter.add
+
+    def add(self: PackWriter, *args: object, **kwargs: object) -> object:
+        writes.append(time.monotonic())
+        if len(writes) == 20:
+            raise StorageError("disk full")
+        return real_add(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(PackWriter, "add", add)
+    with pytest.raises(StorageError, match="disk full"):
+        repo.commit(tmp_path / "src", "weights", branch="main")
+    failed_at = time.monotonic()
+    time.sleep(0.3)
+    assert all(t <= failed_at for t in writes)
+    assert repo.head("main") is None
