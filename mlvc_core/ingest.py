@@ -80,9 +80,9 @@ def _process_group(
 ) -> None:
     """Worker: hash, compress and write a run of chunks, one task for several (fewer hand-offs).
 
-    The worker writes its payloads itself (the session serialises writes): the reading
-    thread, which also cuts, is the one every other step waits for, so it only reads, cuts
-    and records ids. Ids go into ``p.seen`` as soon as they are known (before compressing),
+    The worker writes its payloads itself (the session serialises writes), so the reading
+    thread only reads, cuts and records ids, and a slow write (a part upload to a bucket)
+    holds up one worker, not the reading. Ids go into ``p.seen`` as soon as they are known (before compressing),
     so the reading thread can spot a previous version's chunk without waiting. A piece with
     an expected id (laid out from a previous version) that hashes to anything else ends the
     run: ``p.seen`` then has one id per piece before it. Nothing more is written once the
