@@ -316,14 +316,14 @@ def _zstd_frame(payload: bytes | memoryview, raw_len: int) -> bytes:
     return out
 
 
-def decompress(payload: bytes, codec: int, raw_len: int) -> bytes:
+def decompress(payload: bytes | memoryview, codec: int, raw_len: int) -> bytes:
     """Undo :func:`compress`, never producing more than ``raw_len`` bytes.
 
     Raises:
         FormatError: Unknown codec, undecodable payload, or a length other than ``raw_len``.
     """
     if codec == RAW:
-        out = payload
+        out = payload if isinstance(payload, bytes) else bytes(payload)
     elif codec == ZSTD:
         out = _zstd_frame(payload, raw_len)
     elif codec == PLANES:

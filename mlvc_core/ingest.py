@@ -6,10 +6,9 @@ The pipeline for one file, all bounded in memory whatever the file's size:
    allocation: fresh large allocations cost a page fault per 4 KiB) and cuts each buffer into
    content-defined chunks (pyfastcdc releases the GIL while it cuts); the bytes after the last
    cut point are carried into the next buffer, so boundaries do not depend on buffer size;
-2. worker threads hash the chunks (BLAKE3), a run of four per task, compress (zstd) only
-   those the repository lacks and append them to the session's pack - hashing, compressing
-   and writing release the GIL, so this runs on every core;
-3. the calling thread records the ids in order.
+2. worker threads hash the chunks (BLAKE3), a run of four per task, and compress (zstd) only
+   those the repository lacks - both release the GIL, so this runs on every core;
+3. the calling thread takes results in order and appends new payloads to the session's pack.
 
 Given the previous version of the file (a *guide*: the parent commit's file at the same path,
 or the stat cache's last record of it), step 1 first lays the guide's chunks over the bytes
@@ -62,39 +61,42 @@ _MAX_MISSES = 16
 ExcludeFn = Callable[[str], bool]
 
 
+Result = tuple[ObjectId, int, "bytes | memoryview | None"]
+"""A worker's answer for one chunk: id, codec, payload to store (None: already stored)."""
+
+
 def _store(
-    session: WriteSession, oid: ObjectId, view: memoryview, level: int, planes: bool
-) -> None:
-    """Compress and write a hashed chunk, unless the repository already has it."""
-    if not session.has(oid):
-        c, payload = codec.compress(view, level, planes)
-        session.add_payload(oid, CHUNK, c, payload, len(view))
+    oid: ObjectId, view: memoryview, level: int, planes: bool, has: Callable[[ObjectId], bool]
+) -> Result:
+    """A hashed chunk's result: compressed unless the repository already has it."""
+    if has(oid):
+        return oid, codec.RAW, None
+    c, payload = codec.compress(view, level, planes)
+    return oid, c, payload
 
 
 def _process_group(
     pieces: list[tuple[memoryview, ObjectId | None]],
     level: int,
     planes: bool,
-    session: WriteSession,
-    p: _Pending,
-) -> None:
-    """Worker: hash, compress and write a run of chunks, one task for several (fewer hand-offs).
+    has: Callable[[ObjectId], bool],
+    seen: list[ObjectId],
+) -> list[Result]:
+    """Worker: hash and :func:`_store` a run of chunks, one task for several (fewer hand-offs).
 
-    The worker writes its payloads itself (the session serialises writes), so the reading
-    thread only reads, cuts and records ids, and a slow write (a part upload to a bucket)
-    holds up one worker, not the reading. Ids go into ``p.seen`` as soon as they are known (before compressing),
-    so the reading thread can spot a previous version's chunk without waiting. A piece with
-    an expected id (laid out from a previous version) that hashes to anything else ends the
-    run: ``p.seen`` then has one id per piece before it. Nothing more is written once the
-    reading thread has dropped the run (``p.dropped``).
+    A piece with an expected id (laid out from a previous version) that hashes to anything
+    else ends the run: the result has one entry per piece before it. Ids go into ``seen`` as
+    soon as they are known (before compressing), so the reading thread can spot a previous
+    version's chunk without waiting for the compression.
     """
+    out: list[Result] = []
     for view, expected in pieces:
         oid = hash_bytes(view)
         if expected is not None and oid != expected:
             break
-        p.seen.append(oid)
-        if not p.dropped:
-            _store(session, oid, view, level, planes)
+        seen.append(oid)
+        out.append(_store(oid, view, level, planes, has))
+    return out
 
 
 class _Guide:
@@ -128,16 +130,8 @@ class _Pending:
     lengths: list[int]
     guided: bool
     """Laid out from a guide (each piece checked against its expected id), not cut."""
-    future: Future[None] | None = None
+    future: Future[list[Result]] | None = None
     seen: list[ObjectId] = field(default_factory=list)
-    """Ids of the pieces hashed so far (and, for a guided run, found as expected)."""
-    dropped: bool = False
-    """Set by the reading thread when a failed guess makes this run moot."""
-
-    def wait(self) -> None:
-        """Until the workers are done with this run."""
-        assert self.future is not None
-        self.future.result()
 
     def hit(self, ends: dict[ObjectId, int]) -> tuple[int, int] | None:
         """(end in the file, end in the guide) of the last hashed chunk the guide holds."""
@@ -197,15 +191,18 @@ class FileIngester:
         hits: list[tuple[int, int]] = []  # (end in the file, end in the guide) of a cut chunk
 
         def take(p: _Pending) -> None:
-            p.wait()
+            assert p.future is not None
+            results = p.future.result()
             off = p.offset
-            for oid, length in zip(p.seen, p.lengths, strict=False):
+            for (oid, c, payload), length in zip(results, p.lengths, strict=False):
+                if payload is not None:
+                    session.add_payload(oid, CHUNK, c, payload, length)
                 chunks.append((oid, length))
                 session.read_bytes += length
                 if session.progress is not None:
                     session.progress(length)
                 off += length
-            if len(p.seen) < len(p.lengths):
+            if len(results) < len(p.lengths):
                 restart.append(off)
             elif (h := p.hit(ends)) is not None:
                 hits.append(h)
@@ -215,9 +212,9 @@ class FileIngester:
                 until_buffer is None or any(p.buffer == until_buffer for p in pending)
             ):
                 p = pending.popleft()
+                assert p.future is not None
                 if restart:
-                    p.dropped = True
-                    p.wait()  # speculative: until no worker reads its buffer
+                    p.future.result()  # speculative: wait until no worker reads its buffer
                 else:
                     take(p)
 
@@ -295,13 +292,12 @@ class FileIngester:
                 base += pos
                 bi = (bi + 1) % _NBUF
         except BaseException:
-            # Workers write what they store: none may go on writing into the session after
-            # this returns (the caller then aborts it), so wait for those still running.
+            # Workers still hashing or compressing read this ingester's buffers: let none
+            # outlive the call, so a failed file leaves nothing running behind it.
             for p in pending:
-                p.dropped = True
-            for p in pending:
+                assert p.future is not None
                 with contextlib.suppress(Exception):
-                    p.wait()
+                    p.future.result()
             raise
         return Manifest(sum(n for _, n in chunks), tuple(chunks))
 
@@ -312,7 +308,7 @@ class FileIngester:
         pending: deque[_Pending],
     ) -> None:
         p.future = self.repo.pool.submit(
-            _process_group, pieces, self._level, self._planes, self.session, p
+            _process_group, pieces, self._level, self._planes, self.session.has, p.seen
         )
         pending.append(p)
 
@@ -365,7 +361,9 @@ class FileIngester:
         for c in self._cdc().cut_buf(view) if data else ():
             piece = view[c.offset : c.offset + c.length]
             oid = hash_bytes(piece)
-            _store(session, oid, piece, self._level, self._planes)
+            oid, codec_id, payload = _store(oid, piece, self._level, self._planes, session.has)
+            if payload is not None:
+                session.add_payload(oid, CHUNK, codec_id, payload, c.length)
             chunks.append((oid, c.length))
         session.read_bytes += len(data)
         if session.progress is not None and data:

@@ -265,8 +265,9 @@ def test_corrupted_pack_raises_and_fsck_names_it(tmp_path: Path) -> None:
     with pytest.raises(IntegrityError) as info:
         fresh.read_raw(victim_oid)
     assert victim_oid.hex() in str(info.value)
-    with pytest.raises(IntegrityError):
-        fresh.checkout(cid, tmp_path / "out")
+    with pytest.raises(IntegrityError) as info:
+        fresh.checkout(cid, tmp_path / "out")  # read in a run with its neighbours
+    assert victim_oid.hex() in str(info.value)
     report = check(fresh)
     assert not report.ok
     assert victim_oid.hex() in {p.key for p in report.problems}
@@ -570,8 +571,8 @@ def test_a_pack_carries_its_own_index(tmp_path: Path) -> None:
 def test_a_write_failing_mid_file_fails_the_commit_and_nothing_writes_after_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Workers write the chunks they store; once a write fails the commit fails with that
-    error, the branch stays where it was, and no worker is left writing into the repository."""
+    """Once a write fails the commit fails with that error, the branch stays where it was,
+    and nothing goes on writing into the repository behind the failed call."""
     from mlvc_core.packs import PackWriter
 
     (tmp_path / "src").mkdir()
@@ -593,3 +594,32 @@ def test_a_write_failing_mid_file_fails_the_commit_and_nothing_writes_after_it(
     time.sleep(0.3)
     assert all(t <= failed_at for t in writes)
     assert repo.head("main") is None
+
+
+def test_checkout_reads_a_files_adjacent_chunks_with_one_request_per_run(tmp_path: Path) -> None:
+    """On a bucket every request costs a round trip: a file's chunks, stored one after another
+    in a pack, are read together (at most a few MiB per request), not one request each."""
+    from mlvc_core.repository import _RUN_BYTES
+
+    class CountingStore(MemoryStore):
+        ranges: list[int] = []
+
+        def read_range(self, key: str, offset: int, length: int) -> bytes:
+            if key.startswith(PACK_PREFIX):
+                self.ranges.append(length)
+            return super().read_range(key, offset, length)
+
+    store = CountingStore()
+    repo = Repository.init(store, SMALL)
+    data = rand(3 * _RUN_BYTES, 13)  # random: chunks stored raw, ~4 KiB each
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "f.bin").write_bytes(data)
+    cid = repo.commit(tmp_path / "src", "f")
+    entry = repo.read_tree(repo.read_commit(cid).tree).entries[0]
+    n_chunks = len(repo.read_manifest(entry.oid).chunks)  # type: ignore[arg-type]
+    store.ranges.clear()
+    Repository.open(store).checkout(cid, tmp_path / "out")
+    assert (tmp_path / "out" / "f.bin").read_bytes() == data
+    assert n_chunks > 500
+    assert len(store.ranges) < n_chunks / 50  # the data runs, the tree and the manifest
+    assert max(store.ranges) <= _RUN_BYTES
