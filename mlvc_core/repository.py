@@ -281,35 +281,44 @@ class Repository:
         most ``prefetch`` such runs are in flight, so memory stays bounded.
         """
         pending: deque[Future[list[bytes]]] = deque()
-        for run in self._runs(oids):
-            pending.append(self.pool.submit(self._read_run, run))
+        for run in self.chunk_runs(oids):
+            pending.append(self.pool.submit(self.read_run, run))
             if len(pending) >= prefetch:
                 yield from pending.popleft().result()
         while pending:
             yield from pending.popleft().result()
 
-    def _runs(self, oids: Iterable[ObjectId]) -> Iterator[list[tuple[ObjectId, Location]]]:
-        """``oids`` located and grouped into runs of payloads adjacent in one pack."""
+    def chunk_runs(self, oids: Iterable[ObjectId]) -> Iterator[list[tuple[ObjectId, Location]]]:
+        """``oids`` located and grouped, in order, into runs of payloads adjacent in one pack.
+
+        A run holds at most :data:`_RUN_BYTES` of stored bytes and of raw bytes (a run of
+        well-compressed text must not decode into hundreds of MiB).
+
+        Raises:
+            ObjectNotFound: An id is not stored (raised when the iteration reaches it).
+        """
         run: list[tuple[ObjectId, Location]] = []
-        start = end = 0
+        start = end = raw = 0
         for oid in oids:
             loc = self.locate(oid)
             if run and (
                 loc.pack != run[0][1].pack
                 or loc.offset != end
                 or loc.offset + loc.stored_len - start > _RUN_BYTES
+                or raw + loc.raw_len > _RUN_BYTES
             ):
                 yield run
                 run = []
             if not run:
-                start = loc.offset
+                start, raw = loc.offset, 0
             run.append((oid, loc))
             end = loc.offset + loc.stored_len
+            raw += loc.raw_len
         if run:
             yield run
 
-    def _read_run(self, run: list[tuple[ObjectId, Location]]) -> list[bytes]:
-        """Read a run of adjacent payloads at once; each decompressed and verified."""
+    def read_run(self, run: list[tuple[ObjectId, Location]]) -> list[bytes]:
+        """The verified bytes of a run from :meth:`chunk_runs`, read with one request."""
         first = run[0][1]
         if len(run) == 1:
             return [self.read_raw(run[0][0])]

@@ -177,7 +177,10 @@ def restore_tree(
 class ChunkedReader(io.RawIOBase):
     """A seekable, read-only file object over a manifest: reads only the chunks it needs.
 
-    Memory holds at most one decoded chunk, so any file can be read however large.
+    A chunk is read together with those stored after it in the same pack (one request for
+    up to a few MiB, see :meth:`Repository.chunk_runs`): reading a file front to back from a
+    bucket costs a round trip per run, not per chunk. Memory holds at most one such run of
+    decoded chunks, so any file can be read however large.
     """
 
     def __init__(self, repo: Repository, manifest: Manifest, name: str = "") -> None:
@@ -191,7 +194,7 @@ class ChunkedReader(io.RawIOBase):
             pos += n
         self._size = manifest.size
         self._pos = 0
-        self._cache: tuple[int, bytes] | None = None
+        self._cache: dict[int, bytes] = {}
         self.name = name
 
     def readable(self) -> bool:
@@ -223,9 +226,12 @@ class ChunkedReader(io.RawIOBase):
         return self._pos
 
     def _chunk(self, i: int) -> bytes:
-        if self._cache is None or self._cache[0] != i:
-            self._cache = (i, self._repo.read_raw(self._chunks[i][0]))
-        return self._cache[1]
+        data = self._cache.get(i)
+        if data is None:
+            run = next(self._repo.chunk_runs(oid for oid, _ in self._chunks[i:]))
+            self._cache = dict(enumerate(self._repo.read_run(run), start=i))
+            data = self._cache[i]
+        return data
 
     def readinto(self, b: Any) -> int:
         import bisect

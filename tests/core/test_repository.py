@@ -596,7 +596,7 @@ def test_a_write_failing_mid_file_fails_the_commit_and_nothing_writes_after_it(
     assert repo.head("main") is None
 
 
-def test_checkout_reads_a_files_adjacent_chunks_with_one_request_per_run(tmp_path: Path) -> None:
+def test_reads_take_a_files_adjacent_chunks_with_one_request_per_run(tmp_path: Path) -> None:
     """On a bucket every request costs a round trip: a file's chunks, stored one after another
     in a pack, are read together (at most a few MiB per request), not one request each."""
     from mlvc_core.repository import _RUN_BYTES
@@ -623,3 +623,14 @@ def test_checkout_reads_a_files_adjacent_chunks_with_one_request_per_run(tmp_pat
     assert n_chunks > 500
     assert len(store.ranges) < n_chunks / 50  # the data runs, the tree and the manifest
     assert max(store.ranges) <= _RUN_BYTES
+
+    # The same for a file opened lazily and read front to back, as a loader does.
+    from mlvc_core.restore import ChunkedReader
+
+    store.ranges.clear()
+    reader = ChunkedReader(Repository.open(store), repo.read_manifest(entry.oid))  # type: ignore[arg-type]
+    got = b"".join(iter(lambda: reader.read(65536), b""))
+    assert got == data
+    assert len(store.ranges) < n_chunks / 50
+    reader.seek(len(data) // 2 + 12345)  # random access still reads what is asked
+    assert reader.read(100) == data[len(data) // 2 + 12345 :][:100]
