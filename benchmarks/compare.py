@@ -333,7 +333,7 @@ def remote_table(r: remote.RemoteResult) -> str:
                 f"{measure.gbps(size, r.put_seconds[i]) * 1000:.0f}",
             ]
         )
-    return markdown_table(
+    table = markdown_table(
         [
             "version",
             "size",
@@ -345,6 +345,15 @@ def remote_table(r: remote.RemoteResult) -> str:
             "put MB/s",
         ],
         rows,
+    )
+    latest = r.version_bytes[-1]
+    return (
+        table
+        + "\n\nCheckout of the latest version straight from the bucket "
+        + f"(`mlvc --repo s3://... checkout`, bytes verified): {r.checkout_seconds:.2f} s "
+        + f"({measure.gbps(latest, r.checkout_seconds) * 1000:.0f} MB/s), next to "
+        + f"`s3fs.get` of the same files: {r.get_seconds:.2f} s "
+        + f"({measure.gbps(latest, r.get_seconds) * 1000:.0f} MB/s)."
     )
 
 

@@ -1,5 +1,6 @@
 """Remote part of the comparison: ``mlvc push`` to a loopback SeaweedFS S3 server next to
-``s3fs.put`` of the same bytes.
+``s3fs.put`` of the same bytes, and a checkout of the latest version straight from the bucket
+next to ``s3fs.get`` of its files.
 
 For each version of a workload: commit it to a local mlvc repository (untimed), then time
 ``mlvc --repo LOCAL push s3://BUCKET/PREFIX`` and record how much the bucket grew (the bytes
@@ -36,6 +37,7 @@ endpoint, key, secret, src, dest = sys.argv[1:]
 fs = s3fs.S3FileSystem(key=key, secret=secret, client_kwargs={"endpoint_url": endpoint})
 fs.put(src, dest, recursive=True)
 """
+S3FS_GET = S3FS_PUT.replace("fs.put(src, dest", "fs.get(src, dest")
 
 
 def free_port() -> int:
@@ -168,6 +170,10 @@ class RemoteResult:
     push_seconds: list[float] = field(default_factory=list)
     push_sent_bytes: list[int] = field(default_factory=list)
     put_seconds: list[float] = field(default_factory=list)
+    checkout_seconds: float = 0.0
+    """``mlvc --repo s3://... checkout`` of the latest version (bytes verified)."""
+    get_seconds: float = 0.0
+    """``s3fs.get`` of the latest version's files."""
     error: str | None = None
 
     @property
@@ -219,6 +225,26 @@ def remote_run(
             f"{BUCKET}/{put_prefix}/{v.name}",
         )
         result.put_seconds.append(usage.wall)
+    latest = w.versions[-1]
+    measure.sync()
+    dest = ctx.work / "checkout"
+    url = f"s3://{BUCKET}/{push_prefix}"
+    usage = ctx.timed(mlvc.cli, "--repo", url, "checkout", ctx.last_id, "-o", dest, cwd=ctx.work)
+    if measure.content_digest(dest) != measure.content_digest(latest):
+        raise measure.CommandFailed(["mlvc", "checkout", url], 0, "restored bytes differ")
+    result.checkout_seconds = usage.wall
+    measure.sync()
+    usage = ctx.timed(
+        sys.executable,
+        "-c",
+        S3FS_GET,
+        server.endpoint,
+        ACCESS_KEY,
+        SECRET_KEY,
+        f"{BUCKET}/{put_prefix}/{latest.name}",
+        ctx.work / "get",
+    )
+    result.get_seconds = usage.wall
     shutil.rmtree(ctx.work)
     return result
 
@@ -234,6 +260,8 @@ def combine(runs: list[RemoteResult]) -> RemoteResult:
         med(lambda r: r.push_seconds),
         [round(x) for x in med(lambda r: r.push_sent_bytes)],
         med(lambda r: r.put_seconds),
+        measure.median(r.checkout_seconds for r in runs),
+        measure.median(r.get_seconds for r in runs),
     )
 
 
