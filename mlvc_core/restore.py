@@ -19,12 +19,14 @@ import os
 import posixpath
 import uuid
 from collections.abc import Iterable, Iterator
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
 from mlvc_core.errors import FileExistsConflict, UnsafePath, UsageError
 from mlvc_core.ids import ObjectId
 from mlvc_core.objects import Manifest, TreeEntry
+from mlvc_core.packs import Location
 from mlvc_core.repository import ProgressFn, Repository
 
 
@@ -179,8 +181,10 @@ class ChunkedReader(io.RawIOBase):
 
     A chunk is read together with those stored after it in the same pack (one request for
     up to a few MiB, see :meth:`Repository.chunk_runs`): reading a file front to back from a
-    bucket costs a round trip per run, not per chunk. Memory holds at most one such run of
-    decoded chunks, so any file can be read however large.
+    bucket costs a round trip per run, not per chunk. Once reads go front to back (a run is
+    needed right where the last one ended), the next run is read on a worker thread while
+    this one is consumed. Memory holds at most two runs of decoded chunks, so any file can
+    be read however large.
     """
 
     def __init__(self, repo: Repository, manifest: Manifest, name: str = "") -> None:
@@ -195,6 +199,8 @@ class ChunkedReader(io.RawIOBase):
         self._size = manifest.size
         self._pos = 0
         self._cache: dict[int, bytes] = {}
+        self._end = -1  # index just past the cached run
+        self._ahead: tuple[int, Future[list[bytes]]] | None = None  # the next run, being read
         self.name = name
 
     def readable(self) -> bool:
@@ -228,10 +234,22 @@ class ChunkedReader(io.RawIOBase):
     def _chunk(self, i: int) -> bytes:
         data = self._cache.get(i)
         if data is None:
-            run = next(self._repo.chunk_runs(oid for oid, _ in self._chunks[i:]))
-            self._cache = dict(enumerate(self._repo.read_run(run), start=i))
+            sequential = i == self._end
+            if self._ahead is not None and self._ahead[0] == i:
+                chunks = self._ahead[1].result()
+            else:
+                chunks = self._repo.read_run(self._run_at(i))
+            self._ahead = None
+            self._cache = dict(enumerate(chunks, start=i))
+            self._end = i + len(chunks)
+            if sequential and self._end < len(self._chunks):
+                ahead = self._repo.pool.submit(self._repo.read_run, self._run_at(self._end))
+                self._ahead = (self._end, ahead)
             data = self._cache[i]
         return data
+
+    def _run_at(self, i: int) -> list[tuple[ObjectId, Location]]:
+        return next(self._repo.chunk_runs(oid for oid, _ in self._chunks[i:]))
 
     def readinto(self, b: Any) -> int:
         import bisect

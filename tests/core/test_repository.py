@@ -634,3 +634,16 @@ def test_reads_take_a_files_adjacent_chunks_with_one_request_per_run(tmp_path: P
     assert len(store.ranges) < n_chunks / 50
     reader.seek(len(data) // 2 + 12345)  # random access still reads what is asked
     assert reader.read(100) == data[len(data) // 2 + 12345 :][:100]
+
+    # Read front to back, the next run is requested before it is needed.
+    manifest = repo.read_manifest(entry.oid)  # type: ignore[arg-type]
+    first_run = next(repo.chunk_runs(oid for oid, _ in manifest.chunks))
+    second_run_at = sum(loc.raw_len for _, loc in first_run)
+    lazy_repo = Repository.open(store)
+    reader = ChunkedReader(lazy_repo, manifest)
+    store.ranges.clear()
+    assert reader.read(10) == data[:10]
+    reader.seek(second_run_at)
+    assert reader.read(10) == data[second_run_at:][:10]
+    lazy_repo.close()  # waits for the worker threads
+    assert len(store.ranges) == 3  # two runs read, the third read ahead
