@@ -57,7 +57,7 @@ ProgressFn = Callable[[int], None]
 
 
 _RUN_BYTES = 4 << 20
-"""Most stored bytes :meth:`Repository.read_chunks` reads with one request."""
+"""Most bytes, stored and decoded, in one run of :meth:`Repository.chunk_runs` (one request)."""
 
 
 def default_workers() -> int:
