@@ -320,14 +320,13 @@ class Repository:
     def read_run(self, run: list[tuple[ObjectId, Location]]) -> list[bytes]:
         """The verified bytes of a run from :meth:`chunk_runs`, read with one request."""
         first = run[0][1]
-        if len(run) == 1:
-            return [self.read_raw(run[0][0])]
         end = run[-1][1].offset + run[-1][1].stored_len
-        blob = memoryview(
-            self.store.read_range(pack_key(first.pack), first.offset, end - first.offset)
-        )
+        blob = self.store.read_range(pack_key(first.pack), first.offset, end - first.offset)
+        if len(run) == 1:
+            return [self.verify_payload(run[0][0], first, blob)]  # a raw chunk: no copy
+        view = memoryview(blob)
         return [
-            self.verify_payload(oid, loc, blob[loc.offset - first.offset :][: loc.stored_len])
+            self.verify_payload(oid, loc, view[loc.offset - first.offset :][: loc.stored_len])
             for oid, loc in run
         ]
 

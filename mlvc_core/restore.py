@@ -249,7 +249,10 @@ class ChunkedReader(io.RawIOBase):
         return data
 
     def _run_at(self, i: int) -> list[tuple[ObjectId, Location]]:
-        return next(self._repo.chunk_runs(oid for oid, _ in self._chunks[i:]))
+        # Ids from i on, without copying the tail of a manifest of maybe 100 000s of chunks
+        # at every run: chunk_runs takes only as many as one run needs.
+        chunks = self._chunks
+        return next(self._repo.chunk_runs(chunks[j][0] for j in range(i, len(chunks))))
 
     def readinto(self, b: Any) -> int:
         import bisect
