@@ -31,13 +31,13 @@ SECRET_KEY = "mlvcbench-secret"
 BUCKET = "mlvc-bench"
 SEAWEED_LISTENERS = ("master", "volume", "filer", "s3", "admin")
 
-S3FS_PUT = """
+S3FS_COPY = """
 import sys, s3fs
-endpoint, key, secret, src, dest = sys.argv[1:]
+op, endpoint, key, secret, src, dest = sys.argv[1:]
 fs = s3fs.S3FileSystem(key=key, secret=secret, client_kwargs={"endpoint_url": endpoint})
-fs.put(src, dest, recursive=True)
+getattr(fs, op)(src, dest, recursive=True)
 """
-S3FS_GET = S3FS_PUT.replace("fs.put(src, dest", "fs.get(src, dest")
+"""``s3fs`` ``put`` or ``get`` (the first argument) of ``src`` to ``dest``, recursively."""
 
 
 def free_port() -> int:
@@ -217,7 +217,8 @@ def remote_run(
         usage = ctx.timed(
             sys.executable,
             "-c",
-            S3FS_PUT,
+            S3FS_COPY,
+            "put",
             server.endpoint,
             ACCESS_KEY,
             SECRET_KEY,
@@ -237,7 +238,8 @@ def remote_run(
     usage = ctx.timed(
         sys.executable,
         "-c",
-        S3FS_GET,
+        S3FS_COPY,
+        "get",
         server.endpoint,
         ACCESS_KEY,
         SECRET_KEY,
