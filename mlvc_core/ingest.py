@@ -423,6 +423,19 @@ class TreeBuilder:
                 continue
         return None
 
+    def _cached_ok(self, manifest_id: ObjectId, size: int) -> bool:
+        """True if a stat-cache hit may stand for the file: a hint, checked before use.
+
+        Its manifest must be in the repository (re-checked under this session's lock) and
+        record the file's size; otherwise the file is read again.
+        """
+        if not self.session.has(manifest_id):
+            return False
+        try:
+            return self.session.repo.read_manifest(manifest_id).size == size
+        except MlvcError:
+            return False
+
     def file_entry(
         self, path: Path, name: str, st: os.stat_result, rel: str | None = None
     ) -> TreeEntry:
@@ -430,7 +443,7 @@ class TreeBuilder:
         key = str(path.absolute())
         previous = self.stat_cache.previous(key, st) if self.stat_cache else None
         mode = 0o755 if st.st_mode & stat_mod.S_IXUSR else 0o644
-        if previous is not None and previous[1] and self.session.has(previous[0]):
+        if previous is not None and previous[1] and self._cached_ok(previous[0], st.st_size):
             if self.session.progress is not None:
                 self.session.progress(st.st_size)
             return TreeEntry(name, "file", previous[0], st.st_size, mode)

@@ -101,6 +101,8 @@ class Repository:
         self._index: dict[ObjectId, Location] = {}
         self._commits: set[ObjectId] = set()
         self._loaded_indexes: set[str] = set()
+        self.bad_indexes: dict[str, str] = {}
+        """Packs whose index could not be read (pack id -> why); their payloads are unknown."""
         self._index_lock = threading.RLock()
         self._objects = _ObjectCache()
         self._pool: ThreadPoolExecutor | None = None
@@ -198,9 +200,31 @@ class Repository:
         else:
             blobs = (self._read_index_blob(p) for p in new)
         for pack_id, blob in zip(new, blobs, strict=True):
-            _, entries = decode_index(blob, index_key(pack_id))
-            self._add_entries(pack_id, entries)
+            entries = self._decode_index(pack_id, blob)
+            if entries is not None:
+                self._add_entries(pack_id, entries)
         return len(new)
+
+    def _decode_index(self, pack_id: str, blob: bytes) -> list[tuple[ObjectId, Location]] | None:
+        """An index's entries; None (remembered in :attr:`bad_indexes`) if it is unreadable.
+
+        A damaged copy in the local cache is only a hint gone bad: it is dropped and the
+        index read again from the store. An index damaged in the store is skipped, so the
+        rest of the repository stays readable; ``fsck`` reports it and ``gc`` keeps its pack.
+        """
+        key = index_key(pack_id)
+        try:
+            return decode_index(blob, key)[1]
+        except (FormatError, IntegrityError) as exc:
+            cached = self.cache_dir / "index" / pack_id if self.cache_dir is not None else None
+            if cached is not None and cached.is_file():
+                cached.unlink(missing_ok=True)
+                with contextlib.suppress(FormatError, IntegrityError, KeyNotFound):
+                    return decode_index(self._read_index_blob(pack_id), key)[1]
+            with self._index_lock:
+                self.bad_indexes[pack_id] = str(exc)
+                self._loaded_indexes.add(pack_id)
+            return None
 
     def _add_entries(self, pack_id: str, entries: list[tuple[ObjectId, Location]]) -> None:
         with self._index_lock:
@@ -561,13 +585,17 @@ class WriteSession:
 
     def _writer(self, kind: int) -> PackWriter:
         if kind == CHUNK:
-            if self._data is not None and self._data.size >= self.repo.config.pack_size:
+            if self._data is not None and (
+                self._data.size >= self.repo.config.pack_size or self._data.full
+            ):
                 self._publish(self._data)
                 self._data = None
             if self._data is None:
                 self._data = PackWriter(self.repo.store)
             return self._data
-        if self._meta is not None and self._meta.size >= self.repo.config.pack_size:
+        if self._meta is not None and (
+            self._meta.size >= self.repo.config.pack_size or self._meta.full
+        ):
             self._publish(self._meta)
             self._meta = None
         if self._meta is None:

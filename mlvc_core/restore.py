@@ -23,6 +23,7 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
+from mlvc_core import walk
 from mlvc_core.errors import FileExistsConflict, UnsafePath, UsageError
 from mlvc_core.ids import ObjectId
 from mlvc_core.objects import Manifest, TreeEntry
@@ -33,12 +34,11 @@ from mlvc_core.repository import ProgressFn, Repository
 def walk_tree(
     repo: Repository, tree_id: ObjectId, prefix: str = ""
 ) -> Iterator[tuple[str, TreeEntry]]:
-    """Every entry below a tree as ``(relative posix path, entry)``, depth first, sorted."""
-    for e in repo.read_tree(tree_id).entries:
-        rel = f"{prefix}{e.name}"
-        yield rel, e
-        if e.kind == "dir" and e.oid is not None:
-            yield from walk_tree(repo, e.oid, rel + "/")
+    """Every entry below a tree as ``(relative posix path, entry)``, depth first, sorted.
+
+    Budgeted: see :func:`mlvc_core.walk.walk_tree`.
+    """
+    return walk.walk_tree(repo, tree_id, prefix)
 
 
 def find_entry(repo: Repository, tree_id: ObjectId, path: str) -> TreeEntry | None:
