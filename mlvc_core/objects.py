@@ -260,7 +260,11 @@ def _decode_tree(doc: dict[str, Any]) -> Tree:
 
 
 def _decode_commit(doc: dict[str, Any]) -> Commit:
-    for key, ok in (("author", schema.is_str), ("message", schema.is_str), ("meta", schema.is_dict)):
+    for key, ok in (
+        ("author", schema.is_str),
+        ("message", schema.is_str),
+        ("meta", schema.is_dict),
+    ):
         if not ok(doc[key]):
             raise FormatError(f"commit field {key!r} has the wrong type")
     if not schema.is_number(doc["time"]) or isinstance(doc["time"], str):
@@ -291,7 +295,7 @@ def decode(data: bytes) -> Object:
         doc = msgpack.unpackb(data, raw=False, strict_map_key=True)
     except (ValueError, msgpack.UnpackException, TypeError, RecursionError) as exc:
         raise FormatError(f"undecodable object: {exc}") from exc
-    if not isinstance(doc, dict) or doc.get("t") not in _TAGS:
+    if not isinstance(doc, dict) or not isinstance(doc.get("t"), str) or doc["t"] not in _TAGS:
         raise FormatError("not an mlvc object")
     t = doc["t"]
     try:

@@ -16,6 +16,7 @@ ref moved meanwhile, :class:`~mlvc_core.errors.RefConflict` is raised: no silent
 
 from __future__ import annotations
 
+import builtins
 import json
 import re
 from collections.abc import Iterator
@@ -246,13 +247,16 @@ class RefStore:
             raise FormatError(bad[0][1])
         return refs
 
-    def scan(self, kind: str | None = None) -> tuple[list[Ref], list[tuple[str, str]]]:
+    def scan(
+        self, kind: str | None = None
+    ) -> tuple[builtins.list[Ref], builtins.list[tuple[str, str]]]:
         """Every readable ref (of one kind), and ``(name, why)`` of each unreadable one.
 
         For operations that can go on without the unreadable ones (listing, fsck). A key
         under ``refs/`` whose name no mlvc would write counts as unreadable, not as absent.
         """
-        out, bad = [], []
+        out: builtins.list[Ref] = []
+        bad: builtins.list[tuple[str, str]] = []
         for name, _info in self.list_keys(kind):
             try:
                 ref = self.get(name)

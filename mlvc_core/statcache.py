@@ -113,8 +113,7 @@ class StatCache:
                 return None
             try:
                 row = self._db.execute(
-                    "SELECT size, mtime_ns, ino, ctime_ns, manifest, tag FROM files "
-                    "WHERE path = ?",
+                    "SELECT size, mtime_ns, ino, ctime_ns, manifest, tag FROM files WHERE path = ?",
                     (path,),
                 ).fetchone()
             except sqlite3.Error as exc:

@@ -154,7 +154,9 @@ def test_writers_start_a_new_pack_before_the_entry_limit(
     cid = repo.commit(d)
     monkeypatch.undo()
     fresh = Repository.open(tmp_path / "r")
-    assert all(len(decode_index(fresh.store.read(f"index/{p}"), p)[1]) <= 5 for p in fresh.index_ids())
+    assert all(
+        len(decode_index(fresh.store.read(f"index/{p}"), p)[1]) <= 5 for p in fresh.index_ids()
+    )
     out = tmp_path / "out"
     fresh.checkout(cid, out)
     assert sorted(os.listdir(out)) == sorted(os.listdir(d))
@@ -262,8 +264,16 @@ def _two_experiments(project: Path) -> None:
     (tid,) = store(repo, Tree())
     for name in ("good", "bad"):
         (cid,) = store(repo, Commit(tid, metadata={"type": "experiment", "name": name}))
-        summary = {"type": "experiment", "name": name, "status": "stopped", "checkpoints": 0,
-                   "created": time.time(), "params": {}, "latest_metrics": {}, "removed": []}
+        summary = {
+            "type": "experiment",
+            "name": name,
+            "status": "stopped",
+            "checkpoints": 0,
+            "created": time.time(),
+            "params": {},
+            "latest_metrics": {},
+            "removed": [],
+        }
         if name == "bad":
             summary["latest_metrics"] = "loss=0.1"
         repo.refs.set(f"experiments/{to_hex(cid)}", cid, None, summary)
@@ -282,7 +292,11 @@ def test_a_tag_with_a_malformed_history(project: Path) -> None:
     cid = cli("commit", "a.txt", "-m", "one").stdout.strip()
     write_ref(project / ".mlvc", "tags/prod", {"target": cid, "history": 7})
     r = cli("gc", "--yes", "--grace", "0", code=3)
-    assert "tags/prod" in r.output and "refs/tags/prod" in r.output and "nothing is deleted" in r.output
+    assert (
+        "tags/prod" in r.output
+        and "refs/tags/prod" in r.output
+        and "nothing is deleted" in r.output
+    )
     r = cli("fsck", code=3)
     assert "refs/tags/prod" in r.output
     cli("log")
@@ -328,8 +342,15 @@ def test_every_malformed_ref_is_named_by_every_command(project: Path, doc: objec
 def test_malformed_commits_are_named_not_internal_errors(project: Path, commit: dict) -> None:
     repo = _repo(project)
     (tid,) = store(repo, Tree())
-    doc = {"t": "commit", "tree": tid, "parents": [], "author": "a", "time": 1.0,
-           "message": "m", "meta": {}}
+    doc = {
+        "t": "commit",
+        "tree": tid,
+        "parents": [],
+        "author": "a",
+        "time": 1.0,
+        "message": "m",
+        "meta": {},
+    }
     doc.update(commit)
     cid = store_encoded(repo, COMMIT, msgpack.packb(doc, use_bin_type=True))
     _set_branch(repo, cid)
@@ -345,8 +366,12 @@ def test_malformed_commits_are_named_not_internal_errors(project: Path, commit: 
 def test_malformed_tree_entries_are_refused(project: Path) -> None:
     repo = _repo(project)
     mid = store(repo, Manifest(0, ()))[0]
-    for entry in (["f", "file", mid, -1, 0o644, None], ["f", "file", mid, 0, "rw", None],
-                  ["f", "file", mid, 0, 0o644], ["f", "dir", 5, 0, 0o755, None]):
+    for entry in (
+        ["f", "file", mid, -1, 0o644, None],
+        ["f", "file", mid, 0, "rw", None],
+        ["f", "file", mid, 0, 0o644],
+        ["f", "dir", 5, 0, 0o755, None],
+    ):
         tid = store_encoded(repo, TREE, msgpack.packb({"t": "tree", "entries": [entry]}))
         with pytest.raises(FormatError):
             repo.read_object(tid)

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from mlvc_core import statcache
 from mlvc_core.ids import hash_bytes
 from mlvc_core.repository import Repository
 from mlvc_core.restore import find_entry
-from mlvc_core import statcache
 from mlvc_core.statcache import StatCache
 from tests.cli.conftest import Cli
 
