@@ -243,7 +243,12 @@ class _ListingCache:
         with self._lock:
             if self._db is None:
                 return dict(self._mem)
-            rows = self._db.execute("SELECT name, size, mtime, read_at, doc FROM refs").fetchall()
+            try:
+                rows = self._db.execute(
+                    "SELECT name, size, mtime, read_at, doc FROM refs"
+                ).fetchall()
+            except sqlite3.Error:  # a damaged cache is no cache: every ref is read again
+                return {}
         return {r[0]: (r[1], r[2], r[3], r[4]) for r in rows}
 
     def update(
@@ -292,6 +297,19 @@ def heartbeats(repo: Repository) -> dict[str, float]:
     }
 
 
+def _cached_doc(name: str, text: Any) -> dict[str, Any] | None:
+    """A listing-cache entry, if it is still well-formed (a damaged one is read again)."""
+    try:
+        doc = json.loads(text)
+        target = doc["target"]
+        summary = schema.check(doc["summary"], _RUN_SUMMARY, f"ref {name!r}")
+    except (ValueError, TypeError, KeyError):
+        return None
+    if not schema.is_hex_id(target):
+        return None
+    return {"name": name, "target": target, "summary": summary}
+
+
 def _scan(repo: Repository, stale_after: float) -> builtins.list[Experiment]:
     cache = _cache_for(repo)
     cached = cache.load()
@@ -305,8 +323,9 @@ def _scan(repo: Repository, stale_after: float) -> builtins.list[Experiment]:
             hit is not None
             and (hit[0], hit[1]) == (info.size, info.mtime)
             and hit[2] - info.mtime > racy
+            and (known := _cached_doc(name, hit[3])) is not None
         ):
-            docs[name] = json.loads(hit[3])
+            docs[name] = known
         else:
             stale.append((name, info))
 
