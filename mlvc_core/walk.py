@@ -15,7 +15,7 @@ from typing import NamedTuple
 
 from mlvc_core.errors import FormatError, IntegrityError, ObjectNotFound, UnsafePath
 from mlvc_core.ids import ObjectId, to_hex
-from mlvc_core.objects import CHUNK, COMMIT, Commit, TreeEntry, iter_tree_refs
+from mlvc_core.objects import CHUNK, COMMIT, Commit, Manifest, TreeEntry, iter_tree_refs
 from mlvc_core.refs import Ref
 from mlvc_core.repository import Repository
 
@@ -164,8 +164,9 @@ def reachable(
         missing: If given, ids that are referenced but absent are appended here (with the id
             of the object referring to them) instead of raising.
         follow_parents: Walk commit history too.
-        unreadable: If given (with ``missing``), objects stored but undecodable are
-            appended here with the reason, instead of to ``missing``.
+        unreadable: If given (with ``missing``), objects stored but undecodable, and
+            manifests whose chunk lengths disagree with the stored chunks, are appended here
+            with the reason (undecodable ones instead of to ``missing``).
 
     Raises:
         ObjectNotFound: A referenced object is absent and ``missing`` is None.
@@ -196,12 +197,27 @@ def reachable(
                 missing.append((oid, referrer.hex() if referrer else ""))
             continue
         seen[oid] = kind
+        if unreadable is not None and isinstance(obj, Manifest):
+            why = _chunk_lengths_disagree(repo, obj)
+            if why is not None:
+                unreadable.append((oid, why))
         for child_kind, child in iter_tree_refs(obj):
             if child_kind == COMMIT and not follow_parents:
                 continue
             if child not in seen:
                 stack.append((child_kind, child, oid))
     return seen
+
+
+def _chunk_lengths_disagree(repo: Repository, manifest: Manifest) -> str | None:
+    """Why a manifest's chunk lengths disagree with the stored chunks' (None if they agree)."""
+    for cid, length in manifest.chunks:
+        if repo.has(cid) and repo.locate(cid).raw_len != length:
+            return (
+                f"manifest says chunk {to_hex(cid)[:12]} has {length} bytes; "
+                f"it has {repo.locate(cid).raw_len}"
+            )
+    return None
 
 
 def all_roots(repo: Repository) -> list[ObjectId]:

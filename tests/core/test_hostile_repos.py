@@ -404,3 +404,25 @@ def test_a_damaged_listing_cache_is_read_around(
     for suffix in ("-wal", "-shm"):
         Path(f"{cache}{suffix}").unlink(missing_ok=True)
     assert [e["name"] for e in json.loads(cli("ls", "--json").stdout)] == ["good"]
+
+
+def test_a_manifest_whose_chunk_lengths_disagree_is_never_restored(project: Path) -> None:
+    from mlvc_core.restore import ChunkedReader
+
+    repo = _repo(project)
+    with repo.session() as s:
+        real = s.add_chunk(b"x" * 5000)
+        other = s.add_chunk(b"y" * 10)
+    lying = Manifest(5010, ((real, 10), (other, 5000)))  # adds up, but each length is wrong
+    (mid,) = store(repo, lying)
+    (tid,) = store(repo, Tree((TreeEntry("f.bin", "file", mid, 5010),)))
+    (cid,) = store(repo, Commit(tid))
+    _set_branch(repo, cid)
+    cli = Cli(project)
+    r = cli("fsck", code=3)
+    assert to_hex(mid) in r.output and "manifest says" in r.output
+    cli("checkout", to_hex(cid), "-o", "out", code=3)
+    assert not (project / "out" / "f.bin").exists()
+    with pytest.raises(Exception, match="its manifest says") as info:
+        ChunkedReader(repo, lying).read()
+    assert type(info.value).__name__ == "IntegrityError"
