@@ -40,6 +40,7 @@ from mlvc_core.lock import SharedLock
 from mlvc_core.objects import (
     CHUNK,
     COMMIT,
+    KIND_NAMES,
     Commit,
     Manifest,
     Object,
@@ -361,7 +362,10 @@ class Repository:
             loc = self.locate(oid)
             if loc.kind == CHUNK:
                 raise FormatError(f"{to_hex(oid)} is a data chunk, not an object")
-            obj = decode(self.read_raw(oid))
+            try:
+                obj = decode(self.read_raw(oid))
+            except FormatError as exc:  # name the object: the decoder only sees bytes
+                raise FormatError(f"{KIND_NAMES[loc.kind]} {to_hex(oid)}: {exc}") from exc
             self._objects.put(oid, obj)
         return obj
 
