@@ -369,6 +369,28 @@ class Repository:
             self._objects.put(oid, obj)
         return obj
 
+    def prefetch_objects(self, oids: Iterable[ObjectId]) -> None:
+        """Read and cache objects not cached yet, each run of adjacent ones with one request.
+
+        A hint for what is about to be read: whatever cannot be read or decoded is left for
+        :meth:`read_object` to report.
+        """
+        with self._index_lock:
+            found = [
+                (loc.pack, loc.offset, oid)
+                for oid in dict.fromkeys(oids)
+                if (loc := self._index.get(oid)) is not None and loc.kind != CHUNK
+            ]
+        wanted = [oid for _, _, oid in sorted(found) if self._objects.get(oid) is None]
+        for run in self.chunk_runs(wanted):
+            try:
+                raws = self.read_run(run)
+            except MlvcError:
+                continue
+            for (oid, _), raw in zip(run, raws, strict=True):
+                with contextlib.suppress(MlvcError):
+                    self._objects.put(oid, decode(raw))
+
     def _typed(self, oid: ObjectId, cls: type[Any]) -> Any:
         obj = self.read_object(oid)
         if not isinstance(obj, cls):

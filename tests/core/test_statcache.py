@@ -149,3 +149,29 @@ def test_mlvc_commit_with_a_garbage_cache_warns_and_records(
     from mlvc.repo import forget_shared
 
     forget_shared()
+
+
+def test_checking_hits_on_a_bucket_costs_requests_per_run_not_per_file(tmp_path: Path) -> None:
+    from mlvc_core.storage import MemoryStore
+
+    store = MemoryStore()
+    assert not store.is_local
+    repo = Repository.init(store)
+    d = _files(tmp_path, {f"f{i}": os.urandom(100 + i) for i in range(600)})
+    cache = StatCache(tmp_path / "sc.sqlite")
+    first = repo.commit(d, stat_cache=cache)
+    cache.flush()
+    reads = 0
+    read_range = store.read_range
+
+    def counting(key: str, offset: int, length: int) -> bytes:
+        nonlocal reads
+        reads += 1
+        return read_range(key, offset, length)
+
+    store.read_range = counting  # type: ignore[method-assign]
+    fresh = Repository(store, repo.config)  # nothing cached in memory
+    second = fresh.commit(d, stat_cache=cache, branch=None)
+    cache.close()
+    assert fresh.read_commit(second).tree == repo.read_commit(first).tree
+    assert reads < 20, f"{reads} reads to check 600 stat-cache hits"
