@@ -72,7 +72,8 @@ def check(repo: Repository, progress: Callable[[int], None] | None = None) -> Ch
     indexes = [info.key[len(INDEX_PREFIX) :] for info in repo.store.list(INDEX_PREFIX)]
     for pack_id in indexes:
         try:
-            _, entries = decode_index(repo.store.read(index_key(pack_id)), index_key(pack_id))
+            key = index_key(pack_id)
+            _, entries = decode_index(repo.store.read(key), key, pack_id)
         except (IntegrityError, FormatError, KeyNotFound) as exc:
             report.problems.append(Problem(index_key(pack_id), "corrupt", str(exc)))
             continue

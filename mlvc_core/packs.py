@@ -97,8 +97,10 @@ def encode_index(pack_id: str, entries: list[tuple[ObjectId, Location]]) -> byte
     return INDEX_MAGIC + hash_bytes(body) + body
 
 
-def decode_index(data: bytes, name: str) -> tuple[str, list[tuple[ObjectId, Location]]]:
-    """Decode and verify an index blob.
+def decode_index(
+    data: bytes, name: str, pack_id: str | None = None
+) -> tuple[str, list[tuple[ObjectId, Location]]]:
+    """Decode and verify an index blob (of pack ``pack_id``, if given).
 
     Raises:
         IntegrityError: The body does not match its recorded hash.
@@ -119,6 +121,8 @@ def decode_index(data: bytes, name: str) -> tuple[str, list[tuple[ObjectId, Loca
         )
         if not isinstance(doc, dict) or not isinstance(doc.get("pack"), str):
             raise FormatError("no pack id")
+        if pack_id is not None and doc["pack"] != pack_id:
+            raise FormatError(f"it is the index of pack {doc['pack'][:32]!r}")
         pack_id = doc["pack"]
         raw_entries = doc["entries"]
         if not isinstance(raw_entries, list) or len(raw_entries) > MAX_PACK_ENTRIES:

@@ -215,13 +215,13 @@ class Repository:
         """
         key = index_key(pack_id)
         try:
-            return decode_index(blob, key)[1]
+            return decode_index(blob, key, pack_id)[1]
         except (FormatError, IntegrityError) as exc:
             cached = self.cache_dir / "index" / pack_id if self.cache_dir is not None else None
             if cached is not None and cached.is_file():
                 cached.unlink(missing_ok=True)
                 with contextlib.suppress(FormatError, IntegrityError, KeyNotFound):
-                    return decode_index(self._read_index_blob(pack_id), key)[1]
+                    return decode_index(self._read_index_blob(pack_id), key, pack_id)[1]
             with self._index_lock:
                 self.bad_indexes[pack_id] = str(exc)
                 self._loaded_indexes.add(pack_id)

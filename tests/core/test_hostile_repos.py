@@ -143,7 +143,11 @@ def test_index_entries_outside_the_format_are_refused(entry: object, why: str) -
 
 def test_a_valid_index_round_trips() -> None:
     loc = packs.Location("p", 8, 10, 12, 1, 0)
-    assert decode_index(encode_index("p", [(hash_bytes(b"x"), loc)]), "i")[1][0][1] == loc
+    blob = encode_index("p", [(hash_bytes(b"x"), loc)])
+    assert decode_index(blob, "i")[1][0][1] == loc
+    assert decode_index(blob, "i", "p")[1][0][1] == loc
+    with pytest.raises(FormatError, match="index of pack 'p'"):
+        decode_index(blob, "index/q", "q")  # a valid index, stored under another pack's name
 
 
 def test_writers_start_a_new_pack_before_the_entry_limit(

@@ -175,3 +175,25 @@ def test_checking_hits_on_a_bucket_costs_requests_per_run_not_per_file(tmp_path:
     cache.close()
     assert fresh.read_commit(second).tree == repo.read_commit(first).tree
     assert reads < 20, f"{reads} reads to check 600 stat-cache hits"
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated", "other-index"])
+def test_a_damaged_cached_index_is_read_again(tmp_path: Path, damage: str) -> None:
+    repo = Repository.init(tmp_path / "r", cache_dir=tmp_path / "cache")
+    d = _files(tmp_path, {"a": b"A" * 5000, "b": os.urandom(3000)})
+    cid = repo.commit(d)
+    repo.close()
+    Repository.open(tmp_path / "r", cache_dir=tmp_path / "cache").close()  # fills the cache
+    cached = sorted((tmp_path / "cache" / "index").iterdir())
+    assert len(cached) == 2
+    first, second = (p.read_bytes() for p in cached)
+    cached[0].write_bytes(
+        {"garbage": os.urandom(len(first)), "truncated": first[:-7], "other-index": second}[damage]
+    )
+    again = Repository.open(tmp_path / "r", cache_dir=tmp_path / "cache")
+    assert not again.bad_indexes
+    assert _content(again, cid, "a") == b"A" * 5000
+    assert cached[0].read_bytes() == first  # repaired from the repository
+    from mlvc_core.check import check
+
+    assert check(again).ok
