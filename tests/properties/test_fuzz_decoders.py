@@ -312,3 +312,24 @@ def test_statcache_any_file(tmp_path: Path, garbage: bytes, data: st.DataObject)
         cache.close()
     except sqlite3.Error as exc:  # pragma: no cover - the failure this test looks for
         pytest.fail(f"stat cache raised {exc!r}")
+
+
+# ------------------------------------------------------------------ pack trailers
+
+
+@FUZZ
+@given(st.binary(max_size=300), st.data())
+def test_pack_trailer_any_bytes(garbage: bytes, data: st.DataObject) -> None:
+    from mlvc_core.packs import END_MAGIC, PACK_MAGIC, read_pack_trailer
+    from mlvc_core.storage import MemoryStore
+
+    blob = _index(_INDEX_DOC)
+    valid = PACK_MAGIC + bytes(30) + blob + len(blob).to_bytes(8, "little") + END_MAGIC
+    pack = data.draw(st.sampled_from([garbage, _flip(valid, data.draw), garbage + END_MAGIC]))
+    store = MemoryStore()
+    store.write("packs/pp/pp", pack)
+
+    def rebuild() -> None:
+        decode_index(read_pack_trailer(store, "pp", len(pack)), "pack pp", "p")
+
+    _only_documented(rebuild)
