@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import builtins
 import json
+import logging
 import math
 import operator
 import re
@@ -36,7 +37,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mlvc.repo import RepositoryLike, shared_repo
-from mlvc_core.errors import ObjectNotFound, RefConflict, UsageError
+from mlvc_core import schema
+from mlvc_core.errors import FormatError, ObjectNotFound, RefConflict, UsageError
 from mlvc_core.ids import ObjectId, from_hex, is_hex_prefix, resolve_prefix, to_hex
 from mlvc_core.objects import Commit
 from mlvc_core.refs import Ref
@@ -56,6 +58,7 @@ __all__ = [
 ]
 
 KIND = "experiments"
+log = logging.getLogger("mlvc")
 HEARTBEAT_PREFIX = "heartbeats/"
 STALE_AFTER = 60.0
 """Seconds without a heartbeat after which a run that did not stop cleanly reads as crashed."""
@@ -167,6 +170,50 @@ def rebuild_summary(repo: Repository, target: ObjectId, summary: dict[str, Any])
     return out
 
 
+_RUN_SUMMARY: schema.Spec = {
+    "type": schema.is_str,
+    "name": schema.optional(schema.is_str),
+    "created": schema.optional(schema.is_number),
+    "ended": schema.optional(schema.is_number),
+    "user": schema.optional(schema.is_str),
+    "host": schema.optional(schema.is_str),
+    "command": schema.optional(schema.is_str),
+    "params": schema.is_dict,
+    "status": schema.is_str,
+    "end_reason": schema.optional(schema.is_str),
+    "resumed": schema.optional(schema.is_int),
+    "checkpoints": schema.is_int,
+    "latest": schema.optional(schema.is_hex_id),
+    "latest_step": schema.optional(schema.is_int),
+    "latest_metrics": schema.is_dict,
+    "primary_metric": schema.optional(
+        schema.shaped({"name": schema.is_str, "goal": schema.is_str})
+    ),
+    "best": schema.optional(
+        schema.shaped(
+            {
+                "checkpoint": schema.is_hex_id,
+                "step": schema.optional(schema.is_int),
+                "value": schema.optional(schema.is_number),
+            }
+        )
+    ),
+    "removed": schema.list_of(schema.is_str),
+}
+"""The fields of an experiment's ref summary (docs/experiments.md) that readers use."""
+
+
+def checked_ref(ref: Ref | None) -> Ref | None:
+    """``ref``, once its experiment summary is checked field by field.
+
+    Raises:
+        FormatError: A field has the wrong type (the error names the ref).
+    """
+    if ref is not None:
+        schema.check(ref.summary, _RUN_SUMMARY, f"ref {ref.name!r}")
+    return ref
+
+
 # ------------------------------------------------------------------------------ the listing cache
 
 
@@ -196,7 +243,12 @@ class _ListingCache:
         with self._lock:
             if self._db is None:
                 return dict(self._mem)
-            rows = self._db.execute("SELECT name, size, mtime, read_at, doc FROM refs").fetchall()
+            try:
+                rows = self._db.execute(
+                    "SELECT name, size, mtime, read_at, doc FROM refs"
+                ).fetchall()
+            except sqlite3.Error:  # a damaged cache is no cache: every ref is read again
+                return {}
         return {r[0]: (r[1], r[2], r[3], r[4]) for r in rows}
 
     def update(
@@ -245,6 +297,19 @@ def heartbeats(repo: Repository) -> dict[str, float]:
     }
 
 
+def _cached_doc(name: str, text: Any) -> dict[str, Any] | None:
+    """A listing-cache entry, if it is still well-formed (a damaged one is read again)."""
+    try:
+        doc = json.loads(text)
+        target = doc["target"]
+        summary = schema.check(doc["summary"], _RUN_SUMMARY, f"ref {name!r}")
+    except (ValueError, TypeError, KeyError):
+        return None
+    if not schema.is_hex_id(target):
+        return None
+    return {"name": name, "target": target, "summary": summary}
+
+
 def _scan(repo: Repository, stale_after: float) -> builtins.list[Experiment]:
     cache = _cache_for(repo)
     cached = cache.load()
@@ -258,15 +323,20 @@ def _scan(repo: Repository, stale_after: float) -> builtins.list[Experiment]:
             hit is not None
             and (hit[0], hit[1]) == (info.size, info.mtime)
             and hit[2] - info.mtime > racy
+            and (known := _cached_doc(name, hit[3])) is not None
         ):
-            docs[name] = json.loads(hit[3])
+            docs[name] = known
         else:
             stale.append((name, info))
 
     def read(item: tuple[str, KeyInfo]) -> tuple[str, int, float, float, Ref | None]:
         name, info = item
         now = time.time()
-        return name, info.size, info.mtime, now, repo.refs.get(name)
+        try:
+            return name, info.size, info.mtime, now, checked_ref(repo.refs.get(name))
+        except FormatError as exc:  # listed without it: the others are still shown
+            log.warning("mlvc: skipping experiment %s: %s", name.split("/", 1)[1][:12], exc)
+            return name, info.size, info.mtime, now, None
 
     if len(stale) > 4 and not repo.store.is_local:
         with ThreadPoolExecutor(16) as pool:
@@ -749,6 +819,7 @@ def _load_experiment(repo: Repository, exp_id: str, stale_after: float = STALE_A
 def _from_ref(
     repo: Repository, ref: Ref, heartbeat: float | None, stale_after: float = STALE_AFTER
 ) -> Experiment:
+    checked_ref(ref)
     return Experiment(repo, ref.short_name, ref.target, ref.summary, heartbeat, stale_after)
 
 

@@ -10,6 +10,7 @@ and process, reused by later calls.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import threading
 from pathlib import Path
@@ -85,7 +86,10 @@ def stat_cache(repo: Repository) -> StatCache | None:
     """The stat cache of ``repo`` (None if the repository has no local cache directory)."""
     if repo.cache_dir is None:
         return None
-    return StatCache(repo.cache_dir / "statcache.sqlite")
+    cache = StatCache(repo.cache_dir / "statcache.sqlite")
+    if cache.damaged is not None:
+        logging.getLogger("mlvc").warning("mlvc: stat cache %s", cache.damaged)
+    return cache
 
 
 _shared: dict[tuple[int, str, str], Repository] = {}

@@ -12,7 +12,7 @@ from mlvc_core.errors import FormatError, IntegrityError, KeyNotFound, MlvcError
 from mlvc_core.ids import ObjectId, to_hex
 from mlvc_core.packs import INDEX_PREFIX, PACK_PREFIX, decode_index, index_key, pack_key
 from mlvc_core.repository import Repository
-from mlvc_core.walk import all_roots, reachable
+from mlvc_core.walk import reachable, ref_roots
 
 
 @dataclass(frozen=True)
@@ -72,7 +72,8 @@ def check(repo: Repository, progress: Callable[[int], None] | None = None) -> Ch
     indexes = [info.key[len(INDEX_PREFIX) :] for info in repo.store.list(INDEX_PREFIX)]
     for pack_id in indexes:
         try:
-            _, entries = decode_index(repo.store.read(index_key(pack_id)), index_key(pack_id))
+            key = index_key(pack_id)
+            _, entries = decode_index(repo.store.read(key), key, pack_id)
         except (IntegrityError, FormatError, KeyNotFound) as exc:
             report.problems.append(Problem(index_key(pack_id), "corrupt", str(exc)))
             continue
@@ -110,10 +111,16 @@ def check(repo: Repository, progress: Callable[[int], None] | None = None) -> Ch
         )
     repo.load_index()
     missing: list[tuple[ObjectId, str]] = []
+    refs, bad_refs = repo.refs.scan()
+    for name, why in bad_refs:  # reported; the other refs are still checked
+        report.problems.append(Problem(f"refs/{name}", "corrupt", why))
+    unreadable: list[tuple[ObjectId, str]] = []
     try:
-        reachable(repo, all_roots(repo), missing=missing)
+        reachable(repo, ref_roots(refs), missing=missing, unreadable=unreadable)
     except MlvcError as exc:
         report.problems.append(Problem("refs", "unreadable", str(exc)))
+    for oid, why in unreadable:
+        report.problems.append(Problem(to_hex(oid), "corrupt", why))
     corrupt = {p.key for p in report.problems}
     for oid, referrer in missing:
         if to_hex(oid) not in corrupt:

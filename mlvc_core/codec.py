@@ -303,6 +303,30 @@ def _decompress_planes(payload: bytes | memoryview, raw_len: int) -> bytes:
     return out.tobytes()
 
 
+_DIRECT_MAX = 4 << 20
+"""Frames expected to decode to at most this many bytes are decoded in one call."""
+
+
+def _bounded(payload: bytes | memoryview, limit: int) -> bytes:
+    """Decode one zstd frame, failing once it yields more than ``limit`` bytes.
+
+    Output is gathered as the frame yields it, so memory follows what the frame really
+    holds, never a size it (or an index) declares.
+
+    Raises:
+        FormatError: Undecodable, or more than ``limit`` bytes.
+    """
+    out = bytearray()
+    try:
+        for piece in _decompressor().read_to_iter(payload, write_size=1 << 20):
+            out += piece
+            if len(out) > limit:
+                raise FormatError(f"zstd frame yields more than {limit} bytes")
+    except zstandard.ZstdError as exc:
+        raise FormatError(f"undecodable zstd payload: {exc}") from exc
+    return bytes(out)
+
+
 def _zstd_frame(payload: bytes | memoryview, raw_len: int) -> bytes:
     try:
         # A frame that declares its size is decoded to that size whatever max_output_size
@@ -310,6 +334,8 @@ def _zstd_frame(payload: bytes | memoryview, raw_len: int) -> bytes:
         declared = zstandard.frame_content_size(payload)
         if declared not in (-1, raw_len):
             raise FormatError(f"payload declares {declared} bytes, expected {raw_len}")
+        if raw_len > _DIRECT_MAX:
+            return _bounded(payload, raw_len)
         out: bytes = _decompressor().decompress(payload, max_output_size=raw_len)
     except zstandard.ZstdError as exc:
         raise FormatError(f"undecodable zstd payload: {exc}") from exc
@@ -343,13 +369,16 @@ def compress_blob(data: bytes, level: int = 3) -> bytes:
 def decompress_blob(data: bytes, max_size: int = 1 << 30) -> bytes:
     """Undo :func:`compress_blob`, bounded by ``max_size``.
 
+    Memory follows the bytes the frame really yields (at most ``max_size``), never the size
+    its header declares.
+
     Raises:
         FormatError: Not a zstd frame, or larger than ``max_size``.
     """
     try:
         declared = zstandard.frame_content_size(data)
-        if declared > max_size:
-            raise FormatError(f"blob declares {declared} bytes, more than {max_size}")
-        return _decompressor().decompress(data, max_output_size=max_size)
     except zstandard.ZstdError as exc:
         raise FormatError(f"undecodable zstd blob: {exc}") from exc
+    if declared > max_size:
+        raise FormatError(f"blob declares {declared} bytes, more than {max_size}")
+    return _bounded(data, max_size)

@@ -12,6 +12,7 @@ import uuid
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from mlvc_core import schema
 from mlvc_core.chunker import ChunkerParams
 from mlvc_core.errors import FormatError, UnsupportedFormatVersion
 
@@ -20,6 +21,18 @@ FORMAT_VERSION = 1
 SUPPORTED_VERSIONS = (1,)
 HASH = "blake3-256"
 DEFAULT_PACK_SIZE = 64 << 20
+MAX_PACK_SIZE = 1 << 32
+"""Largest ``pack_size`` a config may name (packs are read by offset within it)."""
+
+_SPEC: schema.Spec = {
+    "id": schema.is_str,
+    "version": schema.is_int,
+    "chunker": schema.shaped(
+        {k: schema.is_int for k in ("min", "avg", "max", "normalization", "seed")}
+    ),
+    "compression": schema.shaped({"level": schema.is_int, "byte_planes": schema.is_bool}),
+    "pack_size": lambda v: schema.is_int(v) and 1 << 16 <= v <= MAX_PACK_SIZE,
+}
 
 
 @dataclass(frozen=True)
@@ -77,14 +90,17 @@ class RepoConfig:
             raise UnsupportedFormatVersion(doc.get("version"), SUPPORTED_VERSIONS)
         if doc.get("hash") != HASH:
             raise FormatError(f"unsupported hash {doc.get('hash')!r}")
+        schema.check(doc, _SPEC, "repository config")
         try:
-            return cls(
+            config = cls(
                 chunker=ChunkerParams.from_dict(doc["chunker"]),
-                compression_level=int(doc["compression"]["level"]),
+                compression_level=doc["compression"]["level"],
                 byte_planes=bool(doc["compression"].get("byte_planes", False)),
-                pack_size=int(doc["pack_size"]),
-                repo_id=str(doc["id"]),
-                version=int(doc["version"]),
+                pack_size=doc["pack_size"],
+                repo_id=doc["id"],
+                version=doc["version"],
             )
+            config.chunker.validate()
         except (KeyError, TypeError, ValueError) as exc:
             raise FormatError(f"malformed repository config: {exc}") from exc
+        return config

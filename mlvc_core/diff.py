@@ -8,6 +8,7 @@ from typing import Literal
 from mlvc_core.ids import ObjectId
 from mlvc_core.objects import TreeEntry
 from mlvc_core.repository import Repository
+from mlvc_core.walk import tree_budget
 
 Status = Literal["added", "removed", "modified"]
 
@@ -53,6 +54,10 @@ def diff_trees(
     """
     if a == b:
         return []
+    if not prefix:  # the top call: refuse hostile trees before expanding them
+        for root in (a, b):
+            if root is not None:
+                tree_budget(repo, root)
     ea = {e.name: e for e in repo.read_tree(a).entries} if a is not None else {}
     eb = {e.name: e for e in repo.read_tree(b).entries} if b is not None else {}
     changes: list[Change] = []

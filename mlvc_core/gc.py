@@ -104,7 +104,7 @@ def _collect(
             now - max(info.mtime, index_infos[pack_id].mtime if pack_id in index_infos else 0)
             < grace
         )
-        if young:
+        if young or pack_id in repo.bad_indexes:  # an unreadable index: contents unknown
             report.packs_in_grace += 1
             report.bytes_kept += info.size
             continue

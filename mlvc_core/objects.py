@@ -20,6 +20,7 @@ from typing import Any, Literal
 
 import msgpack
 
+from mlvc_core import schema
 from mlvc_core.errors import FormatError, UnsafePath
 from mlvc_core.ids import DIGEST_SIZE, ObjectId, hash_bytes
 
@@ -34,6 +35,10 @@ _TAGS = {"manifest": MANIFEST, "tree": TREE, "commit": COMMIT}
 EntryKind = Literal["file", "dir", "link"]
 MAX_OBJECT_SIZE = 256 << 20
 """Largest encoded object accepted (a manifest of a 1 TiB file is about 170 MiB)."""
+MAX_CHUNK_SIZE = 16 << 20
+"""Largest chunk any repository may hold: the ceiling of the chunker's ``max`` parameter.
+
+Not the repository's own ``max``: payloads copied between repositories keep their chunking."""
 
 
 def check_name(name: str) -> str:
@@ -188,57 +193,121 @@ def object_id(obj: Object) -> ObjectId:
     return hash_bytes(obj.encode())
 
 
+_MODE_MAX = 0o7777
+
+# Metadata fields of experiment, resume and checkpoint commits (docs/experiments.md) that
+# readers use; a commit whose meta ``type`` is one of these must carry them well-typed.
+_RUN_TYPES = ("experiment", "resume", "checkpoint")
+_RUN_META: schema.Spec = {
+    "type": schema.is_str,
+    "experiment": schema.optional(schema.is_str),
+    "name": schema.optional(schema.is_str),
+    "step": schema.optional(schema.is_int),
+    "metrics": schema.dict_of(lambda v: v is None or schema.is_number(v) or schema.is_str(v)),
+    "primary_metric": schema.optional(
+        schema.shaped({"name": schema.is_str, "goal": schema.is_str})
+    ),
+    "paths": schema.list_of(schema.is_str),
+    "params": schema.is_dict,
+    "env": schema.is_dict,
+    "started": schema.optional(schema.is_number),
+    "code_path": schema.optional(schema.is_str),
+}
+
+
+def _uint(value: Any, what: str, limit: int) -> int:
+    if not schema.is_int(value) or not 0 <= value <= limit:
+        raise FormatError(f"{what} is not an integer in 0..{limit}: {value!r}")
+    return int(value)
+
+
+def _list(value: Any, what: str) -> list[Any]:
+    if not isinstance(value, list):
+        raise FormatError(f"{what} is not a list")
+    return value
+
+
+def _decode_manifest(doc: dict[str, Any]) -> Manifest:
+    size = _uint(doc["size"], "manifest size", 1 << 62)
+    chunks = []
+    for c in _list(doc["chunks"], "manifest chunks"):
+        if not isinstance(c, list) or len(c) != 2:
+            raise FormatError("manifest chunk is not [id, length]")
+        chunks.append((_oid(c[0], "chunk"), _uint(c[1], "chunk length", MAX_CHUNK_SIZE)))
+    if sum(n for _, n in chunks) != size:
+        raise FormatError("manifest chunk lengths do not add up to its size")
+    return Manifest(size, tuple(chunks))
+
+
+def _decode_tree(doc: dict[str, Any]) -> Tree:
+    entries = []
+    for raw in _list(doc["entries"], "tree entries"):
+        if not isinstance(raw, list) or len(raw) != 6:
+            raise FormatError("tree entry is not a list of 6 fields")
+        name, kind, oid, size, mode, target = raw
+        check_name(name)
+        mode = _uint(mode, f"mode of {name!r}", _MODE_MAX)
+        if kind == "link":
+            if not isinstance(target, str):
+                raise FormatError(f"link {name!r} has no target")
+            entries.append(TreeEntry(name, "link", None, 0, mode, target))
+        elif kind in ("file", "dir"):
+            size = _uint(size, f"size of {name!r}", 1 << 62)
+            entries.append(TreeEntry(name, kind, _oid(oid, name), size, mode, None))
+        else:
+            raise FormatError(f"unknown entry kind {kind!r}")
+    return Tree(tuple(entries))
+
+
+def _decode_commit(doc: dict[str, Any]) -> Commit:
+    for key, ok in (
+        ("author", schema.is_str),
+        ("message", schema.is_str),
+        ("meta", schema.is_dict),
+    ):
+        if not ok(doc[key]):
+            raise FormatError(f"commit field {key!r} has the wrong type")
+    if not schema.is_number(doc["time"]) or isinstance(doc["time"], str):
+        raise FormatError("commit time is not a number")
+    meta = doc["meta"]
+    if meta.get("type") in _RUN_TYPES:
+        schema.check(meta, _RUN_META, f"{meta['type']} metadata")
+    return Commit(
+        tree=_oid(doc["tree"], "tree"),
+        parents=tuple(_oid(p, "parent") for p in _list(doc["parents"], "commit parents")),
+        author=doc["author"],
+        time=float(doc["time"]),
+        message=doc["message"],
+        metadata=dict(meta),
+    )
+
+
 def decode(data: bytes) -> Object:
-    """Decode canonical bytes into an object, validating its shape.
+    """Decode canonical bytes into an object, validating its shape and every field's type.
 
     Raises:
-        FormatError: Not a well-formed object.
+        FormatError: Not a well-formed object (wrong types included).
         UnsafePath: A tree entry with an unsafe name or link target.
     """
     if len(data) > MAX_OBJECT_SIZE:
         raise FormatError("object too large")
     try:
         doc = msgpack.unpackb(data, raw=False, strict_map_key=True)
-    except (ValueError, msgpack.UnpackException, TypeError) as exc:
+    except (ValueError, msgpack.UnpackException, TypeError, RecursionError) as exc:
         raise FormatError(f"undecodable object: {exc}") from exc
-    if not isinstance(doc, dict) or doc.get("t") not in _TAGS:
+    if not isinstance(doc, dict) or not isinstance(doc.get("t"), str) or doc["t"] not in _TAGS:
         raise FormatError("not an mlvc object")
+    t = doc["t"]
     try:
-        t = doc["t"]
         if t == "manifest":
-            chunks = tuple((_oid(c[0], "chunk"), int(c[1])) for c in doc["chunks"])
-            size = int(doc["size"])
-            if sum(n for _, n in chunks) != size:
-                raise FormatError("manifest chunk lengths do not add up to its size")
-            return Manifest(size, chunks)
+            return _decode_manifest(doc)
         if t == "tree":
-            entries = []
-            for raw in doc["entries"]:
-                name, kind, oid, size, mode, target = raw
-                check_name(name)
-                if kind == "link":
-                    if not isinstance(target, str):
-                        raise FormatError(f"link {name!r} has no target")
-                    entries.append(TreeEntry(name, "link", None, 0, int(mode), target))
-                elif kind in ("file", "dir"):
-                    entries.append(
-                        TreeEntry(name, kind, _oid(oid, name), int(size), int(mode), None)
-                    )
-                else:
-                    raise FormatError(f"unknown entry kind {kind!r}")
-            return Tree(tuple(entries))
-        return Commit(
-            tree=_oid(doc["tree"], "tree"),
-            parents=tuple(_oid(p, "parent") for p in doc["parents"]),
-            author=str(doc["author"]),
-            time=float(doc["time"]),
-            message=str(doc["message"]),
-            metadata=dict(doc["meta"]),
-        )
+            return _decode_tree(doc)
+        return _decode_commit(doc)
     except (UnsafePath, FormatError):
         raise
-    except (KeyError, ValueError, TypeError, IndexError) as exc:
-        raise FormatError(f"malformed {doc.get('t')} object: {exc}") from exc
+    except (KeyError, ValueError, TypeError, IndexError, OverflowError) as exc:
+        raise FormatError(f"malformed {t} object: {exc!r}") from exc
 
 
 def iter_tree_refs(obj: Object) -> Iterator[tuple[int, ObjectId]]:

@@ -16,12 +16,14 @@ ref moved meanwhile, :class:`~mlvc_core.errors.RefConflict` is raised: no silent
 
 from __future__ import annotations
 
+import builtins
 import json
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from mlvc_core import schema
 from mlvc_core.errors import (
     FormatError,
     InvalidRefName,
@@ -81,12 +83,35 @@ def _encode(target: ObjectId, summary: dict[str, Any]) -> bytes:
     return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
 
 
+_TAG_EVENT: schema.Spec = {
+    "target": schema.is_hex_id,
+    "set_at": schema.optional(schema.is_number),
+    "set_by": schema.optional(schema.is_str),
+    "moved_at": schema.optional(schema.is_number),
+}
+SUMMARY_SPEC: schema.Spec = {
+    "type": schema.is_str,
+    "set_at": schema.optional(schema.is_number),
+    "set_by": schema.optional(schema.is_str),
+    "history": schema.list_of(schema.shaped(_TAG_EVENT)),
+}
+"""Summary fields mlvc_core itself reads (a tag's ``history`` keeps old targets alive)."""
+MAX_REF_SIZE = 16 << 20
+"""Largest ref document read (a summary is a few KiB; a tag's history a few per move)."""
+
+
 def _decode(name: str, data: bytes, version: Version | None) -> Ref:
+    what = f"ref {name!r}"
+    if len(data) > MAX_REF_SIZE:
+        raise FormatError(f"{what} is malformed: {len(data)} bytes")
     try:
         doc = json.loads(data)
-        target = from_hex(doc.pop("target"))
-    except (ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise FormatError(f"ref {name!r} is not readable: {exc}") from exc
+    except (ValueError, RecursionError) as exc:
+        raise FormatError(f"{what} is not readable: {exc}") from exc
+    doc = schema.check(doc, {"target": schema.is_hex_id, **SUMMARY_SPEC}, what)
+    if "target" not in doc:
+        raise FormatError(f"{what} is malformed: it has no target")
+    target = from_hex(doc.pop("target"))
     return Ref(name, target, doc, version)
 
 
@@ -212,10 +237,35 @@ class RefStore:
                 yield name, info
 
     def list(self, kind: str | None = None) -> list[Ref]:
-        """Every ref (of one kind), read."""
-        out = []
+        """Every ref (of one kind), read.
+
+        Raises:
+            FormatError: A ref is unreadable (:meth:`scan` reads the others instead).
+        """
+        refs, bad = self.scan(kind)
+        if bad:
+            raise FormatError(bad[0][1])
+        return refs
+
+    def scan(
+        self, kind: str | None = None
+    ) -> tuple[builtins.list[Ref], builtins.list[tuple[str, str]]]:
+        """Every readable ref (of one kind), and ``(name, why)`` of each unreadable one.
+
+        For operations that can go on without the unreadable ones (listing, fsck). A key
+        under ``refs/`` whose name no mlvc would write counts as unreadable, not as absent.
+        """
+        out: builtins.list[Ref] = []
+        bad: builtins.list[tuple[str, str]] = []
         for name, _info in self.list_keys(kind):
-            ref = self.get(name)
+            try:
+                ref = self.get(name)
+            except InvalidRefName as exc:
+                bad.append((name, f"ref {name!r} has an invalid name: {exc}"))
+                continue
+            except FormatError as exc:
+                bad.append((name, str(exc)))
+                continue
             if ref is not None:
                 out.append(ref)
-        return sorted(out, key=lambda r: r.name)
+        return sorted(out, key=lambda r: r.name), bad

@@ -40,6 +40,7 @@ from mlvc_core.lock import SharedLock
 from mlvc_core.objects import (
     CHUNK,
     COMMIT,
+    KIND_NAMES,
     Commit,
     Manifest,
     Object,
@@ -101,6 +102,8 @@ class Repository:
         self._index: dict[ObjectId, Location] = {}
         self._commits: set[ObjectId] = set()
         self._loaded_indexes: set[str] = set()
+        self.bad_indexes: dict[str, str] = {}
+        """Packs whose index could not be read (pack id -> why); their payloads are unknown."""
         self._index_lock = threading.RLock()
         self._objects = _ObjectCache()
         self._pool: ThreadPoolExecutor | None = None
@@ -198,9 +201,31 @@ class Repository:
         else:
             blobs = (self._read_index_blob(p) for p in new)
         for pack_id, blob in zip(new, blobs, strict=True):
-            _, entries = decode_index(blob, index_key(pack_id))
-            self._add_entries(pack_id, entries)
+            entries = self._decode_index(pack_id, blob)
+            if entries is not None:
+                self._add_entries(pack_id, entries)
         return len(new)
+
+    def _decode_index(self, pack_id: str, blob: bytes) -> list[tuple[ObjectId, Location]] | None:
+        """An index's entries; None (remembered in :attr:`bad_indexes`) if it is unreadable.
+
+        A damaged copy in the local cache is only a hint gone bad: it is dropped and the
+        index read again from the store. An index damaged in the store is skipped, so the
+        rest of the repository stays readable; ``fsck`` reports it and ``gc`` keeps its pack.
+        """
+        key = index_key(pack_id)
+        try:
+            return decode_index(blob, key, pack_id)[1]
+        except (FormatError, IntegrityError) as exc:
+            cached = self.cache_dir / "index" / pack_id if self.cache_dir is not None else None
+            if cached is not None and cached.is_file():
+                cached.unlink(missing_ok=True)
+                with contextlib.suppress(FormatError, IntegrityError, KeyNotFound):
+                    return decode_index(self._read_index_blob(pack_id), key, pack_id)[1]
+            with self._index_lock:
+                self.bad_indexes[pack_id] = str(exc)
+                self._loaded_indexes.add(pack_id)
+            return None
 
     def _add_entries(self, pack_id: str, entries: list[tuple[ObjectId, Location]]) -> None:
         with self._index_lock:
@@ -337,9 +362,34 @@ class Repository:
             loc = self.locate(oid)
             if loc.kind == CHUNK:
                 raise FormatError(f"{to_hex(oid)} is a data chunk, not an object")
-            obj = decode(self.read_raw(oid))
+            try:
+                obj = decode(self.read_raw(oid))
+            except FormatError as exc:  # name the object: the decoder only sees bytes
+                raise FormatError(f"{KIND_NAMES[loc.kind]} {to_hex(oid)}: {exc}") from exc
             self._objects.put(oid, obj)
         return obj
+
+    def prefetch_objects(self, oids: Iterable[ObjectId]) -> None:
+        """Read and cache objects not cached yet, each run of adjacent ones with one request.
+
+        A hint for what is about to be read: whatever cannot be read or decoded is left for
+        :meth:`read_object` to report.
+        """
+        with self._index_lock:
+            found = [
+                (loc.pack, loc.offset, oid)
+                for oid in dict.fromkeys(oids)
+                if (loc := self._index.get(oid)) is not None and loc.kind != CHUNK
+            ]
+        wanted = [oid for _, _, oid in sorted(found) if self._objects.get(oid) is None]
+        for run in self.chunk_runs(wanted):
+            try:
+                raws = self.read_run(run)
+            except MlvcError:
+                continue
+            for (oid, _), raw in zip(run, raws, strict=True):
+                with contextlib.suppress(MlvcError):
+                    self._objects.put(oid, decode(raw))
 
     def _typed(self, oid: ObjectId, cls: type[Any]) -> Any:
         obj = self.read_object(oid)
@@ -561,13 +611,17 @@ class WriteSession:
 
     def _writer(self, kind: int) -> PackWriter:
         if kind == CHUNK:
-            if self._data is not None and self._data.size >= self.repo.config.pack_size:
+            if self._data is not None and (
+                self._data.size >= self.repo.config.pack_size or self._data.full
+            ):
                 self._publish(self._data)
                 self._data = None
             if self._data is None:
                 self._data = PackWriter(self.repo.store)
             return self._data
-        if self._meta is not None and self._meta.size >= self.repo.config.pack_size:
+        if self._meta is not None and (
+            self._meta.size >= self.repo.config.pack_size or self._meta.full
+        ):
             self._publish(self._meta)
             self._meta = None
         if self._meta is None:

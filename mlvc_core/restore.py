@@ -23,8 +23,9 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
-from mlvc_core.errors import FileExistsConflict, UnsafePath, UsageError
-from mlvc_core.ids import ObjectId
+from mlvc_core import walk
+from mlvc_core.errors import FileExistsConflict, IntegrityError, UnsafePath, UsageError
+from mlvc_core.ids import ObjectId, to_hex
 from mlvc_core.objects import Manifest, TreeEntry
 from mlvc_core.packs import Location
 from mlvc_core.repository import ProgressFn, Repository
@@ -33,12 +34,11 @@ from mlvc_core.repository import ProgressFn, Repository
 def walk_tree(
     repo: Repository, tree_id: ObjectId, prefix: str = ""
 ) -> Iterator[tuple[str, TreeEntry]]:
-    """Every entry below a tree as ``(relative posix path, entry)``, depth first, sorted."""
-    for e in repo.read_tree(tree_id).entries:
-        rel = f"{prefix}{e.name}"
-        yield rel, e
-        if e.kind == "dir" and e.oid is not None:
-            yield from walk_tree(repo, e.oid, rel + "/")
+    """Every entry below a tree as ``(relative posix path, entry)``, depth first, sorted.
+
+    Budgeted: see :func:`mlvc_core.walk.walk_tree`.
+    """
+    return walk.walk_tree(repo, tree_id, prefix)
 
 
 def find_entry(repo: Repository, tree_id: ObjectId, path: str) -> TreeEntry | None:
@@ -116,7 +116,12 @@ def write_file(
     tmp = target.with_name(f".{target.name}.mlvc-{uuid.uuid4().hex[:8]}")
     try:
         with open(tmp, "wb") as f:
-            for data in repo.read_chunks(cid for cid, _ in manifest.chunks):
+            chunks = repo.read_chunks(cid for cid, _ in manifest.chunks)
+            for (cid, length), data in zip(manifest.chunks, chunks, strict=True):
+                if len(data) != length:  # the manifest and the chunk disagree: write neither
+                    raise IntegrityError(
+                        to_hex(cid), f"{len(data)} bytes, its manifest says {length}"
+                    )
                 f.write(data)
                 if progress is not None:
                     progress(len(data))
@@ -246,6 +251,9 @@ class ChunkedReader(io.RawIOBase):
                 ahead = self._repo.pool.submit(self._repo.read_run, self._run_at(self._end))
                 self._ahead = (self._end, ahead)
             data = self._cache[i]
+        cid, length = self._chunks[i]
+        if len(data) != length:
+            raise IntegrityError(to_hex(cid), f"{len(data)} bytes, its manifest says {length}")
         return data
 
     def _run_at(self, i: int) -> list[tuple[ObjectId, Location]]:

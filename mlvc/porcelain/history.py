@@ -7,6 +7,7 @@ so a rollback is tagging the old id again and ``log NAME`` shows every version i
 
 from __future__ import annotations
 
+import logging
 import os
 import stat
 import time
@@ -312,5 +313,8 @@ def tag_delete(repo: Repository, name: str) -> TagInfo:
 
 
 def tag_list(repo: Repository) -> list[TagInfo]:
-    """Every tag, by name."""
-    return [_tag_info(repo, r) for r in repo.refs.list("tags")]
+    """Every readable tag, by name (an unreadable one is left out with a warning)."""
+    refs, bad = repo.refs.scan("tags")
+    for _name, why in bad:
+        logging.getLogger("mlvc").warning("mlvc: skipping %s", why)
+    return [_tag_info(repo, r) for r in refs]
