@@ -1,0 +1,106 @@
+"""Few, consolidated index files; the generation a reader refreshes to; the local index cache."""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from mlvc_core.check import check
+from mlvc_core.chunker import ChunkerParams
+from mlvc_core.config import RepoConfig
+from mlvc_core.gc import collect
+from mlvc_core.repository import INDEX_MERGE_AT, Repository
+from mlvc_core.storage import KeyInfo, MemoryStore
+
+SMALL = RepoConfig(chunker=ChunkerParams(min=1024, avg=4096, max=16384))
+
+
+class CountingStore(MemoryStore):
+    """A memory store that counts requests by kind, like a server would."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: dict[str, int] = {}
+
+    def _count(self, op: str) -> None:
+        self.calls[op] = self.calls.get(op, 0) + 1
+
+    def read(self, key: str) -> bytes:
+        self._count("read")
+        return super().read(key)
+
+    def list(self, prefix: str) -> Iterator[KeyInfo]:
+        self._count("list")
+        return super().list(prefix)
+
+
+def rand(n: int, seed: int) -> bytes:
+    return random.Random(seed).randbytes(n)
+
+
+def test_a_commit_writes_one_index_file_and_many_are_merged(tmp_path: Path) -> None:
+    repo = Repository.init(tmp_path / "r", SMALL)
+    f = tmp_path / "f"
+    commits = []
+    for i in range(INDEX_MERGE_AT + 8):
+        f.write_bytes(rand(3000, i))
+        before = len(repo.list_index_files())
+        commits.append((repo.commit(f, f"c{i}", branch=f"b{i}"), f.read_bytes()))
+        after = len(repo.list_index_files())
+        assert after == before + 1 or after < before  # one new file, or a merge
+    assert len(repo.list_index_files()) < INDEX_MERGE_AT
+    fresh = Repository.open(tmp_path / "r")
+    assert check(fresh).ok
+    for i, (cid, data) in enumerate(commits):
+        fresh.checkout(cid, tmp_path / f"o{i}")
+        assert (tmp_path / f"o{i}" / "f").read_bytes() == data
+    collect(fresh, dry_run=False)
+    assert len(fresh.list_index_files()) == 1  # gc leaves one file
+    assert check(Repository.open(tmp_path / "r")).ok
+
+
+def test_refresh_after_gc_reads_the_generation_and_the_files_it_names_without_listing(
+    tmp_path: Path,
+) -> None:
+    store = CountingStore()
+    repo = Repository.init(store, SMALL)
+    (tmp_path / "f").write_bytes(rand(50_000, 1))
+    repo.commit(tmp_path / "f", "x", branch="tmp")
+    repo.refs.delete("heads/tmp")
+    other = Repository.open(store)
+    store.calls.clear()
+    assert repo.refresh() is False  # gc has not run: one small read
+    assert store.calls == {"read": 1}
+    collect(other, dry_run=False)
+    store.calls.clear()
+    assert repo.refresh() is True
+    assert store.calls.get("list", 0) == 0
+    assert repo.generation == 1 and not any(True for _ in repo.iter_index())
+
+
+def test_a_damaged_local_index_cache_file_is_rebuilt_with_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = MemoryStore()
+    cache = tmp_path / "cache"
+    repo = Repository.init(store, SMALL, cache_dir=cache)
+    (tmp_path / "f").write_bytes(rand(50_000, 2))
+    cid = repo.commit(tmp_path / "f", "x")
+    files = sorted((cache / "index").iterdir())
+    assert len(files) == 1
+    good = files[0].read_bytes()
+    for damage in (good[:-7], b"garbage", good[:40] + bytes([good[40] ^ 1]) + good[41:]):
+        files[0].write_bytes(damage)
+        caplog.clear()
+        with caplog.at_level(logging.WARNING):
+            reopened = Repository.open(store, cache_dir=cache)
+        assert "local index cache file" in caplog.text and "damaged" in caplog.text
+        assert files[0].read_bytes() == good  # fetched again
+        assert check(reopened).ok  # never reported as repository corruption
+        out = tmp_path / f"out{len(damage)}"
+        reopened.checkout(cid, out)
+        assert (out / "f").read_bytes() == (tmp_path / "f").read_bytes()
