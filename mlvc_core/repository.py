@@ -78,6 +78,8 @@ log = logging.getLogger(__name__)
 
 INDEX_MERGE_AT = 32
 """A writer merges the small index files once this many have accumulated."""
+META_BUFFER = 1 << 20
+"""Bytes of metadata a write session holds back to append to its data pack at the flush."""
 SMALL_INDEX = 50_000
 """Index files with fewer entries than this are small (merged by writers and gc)."""
 
@@ -766,8 +768,10 @@ def default_author() -> str:
 class WriteSession:
     """Streams new payloads into packs; :meth:`flush` publishes them (packs, then one index file).
 
-    Data chunks and metadata objects go to separate packs, so metadata stays cheap to read
-    and cache. Thread-safe for concurrent ``add_*`` calls.
+    Metadata objects (manifests, trees, commits) are held back in memory and, at the flush,
+    appended to the open data pack: a checkpoint is one pack and one index file, not two tiny
+    packs. Past :data:`META_BUFFER` bytes they stream into a pack of their own instead.
+    Thread-safe for concurrent ``add_*`` calls.
 
     On creation the session registers as a writer (a shared lock, refreshed in the background)
     and then brings the repository's index to the current generation (:meth:`Repository.refresh`),
@@ -781,8 +785,11 @@ class WriteSession:
         self.progress = progress
         self._data: PackWriter | None = None
         self._meta: PackWriter | None = None
-        self._pending: dict[ObjectId, Location] = {}
-        """Written in this session, not yet in a published index file."""
+        self._pending: set[ObjectId] = set()
+        """Written (or held back) in this session, not yet in a published index file."""
+        self._held: list[tuple[ObjectId, int, int, bytes, int]] = []
+        """Metadata payloads held back for the flush: id, kind, codec, payload, raw length."""
+        self._held_bytes = 0
         self._unindexed: list[tuple[ObjectId, Location]] = []
         """Entries of packs already closed whose index file is not written yet."""
         self._lock = threading.Lock()
@@ -828,8 +835,14 @@ class WriteSession:
         with self._lock:
             if self.has(oid):
                 return False
-            loc = self._writer(kind).add(oid, kind, codec_id, payload, raw_len)
-            self._pending[oid] = loc
+            if kind != CHUNK and self._meta is None and self._held_bytes < META_BUFFER:
+                self._held.append((oid, kind, codec_id, bytes(payload), raw_len))
+                self._held_bytes += len(payload)
+            else:
+                if kind != CHUNK and self._held:
+                    self._spill(self._writer(kind))  # too much metadata: a pack of its own
+                self._writer(kind).add(oid, kind, codec_id, payload, raw_len)
+            self._pending.add(oid)
             self.new_bytes += raw_len
             self.stored_bytes += len(payload)
             return True
@@ -863,10 +876,12 @@ class WriteSession:
     def _check_refs(self, obj: Object) -> None:
         for kind, child in iter_tree_refs(obj):
             if kind != COMMIT and not self.has(child):
-                raise ObjectNotFound(
-                    to_hex(child),
-                    "object (it is no longer stored: removed by gc since it was read?)",
+                err = ObjectNotFound(to_hex(child))
+                err.args = (
+                    f"object {to_hex(child)} is no longer stored (gc removed it after it was "
+                    "read); nothing referring to it was recorded",
                 )
+                raise err
 
     def flush(self) -> None:
         """Publish every open pack, then one index file covering all of them.
@@ -881,6 +896,8 @@ class WriteSession:
                 more is published.
         """
         with self._lock:
+            if self._held:
+                self._spill(self._meta or self._data or self._writer(COMMIT))
             for w in (self._data, self._meta):
                 if w is not None:
                     self._unindexed.extend(w.finish())
@@ -894,6 +911,12 @@ class WriteSession:
                 self.repo.publish_index(self._unindexed)
                 self._unindexed = []
                 self._pending.clear()
+
+    def _spill(self, w: PackWriter) -> None:
+        for oid, kind, codec_id, payload, raw_len in self._held:
+            w.add(oid, kind, codec_id, payload, raw_len)
+        self._held = []
+        self._held_bytes = 0
 
     def finish(self) -> None:
         """Flush and end the session (merging small index files if many have accumulated)."""
@@ -919,6 +942,8 @@ class WriteSession:
             self._data = self._meta = None
             self._pending.clear()
             self._unindexed = []
+            self._held = []
+            self._held_bytes = 0
         self._release()
 
     def __enter__(self) -> WriteSession:

@@ -104,3 +104,42 @@ def test_a_damaged_local_index_cache_file_is_rebuilt_with_a_warning(
         out = tmp_path / f"out{len(damage)}"
         reopened.checkout(cid, out)
         assert (out / "f").read_bytes() == (tmp_path / "f").read_bytes()
+
+
+def test_a_commit_is_one_pack_and_one_index_file(tmp_path: Path) -> None:
+    """Its objects ride at the end of its data pack instead of a tiny pack of their own."""
+    repo = Repository.init(tmp_path / "r", SMALL)
+    (tmp_path / "d").mkdir()
+    for i in range(5):
+        (tmp_path / "d" / f"f{i}").write_bytes(rand(20_000, 10 + i))
+    cid = repo.commit(tmp_path / "d", "x")
+    assert len(repo.index_ids()) == 1 and len(repo.list_index_files()) == 1
+    # A commit of nothing new is a pack of objects only.
+    (tmp_path / "d" / "f0").rename(tmp_path / "d" / "g0")
+    cid2 = repo.commit(tmp_path / "d", "renamed")
+    assert len(repo.index_ids()) == 2
+    fresh = Repository.open(tmp_path / "r")
+    assert check(fresh).ok
+    fresh.checkout(cid, tmp_path / "o1")
+    fresh.checkout(cid2, tmp_path / "o2")
+    assert (tmp_path / "o1" / "f0").read_bytes() == (tmp_path / "o2" / "g0").read_bytes()
+
+
+def test_many_objects_stream_into_a_pack_of_their_own(tmp_path: Path) -> None:
+    import base64
+
+    from mlvc_core.objects import Commit, Tree
+    from mlvc_core.repository import META_BUFFER
+
+    repo = Repository.init(tmp_path / "r", SMALL)
+    with repo.session() as s:
+        tree = s.add_object(Tree(()))
+        n = 0
+        while s._held_bytes < META_BUFFER:
+            text = base64.b64encode(rand(20_000, n)).decode()
+            s.add_object(Commit(tree=tree, parents=(), author="a", time=0.0, message=text))
+            n += 1
+        s.add_object(Commit(tree=tree, parents=(), author="a", time=0.0, message="last"))
+        assert not s._held and s._meta is not None  # spilled: streaming to its own pack
+    fresh = Repository.open(tmp_path / "r")
+    assert check(fresh).ok and len(fresh.commit_ids()) == n + 1
