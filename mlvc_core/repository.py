@@ -451,7 +451,13 @@ class Repository:
             IntegrityError: The stored bytes are damaged.
         """
         loc = self.locate(oid)
-        payload = self.store.read_range(pack_key(loc.pack), loc.offset, loc.stored_len)
+        try:
+            payload = self.store.read_range(pack_key(loc.pack), loc.offset, loc.stored_len)
+        except KeyNotFound:
+            if not self.refresh():  # gc repacked it since the index was loaded?
+                raise
+            loc = self.locate(oid)
+            payload = self.store.read_range(pack_key(loc.pack), loc.offset, loc.stored_len)
         return self.verify_payload(oid, loc, payload)
 
     @staticmethod
@@ -517,10 +523,19 @@ class Repository:
             yield run
 
     def read_run(self, run: list[tuple[ObjectId, Location]]) -> list[bytes]:
-        """The verified bytes of a run from :meth:`chunk_runs`, read with one request."""
+        """The verified bytes of a run from :meth:`chunk_runs`, read with one request.
+
+        A pack gone since the index was loaded (gc repacked it: the generation moved) is
+        looked up again in the current generation, payload by payload.
+        """
         first = run[0][1]
         end = run[-1][1].offset + run[-1][1].stored_len
-        blob = self.store.read_range(pack_key(first.pack), first.offset, end - first.offset)
+        try:
+            blob = self.store.read_range(pack_key(first.pack), first.offset, end - first.offset)
+        except KeyNotFound:
+            if not self.refresh():
+                raise
+            return [self.read_raw(oid) for oid, _ in run]
         if len(run) == 1:
             return [self.verify_payload(run[0][0], first, blob)]  # a raw chunk: no copy
         view = memoryview(blob)

@@ -174,7 +174,8 @@ from pathlib import Path
 from mlvc_core.errors import RepositoryLocked
 from mlvc_core.repository import Repository
 repo_path, me, rounds, work = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), Path(sys.argv[4])
-repo = Repository.open(repo_path)   # one long-lived process: its index grows stale under gc
+options = json.loads(sys.argv[5])
+repo = Repository.open(repo_path, **options)   # long-lived: its index grows stale under gc
 done = {}
 def retry(fn):
     while True:
@@ -198,32 +199,43 @@ print(json.dumps(done))
 """
 
 
-def test_gc_beside_eight_concurrent_writer_processes(tmp_path: Path) -> None:
-    repo_path = tmp_path / "r"
-    Repository.init(repo_path, SMALL).close()
+@pytest.mark.parametrize(
+    "backend", ["local", pytest.param("seaweed_repo_url", marks=pytest.mark.slow)]
+)
+def test_gc_beside_eight_concurrent_writer_processes(
+    backend: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    import hashlib
+
+    if backend == "local":
+        url, options, rounds = str(tmp_path / "r"), {}, 4
+    else:
+        url, options = request.getfixturevalue(backend)
+        rounds = 2
+    Repository.init(url, SMALL, **options).close()
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    rounds = 6
     procs = []
     for me in range(8):
         work = tmp_path / f"work{me}"
         work.mkdir()
         procs.append(
             subprocess.Popen(
-                [sys.executable, "-c", WRITER, str(repo_path), str(me), str(rounds), str(work)],
+                [sys.executable, "-c", WRITER, url, str(me), str(rounds), str(work)]
+                + [json.dumps(options)],
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 text=True,
                 env=env,
             )
         )
-    gc_repo = Repository.open(repo_path)
+    gc_repo = Repository.open(url, **options)
     ran = deleted = 0
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 180
     while any(p.poll() is None for p in procs) and time.monotonic() < deadline:
         try:
             report = collect(gc_repo, dry_run=False, grace_seconds=0)
         except RepositoryLocked:
-            time.sleep(0.01)
+            time.sleep(0.05)
             continue
         ran += 1
         deleted += report.packs_deleted + report.packs_repacked
@@ -234,11 +246,9 @@ def test_gc_beside_eight_concurrent_writer_processes(tmp_path: Path) -> None:
         results.update(json.loads(out))
     assert ran >= 1 and deleted >= 1, (ran, deleted)
     collect(gc_repo, dry_run=False, grace_seconds=0)
-    repo = Repository.open(repo_path)
+    repo = Repository.open(url, **options)
     report = check(repo)
     assert report.ok and not report.warnings, (report.problems, report.warnings)
-    import hashlib
-
     for i, (branch, digest) in enumerate(sorted(results.items())):
         out = tmp_path / f"out{i}"
         repo.checkout(f"heads/{branch}", out)

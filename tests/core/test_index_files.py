@@ -143,3 +143,20 @@ def test_many_objects_stream_into_a_pack_of_their_own(tmp_path: Path) -> None:
         assert not s._held and s._meta is not None  # spilled: streaming to its own pack
     fresh = Repository.open(tmp_path / "r")
     assert check(fresh).ok and len(fresh.commit_ids()) == n + 1
+
+
+def test_a_reader_opened_before_gc_repacked_still_reads_everything(tmp_path: Path) -> None:
+    from mlvc_core.gc import MERGE_AT
+
+    repo = Repository.init(tmp_path / "r", SMALL)
+    f = tmp_path / "f"
+    commits = []
+    for i in range(MERGE_AT):
+        f.write_bytes(rand(30_000, 50 + i))
+        commits.append((repo.commit(f, f"c{i}", branch=f"b{i}"), f.read_bytes()))
+    reader = Repository.open(tmp_path / "r")  # takes no lock: gc may run beside it
+    report = collect(Repository.open(tmp_path / "r"), dry_run=False)
+    assert report.packs_merged >= MERGE_AT  # every pack the reader knows is gone
+    for i, (cid, data) in enumerate(commits):
+        reader.checkout(cid, tmp_path / f"o{i}")
+        assert (tmp_path / f"o{i}" / "f").read_bytes() == data
