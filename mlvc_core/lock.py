@@ -61,7 +61,15 @@ def _process_start(pid: int) -> float | None:
         return -1.0  # exists but cannot be inspected (another user's): assume it is the holder
 
 
-_START = _process_start(os.getpid())
+_START: dict[int, float | None] = {}
+
+
+def _my_start() -> float | None:
+    """This process's start time (computed once per process, forks included)."""
+    pid = os.getpid()
+    if pid not in _START:
+        _START[pid] = _process_start(pid)
+    return _START[pid]
 
 
 @dataclass(frozen=True)
@@ -79,7 +87,7 @@ class Holder:
     @classmethod
     def me(cls, op: str) -> Holder:
         """This process, now."""
-        return cls(socket.gethostname(), os.getpid(), _START, time.time(), op)
+        return cls(socket.gethostname(), os.getpid(), _my_start(), time.time(), op)
 
     def encode(self) -> bytes:
         """JSON form."""

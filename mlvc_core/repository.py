@@ -257,7 +257,8 @@ class Repository:
         return [self.read_index_file(i) for i in ids]
 
     def index_ids(self) -> list[str]:
-        """Ids of every pack covered by a loaded index file."""
+        """Ids of every pack an index file names (loading index files new since the last look)."""
+        self.load_index()
         with self._index_lock:
             return sorted({p for packs in self._files.values() for p in packs})
 
