@@ -189,11 +189,14 @@ for k in range(rounds):
     f = work / f"w{me}.bin"
     f.write_bytes(base)
     retry(lambda: repo.commit(f, "scratch", branch=f"scratch{me}"))
+    seen = repo.read_generation().number
     repo.refs.delete(f"heads/scratch{me}")             # garbage now: gc may delete it
-    time.sleep(random.random() * 0.2)
+    t = time.monotonic()                               # give gc a chance to (up to 1 s)
+    while repo.read_generation().number == seen and time.monotonic() - t < 1:
+        time.sleep(0.02)
     f.write_bytes(base + mine)
-    retry(lambda: repo.commit(f, f"round {k}", branch=f"w{me}"))
-    done[f"w{me}"] = hashlib.sha256(base + mine).hexdigest()
+    cid = retry(lambda: repo.commit(f, f"round {k}", branch=f"w{me}"))
+    done[cid.hex()] = [f"w{me}.bin", hashlib.sha256(base + mine).hexdigest()]
     time.sleep(random.random() * 0.1)
 print(json.dumps(done))
 """
@@ -239,7 +242,7 @@ def test_gc_beside_eight_concurrent_writer_processes(
             continue
         ran += 1
         deleted += report.packs_deleted + report.packs_repacked
-    results: dict[str, str] = {}
+    results: dict[str, list[str]] = {}
     for p in procs:
         out, err = p.communicate(timeout=60)
         assert p.returncode == 0, err
@@ -249,8 +252,9 @@ def test_gc_beside_eight_concurrent_writer_processes(
     repo = Repository.open(url, **options)
     report = check(repo)
     assert report.ok and not report.warnings, (report.problems, report.warnings)
-    for i, (branch, digest) in enumerate(sorted(results.items())):
+    assert len(results) == 8 * rounds
+    for i, (cid, (name, digest)) in enumerate(sorted(results.items())):  # every commit
         out = tmp_path / f"out{i}"
-        repo.checkout(f"heads/{branch}", out)
-        assert hashlib.sha256((out / f"w{i}.bin").read_bytes()).hexdigest() == digest
+        repo.checkout(cid, out)
+        assert hashlib.sha256((out / name).read_bytes()).hexdigest() == digest
     assert len(repo.index_files()) == 1
