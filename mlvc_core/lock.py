@@ -200,19 +200,29 @@ class SharedLock:
     _held: _Held
 
     @classmethod
-    def acquire(cls, store: Store, interval: float = REFRESH_INTERVAL) -> SharedLock:
-        """Register a writer.
+    def acquire(
+        cls, store: Store, interval: float = REFRESH_INTERVAL, wait: float = 0.0
+    ) -> SharedLock:
+        """Register a writer, waiting up to ``wait`` seconds for a running gc to finish.
 
         Raises:
-            RepositoryLocked: A running gc holds the exclusive lock.
+            RepositoryLocked: A running gc still holds the exclusive lock after ``wait``.
         """
-        key = f"{SHARED_PREFIX}{uuid.uuid4().hex}"
-        store.write(key, Holder.me("write").encode())
-        now = time.time()
-        gc = read_holder(store, EXCLUSIVE)
-        if gc is not None and gc.state(now) in ("alive", "live"):
-            store.delete(key)
-            raise RepositoryLocked(gc.describe(now) + "; retry when it has finished")
+        deadline = time.monotonic() + wait
+        delay = 0.05
+        while True:
+            key = f"{SHARED_PREFIX}{uuid.uuid4().hex}"
+            store.write(key, Holder.me("write").encode())
+            now = time.time()
+            gc = read_holder(store, EXCLUSIVE)
+            if gc is None or gc.state(now) not in ("alive", "live"):
+                break
+            store.delete(key)  # step aside while gc runs
+            if time.monotonic() + delay > deadline:
+                waited = f"; waited {wait:.0f}s" if wait >= 1 else ""
+                raise RepositoryLocked(gc.describe(now) + waited + "; retry when it has finished")
+            time.sleep(delay)
+            delay = min(2.0, delay * 2)
         held = _Held(store, key, "write", interval)
         held.start()
         return cls(store, key, held)

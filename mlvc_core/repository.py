@@ -78,6 +78,9 @@ log = logging.getLogger(__name__)
 
 INDEX_MERGE_AT = 32
 """A writer merges the small index files once this many have accumulated."""
+GC_WAIT = 60.0
+"""Seconds a write session waits for a running gc before it fails (a tracked checkpoint or a
+commit should outlast a short gc, not fail at once)."""
 META_BUFFER = 1 << 20
 """Bytes of metadata a write session holds back to append to its data pack at the flush."""
 SMALL_INDEX = 50_000
@@ -673,17 +676,20 @@ class Repository:
             return True
         raise StorageError(f"cannot upgrade {self.url}: its config keeps changing")
 
-    def session(self, progress: ProgressFn | None = None, lock: bool = True) -> WriteSession:
+    def session(
+        self, progress: ProgressFn | None = None, lock: bool = True, wait: float = GC_WAIT
+    ) -> WriteSession:
         """A new write session (use as a context manager).
 
         Args:
             progress: Called with bytes processed.
-            lock: Register as a writer so gc waits (only gc itself passes False).
+            lock: Register as a writer so gc waits (only tools that hold gc's lock pass False).
+            wait: Seconds to wait for a running gc to finish before giving up.
 
         Raises:
-            RepositoryLocked: gc is running.
+            RepositoryLocked: gc is still running after ``wait`` seconds.
         """
-        return WriteSession(self, progress, lock)
+        return WriteSession(self, progress, lock, wait)
 
     def commit(
         self,
@@ -795,7 +801,11 @@ class WriteSession:
     """
 
     def __init__(
-        self, repo: Repository, progress: ProgressFn | None = None, lock: bool = True
+        self,
+        repo: Repository,
+        progress: ProgressFn | None = None,
+        lock: bool = True,
+        wait: float = GC_WAIT,
     ) -> None:
         self.repo = repo
         self.progress = progress
@@ -818,7 +828,7 @@ class WriteSession:
                 repo.upgrade()
             # Registered, then refreshed, before any dedup decision: what this session
             # reuses is present in the current generation, and gc waits until it ends.
-            self._lock_handle = SharedLock.acquire(repo.store)
+            self._lock_handle = SharedLock.acquire(repo.store, wait=wait)
             try:
                 repo.refresh()
             except BaseException:

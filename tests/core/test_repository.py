@@ -436,9 +436,14 @@ def test_gc_waits_for_writers_and_writers_wait_for_gc(tmp_path: Path) -> None:
 
     lock = ExclusiveLock.acquire(repo.store)
     with pytest.raises(RepositoryLocked):
-        repo.session()
-    lock.release()
-    repo.session().finish()
+        repo.session(wait=0)
+    # A writer waits (a bounded time) for a gc that finishes.
+    import threading
+
+    threading.Timer(0.3, lock.release).start()
+    t = time.monotonic()
+    repo.session(wait=30).finish()
+    assert 0.2 < time.monotonic() - t < 10
 
 
 # --------------------------------------------------------------------------- transfer
