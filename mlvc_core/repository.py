@@ -458,11 +458,21 @@ class Repository:
         try:
             payload = self.store.read_range(pack_key(loc.pack), loc.offset, loc.stored_len)
         except KeyNotFound:
-            if not self.refresh():  # gc repacked it since the index was loaded?
+            if not self._moved(oid, loc):
                 raise
             loc = self.locate(oid)
             payload = self.store.read_range(pack_key(loc.pack), loc.offset, loc.stored_len)
         return self.verify_payload(oid, loc, payload)
+
+    def _moved(self, oid: ObjectId, old: Location) -> bool:
+        """True if ``oid``, whose pack at ``old`` is gone, lives elsewhere now.
+
+        gc repacked it since the index was loaded; another thread may have refreshed already.
+        """
+        if self._index.get(oid, old) != old:
+            return True
+        self.refresh()
+        return self._index.get(oid, old) != old
 
     @staticmethod
     def verify_payload(oid: ObjectId, loc: Location, payload: bytes | memoryview) -> bytes:
@@ -537,7 +547,7 @@ class Repository:
         try:
             blob = self.store.read_range(pack_key(first.pack), first.offset, end - first.offset)
         except KeyNotFound:
-            if not self.refresh():
+            if not self._moved(run[0][0], first):
                 raise
             return [self.read_raw(oid) for oid, _ in run]
         if len(run) == 1:
