@@ -160,3 +160,27 @@ def test_a_reader_opened_before_gc_repacked_still_reads_everything(tmp_path: Pat
     for i, (cid, data) in enumerate(commits):
         reader.checkout(cid, tmp_path / f"o{i}")
         assert (tmp_path / f"o{i}" / "f").read_bytes() == data
+
+
+def test_a_malformed_index_file_is_a_format_error_naming_it() -> None:
+    import msgpack
+
+    from mlvc_core.codec import compress_blob
+    from mlvc_core.errors import FormatError
+    from mlvc_core.ids import hash_bytes
+    from mlvc_core.packs import INDEX_FILE_MAGIC, decode_index_file
+
+    def blob(doc: object) -> bytes:
+        body = compress_blob(msgpack.packb(doc, use_bin_type=True))
+        return INDEX_FILE_MAGIC + hash_bytes(body) + body
+
+    good_pack = "a" * 32
+    for doc in (
+        {"packs": ["../../etc"], "entries": []},
+        {"packs": [good_pack], "entries": [[b"short", 0, 0, 0, 1, 1, 0]]},
+        {"packs": [good_pack], "entries": [[b"x" * 32, 5, 0, 0, 1, 1, 0]]},
+        {"packs": [good_pack], "entries": [[b"x" * 32, 0, 0, -1, 1, 1, 0]]},
+        {"packs": [good_pack]},
+    ):
+        with pytest.raises(FormatError, match="index/abc"):
+            decode_index_file(blob(doc), "index/abc")
