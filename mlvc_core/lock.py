@@ -232,6 +232,10 @@ class SharedLock:
         """True if gc removed this lock as abandoned (the session must not publish)."""
         return self._held.lost
 
+    def refresh(self) -> None:
+        """Refresh now, finding out whether the lock is still there (see :attr:`lost`)."""
+        self._held.refresh()
+
     def release(self) -> None:
         """Unregister."""
         self._held.stop()

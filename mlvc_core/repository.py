@@ -938,6 +938,8 @@ class WriteSession:
                 if w is not None:
                     self._unindexed.extend(w.finish())
             self._data = self._meta = None
+            if self._lock_handle is not None and self._unindexed:
+                self._lock_handle.refresh()  # still ours? (checked right before publishing)
             if self._lock_handle is not None and self._lock_handle.lost:
                 raise RepositoryLocked(
                     "gc, which removed this writer's lock as abandoned; nothing was "
