@@ -1,8 +1,9 @@
 """The repository config: format version, hash, chunker and compression settings.
 
-Stored as JSON under the key ``config``, written once by ``init`` and never rewritten, so every
-writer of a repository chunks and compresses alike (changing the chunker would silently destroy
-dedup). Opening a repository checks the format version first and refuses one it does not know.
+Stored as JSON under the key ``config``, written by ``init`` and rewritten only to upgrade the
+format version (by compare-and-swap), so every writer of a repository chunks and compresses
+alike (changing the chunker would silently destroy dedup). Opening a repository checks the
+format version first and refuses one it does not know.
 """
 
 from __future__ import annotations
@@ -17,8 +18,10 @@ from mlvc_core.chunker import ChunkerParams
 from mlvc_core.errors import FormatError, UnsupportedFormatVersion
 
 FORMAT = "mlvc"
-FORMAT_VERSION = 1
-SUPPORTED_VERSIONS = (1,)
+FORMAT_VERSION = 2
+"""Version written by this mlvc. 2: index files cover several packs, gc advances a generation."""
+SUPPORTED_VERSIONS = (1, 2)
+"""Versions this mlvc reads; a version-1 repository is upgraded before its first write."""
 HASH = "blake3-256"
 DEFAULT_PACK_SIZE = 64 << 20
 MAX_PACK_SIZE = 1 << 32
@@ -31,7 +34,7 @@ _SPEC: schema.Spec = {
         {k: schema.is_int for k in ("min", "avg", "max", "normalization", "seed")}
     ),
     "compression": schema.shaped({"level": schema.is_int, "byte_planes": schema.is_bool}),
-    "pack_size": lambda v: schema.is_int(v) and 1 << 16 <= v <= MAX_PACK_SIZE,
+    "pack_size": lambda v: schema.is_int(v) and 1 << 12 <= v <= MAX_PACK_SIZE,
 }
 
 
@@ -53,7 +56,7 @@ class RepoConfig:
         Chunker and compression carry over, so dedup works across the two; the id does not,
         so the two never share local caches.
         """
-        return replace(self, repo_id=uuid.uuid4().hex)
+        return replace(self, repo_id=uuid.uuid4().hex, version=FORMAT_VERSION)
 
     def encode(self) -> bytes:
         """JSON form."""

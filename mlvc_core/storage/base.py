@@ -15,7 +15,8 @@ Contract, per method:
 * ``read_versioned``/``write_if`` are the compare-and-swap pair refs are built on: ``write_if``
   succeeds only if the key is still at the version read (``None``: only if it is absent) and
   raises :class:`~mlvc_core.errors.PreconditionFailed` otherwise. Never a silent overwrite.
-* ``list`` yields every key under a prefix (recursively), with size and modification time.
+* ``list`` yields every key under a prefix (recursively), with size and modification time;
+  partial writes are not keys (``list_temporary`` names those a killed writer left).
 * Failures of the backend itself surface as :class:`~mlvc_core.errors.StorageError`.
 
 This module must not import fsspec or any backend library.
@@ -138,6 +139,18 @@ class Store(abc.ABC):
         Raises:
             PreconditionFailed: The key is not in the expected state.
         """
+
+    def list_temporary(self, prefix: str) -> Iterator[KeyInfo]:
+        """Temporary objects under ``prefix`` that :meth:`list` hides (partial writes).
+
+        A writer killed in the middle of a write leaves them behind; only ``gc`` looks, and
+        removes them with :meth:`delete_temporary` once their writers are gone. The default
+        (backends whose partial writes are invisible and expire on their own) has none.
+        """
+        return iter(())
+
+    def delete_temporary(self, key: str) -> None:  # noqa: B027 - optional hook
+        """Remove a temporary object named by :meth:`list_temporary`."""
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections; the default does nothing."""
