@@ -121,7 +121,8 @@ def decode_index(
 
     Raises:
         IntegrityError: The body does not match its recorded hash.
-        FormatError: Not an index blob.
+        FormatError: Not an index blob, the index of another pack, or an index breaking the
+            format's limits (see :func:`check_entry`).
     """
     if data[:8] != INDEX_MAGIC:
         raise FormatError(f"index {name} has no index header")
@@ -171,7 +172,7 @@ def check_entry(pack_id: str, e: object) -> tuple[ObjectId, Location]:
         FormatError: A malformed entry, or one declaring more than the format allows.
     """
     if not isinstance(e, list) or len(e) < 6:
-        raise FormatError(f"entry {e!r} is not a list of 6 fields")
+        raise FormatError(f"an entry ({type(e).__name__}) is not a list of 6 fields")
     oid, kind, offset, stored_len, raw_len, codec = e[:6]
     if not isinstance(oid, bytes) or len(oid) != DIGEST_SIZE:
         raise FormatError("an entry's id is not an object id")

@@ -316,5 +316,5 @@ def tag_list(repo: Repository) -> list[TagInfo]:
     """Every readable tag, by name (an unreadable one is left out with a warning)."""
     refs, bad = repo.refs.scan("tags")
     for _name, why in bad:
-        logging.getLogger("mlvc").warning("mlvc: skipping %s", why)
+        logging.getLogger("mlvc").warning("mlvc: tag left out: %s", why)
     return [_tag_info(repo, r) for r in refs]
