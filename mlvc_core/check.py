@@ -79,7 +79,7 @@ def check(repo: Repository, progress: Callable[[int], None] | None = None) -> Ch
     for index_id in repo.list_index_files():
         key = index_file_key(index_id)
         try:
-            f = decode_index_file(repo.store.read(key), key)
+            f = decode_index_file(repo.store.read(key), key, index_id)
         except KeyNotFound:
             continue  # merged or collected since the listing
         except (IntegrityError, FormatError) as exc:

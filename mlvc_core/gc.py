@@ -42,8 +42,8 @@ from mlvc_core.packs import (
     Location,
     PackWriter,
     encode_index_file,
+    index_file_id,
     index_file_key,
-    new_pack_id,
     pack_key,
 )
 from mlvc_core.repository import SMALL_INDEX, Repository
@@ -249,8 +249,9 @@ def _rewrite(
         part = entries[start : start + INDEX_FILE_ENTRIES]
         if not part:
             break
-        index_id = new_pack_id()
-        repo.store.write(index_file_key(index_id), encode_index_file(part))
+        blob = encode_index_file(part)
+        index_id = index_file_id(blob)
+        repo.store.write(index_file_key(index_id), blob)
         new_ids.append(index_id)
     generation = Generation(repo.read_generation().number + 1, tuple(new_ids))
     repo.store.write(GENERATION_KEY, generation.encode(time.time()))

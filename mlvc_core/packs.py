@@ -15,7 +15,8 @@ Pack index blob (the pack's trailer; also a version-1 index file)::
 
 with one entry ``[id, kind, offset, stored_len, raw_len, codec]`` per payload.
 
-Index file (format version 2, ``index/<id>``, ``id`` = 32 random hex digits), covering any
+Index file (format version 2, ``index/<id>``, ``id`` = the first 32 hex digits of BLAKE3 of the
+file's bytes, so a copy is checked against its name), covering any
 number of packs (one per write session flush; merged by writers and rewritten by ``gc``)::
 
     b"MLVCIDX2" | blake3(body) (32 bytes) | body = zstd(msgpack({"packs": [pack id, ...],
@@ -209,20 +210,33 @@ def encode_index_file(entries: list[tuple[ObjectId, Location]]) -> bytes:
     return INDEX_FILE_MAGIC + hash_bytes(body) + body
 
 
-def decode_index_file(data: bytes, name: str) -> IndexFile:
-    """Decode and verify an index file of either version.
+def index_file_id(blob: bytes) -> str:
+    """The id of a version-2 index file: the first 32 hex digits of BLAKE3 of its bytes.
 
-    A version-1 file is one pack's index blob (see :func:`decode_index`).
+    Named by content, an index file (or a locally cached copy of one) is checked against
+    its name before it is believed.
+    """
+    return hash_bytes(blob).hex()[:32]
+
+
+def decode_index_file(data: bytes, name: str, index_id: str | None = None) -> IndexFile:
+    """Decode and verify an index file of either version (stored as ``index_id``, if given).
+
+    A version-1 file is one pack's index blob, named by its pack (see :func:`decode_index`);
+    a version-2 file is named by :func:`index_file_id`.
 
     Raises:
-        IntegrityError: The body does not match its recorded hash.
+        IntegrityError: The body does not match its recorded hash, or the file is not the
+            one ``index_id`` names.
         FormatError: Not an index file.
     """
     if data[:8] == INDEX_MAGIC:
-        pack_id, entries = decode_index(data, name)
+        pack_id, entries = decode_index(data, name, index_id)
         return IndexFile((pack_id,), entries)
     if data[:8] != INDEX_FILE_MAGIC:
         raise FormatError(f"index {name} has no index header")
+    if index_id is not None and index_file_id(data) != index_id:
+        raise IntegrityError(name, "index file does not match its name")
     digest, body = data[8 : 8 + DIGEST_SIZE], data[8 + DIGEST_SIZE :]
     if hash_bytes(body) != digest:
         raise IntegrityError(name, "index does not match its checksum")

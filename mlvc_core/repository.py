@@ -57,14 +57,15 @@ from mlvc_core.objects import (
 from mlvc_core.packs import (
     GENERATION_KEY,
     INDEX_PREFIX,
+    MAX_PACK_ENTRIES,
     Generation,
     IndexFile,
     Location,
     PackWriter,
     decode_index_file,
     encode_index_file,
+    index_file_id,
     index_file_key,
-    new_pack_id,
     pack_key,
 )
 from mlvc_core.refs import KINDS, Ref, RefStore
@@ -223,7 +224,7 @@ class Repository:
         cached = self._cached_index_path(index_id)
         if cached is not None and cached.is_file():
             try:
-                return decode_index_file(cached.read_bytes(), key)
+                return decode_index_file(cached.read_bytes(), key, index_id)
             except (FormatError, IntegrityError, OSError) as exc:
                 log.warning(
                     "mlvc: local index cache file %s was damaged (%s); discarded, fetching it "
@@ -234,7 +235,7 @@ class Repository:
                 with contextlib.suppress(OSError):
                     cached.unlink()
         data = self.store.read(key)
-        decoded = decode_index_file(data, key)
+        decoded = decode_index_file(data, key, index_id)
         self._cache_index(index_id, data)
         return decoded
 
@@ -412,16 +413,21 @@ class Repository:
             self._sizes[index_id] = len(f.entries)
 
     def publish_index(self, entries: list[tuple[ObjectId, Location]]) -> str:
-        """Write one index file covering ``entries`` (their packs already published).
+        """Write index files covering ``entries`` (their packs already published).
 
-        From then on the payloads are stored for every reader. Returns the file's id.
+        One file unless there are more than :data:`~mlvc_core.packs.MAX_PACK_ENTRIES`
+        entries, the most one index file may hold. From then on the payloads are stored for
+        every reader. Returns the id of the last file written.
         """
-        index_id = new_pack_id()
-        blob = encode_index_file(entries)
-        self.store.write(index_file_key(index_id), blob)
-        self._cache_index(index_id, blob)
-        packs = tuple(dict.fromkeys(loc.pack for _, loc in entries))
-        self._add_file(index_id, IndexFile(packs, entries))
+        index_id = ""
+        for start in range(0, max(len(entries), 1), MAX_PACK_ENTRIES):
+            part = entries[start : start + MAX_PACK_ENTRIES]
+            blob = encode_index_file(part)
+            index_id = index_file_id(blob)
+            self.store.write(index_file_key(index_id), blob)
+            self._cache_index(index_id, blob)
+            packs = tuple(dict.fromkeys(loc.pack for _, loc in part))
+            self._add_file(index_id, IndexFile(packs, part))
         return index_id
 
     def merge_small_indexes(self, at: int = INDEX_MERGE_AT) -> int:
@@ -441,8 +447,8 @@ class Repository:
         except KeyNotFound:
             return 0  # another writer is merging them: leave it to that one
         entries = [e for f in files.values() for e in f.entries]
-        self.publish_index(entries)
-        small = list(files)
+        merged = self.publish_index(entries)
+        small = [i for i in files if i != merged]
         for i in small:
             self.store.delete(index_file_key(i))
         with self._index_lock:
@@ -1010,8 +1016,16 @@ class WriteSession:
                 self._pending.clear()
 
     def _spill(self, w: PackWriter) -> None:
+        extra: PackWriter | None = None  # once ``w`` holds as many payloads as a pack may
         for oid, kind, codec_id, payload, raw_len in self._held:
-            w.add(oid, kind, codec_id, payload, raw_len)
+            target = extra or w
+            if target.full:
+                if extra is not None:
+                    self._unindexed.extend(extra.finish())
+                extra = target = PackWriter(self.repo.store)
+            target.add(oid, kind, codec_id, payload, raw_len)
+        if extra is not None:
+            self._unindexed.extend(extra.finish())
         self._held = []
         self._held_bytes = 0
 

@@ -32,14 +32,14 @@ def rle_frame(total: int) -> bytes:
 
 
 def add_pack(repo: Repository, payloads: list[tuple[ObjectId, int, int, bytes, int]]) -> str:
-    """Publish a pack and its index holding ``(id, kind, codec, payload, raw_len)`` as given.
+    """Publish a pack and an index file holding ``(id, kind, codec, payload, raw_len)`` as given.
 
     Nothing is checked: the index declares whatever ``raw_len`` says.
     """
     w = PackWriter(repo.store)
     for oid, kind, codec, payload, raw_len in payloads:
         w.add(oid, kind, codec, payload, raw_len)
-    w.finish()
+    repo.publish_index(w.finish())
     return w.pack_id
 
 

@@ -182,6 +182,8 @@ def test_a_damaged_cached_index_is_read_again(tmp_path: Path, damage: str) -> No
     repo = Repository.init(tmp_path / "r", cache_dir=tmp_path / "cache")
     d = _files(tmp_path, {"a": b"A" * 5000, "b": os.urandom(3000)})
     cid = repo.commit(d)
+    (d / "c").write_bytes(os.urandom(4000))
+    repo.commit(d)  # a second index file
     repo.close()
     Repository.open(tmp_path / "r", cache_dir=tmp_path / "cache").close()  # fills the cache
     cached = sorted((tmp_path / "cache" / "index").iterdir())
