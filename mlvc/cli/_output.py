@@ -20,11 +20,10 @@ import math
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from rich.console import Console
-from rich.markup import escape
-from rich.table import Table
+if TYPE_CHECKING:  # rich costs ~50 ms to import: only commands that draw tables pay for it
+    from rich.console import Console
 
 SHORT_LEN = 12
 """Hex digits of an id shown to people."""
@@ -35,6 +34,8 @@ _NON_TTY_WIDTH = 200
 
 def _console(stderr: bool = False) -> Console:
     """A console over the *current* ``sys.stdout``/``sys.stderr`` (test runners swap them)."""
+    from rich.console import Console
+
     stream = sys.stderr if stderr else sys.stdout
     tty = stream.isatty()
     return Console(
@@ -184,6 +185,9 @@ def table(
         title: Optional caption above the table.
         right: Columns to right-align (numbers, sizes).
     """
+    from rich.markup import escape
+    from rich.table import Table
+
     t = Table(title=title, box=None, show_edge=False, pad_edge=False, header_style="bold")
     for c in columns:
         t.add_column(c, justify="right" if c in right else "left", overflow="fold")

@@ -1,0 +1,137 @@
+"""Start-up cost of the command line, next to a bare interpreter, measured in the same run.
+
+Times (wall clock, fresh process each time, runs interleaved so machine load hits all alike):
+
+* ``python -c pass`` - the floor every Python CLI pays;
+* ``mlvc --help`` and ``mlvc --version`` - targets: at most 2x the floor;
+* ``mlvc ls`` on a small repository (two tracked experiments, a few commits) - target: at
+  most 3x the floor.
+
+``mlvc`` runs as ``python -m mlvc`` from this source tree. ``--profile`` adds the slowest
+imports of ``mlvc ls`` (``python -X importtime``).
+
+Run: ``python benchmarks/bench_cli.py [--reps 15] [--profile]``; writes
+``benchmarks/results/cli.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results" / "cli.md"
+
+
+def _env(cache: Path) -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(ROOT), "MLVC_CACHE_DIR": str(cache)}
+
+
+def make_project(d: Path) -> None:
+    env = _env(d / "cache")
+    mlvc = [sys.executable, "-m", "mlvc", "-q"]
+    subprocess.run([*mlvc, "init"], cwd=d, env=env, check=True)
+    (d / "data").mkdir()
+    for i in range(3):
+        (d / "data" / f"part{i}.csv").write_text("x,y\n" + f"{i},{i * 2}\n" * 1000)
+        subprocess.run([*mlvc, "commit", "data", "-m", f"v{i}"], cwd=d, env=env, check=True)
+    script = (
+        "import mlvc, pathlib\n"
+        "code = pathlib.Path('code'); code.mkdir(exist_ok=True)\n"
+        "(code / 'train.py').write_text('pass')\n"
+        "for lr in (0.1, 0.01):\n"
+        "    with mlvc.track(path=code, params={'lr': lr}, primary_metric=('loss', 'minimize'),"
+        " strict=True) as run:\n"
+        "        for step in range(3):\n"
+        "            (code / 'w.bin').write_bytes(bytes([step]) * 4096)\n"
+        "            loss = lr / (step + 1)\n"
+        "            run.checkpoint(path=code / 'w.bin', step=step, metrics={'loss': loss})\n"
+    )
+    subprocess.run([sys.executable, "-c", script], cwd=d, env=env, check=True)
+    subprocess.run([*mlvc, "ls"], cwd=d, env=env, check=True, stdout=subprocess.DEVNULL)  # warm
+
+
+CASES = {
+    "python -c pass": [sys.executable, "-c", "pass"],
+    "mlvc --help": [sys.executable, "-m", "mlvc", "--help"],
+    "mlvc --version": [sys.executable, "-m", "mlvc", "--version"],
+    "mlvc ls": [sys.executable, "-m", "mlvc", "ls"],
+}
+TARGETS = {"mlvc --help": 2.0, "mlvc --version": 2.0, "mlvc ls": 3.0}
+
+
+def measure(d: Path, reps: int) -> dict[str, list[float]]:
+    env = _env(d / "cache")
+    times: dict[str, list[float]] = {k: [] for k in CASES}
+    for _ in range(reps):
+        for name, cmd in CASES.items():
+            t0 = time.perf_counter()
+            subprocess.run(cmd, cwd=d, env=env, check=True, stdout=subprocess.DEVNULL)
+            times[name].append(time.perf_counter() - t0)
+    return times
+
+
+def profile(d: Path, top: int = 15) -> str:
+    r = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "mlvc", "ls"],
+        cwd=d,
+        env=_env(d / "cache"),
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    rows = []
+    for line in r.stderr.splitlines():
+        parts = line.removeprefix("import time:").split("|")
+        if len(parts) == 3 and parts[1].strip().isdigit():
+            rows.append((int(parts[1]), parts[2].rstrip()))
+    rows.sort(reverse=True)
+    return "\n".join(f"{us / 1000:8.1f} ms  {name}" for us, name in rows[:top])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--reps", type=int, default=15)
+    ap.add_argument("--profile", action="store_true")
+    ap.add_argument("--no-write", action="store_true", help="print only")
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory(prefix="mlvc-bench-cli-") as tmp:
+        d = Path(tmp)
+        make_project(d)
+        times = measure(d, args.reps)
+        prof = profile(d) if args.profile else ""
+    floor = statistics.median(times["python -c pass"])
+    lines = [
+        "# CLI start-up",
+        "",
+        f"`python benchmarks/bench_cli.py --reps {args.reps}` on {platform.node()} "
+        f"({os.cpu_count()} CPUs, Python {platform.python_version()}), "
+        f"{time.strftime('%Y-%m-%d')}; medians of {args.reps} interleaved runs.",
+        "",
+        "| command | median | min | x `python -c pass` | target |",
+        "| --- | ---: | ---: | ---: | ---: |",
+    ]
+    for name, ts in times.items():
+        med = statistics.median(ts)
+        target = f"<= {TARGETS[name]:.0f}x" if name in TARGETS else ""
+        lines.append(
+            f"| `{name}` | {med * 1000:.0f} ms | {min(ts) * 1000:.0f} ms | "
+            f"{med / floor:.2f}x | {target} |"
+        )
+    if prof:
+        lines += ["", "Slowest imports of `mlvc ls` (cumulative):", "", "```", prof, "```"]
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if not args.no_write:
+        RESULTS.write_text(text)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,194 @@
+"""The command line beside other tools: start-up cost, help, completion, remotes, config."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mlvc.cli.main import COMMAND_TABLE, MlvcGroup
+from tests.cli.conftest import Cli, Write
+
+ROOT = Path(__file__).parents[2]
+
+
+def _modules_after(args: list[str], cwd: Path) -> set[str]:
+    """The modules a fresh interpreter has imported once ``mlvc ARGS`` has run."""
+    script = (
+        "import sys\n"
+        "from mlvc.cli import main\n"
+        "try:\n"
+        f"    main({args!r})\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "sys.stderr.write('\\nMODULES ' + ' '.join(sorted(sys.modules)))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    r = subprocess.run(
+        [sys.executable, "-c", script], cwd=cwd, env=env, capture_output=True, text=True, check=True
+    )
+    return set(r.stderr.rsplit("MODULES ", 1)[1].split())
+
+
+HEAVY = {"rich", "mlvc.porcelain", "mlvc_core.repository", "numpy", "fsspec", "mlvc.cli.checkout"}
+
+
+@pytest.mark.parametrize("args", [["--help"], ["--version"], ["ls", "--help"]])
+def test_help_and_version_import_nothing_heavy(args: list[str], project: Path) -> None:
+    loaded = _modules_after(args, project)
+    commands = {m for m in loaded if m.startswith("mlvc.cli.") and m not in ("mlvc.cli.main",)}
+    assert commands <= {"mlvc.cli._options", "mlvc.cli._output", "mlvc.cli.ls"}, commands
+    assert not (HEAVY & loaded), HEAVY & loaded
+    if args == ["--version"]:
+        assert "typer" not in loaded
+
+
+def test_a_command_imports_only_its_own_module(cli: Cli, project: Path) -> None:
+    loaded = _modules_after(["log"], project)
+    assert "mlvc.cli.log" in loaded
+    others = {f"mlvc.cli.{m}" for m, _ in COMMAND_TABLE.values()} - {"mlvc.cli.log"}
+    assert not (others & loaded), others & loaded
+
+
+def test_command_table_matches_the_commands() -> None:
+    from mlvc.cli.main import _load_module
+
+    for name, (module, short) in COMMAND_TABLE.items():
+        command = _load_module(module)[name]
+        assert command.get_short_help_str(limit=200) == short, name
+
+
+def test_help_keeps_example_lines_and_shows_no_bool_metavar(project: Path) -> None:
+    cli = Cli(project)
+    out = cli("commit", "--help").stdout
+    lines = [line.strip() for line in out.splitlines()]
+    assert 'mlvc commit data/ -m "raw data, May export"' in lines
+    assert "Examples: mlvc" not in out
+    assert "<bool>" not in out
+    assert "--json " in out
+    top = cli("--help").stdout
+    assert "mlvc init" in [line.strip() for line in top.splitlines()]
+    assert "<bool>" not in top
+
+
+def _complete(project: Path, words: str, env: dict[str, str] | None = None) -> list[str]:
+    """What bash completion offers for the command line ``words`` (ending where the cursor is)."""
+    parts = words.split(" ")
+    e = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "_MLVC_COMPLETE": "complete_bash",
+        "COMP_WORDS": words,
+        "COMP_CWORD": str(len(parts) - 1),
+        **(env or {}),
+    }
+    r = subprocess.run(
+        [sys.executable, "-m", "mlvc"], cwd=project, env=e, capture_output=True, text=True
+    )
+    assert r.returncode == 0, r.stderr
+    return r.stdout.split()
+
+
+def test_completion_of_commands_tags_branches_and_experiments(
+    cli: Cli, project: Path, write: Write
+) -> None:
+    import mlvc
+
+    write("data/a.txt", "a")
+    cli("commit", "data", "-m", "one")
+    cli("commit", "data", "-m", "two", "--branch", "feature")
+    cli("tag", "production", "main")
+    code = project / "code"
+    code.mkdir()
+    (code / "train.py").write_text("pass\n")
+    with mlvc.track(path=code, repository=str(project / ".mlvc"), strict=True) as run:
+        pass
+    assert run.id is not None
+    env = {"MLVC_CACHE_DIR": str(project.parent / "cache")}
+    assert _complete(project, "mlvc ch", env) == ["checkout"]
+    offered = _complete(project, "mlvc show ", env)
+    assert {"main", "feature", "production", run.id[:12]} <= set(offered)
+    assert _complete(project, "mlvc checkout pro", env) == ["production"]
+    assert _complete(project, f"mlvc log {run.id[:5]}", env) == [run.id[:12]]
+    assert _complete(project, f"mlvc diff {run.id[:8]}@b", env) == [f"{run.id[:8]}@best"]
+    assert _complete(project, "mlvc show ", {**env, "MLVC_REPOSITORY": "/nonexistent"}) != []
+    assert "--install-completion" in cli("--help").stdout
+
+
+def test_remotes_push_pull_default_to_origin(cli: Cli, project: Path, write: Write) -> None:
+    write("data/a.txt", "first")
+    first = cli("commit", "data", "-m", "one").stdout.strip()
+    cli("pull", code=2)  # no origin yet: a usage error that says what to do
+    cli("remote", "add", "origin", "../shared")
+    cli("remote", "add", "backup", str(project.parent / "backup"))
+    cli("remote", "add", "origin", "elsewhere", code=2)  # exists
+    assert cli.json("remote", "list") == [
+        {"name": "origin", "url": "../shared"},
+        {"name": "backup", "url": str(project.parent / "backup")},
+    ]
+    cli("push")
+    cli("push", "backup")
+    assert (project.parent / "shared" / "config").is_file()
+    assert (project.parent / "backup" / "config").is_file()
+    assert "secret" not in (project / "mlvc.toml").read_text()
+
+    clone_dir = project.parent / "clone"
+    cli("clone", "../shared", str(clone_dir))
+    clone = Cli(clone_dir)
+    shared = str(project.parent / "shared")
+    assert clone.json("remote", "list") == [{"name": "origin", "url": shared}]
+    write("data/a.txt", "second")
+    second = cli("commit", "data", "-m", "two").stdout.strip()
+    cli("push")
+    clone("pull")
+    log = clone.json("log")
+    assert [e["id"][:12] for e in log["entries"]] == [second, first]
+    cli("remote", "remove", "backup")
+    cli("remote", "remove", "backup", code=2)
+    cli("remote", "add", "bad/name", "x", code=2)
+    assert [r["name"] for r in cli.json("remote", "list")] == ["origin"]
+
+
+def test_config_get_set_list_unset(cli: Cli, project: Path) -> None:
+    assert cli("config", "get", "repository.url").stdout.strip() == ".mlvc"
+    assert cli("config", "get", "snapshot.max_file_size").stdout.strip() == str(10 << 20)
+    cli("config", "set", "snapshot.max_file_size", "50MiB")
+    assert cli.json("config", "get", "snapshot.max_file_size")["value"] == 50 << 20
+    cli("config", "set", "repository.storage_options.endpoint_url", "http://127.0.0.1:9000")
+    listed = cli.json("config", "list")
+    assert listed == {
+        "repository.url": ".mlvc",
+        "repository.storage_options.endpoint_url": "http://127.0.0.1:9000",
+        "snapshot.max_file_size": 50 << 20,
+    }
+    every = cli.json("config", "list", "--all")["keys"]
+    assert all(k["help"] for k in every)
+    assert {"repository.url", "remotes.*.url", "snapshot.max_file_size"} <= {
+        k["key"] for k in every
+    }
+    err = cli("config", "set", "snapshot.max_fle_size", "1", code=2).stderr
+    assert "unknown setting" in err and "snapshot.max_file_size" in err
+    cli("config", "set", "repository.storage_options.aws_secret_access_key", "x", code=2)
+    cli("config", "set", "snapshot.max_file_size", "lots", code=2)
+    cli("config", "unset", "repository.storage_options.endpoint_url")
+    assert "storage_options" not in (project / "mlvc.toml").read_text()
+    # The repository still opens from the rewritten file.
+    assert cli.json("stats")
+
+
+def test_config_outside_a_project_says_what_to_do(tmp_path: Path) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    err = Cli(empty)("config", "unset", "repository.url", code=2).stderr
+    assert "mlvc init" in err
+    assert json.loads(Cli(empty)("config", "list", "--json").stdout) == {}
+
+
+def test_group_lists_every_command_without_loading_them() -> None:
+    group = MlvcGroup(name="mlvc")
+    assert group.list_commands(None)[: len(COMMAND_TABLE)] == list(COMMAND_TABLE)
+    assert group.commands == {}
