@@ -196,6 +196,35 @@ def table(
     _console().print(t)
 
 
+_DIFF_COLOURS = (("+++", "1"), ("---", "1"), ("@@", "36"), ("+", "32"), ("-", "31"))
+"""Line prefix -> ANSI SGR code, first match wins (as ``git diff`` colours them)."""
+
+
+def colour_wanted(stream: Any = None) -> bool:
+    """True if ``stream`` (default stdout) is a terminal and ``NO_COLOR`` is not set."""
+    import os
+
+    stream = stream if stream is not None else sys.stdout
+    return bool(getattr(stream, "isatty", lambda: False)()) and not os.environ.get("NO_COLOR")
+
+
+def diff_lines(lines: Sequence[str], colour: bool | None = None) -> None:
+    """Print unified-diff lines on stdout, coloured like ``git diff`` on a terminal.
+
+    Args:
+        lines: Lines without line ends.
+        colour: Force colour on or off (default: only when stdout is a terminal).
+    """
+    colour = colour_wanted() if colour is None else colour
+    write = sys.stdout.write
+    for line in lines:
+        code = next((c for prefix, c in _DIFF_COLOURS if line.startswith(prefix)), None)
+        if colour and code is not None:
+            write(f"\x1b[{code}m{line}\x1b[0m\n")
+        else:
+            write(line + "\n")
+
+
 def kv(pairs: Sequence[tuple[str, Any]], title: str | None = None) -> None:
     """Print ``key: value`` lines, keys aligned."""
     if title:

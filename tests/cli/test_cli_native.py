@@ -192,3 +192,66 @@ def test_group_lists_every_command_without_loading_them() -> None:
     group = MlvcGroup(name="mlvc")
     assert group.list_commands(None)[: len(COMMAND_TABLE)] == list(COMMAND_TABLE)
     assert group.commands == {}
+
+
+def test_diff_code_shows_changed_lines_and_summarises_binaries(
+    cli: Cli, project: Path, write: Write
+) -> None:
+    write("src/train.py", "import torch\n\nlr = 0.1\nepochs = 3\n")
+    write("src/notes.md", "first\n")
+    write("src/weights.bin", b"\x00\x01" * 100)
+    a = cli("commit", "src", "-m", "a").stdout.strip()
+    write("src/train.py", "import torch\n\nlr = 0.01\nepochs = 3\n")
+    (project / "src" / "notes.md").unlink()
+    write("src/util.py", "def f():\n    return 1\n")
+    write("src/weights.bin", b"\x00\x02" * 120)
+    b = cli("commit", "src", "-m", "b").stdout.strip()
+
+    out = cli("diff", a, b, "--code").stdout
+    assert "\x1b[" not in out  # piped: plain
+    lines = out.splitlines()
+    assert "--- a/train.py" in lines and "+++ b/train.py" in lines
+    assert "-lr = 0.1" in lines and "+lr = 0.01" in lines
+    assert " epochs = 3" in lines
+    assert "--- a/notes.md" in lines and "+++ /dev/null" in lines and "-first" in lines
+    assert "--- /dev/null" in lines and "+++ b/util.py" in lines and "+    return 1" in lines
+    assert any(
+        line.startswith("Binary files a/weights.bin and b/weights.bin differ") for line in lines
+    )
+    doc = cli.json("diff", a, b, "--code")
+    by_path = {f["path"]: f for f in doc["files"]}
+    assert by_path["weights.bin"]["kind"] == "binary" and by_path["weights.bin"]["diff"] == ""
+    assert "+lr = 0.01" in by_path["train.py"]["diff"]
+    assert cli("diff", a, a, "--code").stdout == ""
+
+
+def test_diff_code_colours_on_a_terminal(capsys: pytest.CaptureFixture[str]) -> None:
+    from mlvc.cli import _output
+
+    _output.diff_lines(["--- a/x", "+++ b/x", "@@ -1 +1 @@", "-old", "+new", " same"], True)
+    out = capsys.readouterr().out.splitlines()
+    assert out[3] == "\x1b[31m-old\x1b[0m" and out[4] == "\x1b[32m+new\x1b[0m"
+    assert out[5] == " same"
+
+
+def test_diff_code_compares_recorded_git_diffs(cli: Cli, project: Path) -> None:
+    import mlvc
+
+    code = project / "code"
+    code.mkdir()
+    git = ["git", "-c", "user.email=t@t", "-c", "user.name=t"]
+    subprocess.run([*git, "init", "-q"], cwd=code, check=True)
+    (code / "train.py").write_text("lr = 0.1\n")
+    subprocess.run([*git, "add", "train.py"], cwd=code, check=True)
+    subprocess.run([*git, "commit", "-qm", "start"], cwd=code, check=True)
+    ids = []
+    for lr in ("0.2", "0.3"):
+        (code / "train.py").write_text(f"lr = {lr}\n")
+        with mlvc.track(path=code, repository=str(project / ".mlvc"), strict=True) as run:
+            pass
+        ids.append(run.id)
+    plain = cli("diff", ids[0], ids[1]).stdout
+    assert "characters>" in plain  # the table only hints at it
+    out = cli("diff", ids[0], ids[1], "--code").stdout.splitlines()
+    assert "--- a/(git diff)" in out and "+++ b/(git diff)" in out
+    assert "-+lr = 0.2" in out and "++lr = 0.3" in out
