@@ -210,18 +210,18 @@ def test_diff_code_shows_changed_lines_and_summarises_binaries(
     out = cli("diff", a, b, "--code").stdout
     assert "\x1b[" not in out  # piped: plain
     lines = out.splitlines()
-    assert "--- a/train.py" in lines and "+++ b/train.py" in lines
+    assert "--- a/src/train.py" in lines and "+++ b/src/train.py" in lines
     assert "-lr = 0.1" in lines and "+lr = 0.01" in lines
     assert " epochs = 3" in lines
-    assert "--- a/notes.md" in lines and "+++ /dev/null" in lines and "-first" in lines
-    assert "--- /dev/null" in lines and "+++ b/util.py" in lines and "+    return 1" in lines
+    assert "--- a/src/notes.md" in lines and "+++ /dev/null" in lines and "-first" in lines
+    assert "--- /dev/null" in lines and "+++ b/src/util.py" in lines and "+    return 1" in lines
     assert any(
-        line.startswith("Binary files a/weights.bin and b/weights.bin differ") for line in lines
+        line.startswith("Binary files a/src/weights.bin and b/src/weights.bin differ") for line in lines
     )
     doc = cli.json("diff", a, b, "--code")
     by_path = {f["path"]: f for f in doc["files"]}
-    assert by_path["weights.bin"]["kind"] == "binary" and by_path["weights.bin"]["diff"] == ""
-    assert "+lr = 0.01" in by_path["train.py"]["diff"]
+    assert by_path["src/weights.bin"]["kind"] == "binary" and by_path["src/weights.bin"]["diff"] == ""
+    assert "+lr = 0.01" in by_path["src/train.py"]["diff"]
     assert cli("diff", a, a, "--code").stdout == ""
 
 
@@ -255,3 +255,52 @@ def test_diff_code_compares_recorded_git_diffs(cli: Cli, project: Path) -> None:
     out = cli("diff", ids[0], ids[1], "--code").stdout.splitlines()
     assert "--- a/(git diff)" in out and "+++ b/(git diff)" in out
     assert "-+lr = 0.2" in out and "++lr = 0.3" in out
+
+
+def test_commit_records_paths_as_typed_and_checkout_restores_them(
+    cli: Cli, project: Path, write: Write
+) -> None:
+    write("data/train/a.csv", "a")
+    write("data/notes.txt", "n")
+    write("other/x.txt", "x")
+    files = lambda ref: sorted(f["path"] for f in cli.json("show", ref)["files"])  # noqa: E731
+    cli("commit", "data/", "-m", "dir")
+    assert files("main") == ["data/notes.txt", "data/train/a.csv"]
+    cli("commit", "data/notes.txt", "-m", "file")
+    assert files("main") == ["data/notes.txt"]
+    cli("commit", "./data/train", "other/x.txt", "-m", "two")
+    assert files("main") == ["data/train/a.csv", "other/x.txt"]
+    cli("commit", "data/train/../notes.txt", "-m", "normalised")
+    assert files("main") == ["data/notes.txt"]
+
+    cli("commit", "data", "-m", "again")
+    dest = project / "restored"
+    cli("checkout", "main", "-o", dest)
+    assert (dest / "data" / "train" / "a.csv").read_text() == "a"
+    assert not (dest / "train").exists() and not (dest / "notes.txt").exists()
+
+    sub = Cli(project / "data")
+    sub("commit", "train", "-m", "from below")
+    assert files("main") == ["train/a.csv"]  # relative to where the command ran
+    sub("commit", ".", "-m", "all of it")
+    assert files("main") == ["notes.txt", "train/a.csv"]
+
+
+def test_commit_outside_the_directory_and_old_layout_still_read(
+    cli: Cli, project: Path, tmp_path: Path, write: Write
+) -> None:
+    from mlvc_core.repository import Repository
+
+    outside = tmp_path / "elsewhere"
+    (outside / "set").mkdir(parents=True)
+    (outside / "set" / "f.bin").write_bytes(b"f")
+    cli("commit", str(outside / "set"), "-m", "outside")
+    assert [f["path"] for f in cli.json("show", "main")["files"]] == ["f.bin"]
+
+    # A commit written before paths kept their prefix: the directory was the root.
+    write("data/old.txt", "old layout")
+    with Repository.open(str(project / ".mlvc")) as repo:
+        old = repo.commit([project / "data"], "old layout").hex()
+    assert [f["path"] for f in cli.json("show", old)["files"]] == ["old.txt"]
+    cli("checkout", old, "-o", project / "back")
+    assert (project / "back" / "old.txt").read_text() == "old layout"
