@@ -16,7 +16,7 @@ Layout of ``mlvc.toml``::
     url = "s3://team-bucket/mlvc"
 
     [snapshot]
-    max_file_size = 10485760           # code snapshots leave out bigger files (bytes)
+    max_file_size = 10485760           # code snapshots leave out bigger files (default 64 MiB)
 
 Writing rewrites the whole file (comments are not kept); keys keep their order.
 """
@@ -47,7 +47,7 @@ __all__ = [
 ]
 
 DEFAULT_REMOTE = "origin"
-DEFAULT_MAX_FILE_SIZE = 10 << 20
+DEFAULT_MAX_FILE_SIZE = 64 << 20
 """Default size limit of one file in a code snapshot (bytes)."""
 
 _REMOTE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")

@@ -155,7 +155,7 @@ def test_remotes_push_pull_default_to_origin(cli: Cli, project: Path, write: Wri
 
 def test_config_get_set_list_unset(cli: Cli, project: Path) -> None:
     assert cli("config", "get", "repository.url").stdout.strip() == ".mlvc"
-    assert cli("config", "get", "snapshot.max_file_size").stdout.strip() == str(10 << 20)
+    assert cli("config", "get", "snapshot.max_file_size").stdout.strip() == str(64 << 20)
     cli("config", "set", "snapshot.max_file_size", "50MiB")
     assert cli.json("config", "get", "snapshot.max_file_size")["value"] == 50 << 20
     cli("config", "set", "repository.storage_options.endpoint_url", "http://127.0.0.1:9000")
@@ -215,12 +215,12 @@ def test_diff_code_shows_changed_lines_and_summarises_binaries(
     assert " epochs = 3" in lines
     assert "--- a/src/notes.md" in lines and "+++ /dev/null" in lines and "-first" in lines
     assert "--- /dev/null" in lines and "+++ b/src/util.py" in lines and "+    return 1" in lines
-    assert any(
-        line.startswith("Binary files a/src/weights.bin and b/src/weights.bin differ") for line in lines
-    )
+    binary = "Binary files a/src/weights.bin and b/src/weights.bin differ"
+    assert any(line.startswith(binary) for line in lines)
     doc = cli.json("diff", a, b, "--code")
     by_path = {f["path"]: f for f in doc["files"]}
-    assert by_path["src/weights.bin"]["kind"] == "binary" and by_path["src/weights.bin"]["diff"] == ""
+    weights = by_path["src/weights.bin"]
+    assert weights["kind"] == "binary" and weights["diff"] == ""
     assert "+lr = 0.01" in by_path["src/train.py"]["diff"]
     assert cli("diff", a, a, "--code").stdout == ""
 
@@ -304,3 +304,60 @@ def test_commit_outside_the_directory_and_old_layout_still_read(
     assert [f["path"] for f in cli.json("show", old)["files"]] == ["old.txt"]
     cli("checkout", old, "-o", project / "back")
     assert (project / "back" / "old.txt").read_text() == "old layout"
+
+
+def _git(cwd: Path, *args: str) -> str:
+    git = ["git", "-c", "user.email=t@t", "-c", "user.name=t"]
+    return subprocess.run([*git, *args], cwd=cwd, check=True, capture_output=True, text=True).stdout
+
+
+def test_init_in_a_git_project_keeps_mlvc_out_of_git(project: Path, tmp_path: Path) -> None:
+    _git(project, "init", "-q")
+    (project / ".gitignore").write_text("*.pyc")  # no final newline
+    cli = Cli(project)
+    err = cli("init").stderr
+    assert "added .mlvc/, .mlvc-staging/ to .gitignore" in err
+    assert (project / ".gitignore").read_text() == "*.pyc\n/.mlvc/\n/.mlvc-staging/\n"
+    status = _git(project, "status", "--porcelain", "--untracked-files=all")
+    assert ".mlvc/" not in status and "mlvc.toml" in status
+    cli("init")
+    assert (project / ".gitignore").read_text().count("/.mlvc/") == 1
+
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    Cli(plain)("init")
+    assert not (plain / ".gitignore").exists()  # not a git project: nothing to keep out
+
+
+def test_code_snapshot_leaves_out_repositories_checkouts_and_big_files(
+    project: Path, write: Write, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import mlvc
+    from mlvc_core.repository import Repository
+
+    monkeypatch.chdir(project)
+    cli = Cli(project)
+    cli("init")
+    write("data/set.csv", "a,b\n")
+    cli("commit", "data", "-m", "data")
+    code = project / "code"
+    write("code/train.py", "print('train')\n")
+    write("code/big.bin", b"x" * (2 << 20))
+    write("code/small.bin", b"y" * 1000)
+    Repository.init(str(code / "archive")).close()  # another repository, any name
+    cli("checkout", "main", "-o", code / "restored")  # a checkout into the project
+    assert (code / "restored" / "data" / "set.csv").is_file()
+    cli("config", "set", "snapshot.max_file_size", "1MiB")
+    with caplog.at_level("WARNING", logger="mlvc"):
+        with mlvc.track(path=code, strict=True) as run:
+            pass
+    files = sorted(f["path"] for f in cli.json("show", str(run.id))["files"])
+    assert files == ["small.bin", "train.py"]
+    assert "big.bin" in caplog.text and "1 MiB" in caplog.text
+
+    cli("config", "set", "snapshot.max_file_size", "0")  # no limit
+    (code / "restored" / ".mlvc-checkout").unlink()  # the user adopts the checkout
+    with mlvc.track(path=code, strict=True) as run:
+        pass
+    files = sorted(f["path"] for f in cli.json("show", str(run.id))["files"])
+    assert files == ["big.bin", "restored/data/set.csv", "small.bin", "train.py"]
