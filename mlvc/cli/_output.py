@@ -177,7 +177,10 @@ def table(
     title: str | None = None,
     right: Sequence[str] = (),
 ) -> None:
-    """Print a table on stdout.
+    """Print a table on stdout: columns aligned, two spaces apart, header bold on a terminal.
+
+    Plain text is written directly; rich (slower to import) draws the table only when it must
+    fold cells to fit a terminal, or for text whose display width is not its length.
 
     Args:
         columns: Header names.
@@ -185,6 +188,33 @@ def table(
         title: Optional caption above the table.
         right: Columns to right-align (numbers, sizes).
     """
+    cells = [[str(c) for c in columns], *([str(x) for x in r] for r in rows)]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
+    tty = sys.stdout.isatty()
+    fits = sum(widths) + 2 * (len(widths) - 1) <= (_terminal_width() if tty else _NON_TTY_WIDTH)
+    if not fits or not all(cell.isascii() and cell.isprintable() for row in cells for cell in row):
+        _rich_table(columns, rows, title, right)
+        return
+    lines = [title] if title else []
+    for n, row in enumerate(cells):
+        padded = [
+            cell.rjust(w) if columns[i] in right else cell.ljust(w)
+            for i, (cell, w) in enumerate(zip(row, widths, strict=True))
+        ]
+        line = "  ".join(padded).rstrip()
+        lines.append(f"\x1b[1m{line}\x1b[0m" if n == 0 and tty else line)
+    sys.stdout.write("\n".join(lines) + "\n")
+
+
+def _terminal_width() -> int:
+    import shutil
+
+    return shutil.get_terminal_size().columns
+
+
+def _rich_table(
+    columns: Sequence[str], rows: Sequence[Sequence[Any]], title: str | None, right: Sequence[str]
+) -> None:
     from rich.markup import escape
     from rich.table import Table
 

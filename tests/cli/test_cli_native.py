@@ -361,3 +361,19 @@ def test_code_snapshot_leaves_out_repositories_checkouts_and_big_files(
         pass
     files = sorted(f["path"] for f in cli.json("show", str(run.id))["files"])
     assert files == ["big.bin", "restored/data/set.csv", "small.bin", "train.py"]
+
+
+def test_tables_align_without_rich_and_fall_back_for_wide_text(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from mlvc.cli import _output
+
+    _output.table(["id", "size", "name"], [["abc", 5, "x"], ["d", 12345, "longer"]], right=["size"])
+    assert capsys.readouterr().out.splitlines() == [
+        "id    size  name",
+        "abc      5  x",
+        "d    12345  longer",
+    ]
+    _output.table(["name"], [["数据"]], title="files")
+    out = capsys.readouterr().out
+    assert "数据" in out and "files" in out
