@@ -32,13 +32,17 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "cli.md"
 
 
+TREE = ROOT
+"""The source tree whose ``mlvc`` is timed (``--tree``)."""
+
+
 def _env(cache: Path) -> dict[str, str]:
     # Bytecode is cached (in the temporary directory) as an installed package's would be: a
     # PYTHONDONTWRITEBYTECODE environment would otherwise compile mlvc from source every run.
     env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
     return {
         **env,
-        "PYTHONPATH": str(ROOT),
+        "PYTHONPATH": str(TREE),
         "MLVC_CACHE_DIR": str(cache),
         "PYTHONPYCACHEPREFIX": str(cache.parent / "pycache"),
     }
@@ -121,7 +125,12 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=15)
     ap.add_argument("--profile", action="store_true")
     ap.add_argument("--no-write", action="store_true", help="print only")
+    ap.add_argument("--tree", type=Path, help="time this checkout of mlvc instead (print only)")
     args = ap.parse_args()
+    global TREE
+    if args.tree is not None:
+        TREE = args.tree.resolve()
+        args.no_write = True
     with tempfile.TemporaryDirectory(prefix="mlvc-bench-cli-") as tmp:
         d = Path(tmp)
         make_project(d)
@@ -132,7 +141,7 @@ def main() -> None:
     lines = [
         "# CLI start-up",
         "",
-        f"`python benchmarks/bench_cli.py --reps {args.reps}` on {platform.node()} "
+        f"`python benchmarks/bench_cli.py --reps {args.reps}` ({TREE}) on {platform.node()} "
         f"({os.cpu_count()} CPUs, Python {platform.python_version()}), "
         f"{time.strftime('%Y-%m-%d')}, load average {os.getloadavg()[0]:.1f} at the end; "
         f"medians of {args.reps} interleaved runs. Wall clock, and CPU time (user + system: "
