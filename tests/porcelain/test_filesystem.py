@@ -250,3 +250,34 @@ def test_forked_child_reopens(project: tuple[Path, Repository]) -> None:
     ctx = multiprocessing.get_context("fork")
     with ctx.Pool(1) as pool:
         assert pool.apply(fs.cat, ("main/data/sub/b.txt",)) == b"hello"
+
+
+def test_experiment_ids_and_selectors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import pickle
+
+    import mlvc
+
+    monkeypatch.chdir(tmp_path)
+    code = tmp_path / "code"
+    code.mkdir()
+    (code / "train.py").write_text("pass\n")
+    repo_url = str(tmp_path / "repo")
+    with mlvc.track(
+        path=code, repository=repo_url, strict=True, primary_metric=("loss", "minimize")
+    ) as run:
+        for step, loss in enumerate([0.5, 0.1, 0.3]):
+            (code / "model.bin").write_bytes(f"weights {step}".encode())
+            run.checkpoint(path=code / "model.bin", step=step, metrics={"loss": loss})
+    exp = str(run.id)[:10]
+    fs = MlvcFileSystem(repo=repo_url)
+    assert fs.cat(f"{exp}@best/model.bin") == b"weights 1"
+    assert fs.cat(f"{exp}@latest/model.bin") == b"weights 2"
+    assert fs.cat(f"{exp}@step=0/model.bin") == b"weights 0"
+    assert fs.cat(f"{exp}/train.py") == b"pass\n"
+    with fsspec.open(f"mlvc://{exp}@best/model.bin", repo=repo_url) as f:
+        assert f.read() == b"weights 1"
+    # DataLoader workers get the filesystem pickled (spawn) or forked.
+    clone = pickle.loads(pickle.dumps(fs))
+    assert clone.cat(f"{exp}@best/model.bin") == b"weights 1"
+    with pytest.raises(FileNotFoundError):
+        fs.cat(f"{exp}@step=9/model.bin")
