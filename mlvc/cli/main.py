@@ -284,7 +284,12 @@ def _fast_params(command: Any) -> None:
     """
     for sub in getattr(command, "commands", {}).values():
         _fast_params(sub)
-    if _FastParam is None or getattr(command, "_mlvc_fast", False):
+    if getattr(command, "_mlvc_fast", False):
+        return
+    for param in getattr(command, "params", []):
+        _plain_metavar(param)
+    if _FastParam is None:
+        command._mlvc_fast = True  # noqa: SLF001
         return
     for param in getattr(command, "params", []):
         _fast_param(param)
@@ -299,6 +304,28 @@ def _fast_params(command: Any) -> None:
 
         command.get_help_option = get_help_option
     command._mlvc_fast = True  # noqa: SLF001
+
+
+_METAVARS = {str: "TEXT", int: "INTEGER", float: "FLOAT", Path: "PATH"}
+
+
+def _plain_metavar(param: Any) -> None:
+    """Name a value in help as Click does (``ID``, ``PATHS...``, ``--limit INTEGER``).
+
+    Typer 0.29 shows ``{id_}`` and ``<list[str]>``; an author's own ``metavar`` is kept.
+    """
+    if getattr(param, "metavar", None) is not None or getattr(param, "is_flag", False):
+        return
+    if getattr(param, "param_type_name", "") == "argument":
+        param.metavar = (param.name or "value").strip("_").upper()
+        return
+    desc = getattr(param, "type_descriptor", None)
+    annotation = getattr(desc, "annotation", None)
+    if getattr(annotation, "__origin__", None) is list:
+        (annotation,) = getattr(annotation, "__args__", (None,))
+    name = _METAVARS.get(annotation)
+    if name is not None:
+        param.metavar = name
 
 
 def _fast_param(param: Any) -> None:
@@ -465,6 +492,7 @@ def _root(
         typer.Option(
             "--repo",
             "-R",
+            metavar="URL",
             help="Repository URL or path (default: mlvc.toml, then MLVC_REPOSITORY, then ./.mlvc).",
             show_default=False,
         ),
