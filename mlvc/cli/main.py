@@ -306,7 +306,7 @@ def _fast_params(command: Any) -> None:
     command._mlvc_fast = True  # noqa: SLF001
 
 
-_METAVARS = {str: "TEXT", int: "INTEGER", float: "FLOAT", Path: "PATH"}
+_METAVARS: dict[type, str] = {str: "TEXT", int: "INTEGER", float: "FLOAT", Path: "PATH"}
 
 
 def _plain_metavar(param: Any) -> None:
@@ -320,10 +320,10 @@ def _plain_metavar(param: Any) -> None:
         param.metavar = (param.name or "value").strip("_").upper()
         return
     desc = getattr(param, "type_descriptor", None)
-    annotation = getattr(desc, "annotation", None)
+    annotation: Any = getattr(desc, "annotation", None)
     if getattr(annotation, "__origin__", None) is list:
         (annotation,) = getattr(annotation, "__args__", (None,))
-    name = _METAVARS.get(annotation)
+    name = _METAVARS.get(annotation) if isinstance(annotation, type) else None
     if name is not None:
         param.metavar = name
 
