@@ -150,6 +150,8 @@ def test_remotes_push_pull_default_to_origin(cli: Cli, project: Path, write: Wri
     cli("remote", "remove", "backup")
     cli("remote", "remove", "backup", code=2)
     cli("remote", "add", "bad/name", "x", code=2)
+    err = cli("remote", "add", "web", "https://user:pw@host/repo", code=2).stderr
+    assert "credentials" in err and "pw" not in (project / "mlvc.toml").read_text()
     assert [r["name"] for r in cli.json("remote", "list")] == ["origin"]
 
 
