@@ -281,3 +281,21 @@ def test_experiment_ids_and_selectors(tmp_path: Path, monkeypatch: pytest.Monkey
     assert clone.cat(f"{exp}@best/model.bin") == b"weights 1"
     with pytest.raises(FileNotFoundError):
         fs.cat(f"{exp}@step=9/model.bin")
+
+
+def test_repository_on_s3_from_storage_options(
+    tmp_path: Path, s3_repo_url: tuple[str, dict[str, object]]
+) -> None:
+    url, options = s3_repo_url
+    blob = np.random.default_rng(2).bytes(3 << 20)
+    src = tmp_path / "src"
+    (src / "d").mkdir(parents=True)
+    (src / "d" / "blob.bin").write_bytes(blob)
+    with Repository.init(url, **options) as repo:
+        repo.commit(src, "on s3")
+    with fsspec.open("mlvc://main/d/blob.bin", repo=url, repo_options=options) as f:
+        f.seek(1_000_000)
+        assert f.read(50_000) == blob[1_000_000:1_050_000]
+    fs = fsspec.filesystem("mlvc", repo=url, repo_options=options)
+    assert fs.find("main") == ["main/d/blob.bin"]
+    assert fs.cat_file("main/d/blob.bin", -100) == blob[-100:]
