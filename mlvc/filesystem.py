@@ -38,7 +38,7 @@ from typing import Any
 from fsspec.spec import AbstractBufferedFile, AbstractFileSystem
 
 from mlvc.errors import ReadOnlyError
-from mlvc_core.errors import MlvcError, ObjectNotFound
+from mlvc_core.errors import InvalidRefName, ObjectNotFound, RefNotFound, UsageError
 from mlvc_core.ids import ObjectId, is_hex_prefix, to_hex
 from mlvc_core.objects import Manifest, TreeEntry
 from mlvc_core.refs import KINDS
@@ -156,14 +156,8 @@ class MlvcFileSystem(AbstractFileSystem):  # type: ignore[misc]  # fsspec is unt
 
         try:
             commit_id = resolve(self.repo, ref).commit_id
-        except (ObjectNotFound, KeyError) as exc:
-            raise FileNotFoundError(f"{PROTOCOL}://{ref}: no such commit, tag, branch or id") from (
-                exc
-            )
-        except MlvcError as exc:
-            if type(exc).__name__ in ("RefNotFound", "InvalidRefName", "UsageError"):
-                raise FileNotFoundError(f"{PROTOCOL}://{ref}: {exc}") from exc
-            raise
+        except (ObjectNotFound, RefNotFound, InvalidRefName, UsageError) as exc:
+            raise FileNotFoundError(f"{PROTOCOL}://{ref}: {exc}") from exc
         fixed = len(ref) == 64 and is_hex_prefix(ref)
         with self._lock:
             self._refs[ref] = (float("inf") if fixed else now, commit_id)
@@ -208,15 +202,12 @@ class MlvcFileSystem(AbstractFileSystem):  # type: ignore[misc]  # fsspec is unt
     # ------------------------------------------------------------------ the read contract
 
     def _root_listing(self) -> list[dict[str, Any]]:
-        out: list[dict[str, Any]] = []
-        for ref in self.repo.refs.list():
-            kind, _, name = ref.name.partition("/")
-            if kind in ("tags", "heads"):
-                out.append(
-                    {"name": name, "size": 0, "type": "directory", "commit": to_hex(ref.target)}
-                )
-        unique = {d["name"]: d for d in out}
-        return [unique[k] for k in sorted(unique)]
+        names = {
+            name.partition("/")[2]
+            for kind in ("tags", "heads")
+            for name, _info in self.repo.refs.list_keys(kind)
+        }
+        return [{"name": n, "size": 0, "type": "directory"} for n in sorted(names)]
 
     def _details(self, name: str, entry: TreeEntry | None, commit_id: ObjectId) -> dict[str, Any]:
         if entry is None:
