@@ -13,9 +13,30 @@ import typer
 from mlvc.cli import _output
 from mlvc.cli._options import JsonOpt, state
 
+
+def complete_keys(incomplete: str) -> list[tuple[str, str]]:
+    """Shell completion of a setting: the documented keys and those set in mlvc.toml."""
+    from mlvc.project_config import KEYS, key_of, list_values
+
+    try:
+        present = list(list_values())
+    except Exception:  # noqa: BLE001 - completion must never fail loudly
+        present = []
+    names = [k.name for k in KEYS if "*" not in k.name] + present
+    out: dict[str, str] = {}
+    for name in names:
+        if name.startswith(incomplete):
+            out.setdefault(name, key_of(name).help.split(";")[0].split(":")[0])
+    return list(out.items())
+
+
 KeyArg = Annotated[
     str,
-    typer.Argument(help="A dotted key, e.g. snapshot.max_file_size.", show_default=False),
+    typer.Argument(
+        help="A dotted key, e.g. snapshot.max_file_size.",
+        show_default=False,
+        autocompletion=complete_keys,
+    ),
 ]
 
 config_app = typer.Typer(

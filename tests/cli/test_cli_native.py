@@ -176,6 +176,9 @@ def test_config_get_set_list_unset(cli: Cli, project: Path) -> None:
     assert "unknown setting" in err and "snapshot.max_file_size" in err
     cli("config", "set", "repository.storage_options.aws_secret_access_key", "x", code=2)
     cli("config", "set", "snapshot.max_file_size", "lots", code=2)
+    offered = _complete(project, "mlvc config get ", {"MLVC_CACHE_DIR": str(project / "c")})
+    assert {"repository.url", "snapshot.max_file_size"} <= set(offered)
+    assert "repository.storage_options.endpoint_url" in offered
     cli("config", "unset", "repository.storage_options.endpoint_url")
     assert "storage_options" not in (project / "mlvc.toml").read_text()
     # The repository still opens from the rewritten file.
