@@ -33,6 +33,7 @@ import posixpath
 import threading
 import time
 from collections import OrderedDict
+from concurrent.futures import Future
 from typing import Any
 
 from fsspec.spec import AbstractBufferedFile, AbstractFileSystem
@@ -340,7 +341,8 @@ class ChunkRangeReader:
     pack: one request each, see :meth:`Repository.chunk_runs`); decoded chunks are kept, up
     to :data:`_FILE_CACHE_BYTES`, so small reads near each other cost nothing more. A read
     that continues where the previous one ended is treated as streaming: it also fetches the
-    rest of the run it starts in.
+    rest of the run it starts in, and the next run is read on a worker thread meanwhile (on a
+    bucket, reading front to back costs one round trip per run, overlapped with the reader).
     """
 
     def __init__(self, repo: Repository, manifest: Manifest) -> None:
@@ -356,6 +358,7 @@ class ChunkRangeReader:
         self._cached = 0
         self._last_end = -1
         self._lock = threading.Lock()
+        self._ahead: tuple[int, Future[list[bytes]]] | None = None
 
     def _index(self, pos: int) -> int:
         return bisect.bisect_right(self._starts, pos) - 1
@@ -369,6 +372,10 @@ class ChunkRangeReader:
             _, old = self._cache.popitem(last=False)
             self._cached -= len(old)
 
+    def _read_run_at(self, i: int) -> list[bytes]:
+        run = next(self.repo.chunk_runs(self._ids[k] for k in range(i, len(self._ids))))
+        return self.repo.read_run(run)
+
     def _fetch(self, first: int, last: int, stream: bool) -> dict[int, bytes]:
         got: dict[int, bytes] = {}
         i = first
@@ -377,6 +384,14 @@ class ChunkRangeReader:
                 self._cache.move_to_end(i)
                 got[i] = self._cache[i]
                 i += 1
+                continue
+            if self._ahead is not None and self._ahead[0] == i:
+                chunks = self._ahead[1].result()
+                self._ahead = None
+                for k, data in enumerate(chunks, start=i):
+                    got[k] = data
+                    self._keep(k, data)
+                i += len(chunks)
                 continue
             j = i
             while j + 1 <= last and j + 1 not in self._cache:
@@ -391,6 +406,10 @@ class ChunkRangeReader:
                 if i > j:
                     break
             i = max(i, j + 1)
+        nxt = max(got) + 1
+        if stream and nxt < len(self._ids) and nxt not in self._cache:
+            if self._ahead is None or self._ahead[0] != nxt:
+                self._ahead = (nxt, self.repo.pool.submit(self._read_run_at, nxt))
         return got
 
     def read(self, start: int, end: int) -> bytes:

@@ -118,6 +118,9 @@ def test_ranges_and_seek(tmp_path: Path) -> None:
         assert f.read() == blob[-50:]
         f.seek(0)
         assert f.read() == blob
+    with fs.open("main/blob.bin", block_size=1 << 16) as f:  # streaming: runs read ahead
+        pieces = iter(lambda: f.read(100_000), b"")
+        assert b"".join(pieces) == blob
 
 
 def test_writes_are_refused_clearly(project: tuple[Path, Repository]) -> None:
