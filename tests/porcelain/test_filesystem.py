@@ -99,7 +99,7 @@ def test_listing_info_glob_find_walk_du(project: tuple[Path, Repository]) -> Non
 
 def test_ranges_and_seek(tmp_path: Path) -> None:
     rng = np.random.default_rng(1)
-    blob = rng.bytes(3 << 20)  # several chunks
+    blob = rng.bytes(9 << 20)  # several runs of chunks
     src = tmp_path / "src"
     src.mkdir()
     (src / "blob.bin").write_bytes(blob)
