@@ -257,11 +257,11 @@ def _load_module(module_name: str) -> dict[str, Any]:
     sub = typer.Typer(rich_markup_mode=None)
     module.register(sub)
     for info in sub.registered_commands:
-        doc = info.help or inspect.getdoc(info.callback) or ""
+        doc = (inspect.getdoc(info.callback) if info.callback else info.help) or ""
         info.help = _example_block(doc)
     for group in sub.registered_groups:
         for info in group.typer_instance.registered_commands if group.typer_instance else []:
-            doc = info.help or inspect.getdoc(info.callback) or ""
+            doc = (inspect.getdoc(info.callback) if info.callback else info.help) or ""
             info.help = _example_block(doc)
     commands = dict(typer.main.get_group(sub).commands)
     for command in commands.values():

@@ -382,3 +382,10 @@ def test_tables_align_without_rich_and_fall_back_for_wide_text(
     _output.table(["name"], [["数据"]], title="files")
     out = capsys.readouterr().out
     assert "数据" in out and "files" in out
+
+
+def test_help_is_the_same_on_every_invocation(project: Path) -> None:
+    cli = Cli(project)
+    first = cli("config", "set", "--help").stdout
+    assert cli("config", "set", "--help").stdout == first
+    assert "\n\n\n" not in first
