@@ -47,6 +47,7 @@ EXIT_BROKEN_PIPE = 141
 # Typer releases vendor Click, so find Click's exception base through Typer, not ``import click``.
 _CLICK_EXCEPTION = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
 _PASS_THROUGH: tuple[type[BaseException], ...] = (typer.Exit, typer.Abort, _CLICK_EXCEPTION)
+_USAGE_ERROR: Any = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")
 
 _STORAGE_HINT = (
     "hint: check that the repository location is reachable and writable; for S3 and GCS, "
@@ -423,6 +424,20 @@ class MlvcGroup(TyperGroup):
         if cmd_name not in self.commands and cmd_name in COMMAND_TABLE:
             self.commands.update(_load_module(COMMAND_TABLE[cmd_name][0]))
         return self.commands.get(cmd_name)
+
+    def resolve_command(self, ctx: Any, args: list[str]) -> Any:
+        """Find the command ``args`` name; suggest close names for a typo."""
+        try:
+            return super().resolve_command(ctx, args)
+        except _USAGE_ERROR as exc:
+            if args and "Did you mean" not in exc.message:
+                import difflib
+
+                matches = difflib.get_close_matches(args[0], self.list_commands(ctx))
+                if matches:
+                    suggestions = ", ".join(repr(m) for m in matches)
+                    exc.message = f"{exc.message.rstrip('.')}. Did you mean {suggestions}?"
+            raise
 
     def format_commands(self, ctx: Any, formatter: Any) -> None:
         """List commands with their one-line help, without importing any of them."""

@@ -389,3 +389,8 @@ def test_help_is_the_same_on_every_invocation(project: Path) -> None:
     first = cli("config", "set", "--help").stdout
     assert cli("config", "set", "--help").stdout == first
     assert "\n\n\n" not in first
+
+
+def test_a_mistyped_command_gets_suggestions(project: Path) -> None:
+    err = Cli(project)("chekout", code=2).output
+    assert "No such command 'chekout'. Did you mean 'checkout'?" in err
