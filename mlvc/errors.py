@@ -39,6 +39,7 @@ __all__ = [
     "NotARepository",
     "ObjectNotFound",
     "PreconditionFailed",
+    "ReadOnlyError",
     "RefConflict",
     "RefError",
     "RefNotFound",
@@ -65,3 +66,7 @@ class TrackingError(MlvcError):
     def __init__(self, what: str, cause: BaseException) -> None:
         self.what = what
         super().__init__(f"mlvc could not record {what}: {type(cause).__name__}: {cause}")
+
+
+class ReadOnlyError(MlvcError, PermissionError):
+    """A write through a read-only view (``mlvc://``): snapshots never change."""

@@ -10,7 +10,12 @@ re-included.
 
 Always skipped, whatever the rules say: version-control and tool directories (``.git``,
 ``.mlvc``, ``__pycache__``...), virtual environments (any directory holding ``pyvenv.cfg`` or
-``conda-meta``), and the extra paths the caller names (the repository, caches, staging).
+``conda-meta``), mlvc repositories whatever their name (a directory whose ``config`` says
+``"format": "mlvc"``), directories ``mlvc checkout`` created (they hold a
+:data:`CHECKOUT_MARKER` file), and the extra paths the caller names (the repository, caches,
+staging).
+
+:func:`ensure_git_ignores` adds mlvc's own directories to a git project's ``.gitignore``.
 """
 
 from __future__ import annotations
@@ -42,8 +47,20 @@ ALWAYS_SKIP = frozenset(
 """Names skipped at any depth."""
 
 RULE_FILES = (".gitignore", ".mlvcignore")
+CHECKOUT_MARKER = ".mlvc-checkout"
+"""File ``mlvc checkout`` leaves in a directory it created: code snapshots skip that directory."""
+_REPO_CONFIG_MAX = 64 << 10
 
-__all__ = ["ALWAYS_SKIP", "IgnoreMatcher", "Rule", "parse_rules"]
+__all__ = [
+    "ALWAYS_SKIP",
+    "CHECKOUT_MARKER",
+    "IgnoreMatcher",
+    "Rule",
+    "ensure_git_ignores",
+    "is_repository",
+    "mark_checkout",
+    "parse_rules",
+]
 
 
 @dataclass(frozen=True)
@@ -133,6 +150,78 @@ def _is_venv(path: Path) -> bool:
     return (path / "pyvenv.cfg").is_file() or (path / "conda-meta").is_dir()
 
 
+def is_repository(path: str | os.PathLike[str]) -> bool:
+    """True if ``path`` is a local mlvc repository (its ``config`` says ``"format": "mlvc"``)."""
+    import json
+
+    config = Path(path) / "config"
+    try:
+        if not config.is_file() or config.stat().st_size > _REPO_CONFIG_MAX:
+            return False
+        doc = json.loads(config.read_bytes())
+    except (OSError, ValueError):
+        return False
+    return isinstance(doc, dict) and doc.get("format") == "mlvc"
+
+
+def _is_mlvc_dir(path: Path) -> bool:
+    return (path / CHECKOUT_MARKER).is_file() or is_repository(path)
+
+
+def mark_checkout(directory: str | os.PathLike[str], source: str) -> None:
+    """Mark ``directory`` as written by ``mlvc checkout`` (code snapshots then leave it out).
+
+    Args:
+        directory: A directory the checkout created.
+        source: What was checked out (a commit id), recorded for people reading the marker.
+    """
+    marker = Path(directory) / CHECKOUT_MARKER
+    marker.write_text(
+        "# Written by `mlvc checkout`: mlvc's code snapshots leave this directory out.\n"
+        f"# Delete this file to include it.\nsource = {source}\n"
+    )
+
+
+def _git_root(start: Path) -> Path | None:
+    for d in (start, *start.parents):
+        if (d / ".git").exists():
+            return d
+    return None
+
+
+def ensure_git_ignores(project_dir: str | os.PathLike[str], path: str | os.PathLike[str]) -> bool:
+    """In a git project, add ``path`` (a directory of mlvc's) to ``project_dir/.gitignore``.
+
+    Nothing happens outside a git work tree, for a path outside ``project_dir``, or when a
+    line of that ``.gitignore`` already names it.
+
+    Returns:
+        True if a line was added.
+    """
+    project = Path(project_dir).absolute()
+    if _git_root(project) is None:
+        return False
+    try:
+        rel = Path(os.path.realpath(path)).relative_to(os.path.realpath(project)).as_posix()
+    except ValueError:
+        return False
+    if rel in ("", "."):
+        return False
+    line = f"/{rel}/"
+    gitignore = project / ".gitignore"
+    try:
+        text = gitignore.read_text()
+    except FileNotFoundError:
+        text = ""
+    names = {entry.strip().strip("/") for entry in text.splitlines()}
+    if rel in names:
+        return False
+    prefix = "" if not text or text.endswith("\n") else "\n"
+    with open(gitignore, "a") as f:
+        f.write(f"{prefix}{line}\n")
+    return True
+
+
 class IgnoreMatcher:
     """An exclude predicate over ``/``-separated paths relative to ``root``.
 
@@ -212,6 +301,6 @@ class IgnoreMatcher:
                     continue
                 if rule.regex.match(sub):
                     result = not rule.negate
-        if not result and isdir() and _is_venv(path):
+        if not result and isdir() and (_is_venv(path) or _is_mlvc_dir(path)):
             return True
         return result

@@ -389,7 +389,7 @@ class Run:
         storage_options: dict[str, Any] | None = None,
         max_pending: int = 2,
         heartbeat_interval: float = DEFAULT_HEARTBEAT,
-        max_code_file_size: int = MAX_CODE_FILE_SIZE,
+        max_code_file_size: int | None = None,
         max_code_files: int = MAX_CODE_FILES,
     ) -> None:
         """Start a run; see :func:`track` for the arguments."""
@@ -811,12 +811,26 @@ class Run:
             self._do_start()
             self._start_error = None
 
+    def _code_size_limit(self) -> int:
+        """Bytes above which a file stays out of the code snapshot (0: no limit)."""
+        if self._max_code_file_size is not None:
+            return self._max_code_file_size
+        from mlvc.project_config import get_value
+
+        assert self._settings is not None
+        try:
+            return int(get_value("snapshot.max_file_size", self._settings.project_dir))
+        except (MlvcError, TypeError, ValueError) as exc:
+            log.warning("mlvc: snapshot.max_file_size unreadable (%s); using 64 MiB", exc)
+            return MAX_CODE_FILE_SIZE
+
     def _code_snapshot(self, session: WriteSession) -> ObjectId:
         assert self._settings is not None and self._repo is not None
         skip: list[PathArg] = [self._settings.cache_dir]
         if self._repo.store.is_local:
             skip.append(self._repo.url)
         matcher = IgnoreMatcher(self._code_dir, skip_paths=skip)
+        limit = self._code_size_limit()
         too_big: list[str] = []
         counted = [0]
         root = self._code_dir
@@ -830,7 +844,7 @@ class Run:
                 return True
             if not stat_mod.S_ISREG(st.st_mode):
                 return False
-            if st.st_size > self._max_code_file_size:
+            if limit and st.st_size > limit:
                 too_big.append(rel)
                 return True
             counted[0] += 1
@@ -844,11 +858,12 @@ class Run:
                 cache.close()
         if too_big:
             log.warning(
-                "mlvc: code snapshot left out %d file(s) over %d MiB (add them to .mlvcignore, or "
-                "checkpoint them explicitly): %s",
+                "mlvc: code snapshot left out %d file(s) over %s (snapshot.max_file_size; add "
+                "them to .mlvcignore, or checkpoint them explicitly): %s%s",
                 len(too_big),
-                self._max_code_file_size >> 20,
+                f"{limit / (1 << 20):g} MiB",
                 ", ".join(too_big[:10]),
+                f" and {len(too_big) - 10} more" if len(too_big) > 10 else "",
             )
         if counted[0] > self._max_code_files:
             log.warning(
@@ -1212,7 +1227,7 @@ def track(
     storage_options: dict[str, Any] | None = None,
     max_pending: int = 2,
     heartbeat_interval: float = DEFAULT_HEARTBEAT,
-    max_code_file_size: int = MAX_CODE_FILE_SIZE,
+    max_code_file_size: int | None = None,
     max_code_files: int = MAX_CODE_FILES,
 ) -> Run:
     """Start tracking a training run; use as a context manager (or call ``close()``).
@@ -1232,7 +1247,9 @@ def track(
         max_pending: Checkpoints that may wait for the background thread before
             ``checkpoint()`` blocks.
         heartbeat_interval: Seconds between heartbeats.
-        max_code_file_size: Larger files are left out of the code snapshot.
+        max_code_file_size: Larger files are left out of the code snapshot (bytes; 0 for no
+            limit). Default: the project's ``snapshot.max_file_size`` (``mlvc config``), else
+            64 MiB.
         max_code_files: The code snapshot stops after this many files.
 
     Returns:
@@ -1274,7 +1291,7 @@ def init(
     storage_options: dict[str, Any] | None = None,
     max_pending: int = 2,
     heartbeat_interval: float = DEFAULT_HEARTBEAT,
-    max_code_file_size: int = MAX_CODE_FILE_SIZE,
+    max_code_file_size: int | None = None,
     max_code_files: int = MAX_CODE_FILES,
 ) -> Run:
     """Start tracking without a ``with`` block; arguments as for :func:`track`.

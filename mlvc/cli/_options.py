@@ -64,6 +64,59 @@ def state(ctx: typer.Context) -> CliState:
     return obj
 
 
+def complete_ids(ctx: typer.Context, incomplete: str) -> list[tuple[str, str]]:
+    """Shell completion of an id: tags, branches and experiment ids (``EXP@best``...).
+
+    Reads only ref names (a listing per kind, no object), so it answers at once; a repository
+    that cannot be reached completes nothing rather than printing an error into the shell.
+    """
+    if "@" in incomplete:
+        base, _, sel = incomplete.rpartition("@")
+        return [(f"{base}@{s}", h) for s, h in _SELECTORS if s.startswith(sel)]
+    try:
+        from mlvc.settings import load_settings
+        from mlvc_core.refs import RefStore
+        from mlvc_core.storage import open_store
+
+        root = ctx.find_root()
+        settings = load_settings(repository=root.params.get("repo"))
+        store = open_store(settings.repository_url, **settings.storage_options)
+        try:
+            names = [name for name, _info in RefStore(store).list_keys()]
+        finally:
+            store.close()
+    except Exception:  # noqa: BLE001 - completion must never fail loudly
+        return []
+    out: list[tuple[str, str]] = []
+    for name in sorted(names):
+        kind, _, short = name.partition("/")
+        if kind == "experiments":
+            short = short[: max(_SHORT, len(incomplete))]
+        if short.startswith(incomplete):
+            out.append((short, _KIND_HELP.get(kind, kind)))
+    return out
+
+
+_SHORT = 12
+_KIND_HELP = {"tags": "tag", "heads": "branch", "experiments": "experiment"}
+_SELECTORS = (
+    ("best", "best checkpoint by the primary metric"),
+    ("latest", "newest checkpoint"),
+    ("step=", "the checkpoint of one step"),
+)
+
+
+def complete_remotes(incomplete: str) -> list[tuple[str, str]]:
+    """Shell completion of a remote: the names in ``mlvc.toml``, with their URLs."""
+    try:
+        from mlvc.project_config import remotes
+
+        known = remotes()
+    except Exception:  # noqa: BLE001 - completion must never fail loudly
+        return []
+    return [(n, u) for n, u in known.items() if n.startswith(incomplete)]
+
+
 JsonOpt = Annotated[
     bool, typer.Option("--json", help="Print JSON (stable keys, full ids) for scripts.")
 ]
@@ -74,5 +127,6 @@ IdArg = Annotated[
         help="An experiment, checkpoint or commit id (7+ hex digits), exp@latest / exp@best / "
         "exp@STEP, a tag or a branch.",
         show_default=False,
+        autocompletion=complete_ids,
     ),
 ]

@@ -20,11 +20,10 @@ import math
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from rich.console import Console
-from rich.markup import escape
-from rich.table import Table
+if TYPE_CHECKING:  # rich costs ~50 ms to import: only commands that draw tables pay for it
+    from rich.console import Console
 
 SHORT_LEN = 12
 """Hex digits of an id shown to people."""
@@ -35,6 +34,8 @@ _NON_TTY_WIDTH = 200
 
 def _console(stderr: bool = False) -> Console:
     """A console over the *current* ``sys.stdout``/``sys.stderr`` (test runners swap them)."""
+    from rich.console import Console
+
     stream = sys.stderr if stderr else sys.stdout
     tty = stream.isatty()
     return Console(
@@ -176,7 +177,10 @@ def table(
     title: str | None = None,
     right: Sequence[str] = (),
 ) -> None:
-    """Print a table on stdout.
+    """Print a table on stdout: columns aligned, two spaces apart, header bold on a terminal.
+
+    Plain text is written directly; rich (slower to import) draws the table only when it must
+    fold cells to fit a terminal, or for text whose display width is not its length.
 
     Args:
         columns: Header names.
@@ -184,12 +188,71 @@ def table(
         title: Optional caption above the table.
         right: Columns to right-align (numbers, sizes).
     """
+    cells = [[str(c) for c in columns], *([str(x) for x in r] for r in rows)]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
+    tty = sys.stdout.isatty()
+    fits = sum(widths) + 2 * (len(widths) - 1) <= (_terminal_width() if tty else _NON_TTY_WIDTH)
+    if not fits or not all(cell.isascii() and cell.isprintable() for row in cells for cell in row):
+        _rich_table(columns, rows, title, right)
+        return
+    lines = [title] if title else []
+    for n, row in enumerate(cells):
+        padded = [
+            cell.rjust(w) if columns[i] in right else cell.ljust(w)
+            for i, (cell, w) in enumerate(zip(row, widths, strict=True))
+        ]
+        line = "  ".join(padded).rstrip()
+        lines.append(f"\x1b[1m{line}\x1b[0m" if n == 0 and tty else line)
+    sys.stdout.write("\n".join(lines) + "\n")
+
+
+def _terminal_width() -> int:
+    import shutil
+
+    return shutil.get_terminal_size().columns
+
+
+def _rich_table(
+    columns: Sequence[str], rows: Sequence[Sequence[Any]], title: str | None, right: Sequence[str]
+) -> None:
+    from rich.markup import escape
+    from rich.table import Table
+
     t = Table(title=title, box=None, show_edge=False, pad_edge=False, header_style="bold")
     for c in columns:
         t.add_column(c, justify="right" if c in right else "left", overflow="fold")
     for r in rows:
         t.add_row(*(escape(str(x)) for x in r))
     _console().print(t)
+
+
+_DIFF_COLOURS = (("+++", "1"), ("---", "1"), ("@@", "36"), ("+", "32"), ("-", "31"))
+"""Line prefix -> ANSI SGR code, first match wins (as ``git diff`` colours them)."""
+
+
+def colour_wanted(stream: Any = None) -> bool:
+    """True if ``stream`` (default stdout) is a terminal and ``NO_COLOR`` is not set."""
+    import os
+
+    stream = stream if stream is not None else sys.stdout
+    return bool(getattr(stream, "isatty", lambda: False)()) and not os.environ.get("NO_COLOR")
+
+
+def diff_lines(lines: Sequence[str], colour: bool | None = None) -> None:
+    """Print unified-diff lines on stdout, coloured like ``git diff`` on a terminal.
+
+    Args:
+        lines: Lines without line ends.
+        colour: Force colour on or off (default: only when stdout is a terminal).
+    """
+    colour = colour_wanted() if colour is None else colour
+    write = sys.stdout.write
+    for line in lines:
+        code = next((c for prefix, c in _DIFF_COLOURS if line.startswith(prefix)), None)
+        if colour and code is not None:
+            write(f"\x1b[{code}m{line}\x1b[0m\n")
+        else:
+            write(line + "\n")
 
 
 def kv(pairs: Sequence[tuple[str, Any]], title: str | None = None) -> None:

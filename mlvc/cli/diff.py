@@ -1,8 +1,8 @@
-"""``mlvc diff``: params, metrics, environment and files between two ids."""
+"""``mlvc diff``: params, metrics, environment and files between two ids (``--code``: lines)."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 import typer
 
@@ -42,19 +42,34 @@ def diff(
     ctx: typer.Context,
     a: IdArg,
     b: IdArg,
+    code: Annotated[
+        bool,
+        typer.Option(
+            "--code",
+            "-c",
+            help="Show a unified diff of the changed text files and of the recorded git diffs "
+            "(binary and large files summarised).",
+        ),
+    ] = False,
     json_: JsonOpt = False,
 ) -> None:
     """Compare two experiments, checkpoints or commits.
 
     Shows params, metrics and environment entries (package versions, git commit...) that
-    differ, and files added, removed or changed with their sizes.
+    differ, and files added, removed or changed with their sizes. With --code, the changed
+    lines of text files instead (coloured on a terminal, plain when piped).
 
     Examples:
         mlvc diff 1a2b3c4d 5e6f7a8b
 
         mlvc diff 1a2b3c4d@best production --json
+
+        mlvc diff 1a2b3c4d 5e6f7a8b --code | less -R
     """
     st = state(ctx)
+    if code:
+        _code(st.repo(), a, b, json_)
+        return
     r = porcelain.diff(st.repo(), a, b)
     if json_:
         _output.print_json(r.to_dict())
@@ -83,6 +98,30 @@ def diff(
         )
     if same:
         _output.out("no differences")
+
+
+def _code(repo: Any, a: str, b: str, json_: bool) -> None:
+    from mlvc.porcelain.codediff import code_diff
+
+    r = code_diff(repo, a, b)
+    if json_:
+        _output.print_json(r.to_dict())
+        return
+    colour = _output.colour_wanted()
+    for f in r.files:
+        if f.kind == "text":
+            _output.diff_lines(f.lines, colour)
+            continue
+        what = "Binary files" if f.kind == "binary" else "Large files"
+        sides = (
+            "/dev/null" if f.old_size is None else f"a/{f.path}",
+            "/dev/null" if f.new_size is None else f"b/{f.path}",
+        )
+        _output.out(
+            f"{what} {sides[0]} and {sides[1]} differ ({_size_change(f.old_size, f.new_size)})"
+        )
+    if not r.files:
+        _output.note("no differences in files")
 
 
 def register(app: typer.Typer) -> None:

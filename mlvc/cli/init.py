@@ -72,8 +72,10 @@ def init(
 ) -> None:
     """Create a repository and write mlvc.toml naming it.
 
-    If a repository already exists there, the project is connected to it. Credentials come
-    from the environment (AWS_PROFILE, AWS_ENDPOINT_URL, GOOGLE_APPLICATION_CREDENTIALS).
+    If a repository already exists there, the project is connected to it. In a git project,
+    the repository (when it lies inside) and mlvc's staging directory are added to
+    .gitignore. Credentials come from the environment (AWS_PROFILE, AWS_ENDPOINT_URL,
+    GOOGLE_APPLICATION_CREDENTIALS).
 
     Examples:
         mlvc init
@@ -89,11 +91,33 @@ def init(
         compression_level=level,
         byte_planes=byte_planes,
     )
+    ignored = _git_ignore(result.url, result.config_path)
     if json_:
         _output.print_json(result.to_dict())
         return
+    if ignored:
+        _output.note(f"added {ignored} to .gitignore", st.quiet)
     verb = "created a repository" if result.created else "using the existing repository"
     _output.note(f"{verb} at {result.url}; wrote {result.config_path}", st.quiet)
+
+
+def _git_ignore(url: str, config_path: str) -> str | None:
+    """In a git project, keep the local repository and checkpoint staging out of git."""
+    import os
+    from pathlib import Path
+
+    from mlvc.ignore import ensure_git_ignores
+
+    project = Path(config_path).parent
+    added = []
+    if "://" not in url or url.startswith("file://"):
+        repo = Path(url.removeprefix("file://"))
+        repo = repo if repo.is_absolute() else project / repo
+        if ensure_git_ignores(project, repo):
+            added.append(os.path.relpath(repo, project) + "/")
+    if ensure_git_ignores(project, project / ".mlvc-staging"):
+        added.append(".mlvc-staging/")
+    return ", ".join(added) or None
 
 
 def register(app: typer.Typer) -> None:

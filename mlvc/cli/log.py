@@ -8,14 +8,18 @@ import typer
 
 from mlvc import porcelain
 from mlvc.cli import _output
-from mlvc.cli._options import JsonOpt, state
+from mlvc.cli._options import JsonOpt, complete_ids, state
 
 
 def log(
     ctx: typer.Context,
     ref: Annotated[
         str | None,
-        typer.Argument(help="A branch, experiment id, tag or commit id.", show_default="main"),
+        typer.Argument(
+            help="A branch, experiment id, tag or commit id.",
+            show_default="main",
+            autocompletion=complete_ids,
+        ),
     ] = None,
     limit: Annotated[
         int | None, typer.Option("--limit", "-n", help="Show at most N entries.", min=1)

@@ -28,8 +28,8 @@ from __future__ import annotations
 
 import os
 import sys
-import traceback
 from collections.abc import Callable
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -47,6 +47,7 @@ EXIT_BROKEN_PIPE = 141
 # Typer releases vendor Click, so find Click's exception base through Typer, not ``import click``.
 _CLICK_EXCEPTION = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
 _PASS_THROUGH: tuple[type[BaseException], ...] = (typer.Exit, typer.Abort, _CLICK_EXCEPTION)
+_USAGE_ERROR: Any = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")
 
 _STORAGE_HINT = (
     "hint: check that the repository location is reachable and writable; for S3 and GCS, "
@@ -175,6 +176,8 @@ def report(exc: BaseException, ctx: Any = None) -> int:
     """Print ``exc`` for people (traceback only when debugging); return the exit code."""
     message, code = classify(exc)
     if _debug_wanted(ctx):
+        import traceback
+
         traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
     _output.error(message)
     return code
@@ -189,8 +192,277 @@ def _silence_stdout() -> None:
         pass
 
 
+COMMAND_TABLE: dict[str, tuple[str, str]] = {
+    "init": ("init", "Create a repository and write mlvc.toml naming it."),
+    "commit": ("commit", "Snapshot files or directories as a commit; print its id."),
+    "log": ("log", "Show history, newest first."),
+    "ls": (
+        "ls",
+        "List experiments: id, created, status, user, host, params, latest step, best metric.",
+    ),
+    "ps": ("ls", "List running experiments (a live heartbeat in the last minute)."),
+    "show": (
+        "show",
+        "Show an experiment, checkpoint or commit: params, metrics, environment, files.",
+    ),
+    "diff": ("diff", "Compare two experiments, checkpoints or commits."),
+    "checkout": ("checkout", "Restore files; never overwrites existing files unless -f."),
+    "tag": ("tag", "Set, move, delete or list tags."),
+    "rm": ("rm", "Remove experiments or checkpoints from view; `mlvc gc --yes` frees their space."),
+    "gc": ("gc", "Find (and with --yes, free) data nothing reaches any more."),
+    "fsck": (
+        "fsck",
+        "Verify every pack, index and object, and that every ref reaches only stored data.",
+    ),
+    "stats": ("stats", "Show how much the repository holds and how much it stores."),
+    "upgrade": (
+        "upgrade",
+        "Upgrade the repository's format to this mlvc's version (also done on first write).",
+    ),
+    "push": ("remote", "Send refs and what they reach to a remote (default: origin)."),
+    "pull": ("remote", "Fetch refs and what they reach from a remote (default: origin)."),
+    "clone": ("remote", "Copy a repository into DIR/.mlvc; write DIR/mlvc.toml naming it."),
+    "remote": ("remotes", "Name other repositories: add, remove, list (stored in mlvc.toml)."),
+    "config": ("config", "Get, set or list the project's settings in mlvc.toml."),
+}
+"""Command name -> (module under ``mlvc.cli``, one-line help). A command's module is imported
+only when that command runs (or its own ``--help`` is asked for): ``mlvc --help`` and
+``mlvc --version`` import none, and ``mlvc ls`` imports only :mod:`mlvc.cli.ls`. The help
+lines here are those of the commands' docstrings (a test keeps them equal)."""
+
+
+def _example_block(doc: str) -> str:
+    """Keep an ``Examples:`` section's lines as written (Click would rewrap them into one)."""
+    lines = doc.splitlines()
+    out: list[str] = []
+    i = 0
+    while i < len(lines):
+        line = lines[i]
+        out.append(line)
+        i += 1
+        if line.strip() != "Examples:":
+            continue
+        examples: list[str] = []
+        while i < len(lines) and (not lines[i].strip() or lines[i].startswith((" ", "\t"))):
+            if lines[i].strip():
+                examples.append("  " + lines[i].strip())
+            i += 1
+        out += ["", "\b", *examples, ""]
+    return "\n".join(out).rstrip() + "\n"
+
+
+def _load_module(module_name: str) -> dict[str, Any]:
+    """Import ``mlvc.cli.<module_name>`` and build the Click commands it registers."""
+    import importlib
+    import inspect
+
+    import typer.main
+
+    module = importlib.import_module(f"mlvc.cli.{module_name}")
+    sub = typer.Typer(rich_markup_mode=None)
+    module.register(sub)
+    for info in sub.registered_commands:
+        doc = (inspect.getdoc(info.callback) if info.callback else info.help) or ""
+        info.help = _example_block(doc)
+    for group in sub.registered_groups:
+        for info in group.typer_instance.registered_commands if group.typer_instance else []:
+            doc = (inspect.getdoc(info.callback) if info.callback else info.help) or ""
+            info.help = _example_block(doc)
+    commands = dict(typer.main.get_group(sub).commands)
+    for command in commands.values():
+        _fast_params(command)
+    return commands
+
+
+_SIMPLE = {str: str, int: int, float: float, bool: None}
+
+
+def _fast_params(command: Any) -> None:
+    """Give a command's simple parameters a direct conversion instead of Typer's default.
+
+    Typer (0.23 on) converts every value through a pydantic ``TypeAdapter``: importing
+    pydantic and building adapters cost more than the rest of a small command's start-up.
+    Parameters of plain types (``str``, ``int`` with ``min``/``max``, ``float``, ``bool``,
+    ``Path`` without checks, and lists of those) are converted here the same way, with the
+    same messages; anything else keeps Typer's conversion. With a Typer that works
+    differently inside, this changes nothing.
+    """
+    for sub in getattr(command, "commands", {}).values():
+        _fast_params(sub)
+    if getattr(command, "_mlvc_fast", False):
+        return
+    for param in getattr(command, "params", []):
+        _plain_metavar(param)
+    if _FastParam is None:
+        command._mlvc_fast = True  # noqa: SLF001
+        return
+    for param in getattr(command, "params", []):
+        _fast_param(param)
+    make_help = getattr(command, "get_help_option", None)
+    if make_help is not None:  # built per invocation: convert it too
+
+        def get_help_option(ctx: Any) -> Any:
+            option = make_help(ctx)
+            if option is not None:
+                _fast_param(option)
+            return option
+
+        command.get_help_option = get_help_option
+    command._mlvc_fast = True  # noqa: SLF001
+
+
+_METAVARS: dict[type, str] = {str: "TEXT", int: "INTEGER", float: "FLOAT", Path: "PATH"}
+
+
+def _plain_metavar(param: Any) -> None:
+    """Name a value in help as Click does (``ID``, ``PATHS...``, ``--limit INTEGER``).
+
+    Typer 0.29 shows ``{id_}`` and ``<list[str]>``; an author's own ``metavar`` is kept.
+    """
+    if getattr(param, "metavar", None) is not None or getattr(param, "is_flag", False):
+        return
+    if getattr(param, "param_type_name", "") == "argument":
+        param.metavar = (param.name or "value").strip("_").upper()
+        return
+    desc = getattr(param, "type_descriptor", None)
+    annotation: Any = getattr(desc, "annotation", None)
+    if getattr(annotation, "__origin__", None) is list:
+        (annotation,) = getattr(annotation, "__args__", (None,))
+    name = _METAVARS.get(annotation) if isinstance(annotation, type) else None
+    if name is not None:
+        param.metavar = name
+
+
+def _fast_param(param: Any) -> None:
+    desc = getattr(param, "type_descriptor", None)
+    if desc is None or getattr(param, "_runtime_param", 0) is not None:
+        return
+    info = desc.parameter_info
+    if desc.file_annotation is not None or getattr(info, "clamp", False):
+        return
+    if any(
+        getattr(info, name, None)
+        for name in ("parser", "click_type", "exists", "resolve_path", "allow_dash")
+    ):
+        return
+    annotation = desc.annotation
+    item = annotation
+    if getattr(annotation, "__origin__", None) is list:
+        (item,) = getattr(annotation, "__args__", (None,))
+    if item in _SIMPLE or item is Path:
+        param._runtime_param = _FastParam(info, annotation, item)  # noqa: SLF001
+
+
+try:  # Typer's conversion contract (0.23 on); without it, Typer converts everything itself
+    from typer._coercion import RuntimeParam as _RuntimeParam
+except ImportError:  # pragma: no cover - older Typer: no pydantic, nothing to avoid
+    _FastParam: Any = None
+else:
+
+    class _FastParam(_RuntimeParam):  # type: ignore[no-redef]
+        """Conversion of one plain-typed parameter value (see :func:`_fast_params`)."""
+
+        item: Any
+
+        def __init__(self, info: Any, annotation: Any, item: Any) -> None:
+            object.__setattr__(self, "parameter_info", info)
+            object.__setattr__(self, "annotation", annotation)
+            object.__setattr__(self, "item", item)
+
+        def _one(self, value: Any, param: Any, ctx: Any) -> Any:
+            kind = self.item
+            if kind is Path:
+                return value if isinstance(value, Path) else Path(value)
+            if kind is str:
+                return value if isinstance(value, str) else str(value)
+            if kind is bool:
+                if isinstance(value, bool):
+                    return value
+                text = str(value).strip().lower()
+                if text in ("1", "true", "t", "yes", "y", "on"):
+                    return True
+                if text in ("0", "false", "f", "no", "n", "off"):
+                    return False
+                raise typer.BadParameter(f"{value!r} is not a valid boolean.", ctx, param)
+            try:
+                number = (
+                    kind(value) if not isinstance(value, kind) or isinstance(value, bool) else value
+                )
+            except (TypeError, ValueError):
+                noun = "integer" if kind is int else "float"
+                raise typer.BadParameter(f"{value!r} is not a valid {noun}.", ctx, param) from None
+            info = self.parameter_info
+            low, high = info.min, info.max
+            if (low is not None and number < low) or (high is not None and number > high):
+                bounds = " and ".join(
+                    b
+                    for b in (
+                        f"x>={low}" if low is not None else "",
+                        f"x<={high}" if high is not None else "",
+                    )
+                    if b
+                )
+                raise typer.BadParameter(f"{number} is not in the range {bounds}.", ctx, param)
+            return number
+
+        def _coerce_value(self, value: Any, param: Any, ctx: Any) -> Any:
+            if self.annotation is not self.item:  # a list
+                return [self._one(v, param, ctx) for v in value]
+            return self._one(value, param, ctx)
+
+
 class MlvcGroup(TyperGroup):
-    """The root group: maps any exception a command raises through :data:`ERROR_TABLE`."""
+    """The root group: loads commands on demand; maps their errors through :data:`ERROR_TABLE`."""
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        """Parse the root options (with the plain conversions of :func:`_fast_params`)."""
+        _fast_params(self)
+        return list(super().parse_args(ctx, args))
+
+    def list_commands(self, ctx: Any) -> list[str]:
+        """Every command name, in help order."""
+        return list(COMMAND_TABLE) + [n for n in self.commands if n not in COMMAND_TABLE]
+
+    def get_command(self, ctx: Any, cmd_name: str) -> Any:
+        """The command named ``cmd_name`` (its module imported now), or None."""
+        if cmd_name not in self.commands and cmd_name in COMMAND_TABLE:
+            self.commands.update(_load_module(COMMAND_TABLE[cmd_name][0]))
+        return self.commands.get(cmd_name)
+
+    def resolve_command(self, ctx: Any, args: list[str]) -> Any:
+        """Find the command ``args`` name; suggest close names for a typo."""
+        try:
+            return super().resolve_command(ctx, args)
+        except _USAGE_ERROR as exc:
+            if args and "Did you mean" not in exc.message:
+                import difflib
+
+                matches = difflib.get_close_matches(args[0], self.list_commands(ctx))
+                if matches:
+                    suggestions = ", ".join(repr(m) for m in matches)
+                    exc.message = f"{exc.message.rstrip('.')}. Did you mean {suggestions}?"
+            raise
+
+    def format_commands(self, ctx: Any, formatter: Any) -> None:
+        """List commands with their one-line help, without importing any of them."""
+        rows = [(name, help_) for name, (_module, help_) in COMMAND_TABLE.items()]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+    def shell_complete(self, ctx: Any, incomplete: str) -> list[Any]:
+        """Complete command names from the table (no import), and the root's options."""
+        try:  # Typer vendors Click from 0.22 on
+            from typer._click.shell_completion import CompletionItem
+        except ImportError:  # pragma: no cover - older Typer
+            from click.shell_completion import CompletionItem  # type: ignore[assignment]
+
+        if incomplete.startswith("-"):
+            return list(super().shell_complete(ctx, incomplete))
+        return [
+            CompletionItem(name, help=help_)
+            for name, (_module, help_) in COMMAND_TABLE.items()
+            if name.startswith(incomplete)
+        ]
 
     def invoke(self, ctx: Any) -> Any:
         """Run the chosen command; turn its errors into a message and an exit code."""
@@ -212,14 +484,14 @@ app = typer.Typer(
     cls=MlvcGroup,
     name="mlvc",
     no_args_is_help=True,
-    rich_markup_mode="markdown",
-    pretty_exceptions_show_locals=False,
-    add_completion=False,
+    rich_markup_mode=None,
+    pretty_exceptions_enable=False,
+    add_completion=True,
     context_settings={"help_option_names": ["-h", "--help"]},
     help="Version control for machine learning: experiments, checkpoints and data, "
     "deduplicated, on disk, S3 or GCS.",
-    epilog="Examples:  mlvc init  |  mlvc commit data/ -m 'raw data'  |  mlvc ls  |  "
-    "mlvc checkout 1a2b3c4@best -o out/",
+    epilog="\b\nExamples:\n  mlvc init\n  mlvc commit data/ -m 'raw data'\n  mlvc ls\n"
+    "  mlvc checkout 1a2b3c4@best -o out/",
 )
 
 
@@ -239,6 +511,7 @@ def _root(
         typer.Option(
             "--repo",
             "-R",
+            metavar="URL",
             help="Repository URL or path (default: mlvc.toml, then MLVC_REPOSITORY, then ./.mlvc).",
             show_default=False,
         ),
@@ -258,46 +531,6 @@ def _root(
     state = CliState(repo_url=repo, quiet=quiet, debug=debug)
     ctx.obj = state
     ctx.call_on_close(state.close)
-
-
-def _register() -> None:
-    from mlvc.cli import (
-        checkout,
-        commit,
-        diff,
-        fsck,
-        gc,
-        init,
-        log,
-        ls,
-        remote,
-        rm,
-        show,
-        stats,
-        tag,
-        upgrade,
-    )
-
-    for module in (
-        init,
-        commit,
-        log,
-        ls,
-        show,
-        diff,
-        checkout,
-        tag,
-        rm,
-        gc,
-        fsck,
-        stats,
-        remote,
-        upgrade,
-    ):
-        module.register(app)
-
-
-_register()
 
 
 def main(argv: list[str] | None = None) -> None:

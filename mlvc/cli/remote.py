@@ -1,18 +1,22 @@
 """``mlvc push`` / ``mlvc pull`` / ``mlvc clone``: move what the other side lacks.
 
 Between any two repositories (local, S3, GCS): only objects the destination does not hold
-are sent, verified on the way, then refs move (forward only unless ``--force``).
+are sent, verified on the way, then refs move (forward only unless ``--force``). ``push`` and
+``pull`` take a remote's name (``mlvc remote``) or a URL, ``origin`` when given none; ``clone``
+records its source as the new project's ``origin``.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from mlvc import porcelain
-from mlvc.cli import _output
+from mlvc import project_config as _project
+from mlvc.cli import _options, _output
 from mlvc.cli._options import JsonOpt, state
 
 UrlArg = Annotated[
@@ -20,6 +24,14 @@ UrlArg = Annotated[
     typer.Argument(
         help="The other repository: a path or URL (s3://bucket/prefix, gs://...).",
         show_default=False,
+    ),
+]
+RemoteArg = Annotated[
+    str | None,
+    typer.Argument(
+        help="A remote's name (`mlvc remote list`) or a path or URL; default: origin.",
+        show_default=False,
+        autocompletion=_options.complete_remotes,
     ),
 ]
 RefOpt = Annotated[
@@ -51,22 +63,26 @@ def _render(r: porcelain.TransferResult, verb: str, json_: bool, quiet: bool) ->
 
 def push(
     ctx: typer.Context,
-    url: UrlArg,
+    remote: RemoteArg = None,
     ref: RefOpt = None,
     force: ForceRefsOpt = False,
     json_: JsonOpt = False,
 ) -> None:
-    """Send refs (default: all) and what they reach to another repository.
+    """Send refs and what they reach to a remote (default: origin).
 
-    The other repository is created if there is none at URL. Endpoints and credentials come
-    from the environment (AWS_ENDPOINT_URL, AWS_PROFILE, GOOGLE_APPLICATION_CREDENTIALS).
+    All refs unless --ref names some. The other repository is created if there is none
+    there. Endpoints and credentials come from the environment (AWS_ENDPOINT_URL,
+    AWS_PROFILE, GOOGLE_APPLICATION_CREDENTIALS).
 
     Examples:
+        mlvc push
+
         mlvc push s3://team-bucket/mlvc
 
-        mlvc push gs://bucket/mlvc --ref production
+        mlvc push backup --ref production
     """
     st = state(ctx)
+    url = _project.remote_url(remote)
     with _output.progress("pushing", quiet=st.quiet) as bar:
         r = porcelain.push(st.repo(), url, refs=ref, force=force, progress=bar, total=bar.set_total)
     _render(r, "sent", json_, st.quiet)
@@ -74,19 +90,22 @@ def push(
 
 def pull(
     ctx: typer.Context,
-    url: UrlArg,
+    remote: RemoteArg = None,
     ref: RefOpt = None,
     force: ForceRefsOpt = False,
     json_: JsonOpt = False,
 ) -> None:
-    """Fetch refs (default: all) and what they reach from another repository.
+    """Fetch refs and what they reach from a remote (default: origin).
+
+    All refs unless --ref names some.
 
     Examples:
-        mlvc pull s3://team-bucket/mlvc
+        mlvc pull
 
         mlvc pull s3://team-bucket/mlvc --ref production
     """
     st = state(ctx)
+    url = _project.remote_url(remote)
     with _output.progress("pulling", quiet=st.quiet) as bar:
         r = porcelain.pull(st.repo(), url, refs=ref, force=force, progress=bar, total=bar.set_total)
     _render(r, "received", json_, st.quiet)
@@ -103,7 +122,10 @@ def clone(
     ],
     json_: JsonOpt = False,
 ) -> None:
-    """Copy a repository into DIR/.mlvc and write DIR/mlvc.toml naming it.
+    """Copy a repository into DIR/.mlvc; write DIR/mlvc.toml naming it.
+
+    The source is recorded as the remote `origin`, so `mlvc pull` and `mlvc push` in DIR need
+    no URL.
 
     Examples:
         mlvc clone s3://team-bucket/mlvc my-project
@@ -113,6 +135,8 @@ def clone(
     st = state(ctx)
     with _output.progress("cloning", quiet=st.quiet) as bar:
         r = porcelain.clone(url, directory, progress=bar, total=bar.set_total)
+    source = url if "://" in url else os.path.abspath(url)
+    _project.add_remote(_project.DEFAULT_REMOTE, source, cwd=directory, replace=True)
     if not json_:
         _output.note(f"cloned {r.source} into {directory}", st.quiet)
     _render(r, "received", json_, st.quiet)

@@ -7,14 +7,18 @@ from typing import Annotated
 import typer
 
 from mlvc.cli import _output
-from mlvc.cli._options import JsonOpt, state
+from mlvc.cli._options import JsonOpt, complete_ids, state
 
 
 def rm(
     ctx: typer.Context,
     ids: Annotated[
         list[str],
-        typer.Argument(help="Experiment or checkpoint ids (7+ hex digits).", show_default=False),
+        typer.Argument(
+            help="Experiment or checkpoint ids (7+ hex digits).",
+            show_default=False,
+            autocompletion=complete_ids,
+        ),
     ],
     json_: JsonOpt = False,
 ) -> None:

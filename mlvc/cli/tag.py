@@ -8,20 +8,26 @@ import typer
 
 from mlvc import porcelain
 from mlvc.cli import _output
-from mlvc.cli._options import JsonOpt, state
+from mlvc.cli._options import JsonOpt, complete_ids, state
 from mlvc_core.errors import UsageError
 
 
 def tag(
     ctx: typer.Context,
     name: Annotated[
-        str | None, typer.Argument(help="Tag name (letters, digits, . _ -).", show_default=False)
+        str | None,
+        typer.Argument(
+            help="Tag name (letters, digits, . _ -).",
+            show_default=False,
+            autocompletion=complete_ids,
+        ),
     ] = None,
     id_: Annotated[
         str | None,
         typer.Argument(
             help="What to tag: experiment (its best checkpoint), checkpoint, commit, exp@best...",
             show_default=False,
+            autocompletion=complete_ids,
         ),
     ] = None,
     delete: Annotated[bool, typer.Option("--delete", "-d", help="Delete the tag NAME.")] = False,

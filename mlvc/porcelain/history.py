@@ -11,7 +11,7 @@ import logging
 import os
 import stat
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -72,6 +72,47 @@ def input_size(paths: Iterable[str | os.PathLike[str]]) -> int:
     return total
 
 
+def snapshot_roots(
+    paths: list[Path], cwd: Path | None = None
+) -> tuple[list[Path], Callable[[str], bool] | None]:
+    """What to hand the core's ingest so the snapshot names files as the user typed them.
+
+    When every path lies inside ``cwd`` (default: the current directory), the snapshot is
+    ``cwd`` itself, walked only along the given paths: ``data/`` and ``data/notes.txt``
+    keep their ``data/`` prefix, and nothing else in ``cwd`` is read. A path outside ``cwd``
+    (absolute elsewhere, or through ``..``) cannot keep its name: then, as before, a single
+    directory becomes the snapshot's root and otherwise each path an entry named by its base
+    name.
+
+    Returns:
+        ``(paths for ingest, exclude predicate on tree paths or None)``.
+
+    Raises:
+        UsageError: A path does not exist.
+    """
+    here = (cwd or Path.cwd()).absolute()
+    for p in paths:
+        if not p.exists() and not p.is_symlink():
+            raise UsageError(f"no such file or directory: {p}")
+    wanted: list[str] = []
+    for p in paths:
+        full = Path(os.path.normpath(here / p))
+        try:
+            rel = full.relative_to(here).as_posix()
+        except ValueError:
+            return paths, None  # outside: the base-name layout
+        if rel == ".":
+            return [here], None  # the whole directory
+        wanted.append(rel)
+
+    def exclude(rel: str) -> bool:
+        return not any(
+            rel == w or rel.startswith(w + "/") or w.startswith(rel + "/") for w in wanted
+        )
+
+    return [here], exclude
+
+
 def commit(
     repo: Repository,
     paths: Iterable[str | os.PathLike[str]],
@@ -86,7 +127,9 @@ def commit(
 
     Args:
         repo: The repository.
-        paths: Files and directories (one directory becomes the root of the snapshot).
+        paths: Files and directories. Each is recorded at the path it was given by, relative
+            to the current directory (``data/`` records ``data/...``, as git does); see
+            :func:`snapshot_roots` for paths outside it.
         message: The commit message.
         branch: The branch to advance (compare-and-swap), or None for a loose commit.
         progress: Called with bytes read.
@@ -102,11 +145,17 @@ def commit(
         raise UsageError("nothing to commit: give files or directories")
     if branch is not None:
         validate_name(f"heads/{branch}")
+    roots, exclude = snapshot_roots(path_list)
     packs_before = set(repo.index_ids())
     stat_cache = open_stat_cache(repo)
     try:
         cid = repo.commit(
-            path_list, message, branch=branch, progress=progress, stat_cache=stat_cache
+            roots,
+            message,
+            branch=branch,
+            progress=progress,
+            stat_cache=stat_cache,
+            exclude=exclude,
         )
     finally:
         if stat_cache is not None:

@@ -258,7 +258,8 @@ def checkout(
     Args:
         repo: The repository.
         target: A :class:`Target` from :func:`resolve`, or what the user typed.
-        dest: Directory to write into (created if needed).
+        dest: Directory to write into. One the checkout creates gets a
+            :data:`mlvc.ignore.CHECKOUT_MARKER` file, so code snapshots leave it out.
         paths: Only these files or directories of the snapshot.
         force: Overwrite existing files.
         everything: Restore the whole snapshot of a checkpoint, code included.
@@ -273,6 +274,11 @@ def checkout(
     wanted = checkout_paths(repo, t, paths, everything)
     if wanted == []:
         return CheckoutResult(t, str(dest), [], 0)
+    fresh = not os.path.lexists(dest)
     written = restore_tree(repo, tree, Path(dest), paths=wanted, force=force, progress=progress)
+    if fresh:  # a directory of mlvc's own: code snapshots leave it out
+        from mlvc.ignore import mark_checkout
+
+        mark_checkout(dest, t.commit_id.hex())
     sizes = {f.path: f.size for f in list_files(repo, t.commit_id)}
     return CheckoutResult(t, str(dest), written, sum(sizes.get(p, 0) for p in written))

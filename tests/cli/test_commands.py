@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from mlvc.cli.main import app
+from mlvc.cli.main import COMMAND_TABLE
 from tests.cli.conftest import Cli, Write
 
 HEX12 = re.compile(r"^[0-9a-f]{12}$")
@@ -20,10 +20,7 @@ COMMANDS = [
 
 
 def test_every_command_is_registered_and_has_an_example(project: Path) -> None:
-    names = {c.name for c in app.registered_commands} | {
-        c.callback.__name__ for c in app.registered_commands if c.callback
-    }
-    assert set(COMMANDS) <= names
+    assert set(COMMANDS) <= set(COMMAND_TABLE)
     cli = Cli(project)
     top = cli("--help")
     for name in COMMANDS:
@@ -108,8 +105,8 @@ def test_log_show_diff_checkout_on_commits(cli: Cli, write: Write, project: Path
     shown = cli.json("show", b[:7])
     assert shown["kind"] == "commit"
     assert {f["path"]: f["size"] for f in shown["files"]} == {
-        "model.bin": len(big) + 4,
-        "new.txt": 9,
+        "data/model.bin": len(big) + 4,
+        "data/new.txt": 9,
     }
     text = cli("show", b).stdout
     assert "model.bin" in text and "KiB" in text
@@ -117,9 +114,9 @@ def test_log_show_diff_checkout_on_commits(cli: Cli, write: Write, project: Path
     d = cli.json("diff", a, b)
     changes = {c["path"]: (c["status"], c["old_size"], c["new_size"]) for c in d["files"]}
     assert changes == {
-        "model.bin": ("modified", len(big), len(big) + 4),
-        "new.txt": ("added", None, 9),
-        "old.txt": ("removed", 3, None),
+        "data/model.bin": ("modified", len(big), len(big) + 4),
+        "data/new.txt": ("added", None, 9),
+        "data/old.txt": ("removed", 3, None),
     }
     text = cli("diff", a, b).stdout
     assert "1 added, 1 removed, 1 changed" in text
@@ -128,16 +125,16 @@ def test_log_show_diff_checkout_on_commits(cli: Cli, write: Write, project: Path
     out = project / "restored"
     r = cli("checkout", a, "-o", out)
     assert "wrote 2 files" in r.stderr
-    assert (out / "model.bin").read_bytes() == big
-    assert (out / "old.txt").read_text() == "old"
+    assert (out / "data" / "model.bin").read_bytes() == big
+    assert (out / "data" / "old.txt").read_text() == "old"
     refused = cli("checkout", b, "-o", out, code=1)
-    assert "would overwrite existing files: model.bin" in refused.stderr
+    assert "would overwrite existing files: data/model.bin" in refused.stderr
     assert "--force" in refused.stderr
-    assert (out / "model.bin").read_bytes() == big  # nothing written
+    assert (out / "data" / "model.bin").read_bytes() == big  # nothing written
     cli("checkout", b, "-o", out, "-f")
-    assert (out / "model.bin").read_bytes() == big + b"more"
-    only = cli.json("checkout", "main", "-o", project / "only", "--path", "new.txt")
-    assert only["files"] == ["new.txt"] and only["bytes"] == 9
+    assert (out / "data" / "model.bin").read_bytes() == big + b"more"
+    only = cli.json("checkout", "main", "-o", project / "only", "--path", "data/new.txt")
+    assert only["files"] == ["data/new.txt"] and only["bytes"] == 9
     bad = cli("checkout", b, "-o", project / "x", "--path", "missing.txt", code=2)
     assert "missing.txt" in bad.stderr
 
@@ -259,7 +256,7 @@ def test_push_and_clone_through_gcs(
     clone_dir = tmp_path / "from-gcs"
     cli("clone", url, clone_dir, env=env)
     cli("checkout", cid, "-o", tmp_path / "out", cwd=clone_dir)
-    assert (tmp_path / "out" / "w.bin").read_bytes() == payload
+    assert (tmp_path / "out" / "d" / "w.bin").read_bytes() == payload
     assert cli("-R", url, "fsck", env=env).stdout.startswith("ok:")
 
 
