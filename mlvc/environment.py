@@ -12,28 +12,26 @@ import os
 import platform
 import shlex
 import socket
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
+from mlvc._children import run_output
+
 GIT_DIFF_LIMIT = 1 << 20
+GIT_TIMEOUT = 15.0
+"""Seconds one ``git`` command may run."""
 OWN_DIRS = (".mlvc", ".mlvc-staging")
 """mlvc's own directories (a local repository, checkpoint staging): they never make a git work
 tree dirty."""
 
 
 def _git(args: list[str], cwd: Path, limit: int | None = None) -> str | None:
-    try:
-        proc = subprocess.run(
-            ["git", *args], cwd=cwd, capture_output=True, timeout=15, stdin=subprocess.DEVNULL
-        )
-    except (OSError, subprocess.SubprocessError):
+    """``git ARGS`` in ``cwd``: its output, or None if it failed (fork-safe, see _children)."""
+    result = run_output(["git", *args], cwd, timeout=GIT_TIMEOUT, limit=limit)
+    if result is None or result[0] != 0:
         return None
-    if proc.returncode != 0:
-        return None
-    out = proc.stdout if limit is None else proc.stdout[:limit]
-    return out.decode("utf-8", errors="replace")
+    return result[1].decode("utf-8", errors="replace")
 
 
 def git_info(directory: Path) -> dict[str, Any] | None:
@@ -47,7 +45,9 @@ def git_info(directory: Path) -> dict[str, Any] | None:
         for line in status.splitlines()
         if not any(part in OWN_DIRS for part in line[3:].strip('"').split("/"))
     ]
-    diff_full = _git(["diff", "HEAD", "--no-color", "--no-ext-diff"], directory) or ""
+    diff_full = (
+        _git(["diff", "HEAD", "--no-color", "--no-ext-diff"], directory, GIT_DIFF_LIMIT + 1) or ""
+    )
     untracked = [line[3:] for line in changes if line.startswith("??")]
     return {
         "commit": (_git(["rev-parse", "HEAD"], directory) or "").strip() or None,
@@ -81,6 +81,30 @@ def _packages(_path: tuple[str, ...]) -> dict[str, str]:
     return dict(sorted(out.items(), key=lambda kv: kv[0].lower()))
 
 
+def platform_name() -> str:
+    """Like :func:`platform.platform` (``Linux-6.8.0-x86_64-with-glibc2.35``), without a process.
+
+    :func:`platform.platform` runs ``uname -p`` through a pipe the first time, which a fork of
+    the training process could keep open (see :mod:`mlvc._children`).
+    """
+    u = os.uname() if hasattr(os, "uname") else None
+    system, release, machine = (
+        (u.sysname, u.release, u.machine)
+        if u is not None
+        else (platform.system(), platform.release(), platform.machine())
+    )
+    parts = [system, release, machine]
+    if system == "Linux":
+        lib, version = platform.libc_ver()
+        if lib:
+            parts += ["with", lib + version]
+    elif system == "Darwin":
+        mac = platform.mac_ver()[0]
+        if mac:
+            parts = ["macOS", mac, machine]
+    return "-".join(p for p in parts if p)
+
+
 def _user() -> str:
     try:
         return getpass.getuser()
@@ -93,7 +117,7 @@ def environment(code_dir: Path, argv: list[str]) -> dict[str, Any]:
     return {
         "python": platform.python_version(),
         "implementation": platform.python_implementation(),
-        "platform": platform.platform(),
+        "platform": platform_name(),
         "executable": sys.executable,
         "packages": packages(),
         "git": git_info(code_dir),
