@@ -26,6 +26,9 @@ Never break the training loop (docs/experiments.md, design invariant 5):
   where they are.
   A file that changed before it was fully stored is never recorded torn or mislabelled: that
   checkpoint is dropped with a warning (raised with ``strict=True``).
+* A checkpoint (or the run's start) that finds gc holding the repository waits for it in the
+  background, retrying for up to :data:`LOCK_WAIT` seconds (one warning), instead of being
+  dropped; the loop waits only if the queue fills meanwhile.
 * Errors are logged to ``logging.getLogger("mlvc")`` and training goes on; with
   ``strict=True`` they raise :class:`~mlvc.errors.TrackingError` instead (a background failure
   at the next call or at ``close()``).
@@ -92,7 +95,7 @@ from mlvc.ignore import IgnoreMatcher
 from mlvc.repo import open_repo, stat_cache
 from mlvc.settings import Settings, load_settings
 from mlvc.staging import STAGING, BackgroundCopy, CopyFailed, Snapshot, Stager
-from mlvc_core.errors import RefConflict
+from mlvc_core.errors import RefConflict, RepositoryLocked
 from mlvc_core.ids import ObjectId, to_hex
 from mlvc_core.ingest import TreeBuilder, ingest_paths
 from mlvc_core.objects import Commit, Tree, TreeEntry
@@ -107,6 +110,8 @@ DEFAULT_HEARTBEAT = 10.0
 MAX_CODE_FILE_SIZE = 64 << 20
 MAX_CODE_FILES = 20_000
 _CAS_ATTEMPTS = 30
+LOCK_WAIT = 900.0
+"""Seconds a checkpoint (or the run's start) waits for a gc holding the repository."""
 
 PathArg = str | os.PathLike[str]
 Paths = PathArg | Iterable[PathArg] | None
@@ -785,7 +790,7 @@ class Run:
                     self._start_safely(job)
                 elif job.kind == "checkpoint":
                     job.await_copies()
-                    self._do_checkpoint(job)
+                    self._while_locked(job, lambda: self._do_checkpoint(job))  # noqa: B023
                 elif job.kind == "stop":
                     self._do_stop(job)
             except Exception as exc:  # noqa: BLE001 - the worker must survive anything
@@ -796,9 +801,36 @@ class Run:
             if job.kind == "stop":
                 return
 
+    def _while_locked(self, job: _Job, action: Callable[[], None]) -> None:
+        """Run ``action``, again and again while gc holds the repository (up to ``LOCK_WAIT``).
+
+        Raises:
+            RepositoryLocked: gc still held the repository after ``LOCK_WAIT`` seconds.
+        """
+        deadline = time.monotonic() + LOCK_WAIT
+        delay = 0.1
+        warned = False
+        while True:
+            try:
+                action()
+                return
+            except RepositoryLocked as exc:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise
+                if not warned:
+                    warned = True
+                    log.warning(
+                        "mlvc: %s waits until gc has finished (%s); training continues",
+                        job.describe(),
+                        exc.holder,
+                    )
+                time.sleep(min(delay, left))
+                delay = min(delay * 2, 2.0)
+
     def _start_safely(self, job: _Job) -> None:
         try:
-            self._do_start()
+            self._while_locked(job, self._do_start)
         except Exception as exc:
             self._start_error = exc
             raise
