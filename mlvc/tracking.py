@@ -337,6 +337,29 @@ def fingerprint(src: Path) -> dict[str, tuple[int, ...]]:
     return out
 
 
+def _untakable(root: Path, rel: str) -> bool:
+    """True for a path a snapshot cannot store: a name that is not UTF-8, or unreadable."""
+    try:
+        rel.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    path = root / rel
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return False  # gone: the walk skips it
+    if stat_mod.S_ISREG(st.st_mode):
+        return not os.access(path, os.R_OK)
+    if stat_mod.S_ISDIR(st.st_mode):
+        return not os.access(path, os.R_OK | os.X_OK)
+    return False
+
+
+def _shown_name(rel: str) -> str:
+    """A path for a message: bytes that are not UTF-8 as ``\\xNN`` escapes."""
+    return os.fsencode(rel).decode("utf-8", errors="backslashreplace")
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -853,7 +876,12 @@ class Run:
         counted = [0]
         root = self._code_dir
 
+        untakable: list[str] = []
+
         def exclude(rel: str) -> bool:
+            if _untakable(root, rel):
+                untakable.append(rel)
+                return True
             if matcher(rel):
                 return True
             try:
@@ -874,6 +902,13 @@ class Run:
         finally:
             if cache is not None:
                 cache.close()
+        if untakable:
+            log.warning(
+                "mlvc: code snapshot left out %d file(s) it cannot store (a name that is not "
+                "UTF-8, or unreadable): %s",
+                len(untakable),
+                ", ".join(_shown_name(r) for r in untakable[:10]),
+            )
         if too_big:
             log.warning(
                 "mlvc: code snapshot left out %d file(s) over %d MiB (add them to .mlvcignore, or "
@@ -1014,13 +1049,30 @@ class Run:
             guide = None
             with contextlib.suppress(MlvcError):
                 guide = repo.read_commit(ref.target).tree
-            builder = TreeBuilder(s, guide=guide)
+            unnamable: list[str] = []
+
+            def exclude(rel: str) -> bool:
+                try:
+                    rel.encode("utf-8")
+                except UnicodeEncodeError:
+                    unnamable.append(rel)
+                    return True
+                return False
+
+            builder = TreeBuilder(s, exclude=exclude, guide=guide)
             entries: dict[str, TreeEntry] = {}
             for rel, staged in job.items:
                 name = rel.rsplit("/", 1)[-1]
                 entry = job.read(staged, lambda path: builder.entry(path, name, rel))  # noqa: B023
                 if entry is not None:
                     entries[rel] = entry
+            if unnamable:
+                log.warning(
+                    "mlvc: checkpoint at step %s left out %d file(s) whose name is not UTF-8: %s",
+                    job.step,
+                    len(unnamable),
+                    ", ".join(_shown_name(r) for r in unnamable[:10]),
+                )
             changed = [p for p, fp in job.fingerprints.items() if _fingerprint_of(p) != fp]
             if changed:
                 raise CheckpointChanged(

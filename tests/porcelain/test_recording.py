@@ -37,3 +37,23 @@ def test_checkpoint_taken_while_gc_holds_the_lock_waits_for_it(
     assert [c.step for c in exp.checkpoints] == [0, 1, 2]
     with exp.checkpoints[1].open("w.bin") as f:
         assert f.read() == b"step 1" * 1000
+
+
+def test_a_file_name_that_is_not_utf8_costs_that_file_not_the_run(
+    project: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    bad = os.fsdecode(b"notes-\xff.txt")
+    (project / bad).write_text("latin-1 named file")
+    ckpt_dir = project / "ckpt"
+    ckpt_dir.mkdir()
+    (ckpt_dir / "weights.bin").write_bytes(b"w" * 100)
+    (ckpt_dir / os.fsdecode(b"opt-\xe9.bin")).write_bytes(b"o" * 100)
+    with caplog.at_level(logging.WARNING, logger="mlvc"):
+        with mlvc.track(repository=tmp_path / "repo") as run:
+            run.checkpoint(path="ckpt", step=0)
+    assert run.id is not None
+    assert "notes-\\xff.txt" in caplog.text and "opt-\\xe9.bin" in caplog.text
+    exp = mlvc.experiments.get(run.id, repository=tmp_path / "repo")
+    files = {path for path, _ in exp.latest().files(all=True)}  # type: ignore[union-attr]
+    assert {"train.py", "ckpt/weights.bin"} <= files
+    assert not any("\\udc" in f or "notes-" in f or "opt-" in f for f in files)
