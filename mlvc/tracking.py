@@ -356,7 +356,7 @@ def _untakable(root: Path, rel: str) -> bool:
 
 
 def _shown_name(rel: str) -> str:
-    """A path for a message: bytes that are not UTF-8 as ``\\xNN`` escapes."""
+    r"""A path for a message: bytes that are not UTF-8 as ``\xNN`` escapes."""
     return os.fsencode(rel).decode("utf-8", errors="backslashreplace")
 
 
