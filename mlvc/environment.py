@@ -1,6 +1,7 @@
 """What a run records about where it runs: Python, packages, git state, user, host, command.
 
-Never environment variables: they hold secrets.
+Never environment variables: they hold secrets. The command line is recorded with the values of
+secret-looking options and URL passwords redacted (:mod:`mlvc.redaction`).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from mlvc._children import run_output
+from mlvc.redaction import redact_argv
 
 GIT_DIFF_LIMIT = 1 << 20
 GIT_TIMEOUT = 15.0
@@ -123,8 +125,8 @@ def environment(code_dir: Path, argv: list[str]) -> dict[str, Any]:
         "git": git_info(code_dir),
         "user": _user(),
         "host": socket.gethostname(),
-        "command": list(argv),
-        "command_line": shlex.join(argv),
+        "command": redact_argv(argv),
+        "command_line": shlex.join(redact_argv(argv)),
         "cwd": os.getcwd(),
         "pid": os.getpid(),
     }

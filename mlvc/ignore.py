@@ -11,6 +11,10 @@ re-included.
 Always skipped, whatever the rules say: version-control and tool directories (``.git``,
 ``.mlvc``, ``__pycache__``...), virtual environments (any directory holding ``pyvenv.cfg`` or
 ``conda-meta``), and the extra paths the caller names (the repository, caches, staging).
+
+Left out by default, before any rule file is read (so a rule file can take one back with
+``!``): files that hold credentials (:data:`SECRET_RULES`: ``.env``, ``*.pem``, ``*.key``, ssh
+keys...).
 """
 
 from __future__ import annotations
@@ -43,7 +47,30 @@ ALWAYS_SKIP = frozenset(
 
 RULE_FILES = (".gitignore", ".mlvcignore")
 
-__all__ = ["ALWAYS_SKIP", "IgnoreMatcher", "Rule", "parse_rules"]
+SECRET_RULES = (
+    ".env",
+    ".env.*",
+    ".envrc",
+    "*.pem",
+    "*.key",
+    "*.p12",
+    "*.pfx",
+    "*.jks",
+    "*.keystore",
+    "id_rsa",
+    "id_dsa",
+    "id_ecdsa",
+    "id_ed25519",
+    ".netrc",
+    ".pgpass",
+    ".git-credentials",
+    ".aws/",
+    ".ssh/",
+)
+"""Files that hold credentials, left out by default (rules applied before the project's own:
+``!.env.example`` in ``.mlvcignore`` takes one back)."""
+
+__all__ = ["ALWAYS_SKIP", "SECRET_RULES", "IgnoreMatcher", "Rule", "parse_rules"]
 
 
 @dataclass(frozen=True)
@@ -129,6 +156,9 @@ def parse_rules(lines: Iterable[str]) -> list[Rule]:
     return [r for r in (compile_rule(line) for line in lines) if r is not None]
 
 
+_SECRET_RULES = parse_rules(SECRET_RULES)
+
+
 def _is_venv(path: Path) -> bool:
     return (path / "pyvenv.cfg").is_file() or (path / "conda-meta").is_dir()
 
@@ -166,7 +196,7 @@ class IgnoreMatcher:
     def _dir_rules(self, rel_dir: str) -> list[Rule]:
         rules = self._rules.get(rel_dir)
         if rules is None:
-            rules = []
+            rules = [] if rel_dir else list(_SECRET_RULES)
             base = self.root / rel_dir if rel_dir else self.root
             for name in RULE_FILES:
                 try:

@@ -92,6 +92,7 @@ from mlvc.experiments import (
     summary_with_checkpoint,
 )
 from mlvc.ignore import IgnoreMatcher
+from mlvc.params import canonical_params
 from mlvc.repo import open_repo, stat_cache
 from mlvc.settings import Settings, load_settings
 from mlvc.staging import STAGING, BackgroundCopy, CopyFailed, Snapshot, Stager
@@ -119,42 +120,6 @@ PrimaryArg = tuple[str, str] | list[str] | Mapping[str, str] | str | None
 
 
 # ------------------------------------------------------------------------------ small helpers
-
-
-def _jsonable(value: Any) -> Any:
-    """A JSON/msgpack-safe copy of user data (params, metrics).
-
-    Scalars of numpy/torch go through ``.item()``, paths become strings, non-finite floats
-    strings, anything else its ``repr``.
-    """
-    if value is None or isinstance(value, (bool, int, str)):
-        return value
-    if isinstance(value, float):
-        return json_number(value)
-    if isinstance(value, Mapping):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple, set, frozenset)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, os.PathLike):
-        return os.fspath(value)
-    for attr in ("item", "tolist"):
-        fn = getattr(value, attr, None)
-        if callable(fn):
-            try:
-                return _jsonable(fn())
-            except (TypeError, ValueError, RuntimeError):
-                continue
-    return repr(value)
-
-
-def _params_dict(params: Any) -> dict[str, Any]:
-    if params is None:
-        return {}
-    if not isinstance(params, Mapping):
-        params = vars(params)  # argparse.Namespace and friends
-    out = _jsonable(params)
-    assert isinstance(out, dict)
-    return out
 
 
 def _clean_metrics(metrics: Mapping[str, Any] | None) -> dict[str, float | str]:
@@ -457,7 +422,7 @@ class Run:
         self.params: dict[str, Any] = {}
         self._primary: tuple[str, str] | None = None
         try:
-            self.params = _params_dict(params)
+            self.params = canonical_params(params)
             self._primary = parse_primary(primary_metric)
             if isinstance(repository, Repository):
                 self._repo, self._own_repo = repository, False

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import threading
 from pathlib import Path
 
@@ -57,3 +58,107 @@ def test_a_file_name_that_is_not_utf8_costs_that_file_not_the_run(
     files = {path for path, _ in exp.latest().files(all=True)}  # type: ignore[union-attr]
     assert {"train.py", "ckpt/weights.bin"} <= files
     assert not any("\\udc" in f or "notes-" in f or "opt-" in f for f in files)
+
+
+def _every_decompressed_object(repo_dir: Path) -> list[bytes]:
+    """Every object and chunk of a local repository, decompressed, plus every other file."""
+    repo = open_repo(load_settings(repo_dir))
+    repo.load_index()
+    blobs = [repo.read_raw(oid) for oid, _ in repo.iter_index()]
+    for path in repo_dir.rglob("*"):
+        if path.is_file() and "packs" not in path.relative_to(repo_dir).parts:
+            blobs.append(path.read_bytes())
+    assert len(blobs) > 10
+    return blobs
+
+
+def test_no_secret_reaches_the_repository(
+    project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    secrets = [f"S3CRET{i}x" for i in range(10)]
+    monkeypatch.setattr(
+        sys,
+        "argv",
+        [
+            "train.py",
+            "--token",
+            secrets[0],
+            f"--api-key={secrets[1]}",
+            f"WANDB_API_KEY={secrets[2]}",
+            "--data",
+            f"https://alice:{secrets[3]}@data.example.com/set?x=1",
+            f"db.password={secrets[4]}",
+            "--lr",
+            "0.1",
+        ],
+    )
+    (project / ".env").write_text(f"HF_TOKEN={secrets[5]}\n")
+    (project / "deploy.pem").write_text(f"-----BEGIN PRIVATE KEY-----\n{secrets[6]}\n")
+    params = {
+        "hf_token": secrets[7],
+        "db": {"password": secrets[8], "host": "db.local"},
+        "data_url": f"s3://key:{secrets[9]}@bucket/prefix",
+        "max_tokens": 512,
+        "pad_token": "<pad>",
+    }
+    with mlvc.track(repository=tmp_path / "repo", params=params) as run:
+        run.checkpoint(path="train.py", metrics={"loss": 0.5})
+    exp = mlvc.experiments.get(run.id, repository=tmp_path / "repo")
+    assert exp.params["max_tokens"] == 512 and exp.params["pad_token"] == "<pad>"
+    assert exp.params["db.host"] == "db.local" and exp.params["db.password"] == "<redacted>"
+    assert exp.params["data_url"] == "s3://key:<redacted>@bucket/prefix"
+    assert exp.command.split()[1:4] == ["--token", "'<redacted>'", "'--api-key=<redacted>'"]
+    assert "0.1" in exp.env["command"] and "https://alice:<redacted>@data" in exp.command
+    files = {path for path, _ in exp.latest().files(all=True)}  # type: ignore[union-attr]
+    assert "train.py" in files and ".env" not in files and "deploy.pem" not in files
+    found = [
+        (s, blob[:80])
+        for blob in _every_decompressed_object(tmp_path / "repo")
+        for s in secrets
+        if s.encode() in blob
+    ]
+    assert found == []
+    for path in (tmp_path / "cache").rglob("*"):
+        if path.is_file():
+            assert not any(s.encode() in path.read_bytes() for s in secrets), path
+
+
+def test_params_are_canonical_flat_and_never_cost_the_run(
+    project: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import numpy as np
+
+    config: dict[object, object] = {
+        "tags": {"b", "c", "a"},
+        1: "int key",
+        "1": "str key",
+        "model": {"depth": 4, "act": {"name": "relu"}},
+        "lr": np.float32(0.25),
+        "long": "x" * 20_000,
+    }
+    config["self"] = config
+    twin = {"tags": {"c", "a", "b"}, "model": {"depth": 4, "act": {"name": "relu"}}}
+    with caplog.at_level(logging.WARNING, logger="mlvc"):
+        with mlvc.track(repository=tmp_path / "repo", params=config) as run:
+            pass
+        with mlvc.track(repository=tmp_path / "repo", params=twin) as other:
+            pass
+    assert "param self not recorded: it contains itself" in caplog.text
+    assert "recorded as '1#int'" in caplog.text
+    exp = mlvc.experiments.get(run.id, repository=tmp_path / "repo")
+    assert exp.params == {
+        "tags": ["a", "b", "c"],
+        "1": "str key",
+        "1#int": "int key",
+        "model.depth": 4,
+        "model.act.name": "relu",
+        "lr": 0.25,
+        "long": "x" * 20_000,
+    }
+    assert run.params == exp.params
+    twin_exp = mlvc.experiments.get(other.id, repository=tmp_path / "repo")
+    assert twin_exp.params["tags"] == exp.params["tags"]
+    names = {e.id for e in mlvc.experiments.list(tmp_path / "repo", filter="model.depth = 4")}
+    assert names == {run.id, other.id}
+    both = mlvc.experiments.list(tmp_path / "repo", filter="params.model.act.name = relu")
+    assert len(both) == 2
