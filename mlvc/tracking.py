@@ -93,6 +93,7 @@ from mlvc.experiments import (
 )
 from mlvc.ignore import IgnoreMatcher
 from mlvc.params import canonical_params
+from mlvc.redaction import redact_text
 from mlvc.repo import open_repo, stat_cache
 from mlvc.settings import Settings, load_settings
 from mlvc.staging import STAGING, BackgroundCopy, CopyFailed, Snapshot, Stager
@@ -213,6 +214,8 @@ class _Job:
     """The files leased or copied in the background (``copy=True``)."""
     time: float = field(default_factory=time.time)
     reason: str = ""
+    error: dict[str, str] | None = None
+    """For a stop: the exception that ended the run (type and message)."""
     done: threading.Event = field(default_factory=threading.Event)
 
     def describe(self) -> str:
@@ -300,6 +303,39 @@ def fingerprint(src: Path) -> dict[str, tuple[int, ...]]:
             if fp is not None:
                 out[full] = fp
     return out
+
+
+_LIVE_RUNS: weakref.WeakSet[Run] = weakref.WeakSet()
+"""Runs that an uncaught exception should mark ``failed`` (see ``_install_excepthook``)."""
+_hook_installed = False
+
+MAX_ERROR_MESSAGE = 2000
+"""Characters of an exception's message recorded for a failed run."""
+_INTERRUPTS = ("SIGTERM", "SIGINT", "KeyboardInterrupt")
+
+
+def _end_of(
+    exc_type: type[BaseException], exc: BaseException | None
+) -> tuple[str, dict[str, str] | None]:
+    """The end reason and error recorded for an exception that ended a run."""
+    if issubclass(exc_type, KeyboardInterrupt):
+        return "KeyboardInterrupt", None
+    if issubclass(exc_type, SystemExit) and getattr(exc, "code", None) in (None, 0):
+        return "exit", None
+    try:
+        message = str(exc) if exc is not None else ""
+    except Exception:  # noqa: BLE001 - a __str__ that fails
+        message = ""
+    if len(message) > MAX_ERROR_MESSAGE:
+        message = message[:MAX_ERROR_MESSAGE] + "..."
+    return "exception", {"type": exc_type.__name__, "message": redact_text(message)}
+
+
+def _status_of(reason: str, error: dict[str, str] | None) -> str:
+    """The status recorded for an end: ``failed``, ``interrupted`` or ``stopped``."""
+    if error is not None:
+        return "failed"
+    return "interrupted" if reason in _INTERRUPTS else "stopped"
 
 
 def _untakable(root: Path, rel: str) -> bool:
@@ -416,6 +452,7 @@ class Run:
         self._max_code_file_size = max_code_file_size
         self._swept: set[Path] = set()
         self._stop_job: _Job | None = None
+        self._uncaught: tuple[type[BaseException], BaseException | None] | None = None
         self._stager: Stager | None = None
         self._max_code_files = max_code_files
         self.name = name or _default_name(self._argv)
@@ -591,12 +628,7 @@ class Run:
         if exc_type is None:
             self.close()
             return
-        reason = (
-            "interrupted"
-            if issubclass(exc_type, KeyboardInterrupt)
-            else f"exception {exc_type.__name__}"
-        )
-        self._finish(reason)  # the user's exception wins over ours
+        self._finish(*_end_of(exc_type, exc))  # the user's exception wins over ours
 
     def __repr__(self) -> str:
         exp = self._exp_id[:12] if self._exp_id else "?"
@@ -961,6 +993,7 @@ class Run:
                         status="running",
                         ended=None,
                         end_reason=None,
+                        error=None,
                         resumed=int(old.get("resumed") or 0) + 1,
                         params={**(old.get("params") or {}), **self.params},
                     )
@@ -1083,7 +1116,13 @@ class Run:
             ref = repo.refs.get(name)
             if ref is None:
                 break  # removed meanwhile
-            summary = dict(ref.summary, status="stopped", ended=time.time(), end_reason=job.reason)
+            summary = dict(
+                ref.summary,
+                status=_status_of(job.reason, job.error),
+                ended=time.time(),
+                end_reason=job.reason,
+                error=job.error,
+            )
             try:
                 self._summary = repo.refs.update_summary(ref, summary).summary
                 break
@@ -1132,13 +1171,13 @@ class Run:
 
     # -------------------------------------------------------------- closing
 
-    def _finish(self, reason: str) -> None:
+    def _finish(self, reason: str, error: dict[str, str] | None = None) -> None:
         with self._lock:
             if self._closed:
                 return
             self._closed = True
         if self._worker is not None and self._worker.is_alive():
-            job = self._stop_job = _Job("stop", reason=reason)
+            job = self._stop_job = _Job("stop", reason=reason, error=error)
             self._queue.put(job)
             job.done.wait()
             self._worker.join(timeout=30)
@@ -1188,7 +1227,8 @@ class Run:
             run = ref()
             if run is not None and os.getpid() == pid and not run._closed:
                 try:
-                    run._finish("exit")
+                    uncaught = run._uncaught
+                    run._finish(*(_end_of(*uncaught) if uncaught else ("exit", None)))
                 except Exception as exc:  # noqa: BLE001 - exiting anyway
                     log.warning("mlvc: flushing at exit failed: %s", exc)
 
@@ -1207,6 +1247,28 @@ class Run:
         except RuntimeError:
             pass  # already shutting down
         self._install_sigterm()
+        self._install_excepthook()
+
+    def _install_excepthook(self) -> None:
+        """Note an exception that ends the script outside a ``with`` block (for the status)."""
+        global _hook_installed
+        _LIVE_RUNS.add(self)
+        if _hook_installed:
+            return
+        _hook_installed = True
+        previous = sys.excepthook
+
+        def hook(
+            exc_type: type[BaseException],
+            exc: BaseException,
+            tb: types.TracebackType | None,
+        ) -> None:
+            for run in list(_LIVE_RUNS):
+                if not run._closed and run._pid == os.getpid():
+                    run._uncaught = (exc_type, exc)
+            previous(exc_type, exc, tb)
+
+        sys.excepthook = hook
 
     def _install_sigterm(self) -> None:
         if threading.current_thread() is not threading.main_thread():
