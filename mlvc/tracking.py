@@ -95,7 +95,7 @@ from mlvc.ignore import IgnoreMatcher
 from mlvc.params import canonical_params
 from mlvc.redaction import redact_text
 from mlvc.repo import open_repo, stat_cache
-from mlvc.settings import Settings, load_settings
+from mlvc.settings import Settings, launch_directory, load_settings, project_start
 from mlvc.staging import STAGING, BackgroundCopy, CopyFailed, Snapshot, Stager
 from mlvc_core.errors import RefConflict, RepositoryLocked
 from mlvc_core.ids import ObjectId, to_hex
@@ -461,13 +461,19 @@ class Run:
         try:
             self.params = canonical_params(params)
             self._primary = parse_primary(primary_metric)
+            start = project_start(self._argv[0] if self._argv else None)
             if isinstance(repository, Repository):
                 self._repo, self._own_repo = repository, False
-                self._settings = load_settings()
+                self._settings = load_settings(cwd=start)
             elif isinstance(repository, Settings):
                 self._settings = repository
             else:
-                self._settings = load_settings(repository, storage_options=storage_options)
+                if repository is not None and "://" not in os.fspath(repository):
+                    # relative to where the run was launched, whatever the script's chdir
+                    repository = launch_directory() / Path(os.fspath(repository)).expanduser()
+                self._settings = load_settings(
+                    repository, cwd=start, storage_options=storage_options
+                )
             self._code_dir = (
                 Path(path).absolute() if path is not None else self._settings.project_dir
             )
