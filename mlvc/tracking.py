@@ -46,9 +46,12 @@ line, working directory, start and end time. Environment variables are never rec
 Checkpoint files are stored at their path relative to the code directory (else the current
 directory, else under their base name at the root of the tree).
 
-Resuming (``resume=<experiment or checkpoint id prefix>``) appends to the experiment's chain
-(after its newest commit, whatever checkpoint was named), first recording a ``resume`` commit
-with the new environment and code. ``restore=True`` writes the named checkpoint's files (an
+Resuming (``resume=`` any id ``mlvc`` accepts: an experiment id prefix, ``EXP@best``,
+``EXP@latest``, ``EXP@step=N``, a checkpoint id, a tag naming a checkpoint) appends to the
+experiment's chain (after its newest commit, whatever checkpoint was named), first recording a
+``resume`` commit with the new environment and code. The params recorded before are carried
+over (those passed now win), ``run.resumed_from`` is the checkpoint continued from (a plain
+experiment id: its latest), and step numbering goes on after that checkpoint's step. ``restore=True`` writes the named checkpoint's files (an
 experiment: its latest checkpoint) back relative to the code directory before returning;
 files already there with the same content are left alone, different ones raise
 :class:`~mlvc.errors.FileExistsConflict` unless ``restore_force=True``. Resume problems always
@@ -78,7 +81,7 @@ import weakref
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from mlvc.environment import environment
 from mlvc.errors import FileExistsConflict, MlvcError, TrackingError, UsageError
@@ -88,7 +91,6 @@ from mlvc.experiments import (
     json_number,
     primary_of,
     ref_name,
-    resolve_any,
     summary_with_checkpoint,
 )
 from mlvc.ignore import IgnoreMatcher
@@ -103,6 +105,9 @@ from mlvc_core.ingest import TreeBuilder, ingest_paths
 from mlvc_core.objects import Commit, Tree, TreeEntry
 from mlvc_core.refs import Ref
 from mlvc_core.repository import Repository, WriteSession, default_author
+
+if TYPE_CHECKING:
+    from mlvc.checkpoints import Checkpoint
 
 log = logging.getLogger("mlvc")
 
@@ -401,7 +406,10 @@ class Run:
     Attributes:
         strict: Raise :class:`~mlvc.errors.TrackingError` instead of logging failures.
         name: The experiment's name.
-        params: The recorded params (JSON-safe copy).
+        params: The recorded params (flat, see :mod:`mlvc.params`); a resumed run's include
+            those recorded before (the ones passed now win).
+        resumed_from: The checkpoint a resumed run continues from (None otherwise, or if the
+            experiment had no checkpoint yet).
     """
 
     def __init__(
@@ -457,6 +465,7 @@ class Run:
         self._max_code_files = max_code_files
         self.name = name or _default_name(self._argv)
         self.params: dict[str, Any] = {}
+        self.resumed_from: Checkpoint | None = None
         self._primary: tuple[str, str] | None = None
         try:
             self.params = canonical_params(params)
@@ -682,28 +691,42 @@ class Run:
     # -------------------------------------------------------------- resume
 
     def _prepare_resume(self, resume: str, restore: bool, force: bool) -> None:
+        """Find what ``resume`` names (any id form ``mlvc`` accepts) and continue from it.
+
+        ``EXP`` continues from the experiment's latest checkpoint; ``EXP@best``,
+        ``EXP@latest``, ``EXP@step=N``, a checkpoint id, or a tag naming a checkpoint from that
+        checkpoint. Params recorded so far are carried over (those passed now win); the step
+        numbering goes on after the checkpoint resumed from.
+        """
         from mlvc.checkpoints import Checkpoint
+        from mlvc.experiments import _load_experiment
+        from mlvc.porcelain._resolve import resolve
 
         assert self._settings is not None
         if self._repo is None:
             self._repo = open_repo(self._settings)
-        found = resolve_any(self._repo, resume)
-        ckpt: Checkpoint | None
-        if isinstance(found, Experiment):
-            exp, ckpt = found, found.latest()
-        elif isinstance(found, Checkpoint):
-            from mlvc.experiments import _load_experiment
-
-            exp, ckpt = _load_experiment(self._repo, found.experiment_id), found
-        else:
+        target = resolve(self._repo, resume)
+        if target.kind == "commit" or target.experiment_id is None:
             raise UsageError(
                 f"cannot resume {resume!r}: it is neither an experiment nor a checkpoint"
             )
+        exp = target.experiment or _load_experiment(self._repo, target.experiment_id)
+        ckpt: Checkpoint | None
+        if target.kind == "experiment":
+            ckpt = exp.latest()  # a plain experiment id continues from where it stopped
+        else:
+            ckpt = Checkpoint(
+                self._repo, target.commit_id, self._repo.read_commit(target.commit_id)
+            )
         self._resume_id = exp.id
+        self.resumed_from = ckpt
         self.name = exp.name or self.name
         self._primary = self._primary or exp.primary_metric
-        latest_step = exp.summary.get("latest_step")
-        self._next_step = int(latest_step) + 1 if isinstance(latest_step, (int, float)) else 0
+        self.params = {**exp.params, **self.params}
+        step = ckpt.step if ckpt is not None else None
+        if step is None:
+            step = exp.summary.get("latest_step")
+        self._next_step = int(step) + 1 if isinstance(step, (int, float)) else 0
         if restore and ckpt is not None:
             self._restore(ckpt, force)
 
@@ -1341,7 +1364,8 @@ def track(
             :mod:`mlvc.settings`; a missing repository is created on first use).
         name: A name for the experiment (default: the script's name).
         strict: Raise :class:`~mlvc.errors.TrackingError` on failures instead of logging them.
-        resume: Id prefix of an experiment or checkpoint to continue.
+        resume: What to continue: an experiment or checkpoint id, ``EXP@best``,
+            ``EXP@step=N``, ``EXP@latest`` or a tag.
         restore: With ``resume``: write the checkpoint's files back first.
         restore_force: With ``restore``: overwrite local files that differ.
         primary_metric: Default ``(name, "minimize" | "maximize")`` for checkpoints.

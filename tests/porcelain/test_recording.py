@@ -162,3 +162,51 @@ def test_params_are_canonical_flat_and_never_cost_the_run(
     assert names == {run.id, other.id}
     both = mlvc.experiments.list(tmp_path / "repo", filter="params.model.act.name = relu")
     assert len(both) == 2
+
+
+def test_resume_with_every_id_form(project: Path, tmp_path: Path) -> None:
+    model = project / "model.bin"
+    with mlvc.track(params={"lr": 0.1, "layers": 2}) as run:
+        for step, acc in enumerate([0.5, 0.9, 0.7]):
+            model.write_bytes(f"weights at step {step}".encode())
+            run.checkpoint(
+                path=model,
+                step=step,
+                metrics={"acc": acc},
+                primary_metric=("acc", "max"),
+            )
+    exp_id = run.id
+    assert exp_id is not None
+    exp = mlvc.experiments.get(exp_id)
+    by_step = {c.step: c for c in exp.checkpoints}
+    exp.repository.refs.set("tags/candidate", by_step[0].oid, None)
+
+    forms = {
+        f"{exp_id[:8]}@best": 1,
+        f"{exp_id[:8]}@step=0": 0,
+        f"{exp_id[:8]}@latest": 2,
+        exp_id[:10]: 2,
+        by_step[1].id[:12]: 1,
+        "candidate": 0,
+    }
+    for form, step in forms.items():
+        with mlvc.track(
+            resume=form, restore=True, restore_force=True, params={"lr": 0.01}
+        ) as resumed:
+            assert resumed.id == exp_id, form
+            assert model.read_bytes() == f"weights at step {step}".encode(), form
+            assert resumed.resumed_from is not None and resumed.resumed_from.step == step
+            assert resumed.params == {"lr": 0.01, "layers": 2}, form  # carried over, updated
+    final = mlvc.experiments.get(exp_id)
+    assert final.params == {"lr": 0.01, "layers": 2}
+    assert final.summary["resumed"] == len(forms)
+
+    # Step numbering goes on after the checkpoint resumed from.
+    with mlvc.track(resume=f"{exp_id[:8]}@best", params={"lr": 0.001}) as resumed:
+        resumed.checkpoint(metrics={"acc": 0.95})
+    with mlvc.track(resume=exp_id[:8]) as resumed:
+        resumed.checkpoint(metrics={"acc": 0.2})
+        assert resumed.params["lr"] == 0.001
+    assert [c.step for c in mlvc.experiments.get(exp_id).checkpoints] == [0, 1, 2, 2, 3]
+    with pytest.raises(mlvc.errors.UsageError, match="bad selector"):
+        mlvc.track(resume=f"{exp_id[:8]}@worst")
