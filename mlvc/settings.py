@@ -102,7 +102,10 @@ def _toml_loads(text: str) -> dict[str, Any]:
         try:
             import tomli as tomllib  # type: ignore[no-redef,import-not-found,unused-ignore]
         except ImportError:
-            raise UsageError("reading mlvc.toml on Python 3.10 needs `pip install tomli`") from None
+            raise UsageError(
+                "reading mlvc.toml on Python 3.10 needs tomli (a dependency of mlvc there): "
+                "pip install tomli"
+            ) from None
     return tomllib.loads(text)
 
 
@@ -110,11 +113,16 @@ def read_project_config(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Parse a project config file.
 
     Raises:
-        UsageError: The file is not valid TOML or its ``[repository]`` table is malformed.
+        UsageError: The file cannot be read, is not valid TOML (or, on Python 3.10, ``tomli``
+            is missing), or its ``[repository]`` table is malformed.
     """
     p = Path(path)
     try:
-        doc = _toml_loads(p.read_text())
+        text = p.read_text(encoding="utf-8")
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"cannot read {p}: {exc}") from exc
+    try:
+        doc = _toml_loads(text)
     except ValueError as exc:
         raise UsageError(f"{p} is not valid TOML: {exc}") from exc
     repo = doc.get("repository", {})

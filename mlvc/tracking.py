@@ -51,9 +51,9 @@ Resuming (``resume=`` any id ``mlvc`` accepts: an experiment id prefix, ``EXP@be
 experiment's chain (after its newest commit, whatever checkpoint was named), first recording a
 ``resume`` commit with the new environment and code. The params recorded before are carried
 over (those passed now win), ``run.resumed_from`` is the checkpoint continued from (a plain
-experiment id: its latest), and step numbering goes on after that checkpoint's step. ``restore=True`` writes the named checkpoint's files (an
-experiment: its latest checkpoint) back relative to the code directory before returning;
-files already there with the same content are left alone, different ones raise
+experiment id: its latest), and step numbering goes on after that checkpoint's step.
+``restore=True`` writes that checkpoint's files back relative to the code directory before
+returning; files already there with the same content are left alone, different ones raise
 :class:`~mlvc.errors.FileExistsConflict` unless ``restore_force=True``. Resume problems always
 raise (even without ``strict``): silently training from scratch would waste the run.
 """
@@ -491,6 +491,7 @@ class Run:
         except Exception as exc:  # noqa: BLE001 - never break training unless strict
             self._code_dir = self._cwd
             self._disabled = True
+            self._start_error = exc
             self._main_error("run configuration", exc)
         if resume is not None and not self._disabled:
             self._prepare_resume(resume, restore, restore_force)
@@ -1216,14 +1217,15 @@ class Run:
         if self._own_repo and self._repo is not None:
             with contextlib.suppress(Exception):
                 self._repo.close()
-        if not self._disabled:
-            self._report()
+        self._report()
 
     def _report(self) -> None:
         if self._exp_id is None:
             err = self._start_error
+            where = self.repository_url
             msg = (
-                f"mlvc: experiment NOT saved to {self.repository_url}"
+                "mlvc: experiment NOT saved"
+                + (f" to {where}" if where else "")
                 + (f" ({type(err).__name__}: {err})" if err else "")
                 + "; see the log"
             )

@@ -210,3 +210,57 @@ def test_resume_with_every_id_form(project: Path, tmp_path: Path) -> None:
     assert [c.step for c in mlvc.experiments.get(exp_id).checkpoints] == [0, 1, 2, 2, 3]
     with pytest.raises(mlvc.errors.UsageError, match="bad selector"):
         mlvc.track(resume=f"{exp_id[:8]}@worst")
+
+
+def test_unreadable_project_config_is_a_clear_warning_not_a_silent_loss(
+    project: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from mlvc.settings import write_project_config
+
+    write_project_config(project, "runs")
+    monkeypatch.setitem(sys.modules, "tomllib", None)  # Python 3.10 without tomli
+    monkeypatch.setitem(sys.modules, "tomli", None)
+    with caplog.at_level(logging.WARNING, logger="mlvc"):
+        with mlvc.track(params={"lr": 0.1}) as run:
+            run.checkpoint(metrics={"loss": 1.0})
+    assert run.id is None
+    assert "could not record run configuration" in caplog.text
+    assert "pip install tomli" in caplog.text
+    err = capsys.readouterr().err
+    assert err.strip().splitlines()[-1].startswith("mlvc: experiment NOT saved (UsageError: ")
+
+
+def test_pyproject_declares_tomli_for_python_310() -> None:
+    try:
+        import tomllib
+    except ImportError:  # pragma: no cover - Python 3.10
+        import tomli as tomllib  # type: ignore[no-redef]
+    root = Path(__file__).resolve().parents[2]
+    deps = tomllib.loads((root / "pyproject.toml").read_text())["project"]["dependencies"]
+    assert any(d.replace(" ", "").startswith('tomli>=1.1;python_version<"3.11"') for d in deps)
+
+
+def test_environment_records_machine_and_accelerators_without_initialising_cuda(
+    project: Path, tmp_path: Path
+) -> None:
+    import torch
+
+    with mlvc.track(repository=tmp_path / "repo") as run:
+        pass
+    env = mlvc.experiments.get(run.id, repository=tmp_path / "repo").env
+    assert env["machine"]["cpu_count"] == os.cpu_count()
+    assert env["machine"]["memory_bytes"] > 1 << 20
+    acc = env["accelerators"]
+    assert acc["torch"] == torch.__version__
+    assert acc["cuda_available"] == torch.cuda.is_available()
+    assert acc["mps_available"] == torch.backends.mps.is_available()
+    assert acc["cuda_build"] == torch.version.cuda
+    assert not torch.cuda.is_initialized()  # recording never set CUDA up
+    if torch.cuda.is_available():  # pragma: no cover - machines with a GPU
+        assert [d["name"] for d in acc["cuda_devices"]] == [
+            torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())
+        ]
+        assert acc["driver"]
