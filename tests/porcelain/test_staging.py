@@ -19,7 +19,6 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 
 import mlvc
 from mlvc import _stager, staging, tracking
@@ -27,6 +26,8 @@ from mlvc.staging import BackgroundCopy, Stager
 from mlvc_core.ingest import TreeBuilder
 from mlvc_core.objects import TreeEntry
 from tests.porcelain.conftest import subprocess_env
+
+torch = pytest.importorskip("torch")
 
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="file leases")
 

@@ -6,9 +6,10 @@ import copy
 from pathlib import Path
 
 import pytest
-import torch
 
 import mlvc
+
+torch = pytest.importorskip("torch")
 
 
 def _train(run: mlvc.Run, epochs: int = 6) -> tuple[list[float], list[dict[str, object]]]:
