@@ -246,8 +246,7 @@ def test_pyproject_declares_tomli_for_python_310() -> None:
 def test_environment_records_machine_and_accelerators_without_initialising_cuda(
     project: Path, tmp_path: Path
 ) -> None:
-    import torch
-
+    torch = pytest.importorskip("torch")
     with mlvc.track(repository=tmp_path / "repo") as run:
         pass
     env = mlvc.experiments.get(run.id, repository=tmp_path / "repo").env
