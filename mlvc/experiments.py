@@ -690,13 +690,59 @@ class Experiment:
         return self.best() or self.latest()
 
     def metrics(self, name: str) -> builtins.list[tuple[int | None, float]]:
-        """``(step, value)`` of one metric over the checkpoints, oldest first."""
-        out = []
+        """``(step, value)`` of one metric, ordered by step.
+
+        What ``run.log`` recorded, and the checkpoints' values at steps ``run.log`` did not
+        record. Reads the experiment's metric segments and its commit chain.
+        """
+        from mlvc.series import read_points
+
+        out: builtins.list[tuple[int | None, float]] = [
+            (step, values[name])
+            for step, _time, values in read_points(self._repo, self.id)
+            if name in values
+        ]
+        logged = {step for step, _ in out}
         for c in self.checkpoints:
             value = as_float(c.metrics.get(name))
-            if value is not None:
+            if value is not None and c.step not in logged:
                 out.append((c.step, value))
+        out.sort(key=lambda p: -1 if p[0] is None else p[0])
         return out
+
+    def metric_names(self) -> builtins.list[str]:
+        """Names of every metric logged or recorded at a checkpoint, sorted."""
+        from mlvc.series import read_points
+
+        names = {k for _s, _t, values in read_points(self._repo, self.id) for k in values}
+        for c in self.checkpoints:
+            names.update(c.metrics)
+        return sorted(names)
+
+    def metrics_frame(self, names: Sequence[str] | None = None) -> Any:
+        """The metrics as a pandas DataFrame: one row per step, one column per metric.
+
+        Args:
+            names: The metrics (default: every one, see :meth:`metric_names`).
+
+        Raises:
+            UsageError: pandas is not installed.
+        """
+        try:
+            import pandas as pd  # type: ignore[import-untyped,unused-ignore]
+        except ImportError:
+            raise UsageError("Experiment.metrics_frame needs pandas: pip install pandas") from None
+        columns = {}
+        for name in builtins.list(names) if names is not None else self.metric_names():
+            points = self.metrics(name)
+            columns[name] = (
+                pd.Series([v for _, v in points], index=[s for s, _ in points], dtype="float64")
+                .groupby(level=0)
+                .last()
+            )
+        frame = pd.DataFrame(columns)
+        frame.index.name = "step"
+        return frame
 
     def plot(self, name: str, ax: Any = None) -> Any:
         """Plot one metric against the step with matplotlib; return the Axes.
@@ -990,8 +1036,11 @@ def remove(ids: str | Iterable[str], repository: RepositoryLike = None) -> built
 
 
 def _remove_experiment(repo: Repository, exp_id: str) -> None:
+    from mlvc.series import delete_series
+
     repo.refs.delete(ref_name(exp_id))
     repo.store.delete(heartbeat_key(exp_id))
+    delete_series(repo, exp_id)
 
 
 def _remove_checkpoint(

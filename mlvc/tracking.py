@@ -83,6 +83,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
+from mlvc import series as _series
 from mlvc.environment import environment
 from mlvc.errors import FileExistsConflict, MlvcError, TrackingError, UsageError
 from mlvc.experiments import (
@@ -97,6 +98,13 @@ from mlvc.ignore import IgnoreMatcher
 from mlvc.params import canonical_params
 from mlvc.redaction import redact_text
 from mlvc.repo import open_repo, stat_cache
+from mlvc.series import (
+    SeriesBuffer,
+    clean_values,
+    encode_segment,
+    last_step,
+    segment_key,
+)
 from mlvc.settings import Settings, launch_directory, load_settings, project_start
 from mlvc.staging import STAGING, BackgroundCopy, CopyFailed, Snapshot, Stager
 from mlvc_core.errors import RefConflict, RepositoryLocked
@@ -129,13 +137,7 @@ PrimaryArg = tuple[str, str] | list[str] | Mapping[str, str] | str | None
 
 
 def _clean_metrics(metrics: Mapping[str, Any] | None) -> dict[str, float | str]:
-    out: dict[str, float | str] = {}
-    for k, v in (metrics or {}).items():
-        try:
-            out[str(k)] = json_number(float(v))
-        except (TypeError, ValueError, RuntimeError) as exc:
-            log.warning("mlvc: metric %r ignored: %r is not a number (%s)", k, v, exc)
-    return out
+    return {k: json_number(v) for k, v in clean_values(metrics or {}, "a checkpoint").items()}
 
 
 def parse_primary(value: PrimaryArg) -> tuple[str, str] | None:
@@ -463,6 +465,15 @@ class Run:
         self._uncaught: tuple[type[BaseException], BaseException | None] | None = None
         self._stager: Stager | None = None
         self._max_code_files = max_code_files
+        self._series = SeriesBuffer()
+        self._series_lock = threading.Lock()
+        self._series_stop = threading.Event()
+        self._series_thread: threading.Thread | None = None
+        self._series_writer = f"{int(time.time() * 1000):013d}-{uuid.uuid4().hex[:12]}"
+        self._series_seq = 0
+        self._series_failing = False
+        self._log_step = 0
+        self._log_closed_warned = False
         self.name = name or _default_name(self._argv)
         self.params: dict[str, Any] = {}
         self.resumed_from: Checkpoint | None = None
@@ -598,6 +609,46 @@ class Run:
         self._next_step = job_step + 1
         self._queue.put(job)
 
+    def log(self, metrics: Mapping[str, Any], step: int | None = None) -> None:
+        """Record metric values at a step, cheaply: no file, no commit (see :mod:`mlvc.series`).
+
+        Points wait in memory and are written in batched segments by a background thread
+        (every few seconds, and when the run ends); read them back with
+        :meth:`Experiment.metrics <mlvc.experiments.Experiment.metrics>`.
+
+        Args:
+            metrics: Metric name -> value (Python or numpy numbers, 0-d arrays, one-element
+                tensors, bools, ``Decimal``; NaN and infinities are kept). Other values are
+                left out with a warning.
+            step: The step (default: one more than the previous ``log``'s, from 0).
+        """
+        if self._disabled:
+            return
+        if self._closed:
+            if not self._log_closed_warned:
+                self._log_closed_warned = True
+                log.warning("mlvc: log() called after the run was closed: not recorded")
+            return
+        if step is None:
+            step = self._log_step
+        elif type(step) is not int:
+            try:
+                step = int(step)
+            except (TypeError, ValueError) as exc:
+                self._main_error("log", exc)
+                return
+        self._log_step = step + 1
+        values: dict[str, float] = {}
+        for k, v in metrics.items():
+            if type(v) is float and type(k) is str:
+                values[k] = v
+            else:
+                values.update(clean_values({k: v}, f"step {step}"))
+        if values:
+            self._series.add(step, time.time(), values)
+            if self._series_thread is None:
+                self._start_series()
+
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until every queued checkpoint is committed. Returns False on timeout.
 
@@ -728,6 +779,8 @@ class Run:
         if step is None:
             step = exp.summary.get("latest_step")
         self._next_step = int(step) + 1 if isinstance(step, (int, float)) else 0
+        logged = last_step(self._repo, exp.id)
+        self._log_step = logged + 1 if logged is not None else self._next_step
         if restore and ckpt is not None:
             self._restore(ckpt, force)
 
@@ -1139,6 +1192,7 @@ class Run:
 
     def _do_stop(self, job: _Job) -> None:
         self._stop_heartbeat()
+        self._stop_series()
         if self._exp_id is None or self._repo is None:
             return
         repo, name = self._repo, ref_name(self._exp_id)
@@ -1159,6 +1213,62 @@ class Run:
             except RefConflict:
                 time.sleep(min(1.0, 0.02 * 2**attempt))
         repo.store.delete(heartbeat_key(self._exp_id))
+
+    # -------------------------------------------------------------- step metrics
+
+    def _start_series(self) -> None:
+        with self._series_lock:
+            if self._series_thread is not None:
+                return
+            self._series_thread = threading.Thread(
+                target=self._write_series, name="mlvc-series", daemon=True
+            )
+            self._series_thread.start()
+
+    def _write_series(self) -> None:
+        while not self._series_stop.is_set():
+            self._series.wake.wait(_series.SEGMENT_SECONDS)
+            self._series.wake.clear()
+            if self._series_stop.is_set():
+                return
+            self._flush_series()
+
+    def _flush_series(self) -> None:
+        """Write the points waiting as one segment (kept for later if that fails)."""
+        with self._series_lock:
+            if self._exp_id is None or self._repo is None:
+                return  # not recorded yet: the points wait
+            points = self._series.take()
+            if not points:
+                return
+            key = segment_key(self._exp_id, self._series_writer, self._series_seq)
+            try:
+                self._repo.store.write(key, encode_segment(points))
+            except Exception as exc:  # noqa: BLE001 - kept and retried, never raised
+                self._series.put_back(points)
+                if not self._series_failing:
+                    self._series_failing = True
+                    log.warning(
+                        "mlvc: could not write logged metrics (kept in memory, retried): %s: %s",
+                        type(exc).__name__,
+                        exc,
+                    )
+                return
+            self._series_seq += 1
+            self._series_failing = False
+
+    def _stop_series(self) -> None:
+        self._series_stop.set()
+        self._series.wake.set()
+        thread = self._series_thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout=30)
+        self._flush_series()
+        if len(self._series) or self._series.dropped():
+            log.warning(
+                "mlvc: %d logged metric point(s) could not be written",
+                len(self._series) + self._series.dropped(),
+            )
 
     # -------------------------------------------------------------- heartbeat
 
