@@ -270,6 +270,7 @@ def _register() -> None:
         init,
         log,
         ls,
+        plot,
         remote,
         rm,
         show,
@@ -277,7 +278,8 @@ def _register() -> None:
         tag,
     )
 
-    for module in (init, commit, log, ls, show, diff, checkout, tag, rm, gc, fsck, stats, remote):
+    modules = (init, commit, log, ls, show, diff, checkout, tag, rm, gc, fsck, stats, remote, plot)
+    for module in modules:
         module.register(app)
 
 

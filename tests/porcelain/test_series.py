@@ -132,3 +132,24 @@ def test_flushed_points_survive_a_kill(tmp_path: Path) -> None:
     (exp,) = mlvc.experiments.list(repository=repo_dir)
     loss = exp.metrics("loss")
     assert len(loss) == 100 and loss[-1] == (99, 0.01)
+
+
+def test_mlvc_plot_overlays_runs(project: Path, tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    from typer.testing import CliRunner
+
+    from mlvc.cli import app
+
+    ids = []
+    for scale in (1.0, 2.0):
+        with mlvc.track() as run:
+            for step in range(50):
+                run.log({"loss": scale / (step + 1)})
+        ids.append(run.id[:10])  # type: ignore[index]
+    out = tmp_path / "loss.png"
+    runner = CliRunner()
+    result = runner.invoke(app, ["plot", *ids, "-m", "loss", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and "2 lines" in result.output
+    missing = runner.invoke(app, ["plot", ids[0], "-m", "nope", "-o", str(out)])
+    assert missing.exit_code == 2 and "none of the experiments has metric 'nope'" in missing.output
