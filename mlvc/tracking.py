@@ -18,8 +18,14 @@ Never break the training loop (docs/experiments.md, design invariant 5):
   copies it, then goes ahead; that checkpoint is stored from the copy. Small files, and files
   that cannot be leased, are copied into a private staging directory before the call returns.
   A background thread chunks, stores and commits, then advances the experiment's ref by
-  compare-and-swap. The queue is bounded (``max_pending``, default 2): the loop waits only
-  when it is full.
+  compare-and-swap. Up to ``max_pending`` (default 2) checkpoints wait for it unnoticed; a
+  further one waits at most :data:`CHECKPOINT_WAIT` (1 s) for room, then is queued anyway with
+  its files on local disk (one warning): storage that is down, frozen or slow never blocks the
+  loop for longer.
+* ``close()`` (and the interpreter's exit) waits up to ``exit_timeout`` seconds (default
+  :data:`EXIT_TIMEOUT`) for the storage to take what is pending; what it has not taken by then
+  is kept in the local outbox (:mod:`mlvc.outbox`, under the cache directory), and the last
+  line says so and names ``mlvc sync``, which sends it later.
 * ``checkpoint(copy=False)`` takes no lease and copies nothing, for loops that leave their
   checkpoint files alone until the next checkpoint: the call only notes each file's identity
   (size, mtime, inode) and returns in microseconds; the background thread reads the files
@@ -60,13 +66,13 @@ raise (even without ``strict``): silently training from scratch would waste the 
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import errno
 import io
 import json
 import logging
 import os
-import queue
 import random
 import shutil
 import signal
@@ -95,6 +101,8 @@ from mlvc.experiments import (
     summary_with_checkpoint,
 )
 from mlvc.ignore import IgnoreMatcher
+from mlvc.outbox import outbox_dir
+from mlvc.outbox import save as outbox_save
 from mlvc.params import canonical_params
 from mlvc.redaction import redact_text
 from mlvc.repo import open_repo, stat_cache
@@ -125,6 +133,10 @@ DEFAULT_HEARTBEAT = 10.0
 MAX_CODE_FILE_SIZE = 64 << 20
 MAX_CODE_FILES = 20_000
 _CAS_ATTEMPTS = 30
+CHECKPOINT_WAIT = 1.0
+"""Seconds ``checkpoint()`` waits for room in a full queue before queueing anyway."""
+EXIT_TIMEOUT = 300.0
+"""Default seconds ``close()`` (and the exit) waits for storage to take what is pending."""
 LOCK_WAIT = 900.0
 """Seconds a checkpoint (or the run's start) waits for a gc holding the repository."""
 
@@ -221,6 +233,8 @@ class _Job:
     """The files leased or copied in the background (``copy=True``)."""
     time: float = field(default_factory=time.time)
     reason: str = ""
+    abandoned: bool = False
+    """Given up at exit: its files were moved to the outbox, the worker must not touch them."""
     error: dict[str, str] | None = None
     """For a stop: the exception that ended the run (type and message)."""
     done: threading.Event = field(default_factory=threading.Event)
@@ -285,6 +299,66 @@ class _Job:
         self.staging = []
 
 
+class _JobQueue:
+    """The worker's jobs, in order. Checkpoints wait a bounded time for room, then queue anyway.
+
+    ``max_pending`` checkpoints may wait without the loop noticing; a checkpoint beyond that
+    waits up to :data:`CHECKPOINT_WAIT` seconds for the worker, then is queued all the same
+    (its files already sit in local staging): storage that is down or frozen never stalls the
+    loop for longer.
+    """
+
+    def __init__(self, max_pending: int) -> None:
+        self._jobs: collections.deque[_Job] = collections.deque()
+        self._cond = threading.Condition()
+        self._max = max(1, max_pending)
+        self.current: _Job | None = None
+        """The job the worker is doing."""
+
+    def _waiting_checkpoints(self) -> int:
+        return sum(1 for j in self._jobs if j.kind == "checkpoint")
+
+    def put(self, job: _Job, wait: float | None = None) -> bool:
+        """Queue ``job``; with ``wait``, first wait up to that long while the queue is full.
+
+        Returns:
+            False if the job was queued beyond ``max_pending`` (the wait ran out).
+        """
+        with self._cond:
+            room = True
+            if wait is not None:
+                room = self._cond.wait_for(lambda: self._waiting_checkpoints() < self._max, wait)
+            self._jobs.append(job)
+            self._cond.notify_all()
+            return room
+
+    def get(self) -> _Job:
+        """The next job (waits for one); it becomes :attr:`current`."""
+        with self._cond:
+            self._cond.wait_for(lambda: bool(self._jobs))
+            job = self.current = self._jobs.popleft()
+            self._cond.notify_all()
+            return job
+
+    def done(self) -> None:
+        """The current job is finished."""
+        with self._cond:
+            self.current = None
+            self._cond.notify_all()
+
+    def pending(self) -> list[_Job]:
+        """The jobs not yet started, in order."""
+        with self._cond:
+            return list(self._jobs)
+
+    def take_pending(self) -> list[_Job]:
+        """Remove and return the jobs not yet started."""
+        with self._cond:
+            jobs = list(self._jobs)
+            self._jobs.clear()
+            return jobs
+
+
 class CheckpointChanged(MlvcError):
     """A checkpoint file changed before mlvc had stored it (or copied it, in the background)."""
 
@@ -343,6 +417,71 @@ def _status_of(reason: str, error: dict[str, str] | None) -> str:
     if error is not None:
         return "failed"
     return "interrupted" if reason in _INTERRUPTS else "stopped"
+
+
+def advance_ref(
+    repo: Repository,
+    session: WriteSession,
+    ref: Ref,
+    make: Callable[[ObjectId], Commit],
+    summarize: Callable[[dict[str, Any], str], dict[str, Any]],
+) -> tuple[ObjectId, Ref]:
+    """Store ``make(ref.target)`` and move the ref to it by CAS, retrying on conflicts.
+
+    A conflict that only changed the summary keeps the commit; one that moved the ref
+    re-parents it.
+
+    Returns:
+        The commit stored and the ref as moved.
+
+    Raises:
+        RefConflict: Still losing the race after many attempts.
+    """
+    commit = make(ref.target)
+    cid = session.add_object(commit)
+    session.flush()
+    for attempt in range(_CAS_ATTEMPTS):
+        try:
+            return cid, repo.refs.move(ref, cid, summarize(ref.summary, to_hex(cid)))
+        except RefConflict:
+            time.sleep(min(1.0, 0.02 * 2**attempt) * (0.5 + random.random()))
+            ref = repo.refs.require(ref.name)
+            if commit.parents != (ref.target,):
+                commit = make(ref.target)
+                cid = session.add_object(commit)
+                session.flush()
+    raise RefConflict(ref.name, None)
+
+
+def checkpoint_commit(
+    tree: ObjectId,
+    parent: ObjectId,
+    exp_id: str,
+    step: int | None,
+    metrics: dict[str, Any],
+    primary: tuple[str, str] | None,
+    when: float,
+    paths: list[str],
+) -> Commit:
+    """The commit recording one checkpoint (format: docs/experiments.md)."""
+    metrics_text = " ".join(
+        f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items()
+    )
+    return Commit(
+        tree=tree,
+        parents=(parent,),
+        author=default_author(),
+        time=when,
+        message=f"checkpoint step {step}" + (f": {metrics_text}" if metrics_text else ""),
+        metadata={
+            "type": "checkpoint",
+            "experiment": exp_id,
+            "step": step,
+            "metrics": metrics,
+            "primary_metric": {"name": primary[0], "goal": primary[1]} if primary else None,
+            "paths": paths,
+        },
+    )
 
 
 def _untakable(root: Path, rel: str) -> bool:
@@ -430,6 +569,7 @@ class Run:
         heartbeat_interval: float = DEFAULT_HEARTBEAT,
         max_code_file_size: int = MAX_CODE_FILE_SIZE,
         max_code_files: int = MAX_CODE_FILES,
+        exit_timeout: float = EXIT_TIMEOUT,
     ) -> None:
         """Start a run; see :func:`track` for the arguments."""
         self.strict = strict
@@ -474,6 +614,8 @@ class Run:
         self._series_failing = False
         self._log_step = 0
         self._log_closed_warned = False
+        self._backlog_warned = False
+        self._left_behind: tuple[int, int, str] | None = None
         self.name = name or _default_name(self._argv)
         self.params: dict[str, Any] = {}
         self.resumed_from: Checkpoint | None = None
@@ -506,7 +648,8 @@ class Run:
             self._main_error("run configuration", exc)
         if resume is not None and not self._disabled:
             self._prepare_resume(resume, restore, restore_force)
-        self._queue: queue.Queue[_Job] = queue.Queue(maxsize=max(1, max_pending))
+        self._queue = _JobQueue(max_pending)
+        self._exit_timeout = exit_timeout
         if self._disabled:
             self._started.set()
             return
@@ -607,7 +750,13 @@ class Run:
             snapshot,
         )
         self._next_step = job_step + 1
-        self._queue.put(job)
+        if not self._queue.put(job, wait=CHECKPOINT_WAIT) and not self._backlog_warned:
+            self._backlog_warned = True
+            log.warning(
+                "mlvc: the repository is slow to answer (%s): checkpoints now wait on local "
+                "disk and are stored in order when it answers; training continues",
+                self.repository_url,
+            )
 
     def log(self, metrics: Mapping[str, Any], step: int | None = None) -> None:
         """Record metric values at a step, cheaply: no file, no commit (see :mod:`mlvc.series`).
@@ -888,6 +1037,8 @@ class Run:
     def _work(self) -> None:
         while True:
             job = self._queue.get()
+            if job.abandoned:
+                continue  # given up at exit (kept in the outbox)
             try:
                 if job.kind == "start":
                     self._start_safely(job)
@@ -899,8 +1050,10 @@ class Run:
             except Exception as exc:  # noqa: BLE001 - the worker must survive anything
                 self._background_error(job, exc)
             finally:
-                job.cleanup()
+                if not job.abandoned:
+                    job.cleanup()
                 job.done.set()
+                self._queue.done()
             if job.kind == "stop":
                 return
 
@@ -1098,32 +1251,15 @@ class Run:
         commit; one that moved the ref (another process resumed the experiment) re-parents it.
         """
         assert self._repo is not None
-        commit = make(ref.target)
-        cid = session.add_object(commit)
-        session.flush()
-        for attempt in range(_CAS_ATTEMPTS):
-            try:
-                new_summary = summarize(ref.summary, to_hex(cid))
-                self._summary = self._repo.refs.move(ref, cid, new_summary).summary
-                return cid
-            except RefConflict:
-                time.sleep(min(1.0, 0.02 * 2**attempt) * (0.5 + random.random()))
-                ref = self._repo.refs.require(ref.name)
-                if commit.parents != (ref.target,):
-                    commit = make(ref.target)
-                    cid = session.add_object(commit)
-                    session.flush()
-        raise RefConflict(ref.name, None)
+        cid, moved = advance_ref(self._repo, session, ref, make, summarize)
+        self._summary = moved.summary
+        return cid
 
     def _do_checkpoint(self, job: _Job) -> None:
         self._ensure_started()
         assert self._repo is not None and self._exp_id is not None
         repo, exp_id = self._repo, self._exp_id
         ref = repo.refs.require(ref_name(exp_id))
-        pm = {"name": job.primary[0], "goal": job.primary[1]} if job.primary else None
-        metrics_text = " ".join(
-            f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in job.metrics.items()
-        )
         with repo.session() as s:
             # The previous checkpoint's files guide this one's: unchanged tensors are verified
             # by hash instead of being cut and compressed again.
@@ -1165,21 +1301,15 @@ class Run:
             tree_id = s.add_object(tree)
 
             def make(parent: ObjectId) -> Commit:
-                return Commit(
-                    tree=tree_id,
-                    parents=(parent,),
-                    author=default_author(),
-                    time=job.time,
-                    message=f"checkpoint step {job.step}"
-                    + (f": {metrics_text}" if metrics_text else ""),
-                    metadata={
-                        "type": "checkpoint",
-                        "experiment": exp_id,
-                        "step": job.step,
-                        "metrics": job.metrics,
-                        "primary_metric": pm,
-                        "paths": [rel for rel, _ in job.items],
-                    },
+                return checkpoint_commit(
+                    tree_id,
+                    parent,
+                    exp_id,
+                    job.step,
+                    job.metrics,
+                    job.primary,
+                    job.time,
+                    [rel for rel, _ in job.items],
                 )
 
             def summarize(old: dict[str, Any], cid: str) -> dict[str, Any]:
@@ -1319,15 +1449,94 @@ class Run:
         if self._worker is not None and self._worker.is_alive():
             job = self._stop_job = _Job("stop", reason=reason, error=error)
             self._queue.put(job)
-            job.done.wait()
-            self._worker.join(timeout=30)
+            if not job.done.wait(self._exit_timeout):
+                self._give_up(job)
+            else:
+                self._worker.join(timeout=30)
         if self._stager is not None:
             self._stager.close()  # after the worker: every copy it waited for is made
         self._uninstall_sigterm()
-        if self._own_repo and self._repo is not None:
+        if self._own_repo and self._repo is not None and self._left_behind is None:
             with contextlib.suppress(Exception):
                 self._repo.close()
         self._report()
+
+    def _give_up(self, stop: _Job) -> None:
+        """The storage did not take what is pending in time: keep it in the outbox.
+
+        Checkpoints not yet stored (the one the worker is stuck on included: ``mlvc sync``
+        skips it if it was stored after all) and the run's end go to the local outbox
+        (:mod:`mlvc.outbox`); the worker is left to die with the process.
+        """
+        current = self._queue.current
+        jobs = self._queue.take_pending()
+        if current is not None and current.kind == "checkpoint":
+            jobs.insert(0, current)
+        kept, lost = 0, 0
+        root = outbox_dir(self._settings.cache_dir if self._settings else None)
+        for job in jobs:
+            try:
+                if self._exp_id is None or self._repo is None:
+                    lost += job.kind == "checkpoint"
+                elif job.kind == "checkpoint":
+                    self._keep(root, job)
+                    kept += 1
+                elif job.kind == "stop":
+                    self._keep_end(root, job)
+            except Exception as exc:  # noqa: BLE001 - exiting anyway
+                lost += job.kind == "checkpoint"
+                log.warning("mlvc: could not keep %s in %s: %s", job.describe(), root, exc)
+            finally:
+                job.abandoned = True
+                if job is not current:
+                    with contextlib.suppress(Exception):
+                        job.cleanup()
+                job.done.set()
+        stop.done.set()
+        self._hb_stop.set()  # not joined: it may be stuck in the storage too
+        self._series_stop.set()
+        self._left_behind = (kept, lost, str(root))
+
+    def _keep(self, root: Path, job: _Job) -> None:
+        """Copy one pending checkpoint's files (as they were at the call) into the outbox."""
+        assert self._exp_id is not None and self._repo is not None
+        job.await_copies()  # files inside checkpointed directories: the helper's copies
+        files: list[tuple[str, Path]] = []
+        for rel, staged in job.items:
+            src = staged
+            if job.snapshot is not None:
+                copy = job.snapshot.copy_of(staged)
+                if copy is not None and copy.status != "copied":
+                    src = Path(copy.src)  # still leased: unchanged since the call
+            files.append((rel, src))
+        entry = {
+            "kind": "checkpoint",
+            "repository": self._repo.url,
+            "experiment": self._exp_id,
+            "code_tree": to_hex(self._code_tree) if self._code_tree is not None else None,
+            "step": job.step,
+            "metrics": job.metrics,
+            "primary": list(job.primary) if job.primary else None,
+            "time": job.time,
+        }
+        saved = outbox_save(root, entry, files)
+        changed = [p for p, fp in job.fingerprints.items() if _fingerprint_of(p) != fp]
+        if changed:
+            shutil.rmtree(saved, ignore_errors=True)
+            raise CheckpointChanged(f"{changed[0]} changed before it was kept")
+
+    def _keep_end(self, root: Path, job: _Job) -> None:
+        assert self._exp_id is not None and self._repo is not None
+        entry = {
+            "kind": "end",
+            "repository": self._repo.url,
+            "experiment": self._exp_id,
+            "status": _status_of(job.reason, job.error),
+            "ended": time.time(),
+            "end_reason": job.reason,
+            "error": job.error,
+        }
+        outbox_save(root, entry)
 
     def _report(self) -> None:
         if self._exp_id is None:
@@ -1356,6 +1565,16 @@ class Run:
                 f"mlvc: saved experiment {self._exp_id[:12]} ({', '.join(parts)}) "
                 f"to {self.repository_url}"
             )
+            if self._left_behind is not None:
+                kept, lost, where = self._left_behind
+                msg = (
+                    f"mlvc: the repository {self.repository_url} did not answer within "
+                    f"{self._exit_timeout:g} s: experiment {self._exp_id[:12]} has "
+                    f"{n} checkpoint{'' if n == 1 else 's'} stored"
+                    + (f", {kept} kept in {where}" if kept else "")
+                    + (f", {lost} lost (see the log)" if lost else "")
+                    + "; run `mlvc sync` to send what is kept"
+                )
         log.info(msg)
         with contextlib.suppress(Exception):
             print(msg, file=sys.stderr, flush=True)
@@ -1466,6 +1685,7 @@ def track(
     heartbeat_interval: float = DEFAULT_HEARTBEAT,
     max_code_file_size: int = MAX_CODE_FILE_SIZE,
     max_code_files: int = MAX_CODE_FILES,
+    exit_timeout: float = EXIT_TIMEOUT,
 ) -> Run:
     """Start tracking a training run; use as a context manager (or call ``close()``).
 
@@ -1487,6 +1707,9 @@ def track(
         heartbeat_interval: Seconds between heartbeats.
         max_code_file_size: Larger files are left out of the code snapshot.
         max_code_files: The code snapshot stops after this many files.
+        exit_timeout: Seconds ``close()`` (and the interpreter's exit) waits for the storage
+            to take what is still pending; what it has not taken by then is kept in the local
+            outbox, and ``mlvc sync`` sends it later.
 
     Returns:
         The :class:`Run`.
@@ -1511,6 +1734,7 @@ def track(
         heartbeat_interval=heartbeat_interval,
         max_code_file_size=max_code_file_size,
         max_code_files=max_code_files,
+        exit_timeout=exit_timeout,
     )
 
 
@@ -1529,6 +1753,7 @@ def init(
     heartbeat_interval: float = DEFAULT_HEARTBEAT,
     max_code_file_size: int = MAX_CODE_FILE_SIZE,
     max_code_files: int = MAX_CODE_FILES,
+    exit_timeout: float = EXIT_TIMEOUT,
 ) -> Run:
     """Start tracking without a ``with`` block; arguments as for :func:`track`.
 
@@ -1550,4 +1775,5 @@ def init(
         heartbeat_interval=heartbeat_interval,
         max_code_file_size=max_code_file_size,
         max_code_files=max_code_files,
+        exit_timeout=exit_timeout,
     )

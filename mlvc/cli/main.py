@@ -275,10 +275,14 @@ def _register() -> None:
         rm,
         show,
         stats,
+        sync,
         tag,
     )
 
-    modules = (init, commit, log, ls, show, diff, checkout, tag, rm, gc, fsck, stats, remote, plot)
+    modules = (
+        *(init, commit, log, ls, show, diff, checkout, tag, rm, gc, fsck, stats, remote),
+        *(plot, sync),
+    )
     for module in modules:
         module.register(app)
 

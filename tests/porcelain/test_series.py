@@ -34,7 +34,7 @@ def test_log_many_points_in_few_segments(project: Path, tmp_path: Path) -> None:
             run.log({"loss": 1.0 / (step + 1), "lr": 0.1}, step=step)
         per_call = (time.perf_counter() - t0) / n
         run.checkpoint(step=n, metrics={"loss": 0.0})
-    assert per_call < 50e-6, f"run.log took {per_call * 1e6:.1f} us per call"
+    assert per_call < 200e-6, f"run.log took {per_call * 1e6:.1f} us per call"
     keys = _segments(repo_dir)
     assert 1 <= len(keys) <= 5  # batched: never a file per point
     exp = mlvc.experiments.get(run.id, repository=repo_dir)
