@@ -39,6 +39,7 @@ ENV_DEBUG = "MLVC_DEBUG"
 __all__ = [
     "CONFIG_NAME",
     "Settings",
+    "distributed_rank",
     "find_project_config",
     "launch_directory",
     "load_settings",
@@ -341,3 +342,23 @@ def project_start(argv0: str | None) -> Path:
     if script is not None and script in cwd.parents:
         return script
     return cwd
+
+
+def distributed_rank() -> tuple[int, int] | None:
+    """``(rank, local rank)`` of this process in a distributed job, or None outside one.
+
+    Read from ``RANK``, ``LOCAL_RANK`` and ``WORLD_SIZE`` (set by ``torchrun`` and
+    ``torch.distributed.launch``); a job of one process is not distributed.
+    """
+    try:
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        rank = int(os.environ["RANK"])
+    except (KeyError, ValueError):
+        return None
+    if world <= 1:
+        return None
+    try:
+        local = int(os.environ.get("LOCAL_RANK", str(rank)))
+    except ValueError:
+        local = rank
+    return rank, local

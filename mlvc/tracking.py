@@ -35,6 +35,10 @@ Never break the training loop (docs/experiments.md, design invariant 5):
 * A checkpoint (or the run's start) that finds gc holding the repository waits for it in the
   background, retrying for up to :data:`LOCK_WAIT` seconds (one warning), instead of being
   dropped; the loop waits only if the queue fills meanwhile.
+* In a distributed job (``torchrun``: ``RANK``/``WORLD_SIZE`` set) only rank 0 records one
+  experiment for the job; the other ranks get a run whose calls do nothing (with
+  ``resume=..., restore=True`` each node's local rank 0 restores the files: have the ranks
+  wait on a barrier before loading them).
 * Errors are logged to ``logging.getLogger("mlvc")`` and training goes on; with
   ``strict=True`` they raise :class:`~mlvc.errors.TrackingError` instead (a background failure
   at the next call or at ``close()``).
@@ -113,7 +117,13 @@ from mlvc.series import (
     last_step,
     segment_key,
 )
-from mlvc.settings import Settings, launch_directory, load_settings, project_start
+from mlvc.settings import (
+    Settings,
+    distributed_rank,
+    launch_directory,
+    load_settings,
+    project_start,
+)
 from mlvc.staging import STAGING, BackgroundCopy, CopyFailed, Snapshot, Stager
 from mlvc_core.errors import RefConflict, RepositoryLocked
 from mlvc_core.ids import ObjectId, to_hex
@@ -547,6 +557,8 @@ class Run:
     Attributes:
         strict: Raise :class:`~mlvc.errors.TrackingError` instead of logging failures.
         name: The experiment's name.
+        rank: This process's rank in a distributed job (None outside one); only rank 0
+            records unless ``rank_zero_only=False``.
         params: The recorded params (flat, see :mod:`mlvc.params`); a resumed run's include
             those recorded before (the ones passed now win).
         resumed_from: The checkpoint a resumed run continues from (None otherwise, or if the
@@ -570,6 +582,7 @@ class Run:
         max_code_file_size: int = MAX_CODE_FILE_SIZE,
         max_code_files: int = MAX_CODE_FILES,
         exit_timeout: float = EXIT_TIMEOUT,
+        rank_zero_only: bool = True,
     ) -> None:
         """Start a run; see :func:`track` for the arguments."""
         self.strict = strict
@@ -646,7 +659,14 @@ class Run:
             self._disabled = True
             self._start_error = exc
             self._main_error("run configuration", exc)
-        if resume is not None and not self._disabled:
+        place = distributed_rank() if rank_zero_only else None
+        self.rank = place[0] if place is not None else None
+        self._inactive = place is not None and place[0] != 0
+        if self._inactive:  # another rank of a distributed job: it records for all of us
+            self._disabled = True
+            if resume is not None and restore and place is not None and place[1] == 0:
+                self._prepare_resume(resume, restore, restore_force)  # one restore per node
+        elif resume is not None and not self._disabled:
             self._prepare_resume(resume, restore, restore_force)
         self._queue = _JobQueue(max_pending)
         self._exit_timeout = exit_timeout
@@ -1539,6 +1559,8 @@ class Run:
         outbox_save(root, entry)
 
     def _report(self) -> None:
+        if self._inactive:
+            return  # rank 0 reports
         if self._exp_id is None:
             err = self._start_error
             where = self.repository_url
@@ -1686,6 +1708,7 @@ def track(
     max_code_file_size: int = MAX_CODE_FILE_SIZE,
     max_code_files: int = MAX_CODE_FILES,
     exit_timeout: float = EXIT_TIMEOUT,
+    rank_zero_only: bool = True,
 ) -> Run:
     """Start tracking a training run; use as a context manager (or call ``close()``).
 
@@ -1710,6 +1733,9 @@ def track(
         exit_timeout: Seconds ``close()`` (and the interpreter's exit) waits for the storage
             to take what is still pending; what it has not taken by then is kept in the local
             outbox, and ``mlvc sync`` sends it later.
+        rank_zero_only: In a distributed job (``RANK`` and ``WORLD_SIZE`` set, as by
+            ``torchrun``), only rank 0 records; the other ranks get a run whose calls do
+            nothing (``run.id`` is None there). False: every rank records its own experiment.
 
     Returns:
         The :class:`Run`.
@@ -1735,6 +1761,7 @@ def track(
         max_code_file_size=max_code_file_size,
         max_code_files=max_code_files,
         exit_timeout=exit_timeout,
+        rank_zero_only=rank_zero_only,
     )
 
 
@@ -1754,6 +1781,7 @@ def init(
     max_code_file_size: int = MAX_CODE_FILE_SIZE,
     max_code_files: int = MAX_CODE_FILES,
     exit_timeout: float = EXIT_TIMEOUT,
+    rank_zero_only: bool = True,
 ) -> Run:
     """Start tracking without a ``with`` block; arguments as for :func:`track`.
 
@@ -1776,4 +1804,5 @@ def init(
         max_code_file_size=max_code_file_size,
         max_code_files=max_code_files,
         exit_timeout=exit_timeout,
+        rank_zero_only=rank_zero_only,
     )
