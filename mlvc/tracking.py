@@ -243,6 +243,8 @@ class _Job:
     """The files leased or copied in the background (``copy=True``)."""
     time: float = field(default_factory=time.time)
     reason: str = ""
+    size: int = 0
+    """Bytes of the checkpoint's files (for the progress shown while the run ends)."""
     abandoned: bool = False
     """Given up at exit: its files were moved to the outbox, the worker must not touch them."""
     error: dict[str, str] | None = None
@@ -463,6 +465,47 @@ def advance_ref(
     raise RefConflict(ref.name, None)
 
 
+QUIET_WAIT = 2.0
+"""Seconds the end of a run waits silently before it shows what is left to store."""
+
+
+def _is_tty(stream: Any) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError, OSError):
+        return False
+
+
+def _size_of(paths: Paths) -> int:
+    """Bytes of the files named (directories walked); 0 for what cannot be read."""
+    if paths is None:
+        return 0
+    items = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
+    total = 0
+    for p in items:
+        for fp in fingerprint(Path(p)).values():
+            total += fp[0]
+    return total
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} GB"  # pragma: no cover
+
+
+def progress_line(checkpoints: int, left: int, speed: float, time_left: float) -> str:
+    """The line shown while a run's end waits for the storage."""
+    what = f"{checkpoints} checkpoint{'' if checkpoints == 1 else 's'}"
+    rate = f", {_human(speed)}/s" if speed > 0 else ""
+    return (
+        f"mlvc: storing {what} ({_human(left)} left{rate}), "
+        f"waiting up to {max(0, int(time_left))} s more"
+    )
+
+
 def checkpoint_commit(
     tree: ObjectId,
     parent: ObjectId,
@@ -628,6 +671,10 @@ class Run:
         self._log_step = 0
         self._log_closed_warned = False
         self._backlog_warned = False
+        self._bytes_queued = 0
+        """Bytes of the checkpoints queued and not yet stored."""
+        self._done_bytes = 0
+        """Bytes of the current checkpoint stored so far."""
         self._left_behind: tuple[int, int, str] | None = None
         self.name = name or _default_name(self._argv)
         self.params: dict[str, Any] = {}
@@ -756,6 +803,7 @@ class Run:
             if primary is not None and self._primary is None:
                 self._primary = primary
             items, staging, fingerprints, snapshot = self._stage(path, copy)
+            size = _size_of(path)
         except Exception as exc:  # noqa: BLE001 - never break training unless strict
             self._main_error(f"checkpoint at step {job_step}", exc)
             return
@@ -769,6 +817,9 @@ class Run:
             fingerprints,
             snapshot,
         )
+        job.size = size
+        with self._lock:
+            self._bytes_queued += size
         self._next_step = job_step + 1
         if not self._queue.put(job, wait=CHECKPOINT_WAIT) and not self._backlog_warned:
             self._backlog_warned = True
@@ -1070,6 +1121,10 @@ class Run:
             except Exception as exc:  # noqa: BLE001 - the worker must survive anything
                 self._background_error(job, exc)
             finally:
+                if job.kind == "checkpoint":
+                    with self._lock:
+                        self._bytes_queued -= job.size
+                    self._done_bytes = 0
                 if not job.abandoned:
                     job.cleanup()
                 job.done.set()
@@ -1280,7 +1335,7 @@ class Run:
         assert self._repo is not None and self._exp_id is not None
         repo, exp_id = self._repo, self._exp_id
         ref = repo.refs.require(ref_name(exp_id))
-        with repo.session() as s:
+        with repo.session(progress=self._stored) as s:
             # The previous checkpoint's files guide this one's: unchanged tensors are verified
             # by hash instead of being cut and compressed again.
             guide = None
@@ -1469,7 +1524,7 @@ class Run:
         if self._worker is not None and self._worker.is_alive():
             job = self._stop_job = _Job("stop", reason=reason, error=error)
             self._queue.put(job)
-            if not job.done.wait(self._exit_timeout):
+            if not self._wait_showing_progress(job, self._exit_timeout):
                 self._give_up(job)
             else:
                 self._worker.join(timeout=30)
@@ -1480,6 +1535,47 @@ class Run:
             with contextlib.suppress(Exception):
                 self._repo.close()
         self._report()
+
+    def _stored(self, n: int) -> None:
+        """Progress callback of the checkpoint's write session: ``n`` more bytes processed."""
+        self._done_bytes += n
+
+    def _wait_showing_progress(self, job: _Job, timeout: float) -> bool:
+        """Wait for ``job``; after ``QUIET_WAIT`` seconds say what is left and how fast.
+
+        On a terminal the line is rewritten every second; otherwise one line is printed.
+        """
+        deadline = time.monotonic() + timeout
+        if job.done.wait(min(QUIET_WAIT, timeout)):
+            return True
+        tty = _is_tty(sys.stderr)
+        shown = False
+        last_left, last_time, speed = None, time.monotonic(), 0.0
+        while True:
+            left = max(0, self._bytes_queued - self._done_bytes)
+            pending = sum(1 for j in self._queue.pending() if j.kind == "checkpoint")
+            pending += self._queue.current is not None and self._queue.current.kind == "checkpoint"
+            now = time.monotonic()
+            if last_left is not None and now > last_time:
+                speed = 0.7 * speed + 0.3 * max(0.0, (last_left - left) / (now - last_time))
+            last_left, last_time = left, now
+            line = progress_line(pending, left, speed, deadline - now)
+            if tty:
+                with contextlib.suppress(Exception):
+                    print("\r" + line.ljust(79), end="", file=sys.stderr, flush=True)
+            elif not shown:
+                with contextlib.suppress(Exception):
+                    print(line, file=sys.stderr, flush=True)
+            shown = True
+            remaining = deadline - time.monotonic()
+            if job.done.wait(max(0.0, min(1.0, remaining))):
+                break
+            if time.monotonic() >= deadline:
+                break
+        if tty:
+            with contextlib.suppress(Exception):
+                print("\r" + " " * 79 + "\r", end="", file=sys.stderr, flush=True)
+        return job.done.is_set()
 
     def _give_up(self, stop: _Job) -> None:
         """The storage did not take what is pending in time: keep it in the outbox.

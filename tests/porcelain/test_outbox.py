@@ -59,3 +59,39 @@ def test_sync_keeps_what_still_fails(project: Path, tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["sync"], catch_exceptions=False)
     assert result.exit_code == 1 and "kept" in result.output
     assert len(outbox.pending()) == 1
+
+
+@pytest.mark.parametrize("tty", [False, True])
+def test_a_long_end_of_run_says_what_is_left(
+    project: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    tty: bool,
+) -> None:
+    from mlvc import tracking
+    from tests.porcelain.stores import SlowStore
+
+    monkeypatch.setattr(tracking, "QUIET_WAIT", 0.2)
+    monkeypatch.setattr(tracking, "_is_tty", lambda stream: tty)
+    repo, _store = wrap_repo(SlowStore, tmp_path / "repo", tmp_path / "cache" / "r")
+    (project / "model.bin").write_bytes(b"w" * 3_000_000)
+    with mlvc.track(repository=repo) as run:
+        run.checkpoint(path="model.bin", step=0)
+    err = capsys.readouterr().err
+    lines = [line for line in err.split("\n") if line.strip()]
+    progress = [line for line in lines if "mlvc: storing 1 checkpoint (3.0 MB left" in line]
+    assert progress, err
+    assert lines[-1].rsplit("\r", 1)[-1].startswith("mlvc: saved experiment")
+    if tty:
+        assert "\r" in err and err.count("\n") == 1  # rewritten in place, one final line
+    else:
+        assert err.count("mlvc: storing") == 1
+
+
+def test_progress_line() -> None:
+    from mlvc.tracking import progress_line
+
+    assert progress_line(2, 1_500_000_000, 2.5e8, 299.7) == (
+        "mlvc: storing 2 checkpoints (1.5 GB left, 250.0 MB/s), waiting up to 299 s more"
+    )
