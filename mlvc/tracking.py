@@ -363,6 +363,11 @@ class _JobQueue:
         with self._cond:
             return list(self._jobs)
 
+    def full(self) -> bool:
+        """True while ``max_pending`` checkpoints wait (a new one would be a backlog)."""
+        with self._cond:
+            return self._waiting_checkpoints() >= self._max
+
     def take_pending(self) -> list[_Job]:
         """Remove and return the jobs not yet started."""
         with self._cond:
@@ -474,6 +479,20 @@ def _is_tty(stream: Any) -> bool:
         return bool(stream.isatty())
     except (AttributeError, ValueError, OSError):
         return False
+
+
+MIN_FREE_DISK = 0.05
+"""A backlog of checkpoints (storage not answering) never leaves less than this fraction of
+the local disk free (and never less than 1 GB): further checkpoints are dropped instead."""
+
+
+def _disk_room(where: Path, size: int) -> bool:
+    """True if ``size`` more bytes of backlog leave enough of the local disk free."""
+    try:
+        usage = shutil.disk_usage(where)
+    except OSError:
+        return True
+    return usage.free - 2 * size > max(MIN_FREE_DISK * usage.total, 1e9)
 
 
 def _size_of(paths: Paths) -> int:
@@ -671,6 +690,7 @@ class Run:
         self._log_step = 0
         self._log_closed_warned = False
         self._backlog_warned = False
+        self._backlog_full_warned = False
         self._bytes_queued = 0
         """Bytes of the checkpoints queued and not yet stored."""
         self._done_bytes = 0
@@ -802,8 +822,18 @@ class Run:
             primary = parse_primary(primary_metric)
             if primary is not None and self._primary is None:
                 self._primary = primary
-            items, staging, fingerprints, snapshot = self._stage(path, copy)
             size = _size_of(path)
+            if self._queue.full() and not _disk_room(self._cwd, size):
+                if not self._backlog_full_warned:
+                    self._backlog_full_warned = True
+                    log.warning(
+                        "mlvc: %s of checkpoints wait for the repository and the local disk is "
+                        "nearly full: checkpoints are dropped until the repository answers",
+                        _human(self._bytes_queued),
+                    )
+                self._failures += 1
+                return
+            items, staging, fingerprints, snapshot = self._stage(path, copy)
         except Exception as exc:  # noqa: BLE001 - never break training unless strict
             self._main_error(f"checkpoint at step {job_step}", exc)
             return

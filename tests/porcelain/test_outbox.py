@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -95,3 +96,37 @@ def test_progress_line() -> None:
     assert progress_line(2, 1_500_000_000, 2.5e8, 299.7) == (
         "mlvc: storing 2 checkpoints (1.5 GB left, 250.0 MB/s), waiting up to 299 s more"
     )
+
+
+def test_backlog_never_fills_the_local_disk(
+    project: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    import logging
+
+    from mlvc import tracking
+
+    repo, store = wrap_repo(GatedStore, tmp_path / "repo", tmp_path / "cache" / "r")
+    run = mlvc.init(repository=repo, exit_timeout=0.5, max_pending=1)
+    run.flush()
+    store.gate.clear()
+    monkeypatch.setattr(tracking, "_disk_room", lambda where, size: False)  # a full disk
+    (project / "model.bin").write_bytes(b"w" * 100_000)
+    with caplog.at_level(logging.WARNING, logger="mlvc"):
+        t0 = time.monotonic()
+        run.checkpoint(path="model.bin", step=0)
+        assert store.blocked.wait(10)  # the worker is stuck storing step 0
+        for step in range(1, 4):
+            run.checkpoint(path="model.bin", step=step)  # 1 waits in the queue; 2, 3 dropped
+        assert time.monotonic() - t0 < 3
+        run.close()
+    assert caplog.text.count("the local disk is nearly full") == 1
+    kinds = [json.loads((d / "entry.json").read_text()) for d in outbox.pending()]
+    assert [(e["kind"], e.get("step")) for e in kinds] == [
+        ("checkpoint", 0),
+        ("checkpoint", 1),
+        ("end", None),
+    ]
+    store.gate.set()
