@@ -15,6 +15,10 @@ For a ~512 MiB state dict (scaled by ``--scale``), measured in the same run:
   body is a small matrix product (a stand-in for a training step), beside the same loop
   without it - target: overhead under 1%.
 
+* the longest ``run.checkpoint()`` call while the storage refuses every write, is frozen
+  (writes never return) or slow (2 s per write), over 6 checkpoints of 8 MiB with the default
+  queue - target: at most 1 s per call (what cannot be stored goes to the outbox at exit).
+
 Run: ``python benchmarks/bench_tracking.py [--scale S] [--reps 3]``; writes
 ``benchmarks/results/tracking.md``.
 """
@@ -130,6 +134,59 @@ def log_overhead(points: int, work: Path) -> dict[str, float]:
     return {"points": points, "plain": min(plain), "logged": min(logged), "log_close": close}
 
 
+def outage_blocking(work: Path) -> dict[str, float]:
+    """Longest ``checkpoint()`` call while the storage refuses, freezes or crawls."""
+    import threading
+
+    import mlvc
+    from mlvc_core.errors import StorageError
+    from mlvc_core.repository import Repository
+    from mlvc_core.storage import LocalStore
+
+    class Faulty(LocalStore):
+        mode = "ok"
+        gate = threading.Event()
+
+        def write(self, key: str, data: bytes) -> None:
+            if self.mode == "refused":
+                raise StorageError("connection refused")
+            if self.mode == "frozen":
+                self.gate.wait()
+            if self.mode == "slow":
+                time.sleep(2.0)
+            super().write(key, data)
+
+        def open_write(self, key: str):  # noqa: ANN202 - the store's writer type
+            if self.mode == "refused":
+                raise StorageError("connection refused")
+            if self.mode == "frozen":
+                self.gate.wait()
+            if self.mode == "slow":
+                time.sleep(2.0)
+            return super().open_write(key)
+
+    out: dict[str, float] = {}
+    data = os.urandom(8 << 20)
+    for mode in ("refused", "frozen", "slow"):
+        root = work / f"outage-{mode}"
+        Repository.init(str(root / "repo")).close()
+        store = Faulty(root / "repo")
+        repo = Repository.open(store, cache_dir=root / "cache")
+        (root / "model.bin").write_bytes(data)
+        run = mlvc.init(path=root, repository=repo, exit_timeout=1.0)
+        run.flush()
+        store.mode = mode
+        longest = 0.0
+        for step in range(6):
+            t0 = time.perf_counter()
+            run.checkpoint(path=root / "model.bin", step=step)
+            longest = max(longest, time.perf_counter() - t0)
+        run.close()
+        Faulty.gate.set()
+        out[f"outage_{mode}"] = longest
+    return out
+
+
 def report(m: dict[str, float], command: str) -> str:
     flush_gbs = m["size"] / m["flush"] / 1e9
     commit_gbs = m["size"] / m["commit"] / 1e9
@@ -178,6 +235,17 @@ def report(m: dict[str, float], command: str) -> str:
             ),
             ("writing the last segment at close()", f"{m['log_close']:.3f} s", "", ""),
         ]
+    for mode in ("refused", "frozen", "slow"):
+        key = f"outage_{mode}"
+        if key in m:
+            rows.append(
+                (
+                    f"longest checkpoint() call, storage {mode}",
+                    f"{m[key]:.3f} s",
+                    "",
+                    "PASS" if m[key] <= 1.0 + 0.1 else "**FAIL** (target <= 1 s)",
+                )
+            )
     lines = [
         "# Tracking overhead",
         "",
@@ -203,6 +271,7 @@ def main() -> None:
     try:
         m = run(args.scale, args.reps, work)
         m.update(log_overhead(args.log_points, work / "project"))
+        m.update(outage_blocking(work))
     finally:
         shutil.rmtree(work, ignore_errors=True)
     text = report(

@@ -22,6 +22,8 @@ Never break the training loop (docs/experiments.md, design invariant 5):
   further one waits at most :data:`CHECKPOINT_WAIT` (1 s) for room, then is queued anyway with
   its files on local disk (one warning): storage that is down, frozen or slow never blocks the
   loop for longer.
+* A checkpoint the storage fails to take (refused, full...) is retried in the background
+  (one warning) until it is stored or the run ends; with ``strict=True`` the failure is raised.
 * ``close()`` (and the interpreter's exit) waits up to ``exit_timeout`` seconds (default
   :data:`EXIT_TIMEOUT`) for the storage to take what is pending; what it has not taken by then
   is kept in the local outbox (:mod:`mlvc.outbox`, under the cache directory), and the last
@@ -143,6 +145,9 @@ DEFAULT_HEARTBEAT = 10.0
 MAX_CODE_FILE_SIZE = 64 << 20
 MAX_CODE_FILES = 20_000
 _CAS_ATTEMPTS = 30
+RETRY_FIRST = 0.5
+RETRY_MAX = 30.0
+"""A checkpoint the storage failed to take is retried after 0.5 s, then doubling to 30 s."""
 CHECKPOINT_WAIT = 1.0
 """Seconds ``checkpoint()`` waits for room in a full queue before queueing anyway."""
 EXIT_TIMEOUT = 300.0
@@ -1145,7 +1150,7 @@ class Run:
                     self._start_safely(job)
                 elif job.kind == "checkpoint":
                     job.await_copies()
-                    self._while_locked(job, lambda: self._do_checkpoint(job))  # noqa: B023
+                    self._until_stored(job, lambda: self._do_checkpoint(job))  # noqa: B023
                 elif job.kind == "stop":
                     self._do_stop(job)
             except Exception as exc:  # noqa: BLE001 - the worker must survive anything
@@ -1188,6 +1193,47 @@ class Run:
                     )
                 time.sleep(min(delay, left))
                 delay = min(delay * 2, 2.0)
+
+    def _until_stored(self, job: _Job, action: Callable[[], None]) -> None:
+        """Run ``action``, retrying storage failures, until it is stored or given up at exit.
+
+        A job given up at exit is kept in the outbox. With ``strict=True`` a storage failure
+        is raised at once.
+
+        Raises:
+            OSError: Only with ``strict``: the storage failed.
+        """
+        delay = RETRY_FIRST
+        warned = False
+        while True:
+            try:
+                self._while_locked(job, action)
+            except OSError as exc:  # StorageError included: refused, full, gone...
+                if self.strict:
+                    raise
+                if job.abandoned:
+                    return
+                if not warned:
+                    warned = True
+                    self._failures += 1
+                    log.warning(
+                        "mlvc: could not record %s in %s yet: %s: %s (retrying in the "
+                        "background; training continues)",
+                        job.describe(),
+                        self.repository_url,
+                        type(exc).__name__,
+                        exc,
+                        exc_info=self._debug(),
+                    )
+                time.sleep(delay)
+                delay = min(delay * 2, RETRY_MAX)
+                if job.abandoned:
+                    return
+                continue
+            if warned:
+                self._failures -= 1
+                log.warning("mlvc: recorded %s after all", job.describe())
+            return
 
     def _start_safely(self, job: _Job) -> None:
         try:
