@@ -9,9 +9,11 @@ re-reads only the refs that changed. An entry read within :data:`RACY_SECONDS` o
 modification time is read again next time (a later write in the same timestamp tick could
 otherwise go unnoticed, as git's "racy clean" problem).
 
-Status, derived when read: ``stopped`` if the summary says so; ``running`` if the heartbeat is
-younger than ``stale_after`` seconds (default :data:`STALE_AFTER`); otherwise ``crashed`` (the
-process died without a clean stop: ``kill -9``, pre-emption, power loss).
+Status, derived when read: what the summary recorded when the run ended (``stopped`` for a
+clean end, ``failed`` with the exception's type and message for an exception that left
+``with mlvc.track()``, ``interrupted`` for Ctrl-C or SIGTERM); else ``running`` if the heartbeat
+is younger than ``stale_after`` seconds (default :data:`STALE_AFTER`); otherwise ``crashed``
+(the process vanished without recording an end: ``kill -9``, pre-emption, power loss).
 
 Removal only hides: removing an experiment deletes its ref (and heartbeat); removing a
 checkpoint adds its id to the summary's ``removed`` list. ``mlvc gc`` then frees the space of
@@ -62,6 +64,10 @@ log = logging.getLogger("mlvc")
 HEARTBEAT_PREFIX = "heartbeats/"
 STALE_AFTER = 60.0
 """Seconds without a heartbeat after which a run that did not stop cleanly reads as crashed."""
+ENDED = ("stopped", "failed", "interrupted")
+"""Statuses a run records when it ends; ``running`` and ``crashed`` are derived from the
+heartbeat."""
+STATUSES = ("running", "stopped", "failed", "interrupted", "crashed", "removed")
 RACY_SECONDS = {"local": 1.0, "remote": 2.0}
 """A cached ref is trusted only if it was read this long after its modification time."""
 SHORT = 12
@@ -380,8 +386,31 @@ _CONDITION = re.compile(r"^\s*([A-Za-z_][\w.\-/]*)\s*(<=|>=|==|!=|=|<|>)\s*((?![
 _MISSING = object()
 
 
+_DIRECT_FIELDS = (
+    "id",
+    "name",
+    "status",
+    "user",
+    "host",
+    "command",
+    "created",
+    "ended",
+    "checkpoints",
+    "step",
+    "best",
+    "error",
+)
+
+
 def _field(exp: Experiment, name: str) -> Any:
-    """The value of a filter/sort field, or ``_MISSING``."""
+    """The value of a filter/sort field, or ``_MISSING``.
+
+    ``best`` and ``best.NAME`` are the best value of the primary metric (``NAME`` must be the
+    primary metric), as the ``best`` column of ``mlvc ls`` shows; ``latest.NAME`` (also
+    ``metrics.NAME``) a metric's value at the latest checkpoint, as the ``latest`` column
+    shows; ``params.NAME`` a param; a bare name a param if there is one by that name, else the
+    latest value of a metric.
+    """
     summary = exp.summary
     direct: dict[str, Callable[[], Any]] = {
         "id": lambda: exp.id,
@@ -395,6 +424,7 @@ def _field(exp: Experiment, name: str) -> Any:
         "checkpoints": lambda: summary.get("checkpoints", 0),
         "step": lambda: summary.get("latest_step"),
         "best": lambda: as_float((summary.get("best") or {}).get("value")),
+        "error": lambda: exp.error,
     }
     if name in direct:
         value = direct[name]()
@@ -402,11 +432,54 @@ def _field(exp: Experiment, name: str) -> Any:
     head, _, rest = name.partition(".")
     if rest and head == "params":
         return exp.params.get(rest, _MISSING)
-    if rest and head in ("metrics", "latest_metrics"):
+    if rest and head in ("metrics", "latest_metrics", "latest"):
         return _metric(summary.get("latest_metrics") or {}, rest)
+    if rest and head == "best":
+        pm = exp.primary_metric
+        if pm is None or pm[0] != rest:
+            return _MISSING
+        return direct["best"]() if direct["best"]() is not None else _MISSING
     if name in exp.params:
         return exp.params[name]
     return _metric(summary.get("latest_metrics") or {}, name)
+
+
+def _known_field(exps: Iterable[Experiment], name: str) -> bool:
+    """True if ``name`` is a column, or a param or metric of at least one experiment."""
+    if name in _DIRECT_FIELDS:
+        return True
+    head, _, rest = name.partition(".")
+    for exp in exps:
+        metrics = exp.summary.get("latest_metrics") or {}
+        if rest and head == "params" and rest in exp.params:
+            return True
+        if rest and head in ("metrics", "latest_metrics", "latest") and rest in metrics:
+            return True
+        if rest and head == "best" and (exp.primary_metric or ("",))[0] == rest:
+            return True
+        if name in exp.params or name in metrics:
+            return True
+    return False
+
+
+def _check_fields(exps: builtins.list[Experiment], fields: Iterable[str]) -> None:
+    """Raise a clear error for a filter or sort field that nothing listed has.
+
+    Raises:
+        UsageError: A field is neither a column nor a param or metric of any experiment.
+    """
+    if not exps:
+        return
+    for name in fields:
+        if _known_field(exps, name):
+            continue
+        params = sorted({k for e in exps for k in e.params})
+        metrics = sorted({k for e in exps for k in (e.summary.get("latest_metrics") or {})})
+        raise UsageError(
+            f"unknown field {name!r}: not a column ({', '.join(_DIRECT_FIELDS)}), param "
+            f"({', '.join(params[:12]) or 'none'}) or metric ({', '.join(metrics[:12]) or 'none'})"
+            " of any listed experiment"
+        )
 
 
 def _metric(metrics: dict[str, Any], name: str) -> Any:
@@ -428,49 +501,79 @@ def _literal(text: str) -> Any:
         return text
 
 
-def _condition(text: str) -> Callable[[Experiment], bool]:
-    m = _CONDITION.match(text)
-    if m is None:
-        raise UsageError(
-            f"bad filter {text!r}: write FIELD OP VALUE, e.g. 'loss < 0.2', 'lr = 0.01', "
-            "'status = running' (OP is one of = == != < <= > >=)"
-        )
-    field, op_text, raw = m.groups()
-    op = _OPS[op_text]
-    want = _literal(raw)
+class _Condition:
+    """One ``FIELD OP VALUE`` filter condition."""
 
-    def check(exp: Experiment) -> bool:
-        have = _field(exp, field)
+    def __init__(self, text: str) -> None:
+        m = _CONDITION.match(text)
+        if m is None:
+            raise UsageError(
+                f"bad filter {text!r}: write FIELD OP VALUE, e.g. 'loss < 0.2', 'lr = 0.01', "
+                "'status = running' (OP is one of = == != < <= > >=)"
+            )
+        self.field, op_text, self.raw = m.groups()
+        self.op = _OPS[op_text]
+        self.want = _literal(self.raw)
+
+    def __call__(self, exp: Experiment) -> bool:
+        have = _field(exp, self.field)
         if have is _MISSING:
             return False
+        want, op = self.want, self.op
         if isinstance(have, bool) or isinstance(want, bool):
             return bool(op(str(have).lower(), str(want).lower()))
         if isinstance(have, (int, float)) and isinstance(want, float):
             return bool(op(float(have), want))
-        return bool(op(str(have), str(want) if not isinstance(want, float) else raw))
+        if isinstance(have, str) and isinstance(want, float):
+            number = as_float(have)  # "nan"/"inf" as stored for non-finite values
+            if number is not None and not math.isfinite(number):
+                return bool(op(number, want))
+        return bool(op(str(have), str(want) if not isinstance(want, float) else self.raw))
 
-    return check
 
-
-def _compile_filter(flt: Filter) -> Callable[[Experiment], bool] | None:
+def _compile_filter(
+    flt: Filter,
+) -> tuple[Callable[[Experiment], bool] | None, builtins.list[str]]:
+    """The filter as a predicate, and the fields its conditions name."""
     if flt is None:
-        return None
+        return None, []
     if callable(flt):
-        return flt
-    conditions = [_condition(flt)] if isinstance(flt, str) else [_condition(c) for c in flt]
-    return lambda exp: all(c(exp) for c in conditions)
+        return flt, []
+    conditions = [_Condition(flt)] if isinstance(flt, str) else [_Condition(c) for c in flt]
+    return (lambda exp: all(c(exp) for c in conditions)), [c.field for c in conditions]
 
 
-def _sort_key(field: str) -> Callable[[Experiment], tuple[int, float, str]]:
-    def key(exp: Experiment) -> tuple[int, float, str]:
+def _sorted(exps: builtins.list[Experiment], field: str, desc: bool) -> builtins.list[Experiment]:
+    """Experiments sorted by ``field``.
+
+    Finite numbers, then text, both in the order asked; then non-finite numbers (NaN,
+    infinities) and experiments without the field, always last.
+    """
+    numbers: builtins.list[tuple[float, Experiment]] = []
+    texts: builtins.list[tuple[str, Experiment]] = []
+    non_finite: builtins.list[Experiment] = []
+    missing: builtins.list[Experiment] = []
+    for exp in exps:
         value = _field(exp, field)
         if value is _MISSING:
-            return (2, 0.0, "")
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return (0, float(value), "")
-        return (1, 0.0, str(value))
-
-    return key
+            missing.append(exp)
+            continue
+        number = (
+            float(value)
+            if isinstance(value, (int, float)) and not isinstance(value, bool)
+            else as_float(value)
+            if isinstance(value, str) and value.lower() in ("nan", "inf", "-inf")
+            else None
+        )
+        if number is None:
+            texts.append((str(value), exp))
+        elif math.isfinite(number):
+            numbers.append((number, exp))
+        else:
+            non_finite.append(exp)
+    numbers.sort(key=lambda pair: pair[0], reverse=desc)
+    texts.sort(key=lambda pair: pair[0], reverse=desc)
+    return [e for _, e in numbers] + [e for _, e in texts] + non_finite + missing
 
 
 # ------------------------------------------------------------------------------ Experiment
@@ -506,8 +609,9 @@ class Experiment:
     def _derive_status(self, now: float, stale_after: float) -> str:
         if self._removed:
             return "removed"
-        if self._summary.get("status") == "stopped":
-            return "stopped"
+        recorded = self._summary.get("status")
+        if recorded in ENDED:
+            return str(recorded)
         if self._heartbeat is not None and now - self._heartbeat <= stale_after:
             return "running"
         return "crashed"
@@ -552,8 +656,32 @@ class Experiment:
 
     @property
     def status(self) -> str:
-        """``running``, ``stopped`` or ``crashed`` (``removed`` for a removed experiment)."""
+        """What became of the run (see :data:`STATUSES`).
+
+        ``running`` (a live heartbeat), ``stopped`` (a clean end), ``failed`` (an exception
+        ended it: :attr:`error`), ``interrupted`` (Ctrl-C or SIGTERM), ``crashed`` (the process
+        vanished: no heartbeat for ``stale_after`` seconds and no recorded end), ``removed``.
+        """
         return self._status
+
+    @property
+    def end_reason(self) -> str | None:
+        """Why the run ended, or None while it runs or after a crash.
+
+        ``ok`` (closed), ``exit`` (the interpreter exited), ``SIGTERM``,
+        ``KeyboardInterrupt``, ``exception``.
+        """
+        reason = self._summary.get("end_reason")
+        return str(reason) if reason else None
+
+    @property
+    def error(self) -> str | None:
+        """``"Type: message"`` of the exception that ended a ``failed`` run, else None."""
+        err = self._summary.get("error")
+        if not isinstance(err, dict):
+            return None
+        message = str(err.get("message") or "")
+        return f"{err.get('type') or 'Exception'}" + (f": {message}" if message else "")
 
     @property
     def user(self) -> str:
@@ -632,13 +760,59 @@ class Experiment:
         return self.best() or self.latest()
 
     def metrics(self, name: str) -> builtins.list[tuple[int | None, float]]:
-        """``(step, value)`` of one metric over the checkpoints, oldest first."""
-        out = []
+        """``(step, value)`` of one metric, ordered by step.
+
+        What ``run.log`` recorded, and the checkpoints' values at steps ``run.log`` did not
+        record. Reads the experiment's metric segments and its commit chain.
+        """
+        from mlvc.series import read_points
+
+        out: builtins.list[tuple[int | None, float]] = [
+            (step, values[name])
+            for step, _time, values in read_points(self._repo, self.id)
+            if name in values
+        ]
+        logged = {step for step, _ in out}
         for c in self.checkpoints:
             value = as_float(c.metrics.get(name))
-            if value is not None:
+            if value is not None and c.step not in logged:
                 out.append((c.step, value))
+        out.sort(key=lambda p: -1 if p[0] is None else p[0])
         return out
+
+    def metric_names(self) -> builtins.list[str]:
+        """Names of every metric logged or recorded at a checkpoint, sorted."""
+        from mlvc.series import read_points
+
+        names = {k for _s, _t, values in read_points(self._repo, self.id) for k in values}
+        for c in self.checkpoints:
+            names.update(c.metrics)
+        return sorted(names)
+
+    def metrics_frame(self, names: Sequence[str] | None = None) -> Any:
+        """The metrics as a pandas DataFrame: one row per step, one column per metric.
+
+        Args:
+            names: The metrics (default: every one, see :meth:`metric_names`).
+
+        Raises:
+            UsageError: pandas is not installed.
+        """
+        try:
+            import pandas as pd  # type: ignore[import-untyped,unused-ignore]
+        except ImportError:
+            raise UsageError("Experiment.metrics_frame needs pandas: pip install pandas") from None
+        columns = {}
+        for name in builtins.list(names) if names is not None else self.metric_names():
+            points = self.metrics(name)
+            columns[name] = (
+                pd.Series([v for _, v in points], index=[s for s, _ in points], dtype="float64")
+                .groupby(level=0)
+                .last()
+            )
+        frame = pd.DataFrame(columns)
+        frame.index.name = "step"
+        return frame
 
     def plot(self, name: str, ax: Any = None) -> Any:
         """Plot one metric against the step with matplotlib; return the Axes.
@@ -692,6 +866,8 @@ class Experiment:
             "latest_metrics": _json_safe(dict(s.get("latest_metrics") or {})),
             "best": _json_safe(dict(best)) if best else None,
             "removed": self.removed_checkpoints,
+            "end_reason": self.end_reason,
+            "error": self.error,
             "heartbeat": self.heartbeat.isoformat() if self.heartbeat else None,
             "repository": self._repo.url,
         }
@@ -749,19 +925,17 @@ def list(  # noqa: A001 - the public name the API promises
         NotARepository: No repository there.
     """
     repo = shared_repo(repository)
-    check = _compile_filter(filter)
+    check, fields = _compile_filter(filter)
+    desc = bool(sort) and sort is not None and sort.startswith("-")
+    sort_field = sort.lstrip("-+") if sort else None
     exps = _scan(repo, stale_after)
     if include_removed:
         exps += _removed_experiments(repo, {e.id for e in exps})
+    _check_fields(exps, [*fields, *([sort_field] if sort_field else [])])
     if check is not None:
         exps = [e for e in exps if check(e)]
-    if sort:
-        desc = sort.startswith("-")
-        field = sort.lstrip("-+")
-        present = [e for e in exps if _field(e, field) is not _MISSING]
-        missing = [e for e in exps if _field(e, field) is _MISSING]
-        present.sort(key=_sort_key(field), reverse=desc)
-        return present + missing
+    if sort_field:
+        return _sorted(exps, sort_field, desc)
     exps.sort(key=lambda e: as_float(e._summary.get("created")) or 0.0, reverse=True)
     return exps
 
@@ -933,8 +1107,11 @@ def remove(ids: str | Iterable[str], repository: RepositoryLike = None) -> built
 
 
 def _remove_experiment(repo: Repository, exp_id: str) -> None:
+    from mlvc.series import delete_series
+
     repo.refs.delete(ref_name(exp_id))
     repo.store.delete(heartbeat_key(exp_id))
+    delete_series(repo, exp_id)
 
 
 def _remove_checkpoint(

@@ -16,6 +16,10 @@ Always skipped, whatever the rules say: version-control and tool directories (``
 staging).
 
 :func:`ensure_git_ignores` adds mlvc's own directories to a git project's ``.gitignore``.
+
+Left out by default, before any rule file is read (so a rule file can take one back with
+``!``): files that hold credentials (:data:`SECRET_RULES`: ``.env``, ``*.pem``, ``*.key``, ssh
+keys...).
 """
 
 from __future__ import annotations
@@ -51,9 +55,33 @@ CHECKOUT_MARKER = ".mlvc-checkout"
 """File ``mlvc checkout`` leaves in a directory it created: code snapshots skip that directory."""
 _REPO_CONFIG_MAX = 64 << 10
 
+SECRET_RULES = (
+    ".env",
+    ".env.*",
+    ".envrc",
+    "*.pem",
+    "*.key",
+    "*.p12",
+    "*.pfx",
+    "*.jks",
+    "*.keystore",
+    "id_rsa",
+    "id_dsa",
+    "id_ecdsa",
+    "id_ed25519",
+    ".netrc",
+    ".pgpass",
+    ".git-credentials",
+    ".aws/",
+    ".ssh/",
+)
+"""Files that hold credentials, left out by default (rules applied before the project's own:
+``!.env.example`` in ``.mlvcignore`` takes one back)."""
+
 __all__ = [
     "ALWAYS_SKIP",
     "CHECKOUT_MARKER",
+    "SECRET_RULES",
     "IgnoreMatcher",
     "Rule",
     "ensure_git_ignores",
@@ -144,6 +172,9 @@ def compile_rule(line: str) -> Rule | None:
 def parse_rules(lines: Iterable[str]) -> list[Rule]:
     """Compile the lines of a rule file."""
     return [r for r in (compile_rule(line) for line in lines) if r is not None]
+
+
+_SECRET_RULES = parse_rules(SECRET_RULES)
 
 
 def _is_venv(path: Path) -> bool:
@@ -255,7 +286,7 @@ class IgnoreMatcher:
     def _dir_rules(self, rel_dir: str) -> list[Rule]:
         rules = self._rules.get(rel_dir)
         if rules is None:
-            rules = []
+            rules = [] if rel_dir else list(_SECRET_RULES)
             base = self.root / rel_dir if rel_dir else self.root
             for name in RULE_FILES:
                 try:

@@ -12,7 +12,9 @@ Resolution of the repository, first match wins:
 3. the environment variable ``MLVC_REPOSITORY``;
 4. ``<project dir>/.mlvc`` (created by the first tracked run).
 
-The project directory is the directory holding ``mlvc.toml``, or the current directory.
+The project directory is the directory holding ``mlvc.toml``, or the current directory. A
+tracked run starts the search elsewhere when its script changed directory first (Hydra): see
+:func:`project_start`.
 Credentials never go into ``mlvc.toml``: s3fs and gcsfs read ``AWS_*`` / ``GOOGLE_*`` themselves.
 One addition: older s3fs releases ignore ``AWS_ENDPOINT_URL``, so for an ``s3://`` repository
 its value is passed as ``client_kwargs={"endpoint_url": ...}`` unless the options set one.
@@ -21,6 +23,7 @@ its value is passed as ``client_kwargs={"endpoint_url": ...}`` unless the option
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,8 +39,11 @@ ENV_DEBUG = "MLVC_DEBUG"
 __all__ = [
     "CONFIG_NAME",
     "Settings",
+    "distributed_rank",
     "find_project_config",
+    "launch_directory",
     "load_settings",
+    "project_start",
     "read_project_config",
     "write_project_config",
 ]
@@ -97,7 +103,10 @@ def _toml_loads(text: str) -> dict[str, Any]:
         try:
             import tomli as tomllib  # type: ignore[no-redef,import-not-found,unused-ignore]
         except ImportError:
-            raise UsageError("reading mlvc.toml on Python 3.10 needs `pip install tomli`") from None
+            raise UsageError(
+                "reading mlvc.toml on Python 3.10 needs tomli (a dependency of mlvc there): "
+                "pip install tomli"
+            ) from None
     return tomllib.loads(text)
 
 
@@ -105,11 +114,16 @@ def read_project_config(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Parse a project config file.
 
     Raises:
-        UsageError: The file is not valid TOML or its ``[repository]`` table is malformed.
+        UsageError: The file cannot be read, is not valid TOML (or, on Python 3.10, ``tomli``
+            is missing), or its ``[repository]`` table is malformed.
     """
     p = Path(path)
     try:
-        doc = _toml_loads(p.read_text())
+        text = p.read_text(encoding="utf-8")
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"cannot read {p}: {exc}") from exc
+    try:
+        doc = _toml_loads(text)
     except ValueError as exc:
         raise UsageError(f"{p} is not valid TOML: {exc}") from exc
     repo = doc.get("repository", {})
@@ -262,3 +276,89 @@ def write_project_config(
     path = Path(directory) / CONFIG_NAME
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def launch_directory() -> Path:
+    """The directory the run was launched from.
+
+    Hydra changes the current directory to its output directory before the task runs; its
+    original one is read back from Hydra (only when Hydra is already imported). Otherwise the
+    current directory.
+    """
+    hydra = sys.modules.get("hydra.core.hydra_config")
+    if hydra is not None:
+        try:
+            config = hydra.HydraConfig
+            if config.initialized():
+                return Path(str(config.get().runtime.cwd)).absolute()
+        except Exception:  # noqa: BLE001 - any Hydra trouble: no launch directory from it
+            pass
+    return Path.cwd().absolute()
+
+
+def _script_directory(argv0: str | None, launch: Path) -> Path | None:
+    """The directory of the running script (``sys.argv[0]``), if it names a file."""
+    if not argv0 or argv0 in ("-", "-c", "-m"):
+        return None
+    script = Path(argv0)
+    if not script.is_absolute():
+        script = launch / script
+    return script.parent.absolute() if script.is_file() else None
+
+
+def project_start(argv0: str | None) -> Path:
+    """Where a tracked run looks for its project (pass it to :func:`load_settings` as ``cwd``).
+
+    A script may change directory before ``track()`` (Hydra runs its task in an output
+    directory), so the project is found from where the script lives and from where it was
+    launched, first match wins:
+
+    1. the nearest ``mlvc.toml`` above the script's directory, the launch directory
+       (:func:`launch_directory`), or the current directory, in that order;
+    2. the script's directory or the launch directory if it holds a repository (``.mlvc``);
+    3. under Hydra, the launch directory;
+    4. the script's directory if the current directory lies inside it;
+    5. the current directory.
+
+    Args:
+        argv0: ``sys.argv[0]`` (the script; relative to the launch directory).
+
+    Returns:
+        The directory to start the project search from.
+    """
+    cwd = Path.cwd().absolute()
+    launch = launch_directory()
+    script = _script_directory(argv0, launch)
+    for start in (script, launch, cwd):
+        if start is not None:
+            config = find_project_config(start)
+            if config is not None:
+                return config.parent
+    for start in (script, launch):
+        if start is not None and (start / DEFAULT_REPO_DIR / "config").is_file():
+            return start
+    if launch != cwd:
+        return launch
+    if script is not None and script in cwd.parents:
+        return script
+    return cwd
+
+
+def distributed_rank() -> tuple[int, int] | None:
+    """``(rank, local rank)`` of this process in a distributed job, or None outside one.
+
+    Read from ``RANK``, ``LOCAL_RANK`` and ``WORLD_SIZE`` (set by ``torchrun`` and
+    ``torch.distributed.launch``); a job of one process is not distributed.
+    """
+    try:
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        rank = int(os.environ["RANK"])
+    except (KeyError, ValueError):
+        return None
+    if world <= 1:
+        return None
+    try:
+        local = int(os.environ.get("LOCAL_RANK", str(rank)))
+    except ValueError:
+        local = rank
+    return rank, local

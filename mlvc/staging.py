@@ -50,6 +50,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
+from mlvc._children import fork_guard
 from mlvc.errors import MlvcError
 
 log = logging.getLogger("mlvc")
@@ -272,26 +273,30 @@ class Stager:
         if not sys.executable or not _HELPER.is_file():
             self._unavailable("no Python executable or helper script to run")
             return
-        try:
-            ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        except (OSError, AttributeError) as exc:
-            self._unavailable(f"no socket pair: {exc}")
-            return
-        try:
-            with theirs:
-                fd = theirs.fileno()
-                self._proc = subprocess.Popen(
-                    [sys.executable, "-I", "-S", str(_HELPER), str(fd), str(os.getpid())],
-                    pass_fds=(fd,),
-                    stdin=subprocess.DEVNULL,
-                    stdout=subprocess.DEVNULL,
-                    stderr=subprocess.DEVNULL,  # never keeps the training process's pipes open
-                    cwd="/",
-                )
-        except (OSError, ValueError, subprocess.SubprocessError) as exc:
-            ours.close()
-            self._unavailable(f"the helper process did not start: {exc}")
-            return
+        # Under the fork guard: a fork of the training process (a DataLoader worker) between
+        # socketpair() and the close of the helper's end would keep that end open, and the
+        # reader would never see the helper exit (mlvc._children).
+        with fork_guard():
+            try:
+                ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+            except (OSError, AttributeError) as exc:
+                self._unavailable(f"no socket pair: {exc}")
+                return
+            try:
+                with theirs:
+                    fd = theirs.fileno()
+                    self._proc = subprocess.Popen(
+                        [sys.executable, "-I", "-S", str(_HELPER), str(fd), str(os.getpid())],
+                        pass_fds=(fd,),
+                        stdin=subprocess.DEVNULL,
+                        stdout=subprocess.DEVNULL,
+                        stderr=subprocess.DEVNULL,  # never keeps the training process's pipes
+                        cwd="/",
+                    )
+            except (OSError, ValueError, subprocess.SubprocessError) as exc:
+                ours.close()
+                self._unavailable(f"the helper process did not start: {exc}")
+                return
         ours.settimeout(REPLY_TIMEOUT)  # bounds sends; the reader just waits again
         self._sock = ours
         self._reader = threading.Thread(

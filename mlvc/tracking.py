@@ -18,14 +18,29 @@ Never break the training loop (docs/experiments.md, design invariant 5):
   copies it, then goes ahead; that checkpoint is stored from the copy. Small files, and files
   that cannot be leased, are copied into a private staging directory before the call returns.
   A background thread chunks, stores and commits, then advances the experiment's ref by
-  compare-and-swap. The queue is bounded (``max_pending``, default 2): the loop waits only
-  when it is full.
+  compare-and-swap. Up to ``max_pending`` (default 2) checkpoints wait for it unnoticed; a
+  further one waits at most :data:`CHECKPOINT_WAIT` (1 s) for room, then is queued anyway with
+  its files on local disk (one warning): storage that is down, frozen or slow never blocks the
+  loop for longer.
+* A checkpoint the storage fails to take (refused, full...) is retried in the background
+  (one warning) until it is stored or the run ends; with ``strict=True`` the failure is raised.
+* ``close()`` (and the interpreter's exit) waits up to ``exit_timeout`` seconds (default
+  :data:`EXIT_TIMEOUT`) for the storage to take what is pending; what it has not taken by then
+  is kept in the local outbox (:mod:`mlvc.outbox`, under the cache directory), and the last
+  line says so and names ``mlvc sync``, which sends it later.
 * ``checkpoint(copy=False)`` takes no lease and copies nothing, for loops that leave their
   checkpoint files alone until the next checkpoint: the call only notes each file's identity
   (size, mtime, inode) and returns in microseconds; the background thread reads the files
   where they are.
   A file that changed before it was fully stored is never recorded torn or mislabelled: that
   checkpoint is dropped with a warning (raised with ``strict=True``).
+* A checkpoint (or the run's start) that finds gc holding the repository waits for it in the
+  background, retrying for up to :data:`LOCK_WAIT` seconds (one warning), instead of being
+  dropped; the loop waits only if the queue fills meanwhile.
+* In a distributed job (``torchrun``: ``RANK``/``WORLD_SIZE`` set) only rank 0 records one
+  experiment for the job; the other ranks get a run whose calls do nothing (with
+  ``resume=..., restore=True`` each node's local rank 0 restores the files: have the ranks
+  wait on a barrier before loading them).
 * Errors are logged to ``logging.getLogger("mlvc")`` and training goes on; with
   ``strict=True`` they raise :class:`~mlvc.errors.TrackingError` instead (a background failure
   at the next call or at ``close()``).
@@ -43,24 +58,27 @@ line, working directory, start and end time. Environment variables are never rec
 Checkpoint files are stored at their path relative to the code directory (else the current
 directory, else under their base name at the root of the tree).
 
-Resuming (``resume=<experiment or checkpoint id prefix>``) appends to the experiment's chain
-(after its newest commit, whatever checkpoint was named), first recording a ``resume`` commit
-with the new environment and code. ``restore=True`` writes the named checkpoint's files (an
-experiment: its latest checkpoint) back relative to the code directory before returning;
-files already there with the same content are left alone, different ones raise
+Resuming (``resume=`` any id ``mlvc`` accepts: an experiment id prefix, ``EXP@best``,
+``EXP@latest``, ``EXP@step=N``, a checkpoint id, a tag naming a checkpoint) appends to the
+experiment's chain (after its newest commit, whatever checkpoint was named), first recording a
+``resume`` commit with the new environment and code. The params recorded before are carried
+over (those passed now win), ``run.resumed_from`` is the checkpoint continued from (a plain
+experiment id: its latest), and step numbering goes on after that checkpoint's step.
+``restore=True`` writes that checkpoint's files back relative to the code directory before
+returning; files already there with the same content are left alone, different ones raise
 :class:`~mlvc.errors.FileExistsConflict` unless ``restore_force=True``. Resume problems always
 raise (even without ``strict``): silently training from scratch would waste the run.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import errno
 import io
 import json
 import logging
 import os
-import queue
 import random
 import shutil
 import signal
@@ -75,8 +93,9 @@ import weakref
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
+from mlvc import series as _series
 from mlvc.environment import environment
 from mlvc.errors import FileExistsConflict, MlvcError, TrackingError, UsageError
 from mlvc.experiments import (
@@ -85,19 +104,38 @@ from mlvc.experiments import (
     json_number,
     primary_of,
     ref_name,
-    resolve_any,
     summary_with_checkpoint,
 )
 from mlvc.ignore import IgnoreMatcher
+from mlvc.outbox import outbox_dir
+from mlvc.outbox import save as outbox_save
+from mlvc.params import canonical_params
+from mlvc.redaction import redact_text
 from mlvc.repo import open_repo, stat_cache
-from mlvc.settings import Settings, load_settings
+from mlvc.series import (
+    SeriesBuffer,
+    clean_values,
+    encode_segment,
+    last_step,
+    segment_key,
+)
+from mlvc.settings import (
+    Settings,
+    distributed_rank,
+    launch_directory,
+    load_settings,
+    project_start,
+)
 from mlvc.staging import STAGING, BackgroundCopy, CopyFailed, Snapshot, Stager
-from mlvc_core.errors import RefConflict
+from mlvc_core.errors import RefConflict, RepositoryLocked
 from mlvc_core.ids import ObjectId, to_hex
 from mlvc_core.ingest import TreeBuilder, ingest_paths
 from mlvc_core.objects import Commit, Tree, TreeEntry
 from mlvc_core.refs import Ref
 from mlvc_core.repository import Repository, WriteSession, default_author
+
+if TYPE_CHECKING:
+    from mlvc.checkpoints import Checkpoint
 
 log = logging.getLogger("mlvc")
 
@@ -107,6 +145,15 @@ DEFAULT_HEARTBEAT = 10.0
 MAX_CODE_FILE_SIZE = 64 << 20
 MAX_CODE_FILES = 20_000
 _CAS_ATTEMPTS = 30
+RETRY_FIRST = 0.5
+RETRY_MAX = 30.0
+"""A checkpoint the storage failed to take is retried after 0.5 s, then doubling to 30 s."""
+CHECKPOINT_WAIT = 1.0
+"""Seconds ``checkpoint()`` waits for room in a full queue before queueing anyway."""
+EXIT_TIMEOUT = 300.0
+"""Default seconds ``close()`` (and the exit) waits for storage to take what is pending."""
+LOCK_WAIT = 900.0
+"""Seconds a checkpoint (or the run's start) waits for a gc holding the repository."""
 
 PathArg = str | os.PathLike[str]
 Paths = PathArg | Iterable[PathArg] | None
@@ -116,50 +163,8 @@ PrimaryArg = tuple[str, str] | list[str] | Mapping[str, str] | str | None
 # ------------------------------------------------------------------------------ small helpers
 
 
-def _jsonable(value: Any) -> Any:
-    """A JSON/msgpack-safe copy of user data (params, metrics).
-
-    Scalars of numpy/torch go through ``.item()``, paths become strings, non-finite floats
-    strings, anything else its ``repr``.
-    """
-    if value is None or isinstance(value, (bool, int, str)):
-        return value
-    if isinstance(value, float):
-        return json_number(value)
-    if isinstance(value, Mapping):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple, set, frozenset)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, os.PathLike):
-        return os.fspath(value)
-    for attr in ("item", "tolist"):
-        fn = getattr(value, attr, None)
-        if callable(fn):
-            try:
-                return _jsonable(fn())
-            except (TypeError, ValueError, RuntimeError):
-                continue
-    return repr(value)
-
-
-def _params_dict(params: Any) -> dict[str, Any]:
-    if params is None:
-        return {}
-    if not isinstance(params, Mapping):
-        params = vars(params)  # argparse.Namespace and friends
-    out = _jsonable(params)
-    assert isinstance(out, dict)
-    return out
-
-
 def _clean_metrics(metrics: Mapping[str, Any] | None) -> dict[str, float | str]:
-    out: dict[str, float | str] = {}
-    for k, v in (metrics or {}).items():
-        try:
-            out[str(k)] = json_number(float(v))
-        except (TypeError, ValueError, RuntimeError) as exc:
-            log.warning("mlvc: metric %r ignored: %r is not a number (%s)", k, v, exc)
-    return out
+    return {k: json_number(v) for k, v in clean_values(metrics or {}, "a checkpoint").items()}
 
 
 def parse_primary(value: PrimaryArg) -> tuple[str, str] | None:
@@ -243,6 +248,12 @@ class _Job:
     """The files leased or copied in the background (``copy=True``)."""
     time: float = field(default_factory=time.time)
     reason: str = ""
+    size: int = 0
+    """Bytes of the checkpoint's files (for the progress shown while the run ends)."""
+    abandoned: bool = False
+    """Given up at exit: its files were moved to the outbox, the worker must not touch them."""
+    error: dict[str, str] | None = None
+    """For a stop: the exception that ended the run (type and message)."""
     done: threading.Event = field(default_factory=threading.Event)
 
     def describe(self) -> str:
@@ -305,6 +316,71 @@ class _Job:
         self.staging = []
 
 
+class _JobQueue:
+    """The worker's jobs, in order. Checkpoints wait a bounded time for room, then queue anyway.
+
+    ``max_pending`` checkpoints may wait without the loop noticing; a checkpoint beyond that
+    waits up to :data:`CHECKPOINT_WAIT` seconds for the worker, then is queued all the same
+    (its files already sit in local staging): storage that is down or frozen never stalls the
+    loop for longer.
+    """
+
+    def __init__(self, max_pending: int) -> None:
+        self._jobs: collections.deque[_Job] = collections.deque()
+        self._cond = threading.Condition()
+        self._max = max(1, max_pending)
+        self.current: _Job | None = None
+        """The job the worker is doing."""
+
+    def _waiting_checkpoints(self) -> int:
+        return sum(1 for j in self._jobs if j.kind == "checkpoint")
+
+    def put(self, job: _Job, wait: float | None = None) -> bool:
+        """Queue ``job``; with ``wait``, first wait up to that long while the queue is full.
+
+        Returns:
+            False if the job was queued beyond ``max_pending`` (the wait ran out).
+        """
+        with self._cond:
+            room = True
+            if wait is not None:
+                room = self._cond.wait_for(lambda: self._waiting_checkpoints() < self._max, wait)
+            self._jobs.append(job)
+            self._cond.notify_all()
+            return room
+
+    def get(self) -> _Job:
+        """The next job (waits for one); it becomes :attr:`current`."""
+        with self._cond:
+            self._cond.wait_for(lambda: bool(self._jobs))
+            job = self.current = self._jobs.popleft()
+            self._cond.notify_all()
+            return job
+
+    def done(self) -> None:
+        """The current job is finished."""
+        with self._cond:
+            self.current = None
+            self._cond.notify_all()
+
+    def pending(self) -> list[_Job]:
+        """The jobs not yet started, in order."""
+        with self._cond:
+            return list(self._jobs)
+
+    def full(self) -> bool:
+        """True while ``max_pending`` checkpoints wait (a new one would be a backlog)."""
+        with self._cond:
+            return self._waiting_checkpoints() >= self._max
+
+    def take_pending(self) -> list[_Job]:
+        """Remove and return the jobs not yet started."""
+        with self._cond:
+            jobs = list(self._jobs)
+            self._jobs.clear()
+            return jobs
+
+
 class CheckpointChanged(MlvcError):
     """A checkpoint file changed before mlvc had stored it (or copied it, in the background)."""
 
@@ -330,6 +406,182 @@ def fingerprint(src: Path) -> dict[str, tuple[int, ...]]:
             if fp is not None:
                 out[full] = fp
     return out
+
+
+_LIVE_RUNS: weakref.WeakSet[Run] = weakref.WeakSet()
+"""Runs that an uncaught exception should mark ``failed`` (see ``_install_excepthook``)."""
+_hook_installed = False
+
+MAX_ERROR_MESSAGE = 2000
+"""Characters of an exception's message recorded for a failed run."""
+_INTERRUPTS = ("SIGTERM", "SIGINT", "KeyboardInterrupt")
+
+
+def _end_of(
+    exc_type: type[BaseException], exc: BaseException | None
+) -> tuple[str, dict[str, str] | None]:
+    """The end reason and error recorded for an exception that ended a run."""
+    if issubclass(exc_type, KeyboardInterrupt):
+        return "KeyboardInterrupt", None
+    if issubclass(exc_type, SystemExit) and getattr(exc, "code", None) in (None, 0):
+        return "exit", None
+    try:
+        message = str(exc) if exc is not None else ""
+    except Exception:  # noqa: BLE001 - a __str__ that fails
+        message = ""
+    if len(message) > MAX_ERROR_MESSAGE:
+        message = message[:MAX_ERROR_MESSAGE] + "..."
+    return "exception", {"type": exc_type.__name__, "message": redact_text(message)}
+
+
+def _status_of(reason: str, error: dict[str, str] | None) -> str:
+    """The status recorded for an end: ``failed``, ``interrupted`` or ``stopped``."""
+    if error is not None:
+        return "failed"
+    return "interrupted" if reason in _INTERRUPTS else "stopped"
+
+
+def advance_ref(
+    repo: Repository,
+    session: WriteSession,
+    ref: Ref,
+    make: Callable[[ObjectId], Commit],
+    summarize: Callable[[dict[str, Any], str], dict[str, Any]],
+) -> tuple[ObjectId, Ref]:
+    """Store ``make(ref.target)`` and move the ref to it by CAS, retrying on conflicts.
+
+    A conflict that only changed the summary keeps the commit; one that moved the ref
+    re-parents it.
+
+    Returns:
+        The commit stored and the ref as moved.
+
+    Raises:
+        RefConflict: Still losing the race after many attempts.
+    """
+    commit = make(ref.target)
+    cid = session.add_object(commit)
+    session.flush()
+    for attempt in range(_CAS_ATTEMPTS):
+        try:
+            return cid, repo.refs.move(ref, cid, summarize(ref.summary, to_hex(cid)))
+        except RefConflict:
+            time.sleep(min(1.0, 0.02 * 2**attempt) * (0.5 + random.random()))
+            ref = repo.refs.require(ref.name)
+            if commit.parents != (ref.target,):
+                commit = make(ref.target)
+                cid = session.add_object(commit)
+                session.flush()
+    raise RefConflict(ref.name, None)
+
+
+QUIET_WAIT = 2.0
+"""Seconds the end of a run waits silently before it shows what is left to store."""
+
+
+def _is_tty(stream: Any) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError, OSError):
+        return False
+
+
+MIN_FREE_DISK = 0.05
+"""A backlog of checkpoints (storage not answering) never leaves less than this fraction of
+the local disk free (and never less than 1 GB): further checkpoints are dropped instead."""
+
+
+def _disk_room(where: Path, size: int) -> bool:
+    """True if ``size`` more bytes of backlog leave enough of the local disk free."""
+    try:
+        usage = shutil.disk_usage(where)
+    except OSError:
+        return True
+    return usage.free - 2 * size > max(MIN_FREE_DISK * usage.total, 1e9)
+
+
+def _size_of(paths: Paths) -> int:
+    """Bytes of the files named (directories walked); 0 for what cannot be read."""
+    if paths is None:
+        return 0
+    items = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
+    total = 0
+    for p in items:
+        for fp in fingerprint(Path(p)).values():
+            total += fp[0]
+    return total
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} GB"  # pragma: no cover
+
+
+def progress_line(checkpoints: int, left: int, speed: float, time_left: float) -> str:
+    """The line shown while a run's end waits for the storage."""
+    what = f"{checkpoints} checkpoint{'' if checkpoints == 1 else 's'}"
+    rate = f", {_human(speed)}/s" if speed > 0 else ""
+    return (
+        f"mlvc: storing {what} ({_human(left)} left{rate}), "
+        f"waiting up to {max(0, int(time_left))} s more"
+    )
+
+
+def checkpoint_commit(
+    tree: ObjectId,
+    parent: ObjectId,
+    exp_id: str,
+    step: int | None,
+    metrics: dict[str, Any],
+    primary: tuple[str, str] | None,
+    when: float,
+    paths: list[str],
+) -> Commit:
+    """The commit recording one checkpoint (format: docs/experiments.md)."""
+    metrics_text = " ".join(
+        f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items()
+    )
+    return Commit(
+        tree=tree,
+        parents=(parent,),
+        author=default_author(),
+        time=when,
+        message=f"checkpoint step {step}" + (f": {metrics_text}" if metrics_text else ""),
+        metadata={
+            "type": "checkpoint",
+            "experiment": exp_id,
+            "step": step,
+            "metrics": metrics,
+            "primary_metric": {"name": primary[0], "goal": primary[1]} if primary else None,
+            "paths": paths,
+        },
+    )
+
+
+def _untakable(root: Path, rel: str) -> bool:
+    """True for a path a snapshot cannot store: a name that is not UTF-8, or unreadable."""
+    try:
+        rel.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    path = root / rel
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return False  # gone: the walk skips it
+    if stat_mod.S_ISREG(st.st_mode):
+        return not os.access(path, os.R_OK)
+    if stat_mod.S_ISDIR(st.st_mode):
+        return not os.access(path, os.R_OK | os.X_OK)
+    return False
+
+
+def _shown_name(rel: str) -> str:
+    r"""A path for a message: bytes that are not UTF-8 as ``\xNN`` escapes."""
+    return os.fsencode(rel).decode("utf-8", errors="backslashreplace")
 
 
 def _pid_alive(pid: int) -> bool:
@@ -372,7 +624,12 @@ class Run:
     Attributes:
         strict: Raise :class:`~mlvc.errors.TrackingError` instead of logging failures.
         name: The experiment's name.
-        params: The recorded params (JSON-safe copy).
+        rank: This process's rank in a distributed job (None outside one); only rank 0
+            records unless ``rank_zero_only=False``.
+        params: The recorded params (flat, see :mod:`mlvc.params`); a resumed run's include
+            those recorded before (the ones passed now win).
+        resumed_from: The checkpoint a resumed run continues from (None otherwise, or if the
+            experiment had no checkpoint yet).
     """
 
     def __init__(
@@ -391,6 +648,8 @@ class Run:
         heartbeat_interval: float = DEFAULT_HEARTBEAT,
         max_code_file_size: int | None = None,
         max_code_files: int = MAX_CODE_FILES,
+        exit_timeout: float = EXIT_TIMEOUT,
+        rank_zero_only: bool = True,
     ) -> None:
         """Start a run; see :func:`track` for the arguments."""
         self.strict = strict
@@ -423,21 +682,45 @@ class Run:
         self._max_code_file_size = max_code_file_size
         self._swept: set[Path] = set()
         self._stop_job: _Job | None = None
+        self._uncaught: tuple[type[BaseException], BaseException | None] | None = None
         self._stager: Stager | None = None
         self._max_code_files = max_code_files
+        self._series = SeriesBuffer()
+        self._series_lock = threading.Lock()
+        self._series_stop = threading.Event()
+        self._series_thread: threading.Thread | None = None
+        self._series_writer = f"{int(time.time() * 1000):013d}-{uuid.uuid4().hex[:12]}"
+        self._series_seq = 0
+        self._series_failing = False
+        self._log_step = 0
+        self._log_closed_warned = False
+        self._backlog_warned = False
+        self._backlog_full_warned = False
+        self._bytes_queued = 0
+        """Bytes of the checkpoints queued and not yet stored."""
+        self._done_bytes = 0
+        """Bytes of the current checkpoint stored so far."""
+        self._left_behind: tuple[int, int, str] | None = None
         self.name = name or _default_name(self._argv)
         self.params: dict[str, Any] = {}
+        self.resumed_from: Checkpoint | None = None
         self._primary: tuple[str, str] | None = None
         try:
-            self.params = _params_dict(params)
+            self.params = canonical_params(params)
             self._primary = parse_primary(primary_metric)
+            start = project_start(self._argv[0] if self._argv else None)
             if isinstance(repository, Repository):
                 self._repo, self._own_repo = repository, False
-                self._settings = load_settings()
+                self._settings = load_settings(cwd=start)
             elif isinstance(repository, Settings):
                 self._settings = repository
             else:
-                self._settings = load_settings(repository, storage_options=storage_options)
+                if repository is not None and "://" not in os.fspath(repository):
+                    # relative to where the run was launched, whatever the script's chdir
+                    repository = launch_directory() / Path(os.fspath(repository)).expanduser()
+                self._settings = load_settings(
+                    repository, cwd=start, storage_options=storage_options
+                )
             self._code_dir = (
                 Path(path).absolute() if path is not None else self._settings.project_dir
             )
@@ -446,10 +729,19 @@ class Run:
         except Exception as exc:  # noqa: BLE001 - never break training unless strict
             self._code_dir = self._cwd
             self._disabled = True
+            self._start_error = exc
             self._main_error("run configuration", exc)
-        if resume is not None and not self._disabled:
+        place = distributed_rank() if rank_zero_only else None
+        self.rank = place[0] if place is not None else None
+        self._inactive = place is not None and place[0] != 0
+        if self._inactive:  # another rank of a distributed job: it records for all of us
+            self._disabled = True
+            if resume is not None and restore and place is not None and place[1] == 0:
+                self._prepare_resume(resume, restore, restore_force)  # one restore per node
+        elif resume is not None and not self._disabled:
             self._prepare_resume(resume, restore, restore_force)
-        self._queue: queue.Queue[_Job] = queue.Queue(maxsize=max(1, max_pending))
+        self._queue = _JobQueue(max_pending)
+        self._exit_timeout = exit_timeout
         if self._disabled:
             self._started.set()
             return
@@ -535,6 +827,17 @@ class Run:
             primary = parse_primary(primary_metric)
             if primary is not None and self._primary is None:
                 self._primary = primary
+            size = _size_of(path)
+            if self._queue.full() and not _disk_room(self._cwd, size):
+                if not self._backlog_full_warned:
+                    self._backlog_full_warned = True
+                    log.warning(
+                        "mlvc: %s of checkpoints wait for the repository and the local disk is "
+                        "nearly full: checkpoints are dropped until the repository answers",
+                        _human(self._bytes_queued),
+                    )
+                self._failures += 1
+                return
             items, staging, fingerprints, snapshot = self._stage(path, copy)
         except Exception as exc:  # noqa: BLE001 - never break training unless strict
             self._main_error(f"checkpoint at step {job_step}", exc)
@@ -549,8 +852,57 @@ class Run:
             fingerprints,
             snapshot,
         )
+        job.size = size
+        with self._lock:
+            self._bytes_queued += size
         self._next_step = job_step + 1
-        self._queue.put(job)
+        if not self._queue.put(job, wait=CHECKPOINT_WAIT) and not self._backlog_warned:
+            self._backlog_warned = True
+            log.warning(
+                "mlvc: the repository is slow to answer (%s): checkpoints now wait on local "
+                "disk and are stored in order when it answers; training continues",
+                self.repository_url,
+            )
+
+    def log(self, metrics: Mapping[str, Any], step: int | None = None) -> None:
+        """Record metric values at a step, cheaply: no file, no commit (see :mod:`mlvc.series`).
+
+        Points wait in memory and are written in batched segments by a background thread
+        (every few seconds, and when the run ends); read them back with
+        :meth:`Experiment.metrics <mlvc.experiments.Experiment.metrics>`.
+
+        Args:
+            metrics: Metric name -> value (Python or numpy numbers, 0-d arrays, one-element
+                tensors, bools, ``Decimal``; NaN and infinities are kept). Other values are
+                left out with a warning.
+            step: The step (default: one more than the previous ``log``'s, from 0).
+        """
+        if self._disabled:
+            return
+        if self._closed:
+            if not self._log_closed_warned:
+                self._log_closed_warned = True
+                log.warning("mlvc: log() called after the run was closed: not recorded")
+            return
+        if step is None:
+            step = self._log_step
+        elif type(step) is not int:
+            try:
+                step = int(step)
+            except (TypeError, ValueError) as exc:
+                self._main_error("log", exc)
+                return
+        self._log_step = step + 1
+        values: dict[str, float] = {}
+        for k, v in metrics.items():
+            if type(v) is float and type(k) is str:
+                values[k] = v
+            else:
+                values.update(clean_values({k: v}, f"step {step}"))
+        if values:
+            self._series.add(step, time.time(), values)
+            if self._series_thread is None:
+                self._start_series()
 
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until every queued checkpoint is committed. Returns False on timeout.
@@ -598,12 +950,7 @@ class Run:
         if exc_type is None:
             self.close()
             return
-        reason = (
-            "interrupted"
-            if issubclass(exc_type, KeyboardInterrupt)
-            else f"exception {exc_type.__name__}"
-        )
-        self._finish(reason)  # the user's exception wins over ours
+        self._finish(*_end_of(exc_type, exc))  # the user's exception wins over ours
 
     def __repr__(self) -> str:
         exp = self._exp_id[:12] if self._exp_id else "?"
@@ -651,28 +998,44 @@ class Run:
     # -------------------------------------------------------------- resume
 
     def _prepare_resume(self, resume: str, restore: bool, force: bool) -> None:
+        """Find what ``resume`` names (any id form ``mlvc`` accepts) and continue from it.
+
+        ``EXP`` continues from the experiment's latest checkpoint; ``EXP@best``,
+        ``EXP@latest``, ``EXP@step=N``, a checkpoint id, or a tag naming a checkpoint from that
+        checkpoint. Params recorded so far are carried over (those passed now win); the step
+        numbering goes on after the checkpoint resumed from.
+        """
         from mlvc.checkpoints import Checkpoint
+        from mlvc.experiments import _load_experiment
+        from mlvc.porcelain._resolve import resolve
 
         assert self._settings is not None
         if self._repo is None:
             self._repo = open_repo(self._settings)
-        found = resolve_any(self._repo, resume)
-        ckpt: Checkpoint | None
-        if isinstance(found, Experiment):
-            exp, ckpt = found, found.latest()
-        elif isinstance(found, Checkpoint):
-            from mlvc.experiments import _load_experiment
-
-            exp, ckpt = _load_experiment(self._repo, found.experiment_id), found
-        else:
+        target = resolve(self._repo, resume)
+        if target.kind == "commit" or target.experiment_id is None:
             raise UsageError(
                 f"cannot resume {resume!r}: it is neither an experiment nor a checkpoint"
             )
+        exp = target.experiment or _load_experiment(self._repo, target.experiment_id)
+        ckpt: Checkpoint | None
+        if target.kind == "experiment":
+            ckpt = exp.latest()  # a plain experiment id continues from where it stopped
+        else:
+            ckpt = Checkpoint(
+                self._repo, target.commit_id, self._repo.read_commit(target.commit_id)
+            )
         self._resume_id = exp.id
+        self.resumed_from = ckpt
         self.name = exp.name or self.name
         self._primary = self._primary or exp.primary_metric
-        latest_step = exp.summary.get("latest_step")
-        self._next_step = int(latest_step) + 1 if isinstance(latest_step, (int, float)) else 0
+        self.params = {**exp.params, **self.params}
+        step = ckpt.step if ckpt is not None else None
+        if step is None:
+            step = exp.summary.get("latest_step")
+        self._next_step = int(step) + 1 if isinstance(step, (int, float)) else 0
+        logged = last_step(self._repo, exp.id)
+        self._log_step = logged + 1 if logged is not None else self._next_step
         if restore and ckpt is not None:
             self._restore(ckpt, force)
 
@@ -780,25 +1143,101 @@ class Run:
     def _work(self) -> None:
         while True:
             job = self._queue.get()
+            if job.abandoned:
+                continue  # given up at exit (kept in the outbox)
             try:
                 if job.kind == "start":
                     self._start_safely(job)
                 elif job.kind == "checkpoint":
                     job.await_copies()
-                    self._do_checkpoint(job)
+                    self._until_stored(job, lambda: self._do_checkpoint(job))  # noqa: B023
                 elif job.kind == "stop":
                     self._do_stop(job)
             except Exception as exc:  # noqa: BLE001 - the worker must survive anything
                 self._background_error(job, exc)
             finally:
-                job.cleanup()
+                if job.kind == "checkpoint":
+                    with self._lock:
+                        self._bytes_queued -= job.size
+                    self._done_bytes = 0
+                if not job.abandoned:
+                    job.cleanup()
                 job.done.set()
+                self._queue.done()
             if job.kind == "stop":
                 return
 
+    def _while_locked(self, job: _Job, action: Callable[[], None]) -> None:
+        """Run ``action``, again and again while gc holds the repository (up to ``LOCK_WAIT``).
+
+        Raises:
+            RepositoryLocked: gc still held the repository after ``LOCK_WAIT`` seconds.
+        """
+        deadline = time.monotonic() + LOCK_WAIT
+        delay = 0.1
+        warned = False
+        while True:
+            try:
+                action()
+                return
+            except RepositoryLocked as exc:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise
+                if not warned:
+                    warned = True
+                    log.warning(
+                        "mlvc: %s waits until gc has finished (%s); training continues",
+                        job.describe(),
+                        exc.holder,
+                    )
+                time.sleep(min(delay, left))
+                delay = min(delay * 2, 2.0)
+
+    def _until_stored(self, job: _Job, action: Callable[[], None]) -> None:
+        """Run ``action``, retrying storage failures, until it is stored or given up at exit.
+
+        A job given up at exit is kept in the outbox. With ``strict=True`` a storage failure
+        is raised at once.
+
+        Raises:
+            OSError: Only with ``strict``: the storage failed.
+        """
+        delay = RETRY_FIRST
+        warned = False
+        while True:
+            try:
+                self._while_locked(job, action)
+            except OSError as exc:  # StorageError included: refused, full, gone...
+                if self.strict:
+                    raise
+                if job.abandoned:
+                    return
+                if not warned:
+                    warned = True
+                    self._failures += 1
+                    log.warning(
+                        "mlvc: could not record %s in %s yet: %s: %s (retrying in the "
+                        "background; training continues)",
+                        job.describe(),
+                        self.repository_url,
+                        type(exc).__name__,
+                        exc,
+                        exc_info=self._debug(),
+                    )
+                time.sleep(delay)
+                delay = min(delay * 2, RETRY_MAX)
+                if job.abandoned:
+                    return
+                continue
+            if warned:
+                self._failures -= 1
+                log.warning("mlvc: recorded %s after all", job.describe())
+            return
+
     def _start_safely(self, job: _Job) -> None:
         try:
-            self._do_start()
+            self._while_locked(job, self._do_start)
         except Exception as exc:
             self._start_error = exc
             raise
@@ -835,7 +1274,12 @@ class Run:
         counted = [0]
         root = self._code_dir
 
+        untakable: list[str] = []
+
         def exclude(rel: str) -> bool:
+            if _untakable(root, rel):
+                untakable.append(rel)
+                return True
             if matcher(rel):
                 return True
             try:
@@ -856,6 +1300,13 @@ class Run:
         finally:
             if cache is not None:
                 cache.close()
+        if untakable:
+            log.warning(
+                "mlvc: code snapshot left out %d file(s) it cannot store (a name that is not "
+                "UTF-8, or unreadable): %s",
+                len(untakable),
+                ", ".join(_shown_name(r) for r in untakable[:10]),
+            )
         if too_big:
             log.warning(
                 "mlvc: code snapshot left out %d file(s) over %s (snapshot.max_file_size; add "
@@ -944,6 +1395,7 @@ class Run:
                         status="running",
                         ended=None,
                         end_reason=None,
+                        error=None,
                         resumed=int(old.get("resumed") or 0) + 1,
                         params={**(old.get("params") or {}), **self.params},
                     )
@@ -965,45 +1417,45 @@ class Run:
         commit; one that moved the ref (another process resumed the experiment) re-parents it.
         """
         assert self._repo is not None
-        commit = make(ref.target)
-        cid = session.add_object(commit)
-        session.flush()
-        for attempt in range(_CAS_ATTEMPTS):
-            try:
-                new_summary = summarize(ref.summary, to_hex(cid))
-                self._summary = self._repo.refs.move(ref, cid, new_summary).summary
-                return cid
-            except RefConflict:
-                time.sleep(min(1.0, 0.02 * 2**attempt) * (0.5 + random.random()))
-                ref = self._repo.refs.require(ref.name)
-                if commit.parents != (ref.target,):
-                    commit = make(ref.target)
-                    cid = session.add_object(commit)
-                    session.flush()
-        raise RefConflict(ref.name, None)
+        cid, moved = advance_ref(self._repo, session, ref, make, summarize)
+        self._summary = moved.summary
+        return cid
 
     def _do_checkpoint(self, job: _Job) -> None:
         self._ensure_started()
         assert self._repo is not None and self._exp_id is not None
         repo, exp_id = self._repo, self._exp_id
         ref = repo.refs.require(ref_name(exp_id))
-        pm = {"name": job.primary[0], "goal": job.primary[1]} if job.primary else None
-        metrics_text = " ".join(
-            f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in job.metrics.items()
-        )
-        with repo.session() as s:
+        with repo.session(progress=self._stored) as s:
             # The previous checkpoint's files guide this one's: unchanged tensors are verified
             # by hash instead of being cut and compressed again.
             guide = None
             with contextlib.suppress(MlvcError):
                 guide = repo.read_commit(ref.target).tree
-            builder = TreeBuilder(s, guide=guide)
+            unnamable: list[str] = []
+
+            def exclude(rel: str) -> bool:
+                try:
+                    rel.encode("utf-8")
+                except UnicodeEncodeError:
+                    unnamable.append(rel)
+                    return True
+                return False
+
+            builder = TreeBuilder(s, exclude=exclude, guide=guide)
             entries: dict[str, TreeEntry] = {}
             for rel, staged in job.items:
                 name = rel.rsplit("/", 1)[-1]
                 entry = job.read(staged, lambda path: builder.entry(path, name, rel))  # noqa: B023
                 if entry is not None:
                     entries[rel] = entry
+            if unnamable:
+                log.warning(
+                    "mlvc: checkpoint at step %s left out %d file(s) whose name is not UTF-8: %s",
+                    job.step,
+                    len(unnamable),
+                    ", ".join(_shown_name(r) for r in unnamable[:10]),
+                )
             changed = [p for p, fp in job.fingerprints.items() if _fingerprint_of(p) != fp]
             if changed:
                 raise CheckpointChanged(
@@ -1015,21 +1467,15 @@ class Run:
             tree_id = s.add_object(tree)
 
             def make(parent: ObjectId) -> Commit:
-                return Commit(
-                    tree=tree_id,
-                    parents=(parent,),
-                    author=default_author(),
-                    time=job.time,
-                    message=f"checkpoint step {job.step}"
-                    + (f": {metrics_text}" if metrics_text else ""),
-                    metadata={
-                        "type": "checkpoint",
-                        "experiment": exp_id,
-                        "step": job.step,
-                        "metrics": job.metrics,
-                        "primary_metric": pm,
-                        "paths": [rel for rel, _ in job.items],
-                    },
+                return checkpoint_commit(
+                    tree_id,
+                    parent,
+                    exp_id,
+                    job.step,
+                    job.metrics,
+                    job.primary,
+                    job.time,
+                    [rel for rel, _ in job.items],
                 )
 
             def summarize(old: dict[str, Any], cid: str) -> dict[str, Any]:
@@ -1042,6 +1488,7 @@ class Run:
 
     def _do_stop(self, job: _Job) -> None:
         self._stop_heartbeat()
+        self._stop_series()
         if self._exp_id is None or self._repo is None:
             return
         repo, name = self._repo, ref_name(self._exp_id)
@@ -1049,13 +1496,75 @@ class Run:
             ref = repo.refs.get(name)
             if ref is None:
                 break  # removed meanwhile
-            summary = dict(ref.summary, status="stopped", ended=time.time(), end_reason=job.reason)
+            summary = dict(
+                ref.summary,
+                status=_status_of(job.reason, job.error),
+                ended=time.time(),
+                end_reason=job.reason,
+                error=job.error,
+            )
             try:
                 self._summary = repo.refs.update_summary(ref, summary).summary
                 break
             except RefConflict:
                 time.sleep(min(1.0, 0.02 * 2**attempt))
         repo.store.delete(heartbeat_key(self._exp_id))
+
+    # -------------------------------------------------------------- step metrics
+
+    def _start_series(self) -> None:
+        with self._series_lock:
+            if self._series_thread is not None:
+                return
+            self._series_thread = threading.Thread(
+                target=self._write_series, name="mlvc-series", daemon=True
+            )
+            self._series_thread.start()
+
+    def _write_series(self) -> None:
+        while not self._series_stop.is_set():
+            self._series.wake.wait(_series.SEGMENT_SECONDS)
+            self._series.wake.clear()
+            if self._series_stop.is_set():
+                return
+            self._flush_series()
+
+    def _flush_series(self) -> None:
+        """Write the points waiting as one segment (kept for later if that fails)."""
+        with self._series_lock:
+            if self._exp_id is None or self._repo is None:
+                return  # not recorded yet: the points wait
+            points = self._series.take()
+            if not points:
+                return
+            key = segment_key(self._exp_id, self._series_writer, self._series_seq)
+            try:
+                self._repo.store.write(key, encode_segment(points))
+            except Exception as exc:  # noqa: BLE001 - kept and retried, never raised
+                self._series.put_back(points)
+                if not self._series_failing:
+                    self._series_failing = True
+                    log.warning(
+                        "mlvc: could not write logged metrics (kept in memory, retried): %s: %s",
+                        type(exc).__name__,
+                        exc,
+                    )
+                return
+            self._series_seq += 1
+            self._series_failing = False
+
+    def _stop_series(self) -> None:
+        self._series_stop.set()
+        self._series.wake.set()
+        thread = self._series_thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout=30)
+        self._flush_series()
+        if len(self._series) or self._series.dropped():
+            log.warning(
+                "mlvc: %d logged metric point(s) could not be written",
+                len(self._series) + self._series.dropped(),
+            )
 
     # -------------------------------------------------------------- heartbeat
 
@@ -1098,30 +1607,153 @@ class Run:
 
     # -------------------------------------------------------------- closing
 
-    def _finish(self, reason: str) -> None:
+    def _finish(self, reason: str, error: dict[str, str] | None = None) -> None:
         with self._lock:
             if self._closed:
                 return
             self._closed = True
         if self._worker is not None and self._worker.is_alive():
-            job = self._stop_job = _Job("stop", reason=reason)
+            job = self._stop_job = _Job("stop", reason=reason, error=error)
             self._queue.put(job)
-            job.done.wait()
-            self._worker.join(timeout=30)
+            if not self._wait_showing_progress(job, self._exit_timeout):
+                self._give_up(job)
+            else:
+                self._worker.join(timeout=30)
         if self._stager is not None:
             self._stager.close()  # after the worker: every copy it waited for is made
         self._uninstall_sigterm()
-        if self._own_repo and self._repo is not None:
+        if self._own_repo and self._repo is not None and self._left_behind is None:
             with contextlib.suppress(Exception):
                 self._repo.close()
-        if not self._disabled:
-            self._report()
+        self._report()
+
+    def _stored(self, n: int) -> None:
+        """Progress callback of the checkpoint's write session: ``n`` more bytes processed."""
+        self._done_bytes += n
+
+    def _wait_showing_progress(self, job: _Job, timeout: float) -> bool:
+        """Wait for ``job``; after ``QUIET_WAIT`` seconds say what is left and how fast.
+
+        On a terminal the line is rewritten every second; otherwise one line is printed.
+        """
+        deadline = time.monotonic() + timeout
+        if job.done.wait(min(QUIET_WAIT, timeout)):
+            return True
+        tty = _is_tty(sys.stderr)
+        shown = False
+        last_left, last_time, speed = None, time.monotonic(), 0.0
+        while True:
+            left = max(0, self._bytes_queued - self._done_bytes)
+            pending = sum(1 for j in self._queue.pending() if j.kind == "checkpoint")
+            pending += self._queue.current is not None and self._queue.current.kind == "checkpoint"
+            now = time.monotonic()
+            if last_left is not None and now > last_time:
+                speed = 0.7 * speed + 0.3 * max(0.0, (last_left - left) / (now - last_time))
+            last_left, last_time = left, now
+            line = progress_line(pending, left, speed, deadline - now)
+            if tty:
+                with contextlib.suppress(Exception):
+                    print("\r" + line.ljust(79), end="", file=sys.stderr, flush=True)
+            elif not shown:
+                with contextlib.suppress(Exception):
+                    print(line, file=sys.stderr, flush=True)
+            shown = True
+            remaining = deadline - time.monotonic()
+            if job.done.wait(max(0.0, min(1.0, remaining))):
+                break
+            if time.monotonic() >= deadline:
+                break
+        if tty:
+            with contextlib.suppress(Exception):
+                print("\r" + " " * 79 + "\r", end="", file=sys.stderr, flush=True)
+        return job.done.is_set()
+
+    def _give_up(self, stop: _Job) -> None:
+        """The storage did not take what is pending in time: keep it in the outbox.
+
+        Checkpoints not yet stored (the one the worker is stuck on included: ``mlvc sync``
+        skips it if it was stored after all) and the run's end go to the local outbox
+        (:mod:`mlvc.outbox`); the worker is left to die with the process.
+        """
+        current = self._queue.current
+        jobs = self._queue.take_pending()
+        if current is not None and current.kind == "checkpoint":
+            jobs.insert(0, current)
+        kept, lost = 0, 0
+        root = outbox_dir(self._settings.cache_dir if self._settings else None)
+        for job in jobs:
+            try:
+                if self._exp_id is None or self._repo is None:
+                    lost += job.kind == "checkpoint"
+                elif job.kind == "checkpoint":
+                    self._keep(root, job)
+                    kept += 1
+                elif job.kind == "stop":
+                    self._keep_end(root, job)
+            except Exception as exc:  # noqa: BLE001 - exiting anyway
+                lost += job.kind == "checkpoint"
+                log.warning("mlvc: could not keep %s in %s: %s", job.describe(), root, exc)
+            finally:
+                job.abandoned = True
+                if job is not current:
+                    with contextlib.suppress(Exception):
+                        job.cleanup()
+                job.done.set()
+        stop.done.set()
+        self._hb_stop.set()  # not joined: it may be stuck in the storage too
+        self._series_stop.set()
+        self._left_behind = (kept, lost, str(root))
+
+    def _keep(self, root: Path, job: _Job) -> None:
+        """Copy one pending checkpoint's files (as they were at the call) into the outbox."""
+        assert self._exp_id is not None and self._repo is not None
+        job.await_copies()  # files inside checkpointed directories: the helper's copies
+        files: list[tuple[str, Path]] = []
+        for rel, staged in job.items:
+            src = staged
+            if job.snapshot is not None:
+                copy = job.snapshot.copy_of(staged)
+                if copy is not None and copy.status != "copied":
+                    src = Path(copy.src)  # still leased: unchanged since the call
+            files.append((rel, src))
+        entry = {
+            "kind": "checkpoint",
+            "repository": self._repo.url,
+            "experiment": self._exp_id,
+            "code_tree": to_hex(self._code_tree) if self._code_tree is not None else None,
+            "step": job.step,
+            "metrics": job.metrics,
+            "primary": list(job.primary) if job.primary else None,
+            "time": job.time,
+        }
+        saved = outbox_save(root, entry, files)
+        changed = [p for p, fp in job.fingerprints.items() if _fingerprint_of(p) != fp]
+        if changed:
+            shutil.rmtree(saved, ignore_errors=True)
+            raise CheckpointChanged(f"{changed[0]} changed before it was kept")
+
+    def _keep_end(self, root: Path, job: _Job) -> None:
+        assert self._exp_id is not None and self._repo is not None
+        entry = {
+            "kind": "end",
+            "repository": self._repo.url,
+            "experiment": self._exp_id,
+            "status": _status_of(job.reason, job.error),
+            "ended": time.time(),
+            "end_reason": job.reason,
+            "error": job.error,
+        }
+        outbox_save(root, entry)
 
     def _report(self) -> None:
+        if self._inactive:
+            return  # rank 0 reports
         if self._exp_id is None:
             err = self._start_error
+            where = self.repository_url
             msg = (
-                f"mlvc: experiment NOT saved to {self.repository_url}"
+                "mlvc: experiment NOT saved"
+                + (f" to {where}" if where else "")
                 + (f" ({type(err).__name__}: {err})" if err else "")
                 + "; see the log"
             )
@@ -1142,6 +1774,16 @@ class Run:
                 f"mlvc: saved experiment {self._exp_id[:12]} ({', '.join(parts)}) "
                 f"to {self.repository_url}"
             )
+            if self._left_behind is not None:
+                kept, lost, where = self._left_behind
+                msg = (
+                    f"mlvc: the repository {self.repository_url} did not answer within "
+                    f"{self._exit_timeout:g} s: experiment {self._exp_id[:12]} has "
+                    f"{n} checkpoint{'' if n == 1 else 's'} stored"
+                    + (f", {kept} kept in {where}" if kept else "")
+                    + (f", {lost} lost (see the log)" if lost else "")
+                    + "; run `mlvc sync` to send what is kept"
+                )
         log.info(msg)
         with contextlib.suppress(Exception):
             print(msg, file=sys.stderr, flush=True)
@@ -1154,7 +1796,8 @@ class Run:
             run = ref()
             if run is not None and os.getpid() == pid and not run._closed:
                 try:
-                    run._finish("exit")
+                    uncaught = run._uncaught
+                    run._finish(*(_end_of(*uncaught) if uncaught else ("exit", None)))
                 except Exception as exc:  # noqa: BLE001 - exiting anyway
                     log.warning("mlvc: flushing at exit failed: %s", exc)
 
@@ -1173,6 +1816,28 @@ class Run:
         except RuntimeError:
             pass  # already shutting down
         self._install_sigterm()
+        self._install_excepthook()
+
+    def _install_excepthook(self) -> None:
+        """Note an exception that ends the script outside a ``with`` block (for the status)."""
+        global _hook_installed
+        _LIVE_RUNS.add(self)
+        if _hook_installed:
+            return
+        _hook_installed = True
+        previous = sys.excepthook
+
+        def hook(
+            exc_type: type[BaseException],
+            exc: BaseException,
+            tb: types.TracebackType | None,
+        ) -> None:
+            for run in list(_LIVE_RUNS):
+                if not run._closed and run._pid == os.getpid():
+                    run._uncaught = (exc_type, exc)
+            previous(exc_type, exc, tb)
+
+        sys.excepthook = hook
 
     def _install_sigterm(self) -> None:
         if threading.current_thread() is not threading.main_thread():
@@ -1229,6 +1894,8 @@ def track(
     heartbeat_interval: float = DEFAULT_HEARTBEAT,
     max_code_file_size: int | None = None,
     max_code_files: int = MAX_CODE_FILES,
+    exit_timeout: float = EXIT_TIMEOUT,
+    rank_zero_only: bool = True,
 ) -> Run:
     """Start tracking a training run; use as a context manager (or call ``close()``).
 
@@ -1239,7 +1906,8 @@ def track(
             :mod:`mlvc.settings`; a missing repository is created on first use).
         name: A name for the experiment (default: the script's name).
         strict: Raise :class:`~mlvc.errors.TrackingError` on failures instead of logging them.
-        resume: Id prefix of an experiment or checkpoint to continue.
+        resume: What to continue: an experiment or checkpoint id, ``EXP@best``,
+            ``EXP@step=N``, ``EXP@latest`` or a tag.
         restore: With ``resume``: write the checkpoint's files back first.
         restore_force: With ``restore``: overwrite local files that differ.
         primary_metric: Default ``(name, "minimize" | "maximize")`` for checkpoints.
@@ -1251,6 +1919,12 @@ def track(
             limit). Default: the project's ``snapshot.max_file_size`` (``mlvc config``), else
             64 MiB.
         max_code_files: The code snapshot stops after this many files.
+        exit_timeout: Seconds ``close()`` (and the interpreter's exit) waits for the storage
+            to take what is still pending; what it has not taken by then is kept in the local
+            outbox, and ``mlvc sync`` sends it later.
+        rank_zero_only: In a distributed job (``RANK`` and ``WORLD_SIZE`` set, as by
+            ``torchrun``), only rank 0 records; the other ranks get a run whose calls do
+            nothing (``run.id`` is None there). False: every rank records its own experiment.
 
     Returns:
         The :class:`Run`.
@@ -1275,6 +1949,8 @@ def track(
         heartbeat_interval=heartbeat_interval,
         max_code_file_size=max_code_file_size,
         max_code_files=max_code_files,
+        exit_timeout=exit_timeout,
+        rank_zero_only=rank_zero_only,
     )
 
 
@@ -1293,6 +1969,8 @@ def init(
     heartbeat_interval: float = DEFAULT_HEARTBEAT,
     max_code_file_size: int | None = None,
     max_code_files: int = MAX_CODE_FILES,
+    exit_timeout: float = EXIT_TIMEOUT,
+    rank_zero_only: bool = True,
 ) -> Run:
     """Start tracking without a ``with`` block; arguments as for :func:`track`.
 
@@ -1314,4 +1992,6 @@ def init(
         heartbeat_interval=heartbeat_interval,
         max_code_file_size=max_code_file_size,
         max_code_files=max_code_files,
+        exit_timeout=exit_timeout,
+        rank_zero_only=rank_zero_only,
     )

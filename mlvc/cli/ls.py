@@ -14,8 +14,10 @@ FilterOpt = Annotated[
     typer.Option(
         "--filter",
         "-f",
-        help='Keep experiments matching a condition on params or metrics, e.g. "loss < 0.2", '
-        '"lr = 0.01", "status = running" (repeat to combine).',
+        help='Keep experiments matching a condition, e.g. "loss < 0.2", "lr = 0.01", '
+        '"model.depth = 4", "status = failed" (repeat to combine). A bare name is a param, '
+        "else a metric's latest value (the latest column); best.NAME or best is the primary "
+        "metric's best value (the best column); latest.NAME and params.NAME say which.",
     ),
 ]
 SortOpt = Annotated[
@@ -23,9 +25,28 @@ SortOpt = Annotated[
     typer.Option(
         "--sort",
         "-s",
-        help='Sort by a column, param or metric ("created", "loss", "-step": descending).',
+        help='Sort by a column, param or metric ("created", "loss", "-best": descending), '
+        "named as for --filter; NaN and infinite values come last.",
     ),
 ]
+
+MAX_CELL = 40
+"""Characters of one param or metric value shown in a table (``--json`` shows all)."""
+
+
+def shorten(text: str, limit: int = MAX_CELL) -> str:
+    """``text`` cut to ``limit`` characters, ``...`` marking the cut."""
+    return text if len(text) <= limit else text[: max(1, limit - 3)] + "..."
+
+
+def cells(values: dict[str, Any] | None, limit: int, width: int = MAX_CELL) -> str:
+    """``k=v`` pairs sorted by key, each value shortened, ``+N`` for those left out."""
+    if not values:
+        return "-"
+    items = [f"{k}={shorten(_output.fmt_value(values[k]), width)}" for k in sorted(values)]
+    if len(items) > limit:
+        items = items[:limit] + [f"+{len(items) - limit}"]
+    return " ".join(items)
 
 
 def _best(d: dict[str, Any]) -> str:
@@ -45,15 +66,18 @@ def _rows(items: list[dict[str, Any]]) -> list[list[str]]:
             str(d.get("status") or "-"),
             str(d.get("user") or "-"),
             str(d.get("host") or "-"),
-            _output.fmt_mapping(d.get("params"), limit=6),
+            cells(d.get("params"), limit=6),
             _output.fmt_value(d.get("latest_step")),
+            cells(d.get("latest_metrics"), limit=4, width=16),
             _best(d),
         ]
         for d in items
     ]
 
 
-COLUMNS = ["id", "created", "status", "user", "host", "params", "step", "best"]
+COLUMNS = ["id", "created", "status", "user", "host", "params", "step", "latest", "best"]
+"""``step`` and ``latest``: the latest checkpoint's step and metrics; ``best``: the primary
+metric's best value and its step."""
 
 
 def _render(items: list[Any], json_: bool, ids_only: bool, quiet: bool) -> None:
@@ -79,12 +103,19 @@ def ls(
     all_: Annotated[bool, typer.Option("--all", "-a", help="Include removed experiments.")] = False,
     json_: JsonOpt = False,
 ) -> None:
-    """List experiments: id, created, status, user, host, params, latest step, best metric.
+    """List experiments: id, created, status, user, host, params, latest step and metrics, best.
+
+    The latest column shows each metric's value at the latest checkpoint, the best column the
+    primary metric's best value and its step. Filters and sorting use what the columns show:
+    a bare metric name its latest value, best (or best.NAME) the best one. An unknown name is
+    an error.
 
     Examples:
         mlvc ls
 
         mlvc ls --filter "loss < 0.2" --filter "lr = 0.01" --sort loss
+
+        mlvc ls --filter "best.val_acc > 0.9" --sort -best
 
         mlvc rm $(mlvc ls -q --filter "status = crashed")
     """

@@ -224,6 +224,14 @@ COMMAND_TABLE: dict[str, tuple[str, str]] = {
     "clone": ("remote", "Copy a repository into DIR/.mlvc; write DIR/mlvc.toml naming it."),
     "remote": ("remotes", "Name other repositories: add, remove, list (stored in mlvc.toml)."),
     "config": ("config", "Get, set or list the project's settings in mlvc.toml."),
+    "plot": (
+        "plot",
+        "Plot metrics (logged with run.log, or recorded at checkpoints) of experiments.",
+    ),
+    "sync": (
+        "sync",
+        "Send the checkpoints and run ends kept in the local outbox to their repositories.",
+    ),
 }
 """Command name -> (module under ``mlvc.cli``, one-line help). A command's module is imported
 only when that command runs (or its own ``--help`` is asked for): ``mlvc --help`` and

@@ -9,8 +9,11 @@ import typer
 from mlvc import porcelain
 from mlvc.cli import _output
 from mlvc.cli._options import IdArg, JsonOpt, state
+from mlvc.cli.ls import cells, shorten
 
 _ENV_SCALARS = ("python", "user", "host", "command", "cwd")
+MAX_SHOWN = 200
+"""Characters of one param or metric value shown (``--json`` shows all)."""
 
 
 def _env_pairs(env: dict[str, Any]) -> list[tuple[str, str]]:
@@ -61,8 +64,12 @@ def show(ctx: typer.Context, id_: IdArg, json_: JsonOpt = False) -> None:
         header.append(("via", t.via))
     if t.kind == "experiment":
         exp = r.experiment or {}
+        header.append(("status", str(exp.get("status") or "-")))
+        if exp.get("error"):
+            header.append(("error", str(exp["error"])))
+        elif exp.get("end_reason") and exp.get("status") != "running":
+            header.append(("ended by", str(exp["end_reason"])))
         header += [
-            ("status", str(exp.get("status") or "-")),
             ("created", _output.human_time(exp.get("created"))),
             ("checkpoints", str(len(r.checkpoints))),
         ]
@@ -79,7 +86,10 @@ def show(ctx: typer.Context, id_: IdArg, json_: JsonOpt = False) -> None:
     _output.kv(header)
     for title, values in (("params", r.params), ("metrics", r.metrics)):
         if values:
-            _output.kv([(k, _output.fmt_value(v)) for k, v in sorted(values.items())], f"\n{title}")
+            _output.kv(
+                [(k, shorten(_output.fmt_value(v), MAX_SHOWN)) for k, v in sorted(values.items())],
+                f"\n{title}",
+            )
     if r.env:
         _output.kv(_env_pairs(r.env), title="\nenvironment")
     if r.checkpoints:
@@ -88,7 +98,7 @@ def show(ctx: typer.Context, id_: IdArg, json_: JsonOpt = False) -> None:
             [
                 _output.short_id(str(cp.get("id"))),
                 _output.fmt_value(cp.get("step")),
-                _output.fmt_mapping(cp.get("metrics"), limit=6),
+                cells(cp.get("metrics"), limit=6),
             ]
             for cp in r.checkpoints
         ]

@@ -92,7 +92,9 @@ def test_ls_json_table_filter_sort_and_ids(cli: Cli, runs: dict[str, str]) -> No
 
     table = cli("ls").stdout
     header = table.splitlines()[0].split()
-    assert header == ["id", "created", "status", "user", "host", "params", "step", "best"]
+    assert header == [
+        "id", "created", "status", "user", "host", "params", "step", "latest", "best"
+    ]  # fmt: skip
     assert runs["a"][:12] in table and "loss=0.1 @1" in table and "lr=0.01" in table
 
     assert [e["id"] for e in cli.json("ls", "--filter", "lr = 0.01")] == [runs["a"]]

@@ -88,7 +88,10 @@ def test_filter_sort_and_to_dict(project: Path) -> None:
         "exp2",
     }
     assert mlvc.experiments.list(filter="status = running") == []
-    assert mlvc.experiments.list(filter="nosuchfield > 1") == []
+    with pytest.raises(UsageError, match="unknown field 'nosuchfield'"):
+        mlvc.experiments.list(filter="nosuchfield > 1")
+    with pytest.raises(UsageError, match="unknown field 'nosuchkey'"):
+        mlvc.experiments.list(sort="nosuchkey")
     assert [e.name for e in mlvc.experiments.list(filter=lambda e: e.params["i"] % 2 == 1)] == [
         "exp3",
         "exp1",
@@ -208,3 +211,64 @@ def test_status_running_heartbeat_then_stopped(project: Path) -> None:
     assert stopped.status == "stopped" and stopped.ended is not None
     assert stopped.summary["end_reason"] == "ok"
     assert list(exp.repository.store.list("heartbeats/")) == []  # a clean stop removes it
+
+
+def test_non_finite_values_sort_last_and_keep_the_rest_in_order(project: Path) -> None:
+    losses = [0.5, float("nan"), 0.1, float("inf"), 0.3, float("nan"), 0.2, float("-inf")]
+    for i, loss in enumerate(losses):
+        with mlvc.track(params={"i": i}, name=f"r{i}") as run:
+            run.checkpoint(metrics={"loss": loss}, primary_metric=("loss", "min"))
+    with mlvc.track(name="no-loss") as run:
+        run.checkpoint(metrics={"acc": 1.0})
+
+    def shown(sort: str) -> list[object]:
+        values = []
+        for e in mlvc.experiments.list(sort=sort):
+            loss = e.summary["latest_metrics"].get("loss")
+            values.append(loss if loss is not None else "-")
+        return values
+
+    ascending = shown("loss")
+    assert ascending[:4] == [0.1, 0.2, 0.3, 0.5]
+    assert sorted(map(str, ascending[4:8])) == ["-inf", "inf", "nan", "nan"]
+    assert ascending[8] == "-"
+    descending = shown("-loss")
+    assert descending[:4] == [0.5, 0.3, 0.2, 0.1] and descending[8] == "-"
+    below = mlvc.experiments.list(filter="loss < 0.25", sort="loss")
+    assert [e.name for e in below] == ["r2", "r6", "r7"]  # -inf is below too, sorted last
+    assert {e.name for e in mlvc.experiments.list(filter="loss = nan")} == set()
+    assert len(mlvc.experiments.list(filter="loss > 100")) == 1  # inf
+
+
+def test_ls_columns_say_what_filters_and_sort_use(project: Path) -> None:
+    from typer.testing import CliRunner
+
+    from mlvc.cli import app
+
+    with mlvc.track(params={"config": "y" * 20_000, "lr": 0.1}, name="peaked") as run:
+        for acc in [0.10, 0.150391, 0.13]:
+            run.checkpoint(metrics={"val_acc": acc}, primary_metric=("val_acc", "max"))
+    peaked = run.id
+    with mlvc.track(params={"lr": 0.2}, name="steady") as run:
+        run.checkpoint(metrics={"val_acc": 0.145}, primary_metric=("val_acc", "max"))
+    runner = CliRunner()
+
+    def ls(*args: str, code: int = 0) -> str:
+        result = runner.invoke(app, ["ls", *args], catch_exceptions=False)
+        assert result.exit_code == code, result.output
+        return result.output
+
+    table = ls()
+    lines = table.splitlines()
+    assert lines[0].split()[-2:] == ["latest", "best"]
+    row = next(line for line in lines if line.startswith(peaked[:12]))
+    assert "val_acc=0.13" in row and "val_acc=0.150391 @1" in row  # latest and best, labelled
+    assert len(row) < 400 and "yyy..." in row  # the 20 kB param is shortened
+    assert ls("-q", "-f", "val_acc > 0.14").split() == [run.id[:12]]  # the latest column
+    assert sorted(ls("-q", "-f", "best.val_acc > 0.14").split()) == sorted(
+        [peaked[:12], run.id[:12]]
+    )  # the best column
+    assert ls("-q", "--sort", "-best").split() == [peaked[:12], run.id[:12]]
+    assert ls("-q", "--sort", "-val_acc").split() == [run.id[:12], peaked[:12]]
+    err = ls("--sort", "nosuchkey", code=2)
+    assert "unknown field 'nosuchkey'" in err and "val_acc" in err and "Traceback" not in err

@@ -94,7 +94,7 @@ def test_sigterm_flushes_the_pending_checkpoint(tmp_path: Path) -> None:
     assert "mlvc: saved experiment" in err and "(1 checkpoint, best loss=1 at step 0)" in err, err
 
     (exp,) = mlvc.experiments.list(repository=repo_url)
-    assert exp.status == "stopped"
+    assert exp.status == "interrupted"
     assert exp.summary["end_reason"] == "SIGTERM"
     (ckpt,) = exp.checkpoints
     assert _checkpoint_bytes(ckpt) == weights("term", 0)

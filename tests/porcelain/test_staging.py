@@ -443,7 +443,7 @@ def test_sigterm_to_the_job_flushes_copies_in_flight(tmp_path: Path) -> None:
             os.killpg(proc.pid, signal.SIGKILL)
         proc.communicate()
     (exp,) = mlvc.experiments.list(repository=repo_url)
-    assert exp.summary["end_reason"] == "SIGTERM"
+    assert exp.summary["end_reason"] == "SIGTERM" and exp.status == "interrupted"
     assert [c.step for c in exp.checkpoints] == [0, 1, 2, 3, 4]
     for c in exp.checkpoints:
         with c.open("model.pth") as f:

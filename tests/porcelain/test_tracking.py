@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 import mlvc
+from mlvc import outbox
 from mlvc.errors import FileExistsConflict, TrackingError
 from mlvc.repo import open_repo
 from mlvc_core.repository import Repository
@@ -97,7 +98,7 @@ def test_repository_failing_mid_run_does_not_stop_training(
     repo, store = wrap_repo(FailingStore, tmp_path / "repo", tmp_path / "cache" / "r")
     steps_done = []
     with caplog.at_level(logging.WARNING, logger="mlvc"):
-        with mlvc.track(repository=repo) as run:
+        with mlvc.track(repository=repo, exit_timeout=1.0) as run:
             for step in range(4):
                 (project / "w.bin").write_bytes(_payload(step))
                 run.checkpoint(path="w.bin", step=step, metrics={"loss": 1.0 / (step + 1)})
@@ -111,6 +112,13 @@ def test_repository_failing_mid_run_does_not_stop_training(
     store.broken.clear()
     exp = mlvc.experiments.get(run.id, repository=repo)
     assert [c.step for c in exp.checkpoints] == [0]
+    # What the storage refused was kept locally; once it answers, sync stores it.
+    report = outbox.sync()
+    assert report.sent == 4 and report.failed == []  # three checkpoints and the end
+    exp = mlvc.experiments.get(run.id, repository=repo)
+    assert [c.step for c in exp.checkpoints] == [0, 1, 2, 3] and exp.status == "stopped"
+    with exp.checkpoints[2].open("w.bin") as f:
+        assert f.read()[:-64] == _payload(2)[:-64]
 
 
 def test_real_filesystem_failure_is_logged(
@@ -118,7 +126,7 @@ def test_real_filesystem_failure_is_logged(
 ) -> None:
     repo_dir = tmp_path / "repo"
     with caplog.at_level(logging.WARNING, logger="mlvc"):
-        with mlvc.track(repository=str(repo_dir)) as run:
+        with mlvc.track(repository=str(repo_dir), exit_timeout=1.0) as run:
             (project / "w.bin").write_bytes(_payload(0))
             run.checkpoint(path="w.bin", step=0)
             run.flush()
@@ -132,6 +140,9 @@ def test_real_filesystem_failure_is_logged(
     (repo_dir / "packs.moved").rename(repo_dir / "packs")
     exp = mlvc.experiments.get(run.id, repository=str(repo_dir))
     assert [c.step for c in exp.checkpoints] == [0]
+    assert outbox.sync().failed == []
+    exp = mlvc.experiments.get(run.id, repository=str(repo_dir))
+    assert [c.step for c in exp.checkpoints] == [0, 1]
 
 
 def test_strict_raises(project: Path, tmp_path: Path) -> None:

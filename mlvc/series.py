@@ -1,0 +1,215 @@
+"""Step metrics: ``run.log({"loss": 0.3}, step=120)`` series, stored in batched segments.
+
+A run keeps logged points in memory (:class:`SeriesBuffer`: an append under a lock, no I/O)
+and a background thread writes them out as *segments*: one store key per batch, every
+:data:`SEGMENT_SECONDS` seconds, as soon as :data:`SEGMENT_POINTS` points wait, and when the
+run ends. No commit and no file per point; what was written survives a crash of the run.
+
+Format (``docs/experiments.md``): the key ``series/<experiment id>/<writer>-<seq>`` where
+``writer`` is ``<start time in ms, 13 digits>-<12 hex digits>`` (one per run, resumed runs
+included, so keys sort in writing order) and ``seq`` a 6-digit counter; the value is
+zlib-compressed JSON ``{"v": 1, "points": [[step, time, {name: value}], ...]}`` with
+non-finite values as the strings ``"nan"``, ``"inf"``, ``"-inf"``. Segments are not
+content-addressed objects: ``gc`` leaves them alone, removing the experiment deletes them,
+and ``push``/``pull`` do not copy them.
+
+Values: Python and numpy numbers, 0-d arrays and one-element tensors (bf16 and ones that
+require grad included: ``.item()``), bools (0/1) and ``Decimal`` are recorded as floats;
+anything else (a string, a tensor of several elements) is refused with a warning naming the
+metric, never silently dropped.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import threading
+import zlib
+from collections.abc import Iterator, Mapping
+from decimal import Decimal
+from typing import Any
+
+from mlvc_core.errors import KeyNotFound
+from mlvc_core.repository import Repository
+
+log = logging.getLogger("mlvc")
+
+__all__ = [
+    "SEGMENT_POINTS",
+    "SEGMENT_SECONDS",
+    "SERIES_PREFIX",
+    "SeriesBuffer",
+    "decode_segment",
+    "delete_series",
+    "encode_segment",
+    "last_step",
+    "metric_value",
+    "read_points",
+]
+
+SERIES_PREFIX = "series/"
+SEGMENT_POINTS = 20_000
+"""A segment is written as soon as this many points wait."""
+SEGMENT_SECONDS = 5.0
+"""Points wait at most about this long before they are written."""
+MAX_BUFFERED = 2_000_000
+"""Points kept in memory while the storage fails; older ones are dropped beyond (a warning)."""
+FORMAT = 1
+
+Point = tuple[int, float, dict[str, float]]
+
+
+def series_prefix(exp_id: str) -> str:
+    """The key prefix of an experiment's segments."""
+    return f"{SERIES_PREFIX}{exp_id}/"
+
+
+def segment_key(exp_id: str, writer: str, seq: int) -> str:
+    """The key of one segment."""
+    return f"{series_prefix(exp_id)}{writer}-{seq:06d}"
+
+
+def metric_value(value: Any) -> float:
+    """A metric value as a float.
+
+    Raises:
+        TypeError: Not a number, or not a single one (a string, a tensor of several elements).
+    """
+    kind = type(value)
+    if kind is float or kind is int:
+        return float(value)
+    if isinstance(value, (str, bytes)) or value is None:
+        raise TypeError(f"{value!r} is not a number")
+    if isinstance(value, (bool, int, float, Decimal)):
+        return float(value)
+    item = getattr(value, "item", None)
+    if callable(item):
+        try:
+            return metric_value(item())
+        except (ValueError, RuntimeError) as exc:  # several elements
+            raise TypeError(f"{type(value).__name__} is not a single number: {exc}") from exc
+    try:
+        return float(value)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"{type(value).__name__} {value!r} is not a number") from exc
+
+
+def _stored(value: float) -> float | str:
+    return value if math.isfinite(value) else str(value)
+
+
+def encode_segment(points: list[Point]) -> bytes:
+    """The stored form of a segment."""
+    doc = {
+        "v": FORMAT,
+        "points": [[s, t, {k: _stored(v) for k, v in m.items()}] for s, t, m in points],
+    }
+    return zlib.compress(json.dumps(doc, separators=(",", ":")).encode(), 6)
+
+
+def decode_segment(data: bytes) -> list[Point]:
+    """The points of a stored segment.
+
+    Raises:
+        ValueError: Not a segment this version of mlvc can read.
+    """
+    doc = json.loads(zlib.decompress(data))
+    if not isinstance(doc, dict) or doc.get("v") != FORMAT:
+        raise ValueError("unknown series segment format")
+    return [
+        (int(s), float(t), {str(k): float(v) for k, v in m.items()}) for s, t, m in doc["points"]
+    ]
+
+
+class SeriesBuffer:
+    """Points logged and not yet written. Thread-safe; ``add`` does no I/O."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._points: list[Point] = []
+        self._dropped = 0
+        self.wake = threading.Event()
+        """Set when a segment's worth of points waits."""
+
+    def add(self, step: int, time: float, values: dict[str, float]) -> None:
+        """Append one point."""
+        with self._lock:
+            self._points.append((step, time, values))
+            n = len(self._points)
+            if n > MAX_BUFFERED:
+                del self._points[: n - MAX_BUFFERED]
+                self._dropped += n - MAX_BUFFERED
+        if n >= SEGMENT_POINTS:
+            self.wake.set()
+
+    def take(self) -> list[Point]:
+        """Remove and return every waiting point."""
+        with self._lock:
+            points, self._points = self._points, []
+        return points
+
+    def put_back(self, points: list[Point]) -> None:
+        """Return points whose write failed (they go first, in order)."""
+        with self._lock:
+            self._points[:0] = points
+            n = len(self._points)
+            if n > MAX_BUFFERED:
+                del self._points[: n - MAX_BUFFERED]
+                self._dropped += n - MAX_BUFFERED
+
+    def dropped(self) -> int:
+        """Points dropped so far because the storage failed for too long."""
+        return self._dropped
+
+    def __len__(self) -> int:
+        return len(self._points)
+
+
+def _segments(repo: Repository, exp_id: str) -> Iterator[bytes]:
+    for info in sorted(repo.store.list(series_prefix(exp_id)), key=lambda i: i.key):
+        try:
+            yield repo.store.read(info.key)
+        except KeyNotFound:
+            continue  # removed meanwhile
+
+
+def read_points(repo: Repository, exp_id: str) -> list[Point]:
+    """Every point logged for an experiment, in logging order (unreadable segments skipped)."""
+    out: list[Point] = []
+    for data in _segments(repo, exp_id):
+        try:
+            out.extend(decode_segment(data))
+        except (ValueError, zlib.error, KeyError, TypeError) as exc:
+            log.warning("mlvc: a metrics segment of %s is unreadable: %s", exp_id[:12], exc)
+    return out
+
+
+def last_step(repo: Repository, exp_id: str) -> int | None:
+    """The step of the newest point logged for an experiment (reads one segment), or None."""
+    keys = sorted(i.key for i in repo.store.list(series_prefix(exp_id)))
+    for key in reversed(keys):
+        try:
+            points = decode_segment(repo.store.read(key))
+        except (KeyNotFound, ValueError, zlib.error, KeyError, TypeError):
+            continue
+        if points:
+            return points[-1][0]
+    return None
+
+
+def delete_series(repo: Repository, exp_id: str) -> None:
+    """Delete an experiment's segments."""
+    for info in list(repo.store.list(series_prefix(exp_id))):
+        repo.store.delete(info.key)
+
+
+def clean_values(metrics: Mapping[str, Any], what: str) -> dict[str, float]:
+    """``metrics`` as floats; a value that is not a number is left out with a warning."""
+    out: dict[str, float] = {}
+    for k, v in metrics.items():
+        try:
+            out[str(k)] = metric_value(v)
+        except TypeError as exc:
+            log.warning("mlvc: metric %r of %s not recorded: %s", k, what, exc)
+    return out
