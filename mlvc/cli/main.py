@@ -198,7 +198,7 @@ COMMAND_TABLE: dict[str, tuple[str, str]] = {
     "log": ("log", "Show history, newest first."),
     "ls": (
         "ls",
-        "List experiments: id, created, status, user, host, params, latest step, best metric.",
+        "List experiments: id, created, status, user, host, params, latest step and metrics, best.",
     ),
     "ps": ("ls", "List running experiments (a live heartbeat in the last minute)."),
     "show": (
