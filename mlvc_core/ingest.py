@@ -31,6 +31,7 @@ import contextlib
 import mmap
 import os
 import stat as stat_mod
+import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -40,7 +41,7 @@ from typing import TYPE_CHECKING, Any
 
 from mlvc_core import codec
 from mlvc_core.chunker import ChunkerParams, MiB, make_fastcdc
-from mlvc_core.errors import MlvcError, UsageError
+from mlvc_core.errors import FileChanged, MlvcError, UsageError
 from mlvc_core.ids import ObjectId, hash_bytes
 from mlvc_core.objects import CHUNK, Manifest, Tree, TreeEntry, check_name
 from mlvc_core.repository import WriteSession
@@ -57,6 +58,14 @@ _GROUP = 4
 """Chunks per worker task."""
 _MAX_MISSES = 16
 """Failed guesses after which a file is just cut."""
+
+_TRIES = 4
+"""Reads of a file that keeps changing before it is given up (see :meth:`TreeBuilder.read`)."""
+_RETRY_S = 0.05
+"""First pause before reading a changed file again (then four times longer each time)."""
+_SETTLE_NS = 20_000_000
+"""How long after its last change a file is read: longer than a kernel timestamp tick
+(at most 10 ms), so any write during the read moves its mtime or ctime."""
 
 ExcludeFn = Callable[[str], bool]
 
@@ -371,6 +380,37 @@ class FileIngester:
         return Manifest(len(data), tuple(chunks))
 
 
+def _stamp(st: os.stat_result) -> tuple[int, ...]:
+    """What changes when a file's content does."""
+    return (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev)
+
+
+def _settled(fd: int) -> os.stat_result:
+    """The file's stat once its last change is more than a timestamp tick old."""
+    st = os.fstat(fd)
+    for _ in range(_TRIES):
+        wait = max(st.st_mtime_ns, st.st_ctime_ns) + _SETTLE_NS - time.time_ns()
+        if not 0 < wait <= _SETTLE_NS:  # old enough, or stamped in the future (not ours)
+            return st
+        time.sleep(wait / 1e9)
+        st = os.fstat(fd)
+    return st
+
+
+def _cache_key(path: Path) -> str:
+    """The stat cache's key for a file: its absolute path.
+
+    A path that is not UTF-8 cannot be stored as SQLite text; it becomes ``hex:`` and its
+    bytes in hex, which no absolute path (starting with ``/``) can collide with.
+    """
+    key = str(path.absolute())
+    try:
+        key.encode("utf-8")
+    except UnicodeEncodeError:
+        return "hex:" + os.fsencode(key).hex()
+    return key
+
+
 def _is_excluded(exclude: ExcludeFn | None, rel: str) -> bool:
     return exclude is not None and exclude(rel)
 
@@ -426,10 +466,16 @@ class TreeBuilder:
     def file_entry(
         self, path: Path, name: str, st: os.stat_result, rel: str | None = None
     ) -> TreeEntry:
-        """Store one regular file (``rel``: its path in the tree); return its entry."""
-        key = str(path.absolute())
+        """Store one regular file (``rel``: its path in the tree); return its entry.
+
+        The file's recorded permission bits are its own (``st_mode & 0o777``).
+
+        Raises:
+            FileChanged: The file kept changing while it was read (see :meth:`read`).
+        """
+        key = _cache_key(path)
         previous = self.stat_cache.previous(key, st) if self.stat_cache else None
-        mode = 0o755 if st.st_mode & stat_mod.S_IXUSR else 0o644
+        mode = stat_mod.S_IMODE(st.st_mode) & 0o777
         if previous is not None and previous[1] and self.session.has(previous[0]):
             if self.session.progress is not None:
                 self.session.progress(st.st_size)
@@ -437,12 +483,37 @@ class TreeBuilder:
         guide = None
         if st.st_size > _SMALL_FILE:
             guide = self.guide_for(rel or name, previous[0] if previous else None)
-        with open(path, "rb", buffering=0) as f:
-            manifest = self._files.ingest(f, st.st_size, guide)
+        manifest, stable = self.read(path, guide)
         manifest_id = self.session.add_object(manifest)
         if self.stat_cache is not None:
-            self.stat_cache.record(key, st, manifest_id)
+            self.stat_cache.record(key, stable, manifest_id)
         return TreeEntry(name, "file", manifest_id, manifest.size, mode)
+
+    def read(self, path: Path, guide: Manifest | None = None) -> tuple[Manifest, os.stat_result]:
+        """Store a file's content as it was at one moment; return its manifest and that stat.
+
+        A file written while it is read would be recorded as a mix of old and new bytes that
+        never existed on disk. So the file's size, mtime, ctime and inode are taken before
+        and after the read (from the open descriptor); if they differ, or the bytes read are
+        not its size, it is read again after a pause, up to :data:`_TRIES` times. A read
+        starts only once the file's last change is older than a timestamp tick
+        (:data:`_SETTLE_NS`), so a write during the read always moves its timestamps.
+
+        Raises:
+            FileChanged: It changed during every read.
+        """
+        with open(path, "rb", buffering=0) as f:
+            fd = f.fileno()
+            for attempt in range(_TRIES):
+                if attempt:
+                    time.sleep(_RETRY_S * 4 ** (attempt - 1))
+                    f.seek(0)
+                before = _settled(fd)
+                manifest = self._files.ingest(f, before.st_size, guide)
+                after = os.fstat(fd)
+                if _stamp(after) == _stamp(before) and manifest.size == after.st_size:
+                    return manifest, after
+        raise FileChanged(str(path), _TRIES)
 
     def entry(self, path: Path, name: str, rel: str) -> TreeEntry | None:
         """Store whatever ``path`` is (file, directory, symlink); None if skipped."""
@@ -452,7 +523,8 @@ class TreeBuilder:
             return TreeEntry(name, "link", None, 0, 0o777, os.readlink(path))
         if stat_mod.S_ISDIR(st.st_mode):
             tree = self.tree(path, rel)
-            return TreeEntry(name, "dir", self.session.add_object(tree), tree.size, 0o755)
+            mode = stat_mod.S_IMODE(st.st_mode) & 0o777
+            return TreeEntry(name, "dir", self.session.add_object(tree), tree.size, mode)
         if stat_mod.S_ISREG(st.st_mode):
             return self.file_entry(path, name, st, rel)
         return None  # sockets, fifos, devices: not content

@@ -58,6 +58,8 @@ def checkout(
         r = porcelain.checkout(
             repo, target, output, paths=path, force=force, everything=all_, progress=bar
         )
+    for rel, why in r.skipped:
+        _output.warn(f"skipped {rel}: {why}")
     if json_:
         _output.print_json(r.to_dict())
         return
