@@ -291,6 +291,4 @@ def checkout(
         on_skip=lambda p, why: skipped.append((p, why)),
     )
     sizes = {f.path: f.size for f in list_files(repo, t.commit_id)}
-    return CheckoutResult(
-        t, str(dest), written, sum(sizes.get(p, 0) for p in written), skipped
-    )
+    return CheckoutResult(t, str(dest), written, sum(sizes.get(p, 0) for p in written), skipped)
