@@ -165,9 +165,9 @@ def link_escapes(
     The target is resolved as the kernel will resolve it once the checkout is written: one
     component at a time from the link's directory, each link met on the way (one of the
     tree's, from ``plan``, or one already on ``disk``) replaced by its own target. Any step
-    above the root, an absolute target anywhere on the way, or more than :data:`_MAX_HOPS`
-    links is an escape. Components that do not exist resolve lexically (a later ``..``
-    just climbs back).
+    above the root or an absolute target anywhere on the way is an escape. Components that
+    do not exist resolve lexically (a later ``..`` just climbs back). A resolution still
+    going after :data:`_MAX_HOPS` links (a loop, which the kernel refuses) counts as one too.
     """
     if not target or "\x00" in target:
         return "its target is empty or holds a NUL byte"
@@ -196,7 +196,10 @@ def link_escapes(
             continue
         hops += 1
         if hops > _MAX_HOPS:
-            return f"it passes through more than {_MAX_HOPS} links ({target})"
+            # A loop (or a chain the kernel will not follow: ELOOP). It leads nowhere, but
+            # tools that resolve "as far as possible" disagree on where (realpath -m never
+            # returns, os.path.realpath reads the rest lexically): not restored.
+            return f"it loops (more than {_MAX_HOPS} links to resolve {target})"
         if not nxt or nxt.startswith("/"):
             return f"it leads through {'/'.join(here)} to an absolute path ({nxt})"
         stack.pop()
