@@ -107,6 +107,9 @@ DEFAULT_HEARTBEAT = 10.0
 MAX_CODE_FILE_SIZE = 64 << 20
 MAX_CODE_FILES = 20_000
 _CAS_ATTEMPTS = 30
+_CODE_PATIENCE_S = 5.0
+"""How long the code snapshot waits for a file that changes while it is read (a log the
+run itself writes) before leaving it out with a warning."""
 
 PathArg = str | os.PathLike[str]
 Paths = PathArg | Iterable[PathArg] | None
@@ -818,6 +821,7 @@ class Run:
             skip.append(self._repo.url)
         matcher = IgnoreMatcher(self._code_dir, skip_paths=skip)
         too_big: list[str] = []
+        changing: list[str] = []
         counted = [0]
         root = self._code_dir
 
@@ -838,7 +842,14 @@ class Run:
 
         cache = stat_cache(self._repo)
         try:
-            tree = ingest_paths(session, [root], exclude=exclude, stat_cache=cache)
+            tree = ingest_paths(
+                session,
+                [root],
+                exclude=exclude,
+                stat_cache=cache,
+                on_changed=lambda rel, exc: changing.append(rel),
+                patience_s=_CODE_PATIENCE_S,
+            )
         finally:
             if cache is not None:
                 cache.close()
@@ -849,6 +860,13 @@ class Run:
                 len(too_big),
                 self._max_code_file_size >> 20,
                 ", ".join(too_big[:10]),
+            )
+        if changing:
+            log.warning(
+                "mlvc: code snapshot left out %d file(s) that kept changing while they were "
+                "read (logs? add them to .mlvcignore): %s",
+                len(changing),
+                ", ".join(changing[:10]),
             )
         if counted[0] > self._max_code_files:
             log.warning(

@@ -175,13 +175,14 @@ class FileExistsConflict(MlvcError, FileExistsError):
 class FileChanged(MlvcError):
     """A file kept changing while it was read, so it was not recorded (it would be torn)."""
 
-    def __init__(self, path: str, tries: int) -> None:
+    def __init__(self, path: str, reads: int, seconds: float) -> None:
         self.path = path
-        self.tries = tries
+        self.reads = reads
+        self.seconds = seconds
         super().__init__(
-            f"{path} changed while it was being read ({tries} tries), so it was not recorded "
-            "(its bytes would be a mix of versions); commit again once nothing writes it, "
-            "or exclude it"
+            f"{path} changed while it was being read ({reads} reads over {seconds:.0f} s), so "
+            "it was not recorded (its bytes would be a mix of versions); commit again once "
+            "nothing writes it, or exclude it"
         )
 
     def __str__(self) -> str:

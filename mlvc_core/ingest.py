@@ -59,10 +59,11 @@ _GROUP = 4
 _MAX_MISSES = 16
 """Failed guesses after which a file is just cut."""
 
-_TRIES = 4
-"""Reads of a file that keeps changing before it is given up (see :meth:`TreeBuilder.read`)."""
-_RETRY_S = 0.05
-"""First pause before reading a changed file again (then four times longer each time)."""
+PATIENCE_S = 60.0
+"""How long a file that changed while it was read is waited for (see :meth:`TreeBuilder.read`)."""
+_QUIET_S = 0.5
+"""How long a changed file must stay unchanged before it is read again."""
+_POLL_S = 0.05
 _SETTLE_NS = 20_000_000
 """How long after its last change a file is read: longer than a kernel timestamp tick
 (at most 10 ms), so any write during the read moves its mtime or ctime."""
@@ -388,13 +389,27 @@ def _stamp(st: os.stat_result) -> tuple[int, ...]:
 def _settled(fd: int) -> os.stat_result:
     """The file's stat once its last change is more than a timestamp tick old."""
     st = os.fstat(fd)
-    for _ in range(_TRIES):
+    for _ in range(4):
         wait = max(st.st_mtime_ns, st.st_ctime_ns) + _SETTLE_NS - time.time_ns()
         if not 0 < wait <= _SETTLE_NS:  # old enough, or stamped in the future (not ours)
             return st
         time.sleep(wait / 1e9)
         st = os.fstat(fd)
     return st
+
+
+def _quiet(fd: int, deadline: float) -> bool:
+    """Wait until the file stays unchanged for :data:`_QUIET_S`; False at ``deadline``."""
+    last = _stamp(os.fstat(fd))
+    since = time.monotonic()
+    while time.monotonic() - since < _QUIET_S:
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(_POLL_S)
+        now = _stamp(os.fstat(fd))
+        if now != last:
+            last, since = now, time.monotonic()
+    return True
 
 
 def _cache_key(path: Path) -> str:
@@ -424,6 +439,8 @@ class TreeBuilder:
         exclude: ExcludeFn | None = None,
         stat_cache: StatCache | None = None,
         guide: ObjectId | None = None,
+        on_changed: Callable[[str, FileChanged], None] | None = None,
+        patience_s: float | None = None,
     ) -> None:
         """Set up a walk.
 
@@ -434,12 +451,19 @@ class TreeBuilder:
             guide: The tree of a previous version (the parent commit's): a changed or
                 touched file whose path it holds is verified chunk by chunk against that
                 version before anything is cut (see :meth:`FileIngester.ingest`).
+            on_changed: A file that kept changing while it was read (see :meth:`read`) is
+                left out of the tree and this is called with its relative path and the
+                error; without it, the error is raised.
+            patience_s: How long to wait for such a file to stop changing (default
+                :data:`PATIENCE_S`).
         """
         self.session = session
         self.exclude = exclude
         self.stat_cache = stat_cache
         self._files = FileIngester(session)
         self._guide = guide
+        self.on_changed = on_changed
+        self.patience_s = PATIENCE_S if patience_s is None else patience_s
 
     def guide_for(self, rel: str, previous: ObjectId | None = None) -> Manifest | None:
         """The previous version of the file at ``rel``, if one is known and readable.
@@ -495,25 +519,30 @@ class TreeBuilder:
         A file written while it is read would be recorded as a mix of old and new bytes that
         never existed on disk. So the file's size, mtime, ctime and inode are taken before
         and after the read (from the open descriptor); if they differ, or the bytes read are
-        not its size, it is read again after a pause, up to :data:`_TRIES` times. A read
-        starts only once the file's last change is older than a timestamp tick
-        (:data:`_SETTLE_NS`), so a write during the read always moves its timestamps.
+        not its size, the file is read again once it has stayed unchanged for
+        :data:`_QUIET_S` (a rewrite in progress usually ends), for up to ``patience_s``
+        seconds. A read starts only once the file's last change is older than a timestamp
+        tick (:data:`_SETTLE_NS`), so a write during the read always moves its timestamps.
 
         Raises:
-            FileChanged: It changed during every read.
+            FileChanged: It was still changing after ``patience_s``.
         """
+        start = time.monotonic()
+        deadline = start + self.patience_s
+        reads = 0
         with open(path, "rb", buffering=0) as f:
             fd = f.fileno()
-            for attempt in range(_TRIES):
-                if attempt:
-                    time.sleep(_RETRY_S * 4 ** (attempt - 1))
-                    f.seek(0)
+            while True:
+                reads += 1
                 before = _settled(fd)
                 manifest = self._files.ingest(f, before.st_size, guide)
                 after = os.fstat(fd)
                 if _stamp(after) == _stamp(before) and manifest.size == after.st_size:
                     return manifest, after
-        raise FileChanged(str(path), _TRIES)
+                if not _quiet(fd, deadline):
+                    break
+                f.seek(0)
+        raise FileChanged(str(path), reads, time.monotonic() - start)
 
     def entry(self, path: Path, name: str, rel: str) -> TreeEntry | None:
         """Store whatever ``path`` is (file, directory, symlink); None if skipped."""
@@ -526,7 +555,13 @@ class TreeBuilder:
             mode = stat_mod.S_IMODE(st.st_mode) & 0o777
             return TreeEntry(name, "dir", self.session.add_object(tree), tree.size, mode)
         if stat_mod.S_ISREG(st.st_mode):
-            return self.file_entry(path, name, st, rel)
+            try:
+                return self.file_entry(path, name, st, rel)
+            except FileChanged as exc:
+                if self.on_changed is None:
+                    raise
+                self.on_changed(rel, exc)
+                return None
         return None  # sockets, fifos, devices: not content
 
     def tree(self, directory: Path, rel: str = "") -> Tree:
@@ -550,16 +585,20 @@ def ingest_paths(
     exclude: ExcludeFn | None = None,
     stat_cache: StatCache | None = None,
     guide: ObjectId | None = None,
+    on_changed: Callable[[str, FileChanged], None] | None = None,
+    patience_s: float | None = None,
 ) -> ObjectId:
     """Store files and directories; return the root tree id.
 
     One directory becomes the root itself. Otherwise each path becomes a root entry named by
-    its base name. ``guide``: the root tree of a previous version (see :class:`TreeBuilder`).
+    its base name. ``guide``: the root tree of a previous version; ``on_changed`` and
+    ``patience_s``: what to do with files that keep changing (see :class:`TreeBuilder`).
 
     Raises:
         UsageError: A path does not exist, or two paths share a base name.
+        FileChanged: A file kept changing while it was read and ``on_changed`` is None.
     """
-    builder = TreeBuilder(session, exclude, stat_cache, guide)
+    builder = TreeBuilder(session, exclude, stat_cache, guide, on_changed, patience_s)
     resolved = [Path(p) for p in paths]
     for p in resolved:
         if not p.exists() and not p.is_symlink():
