@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import functools
 import io
 import logging
 import os
@@ -162,7 +161,12 @@ def link_escapes(
 ) -> str | None:
     """Why the link at ``link`` would lead out of the checkout root, or None if it cannot.
 
-    The target is resolved as the kernel will resolve it once the checkout is written: one
+    Only targets whose ``..`` all come first, no more of them than the link is deep, are
+    restored: what ``name/..`` resolves to depends on what ``name`` is, and a link created
+    later (even by another checkout) could make it the root, then the ``..`` leads out.
+    Such a target keeps meaning what it meant whatever is added later.
+
+    The target is then resolved as the kernel will resolve it once the checkout is written: one
     component at a time from the link's directory, each link met on the way (one of the
     tree's, from ``plan``, or one already on ``disk``) replaced by its own target. Any step
     above the root or an absolute target anywhere on the way is an escape. Components that
@@ -173,6 +177,18 @@ def link_escapes(
         return "its target is empty or holds a NUL byte"
     if target.startswith("/"):
         return f"it points to an absolute path ({target})"
+    ups, down = 0, False
+    for comp in target.split("/"):
+        if comp == "..":
+            if down:
+                # Where "name/.." leads depends on what "name" is, which a later link (this
+                # checkout's or a later one's) could make any directory, the root included.
+                return f"its target goes up (..) after going down ({target})"
+            ups += 1
+        elif comp not in ("", "."):
+            down = True
+    if ups > len(link) - 1:
+        return f"it resolves outside the checkout ({target})"
     stack = list(link[:-1])
     pending = deque(target.split("/"))
     hops = 0
@@ -214,10 +230,14 @@ def _name_refused_here(name: str) -> str | None:
     return None
 
 
-@functools.lru_cache(maxsize=64)
-def _zero_id(length: int) -> ObjectId:
-    """The id of a chunk of ``length`` zero bytes (written as a hole, never read)."""
-    return hash_bytes(bytes(length))
+_ZEROS = bytes(4 << 20)
+
+
+def _is_zero(data: bytes | memoryview) -> bool:
+    """Whether a chunk is all zero bytes (a memcmp, stopping at the first other byte)."""
+    if len(data) <= len(_ZEROS):
+        return _ZEROS.startswith(data)
+    return bytes(data).count(0) == len(data)
 
 
 def _same_file(path: str, manifest: Manifest) -> bool:
@@ -372,15 +392,13 @@ def write_file(
         fd = os.open(tmp, _NEW_FILE_FLAGS, mode & 0o777, dir_fd=dir_fd)
         try:
             with open(fd, "wb") as f:
-                data_ids = [cid for cid, n in manifest.chunks if cid != _zero_id(n)]
-                chunks = repo.read_chunks(data_ids)
-                for cid, n in manifest.chunks:
-                    if cid == _zero_id(n):
-                        f.seek(n, io.SEEK_CUR)  # a hole
+                for data in repo.read_chunks(cid for cid, _ in manifest.chunks):
+                    if _is_zero(data):
+                        f.seek(len(data), io.SEEK_CUR)  # a hole
                     else:
-                        f.write(next(chunks))
+                        f.write(data)
                     if progress is not None:
-                        progress(n)
+                        progress(len(data))
                 f.truncate(manifest.size)
             _put(dir_fd, tmp, name)
         except BaseException:

@@ -124,6 +124,32 @@ def test_a_chain_of_links_that_is_lexically_inside_is_not_planted(tmp_path: Path
     assert (box / "outside_secret").read_text() == "secret"
 
 
+def test_a_later_link_cannot_turn_an_earlier_one_outward(tmp_path: Path) -> None:
+    repo = mem_repo()
+    dest = tmp_path / "box" / "dest"
+    # "a/../x" is inside while "a" is missing or a directory; once "a" is a link to ".",
+    # it is "../x". So targets climb only first, and never deeper than the link sits.
+    first = tree_of(repo, {"l": Link("a/../x"), "d": {"m": Link("d/../x")}, "x": b"x"})
+    skipped: list[str] = []
+    restore_tree(repo, first, dest, on_skip=lambda p, why: skipped.append(p))
+    assert sorted(skipped) == ["d/m", "l"]
+    second = tree_of(repo, {"a": Link("."), "d": Link(".")})
+    restore_tree(repo, second, dest, force=True)
+    assert links_stay_inside(dest) == []
+    hf = tree_of(  # the Hugging Face cache layout: leading ".." only, and not too many
+        repo,
+        {
+            "blobs": {"abc": b"weights"},
+            "snapshots": {"main": {"model.bin": Link("../../blobs/abc")}},
+            "too_far": Link("../blobs/abc"),
+        },
+    )
+    skipped.clear()
+    restore_tree(repo, hf, tmp_path / "hf", on_skip=lambda p, why: skipped.append(p))
+    assert skipped == ["too_far"]
+    assert (tmp_path / "hf" / "snapshots" / "main" / "model.bin").read_bytes() == b"weights"
+
+
 def test_links_already_in_the_target_count_when_resolving(tmp_path: Path) -> None:
     outside = tmp_path / "outside"
     outside.mkdir()
