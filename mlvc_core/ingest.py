@@ -200,17 +200,45 @@ class FileIngester:
         ends = g.end_of if g is not None else {}
         hits: list[tuple[int, int]] = []  # (end in the file, end in the guide) of a cut chunk
 
+        # The last chunk laid out from the guide, and where it starts: its bytes match, but
+        # FastCDC decides a boundary by the byte after it too, so its end is a boundary only
+        # once the next chunk matches as well (or the file ends there).
+        held: list[tuple[Result, int]] = []
+        held_at = 0
+
+        def accept(result: Result, length: int) -> None:
+            oid, c, payload = result
+            if payload is not None:
+                session.add_payload(oid, CHUNK, c, payload, length)
+            chunks.append((oid, length))
+            session.read_bytes += length
+            if session.progress is not None:
+                session.progress(length)
+
         def take(p: _Pending) -> None:
+            nonlocal held_at
             assert p.future is not None
             results = p.future.result()
+            if held:
+                if not (p.guided and results):
+                    # A mismatch right after it, or cutting went on from its end: cut it again.
+                    held.clear()
+                    restart.append(held_at)
+                    return
+                accept(*held.pop())
             off = p.offset
-            for (oid, c, payload), length in zip(results, p.lengths, strict=False):
-                if payload is not None:
-                    session.add_payload(oid, CHUNK, c, payload, length)
-                chunks.append((oid, length))
-                session.read_bytes += length
-                if session.progress is not None:
-                    session.progress(length)
+            for i, (result, length) in enumerate(zip(results, p.lengths, strict=False)):
+                if p.guided and i == len(results) - 1:
+                    if len(results) < len(p.lengths):  # the next one differs: cut it again
+                        restart.append(off)
+                        return
+                    oid, c, payload = result
+                    if isinstance(payload, memoryview):  # the ring buffer is refilled meanwhile
+                        payload = bytes(payload)
+                    held.append(((oid, c, payload), length))
+                    held_at = off
+                else:
+                    accept(result, length)
                 off += length
             if len(results) < len(p.lengths):
                 restart.append(off)
@@ -254,6 +282,8 @@ class FileIngester:
                     drain(None)
                     if restart:
                         continue
+                    if held:  # it ends where the file does: a boundary
+                        accept(*held.pop())
                     break
                 if bi == len(self._bufs):
                     # Anonymous mappings: pages are zeroed by the kernel as they are first
@@ -565,7 +595,11 @@ class TreeBuilder:
         return None  # sockets, fifos, devices: not content
 
     def tree(self, directory: Path, rel: str = "") -> Tree:
-        """Build (and store the subtrees of) one directory."""
+        """Build (and store the subtrees of) one directory.
+
+        An entry removed between the listing and its reading (a temporary file) is left out,
+        as if the directory had been listed a moment later.
+        """
         entries = []
         with os.scandir(directory) as it:
             names = sorted(e.name for e in it)
@@ -573,7 +607,12 @@ class TreeBuilder:
             child_rel = f"{rel}/{name}" if rel else name
             if _is_excluded(self.exclude, child_rel):
                 continue
-            e = self.entry(directory / name, name, child_rel)
+            try:
+                e = self.entry(directory / name, name, child_rel)
+            except FileNotFoundError as exc:
+                if isinstance(exc, MlvcError):  # the repository's, not the file's
+                    raise
+                continue  # removed since the directory was listed: not part of it any more
             if e is not None:
                 entries.append(e)
         return Tree(tuple(entries))

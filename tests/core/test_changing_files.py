@@ -95,3 +95,29 @@ def test_a_file_rewritten_during_a_commit_is_recorded_whole(tmp_path: Path) -> N
     restored = (out / "big.bin").read_bytes()
     assert len(_versions(restored)) == 1  # one version, not a mix
     assert restored == big.read_bytes()  # the rewrite had ended: its result, whole
+
+
+def test_files_removed_while_a_directory_is_committed_are_left_out(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    src = tmp_path / "src"
+    (src / "tmpdir").mkdir(parents=True)
+    for name in ("a.txt", "swap.tmp", "z.txt"):
+        (src / name).write_text(name)
+    (src / "tmpdir" / "t").write_text("t")
+    real_entry = ingest.TreeBuilder.entry
+
+    def entry(self: ingest.TreeBuilder, path: Path, name: str, rel: str) -> object:
+        if name == "a.txt":  # while "a.txt" is read, another process cleans up
+            (src / "swap.tmp").unlink(missing_ok=True)
+            for p in (src / "tmpdir").iterdir():
+                p.unlink()
+            (src / "tmpdir").rmdir()
+        return real_entry(self, path, name, rel)
+
+    monkeypatch.setattr(ingest.TreeBuilder, "entry", entry)
+    repo = Repository.init(tmp_path / "r")
+    cid = repo.commit(src, "x")
+    out = tmp_path / "out"
+    repo.checkout(cid, out)
+    assert sorted(p.name for p in out.iterdir()) == ["a.txt", "z.txt"]
