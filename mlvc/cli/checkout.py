@@ -68,8 +68,9 @@ def checkout(
         what += " (no checkpoint yet: its code snapshot)"
     elif r.target.kind == "experiment":
         what += f" (checkpoint {_output.short_id(r.target.commit_id.hex())})"
+    same = f"; {r.unchanged} already there, unchanged" if r.unchanged else ""
     _output.note(
-        f"wrote {len(r.files)} files ({_output.human_size(r.bytes)}) of {what} to {r.dest}",
+        f"wrote {len(r.files)} files ({_output.human_size(r.bytes)}) of {what} to {r.dest}{same}",
         st.quiet,
     )
     if not st.quiet:

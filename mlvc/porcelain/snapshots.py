@@ -199,6 +199,8 @@ class CheckoutResult:
     bytes: int
     skipped: list[tuple[str, str]] = field(default_factory=list)
     """``(path, reason)`` of entries left out (links leading out of ``dest``...)."""
+    unchanged: int = 0
+    """Files and links already in ``dest`` exactly as the snapshot has them (left alone)."""
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe form."""
@@ -208,6 +210,7 @@ class CheckoutResult:
             "files": self.files,
             "bytes": self.bytes,
             "skipped": [{"path": p, "reason": r} for p, r in self.skipped],
+            "unchanged": self.unchanged,
         }
 
 
@@ -290,5 +293,9 @@ def checkout(
         progress=progress,
         on_skip=lambda p, why: skipped.append((p, why)),
     )
-    sizes = {f.path: f.size for f in list_files(repo, t.commit_id)}
-    return CheckoutResult(t, str(dest), written, sum(sizes.get(p, 0) for p in written), skipped)
+    files = list_files(repo, t.commit_id)
+    sizes = {f.path: f.size for f in files}
+    unchanged = len(_selected(files, wanted)) - len(written) - len(skipped)
+    return CheckoutResult(
+        t, str(dest), written, sum(sizes.get(p, 0) for p in written), skipped, max(unchanged, 0)
+    )
