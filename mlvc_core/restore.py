@@ -355,14 +355,19 @@ class _Dirs:
             os.close(self._stack.pop()[1])
 
 
-def _put(dir_fd: int, tmp: str, name: str) -> None:
-    """Rename ``tmp`` over ``name`` (a link is replaced, never followed; a directory removed)."""
+def _put(dir_fd: int, tmp: str, name: str, force: bool = True) -> None:
+    """Rename ``tmp`` over ``name`` (a link is replaced, never followed).
+
+    A directory in the way is removed with its contents if ``force``, else a conflict.
+    """
     try:
         os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
     except OSError as exc:
         if exc.errno not in (errno.EISDIR, errno.ENOTEMPTY, errno.EEXIST):
             raise
-        _remove(dir_fd, name)  # a directory in the way: only there with force (or a race)
+        if not force:  # appeared since the conflicts were looked for
+            raise FileExistsConflict([name]) from None
+        _remove(dir_fd, name)
         os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
 
 
@@ -372,6 +377,7 @@ def write_file(
     target: Path | tuple[int, str],
     mode: int,
     progress: ProgressFn | None = None,
+    force: bool = True,
 ) -> None:
     """Stream a manifest's chunks into ``target`` (a temporary file, then a rename).
 
@@ -381,6 +387,7 @@ def write_file(
         target: A path, or ``(directory descriptor, name)``.
         mode: Permission bits; the umask applies on top (never set wider).
         progress: Called with bytes restored (holes included).
+        force: Replace a directory in the way (else :class:`FileExistsConflict`).
     """
     if isinstance(target, tuple):
         dir_fd, name = target
@@ -400,7 +407,7 @@ def write_file(
                     if progress is not None:
                         progress(len(data))
                 f.truncate(manifest.size)
-            _put(dir_fd, tmp, name)
+            _put(dir_fd, tmp, name, force)
         except BaseException:
             with contextlib.suppress(OSError):
                 os.unlink(tmp, dir_fd=dir_fd)
@@ -410,11 +417,11 @@ def write_file(
             os.close(dir_fd)
 
 
-def _make_link(dir_fd: int, name: str, target: str) -> None:
+def _make_link(dir_fd: int, name: str, target: str, force: bool) -> None:
     tmp = _tmp_name()
     os.symlink(target, tmp, dir_fd=dir_fd)
     try:
-        _put(dir_fd, tmp, name)
+        _put(dir_fd, tmp, name, force)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp, dir_fd=dir_fd)
@@ -500,7 +507,7 @@ def _restore(
     dirs = _Dirs(root_fd, plan, force)
     try:
         for parts, e in plan.items():
-            if parts in skipped:
+            if any(parts[:i] in skipped for i in range(1, len(parts) + 1)):
                 continue
             if parts in same:
                 if progress is not None and e.kind == "file":
@@ -514,7 +521,8 @@ def _restore(
                 else:
                     assert e.oid is not None
                     target = (dirs.fd(parts[:-1]), parts[-1])
-                    write_file(repo, repo.read_manifest(e.oid), target, e.mode, progress)
+                    manifest = repo.read_manifest(e.oid)
+                    write_file(repo, manifest, target, e.mode, progress, force)
                     written.append("/".join(parts))
             except OSError as exc:
                 if exc.errno not in _NAME_ERRNOS or isinstance(exc, FileExistsConflict):
@@ -525,7 +533,7 @@ def _restore(
             if any(parts[:i] in skipped for i in range(1, len(parts))):
                 continue
             try:
-                _make_link(dirs.fd(parts[:-1]), parts[-1], e.target or "")
+                _make_link(dirs.fd(parts[:-1]), parts[-1], e.target or "", force)
                 written.append("/".join(parts))
             except OSError as exc:
                 if exc.errno not in _NAME_ERRNOS or isinstance(exc, FileExistsConflict):

@@ -519,3 +519,16 @@ def test_a_checkout_killed_midway_completes_when_run_again_without_force(
     restore_tree(repo, repo.read_commit(repo.resolve("main")).tree, out)
     for name in ("a.bin", "b.bin", "c.bin"):
         assert (out / name).read_bytes() == (src / name).read_bytes()
+
+
+def test_names_the_file_system_refuses_are_skipped_not_fatal(tmp_path: Path) -> None:
+    repo = mem_repo()
+    long_file, long_dir = "f" * 300, "d" * 300  # NAME_MAX is 255 bytes
+    tree = tree_of(
+        repo,
+        {long_file: b"1", long_dir: {"inner": b"2", "l": Link("inner")}, "ok": b"3"},
+    )
+    skipped: list[str] = []
+    written = restore_tree(repo, tree, tmp_path / "out", on_skip=lambda p, w: skipped.append(p))
+    assert sorted(skipped) == sorted([long_file, long_dir])
+    assert written == ["ok"] and (tmp_path / "out" / "ok").read_bytes() == b"3"
