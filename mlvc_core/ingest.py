@@ -67,6 +67,7 @@ _POLL_S = 0.05
 _SETTLE_NS = 20_000_000
 """How long after its last change a file is read: longer than a kernel timestamp tick
 (at most 10 ms), so any write during the read moves its mtime or ctime."""
+_COARSE_SETTLE_NS = 2_100_000_000
 
 ExcludeFn = Callable[[str], bool]
 
@@ -416,16 +417,22 @@ def _stamp(st: os.stat_result) -> tuple[int, ...]:
     return (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev)
 
 
-def _settled(fd: int) -> os.stat_result:
-    """The file's stat once its last change is more than a timestamp tick old."""
+def _settled(fd: int) -> os.stat_result | None:
+    """The file's stat once its last change is more than a timestamp tick old, or None.
+
+    None if it kept changing meanwhile. A file system that keeps whole seconds only (both
+    stamps whole: FAT, some network file systems) has a tick of up to two seconds.
+    """
     st = os.fstat(fd)
     for _ in range(4):
-        wait = max(st.st_mtime_ns, st.st_ctime_ns) + _SETTLE_NS - time.time_ns()
-        if not 0 < wait <= _SETTLE_NS:  # old enough, or stamped in the future (not ours)
+        coarse = st.st_mtime_ns % 1_000_000_000 == 0 and st.st_ctime_ns % 1_000_000_000 == 0
+        settle = _COARSE_SETTLE_NS if coarse else _SETTLE_NS
+        wait = max(st.st_mtime_ns, st.st_ctime_ns) + settle - time.time_ns()
+        if not 0 < wait <= settle:  # old enough, or stamped in the future (not ours)
             return st
         time.sleep(wait / 1e9)
         st = os.fstat(fd)
-    return st
+    return None
 
 
 def _quiet(fd: int, deadline: float) -> bool:
@@ -563,15 +570,16 @@ class TreeBuilder:
         with open(path, "rb", buffering=0) as f:
             fd = f.fileno()
             while True:
-                reads += 1
                 before = _settled(fd)
-                manifest = self._files.ingest(f, before.st_size, guide)
-                after = os.fstat(fd)
-                if _stamp(after) == _stamp(before) and manifest.size == after.st_size:
-                    return manifest, after
+                if before is not None:
+                    reads += 1
+                    manifest = self._files.ingest(f, before.st_size, guide)
+                    after = os.fstat(fd)
+                    if _stamp(after) == _stamp(before) and manifest.size == after.st_size:
+                        return manifest, after
+                    f.seek(0)
                 if not _quiet(fd, deadline):
                     break
-                f.seek(0)
         raise FileChanged(str(path), reads, time.monotonic() - start)
 
     def entry(self, path: Path, name: str, rel: str) -> TreeEntry | None:
