@@ -35,6 +35,11 @@ def checkout(
 ) -> None:
     """Restore files; never overwrites existing files unless -f.
 
+    Every conflict (a file with other content, a file where a directory goes, a directory or
+    link in the way) is listed before anything is written; -f replaces them all. Files
+    already as the snapshot has them are left alone. Links that would lead outside the
+    output directory (absolute ones included) are skipped with a warning.
+
     For an experiment id: its best checkpoint (latest if it has no primary metric). Also
     accepts exp@latest, exp@best, exp@step=N, tags and branches. A checkpoint restores its
     own files (the weights); --all adds the code snapshot. A commit restores everything.
