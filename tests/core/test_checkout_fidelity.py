@@ -532,3 +532,18 @@ def test_names_the_file_system_refuses_are_skipped_not_fatal(tmp_path: Path) -> 
     written = restore_tree(repo, tree, tmp_path / "out", on_skip=lambda p, w: skipped.append(p))
     assert sorted(skipped) == sorted([long_file, long_dir])
     assert written == ["ok"] and (tmp_path / "out" / "ok").read_bytes() == b"3"
+
+
+def test_a_hard_link_in_the_target_is_replaced_not_written_through(tmp_path: Path) -> None:
+    outside = tmp_path / "outside.txt"
+    outside.write_bytes(b"keep me")
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    os.link(outside, dest / "f")
+    repo = mem_repo()
+    tree = tree_of(repo, {"f": b"new"})
+    with pytest.raises(FileExistsConflict):
+        restore_tree(repo, tree, dest)
+    restore_tree(repo, tree, dest, force=True)
+    assert (dest / "f").read_bytes() == b"new"
+    assert outside.read_bytes() == b"keep me"
