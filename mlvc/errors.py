@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from mlvc_core.errors import (
     AmbiguousId,
+    FileChanged,
     FileExistsConflict,
     FormatError,
     IntegrityError,
@@ -30,6 +31,7 @@ from mlvc_core.errors import (
 
 __all__ = [
     "AmbiguousId",
+    "FileChanged",
     "FileExistsConflict",
     "FormatError",
     "IntegrityError",

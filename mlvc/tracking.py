@@ -154,6 +154,9 @@ EXIT_TIMEOUT = 300.0
 """Default seconds ``close()`` (and the exit) waits for storage to take what is pending."""
 LOCK_WAIT = 900.0
 """Seconds a checkpoint (or the run's start) waits for a gc holding the repository."""
+_CODE_PATIENCE_S = 5.0
+"""How long the code snapshot waits for a file that changes while it is read (a log the
+run itself writes) before leaving it out with a warning."""
 
 PathArg = str | os.PathLike[str]
 Paths = PathArg | Iterable[PathArg] | None
@@ -1271,6 +1274,7 @@ class Run:
         matcher = IgnoreMatcher(self._code_dir, skip_paths=skip)
         limit = self._code_size_limit()
         too_big: list[str] = []
+        changing: list[str] = []
         counted = [0]
         root = self._code_dir
 
@@ -1296,7 +1300,14 @@ class Run:
 
         cache = stat_cache(self._repo)
         try:
-            tree = ingest_paths(session, [root], exclude=exclude, stat_cache=cache)
+            tree = ingest_paths(
+                session,
+                [root],
+                exclude=exclude,
+                stat_cache=cache,
+                on_changed=lambda rel, exc: changing.append(rel),
+                patience_s=_CODE_PATIENCE_S,
+            )
         finally:
             if cache is not None:
                 cache.close()
@@ -1315,6 +1326,13 @@ class Run:
                 f"{limit / (1 << 20):g} MiB",
                 ", ".join(too_big[:10]),
                 f" and {len(too_big) - 10} more" if len(too_big) > 10 else "",
+            )
+        if changing:
+            log.warning(
+                "mlvc: code snapshot left out %d file(s) that kept changing while they were "
+                "read (logs? add them to .mlvcignore): %s",
+                len(changing),
+                ", ".join(changing[:10]),
             )
         if counted[0] > self._max_code_files:
             log.warning(

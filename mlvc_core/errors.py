@@ -156,13 +156,34 @@ class UnsafePath(MlvcError, ValueError):
 
 
 class FileExistsConflict(MlvcError, FileExistsError):
-    """Checkout would overwrite existing files."""
+    """Checkout would overwrite or replace existing paths (files, directories, links).
 
-    def __init__(self, paths: Sequence[str]) -> None:
+    ``paths`` lists them; ``details`` says for each what is in the way (same order).
+    """
+
+    def __init__(self, paths: Sequence[str], details: Sequence[str] | None = None) -> None:
         self.paths = list(paths)
-        shown = ", ".join(self.paths[:5])
+        self.details = list(details) if details is not None else list(self.paths)
+        shown = ", ".join(self.details[:5])
         more = f" and {len(self.paths) - 5} more" if len(self.paths) > 5 else ""
         super().__init__(f"would overwrite existing files: {shown}{more} (use force to overwrite)")
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class FileChanged(MlvcError):
+    """A file kept changing while it was read, so it was not recorded (it would be torn)."""
+
+    def __init__(self, path: str, reads: int, seconds: float) -> None:
+        self.path = path
+        self.reads = reads
+        self.seconds = seconds
+        super().__init__(
+            f"{path} changed while it was being read ({reads} reads over {seconds:.0f} s), so "
+            "it was not recorded (its bytes would be a mix of versions); commit again once "
+            "nothing writes it, or exclude it"
+        )
 
     def __str__(self) -> str:
         return str(self.args[0])

@@ -31,6 +31,7 @@ import contextlib
 import mmap
 import os
 import stat as stat_mod
+import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -40,7 +41,7 @@ from typing import TYPE_CHECKING, Any
 
 from mlvc_core import codec
 from mlvc_core.chunker import ChunkerParams, MiB, make_fastcdc
-from mlvc_core.errors import MlvcError, UsageError
+from mlvc_core.errors import FileChanged, MlvcError, UsageError
 from mlvc_core.ids import ObjectId, hash_bytes
 from mlvc_core.objects import CHUNK, Manifest, Tree, TreeEntry, check_name
 from mlvc_core.repository import WriteSession
@@ -57,6 +58,16 @@ _GROUP = 4
 """Chunks per worker task."""
 _MAX_MISSES = 16
 """Failed guesses after which a file is just cut."""
+
+PATIENCE_S = 60.0
+"""How long a file that changed while it was read is waited for (see :meth:`TreeBuilder.read`)."""
+_QUIET_S = 0.5
+"""How long a changed file must stay unchanged before it is read again."""
+_POLL_S = 0.05
+_SETTLE_NS = 20_000_000
+"""How long after its last change a file is read: longer than a kernel timestamp tick
+(at most 10 ms), so any write during the read moves its mtime or ctime."""
+_COARSE_SETTLE_NS = 2_100_000_000
 
 ExcludeFn = Callable[[str], bool]
 
@@ -190,17 +201,45 @@ class FileIngester:
         ends = g.end_of if g is not None else {}
         hits: list[tuple[int, int]] = []  # (end in the file, end in the guide) of a cut chunk
 
+        # The last chunk laid out from the guide, and where it starts: its bytes match, but
+        # FastCDC decides a boundary by the byte after it too, so its end is a boundary only
+        # once the next chunk matches as well (or the file ends there).
+        held: list[tuple[Result, int]] = []
+        held_at = 0
+
+        def accept(result: Result, length: int) -> None:
+            oid, c, payload = result
+            if payload is not None:
+                session.add_payload(oid, CHUNK, c, payload, length)
+            chunks.append((oid, length))
+            session.read_bytes += length
+            if session.progress is not None:
+                session.progress(length)
+
         def take(p: _Pending) -> None:
+            nonlocal held_at
             assert p.future is not None
             results = p.future.result()
+            if held:
+                if not (p.guided and results):
+                    # A mismatch right after it, or cutting went on from its end: cut it again.
+                    held.clear()
+                    restart.append(held_at)
+                    return
+                accept(*held.pop())
             off = p.offset
-            for (oid, c, payload), length in zip(results, p.lengths, strict=False):
-                if payload is not None:
-                    session.add_payload(oid, CHUNK, c, payload, length)
-                chunks.append((oid, length))
-                session.read_bytes += length
-                if session.progress is not None:
-                    session.progress(length)
+            for i, (result, length) in enumerate(zip(results, p.lengths, strict=False)):
+                if p.guided and i == len(results) - 1:
+                    if len(results) < len(p.lengths):  # the next one differs: cut it again
+                        restart.append(off)
+                        return
+                    oid, c, payload = result
+                    if isinstance(payload, memoryview):  # the ring buffer is refilled meanwhile
+                        payload = bytes(payload)
+                    held.append(((oid, c, payload), length))
+                    held_at = off
+                else:
+                    accept(result, length)
                 off += length
             if len(results) < len(p.lengths):
                 restart.append(off)
@@ -244,6 +283,8 @@ class FileIngester:
                     drain(None)
                     if restart:
                         continue
+                    if held:  # it ends where the file does: a boundary
+                        accept(*held.pop())
                     break
                 if bi == len(self._bufs):
                     # Anonymous mappings: pages are zeroed by the kernel as they are first
@@ -371,6 +412,57 @@ class FileIngester:
         return Manifest(len(data), tuple(chunks))
 
 
+def _stamp(st: os.stat_result) -> tuple[int, ...]:
+    """What changes when a file's content does."""
+    return (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev)
+
+
+def _settled(fd: int) -> os.stat_result | None:
+    """The file's stat once its last change is more than a timestamp tick old, or None.
+
+    None if it kept changing meanwhile. A file system that keeps whole seconds only (both
+    stamps whole: FAT, some network file systems) has a tick of up to two seconds.
+    """
+    st = os.fstat(fd)
+    for _ in range(4):
+        coarse = st.st_mtime_ns % 1_000_000_000 == 0 and st.st_ctime_ns % 1_000_000_000 == 0
+        settle = _COARSE_SETTLE_NS if coarse else _SETTLE_NS
+        wait = max(st.st_mtime_ns, st.st_ctime_ns) + settle - time.time_ns()
+        if not 0 < wait <= settle:  # old enough, or stamped in the future (not ours)
+            return st
+        time.sleep(wait / 1e9)
+        st = os.fstat(fd)
+    return None
+
+
+def _quiet(fd: int, deadline: float) -> bool:
+    """Wait until the file stays unchanged for :data:`_QUIET_S`; False at ``deadline``."""
+    last = _stamp(os.fstat(fd))
+    since = time.monotonic()
+    while time.monotonic() - since < _QUIET_S:
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(_POLL_S)
+        now = _stamp(os.fstat(fd))
+        if now != last:
+            last, since = now, time.monotonic()
+    return True
+
+
+def _cache_key(path: Path) -> str:
+    """The stat cache's key for a file: its absolute path.
+
+    A path that is not UTF-8 cannot be stored as SQLite text; it becomes ``hex:`` and its
+    bytes in hex, which no absolute path (starting with ``/``) can collide with.
+    """
+    key = str(path.absolute())
+    try:
+        key.encode("utf-8")
+    except UnicodeEncodeError:
+        return "hex:" + os.fsencode(key).hex()
+    return key
+
+
 def _is_excluded(exclude: ExcludeFn | None, rel: str) -> bool:
     return exclude is not None and exclude(rel)
 
@@ -388,6 +480,8 @@ class TreeBuilder:
         exclude: ExcludeFn | None = None,
         stat_cache: StatCache | None = None,
         guide: ObjectId | None = None,
+        on_changed: Callable[[str, FileChanged], None] | None = None,
+        patience_s: float | None = None,
     ) -> None:
         """Set up a walk.
 
@@ -398,12 +492,19 @@ class TreeBuilder:
             guide: The tree of a previous version (the parent commit's): a changed or
                 touched file whose path it holds is verified chunk by chunk against that
                 version before anything is cut (see :meth:`FileIngester.ingest`).
+            on_changed: A file that kept changing while it was read (see :meth:`read`) is
+                left out of the tree and this is called with its relative path and the
+                error; without it, the error is raised.
+            patience_s: How long to wait for such a file to stop changing (default
+                :data:`PATIENCE_S`).
         """
         self.session = session
         self.exclude = exclude
         self.stat_cache = stat_cache
         self._files = FileIngester(session)
         self._guide = guide
+        self.on_changed = on_changed
+        self.patience_s = PATIENCE_S if patience_s is None else patience_s
 
     def guide_for(self, rel: str, previous: ObjectId | None = None) -> Manifest | None:
         """The previous version of the file at ``rel``, if one is known and readable.
@@ -443,10 +544,16 @@ class TreeBuilder:
     def file_entry(
         self, path: Path, name: str, st: os.stat_result, rel: str | None = None
     ) -> TreeEntry:
-        """Store one regular file (``rel``: its path in the tree); return its entry."""
-        key = str(path.absolute())
+        """Store one regular file (``rel``: its path in the tree); return its entry.
+
+        The file's recorded permission bits are its own (``st_mode & 0o777``).
+
+        Raises:
+            FileChanged: The file kept changing while it was read (see :meth:`read`).
+        """
+        key = _cache_key(path)
         previous = self.stat_cache.previous(key, st) if self.stat_cache else None
-        mode = 0o755 if st.st_mode & stat_mod.S_IXUSR else 0o644
+        mode = stat_mod.S_IMODE(st.st_mode) & 0o777
         if previous is not None and previous[1] and self._cached_ok(previous[0], st.st_size):
             if self.session.progress is not None:
                 self.session.progress(st.st_size)
@@ -454,12 +561,43 @@ class TreeBuilder:
         guide = None
         if st.st_size > _SMALL_FILE:
             guide = self.guide_for(rel or name, previous[0] if previous else None)
-        with open(path, "rb", buffering=0) as f:
-            manifest = self._files.ingest(f, st.st_size, guide)
+        manifest, stable = self.read(path, guide)
         manifest_id = self.session.add_object(manifest)
         if self.stat_cache is not None:
-            self.stat_cache.record(key, st, manifest_id)
+            self.stat_cache.record(key, stable, manifest_id)
         return TreeEntry(name, "file", manifest_id, manifest.size, mode)
+
+    def read(self, path: Path, guide: Manifest | None = None) -> tuple[Manifest, os.stat_result]:
+        """Store a file's content as it was at one moment; return its manifest and that stat.
+
+        A file written while it is read would be recorded as a mix of old and new bytes that
+        never existed on disk. So the file's size, mtime, ctime and inode are taken before
+        and after the read (from the open descriptor); if they differ, or the bytes read are
+        not its size, the file is read again once it has stayed unchanged for
+        :data:`_QUIET_S` (a rewrite in progress usually ends), for up to ``patience_s``
+        seconds. A read starts only once the file's last change is older than a timestamp
+        tick (:data:`_SETTLE_NS`), so a write during the read always moves its timestamps.
+
+        Raises:
+            FileChanged: It was still changing after ``patience_s``.
+        """
+        start = time.monotonic()
+        deadline = start + self.patience_s
+        reads = 0
+        with open(path, "rb", buffering=0) as f:
+            fd = f.fileno()
+            while True:
+                before = _settled(fd)
+                if before is not None:
+                    reads += 1
+                    manifest = self._files.ingest(f, before.st_size, guide)
+                    after = os.fstat(fd)
+                    if _stamp(after) == _stamp(before) and manifest.size == after.st_size:
+                        return manifest, after
+                    f.seek(0)
+                if not _quiet(fd, deadline):
+                    break
+        raise FileChanged(str(path), reads, time.monotonic() - start)
 
     def entry(self, path: Path, name: str, rel: str) -> TreeEntry | None:
         """Store whatever ``path`` is (file, directory, symlink); None if skipped."""
@@ -469,13 +607,24 @@ class TreeBuilder:
             return TreeEntry(name, "link", None, 0, 0o777, os.readlink(path))
         if stat_mod.S_ISDIR(st.st_mode):
             tree = self.tree(path, rel)
-            return TreeEntry(name, "dir", self.session.add_object(tree), tree.size, 0o755)
+            mode = stat_mod.S_IMODE(st.st_mode) & 0o777
+            return TreeEntry(name, "dir", self.session.add_object(tree), tree.size, mode)
         if stat_mod.S_ISREG(st.st_mode):
-            return self.file_entry(path, name, st, rel)
+            try:
+                return self.file_entry(path, name, st, rel)
+            except FileChanged as exc:
+                if self.on_changed is None:
+                    raise
+                self.on_changed(rel, exc)
+                return None
         return None  # sockets, fifos, devices: not content
 
     def tree(self, directory: Path, rel: str = "") -> Tree:
-        """Build (and store the subtrees of) one directory."""
+        """Build (and store the subtrees of) one directory.
+
+        An entry removed between the listing and its reading (a temporary file) is left out,
+        as if the directory had been listed a moment later.
+        """
         entries = []
         with os.scandir(directory) as it:
             names = sorted(e.name for e in it)
@@ -485,7 +634,12 @@ class TreeBuilder:
             child_rel = f"{rel}/{name}" if rel else name
             if _is_excluded(self.exclude, child_rel):
                 continue
-            e = self.entry(directory / name, name, child_rel)
+            try:
+                e = self.entry(directory / name, name, child_rel)
+            except FileNotFoundError as exc:
+                if isinstance(exc, MlvcError):  # the repository's, not the file's
+                    raise
+                continue  # removed since the directory was listed: not part of it any more
             if e is not None:
                 entries.append(e)
         return Tree(tuple(entries))
@@ -516,16 +670,20 @@ def ingest_paths(
     exclude: ExcludeFn | None = None,
     stat_cache: StatCache | None = None,
     guide: ObjectId | None = None,
+    on_changed: Callable[[str, FileChanged], None] | None = None,
+    patience_s: float | None = None,
 ) -> ObjectId:
     """Store files and directories; return the root tree id.
 
     One directory becomes the root itself. Otherwise each path becomes a root entry named by
-    its base name. ``guide``: the root tree of a previous version (see :class:`TreeBuilder`).
+    its base name. ``guide``: the root tree of a previous version; ``on_changed`` and
+    ``patience_s``: what to do with files that keep changing (see :class:`TreeBuilder`).
 
     Raises:
         UsageError: A path does not exist, or two paths share a base name.
+        FileChanged: A file kept changing while it was read and ``on_changed`` is None.
     """
-    builder = TreeBuilder(session, exclude, stat_cache, guide)
+    builder = TreeBuilder(session, exclude, stat_cache, guide, on_changed, patience_s)
     resolved = [Path(p) for p in paths]
     for p in resolved:
         if not p.exists() and not p.is_symlink():

@@ -44,18 +44,54 @@ Not the repository's own ``max``: payloads copied between repositories keep thei
 def check_name(name: str) -> str:
     """Validate one path component of a tree entry; return it.
 
+    A name is what a POSIX directory entry may be called: any bytes but ``/`` and NUL, except
+    ``.`` and ``..``. A backslash is an ordinary character, as on Linux. Bytes that are not
+    UTF-8 are held as Python holds them in file names (``surrogateescape``, see
+    :func:`encode_name`).
+
     Raises:
-        UnsafePath: Empty, ``.``/``..``, or containing a separator or NUL.
+        UnsafePath: Empty, ``.``/``..``, containing ``/`` or NUL, or not a file name at all
+            (a surrogate that stands for no byte).
     """
-    if (
-        not isinstance(name, str)
-        or name in ("", ".", "..")
-        or "/" in name
-        or "\\" in name
-        or "\x00" in name
-    ):
+    if not isinstance(name, str) or name in ("", ".", "..") or "/" in name or "\x00" in name:
         raise UnsafePath(f"unsafe name in tree: {name!r}")
+    try:
+        name.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        raise UnsafePath(f"not a file name: {name!r}") from None
     return name
+
+
+def encode_name(text: str) -> str | bytes:
+    """The stored form of a name or link target: a str if it is UTF-8, else its raw bytes.
+
+    File names and link targets on POSIX are bytes; Python holds the bytes that are not UTF-8
+    as lone surrogates (``os.fsdecode``'s ``surrogateescape``). Such a string has no UTF-8
+    form, so it is stored as a msgpack ``bin`` of the original bytes instead: every UTF-8
+    name keeps the ``str`` encoding of format version 1, and each name has exactly one form.
+    """
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "surrogateescape")
+    return text
+
+
+def decode_name(value: Any, what: str) -> str:
+    """A name or link target from its stored form (see :func:`encode_name`).
+
+    Raises:
+        FormatError: Neither str nor bytes, or bytes that are valid UTF-8 (not canonical).
+    """
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bytes):
+        try:
+            value.decode("utf-8")
+        except UnicodeDecodeError:
+            return value.decode("utf-8", "surrogateescape")
+        raise FormatError(f"{what} {value!r} is stored as bytes but is UTF-8")
+    raise FormatError(f"{what} is not a string")
 
 
 def _oid(value: Any, what: str) -> ObjectId:
@@ -121,8 +157,9 @@ class TreeEntry:
     """Symlink target, for links."""
 
     def to_list(self) -> list[Any]:
-        """Encoded form."""
-        return [self.name, self.kind, self.oid, self.size, self.mode, self.target]
+        """Encoded form (names and targets that are not UTF-8 as bytes: :func:`encode_name`)."""
+        target = encode_name(self.target) if self.target is not None else None
+        return [encode_name(self.name), self.kind, self.oid, self.size, self.mode, target]
 
 
 @dataclass(frozen=True)
@@ -245,11 +282,12 @@ def _decode_tree(doc: dict[str, Any]) -> Tree:
         if not isinstance(raw, list) or len(raw) != 6:
             raise FormatError("tree entry is not a list of 6 fields")
         name, kind, oid, size, mode, target = raw
-        check_name(name)
+        name = check_name(decode_name(name, "entry name"))
         mode = _uint(mode, f"mode of {name!r}", _MODE_MAX)
         if kind == "link":
-            if not isinstance(target, str):
+            if target is None:
                 raise FormatError(f"link {name!r} has no target")
+            target = decode_name(target, f"target of link {name!r}")
             entries.append(TreeEntry(name, "link", None, 0, mode, target))
         elif kind in ("file", "dir"):
             size = _uint(size, f"size of {name!r}", 1 << 62)

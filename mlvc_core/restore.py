@@ -2,11 +2,22 @@
 
 Guarantees (tests guard each):
 
-* nothing outside ``dest`` is written: entry names are validated when trees are decoded,
-  symlink targets must stay inside ``dest``, and every parent directory is checked with
-  ``realpath`` so a pre-existing symlink inside ``dest`` cannot redirect a write;
-* existing files are not overwritten unless ``force``; conflicts are all found before the
-  first byte is written;
+* nothing outside ``dest`` is written and nothing is written through a link: every directory
+  is opened component by component with ``O_NOFOLLOW`` from a descriptor of ``dest``, and files,
+  directories and links are created relative to those descriptors (``openat``, ``mkdirat``,
+  ``symlinkat``, ``renameat``), so no link, planted in ``dest`` or restored from the tree, is
+  ever traversed by a write;
+* no link is created whose target resolves outside ``dest``: targets are resolved the way the
+  kernel will, component by component, through the links of the tree and those already on
+  disk (:func:`link_escapes`); such a link, and any entry this system cannot name, is skipped
+  with a warning while the rest of the snapshot is restored; links are created last;
+* conflicts are all found before the first byte is written: a file, directory or link in
+  the way of a different entry is a conflict (:class:`FileExistsConflict`, listing every
+  one) unless ``force``, which replaces each kind; an existing file with exactly the content
+  checkout would write (or a link with the same target) is left alone and is no conflict;
+* modes never widen: files and directories are created with their recorded permission bits
+  and the process's umask applies on top (``0600`` stays ``0600``);
+* zero runs become holes again: an all-zero chunk is seeked over, not written;
 * each file is streamed chunk by chunk (read and verified on worker threads, a bounded number
   in flight) into a temporary name beside its target, then renamed into place.
 """
@@ -14,21 +25,39 @@ Guarantees (tests guard each):
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
+import logging
 import os
-import posixpath
+import shutil
+import stat as stat_mod
 import uuid
-from collections.abc import Iterable, Iterator
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
 from mlvc_core import walk
-from mlvc_core.errors import FileExistsConflict, IntegrityError, UnsafePath, UsageError
-from mlvc_core.ids import ObjectId, to_hex
+from mlvc_core.errors import FileExistsConflict, IntegrityError, UsageError
+from mlvc_core.ids import ObjectId, hash_bytes, to_hex
 from mlvc_core.objects import Manifest, TreeEntry
 from mlvc_core.packs import Location
 from mlvc_core.repository import ProgressFn, Repository
+
+log = logging.getLogger(__name__)
+
+SkipFn = Callable[[str, str], None]
+"""Called with ``(relative path, reason)`` for each entry left out of a checkout."""
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+_NEW_FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+_MAX_HOPS = 40
+"""Links followed while resolving one target (the kernel's own limit, MAXSYMLINKS)."""
+_NAME_ERRNOS = {errno.ENAMETOOLONG, errno.EILSEQ, errno.EINVAL}
+"""Errors by which a file system refuses a name (too long, not in its encoding)."""
+
+Parts = tuple[str, ...]
 
 
 def walk_tree(
@@ -58,19 +87,6 @@ def find_entry(repo: Repository, tree_id: ObjectId, path: str) -> TreeEntry | No
     return entry
 
 
-def check_link(rel: str, target: str) -> None:
-    """Refuse a symlink whose target would point outside the checkout.
-
-    Raises:
-        UnsafePath: An absolute target, or one that climbs out of the root.
-    """
-    if posixpath.isabs(target) or target.startswith("\\") or (len(target) > 1 and target[1] == ":"):
-        raise UnsafePath(f"symlink {rel!r} points to an absolute path {target!r}")
-    joined = posixpath.normpath(posixpath.join(posixpath.dirname(rel), target))
-    if joined == ".." or joined.startswith("../"):
-        raise UnsafePath(f"symlink {rel!r} points outside the checkout: {target!r}")
-
-
 def _select(
     entries: list[tuple[str, TreeEntry]], paths: Iterable[str] | None
 ) -> list[tuple[str, TreeEntry]]:
@@ -87,49 +103,333 @@ def _select(
     return chosen
 
 
-def _inside(root_real: str, path: str) -> bool:
-    real = os.path.realpath(path)
-    return real == root_real or real.startswith(root_real + os.sep)
+def _plan(
+    repo: Repository, tree_id: ObjectId, paths: Iterable[str] | None
+) -> dict[Parts, TreeEntry]:
+    """The entries to restore by path, parents first (those of selected paths included)."""
+    everything = list(walk_tree(repo, tree_id))
+    chosen = _select(everything, paths)
+    by_rel = dict(everything) if paths is not None else {}
+    plan: dict[Parts, TreeEntry] = {}
+    for rel, e in chosen:
+        parts = tuple(rel.split("/"))
+        for i in range(1, len(parts)):
+            if parts[:i] not in plan:
+                plan[parts[:i]] = by_rel["/".join(parts[:i])]
+        plan[parts] = e
+    return plan
 
 
-def _make_parents(root_real: str, dest: Path, rel_dir: str) -> Path:
-    parent = dest
-    for part in rel_dir.split("/") if rel_dir else []:
-        parent = parent / part
-        if parent.is_symlink() or (parent.exists() and not parent.is_dir()):
-            if not _inside(root_real, str(parent)) or not parent.is_dir():
-                raise UnsafePath(f"{parent} is not a directory inside the checkout")
-        parent.mkdir(exist_ok=True)
-        if not _inside(root_real, str(parent)):
-            raise UnsafePath(f"{parent} resolves outside the checkout")
-    return parent
+class _Disk:
+    """What ``dest`` already holds, looked at without following any link below it."""
+
+    def __init__(self, root: str) -> None:
+        self.root = root
+        self._is_dir: dict[Parts, bool] = {(): True}
+
+    def lstat(self, parts: Parts) -> os.stat_result | None:
+        """The entry at ``parts`` if every directory above it is a real one; else None."""
+        if not parts or not self.is_dir(parts[:-1]):
+            return None
+        try:
+            return os.lstat(os.path.join(self.root, *parts))
+        except OSError:
+            return None
+
+    def is_dir(self, parts: Parts) -> bool:
+        """A real directory (not a link to one) at ``parts``, every parent real too."""
+        known = self._is_dir.get(parts)
+        if known is None:
+            st = self.lstat(parts)
+            known = st is not None and stat_mod.S_ISDIR(st.st_mode)
+            self._is_dir[parts] = known
+        return known
+
+    def readlink(self, parts: Parts) -> str | None:
+        """The target of a link at ``parts``, or None if no link is there."""
+        st = self.lstat(parts)
+        if st is None or not stat_mod.S_ISLNK(st.st_mode):
+            return None
+        try:
+            return os.readlink(os.path.join(self.root, *parts))
+        except OSError:
+            return None
+
+
+def link_escapes(
+    link: Parts, target: str, plan: dict[Parts, TreeEntry], disk: _Disk | None = None
+) -> str | None:
+    """Why the link at ``link`` would lead out of the checkout root, or None if it cannot.
+
+    Only targets whose ``..`` all come first, no more of them than the link is deep, are
+    restored: what ``name/..`` resolves to depends on what ``name`` is, and a link created
+    later (even by another checkout) could make it the root, then the ``..`` leads out.
+    Such a target keeps meaning what it meant whatever is added later.
+
+    The target is then resolved as the kernel will resolve it once the checkout is written: one
+    component at a time from the link's directory, each link met on the way (one of the
+    tree's, from ``plan``, or one already on ``disk``) replaced by its own target. Any step
+    above the root or an absolute target anywhere on the way is an escape. Components that
+    do not exist resolve lexically (a later ``..`` just climbs back). A resolution still
+    going after :data:`_MAX_HOPS` links (a loop, which the kernel refuses) counts as one too.
+    """
+    if not target or "\x00" in target:
+        return "its target is empty or holds a NUL byte"
+    if target.startswith("/"):
+        return f"it points to an absolute path ({target})"
+    ups, down = 0, False
+    for comp in target.split("/"):
+        if comp == "..":
+            if down:
+                # Where "name/.." leads depends on what "name" is, which a later link (this
+                # checkout's or a later one's) could make any directory, the root included.
+                return f"its target goes up (..) after going down ({target})"
+            ups += 1
+        elif comp not in ("", "."):
+            down = True
+    if ups > len(link) - 1:
+        return f"it resolves outside the checkout ({target})"
+    stack = list(link[:-1])
+    pending = deque(target.split("/"))
+    hops = 0
+    while pending:
+        comp = pending.popleft()
+        if comp in ("", "."):
+            continue
+        if comp == "..":
+            if not stack:
+                return f"it resolves outside the checkout ({target})"
+            stack.pop()
+            continue
+        stack.append(comp)
+        here = tuple(stack)
+        entry = plan.get(here)
+        if entry is not None:
+            nxt = entry.target if entry.kind == "link" else None
+        else:
+            nxt = disk.readlink(here) if disk is not None else None
+        if nxt is None:
+            continue
+        hops += 1
+        if hops > _MAX_HOPS:
+            # A loop (or a chain the kernel will not follow: ELOOP). It leads nowhere, but
+            # tools that resolve "as far as possible" disagree on where (realpath -m never
+            # returns, os.path.realpath reads the rest lexically): not restored.
+            return f"it loops (more than {_MAX_HOPS} links to resolve {target})"
+        if not nxt or nxt.startswith("/"):
+            return f"it leads through {'/'.join(here)} to an absolute path ({nxt})"
+        stack.pop()
+        pending.extendleft(reversed(nxt.split("/")))
+    return None
+
+
+def _name_refused_here(name: str) -> str | None:
+    """Why this system cannot give a file this name, or None."""
+    if os.sep != "/" and (os.sep in name or (os.altsep is not None and os.altsep in name)):
+        return f"its name holds {os.sep!r}, a path separator on this system"
+    return None
+
+
+_ZEROS = bytes(4 << 20)
+
+
+def _is_zero(data: bytes | memoryview) -> bool:
+    """Whether a chunk is all zero bytes (a memcmp, stopping at the first other byte)."""
+    if len(data) <= len(_ZEROS):
+        return _ZEROS.startswith(data)
+    return bytes(data).count(0) == len(data)
+
+
+def _same_file(path: str, manifest: Manifest) -> bool:
+    """Whether the regular file at ``path`` holds exactly ``manifest``'s bytes."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0))
+    except OSError:
+        return False
+    with open(fd, "rb", buffering=0) as f:
+        if os.fstat(fd).st_size != manifest.size:
+            return False
+        for cid, n in manifest.chunks:
+            data = f.read(n)
+            if len(data) != n or hash_bytes(data) != cid:
+                return False
+        return True
+
+
+def _describe(st: os.stat_result) -> str:
+    if stat_mod.S_ISLNK(st.st_mode):
+        return "a link"
+    if stat_mod.S_ISDIR(st.st_mode):
+        return "a directory"
+    if stat_mod.S_ISREG(st.st_mode):
+        return "a file"
+    return "a special file"
+
+
+def _conflicts(
+    repo: Repository, plan: dict[Parts, TreeEntry], disk: _Disk, skip: set[Parts]
+) -> tuple[dict[str, str], set[Parts]]:
+    """Every path in the way of the plan, described; and the entries already as planned."""
+    conflicts: dict[str, str] = {}
+    same: set[Parts] = set()
+    for parts, e in plan.items():
+        if parts in skip:
+            continue
+        st = disk.lstat(parts)
+        if st is None:
+            continue
+        rel = "/".join(parts)
+        if e.kind == "dir":
+            if not stat_mod.S_ISDIR(st.st_mode):
+                conflicts[rel] = f"{rel} ({_describe(st)} where the snapshot has a directory)"
+        elif e.kind == "link":
+            if stat_mod.S_ISLNK(st.st_mode) and disk.readlink(parts) == e.target:
+                same.add(parts)
+            else:
+                conflicts[rel] = f"{rel} ({_describe(st)} where the snapshot has a link)"
+        elif stat_mod.S_ISREG(st.st_mode):
+            assert e.oid is not None
+            if st.st_size == e.size and _same_file(
+                os.path.join(disk.root, *parts), repo.read_manifest(e.oid)
+            ):
+                same.add(parts)
+            else:
+                conflicts[rel] = f"{rel} (a file with other content)"
+        else:
+            conflicts[rel] = f"{rel} ({_describe(st)} where the snapshot has a file)"
+    return conflicts, same
+
+
+def _remove(dir_fd: int, name: str) -> None:
+    """Remove whatever is called ``name`` in ``dir_fd`` (a directory with its contents)."""
+    st = os.lstat(name, dir_fd=dir_fd)
+    if stat_mod.S_ISDIR(st.st_mode):
+        shutil.rmtree(name, dir_fd=dir_fd)
+    else:
+        os.unlink(name, dir_fd=dir_fd)
+
+
+def _tmp_name() -> str:
+    # Short whatever the target's name (a name may already be NAME_MAX bytes long).
+    return f".mlvc-{uuid.uuid4().hex[:16]}.tmp"
+
+
+class _Dirs:
+    """Directory descriptors along the current path, opened without following links."""
+
+    def __init__(self, root_fd: int, plan: dict[Parts, TreeEntry], force: bool) -> None:
+        self._stack: list[tuple[Parts, int]] = [((), root_fd)]
+        self._plan = plan
+        self._force = force
+
+    def fd(self, parts: Parts) -> int:
+        """A descriptor of the directory at ``parts``, created (mode as recorded) if needed."""
+        while parts[: len(self._stack[-1][0])] != self._stack[-1][0]:
+            os.close(self._stack.pop()[1])
+        while len(self._stack[-1][0]) < len(parts):
+            here = parts[: len(self._stack[-1][0]) + 1]
+            self._stack.append((here, self._open(self._stack[-1][1], here)))
+        return self._stack[-1][1]
+
+    def _open(self, parent: int, here: Parts) -> int:
+        name = here[-1]
+        try:
+            return os.open(name, _DIR_FLAGS, dir_fd=parent)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            if exc.errno not in (errno.ENOTDIR, errno.ELOOP):
+                raise
+            if not self._force:  # appeared since the conflicts were looked for
+                raise FileExistsConflict(["/".join(here)]) from None
+            _remove(parent, name)
+        entry = self._plan.get(here)
+        mode = (entry.mode if entry is not None and entry.kind == "dir" else 0o755) & 0o777
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(name, mode | 0o700, dir_fd=parent)  # the umask applies on top
+        return os.open(name, _DIR_FLAGS, dir_fd=parent)
+
+    def close(self) -> None:
+        """Close every descriptor but the root's."""
+        while len(self._stack) > 1:
+            os.close(self._stack.pop()[1])
+
+
+def _put(dir_fd: int, tmp: str, name: str, force: bool = True) -> None:
+    """Rename ``tmp`` over ``name`` (a link is replaced, never followed).
+
+    A directory in the way is removed with its contents if ``force``, else a conflict.
+    """
+    try:
+        os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+    except OSError as exc:
+        if exc.errno not in (errno.EISDIR, errno.ENOTEMPTY, errno.EEXIST):
+            raise
+        if not force:  # appeared since the conflicts were looked for
+            raise FileExistsConflict([name]) from None
+        _remove(dir_fd, name)
+        os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
 
 
 def write_file(
     repo: Repository,
     manifest: Manifest,
-    target: Path,
+    target: Path | tuple[int, str],
     mode: int,
     progress: ProgressFn | None = None,
+    force: bool = True,
 ) -> None:
-    """Stream a manifest's chunks into ``target`` (temp file, then rename)."""
-    tmp = target.with_name(f".{target.name}.mlvc-{uuid.uuid4().hex[:8]}")
+    """Stream a manifest's chunks into ``target`` (a temporary file, then a rename).
+
+    Args:
+        repo: Where the chunks are.
+        manifest: The file.
+        target: A path, or ``(directory descriptor, name)``.
+        mode: Permission bits; the umask applies on top (never set wider).
+        progress: Called with bytes restored (holes included).
+        force: Replace a directory in the way (else :class:`FileExistsConflict`).
+    """
+    if isinstance(target, tuple):
+        dir_fd, name = target
+    else:
+        dir_fd = os.open(target.parent, os.O_RDONLY | os.O_DIRECTORY)
+        name = target.name
+    tmp = _tmp_name()
     try:
-        with open(tmp, "wb") as f:
-            chunks = repo.read_chunks(cid for cid, _ in manifest.chunks)
-            for (cid, length), data in zip(manifest.chunks, chunks, strict=True):
-                if len(data) != length:  # the manifest and the chunk disagree: write neither
-                    raise IntegrityError(
-                        to_hex(cid), f"{len(data)} bytes, its manifest says {length}"
-                    )
-                f.write(data)
-                if progress is not None:
-                    progress(len(data))
-        os.chmod(tmp, mode & 0o777)
-        os.replace(tmp, target)
+        fd = os.open(tmp, _NEW_FILE_FLAGS, mode & 0o777, dir_fd=dir_fd)
+        try:
+            with open(fd, "wb") as f:
+                chunks = repo.read_chunks(cid for cid, _ in manifest.chunks)
+                for (cid, length), data in zip(manifest.chunks, chunks, strict=True):
+                    if len(data) != length:  # the manifest and the chunk disagree: write neither
+                        raise IntegrityError(
+                            to_hex(cid), f"{len(data)} bytes, its manifest says {length}"
+                        )
+                    if _is_zero(data):
+                        f.seek(len(data), io.SEEK_CUR)  # a hole
+                    else:
+                        f.write(data)
+                    if progress is not None:
+                        progress(len(data))
+                f.truncate(manifest.size)
+            _put(dir_fd, tmp, name, force)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp, dir_fd=dir_fd)
+            raise
+    finally:
+        if not isinstance(target, tuple):
+            os.close(dir_fd)
+
+
+def _make_link(dir_fd: int, name: str, target: str, force: bool) -> None:
+    tmp = _tmp_name()
+    os.symlink(target, tmp, dir_fd=dir_fd)
+    try:
+        _put(dir_fd, tmp, name, force)
     except BaseException:
         with contextlib.suppress(OSError):
-            os.unlink(tmp)
+            os.unlink(tmp, dir_fd=dir_fd)
         raise
 
 
@@ -140,44 +440,112 @@ def restore_tree(
     paths: Iterable[str] | None = None,
     force: bool = False,
     progress: ProgressFn | None = None,
+    on_skip: SkipFn | None = None,
 ) -> list[str]:
     """Write the files of a tree under ``dest``; return the relative paths written.
 
+    Entries that cannot be restored here without leaving ``dest`` (a link leading out of it,
+    an absolute link) or that this system cannot name are skipped: ``on_skip(path, reason)``
+    is called for each (by default a logged warning) and the rest is restored. Files and
+    links already exactly as the snapshot has them are left alone and not listed.
+
+    Args:
+        repo: The repository.
+        tree_id: The root tree.
+        dest: Directory to write into (created if needed).
+        paths: Only these files or directories of the tree.
+        force: Replace whatever is in the way (files, directories, links).
+        progress: Called with bytes restored.
+        on_skip: Called with ``(relative path, reason)`` for each entry skipped.
+
     Raises:
-        FileExistsConflict: Existing files would be overwritten and ``force`` is false.
-        UnsafePath: An entry would land outside ``dest``.
-        UsageError: A requested path is not in the tree.
+        FileExistsConflict: Paths are in the way and ``force`` is false (nothing written).
+        UsageError: A requested path is not in the tree, or ``dest`` is not a directory.
     """
-    entries = _select(list(walk_tree(repo, tree_id)), paths)
-    for rel, e in entries:
-        if e.kind == "link":
-            check_link(rel, e.target or "")
-    leaves = [(rel, e) for rel, e in entries if e.kind != "dir"]
-    dest.mkdir(parents=True, exist_ok=True)
-    if not force:
-        conflicts = [rel for rel, _ in leaves if os.path.lexists(dest / rel)]
-        if conflicts:
-            raise FileExistsConflict(conflicts)
-    root_real = os.path.realpath(dest)
-    written = []
-    for rel, e in entries:
-        parent_rel, _, name = rel.rpartition("/")
-        if e.kind == "dir":
-            _make_parents(root_real, dest, rel)
-            continue
-        parent = _make_parents(root_real, dest, parent_rel)
-        target = parent / name
-        if os.path.lexists(target):
-            if target.is_dir() and not target.is_symlink():
-                raise FileExistsConflict([rel])
-            if e.kind == "link":
-                target.unlink()
-        if e.kind == "link":
-            os.symlink(e.target or "", target)
+    plan = _plan(repo, tree_id, paths)
+    dest = Path(dest)
+    try:
+        dest.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise UsageError(f"{dest} exists and is not a directory") from None
+    root_fd = os.open(dest, os.O_RDONLY | os.O_DIRECTORY | getattr(os, "O_CLOEXEC", 0))
+    try:
+        return _restore(repo, plan, root_fd, str(dest), force, progress, on_skip)
+    finally:
+        os.close(root_fd)
+
+
+def _restore(
+    repo: Repository,
+    plan: dict[Parts, TreeEntry],
+    root_fd: int,
+    root: str,
+    force: bool,
+    progress: ProgressFn | None,
+    on_skip: SkipFn | None,
+) -> list[str]:
+    def skip(parts: Parts, reason: str) -> None:
+        rel = "/".join(parts)
+        if on_skip is not None:
+            on_skip(rel, reason)
         else:
-            assert e.oid is not None
-            write_file(repo, repo.read_manifest(e.oid), target, e.mode, progress)
-        written.append(rel)
+            log.warning("mlvc: skipped %s: %s", rel, reason)
+
+    disk = _Disk(root)
+    skipped: set[Parts] = set()
+    for parts, e in plan.items():
+        if any(parts[:i] in skipped for i in range(1, len(parts))):
+            skipped.add(parts)
+            continue
+        why = _name_refused_here(parts[-1])
+        if why is None and e.kind == "link":
+            why = link_escapes(parts, e.target or "", plan, disk)
+        if why is not None:
+            skip(parts, why)
+            skipped.add(parts)
+    conflicts, same = _conflicts(repo, plan, disk, skipped)
+    if conflicts and not force:
+        raise FileExistsConflict(list(conflicts), list(conflicts.values()))
+
+    written: list[str] = []
+    links: list[tuple[Parts, TreeEntry]] = []
+    dirs = _Dirs(root_fd, plan, force)
+    try:
+        for parts, e in plan.items():
+            if any(parts[:i] in skipped for i in range(1, len(parts) + 1)):
+                continue
+            if parts in same:
+                if progress is not None and e.kind == "file":
+                    progress(e.size)
+                continue
+            try:
+                if e.kind == "dir":
+                    dirs.fd(parts)
+                elif e.kind == "link":
+                    links.append((parts, e))  # last: nothing is ever written below a new link
+                else:
+                    assert e.oid is not None
+                    target = (dirs.fd(parts[:-1]), parts[-1])
+                    manifest = repo.read_manifest(e.oid)
+                    write_file(repo, manifest, target, e.mode, progress, force)
+                    written.append("/".join(parts))
+            except OSError as exc:
+                if exc.errno not in _NAME_ERRNOS or isinstance(exc, FileExistsConflict):
+                    raise
+                skip(parts, f"this file system refuses its name ({os.strerror(exc.errno)})")
+                skipped.add(parts)
+        for parts, e in links:
+            if any(parts[:i] in skipped for i in range(1, len(parts))):
+                continue
+            try:
+                _make_link(dirs.fd(parts[:-1]), parts[-1], e.target or "", force)
+                written.append("/".join(parts))
+            except OSError as exc:
+                if exc.errno not in _NAME_ERRNOS or isinstance(exc, FileExistsConflict):
+                    raise
+                skip(parts, f"this file system refuses its name ({os.strerror(exc.errno)})")
+    finally:
+        dirs.close()
     return written
 
 

@@ -35,6 +35,11 @@ def checkout(
 ) -> None:
     """Restore files; never overwrites existing files unless -f.
 
+    Every conflict (a file with other content, a file where a directory goes, a directory or
+    link in the way) is listed before anything is written; -f replaces them all. Files
+    already as the snapshot has them are left alone. Links that would lead outside the
+    output directory (absolute ones included) are skipped with a warning.
+
     For an experiment id: its best checkpoint (latest if it has no primary metric). Also
     accepts exp@latest, exp@best, exp@step=N, tags and branches. A checkpoint restores its
     own files (the weights); --all adds the code snapshot. A commit restores everything.
@@ -58,6 +63,8 @@ def checkout(
         r = porcelain.checkout(
             repo, target, output, paths=path, force=force, everything=all_, progress=bar
         )
+    for rel, why in r.skipped:
+        _output.warn(f"skipped {rel}: {why}")
     if json_:
         _output.print_json(r.to_dict())
         return
@@ -66,8 +73,9 @@ def checkout(
         what += " (no checkpoint yet: its code snapshot)"
     elif r.target.kind == "experiment":
         what += f" (checkpoint {_output.short_id(r.target.commit_id.hex())})"
+    same = f"; {r.unchanged} already there, unchanged" if r.unchanged else ""
     _output.note(
-        f"wrote {len(r.files)} files ({_output.human_size(r.bytes)}) of {what} to {r.dest}",
+        f"wrote {len(r.files)} files ({_output.human_size(r.bytes)}) of {what} to {r.dest}{same}",
         st.quiet,
     )
     if not st.quiet:

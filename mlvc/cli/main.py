@@ -56,6 +56,9 @@ _STORAGE_HINT = (
 )
 
 
+_CONFLICTS_SHOWN = 20
+
+
 def _plain(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
@@ -97,9 +100,15 @@ def _missing_key(exc: BaseException) -> str:
 
 
 def _would_overwrite(exc: BaseException) -> str:
-    paths = list(getattr(exc, "paths", []))
-    shown = ", ".join(paths[:5]) + (f" and {len(paths) - 5} more" if len(paths) > 5 else "")
-    return f"would overwrite existing files: {shown}\nhint: pass -f/--force to overwrite them"
+    paths = list(getattr(exc, "details", None) or getattr(exc, "paths", []))
+    if len(paths) == 1:
+        return f"would overwrite existing files: {paths[0]}\nhint: pass -f/--force to replace it"
+    lines = [f"would overwrite existing files: {len(paths)} paths are in the way:"]
+    lines += [f"  {p}" for p in paths[:_CONFLICTS_SHOWN]]
+    if len(paths) > _CONFLICTS_SHOWN:
+        lines.append(f"  ... and {len(paths) - _CONFLICTS_SHOWN} more")
+    lines.append("hint: pass -f/--force to replace them")
+    return "\n".join(lines)
 
 
 def _storage(exc: BaseException) -> str:

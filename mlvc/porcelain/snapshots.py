@@ -197,6 +197,10 @@ class CheckoutResult:
     dest: str
     files: list[str]
     bytes: int
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    """``(path, reason)`` of entries left out (links leading out of ``dest``...)."""
+    unchanged: int = 0
+    """Files and links already in ``dest`` exactly as the snapshot has them (left alone)."""
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe form."""
@@ -205,6 +209,8 @@ class CheckoutResult:
             "dest": self.dest,
             "files": self.files,
             "bytes": self.bytes,
+            "skipped": [{"path": p, "reason": r} for p, r in self.skipped],
+            "unchanged": self.unchanged,
         }
 
 
@@ -265,8 +271,12 @@ def checkout(
         everything: Restore the whole snapshot of a checkpoint, code included.
         progress: Called with bytes written.
 
+    Entries that cannot be restored safely here (a link leading out of ``dest``, a name this
+    system refuses) are skipped and listed in the result's ``skipped``; files already as the
+    snapshot has them are left alone (not in ``files``).
+
     Raises:
-        FileExistsConflict: Files exist and ``force`` is false (nothing was written).
+        FileExistsConflict: Paths are in the way and ``force`` is false (nothing was written).
         UsageError: A requested path is not in the snapshot.
     """
     t = resolve(repo, target) if isinstance(target, str) else target
@@ -275,10 +285,23 @@ def checkout(
     if wanted == []:
         return CheckoutResult(t, str(dest), [], 0)
     fresh = not os.path.lexists(dest)
-    written = restore_tree(repo, tree, Path(dest), paths=wanted, force=force, progress=progress)
+    skipped: list[tuple[str, str]] = []
+    written = restore_tree(
+        repo,
+        tree,
+        Path(dest),
+        paths=wanted,
+        force=force,
+        progress=progress,
+        on_skip=lambda p, why: skipped.append((p, why)),
+    )
     if fresh:  # a directory of mlvc's own: code snapshots leave it out
         from mlvc.ignore import mark_checkout
 
         mark_checkout(dest, t.commit_id.hex())
-    sizes = {f.path: f.size for f in list_files(repo, t.commit_id)}
-    return CheckoutResult(t, str(dest), written, sum(sizes.get(p, 0) for p in written))
+    files = list_files(repo, t.commit_id)
+    sizes = {f.path: f.size for f in files}
+    unchanged = len(_selected(files, wanted)) - len(written) - len(skipped)
+    return CheckoutResult(
+        t, str(dest), written, sum(sizes.get(p, 0) for p in written), skipped, max(unchanged, 0)
+    )

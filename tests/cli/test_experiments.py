@@ -191,6 +191,9 @@ def test_checkout_best_latest_and_everything(cli: Cli, runs: dict[str, str], pro
     assert (latest / "model.bin").read_bytes() == weights(0.01, 2)
     full = cli.json("checkout", f"{a[:8]}@best", "-o", project / "full", "--all")
     assert sorted(full["files"]) == ["model.bin", "train.py"]
+    again = cli("checkout", a, "-o", out)  # already there, byte for byte: nothing to do
+    assert "wrote 0 files" in again.stderr and "1 already there, unchanged" in again.stderr
+    (out / "model.bin").write_bytes(b"edited")
     cli("checkout", a, "-o", out, code=1)
 
 

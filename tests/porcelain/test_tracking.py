@@ -283,9 +283,11 @@ def test_directories_lists_and_paths_outside_the_project(project: Path, tmp_path
         assert f.read(4) == (1).to_bytes(4, "little")
     out = tmp_path / "out"
     assert sorted(ckpt.checkout(out)) == ["ckpt/meta.json", "ckpt/shard/a.bin", "optim.bin"]
+    assert ckpt.checkout(out) == []  # already there byte for byte: no conflict
+    (out / "optim.bin").write_bytes(b"edited")
     with pytest.raises(FileExistsConflict):
         ckpt.checkout(out)
-    ckpt.checkout(out, force=True)
+    assert ckpt.checkout(out, force=True) == ["optim.bin"]
     assert ckpt.checkout(tmp_path / "one", paths=["ckpt/meta.json"]) == ["ckpt/meta.json"]
     with pytest.raises(mlvc.errors.ObjectNotFound):
         ckpt.open("nope.bin")

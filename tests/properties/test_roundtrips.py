@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from mlvc_core import codec
@@ -174,6 +174,9 @@ def _edit(data: bytes, ops: list[tuple[str, float, int, int]]) -> bytes:
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.integers(0, 2**32 - 1), st.integers(0, 300_000), st.booleans(), edits)
+# A byte inserted right where a guide chunk ends: the chunk's bytes still match, but FastCDC
+# decides a boundary by the byte after it, so that end is no longer a boundary.
+@example(seed=2_000_000_000, size=3896, periodic=True, ops=[("insert", 0.7936948983767722, 1, 0)])
 def test_a_guide_never_changes_the_manifest(
     seed: int, size: int, periodic: bool, ops: list[tuple[str, float, int, int]]
 ) -> None:
