@@ -210,19 +210,22 @@ class SharedLock:
         """
         deadline = time.monotonic() + wait
         delay = 0.05
+        key = f"{SHARED_PREFIX}{uuid.uuid4().hex}"
+        store.write(key, Holder.me("write").encode())
+        # While it waits, the writer keeps its lock: the running gc checked the shared locks
+        # before this one existed, but the next gc sees it and lets the writer go first. The
+        # writer decides nothing before the running gc is gone (and refreshes after it).
         while True:
-            key = f"{SHARED_PREFIX}{uuid.uuid4().hex}"
-            store.write(key, Holder.me("write").encode())
             now = time.time()
             gc = read_holder(store, EXCLUSIVE)
             if gc is None or gc.state(now) not in ("alive", "live"):
                 break
-            store.delete(key)  # step aside while gc runs
             if time.monotonic() + delay > deadline:
+                store.delete(key)
                 waited = f"; waited {wait:.0f}s" if wait >= 1 else ""
                 raise RepositoryLocked(gc.describe(now) + waited + "; retry when it has finished")
             time.sleep(delay)
-            delay = min(2.0, delay * 2)
+            delay = min(0.5, delay * 2)
         held = _Held(store, key, "write", interval)
         held.start()
         return cls(store, key, held)

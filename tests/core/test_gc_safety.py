@@ -242,6 +242,7 @@ def test_gc_beside_eight_concurrent_writer_processes(
             continue
         ran += 1
         deleted += report.packs_deleted + report.packs_repacked
+        time.sleep(0.05)
     results: dict[str, list[str]] = {}
     for p in procs:
         out, err = p.communicate(timeout=60)
