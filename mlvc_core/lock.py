@@ -4,7 +4,9 @@
 * ``gc`` creates ``locks/exclusive`` (create-if-absent, so only one gc runs), then refuses to
   go on while any live shared lock exists. A writer that starts checks for the exclusive lock
   after creating its own. Both sides write their flag before reading the other's, so on a
-  strongly consistent store (local disk, S3, GCS) at least one of them sees the other.
+  strongly consistent store (local disk, S3, GCS) at least one of them sees the other. A
+  writer that finds gc running keeps its lock and waits (a bounded time) for it to finish:
+  the next gc then sees the writer and lets it go first.
 * A lock is JSON naming its holder: host, pid, the process's start time, the operation and the
   time of its last refresh. A background thread rewrites it every :data:`REFRESH_INTERVAL`
   seconds while it is held.
