@@ -4,7 +4,9 @@
 * ``gc`` creates ``locks/exclusive`` (create-if-absent, so only one gc runs), then refuses to
   go on while any live shared lock exists. A writer that starts checks for the exclusive lock
   after creating its own. Both sides write their flag before reading the other's, so on a
-  strongly consistent store (local disk, S3, GCS) at least one of them sees the other.
+  strongly consistent store (local disk, S3, GCS) at least one of them sees the other. A
+  writer that finds gc running keeps its lock and waits (a bounded time) for it to finish:
+  the next gc then sees the writer and lets it go first.
 * A lock is JSON naming its holder: host, pid, the process's start time, the operation and the
   time of its last refresh. A background thread rewrites it every :data:`REFRESH_INTERVAL`
   seconds while it is held.
@@ -210,19 +212,22 @@ class SharedLock:
         """
         deadline = time.monotonic() + wait
         delay = 0.05
+        key = f"{SHARED_PREFIX}{uuid.uuid4().hex}"
+        store.write(key, Holder.me("write").encode())
+        # While it waits, the writer keeps its lock: the running gc checked the shared locks
+        # before this one existed, but the next gc sees it and lets the writer go first. The
+        # writer decides nothing before the running gc is gone (and refreshes after it).
         while True:
-            key = f"{SHARED_PREFIX}{uuid.uuid4().hex}"
-            store.write(key, Holder.me("write").encode())
             now = time.time()
             gc = read_holder(store, EXCLUSIVE)
             if gc is None or gc.state(now) not in ("alive", "live"):
                 break
-            store.delete(key)  # step aside while gc runs
             if time.monotonic() + delay > deadline:
+                store.delete(key)
                 waited = f"; waited {wait:.0f}s" if wait >= 1 else ""
                 raise RepositoryLocked(gc.describe(now) + waited + "; retry when it has finished")
             time.sleep(delay)
-            delay = min(2.0, delay * 2)
+            delay = min(0.5, delay * 2)
         held = _Held(store, key, "write", interval)
         held.start()
         return cls(store, key, held)

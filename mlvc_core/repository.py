@@ -295,6 +295,11 @@ class Repository:
         with self._index_lock:
             return dict(self._files)
 
+    def small_index_files(self) -> list[str]:
+        """Loaded index files with fewer than :data:`SMALL_INDEX` entries (to be merged)."""
+        with self._index_lock:
+            return [i for i, n in self._sizes.items() if n < SMALL_INDEX]
+
     @property
     def generation(self) -> int:
         """The repository generation the in-memory index is at (see :meth:`refresh`)."""
@@ -438,8 +443,7 @@ class Repository:
         reader that lists a small file just before it goes lists again). Call it only while
         holding a shared lock, so gc cannot run meanwhile. Returns how many were merged.
         """
-        with self._index_lock:
-            small = [i for i, n in self._sizes.items() if n < SMALL_INDEX]
+        small = self.small_index_files()
         if len(small) < at:
             return 0
         try:

@@ -190,6 +190,10 @@ def _header(headers: Any, name: str) -> str | None:
     return None
 
 
+_UPLOAD_MARK = "#upload="
+"""Separates a key from an upload id in the names :meth:`FsspecStore.list_temporary` gives."""
+
+
 def _rebuild(url: str, storage_options: dict[str, Any]) -> FsspecStore:
     return FsspecStore(url, **storage_options)
 
@@ -622,6 +626,49 @@ class FsspecStore(Store):
             except FileNotFoundError:
                 pass
         self._invalidate(key)
+
+    def list_temporary(self, prefix: str) -> Iterator[KeyInfo]:
+        """Incomplete multipart uploads under ``prefix`` (S3): what a killed writer left.
+
+        Named ``<key>#upload=<upload id>``; nothing on other backends (GCS resumable uploads
+        and spooled local files expire on their own).
+
+        Raises:
+            StorageError: The backend failed.
+        """
+        if self.backend != "s3":
+            return
+        bucket, root_key, _ = self.fs.split_path(self.root)
+        head = f"{root_key}/" if root_key else ""
+        args: dict[str, Any] = {"Bucket": bucket, "Prefix": head + prefix}
+        while True:
+            with self._errors(prefix, "list uploads", missing_is_key=False):
+                resp = self.fs.call_s3("list_multipart_uploads", **args)
+            for u in resp.get("Uploads") or []:
+                name = str(u["Key"])
+                if name.startswith(head):
+                    when = _to_epoch(u.get("Initiated")) or 0.0
+                    yield KeyInfo(f"{name[len(head) :]}{_UPLOAD_MARK}{u['UploadId']}", 0, when)
+            if not resp.get("IsTruncated"):
+                return
+            args["KeyMarker"] = resp.get("NextKeyMarker")
+            args["UploadIdMarker"] = resp.get("NextUploadIdMarker")
+
+    def delete_temporary(self, key: str) -> None:
+        """Abort an incomplete multipart upload named by :meth:`list_temporary`.
+
+        Raises:
+            StorageError: The backend failed.
+        """
+        name, mark, upload = key.rpartition(_UPLOAD_MARK)
+        if not mark or self.backend != "s3":
+            raise ValueError(f"{key!r} is not an incomplete upload")
+        bucket, s3key, _ = self.fs.split_path(self._path(name))
+        with self._errors(key, "abort upload", missing_is_key=False):
+            try:
+                self.fs.call_s3("abort_multipart_upload", Bucket=bucket, Key=s3key, UploadId=upload)
+            except FileNotFoundError:
+                pass  # already completed or aborted
 
     # -- compare-and-swap ----------------------------------------------------------------------
 

@@ -144,3 +144,25 @@ def test_kill_9_at_many_points(op: str, tmp_path: Path) -> None:
     assert left_locks >= 1  # the points did catch the process holding its lock
     if op == "commit":
         assert left_temp >= 1  # and a pack half written
+
+
+def test_gc_aborts_the_incomplete_upload_of_a_killed_writer_on_s3(
+    s3_repo_url: tuple[str, dict[str, object]], tmp_path: Path
+) -> None:
+    """On S3 a pack being streamed is a multipart upload: killed, it lingers unseen (and
+    billed) until aborted. gc aborts it once its writer is gone."""
+    url, options = s3_repo_url
+    repo = Repository.init(url, SMALL, **options)
+    store = repo.store
+    fs = store.fs  # type: ignore[attr-defined]
+    bucket, root_key, _ = fs.split_path(store.root)  # type: ignore[attr-defined]
+    key = f"{root_key}/packs/ab/ab" + "0" * 30
+    fs.call_s3("create_multipart_upload", Bucket=bucket, Key=key)  # a writer, then kill -9
+    (left,) = list(store.list_temporary("packs/"))
+    assert left.key.startswith("packs/ab/ab") and "#upload=" in left.key
+    report = collect(repo, dry_run=True)
+    assert report.temp_files_deleted == 1 and list(store.list_temporary(""))  # dry: kept
+    report = collect(repo, dry_run=False)
+    assert report.temp_files_deleted == 1
+    assert not list(store.list_temporary(""))
+    assert check(repo).ok

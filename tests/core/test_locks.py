@@ -119,3 +119,22 @@ def test_a_lock_records_host_pid_and_process_start(tmp_path: Path) -> None:
     doc = json.loads(store.read(lock.key))
     assert doc["pid"] == os.getpid() and doc["host"] and doc["start"] > 0 and doc["time"] > 0
     lock.release()
+
+
+def test_a_writer_waiting_for_gc_goes_before_the_next_gc(tmp_path: Path) -> None:
+    import threading
+
+    store = LocalStore(tmp_path)
+    gc = ExclusiveLock.acquire(store)
+    got: list[SharedLock] = []
+    writer = threading.Thread(target=lambda: got.append(SharedLock.acquire(store, wait=30)))
+    writer.start()
+    time.sleep(0.2)
+    assert not got  # waiting while gc runs
+    gc.release()
+    with pytest.raises(RepositoryLocked, match="writer"):
+        ExclusiveLock.acquire(store)  # the waiting writer goes first
+    writer.join(10)
+    assert got
+    got[0].release()
+    ExclusiveLock.acquire(store).release()
