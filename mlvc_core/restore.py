@@ -31,6 +31,7 @@ import logging
 import os
 import shutil
 import stat as stat_mod
+import sys
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -304,7 +305,18 @@ def _remove(dir_fd: int, name: str) -> None:
     """Remove whatever is called ``name`` in ``dir_fd`` (a directory with its contents)."""
     st = os.lstat(name, dir_fd=dir_fd)
     if stat_mod.S_ISDIR(st.st_mode):
-        shutil.rmtree(name, dir_fd=dir_fd)
+        if sys.version_info >= (3, 11):
+            shutil.rmtree(name, dir_fd=dir_fd)
+        else:  # rmtree takes dir_fd from 3.11: the same, bottom-up, following no link
+            for _, dirs, files, fd in os.fwalk(name, topdown=False, dir_fd=dir_fd):
+                for n in files:
+                    os.unlink(n, dir_fd=fd)
+                for n in dirs:
+                    if stat_mod.S_ISLNK(os.lstat(n, dir_fd=fd).st_mode):
+                        os.unlink(n, dir_fd=fd)
+                    else:
+                        os.rmdir(n, dir_fd=fd)
+            os.rmdir(name, dir_fd=dir_fd)
     else:
         os.unlink(name, dir_fd=dir_fd)
 
