@@ -81,6 +81,20 @@ def _encode(target: ObjectId, summary: dict[str, Any]) -> bytes:
     return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
 
 
+def encode_ref(target: ObjectId, summary: dict[str, Any]) -> bytes:
+    """The stored bytes of a ref: canonical JSON of the summary plus ``target``."""
+    return _encode(target, summary)
+
+
+def decode_ref(name: str, data: bytes, version: Version | None = None) -> Ref:
+    """A ref from its stored bytes (as listed in a catalog, or read).
+
+    Raises:
+        FormatError: Not a ref document.
+    """
+    return _decode(name, data, version)
+
+
 def _decode(name: str, data: bytes, version: Version | None) -> Ref:
     try:
         doc = json.loads(data)

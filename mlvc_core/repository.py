@@ -104,7 +104,8 @@ class Repository:
         self._index_lock = threading.RLock()
         self._objects = _ObjectCache()
         self._pool: ThreadPoolExecutor | None = None
-        self.load_index()
+        self._index_loaded = False
+        """Indexes are read on first need (``ls`` and ref reads never need them)."""
 
     # ------------------------------------------------------------------ open / init
 
@@ -189,6 +190,7 @@ class Repository:
     def load_index(self) -> int:
         """Read indexes not loaded yet (new packs from other writers). Returns how many."""
         new = [p for p in self.index_ids() if p not in self._loaded_indexes]
+        self._index_loaded = True
         if not new:
             return 0
         blobs: Iterable[bytes]
@@ -218,8 +220,14 @@ class Repository:
                 del self._index[oid]
             self._loaded_indexes -= gone
 
+    def _ensure_index(self) -> None:
+        if not self._index_loaded:
+            self.load_index()
+
     def has(self, oid: ObjectId) -> bool:
         """True if ``oid`` is stored (in a pack with a published index)."""
+        if not self._index_loaded:
+            self.load_index()
         return oid in self._index
 
     def locate(self, oid: ObjectId) -> Location:
@@ -238,6 +246,7 @@ class Repository:
 
     def iter_index(self) -> Iterator[tuple[ObjectId, Location]]:
         """Every indexed payload."""
+        self._ensure_index()
         with self._index_lock:
             items = list(self._index.items())
         return iter(items)
@@ -369,6 +378,7 @@ class Repository:
 
     def commit_ids(self) -> set[ObjectId]:
         """Every stored commit."""
+        self._ensure_index()
         return set(self._commits)
 
     def resolve(self, rev: str | ObjectId) -> ObjectId:
@@ -398,7 +408,7 @@ class Repository:
                 oid = from_hex(rev)
                 self.locate(oid)
                 return oid
-            candidates = [to_hex(c) for c in self._commits]
+            candidates = [to_hex(c) for c in self.commit_ids()]
             try:
                 return from_hex(resolve_prefix(rev, candidates, "commit"))
             except ObjectNotFound:

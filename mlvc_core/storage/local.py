@@ -185,6 +185,8 @@ class LocalStore(Store):
 
     def list(self, prefix: str) -> Iterator[KeyInfo]:
         base = self.root / prefix if prefix else self.root
+        if prefix and not prefix.endswith("/"):
+            base = base.parent  # a partial name ("refs/ab"): walk its directory, filter below
         if not base.is_dir():
             return
         for dirpath, dirs, files in os.walk(base):
@@ -199,7 +201,8 @@ class LocalStore(Store):
                 except FileNotFoundError:
                     continue
                 key = os.path.relpath(full, self.root).replace(os.sep, "/")
-                yield KeyInfo(key, st.st_size, st.st_mtime)
+                if key.startswith(prefix):
+                    yield KeyInfo(key, st.st_size, st.st_mtime)
 
     def delete(self, key: str) -> None:
         try:
