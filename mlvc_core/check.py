@@ -10,7 +10,13 @@ from dataclasses import dataclass, field
 
 from mlvc_core.errors import FormatError, IntegrityError, KeyNotFound, MlvcError
 from mlvc_core.ids import ObjectId, to_hex
-from mlvc_core.packs import INDEX_PREFIX, PACK_PREFIX, decode_index, index_key, pack_key
+from mlvc_core.packs import (
+    PACK_PREFIX,
+    Location,
+    decode_index_file,
+    index_file_key,
+    pack_key,
+)
 from mlvc_core.repository import Repository
 from mlvc_core.walk import all_roots, reachable
 
@@ -69,13 +75,19 @@ def check(repo: Repository, progress: Callable[[int], None] | None = None) -> Ch
     """
     report = CheckReport()
     packs = {info.key.rsplit("/", 1)[-1]: info for info in repo.store.list(PACK_PREFIX)}
-    indexes = [info.key[len(INDEX_PREFIX) :] for info in repo.store.list(INDEX_PREFIX)]
-    for pack_id in indexes:
+    by_pack: dict[str, list[tuple[ObjectId, Location]]] = {}
+    for index_id in repo.list_index_files():
+        key = index_file_key(index_id)
         try:
-            _, entries = decode_index(repo.store.read(index_key(pack_id)), index_key(pack_id))
-        except (IntegrityError, FormatError, KeyNotFound) as exc:
-            report.problems.append(Problem(index_key(pack_id), "corrupt", str(exc)))
+            f = decode_index_file(repo.store.read(key), key)
+        except KeyNotFound:
+            continue  # merged or collected since the listing
+        except (IntegrityError, FormatError) as exc:
+            report.problems.append(Problem(key, "corrupt", str(exc)))
             continue
+        for oid, loc in f.entries:
+            by_pack.setdefault(loc.pack, []).append((oid, loc))
+    for pack_id, entries in sorted(by_pack.items()):
         if pack_id not in packs:
             report.problems.append(
                 Problem(pack_key(pack_id), "missing", f"pack of {len(entries)} objects is missing")
@@ -87,7 +99,11 @@ def check(repo: Repository, progress: Callable[[int], None] | None = None) -> Ch
         except MlvcError as exc:
             report.problems.append(Problem(pack_key(pack_id), "unreadable", str(exc)))
             continue
+        seen: set[tuple[ObjectId, int]] = set()
         for oid, loc in entries:
+            if (oid, loc.offset) in seen:
+                continue  # named by two index files (a merge in progress)
+            seen.add((oid, loc.offset))
             payload = blob[loc.offset : loc.offset + loc.stored_len]
             try:
                 repo.verify_payload(oid, loc, payload)
@@ -100,15 +116,15 @@ def check(repo: Repository, progress: Callable[[int], None] | None = None) -> Ch
         if progress is not None:
             progress(len(blob))
         del blob
-    for pack_id in set(packs) - set(indexes):
+    for pack_id in set(packs) - set(by_pack):
         report.warnings.append(
             Problem(
                 pack_key(pack_id),
                 "orphan",
-                "pack without index (an interrupted write); gc removes it",
+                "pack no index names (an interrupted write, or dead data); gc removes it",
             )
         )
-    repo.load_index()
+    repo.reload_index()
     missing: list[tuple[ObjectId, str]] = []
     try:
         reachable(repo, all_roots(repo), missing=missing)

@@ -1,8 +1,9 @@
 """The repository config: format version, hash, chunker and compression settings.
 
-Stored as JSON under the key ``config``, written once by ``init`` and never rewritten, so every
-writer of a repository chunks and compresses alike (changing the chunker would silently destroy
-dedup). Opening a repository checks the format version first and refuses one it does not know.
+Stored as JSON under the key ``config``, written by ``init`` and rewritten only to upgrade the
+format version (by compare-and-swap), so every writer of a repository chunks and compresses
+alike (changing the chunker would silently destroy dedup). Opening a repository checks the
+format version first and refuses one it does not know.
 """
 
 from __future__ import annotations
@@ -16,8 +17,10 @@ from mlvc_core.chunker import ChunkerParams
 from mlvc_core.errors import FormatError, UnsupportedFormatVersion
 
 FORMAT = "mlvc"
-FORMAT_VERSION = 1
-SUPPORTED_VERSIONS = (1,)
+FORMAT_VERSION = 2
+"""Version written by this mlvc. 2: index files cover several packs, gc advances a generation."""
+SUPPORTED_VERSIONS = (1, 2)
+"""Versions this mlvc reads; a version-1 repository is upgraded before its first write."""
 HASH = "blake3-256"
 DEFAULT_PACK_SIZE = 64 << 20
 
@@ -40,7 +43,7 @@ class RepoConfig:
         Chunker and compression carry over, so dedup works across the two; the id does not,
         so the two never share local caches.
         """
-        return replace(self, repo_id=uuid.uuid4().hex)
+        return replace(self, repo_id=uuid.uuid4().hex, version=FORMAT_VERSION)
 
     def encode(self) -> bytes:
         """JSON form."""

@@ -1,15 +1,27 @@
-"""Garbage collection: mark from every ref, sweep what nothing reaches.
+"""Garbage collection: mark from every ref, sweep what nothing reaches, advance the generation.
 
+* Lock: gc takes the exclusive lock (:mod:`mlvc_core.lock`), removing the locks of writers
+  that are gone; it refuses to run beside a live writer. So while it deletes, no write session
+  is open, and every session that starts afterwards re-reads the index at the new generation
+  before it deduplicates (:meth:`~mlvc_core.repository.Repository.refresh`).
 * Mark: every object and chunk reachable from any ref (including earlier targets a tag
   remembers) is live.
-* Sweep, pack by pack: a pack with nothing live is deleted (index first, then pack, so a
-  reader never finds an index without its pack); a pack that is mostly dead is repacked (its
-  live payloads copied verbatim into a new pack, published before the old one is deleted).
-* Packs (and orphan packs without an index) younger than the grace period are never touched:
-  a concurrent writer may have written them and not yet published the commit and ref that
-  will reach them.
-* Deleting runs under the exclusive lock (:mod:`mlvc_core.lock`), so no writer can be reusing
-  an old chunk at the same moment. The default is a dry run that only reports.
+* Sweep, pack by pack: a pack with nothing live is deleted; a pack that is mostly dead is
+  repacked (its live payloads copied verbatim into a new pack); small packs are merged once
+  there are many; a pack no index file covers (its writer died before publishing it) and
+  temporary files of killed writers are deleted.
+* Index: the index is rewritten as a few large index files naming exactly the live payloads
+  (a dead object left inside a partly live pack is no longer *stored*: a writer that needs it
+  writes it again, so nothing can come to depend on what its dead children were). Then the
+  generation record (``generation``) is advanced to name those files, and only then are the
+  old index files and the dead packs deleted. A crash at any step leaves a repository whose
+  index names only stored payloads; the next gc finishes the work.
+* Grace period: only when a writer may still be alive (a lock not refreshed for minutes on
+  another host, removed as stale, or in a dry run any writer's lock) are packs younger than the
+  grace period kept as they are: such a writer may still publish them. With no writer left,
+  everything no ref reaches is freed at once.
+
+The default is a dry run that only reports.
 """
 
 from __future__ import annotations
@@ -17,12 +29,23 @@ from __future__ import annotations
 import time
 from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
+from mlvc_core.config import FORMAT_VERSION
 from mlvc_core.ids import ObjectId
-from mlvc_core.lock import ExclusiveLock
-from mlvc_core.packs import INDEX_PREFIX, PACK_PREFIX, Location, index_key, pack_key
-from mlvc_core.repository import Repository
+from mlvc_core.lock import ExclusiveLock, Holder, active_writers
+from mlvc_core.packs import (
+    GENERATION_KEY,
+    PACK_PREFIX,
+    Generation,
+    Location,
+    PackWriter,
+    encode_index_file,
+    index_file_key,
+    new_pack_id,
+    pack_key,
+)
+from mlvc_core.repository import SMALL_INDEX, Repository
 from mlvc_core.walk import all_roots, reachable
 
 SMALL_PACK = 4 << 20
@@ -33,6 +56,13 @@ MERGE_AT = 16
 REPACK_DEAD_FRACTION = 0.2
 """Repack a pack once at least this fraction of its payload bytes is dead (headers and the
 index trailer are not payload: a freshly repacked pack is never dead weight)."""
+
+INDEX_FILE_ENTRIES = 500_000
+"""Most entries gc puts in one index file."""
+
+OTHER_TEMP_AGE = 3600.0
+"""Temporary files outside ``packs/`` and ``index/`` (refs, heartbeats: written without a
+shared lock) are removed only when at least this old."""
 
 
 @dataclass
@@ -50,6 +80,14 @@ class GcReport:
     bytes_freed: int = 0
     bytes_kept: int = 0
     packs_in_grace: int = 0
+    """Packs kept only because a writer that may still be alive may publish them."""
+    writers: list[str] = field(default_factory=list)
+    """Writers that may still be alive (why the grace period applied), described."""
+    temp_files_deleted: int = 0
+    index_files_before: int = 0
+    index_files_after: int = 0
+    generation: int = 0
+    """The repository generation after gc (advanced whenever anything is deleted)."""
 
     def to_dict(self) -> dict[str, object]:
         """JSON-safe form."""
@@ -65,15 +103,41 @@ def collect(
 ) -> GcReport:
     """Find (and unless ``dry_run``, free) everything no ref reaches.
 
+    Args:
+        repo: The repository.
+        dry_run: Only report.
+        grace_seconds: How long packs of a writer that may still be alive are kept.
+        progress: Called with the size of each pack examined.
+        now: The current time (tests).
+
     Raises:
         RepositoryLocked: Another gc runs or writers are active (only when not a dry run).
     """
     lock = None if dry_run else ExclusiveLock.acquire(repo.store)
     try:
-        return _collect(repo, dry_run, grace_seconds, progress, time.time() if now is None else now)
+        if lock is not None and repo.config.version < FORMAT_VERSION:
+            repo.upgrade()
+        writers = active_writers(repo.store) if lock is None else lock.broken
+        return _collect(
+            repo,
+            dry_run,
+            grace_seconds,
+            progress,
+            time.time() if now is None else now,
+            writers,
+        )
     finally:
         if lock is not None:
             lock.release()
+
+
+@dataclass
+class _Plan:
+    keep: list[tuple[ObjectId, Location]] = field(default_factory=list)
+    repack: list[tuple[str, list[tuple[ObjectId, Location]]]] = field(default_factory=list)
+    delete_packs: list[str] = field(default_factory=list)
+    delete_temp: list[str] = field(default_factory=list)
+    dead_entries: int = 0
 
 
 def _collect(
@@ -82,84 +146,144 @@ def _collect(
     grace: float,
     progress: Callable[[int], None] | None,
     now: float,
+    writers: list[Holder],
 ) -> GcReport:
     report = GcReport(dry_run=dry_run)
-    repo.load_index()
+    report.writers = [w.describe(now) for w in writers]
+    protect = bool(writers)
+    repo.reload_index()  # every index file as of now (no writer can add one meanwhile)
+    files = repo.index_files()
+    report.index_files_before = len(files)
+    covered = {p for packs in files.values() for p in packs}
     live = reachable(repo, all_roots(repo))
     report.reachable_objects = len(live)
     pack_infos = {i.key.rsplit("/", 1)[-1]: i for i in repo.store.list(PACK_PREFIX)}
-    index_infos = {i.key[len(INDEX_PREFIX) :]: i for i in repo.store.list(INDEX_PREFIX)}
     report.packs_total = len(pack_infos)
 
+    # A payload stored twice (two writers raced) is live only in the pack the index names;
+    # a pack all of whose payloads are such duplicates has no entries here and is dead.
     by_pack: dict[str, list[tuple[ObjectId, Location]]] = defaultdict(list)
     for oid, loc in repo.iter_index():
         by_pack[loc.pack].append((oid, loc))
-    # A payload stored twice (two writers raced) is live only in the pack the index names;
-    # a pack all of whose payloads are such duplicates has no entries here and is dead.
-
-    to_repack: list[tuple[str, list[tuple[ObjectId, Location]]]] = []
+    plan = _Plan()
+    plan.dead_entries = sum(len(v) for p, v in by_pack.items() if p not in pack_infos)
     small: list[tuple[str, list[tuple[ObjectId, Location]]]] = []
     for pack_id, info in pack_infos.items():
-        young = (
-            now - max(info.mtime, index_infos[pack_id].mtime if pack_id in index_infos else 0)
-            < grace
-        )
-        if young:
+        entries = by_pack.get(pack_id, [])
+        if protect and now - info.mtime < grace:
             report.packs_in_grace += 1
             report.bytes_kept += info.size
+            plan.keep.extend(entries)
             continue
-        if pack_id not in index_infos:
+        if pack_id not in covered:
             report.orphans_deleted += 1
             report.bytes_freed += info.size
-            if not dry_run:
-                repo.store.delete(pack_key(pack_id))
+            plan.delete_packs.append(pack_id)
             continue
-        entries = by_pack.get(pack_id, [])
         live_entries = [(oid, loc) for oid, loc in entries if oid in live]
+        plan.dead_entries += len(entries) - len(live_entries)
         live_bytes = sum(loc.stored_len for _, loc in live_entries)
         dead_bytes = sum(loc.stored_len for oid, loc in entries if oid not in live)
         if not live_entries:
             report.packs_deleted += 1
             report.bytes_freed += info.size
-            if not dry_run:
-                repo.store.delete(index_key(pack_id))
-                repo.store.delete(pack_key(pack_id))
-                repo.forget_packs([pack_id])
+            plan.delete_packs.append(pack_id)
         elif dead_bytes >= REPACK_DEAD_FRACTION * (live_bytes + dead_bytes):
             report.packs_repacked += 1
             report.bytes_freed += info.size - live_bytes
             report.bytes_kept += live_bytes
-            to_repack.append((pack_id, live_entries))
+            plan.repack.append((pack_id, live_entries))
         else:
             report.bytes_kept += info.size
             if info.size < SMALL_PACK:
                 small.append((pack_id, live_entries))
+            else:
+                plan.keep.extend(live_entries)
         if progress is not None:
             progress(info.size)
     if len(small) >= MERGE_AT:
         report.packs_merged = len(small)
-        to_repack.extend(small)
-    if not dry_run and to_repack:
-        _repack(repo, to_repack)
+        plan.repack.extend(small)
+    else:
+        plan.keep.extend(e for _, entries in small for e in entries)
+    for prefix in ("packs/", "index/"):
+        for info in repo.store.list_temporary(prefix):
+            if not (protect and now - info.mtime < grace):
+                plan.delete_temp.append(info.key)
+    for info in repo.store.list_temporary(""):
+        if not info.key.startswith(("packs/", "index/")) and now - info.mtime > OTHER_TEMP_AGE:
+            plan.delete_temp.append(info.key)
+    report.temp_files_deleted = len(plan.delete_temp)
+    report.generation = repo.generation
+    if dry_run:
+        report.index_files_after = report.index_files_before
+        return report
+    changed = bool(plan.repack or plan.delete_packs or plan.dead_entries)
+    many_small = sum(1 for i in files if repo._sizes.get(i, 0) < SMALL_INDEX) > 1
+    if changed or many_small:
+        _rewrite(repo, plan, files, report)
+    else:
+        report.index_files_after = report.index_files_before
+    for key in plan.delete_temp:
+        repo.store.delete_temporary(key)
     return report
 
 
-def _repack(repo: Repository, packs: list[tuple[str, list[tuple[ObjectId, Location]]]]) -> None:
-    """Copy live payloads verbatim (verified) into new packs, then drop the old packs."""
-    done: list[str] = []
-    # Drop the old packs from the in-memory index first, so the session does not consider
-    # their payloads already stored.
-    repo.forget_packs(pack_id for pack_id, _ in packs)
-    with repo.session(lock=False) as s:  # the caller holds the exclusive lock
+def _rewrite(
+    repo: Repository,
+    plan: _Plan,
+    files: dict[str, tuple[str, ...]],
+    report: GcReport,
+) -> None:
+    """Repack, publish the new index and generation, then delete (in that order)."""
+    entries = plan.keep + _repack(repo, plan.repack)
+    new_ids: list[str] = []
+    for start in range(0, max(len(entries), 1), INDEX_FILE_ENTRIES):
+        part = entries[start : start + INDEX_FILE_ENTRIES]
+        if not part:
+            break
+        index_id = new_pack_id()
+        repo.store.write(index_file_key(index_id), encode_index_file(part))
+        new_ids.append(index_id)
+    generation = Generation(repo.read_generation().number + 1, tuple(new_ids))
+    repo.store.write(GENERATION_KEY, generation.encode(time.time()))
+    # From here on every writer rebuilds its index from the files just named.
+    for index_id in files:
+        if index_id not in new_ids:
+            repo.store.delete(index_file_key(index_id))
+    for pack_id in plan.delete_packs + [p for p, _ in plan.repack]:
+        repo.store.delete(pack_key(pack_id))
+    repo.refresh()
+    report.index_files_after = len(new_ids)
+    report.generation = generation.number
+
+
+def _repack(
+    repo: Repository, packs: list[tuple[str, list[tuple[ObjectId, Location]]]]
+) -> list[tuple[ObjectId, Location]]:
+    """Copy live payloads verbatim (verified) into new packs; return their new locations."""
+    out: list[tuple[ObjectId, Location]] = []
+    done: set[ObjectId] = set()
+    w: PackWriter | None = None
+    try:
         for pack_id, entries in packs:
-            key = pack_key(pack_id)
             ranges = [(loc.offset, loc.stored_len) for _, loc in entries]
-            payloads = repo.store.read_ranges(key, ranges)
+            payloads = repo.store.read_ranges(pack_key(pack_id), ranges)
             for (oid, loc), payload in zip(entries, payloads, strict=True):
+                if oid in done:
+                    continue
                 repo.verify_payload(oid, loc, payload)
-                s.add_payload(oid, loc.kind, loc.codec, payload, loc.raw_len)
-            done.append(pack_id)
-        s.flush()
-        for pack_id in done:
-            repo.store.delete(index_key(pack_id))
-            repo.store.delete(pack_key(pack_id))
+                if w is not None and w.size >= repo.config.pack_size:
+                    out.extend(w.finish())
+                    w = None
+                if w is None:
+                    w = PackWriter(repo.store)
+                w.add(oid, loc.kind, loc.codec, payload, loc.raw_len)
+                done.add(oid)
+        if w is not None:
+            out.extend(w.finish())
+            w = None
+    finally:
+        if w is not None:
+            w.abort()
+    return out

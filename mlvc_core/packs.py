@@ -9,17 +9,26 @@ pack is streamed straight to its final store key (published atomically on close)
 modified afterwards. Its index (``index/<id>``) is written after the pack, and the same index
 blob also ends the pack itself so a lost index can be rebuilt from the pack alone.
 
-Index blob::
+Pack index blob (the pack's trailer; also a version-1 index file)::
 
     b"MLVCIDX1" | blake3(body) (32 bytes) | body = zstd(msgpack({"pack": id, "entries": [...]}))
 
-with one entry ``[id, kind, offset, stored_len, raw_len, codec]`` per payload. Readers trust a
-pack only through its index, so a pack whose writer died before the index was written is
-invisible (and ``gc`` reclaims it after the grace period).
+with one entry ``[id, kind, offset, stored_len, raw_len, codec]`` per payload.
+
+Index file (format version 2, ``index/<id>``, ``id`` = 32 random hex digits), covering any
+number of packs (one per write session flush; merged by writers and rewritten by ``gc``)::
+
+    b"MLVCIDX2" | blake3(body) (32 bytes) | body = zstd(msgpack({"packs": [pack id, ...],
+                                   "entries": [[id, pack no, kind, offset, stored_len, raw_len,
+                                               codec], ...]}))
+
+``pack no`` indexes ``packs``. Readers trust a pack only through an index file, so a pack whose
+writer died before its index was written is invisible (and ``gc`` reclaims it).
 """
 
 from __future__ import annotations
 
+import json
 import struct
 import uuid
 from typing import NamedTuple
@@ -34,6 +43,7 @@ from mlvc_core.storage.base import Store, Writer
 PACK_MAGIC = b"MLVCPCK1"
 END_MAGIC = b"MLVCEND1"
 INDEX_MAGIC = b"MLVCIDX1"
+INDEX_FILE_MAGIC = b"MLVCIDX2"
 PACK_PREFIX = "packs/"
 INDEX_PREFIX = "index/"
 
@@ -57,6 +67,11 @@ def pack_key(pack_id: str) -> str:
 def index_key(pack_id: str) -> str:
     """Store key of a pack's index."""
     return f"{INDEX_PREFIX}{pack_id}"
+
+
+def index_file_key(index_id: str) -> str:
+    """Store key of an index file."""
+    return f"{INDEX_PREFIX}{index_id}"
 
 
 def new_pack_id() -> str:
@@ -108,6 +123,56 @@ def decode_index(data: bytes, name: str) -> tuple[str, list[tuple[ObjectId, Loca
     return pack_id, out
 
 
+class IndexFile(NamedTuple):
+    """A decoded index file: the packs it covers and their payloads' locations."""
+
+    packs: tuple[str, ...]
+    entries: list[tuple[ObjectId, Location]]
+
+
+def encode_index_file(entries: list[tuple[ObjectId, Location]]) -> bytes:
+    """Encode an index file covering every pack ``entries`` name (format version 2)."""
+    packs: dict[str, int] = {}
+    rows = []
+    for oid, loc in entries:
+        n = packs.setdefault(loc.pack, len(packs))
+        rows.append([oid, n, loc.kind, loc.offset, loc.stored_len, loc.raw_len, loc.codec])
+    body = compress_blob(msgpack.packb({"packs": list(packs), "entries": rows}, use_bin_type=True))
+    return INDEX_FILE_MAGIC + hash_bytes(body) + body
+
+
+def decode_index_file(data: bytes, name: str) -> IndexFile:
+    """Decode and verify an index file of either version.
+
+    A version-1 file is one pack's index blob (see :func:`decode_index`).
+
+    Raises:
+        IntegrityError: The body does not match its recorded hash.
+        FormatError: Not an index file.
+    """
+    if data[:8] == INDEX_MAGIC:
+        pack_id, entries = decode_index(data, name)
+        return IndexFile((pack_id,), entries)
+    if data[:8] != INDEX_FILE_MAGIC:
+        raise FormatError(f"index {name} has no index header")
+    digest, body = data[8 : 8 + DIGEST_SIZE], data[8 + DIGEST_SIZE :]
+    if hash_bytes(body) != digest:
+        raise IntegrityError(name, "index does not match its checksum")
+    try:
+        doc = msgpack.unpackb(decompress_blob(body), raw=False)
+        packs = tuple(str(p) for p in doc["packs"])
+        out = [
+            (
+                ObjectId(e[0]),
+                Location(packs[e[1]], int(e[3]), int(e[4]), int(e[5]), int(e[6]), int(e[2])),
+            )
+            for e in doc["entries"]
+        ]
+    except (KeyError, TypeError, ValueError, IndexError, msgpack.UnpackException) as exc:
+        raise FormatError(f"malformed index {name}: {exc}") from exc
+    return IndexFile(packs, out)
+
+
 def read_pack_trailer(store: Store, pack_id: str, size: int) -> bytes:
     """The index blob stored at the end of a pack (to rebuild a lost index).
 
@@ -127,7 +192,7 @@ def read_pack_trailer(store: Store, pack_id: str, size: int) -> bytes:
 
 
 class PackWriter:
-    """Appends payloads to one new pack; :meth:`finish` publishes pack then index."""
+    """Appends payloads to one new pack; :meth:`finish` publishes it (not its index file)."""
 
     def __init__(self, store: Store) -> None:
         self.store = store
@@ -149,14 +214,17 @@ class PackWriter:
         return loc
 
     def finish(self) -> list[tuple[ObjectId, Location]]:
-        """Close the pack, then write its index. Returns the entries."""
+        """Close (publish) the pack, its own index blob as trailer. Returns the entries.
+
+        The caller then publishes an index file covering them (:func:`encode_index_file`):
+        until it does, the pack is invisible to readers.
+        """
         assert self._out is not None, "pack already finished"
         blob = encode_index(self.pack_id, self.entries)
         self._out.write(blob)
         self._out.write(struct.pack("<Q", len(blob)) + END_MAGIC)
         out, self._out = self._out, None
         out.close()
-        self.store.write(index_key(self.pack_id), blob)
         return self.entries
 
     def abort(self) -> None:
@@ -164,3 +232,40 @@ class PackWriter:
         if self._out is not None:
             self._out.abort()
             self._out = None
+
+
+GENERATION_KEY = "generation"
+
+
+class Generation(NamedTuple):
+    """The repository generation: gc advances it whenever it deletes anything.
+
+    ``indexes`` names every index file gc left behind (all others that existed before it ran
+    are gone or about to be); files written after it are not named. None for generation 0
+    (no gc has deleted anything yet).
+    """
+
+    number: int
+    indexes: tuple[str, ...] | None
+
+    def encode(self, when: float) -> bytes:
+        """JSON form (``when``: seconds since the epoch, for people reading it)."""
+        doc = {"generation": self.number, "indexes": list(self.indexes or ()), "time": when}
+        return json.dumps(doc).encode()
+
+    @classmethod
+    def decode(cls, data: bytes) -> Generation:
+        """Parse a generation record.
+
+        Raises:
+            FormatError: Not one.
+        """
+        try:
+            doc = json.loads(data)
+            number = int(doc["generation"])
+            indexes = tuple(str(i) for i in doc["indexes"])
+        except (ValueError, TypeError, KeyError) as exc:
+            raise FormatError(f"malformed generation record: {exc}") from exc
+        if number < 0 or any(not i or "/" in i for i in indexes):
+            raise FormatError("malformed generation record")
+        return cls(number, indexes)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import getpass
+import logging
 import os
 import socket
 import threading
@@ -20,11 +21,12 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from mlvc_core import codec
-from mlvc_core.config import RepoConfig
+from mlvc_core.config import FORMAT_VERSION, RepoConfig
 from mlvc_core.errors import (
     FormatError,
     IntegrityError,
@@ -32,7 +34,10 @@ from mlvc_core.errors import (
     MlvcError,
     NotARepository,
     ObjectNotFound,
+    PreconditionFailed,
     RepositoryExists,
+    RepositoryLocked,
+    StorageError,
     UsageError,
 )
 from mlvc_core.ids import ObjectId, from_hex, hash_bytes, is_hex_prefix, resolve_prefix, to_hex
@@ -45,9 +50,22 @@ from mlvc_core.objects import (
     Object,
     Tree,
     decode,
+    iter_tree_refs,
     object_id,
 )
-from mlvc_core.packs import INDEX_PREFIX, Location, PackWriter, decode_index, index_key, pack_key
+from mlvc_core.packs import (
+    GENERATION_KEY,
+    INDEX_PREFIX,
+    Generation,
+    IndexFile,
+    Location,
+    PackWriter,
+    decode_index_file,
+    encode_index_file,
+    index_file_key,
+    new_pack_id,
+    pack_key,
+)
 from mlvc_core.refs import KINDS, Ref, RefStore
 from mlvc_core.storage import Store, open_store
 
@@ -55,6 +73,13 @@ CONFIG_KEY = "config"
 ProgressFn = Callable[[int], None]
 """Called with a number of bytes just processed."""
 
+
+log = logging.getLogger(__name__)
+
+INDEX_MERGE_AT = 32
+"""A writer merges the small index files once this many have accumulated."""
+SMALL_INDEX = 50_000
+"""Index files with fewer entries than this are small (merged by writers and gc)."""
 
 _RUN_BYTES = 4 << 20
 """Most bytes, stored and decoded, in one run of :meth:`Repository.chunk_runs` (one request)."""
@@ -100,12 +125,14 @@ class Repository:
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
         self._index: dict[ObjectId, Location] = {}
         self._commits: set[ObjectId] = set()
-        self._loaded_indexes: set[str] = set()
+        self._files: dict[str, tuple[str, ...]] = {}
+        self._sizes: dict[str, int] = {}
+        self._generation = -1
         self._index_lock = threading.RLock()
         self._objects = _ObjectCache()
         self._pool: ThreadPoolExecutor | None = None
         self._index_loaded = False
-        """Indexes are read on first need (``ls`` and ref reads never need them)."""
+        """Index files are read on first need (``ls`` and ref reads never need them)."""
 
     # ------------------------------------------------------------------ open / init
 
@@ -171,63 +198,239 @@ class Repository:
 
     # ------------------------------------------------------------------ index
 
-    def _read_index_blob(self, pack_id: str) -> bytes:
-        cached = self.cache_dir / "index" / pack_id if self.cache_dir is not None else None
+    def _cached_index_path(self, index_id: str) -> Path | None:
+        return self.cache_dir / "index" / index_id if self.cache_dir is not None else None
+
+    def read_index_file(self, index_id: str) -> IndexFile:
+        """An index file, from the local cache if there (index files never change).
+
+        A damaged cache file is a hint gone bad, not a damaged repository: it is discarded
+        with a warning and fetched again.
+
+        Raises:
+            KeyNotFound: No such index file (gc or a merge removed it).
+            IntegrityError: The stored index file is damaged.
+            FormatError: The stored index file is not one.
+        """
+        key = index_file_key(index_id)
+        cached = self._cached_index_path(index_id)
         if cached is not None and cached.is_file():
-            return cached.read_bytes()
-        data = self.store.read(index_key(pack_id))
-        if cached is not None:
+            try:
+                return decode_index_file(cached.read_bytes(), key)
+            except (FormatError, IntegrityError, OSError) as exc:
+                log.warning(
+                    "mlvc: local index cache file %s was damaged (%s); discarded, fetching it "
+                    "again from the repository",
+                    cached,
+                    exc,
+                )
+                with contextlib.suppress(OSError):
+                    cached.unlink()
+        data = self.store.read(key)
+        decoded = decode_index_file(data, key)
+        self._cache_index(index_id, data)
+        return decoded
+
+    def _cache_index(self, index_id: str, data: bytes) -> None:
+        cached = self._cached_index_path(index_id)
+        if cached is None:
+            return
+        with contextlib.suppress(OSError):
             cached.parent.mkdir(parents=True, exist_ok=True)
-            tmp = cached.with_suffix(f".tmp{os.getpid()}")
+            tmp = cached.with_name(f"{cached.name}.tmp{os.getpid()}-{threading.get_ident()}")
             tmp.write_bytes(data)
             os.replace(tmp, cached)
-        return data
 
-    def index_ids(self) -> list[str]:
-        """Ids of every pack with a published index."""
-        return [info.key[len(INDEX_PREFIX) :] for info in self.store.list(INDEX_PREFIX)]
+    def list_index_files(self) -> list[str]:
+        """Ids of every published index file (one LIST)."""
+        return [
+            info.key[len(INDEX_PREFIX) :]
+            for info in self.store.list(INDEX_PREFIX)
+            if "/" not in info.key[len(INDEX_PREFIX) :]
+        ]
 
-    def load_index(self) -> int:
-        """Read indexes not loaded yet (new packs from other writers). Returns how many."""
-        new = [p for p in self.index_ids() if p not in self._loaded_indexes]
-        self._index_loaded = True
-        if not new:
-            return 0
-        blobs: Iterable[bytes]
-        if len(new) > 4 and not self.store.is_local:
+    def _read_many(self, ids: list[str]) -> list[IndexFile]:
+        if len(ids) > 4 and not self.store.is_local:
             with ThreadPoolExecutor(16) as ex:
-                blobs = list(ex.map(self._read_index_blob, new))
-        else:
-            blobs = (self._read_index_blob(p) for p in new)
-        for pack_id, blob in zip(new, blobs, strict=True):
-            _, entries = decode_index(blob, index_key(pack_id))
-            self._add_entries(pack_id, entries)
-        return len(new)
-
-    def _add_entries(self, pack_id: str, entries: list[tuple[ObjectId, Location]]) -> None:
-        with self._index_lock:
-            for oid, loc in entries:
-                self._index.setdefault(oid, loc)
-                if loc.kind == COMMIT:
-                    self._commits.add(oid)
-            self._loaded_indexes.add(pack_id)
-
-    def forget_packs(self, pack_ids: Iterable[str]) -> None:
-        """Drop packs from the in-memory index (gc, before it rewrites their payloads)."""
-        gone = set(pack_ids)
-        with self._index_lock:
-            for oid in [o for o, loc in self._index.items() if loc.pack in gone]:
-                del self._index[oid]
-            self._loaded_indexes -= gone
+                return list(ex.map(self.read_index_file, ids))
+        return [self.read_index_file(i) for i in ids]
 
     def _ensure_index(self) -> None:
         if not self._index_loaded:
-            self.load_index()
+            self.reload_index()
+
+    def index_ids(self) -> list[str]:
+        """Ids of every pack covered by a loaded index file."""
+        self._ensure_index()
+        with self._index_lock:
+            return sorted({p for packs in self._files.values() for p in packs})
+
+    def index_files(self) -> dict[str, tuple[str, ...]]:
+        """Loaded index files: id -> the packs each covers."""
+        self._ensure_index()
+        with self._index_lock:
+            return dict(self._files)
+
+    @property
+    def generation(self) -> int:
+        """The repository generation the in-memory index is at (see :meth:`refresh`)."""
+        return self._generation
+
+    def read_generation(self) -> Generation:
+        """The repository's current generation record (generation 0 until gc first deletes).
+
+        Raises:
+            FormatError: The record is damaged.
+        """
+        try:
+            data = self.store.read(GENERATION_KEY)
+        except KeyNotFound:
+            return Generation(0, None)
+        return Generation.decode(data)
+
+    def load_index(self) -> int:
+        """Read index files not loaded yet (new packs from other writers). Returns how many.
+
+        Only adds: it never learns of deletions (see :meth:`refresh`).
+        """
+        if not self._index_loaded:
+            before = len(self._files)
+            self.reload_index()
+            return len(self._files) - before
+        for _ in range(3):
+            new = [i for i in self.list_index_files() if i not in self._files]
+            if not new:
+                return 0
+            try:
+                files = self._read_many(new)
+            except KeyNotFound:
+                continue  # merged away between the listing and the read: list again
+            for index_id, f in zip(new, files, strict=True):
+                self._add_file(index_id, f)
+            return len(new)
+        return 0
+
+    def refresh(self) -> bool:
+        """Bring the in-memory index to the repository's current generation.
+
+        One small read when gc has not run since the index was loaded. When it has, the
+        index is rebuilt from the index files the generation record names (no listing),
+        so nothing gc removed is believed stored any more. Returns True if it changed.
+        A write session calls this after taking its shared lock and before any dedup.
+
+        Raises:
+            FormatError: The generation record is damaged.
+        """
+        for _ in range(3):
+            gen = self.read_generation()
+            if gen.number == self._generation:
+                return False
+            if gen.indexes is None:
+                break
+            try:
+                files = self._read_many(list(gen.indexes))
+            except KeyNotFound:
+                continue  # a later gc or a writer's merge removed one: read the record again
+            self._replace(gen.number, dict(zip(gen.indexes, files, strict=True)))
+            return True
+        self.reload_index()
+        return True
+
+    def reload_index(self) -> None:
+        """Rebuild the in-memory index from a fresh listing (at open, or when unsure).
+
+        The generation is read before the listing: should gc run in between, the next
+        :meth:`refresh` sees a newer generation and rebuilds again.
+        """
+        for _ in range(5):
+            gen = self.read_generation()
+            ids = self.list_index_files()
+            try:
+                files = self._read_many(ids)
+            except KeyNotFound:
+                continue
+            self._replace(gen.number, dict(zip(ids, files, strict=True)))
+            self._prune_cache(set(ids))
+            return
+        raise StorageError("index files kept disappearing while being read; retry")
+
+    def _replace(self, generation: int, files: dict[str, IndexFile]) -> None:
+        index: dict[ObjectId, Location] = {}
+        commits: set[ObjectId] = set()
+        for f in files.values():
+            for oid, loc in f.entries:
+                index.setdefault(oid, loc)
+                if loc.kind == COMMIT:
+                    commits.add(oid)
+        with self._index_lock:
+            self._index = index
+            self._commits = commits
+            self._files = {i: f.packs for i, f in files.items()}
+            self._sizes = {i: len(f.entries) for i, f in files.items()}
+            self._generation = generation
+            self._index_loaded = True
+        self._objects = _ObjectCache()
+
+    def _prune_cache(self, keep: set[str]) -> None:
+        if self.cache_dir is None:
+            return
+        with contextlib.suppress(OSError):
+            for p in (self.cache_dir / "index").iterdir():
+                if p.name not in keep and ".tmp" not in p.name:
+                    p.unlink()
+
+    def _add_file(self, index_id: str, f: IndexFile) -> None:
+        with self._index_lock:
+            for oid, loc in f.entries:
+                self._index.setdefault(oid, loc)
+                if loc.kind == COMMIT:
+                    self._commits.add(oid)
+            self._files[index_id] = f.packs
+            self._sizes[index_id] = len(f.entries)
+
+    def publish_index(self, entries: list[tuple[ObjectId, Location]]) -> str:
+        """Write one index file covering ``entries`` (their packs already published).
+
+        From then on the payloads are stored for every reader. Returns the file's id.
+        """
+        index_id = new_pack_id()
+        blob = encode_index_file(entries)
+        self.store.write(index_file_key(index_id), blob)
+        self._cache_index(index_id, blob)
+        packs = tuple(dict.fromkeys(loc.pack for _, loc in entries))
+        self._add_file(index_id, IndexFile(packs, entries))
+        return index_id
+
+    def merge_small_indexes(self, at: int = INDEX_MERGE_AT) -> int:
+        """Merge small index files into one once ``at`` or more of them are loaded.
+
+        Safe beside other writers and readers: the merged file is written before the small
+        ones are deleted and names the same payloads, so nothing becomes less present (a
+        reader that lists a small file just before it goes lists again). Call it only while
+        holding a shared lock, so gc cannot run meanwhile. Returns how many were merged.
+        """
+        with self._index_lock:
+            small = [i for i, n in self._sizes.items() if n < SMALL_INDEX]
+        if len(small) < at:
+            return 0
+        try:
+            files = self._read_many(small)
+        except KeyNotFound:
+            return 0  # another writer is merging them: leave it to that one
+        entries = [e for f in files for e in f.entries]
+        self.publish_index(entries)
+        for i in small:
+            self.store.delete(index_file_key(i))
+        with self._index_lock:
+            for i in small:
+                self._files.pop(i, None)
+                self._sizes.pop(i, None)
+        return len(small)
 
     def has(self, oid: ObjectId) -> bool:
         """True if ``oid`` is stored (in a pack with a published index)."""
         if not self._index_loaded:
-            self.load_index()
+            self.reload_index()
         return oid in self._index
 
     def locate(self, oid: ObjectId) -> Location:
@@ -236,6 +439,7 @@ class Repository:
         Raises:
             ObjectNotFound: It is not.
         """
+        self._ensure_index()
         loc = self._index.get(oid)
         if loc is None:
             self.load_index()
@@ -435,6 +639,39 @@ class Repository:
 
     # ------------------------------------------------------------------ writes
 
+    def upgrade(self) -> bool:
+        """Upgrade a repository of an older format version to this one's; True if it did.
+
+        Version 1 to 2 rewrites only the config (version-1 index files stay valid). mlvc
+        versions that know only version 1 refuse the repository afterwards, with a message.
+        Write sessions and gc do this on their own, logging a warning.
+
+        Raises:
+            UnsupportedFormatVersion: The stored config names a version this mlvc does not know.
+        """
+        for _ in range(5):
+            data, version = self.store.read_versioned(CONFIG_KEY)
+            current = RepoConfig.decode(data)
+            if current.version >= FORMAT_VERSION:
+                self.config = current
+                return False
+            upgraded = replace(current, version=FORMAT_VERSION)
+            try:
+                self.store.write_if(CONFIG_KEY, upgraded.encode(), version)
+            except PreconditionFailed:
+                continue  # another process upgraded it at the same moment: read it again
+            self.config = upgraded
+            log.warning(
+                "mlvc: upgraded the repository at %s from format version %d to %d "
+                "(mlvc versions that only know version %d can no longer open it)",
+                self.url,
+                current.version,
+                FORMAT_VERSION,
+                current.version,
+            )
+            return True
+        raise StorageError(f"cannot upgrade {self.url}: its config keeps changing")
+
     def session(self, progress: ProgressFn | None = None, lock: bool = True) -> WriteSession:
         """A new write session (use as a context manager).
 
@@ -544,10 +781,14 @@ def default_author() -> str:
 
 
 class WriteSession:
-    """Streams new payloads into packs; :meth:`finish` publishes them (packs, then indexes).
+    """Streams new payloads into packs; :meth:`flush` publishes them (packs, then one index file).
 
     Data chunks and metadata objects go to separate packs, so metadata stays cheap to read
     and cache. Thread-safe for concurrent ``add_*`` calls.
+
+    On creation the session registers as a writer (a shared lock, refreshed in the background)
+    and then brings the repository's index to the current generation (:meth:`Repository.refresh`),
+    so everything it deduplicates against is really stored: gc cannot run until it ends.
     """
 
     def __init__(
@@ -558,12 +799,25 @@ class WriteSession:
         self._data: PackWriter | None = None
         self._meta: PackWriter | None = None
         self._pending: dict[ObjectId, Location] = {}
+        """Written in this session, not yet in a published index file."""
+        self._unindexed: list[tuple[ObjectId, Location]] = []
+        """Entries of packs already closed whose index file is not written yet."""
         self._lock = threading.Lock()
         self.new_bytes = 0
         self.stored_bytes = 0
         self.read_bytes = 0
-        # Registered before any dedup decision: gc must not delete what this session reuses.
-        self._lock_handle: SharedLock | None = SharedLock.acquire(repo.store) if lock else None
+        self._lock_handle: SharedLock | None = None
+        if lock:
+            if repo.config.version < FORMAT_VERSION:
+                repo.upgrade()
+            # Registered, then refreshed, before any dedup decision: what this session
+            # reuses is present in the current generation, and gc waits until it ends.
+            self._lock_handle = SharedLock.acquire(repo.store)
+            try:
+                repo.refresh()
+            except BaseException:
+                self._release()
+                raise
 
     def has(self, oid: ObjectId) -> bool:
         """True if ``oid`` is stored or already written in this session."""
@@ -572,23 +826,17 @@ class WriteSession:
     def _writer(self, kind: int) -> PackWriter:
         if kind == CHUNK:
             if self._data is not None and self._data.size >= self.repo.config.pack_size:
-                self._publish(self._data)
+                self._unindexed.extend(self._data.finish())
                 self._data = None
             if self._data is None:
                 self._data = PackWriter(self.repo.store)
             return self._data
         if self._meta is not None and self._meta.size >= self.repo.config.pack_size:
-            self._publish(self._meta)
+            self._unindexed.extend(self._meta.finish())
             self._meta = None
         if self._meta is None:
             self._meta = PackWriter(self.repo.store)
         return self._meta
-
-    def _publish(self, w: PackWriter) -> None:
-        entries = w.finish()
-        self.repo._add_entries(w.pack_id, entries)
-        for oid, _ in entries:
-            self._pending.pop(oid, None)
 
     def add_payload(
         self, oid: ObjectId, kind: int, codec_id: int, payload: bytes | memoryview, raw_len: int
@@ -614,7 +862,13 @@ class WriteSession:
         return oid
 
     def add_object(self, obj: Object) -> ObjectId:
-        """Encode and store a manifest, tree or commit; return its id."""
+        """Encode and store a manifest, tree or commit; return its id.
+
+        Raises:
+            ObjectNotFound: It refers to something not stored (never recorded: a commit
+                must not reach missing data).
+        """
+        self._check_refs(obj)
         data = obj.encode()
         oid = object_id(obj)
         if not self.has(oid):
@@ -623,21 +877,49 @@ class WriteSession:
         self.repo._objects.put(oid, obj)
         return oid
 
-    def flush(self) -> None:
-        """Publish every open pack (pack first, then its index); the session stays open.
+    def _check_refs(self, obj: Object) -> None:
+        for kind, child in iter_tree_refs(obj):
+            if kind != COMMIT and not self.has(child):
+                raise ObjectNotFound(
+                    to_hex(child),
+                    "object (it is no longer stored: removed by gc since it was read?)",
+                )
 
-        Write a ref to what the session stored only after this returns, and before
-        :meth:`finish`, so gc never sees the session's objects unprotected.
+    def flush(self) -> None:
+        """Publish every open pack, then one index file covering all of them.
+
+        The session stays open. Write a ref to what the session stored only after this
+        returns, and before :meth:`finish`, so gc never sees the session's objects
+        unprotected.
+
+        Raises:
+            RepositoryLocked: This session's lock was removed as abandoned (it was not
+                refreshed for minutes), so gc may have deleted what it reused; nothing
+                more is published.
         """
         with self._lock:
             for w in (self._data, self._meta):
                 if w is not None:
-                    self._publish(w)
+                    self._unindexed.extend(w.finish())
             self._data = self._meta = None
+            if self._lock_handle is not None and self._lock_handle.lost:
+                raise RepositoryLocked(
+                    "gc, which removed this writer's lock as abandoned; nothing was "
+                    "published, retry"
+                )
+            if self._unindexed:
+                self.repo.publish_index(self._unindexed)
+                self._unindexed = []
+                self._pending.clear()
 
     def finish(self) -> None:
-        """Flush and end the session."""
+        """Flush and end the session (merging small index files if many have accumulated)."""
         self.flush()
+        if self._lock_handle is not None:
+            try:
+                self.repo.merge_small_indexes()
+            except MlvcError as exc:  # merging is housekeeping: never fail a commit for it
+                log.warning("mlvc: could not merge index files: %s", exc)
         self._release()
 
     def _release(self) -> None:
@@ -646,13 +928,14 @@ class WriteSession:
             self._lock_handle = None
 
     def abort(self) -> None:
-        """Discard open packs (already published ones stay, unreferenced, for gc)."""
+        """Discard open packs (closed ones stay, without an index file, for gc)."""
         with self._lock:
             for w in (self._data, self._meta):
                 if w is not None:
                     w.abort()
             self._data = self._meta = None
             self._pending.clear()
+            self._unindexed = []
         self._release()
 
     def __enter__(self) -> WriteSession:

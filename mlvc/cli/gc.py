@@ -20,16 +20,18 @@ def gc(
         str,
         typer.Option(
             "--grace",
-            help="Keep data younger than this (a concurrent writer may still need it): "
-            "0, 30m, 1h, 2d.",
+            help="While a writer may still be active (a lock not refreshed for minutes), keep "
+            "packs younger than this: 0, 30m, 1h, 2d. With no writer left it changes nothing.",
         ),
     ] = "1h",
     json_: JsonOpt = False,
 ) -> None:
     """Find (and with --yes, free) data nothing reaches any more.
 
-    Without --yes nothing is deleted: it says what would be freed. Data younger than the
-    grace period is kept, so a concurrent training run's fresh uploads survive.
+    Without --yes nothing is deleted: it says what would be freed. gc waits for no one: it
+    refuses to delete while a writer is active, and frees everything unreachable when none
+    is. Only a writer that may still be alive without refreshing its lock (another host cut
+    off) keeps its packs younger than the grace period.
 
     Examples:
         mlvc gc
@@ -55,10 +57,16 @@ def gc(
     if r.packs_merged:
         merge = "would merge" if r.dry_run else "merged"
         _output.note(f"{merge} {r.packs_merged} small packs into fewer, larger ones", st.quiet)
-    in_grace = r.packs_in_grace
-    if in_grace:
+    if r.temp_files_deleted:
+        verb_tmp = "would remove" if r.dry_run else "removed"
         _output.note(
-            f"{in_grace} packs are younger than the grace period ({grace}) and were left alone",
+            f"{verb_tmp} {r.temp_files_deleted} temporary files of interrupted writes", st.quiet
+        )
+    if r.packs_in_grace:
+        who = r.writers[0] + (f" and {len(r.writers) - 1} more" if len(r.writers) > 1 else "")
+        _output.note(
+            f"kept {r.packs_in_grace} packs younger than the grace period ({grace}): "
+            f"a writer may still publish them: {who}",
             st.quiet,
         )
     if r.dry_run and r.bytes_freed:

@@ -18,7 +18,8 @@ Contract, per method:
 * ``list`` yields every key that starts with a prefix (recursively; the prefix need not end
   at a ``/``), with size, modification time and, where the backend lists one, a version
   (the S3 ETag, the GCS generation) equal to the one ``read_versioned`` returns for the same
-  bytes, so a listing tells whether a key changed without reading it.
+  bytes, so a listing tells whether a key changed without reading it. Partial writes are not
+  keys (``list_temporary`` names those a killed writer left).
 * Failures of the backend itself surface as :class:`~mlvc_core.errors.StorageError`.
 
 This module must not import fsspec or any backend library.
@@ -145,6 +146,18 @@ class Store(abc.ABC):
         Raises:
             PreconditionFailed: The key is not in the expected state.
         """
+
+    def list_temporary(self, prefix: str) -> Iterator[KeyInfo]:
+        """Temporary objects under ``prefix`` that :meth:`list` hides (partial writes).
+
+        A writer killed in the middle of a write leaves them behind; only ``gc`` looks, and
+        removes them with :meth:`delete_temporary` once their writers are gone. The default
+        (backends whose partial writes are invisible and expire on their own) has none.
+        """
+        return iter(())
+
+    def delete_temporary(self, key: str) -> None:  # noqa: B027 - optional hook
+        """Remove a temporary object named by :meth:`list_temporary`."""
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections; the default does nothing."""

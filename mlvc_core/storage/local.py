@@ -204,6 +204,29 @@ class LocalStore(Store):
                 if key.startswith(prefix):
                     yield KeyInfo(key, st.st_size, st.st_mtime)
 
+    def list_temporary(self, prefix: str) -> Iterator[KeyInfo]:
+        base = self.root / prefix if prefix else self.root
+        if not base.is_dir():
+            return
+        for dirpath, dirs, files in os.walk(base):
+            if dirpath == str(self.root):
+                dirs[:] = [d for d in dirs if d != _LOCK_DIR]
+            for name in files:
+                if _TMP_SUFFIX not in name:
+                    continue
+                full = os.path.join(dirpath, name)
+                try:
+                    st = os.stat(full)
+                except FileNotFoundError:
+                    continue
+                key = os.path.relpath(full, self.root).replace(os.sep, "/")
+                yield KeyInfo(key, st.st_size, st.st_mtime)
+
+    def delete_temporary(self, key: str) -> None:
+        if _TMP_SUFFIX not in key.rsplit("/", 1)[-1]:
+            raise ValueError(f"{key!r} is not a temporary file")
+        self.delete(key)
+
     def delete(self, key: str) -> None:
         try:
             os.unlink(self._path(key))

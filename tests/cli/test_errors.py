@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import time
 from pathlib import Path
 
 import pytest
@@ -151,7 +152,10 @@ def test_gc_refuses_while_a_writer_is_active(cli: Cli, write: Write, project: Pa
     _commit(cli, write)
     writer = project / ".mlvc" / "locks" / "shared-0123456789abcdef"
     writer.parent.mkdir(parents=True, exist_ok=True)
-    writer.write_text(json.dumps({"host": "trainer-7", "pid": 4242, "time": 0, "op": "write"}))
+    # Another host's writer, refreshed just now: alive as far as anyone here can tell.
+    writer.write_text(
+        json.dumps({"host": "trainer-7", "pid": 4242, "time": time.time(), "op": "write"})
+    )
     r = cli("gc", "--yes", code=11)
     assert "locked" in r.stderr and "trainer-7" in r.stderr
     assert cli.json("gc")["dry_run"] is True  # a dry run needs no lock

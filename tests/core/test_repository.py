@@ -404,13 +404,26 @@ def test_gc_dry_run_by_default_then_frees_only_unreachable(tmp_path: Path) -> No
     assert stats(fresh).stored_bytes < before - 150_000
 
 
-def test_gc_grace_period_protects_fresh_packs(tmp_path: Path) -> None:
+def test_gc_grace_period_protects_fresh_packs_only_of_a_writer_that_may_be_alive(
+    tmp_path: Path,
+) -> None:
+    from mlvc_core.lock import Holder
+
     repo = Repository.init(tmp_path / "r", SMALL)
     (tmp_path / "f").write_bytes(rand(100_000))
     repo.commit(tmp_path / "f", "x", branch="tmp")
     repo.refs.delete("heads/tmp")
-    report = collect(repo, dry_run=False)  # everything is younger than the grace period
+    # A writer on another host stopped refreshing its lock ten minutes ago: probably gone,
+    # but it may still publish what it wrote, so its young packs are kept.
+    remote = Holder("other-host", 4242, 1.0, time.time() - 600, "write")
+    repo.store.write("locks/shared-remote", remote.encode())
+    report = collect(repo, dry_run=False)
     assert report.bytes_freed == 0 and report.packs_in_grace >= 1
+    assert report.writers and "other-host" in report.writers[0]
+    assert not repo.store.exists("locks/shared-remote")  # stale: removed
+    # No writer left: what nothing reaches is freed at once, however young.
+    again = collect(repo, dry_run=False)
+    assert again.bytes_freed > 90_000 and again.packs_in_grace == 0 and not again.writers
 
 
 def test_gc_waits_for_writers_and_writers_wait_for_gc(tmp_path: Path) -> None:
@@ -554,18 +567,22 @@ def test_gc_merges_many_small_packs_and_keeps_everything(tmp_path: Path) -> None
 
 
 def test_a_pack_carries_its_own_index(tmp_path: Path) -> None:
-    """A lost index can be rebuilt from its pack: the pack ends with the same index blob."""
-    from mlvc_core.packs import INDEX_PREFIX, decode_index, index_key, pack_key, read_pack_trailer
+    """A lost index can be rebuilt from its pack: the pack ends with its own index blob."""
+    from mlvc_core.packs import decode_index, pack_key, read_pack_trailer
 
     repo = Repository.init(tmp_path / "r", SMALL)
     (tmp_path / "f").write_bytes(rand(100_000, 5))
     repo.commit(tmp_path / "f", "x")
-    for info in repo.store.list(INDEX_PREFIX):
-        pack_id = info.key[len(INDEX_PREFIX) :]
+    files = repo.index_files()
+    assert len(files) == 1  # one index file for the whole commit, covering both its packs
+    (packs,) = files.values()
+    assert len(packs) == 2
+    for pack_id in packs:
         size = len(repo.store.read(pack_key(pack_id)))
         trailer = read_pack_trailer(repo.store, pack_id, size)
-        assert trailer == repo.store.read(index_key(pack_id))
-        assert decode_index(trailer, pack_id)[0] == pack_id
+        got_id, entries = decode_index(trailer, pack_id)
+        assert got_id == pack_id and entries
+        assert all(repo.locate(oid) == loc for oid, loc in entries)
 
 
 def test_a_write_failing_mid_file_fails_the_commit_and_nothing_writes_after_it(

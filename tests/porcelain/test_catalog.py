@@ -115,11 +115,12 @@ def test_show_and_best_read_what_they_show(
         counts.append(proxy.snapshot())
     cold, warm = counts
     # config, a listing of the refs named by the prefix, the ref, a listing of its heartbeat,
-    # the index listing, the indexes (cold only: then cached) and the best checkpoint's commit.
+    # the generation record, the index listing, the index files (cold only: then cached) and
+    # the best checkpoint's commit.
     with _open(url, options, tmp_path / "other") as repo:
-        indexes = len(repo.index_ids())
-    assert warm == {"GET": 3, "LIST": 3}
-    assert cold == {"GET": 3 + indexes, "LIST": 3}
+        indexes = len(repo.index_files())
+    assert warm == {"GET": 4, "LIST": 3}
+    assert cold == {"GET": 4 + indexes, "LIST": 3}
 
 
 def test_listing_reads_no_index_and_get_by_prefix_lists_only_that_prefix(
