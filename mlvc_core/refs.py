@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from mlvc_core.catalog import LocalCache, scan
 from mlvc_core.errors import (
     FormatError,
     InvalidRefName,
@@ -226,10 +227,29 @@ class RefStore:
                 yield name, info
 
     def list(self, kind: str | None = None) -> list[Ref]:
-        """Every ref (of one kind), read."""
+        """Every ref (of one kind), read.
+
+        Experiment refs come through their catalog (:mod:`mlvc_core.catalog`): one listing,
+        one read of the catalog and a read of each ref changed since it, not a read per ref.
+        The refs so returned carry no version: re-read one before moving it.
+        """
         out = []
-        for name, _info in self.list_keys(kind):
-            ref = self.get(name)
-            if ref is not None:
-                out.append(ref)
+        for k in [kind] if kind is not None else list(KINDS):
+            if k == "experiments":
+                found = scan(
+                    self.store,
+                    f"{PREFIX}{k}/",
+                    LocalCache(None),
+                    racy=1.0 if self.store.is_local else 2.0,
+                    compact=False,
+                )
+                for key, data in found.docs.items():
+                    name = key[len(PREFIX) :]
+                    if name.partition("/")[0] in KINDS:
+                        out.append(_decode(name, data, None))
+                continue
+            for name, _info in self.list_keys(k):
+                ref = self.get(name)
+                if ref is not None:
+                    out.append(ref)
         return sorted(out, key=lambda r: r.name)
