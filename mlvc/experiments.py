@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import builtins
 import contextlib
+import json
 import math
 import operator
 import re
@@ -34,10 +35,10 @@ from typing import TYPE_CHECKING, Any
 
 from mlvc.repo import RepositoryLike, shared_repo
 from mlvc_core.catalog import LocalCache, ScanResult, scan
-from mlvc_core.errors import FormatError, MlvcError, ObjectNotFound, RefConflict, UsageError
+from mlvc_core.errors import MlvcError, ObjectNotFound, RefConflict, UsageError
 from mlvc_core.ids import ObjectId, from_hex, is_hex_prefix, resolve_prefix, to_hex
 from mlvc_core.objects import Commit
-from mlvc_core.refs import Ref, decode_ref, encode_ref
+from mlvc_core.refs import Ref, encode_ref
 from mlvc_core.repository import Repository
 
 if TYPE_CHECKING:
@@ -244,18 +245,28 @@ def _experiments_of(
 ) -> builtins.list[Experiment]:
     beats = heartbeats(repo) if not removed else {}
     out = []
+    now = time.time()
     for key, data in docs.items():
         exp_id = key[len(prefix) :]
         try:
-            ref = decode_ref(ref_name(exp_id), data)
-        except FormatError:
+            summary = json.loads(data)
+            target = bytes.fromhex(summary.pop("target"))
+        except (ValueError, TypeError, KeyError, AttributeError):
             continue  # an unreadable ref is fsck's business; the listing shows the rest
-        summary = ref.summary
+        if len(target) != 32 or not isinstance(summary, dict):
+            continue
         if removed:
-            summary = dict(summary, status="removed")
+            summary["status"] = "removed"
         out.append(
             Experiment(
-                repo, exp_id, ref.target, summary, beats.get(exp_id), stale_after, removed=removed
+                repo,
+                exp_id,
+                ObjectId(target),
+                summary,
+                beats.get(exp_id),
+                stale_after,
+                removed=removed,
+                now=now,
             )
         )
     return out
@@ -393,6 +404,7 @@ class Experiment:
         heartbeat: float | None = None,
         stale_after: float = STALE_AFTER,
         removed: bool = False,
+        now: float | None = None,
     ) -> None:
         self._repo = repo
         self.id = exp_id
@@ -400,7 +412,7 @@ class Experiment:
         self._summary = summary
         self._heartbeat = heartbeat
         self._removed = removed
-        self._status = self._derive_status(time.time(), stale_after)
+        self._status = self._derive_status(time.time() if now is None else now, stale_after)
         self._first: Commit | None = None
         self._checkpoints: builtins.list[Checkpoint] | None = None
 

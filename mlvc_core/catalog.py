@@ -66,7 +66,9 @@ COMPACT_MIN = 32
 READ_CATALOG_MIN = 8
 """Fewer refs than this missing from the local cache are read one by one, not via the catalog."""
 MTIME_SLACK = 2.0
-"""Seconds: a ref listed with an mtime this close to the catalog's counts as newer than it."""
+"""Seconds: without reading the catalog, a ref counts as newer than it only if listed with an
+mtime this much after the catalog's (refs written while it was compacted may be missed: they
+cost a cold reader a GET each, never a wrong answer)."""
 _WORKERS = 16
 
 
@@ -352,6 +354,7 @@ def scan(
 
     catalog: dict[str, Entry] | None = None
     cat_version: Version | None = None
+    damaged = False
     cat_token = listed_token(cat_info)[0] if cat_info is not None else None
     adopted: list[Entry] = []
     if (
@@ -361,6 +364,7 @@ def scan(
         and cache.get_meta(ckey) != cat_token
     ):
         catalog, cat_version = _read_catalog(store, prefix)
+        damaged = catalog is None and cat_version is not None
         result.catalog_read = catalog is not None
         if catalog is not None:
             still = []
@@ -396,9 +400,9 @@ def scan(
             for k, info in listed.items()
             if k not in catalog or not is_current(catalog[k], info, racy)
         ) + sum(1 for k in catalog if k not in listed)
-    elif cat_info is not None:
+    elif cat_info is not None and not damaged:
         result.newer = sum(
-            1 for info in listed.values() if info.mtime > cat_info.mtime - MTIME_SLACK
+            1 for info in listed.values() if info.mtime > cat_info.mtime + MTIME_SLACK
         )
     else:
         result.newer = len(listed)

@@ -82,6 +82,8 @@ SMALL_INDEX = 50_000
 """Index files with fewer entries than this are small (merged by writers and gc)."""
 
 _RUN_BYTES = 4 << 20
+_SMALL_PACK_BYTES = 1 << 20
+"""Packs up to this size are read whole when an object in them is read from a remote store."""
 """Most bytes, stored and decoded, in one run of :meth:`Repository.chunk_runs` (one request)."""
 
 
@@ -112,6 +114,33 @@ class _ObjectCache:
                 self._d.popitem(last=False)
 
 
+class _PackCache:
+    """Whole small packs read from a remote store, most recent first, bounded in bytes."""
+
+    def __init__(self, capacity: int = 32 << 20) -> None:
+        self._d: OrderedDict[str, bytes] = OrderedDict()
+        self._bytes = 0
+        self._cap = capacity
+        self._lock = threading.Lock()
+
+    def get(self, pack_id: str) -> bytes | None:
+        with self._lock:
+            blob = self._d.get(pack_id)
+            if blob is not None:
+                self._d.move_to_end(pack_id)
+            return blob
+
+    def put(self, pack_id: str, blob: bytes) -> None:
+        with self._lock:
+            if pack_id in self._d:
+                return
+            self._d[pack_id] = blob
+            self._bytes += len(blob)
+            while self._bytes > self._cap and len(self._d) > 1:
+                _, old = self._d.popitem(last=False)
+                self._bytes -= len(old)
+
+
 class Repository:
     """An mlvc repository. Open with :meth:`open`, create with :meth:`init`."""
 
@@ -131,6 +160,8 @@ class Repository:
         self._index_lock = threading.RLock()
         self._objects = _ObjectCache()
         self._pool: ThreadPoolExecutor | None = None
+        self._extents: dict[str, int] | None = None
+        self._packs = _PackCache()
         self._index_loaded = False
         """Index files are read on first need (``ls`` and ref reads never need them)."""
 
@@ -369,6 +400,7 @@ class Repository:
             self._sizes = {i: len(f.entries) for i, f in files.items()}
             self._generation = generation
             self._index_loaded = True
+            self._extents = None
         self._objects = _ObjectCache()
 
     def _prune_cache(self, keep: set[str]) -> None:
@@ -387,6 +419,7 @@ class Repository:
                     self._commits.add(oid)
             self._files[index_id] = f.packs
             self._sizes[index_id] = len(f.entries)
+            self._extents = None
 
     def publish_index(self, entries: list[tuple[ObjectId, Location]]) -> str:
         """Write one index file covering ``entries`` (their packs already published).
@@ -550,9 +583,38 @@ class Repository:
             loc = self.locate(oid)
             if loc.kind == CHUNK:
                 raise FormatError(f"{to_hex(oid)} is a data chunk, not an object")
-            obj = decode(self.read_raw(oid))
+            blob = self._small_pack(loc.pack) if not self.store.is_local else None
+            if blob is not None:
+                payload = blob[loc.offset : loc.offset + loc.stored_len]
+                obj = decode(self.verify_payload(oid, loc, payload))
+            else:
+                obj = decode(self.read_raw(oid))
             self._objects.put(oid, obj)
         return obj
+
+    def _small_pack(self, pack_id: str) -> bytes | None:
+        """The payload bytes of a pack no larger than :data:`_SMALL_PACK_BYTES`, or None.
+
+        Objects (commits, trees, manifests) are read from such packs whole, with one request,
+        and kept: the next object of an experiment is usually in the same pack (on a bucket
+        ``show`` or ``log`` then costs a GET per pack instead of one per object).
+        """
+        with self._index_lock:
+            if self._extents is None:
+                extents: dict[str, int] = {}
+                for loc in self._index.values():
+                    end = loc.offset + loc.stored_len
+                    if end > extents.get(loc.pack, 0):
+                        extents[loc.pack] = end
+                self._extents = extents
+            size = self._extents.get(pack_id, 0)
+        if not 0 < size <= _SMALL_PACK_BYTES:
+            return None
+        blob = self._packs.get(pack_id)
+        if blob is None:
+            blob = self.store.read_range(pack_key(pack_id), 0, size)
+            self._packs.put(pack_id, blob)
+        return blob
 
     def _typed(self, oid: ObjectId, cls: type[Any]) -> Any:
         obj = self.read_object(oid)

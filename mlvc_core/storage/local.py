@@ -189,6 +189,7 @@ class LocalStore(Store):
             base = base.parent  # a partial name ("refs/ab"): walk its directory, filter below
         if not base.is_dir():
             return
+        root_len = len(str(self.root).rstrip(os.sep)) + 1
         for dirpath, dirs, files in os.walk(base):
             if dirpath == str(self.root):
                 dirs[:] = [d for d in dirs if d != _LOCK_DIR]
@@ -200,7 +201,7 @@ class LocalStore(Store):
                     st = os.stat(full)
                 except FileNotFoundError:
                     continue
-                key = os.path.relpath(full, self.root).replace(os.sep, "/")
+                key = full[root_len:].replace(os.sep, "/")
                 if key.startswith(prefix):
                     yield KeyInfo(key, st.st_size, st.st_mtime)
 

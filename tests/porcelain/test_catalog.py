@@ -219,3 +219,24 @@ def test_ls_all_lists_removed_experiments_from_tombstones_not_commits(
     after = exps_mod.list(repository=repo, include_removed=True)
     assert {e.id for e in after} == set(ids) - {ids[1]}  # collected: no longer listed
     assert not repo.store.exists(exps_mod.tombstone_key(ids[1]))
+
+
+def test_log_of_an_experiment_reads_each_small_pack_once(
+    proxied_moto: tuple[CountingProxy, str, dict[str, Any]], tmp_path: Path
+) -> None:
+    from mlvc.porcelain.history import log
+
+    proxy, url, options = proxied_moto
+    with Repository.init(url, **options) as repo:
+        ids = make_experiments(repo, 6, seed=10)
+    with _open(url, options, tmp_path / "cache") as repo:
+        chain = [e for e in log(repo, ids[0][:10]).entries]
+        assert len(chain) >= 2  # the first commit and at least one checkpoint
+    _forget_local_caches()
+    proxy.reset()
+    with _open(url, options, tmp_path / "cache") as repo:
+        again = log(repo, ids[0][:10]).entries
+    assert [e.commit.id for e in again] == [e.commit.id for e in chain]
+    packs = [p for op, p in proxy.paths if op == "GET" and "/packs/" in p]
+    assert len(packs) == 1, packs  # every commit of the chain from one read of its pack
+    assert proxy.total() <= 10
