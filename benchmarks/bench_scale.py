@@ -9,7 +9,9 @@ with S3 requests counted by a proxy in front of SeaweedFS (``tests/s3_counter.py
 * ``ls`` cold (empty local cache) and warm (the same cache, nothing changed), ``ls --all``;
 * ``show``, ``log``, ``diff`` (two experiments) and ``experiments.get(id).best()``, cold (a
   fresh cache) then warm;
-* ``clone`` into a local directory; ``gc`` (dry run: it reads all it would to free).
+* ``clone`` into a local directory; ``gc`` (dry run: it reads all it would to free);
+* and for reference ``start-up`` (``mlvc --version``) and ``open`` (a Python process that
+  opens the repository: imports, the S3 client, the config read), which every command pays.
 
 Usage (from the repository root)::
 
@@ -40,6 +42,11 @@ import remote  # noqa: E402
 from tests.s3_counter import CountingProxy  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
+OPEN = """
+import sys
+from mlvc.repo import open_repo
+open_repo(sys.argv[1]).close()
+"""
 BEST = """
 import sys, time
 import mlvc
@@ -151,6 +158,7 @@ def measure_n(weed: remote.SeaweedFS, n: int, processes: int, work: Path) -> lis
         a, b = ids[-1], ids[-2]
         rows = [{"op": "generate", "wall_s": round(seconds, 1), "cpu_s": None, "requests": None}]
         rows.append(r.run("start-up", [sys.executable, "-m", "mlvc", "--version"], "none"))
+        rows.append(r.run("open", [sys.executable, "-c", OPEN, url], "none"))
         rows.append(r.mlvc("ls cold", ["ls"], "ls"))
         rows.append(r.mlvc("ls warm", ["ls"], "ls"))
         rows.append(r.mlvc("ls --all", ["ls", "--all"], "ls"))

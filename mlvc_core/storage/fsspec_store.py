@@ -558,12 +558,38 @@ class FsspecStore(Store):
                 continue
             yield KeyInfo(key, int(info.get("size") or 0), _mtime(info), self._listed_version(info))
 
+    def _fast_listing_parser(self) -> None:
+        """Parse S3 timestamps with ``datetime.fromisoformat`` (C) instead of dateutil.
+
+        botocore parses every ``LastModified`` of a listing with dateutil, about 50 us each:
+        most of the CPU of listing 10,000 refs. The parser factory belongs to this
+        filesystem's own client; anything not ISO 8601 still goes to botocore's parser.
+        """
+        if getattr(self.fs, "_s3", None) is None:
+            self._sync(self.fs.set_session)
+        endpoint = getattr(getattr(self.fs, "_s3", None), "_endpoint", None)
+        factory = getattr(endpoint, "_response_parser_factory", None)
+        if factory is None or getattr(factory, "_mlvc_fast_timestamps", False):
+            return
+        from botocore.parsers import DEFAULT_TIMESTAMP_PARSER  # type: ignore[import-untyped]
+
+        def parse(value: Any) -> Any:
+            try:
+                d = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+            except ValueError:
+                return DEFAULT_TIMESTAMP_PARSER(value)
+            return d if d.tzinfo is not None else d.replace(tzinfo=timezone.utc)
+
+        factory.set_parser_defaults(timestamp_parser=parse)
+        factory._mlvc_fast_timestamps = True
+
     def _s3_list(self, prefix: str) -> Iterator[KeyInfo]:
         """``ListObjectsV2`` pages under ``prefix`` (one request per 1,000 keys, none more).
 
         s3fs's ``find`` adds a HEAD and a second listing when nothing matches; a listing that
         ``ls`` makes for every experiment must cost exactly its pages.
         """
+        self._fast_listing_parser()
         full = f"{self.root}/{prefix}" if self.root else prefix
         bucket, _, key_prefix = full.partition("/")
         head = full[len(bucket) + 1 : len(full) - len(prefix)]
