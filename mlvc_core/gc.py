@@ -45,7 +45,7 @@ from mlvc_core.packs import (
     new_pack_id,
     pack_key,
 )
-from mlvc_core.repository import SMALL_INDEX, Repository
+from mlvc_core.repository import Repository
 from mlvc_core.walk import all_roots, reachable
 
 SMALL_PACK = 4 << 20
@@ -219,7 +219,7 @@ def _collect(
         report.index_files_after = report.index_files_before
         return report
     changed = bool(plan.repack or plan.delete_packs or plan.dead_entries)
-    many_small = sum(1 for i in files if repo._sizes.get(i, 0) < SMALL_INDEX) > 1
+    many_small = len(repo.small_index_files()) > 1
     if changed or many_small:
         _rewrite(repo, plan, files, report)
     else:

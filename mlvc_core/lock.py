@@ -61,7 +61,15 @@ def _process_start(pid: int) -> float | None:
         return -1.0  # exists but cannot be inspected (another user's): assume it is the holder
 
 
-_START = _process_start(os.getpid())
+_START: dict[int, float | None] = {}
+
+
+def _my_start() -> float | None:
+    """This process's start time (computed once per process, forks included)."""
+    pid = os.getpid()
+    if pid not in _START:
+        _START[pid] = _process_start(pid)
+    return _START[pid]
 
 
 @dataclass(frozen=True)
@@ -79,7 +87,7 @@ class Holder:
     @classmethod
     def me(cls, op: str) -> Holder:
         """This process, now."""
-        return cls(socket.gethostname(), os.getpid(), _START, time.time(), op)
+        return cls(socket.gethostname(), os.getpid(), _my_start(), time.time(), op)
 
     def encode(self) -> bytes:
         """JSON form."""
@@ -192,19 +200,32 @@ class SharedLock:
     _held: _Held
 
     @classmethod
-    def acquire(cls, store: Store, interval: float = REFRESH_INTERVAL) -> SharedLock:
-        """Register a writer.
+    def acquire(
+        cls, store: Store, interval: float = REFRESH_INTERVAL, wait: float = 0.0
+    ) -> SharedLock:
+        """Register a writer, waiting up to ``wait`` seconds for a running gc to finish.
 
         Raises:
-            RepositoryLocked: A running gc holds the exclusive lock.
+            RepositoryLocked: A running gc still holds the exclusive lock after ``wait``.
         """
+        deadline = time.monotonic() + wait
+        delay = 0.05
         key = f"{SHARED_PREFIX}{uuid.uuid4().hex}"
         store.write(key, Holder.me("write").encode())
-        now = time.time()
-        gc = read_holder(store, EXCLUSIVE)
-        if gc is not None and gc.state(now) in ("alive", "live"):
-            store.delete(key)
-            raise RepositoryLocked(gc.describe(now) + "; retry when it has finished")
+        # While it waits, the writer keeps its lock: the running gc checked the shared locks
+        # before this one existed, but the next gc sees it and lets the writer go first. The
+        # writer decides nothing before the running gc is gone (and refreshes after it).
+        while True:
+            now = time.time()
+            gc = read_holder(store, EXCLUSIVE)
+            if gc is None or gc.state(now) not in ("alive", "live"):
+                break
+            if time.monotonic() + delay > deadline:
+                store.delete(key)
+                waited = f"; waited {wait:.0f}s" if wait >= 1 else ""
+                raise RepositoryLocked(gc.describe(now) + waited + "; retry when it has finished")
+            time.sleep(delay)
+            delay = min(0.5, delay * 2)
         held = _Held(store, key, "write", interval)
         held.start()
         return cls(store, key, held)
@@ -213,6 +234,10 @@ class SharedLock:
     def lost(self) -> bool:
         """True if gc removed this lock as abandoned (the session must not publish)."""
         return self._held.lost
+
+    def refresh(self) -> None:
+        """Refresh now, finding out whether the lock is still there (see :attr:`lost`)."""
+        self._held.refresh()
 
     def release(self) -> None:
         """Unregister."""

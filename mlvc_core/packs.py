@@ -170,6 +170,12 @@ def decode_index_file(data: bytes, name: str) -> IndexFile:
         ]
     except (KeyError, TypeError, ValueError, IndexError, msgpack.UnpackException) as exc:
         raise FormatError(f"malformed index {name}: {exc}") from exc
+    for p in packs:
+        if len(p) != 32 or not all(c in "0123456789abcdef" for c in p):
+            raise FormatError(f"malformed index {name}: bad pack id {p[:40]!r}")
+    for oid, loc in out:
+        if not isinstance(oid, bytes) or len(oid) != DIGEST_SIZE or min(loc[1:5]) < 0:
+            raise FormatError(f"malformed index {name}: bad entry")
     return IndexFile(packs, out)
 
 

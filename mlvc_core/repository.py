@@ -78,6 +78,11 @@ log = logging.getLogger(__name__)
 
 INDEX_MERGE_AT = 32
 """A writer merges the small index files once this many have accumulated."""
+GC_WAIT = 60.0
+"""Seconds a write session waits for a running gc before it fails (a tracked checkpoint or a
+commit should outlast a short gc, not fail at once)."""
+META_BUFFER = 1 << 20
+"""Bytes of metadata a write session holds back to append to its data pack at the flush."""
 SMALL_INDEX = 50_000
 """Index files with fewer entries than this are small (merged by writers and gc)."""
 
@@ -291,8 +296,8 @@ class Repository:
             self.reload_index()
 
     def index_ids(self) -> list[str]:
-        """Ids of every pack covered by a loaded index file."""
-        self._ensure_index()
+        """Ids of every pack an index file names (loading index files new since the last look)."""
+        self.load_index()
         with self._index_lock:
             return sorted({p for packs in self._files.values() for p in packs})
 
@@ -301,6 +306,11 @@ class Repository:
         self._ensure_index()
         with self._index_lock:
             return dict(self._files)
+
+    def small_index_files(self) -> list[str]:
+        """Loaded index files with fewer than :data:`SMALL_INDEX` entries (to be merged)."""
+        with self._index_lock:
+            return [i for i, n in self._sizes.items() if n < SMALL_INDEX]
 
     @property
     def generation(self) -> int:
@@ -442,8 +452,7 @@ class Repository:
         reader that lists a small file just before it goes lists again). Call it only while
         holding a shared lock, so gc cannot run meanwhile. Returns how many were merged.
         """
-        with self._index_lock:
-            small = [i for i, n in self._sizes.items() if n < SMALL_INDEX]
+        small = self.small_index_files()
         if len(small) < at:
             return 0
         try:
@@ -498,8 +507,24 @@ class Repository:
             IntegrityError: The stored bytes are damaged.
         """
         loc = self.locate(oid)
-        payload = self.store.read_range(pack_key(loc.pack), loc.offset, loc.stored_len)
+        try:
+            payload = self.store.read_range(pack_key(loc.pack), loc.offset, loc.stored_len)
+        except KeyNotFound:
+            if not self._moved(oid, loc):
+                raise
+            loc = self.locate(oid)
+            payload = self.store.read_range(pack_key(loc.pack), loc.offset, loc.stored_len)
         return self.verify_payload(oid, loc, payload)
+
+    def _moved(self, oid: ObjectId, old: Location) -> bool:
+        """True if ``oid``, whose pack at ``old`` is gone, lives elsewhere now.
+
+        gc repacked it since the index was loaded; another thread may have refreshed already.
+        """
+        if self._index.get(oid, old) != old:
+            return True
+        self.refresh()
+        return self._index.get(oid, old) != old
 
     @staticmethod
     def verify_payload(oid: ObjectId, loc: Location, payload: bytes | memoryview) -> bytes:
@@ -564,10 +589,19 @@ class Repository:
             yield run
 
     def read_run(self, run: list[tuple[ObjectId, Location]]) -> list[bytes]:
-        """The verified bytes of a run from :meth:`chunk_runs`, read with one request."""
+        """The verified bytes of a run from :meth:`chunk_runs`, read with one request.
+
+        A pack gone since the index was loaded (gc repacked it: the generation moved) is
+        looked up again in the current generation, payload by payload.
+        """
         first = run[0][1]
         end = run[-1][1].offset + run[-1][1].stored_len
-        blob = self.store.read_range(pack_key(first.pack), first.offset, end - first.offset)
+        try:
+            blob = self.store.read_range(pack_key(first.pack), first.offset, end - first.offset)
+        except KeyNotFound:
+            if not self._moved(run[0][0], first):
+                raise
+            return [self.read_raw(oid) for oid, _ in run]
         if len(run) == 1:
             return [self.verify_payload(run[0][0], first, blob)]  # a raw chunk: no copy
         view = memoryview(blob)
@@ -734,17 +768,20 @@ class Repository:
             return True
         raise StorageError(f"cannot upgrade {self.url}: its config keeps changing")
 
-    def session(self, progress: ProgressFn | None = None, lock: bool = True) -> WriteSession:
+    def session(
+        self, progress: ProgressFn | None = None, lock: bool = True, wait: float = GC_WAIT
+    ) -> WriteSession:
         """A new write session (use as a context manager).
 
         Args:
             progress: Called with bytes processed.
-            lock: Register as a writer so gc waits (only gc itself passes False).
+            lock: Register as a writer so gc waits (only tools that hold gc's lock pass False).
+            wait: Seconds to wait for a running gc to finish before giving up.
 
         Raises:
-            RepositoryLocked: gc is running.
+            RepositoryLocked: gc is still running after ``wait`` seconds.
         """
-        return WriteSession(self, progress, lock)
+        return WriteSession(self, progress, lock, wait)
 
     def commit(
         self,
@@ -845,8 +882,10 @@ def default_author() -> str:
 class WriteSession:
     """Streams new payloads into packs; :meth:`flush` publishes them (packs, then one index file).
 
-    Data chunks and metadata objects go to separate packs, so metadata stays cheap to read
-    and cache. Thread-safe for concurrent ``add_*`` calls.
+    Metadata objects (manifests, trees, commits) are held back in memory and, at the flush,
+    appended to the open data pack: a checkpoint is one pack and one index file, not two tiny
+    packs. Past :data:`META_BUFFER` bytes they stream into a pack of their own instead.
+    Thread-safe for concurrent ``add_*`` calls.
 
     On creation the session registers as a writer (a shared lock, refreshed in the background)
     and then brings the repository's index to the current generation (:meth:`Repository.refresh`),
@@ -854,14 +893,21 @@ class WriteSession:
     """
 
     def __init__(
-        self, repo: Repository, progress: ProgressFn | None = None, lock: bool = True
+        self,
+        repo: Repository,
+        progress: ProgressFn | None = None,
+        lock: bool = True,
+        wait: float = GC_WAIT,
     ) -> None:
         self.repo = repo
         self.progress = progress
         self._data: PackWriter | None = None
         self._meta: PackWriter | None = None
-        self._pending: dict[ObjectId, Location] = {}
-        """Written in this session, not yet in a published index file."""
+        self._pending: set[ObjectId] = set()
+        """Written (or held back) in this session, not yet in a published index file."""
+        self._held: list[tuple[ObjectId, int, int, bytes, int]] = []
+        """Metadata payloads held back for the flush: id, kind, codec, payload, raw length."""
+        self._held_bytes = 0
         self._unindexed: list[tuple[ObjectId, Location]] = []
         """Entries of packs already closed whose index file is not written yet."""
         self._lock = threading.Lock()
@@ -874,7 +920,7 @@ class WriteSession:
                 repo.upgrade()
             # Registered, then refreshed, before any dedup decision: what this session
             # reuses is present in the current generation, and gc waits until it ends.
-            self._lock_handle = SharedLock.acquire(repo.store)
+            self._lock_handle = SharedLock.acquire(repo.store, wait=wait)
             try:
                 repo.refresh()
             except BaseException:
@@ -907,8 +953,14 @@ class WriteSession:
         with self._lock:
             if self.has(oid):
                 return False
-            loc = self._writer(kind).add(oid, kind, codec_id, payload, raw_len)
-            self._pending[oid] = loc
+            if kind != CHUNK and self._meta is None and self._held_bytes < META_BUFFER:
+                self._held.append((oid, kind, codec_id, bytes(payload), raw_len))
+                self._held_bytes += len(payload)
+            else:
+                if kind != CHUNK and self._held:
+                    self._spill(self._writer(kind))  # too much metadata: a pack of its own
+                self._writer(kind).add(oid, kind, codec_id, payload, raw_len)
+            self._pending.add(oid)
             self.new_bytes += raw_len
             self.stored_bytes += len(payload)
             return True
@@ -942,10 +994,12 @@ class WriteSession:
     def _check_refs(self, obj: Object) -> None:
         for kind, child in iter_tree_refs(obj):
             if kind != COMMIT and not self.has(child):
-                raise ObjectNotFound(
-                    to_hex(child),
-                    "object (it is no longer stored: removed by gc since it was read?)",
+                err = ObjectNotFound(to_hex(child))
+                err.args = (
+                    f"object {to_hex(child)} is no longer stored (gc removed it after it was "
+                    "read); nothing referring to it was recorded",
                 )
+                raise err
 
     def flush(self) -> None:
         """Publish every open pack, then one index file covering all of them.
@@ -960,10 +1014,14 @@ class WriteSession:
                 more is published.
         """
         with self._lock:
+            if self._held:
+                self._spill(self._meta or self._data or self._writer(COMMIT))
             for w in (self._data, self._meta):
                 if w is not None:
                     self._unindexed.extend(w.finish())
             self._data = self._meta = None
+            if self._lock_handle is not None and self._unindexed:
+                self._lock_handle.refresh()  # still ours? (checked right before publishing)
             if self._lock_handle is not None and self._lock_handle.lost:
                 raise RepositoryLocked(
                     "gc, which removed this writer's lock as abandoned; nothing was "
@@ -973,6 +1031,12 @@ class WriteSession:
                 self.repo.publish_index(self._unindexed)
                 self._unindexed = []
                 self._pending.clear()
+
+    def _spill(self, w: PackWriter) -> None:
+        for oid, kind, codec_id, payload, raw_len in self._held:
+            w.add(oid, kind, codec_id, payload, raw_len)
+        self._held = []
+        self._held_bytes = 0
 
     def finish(self) -> None:
         """Flush and end the session (merging small index files if many have accumulated)."""
@@ -998,6 +1062,8 @@ class WriteSession:
             self._data = self._meta = None
             self._pending.clear()
             self._unindexed = []
+            self._held = []
+            self._held_bytes = 0
         self._release()
 
     def __enter__(self) -> WriteSession:

@@ -22,8 +22,8 @@ A destination ref moves only forward (its current target is an ancestor of the n
 ``force``; a ref that diverged is reported in ``refs_skipped``.
 
 A transfer killed while uploading a large pack to S3 leaves an incomplete multipart upload,
-invisible to listings but billed; :func:`abort_dead_uploads` (which ``gc`` calls under its
-exclusive lock, when no writer can be uploading) aborts them.
+invisible to listings but billed: the store lists it among its temporary objects and ``gc``
+aborts it.
 """
 
 from __future__ import annotations

@@ -65,7 +65,8 @@ def gc(
     if r.packs_in_grace:
         who = r.writers[0] + (f" and {len(r.writers) - 1} more" if len(r.writers) > 1 else "")
         _output.note(
-            f"kept {r.packs_in_grace} packs younger than the grace period ({grace}): "
+            f"{'would keep' if r.dry_run else 'kept'} {r.packs_in_grace} packs younger than "
+            f"the grace period ({grace}): "
             f"a writer may still publish them: {who}",
             st.quiet,
         )

@@ -275,9 +275,25 @@ def _register() -> None:
         show,
         stats,
         tag,
+        upgrade,
     )
 
-    for module in (init, commit, log, ls, show, diff, checkout, tag, rm, gc, fsck, stats, remote):
+    for module in (
+        init,
+        commit,
+        log,
+        ls,
+        show,
+        diff,
+        checkout,
+        tag,
+        rm,
+        gc,
+        fsck,
+        stats,
+        remote,
+        upgrade,
+    ):
         module.register(app)
 
 

@@ -35,7 +35,7 @@ from mlvc.porcelain.history import (
     tag_list,
     tag_set,
 )
-from mlvc.porcelain.maintenance import fsck, gc, parse_duration, stats, stored_size
+from mlvc.porcelain.maintenance import fsck, gc, parse_duration, stats, stored_size, upgrade
 from mlvc.porcelain.remote import (
     DEFAULT_REPO_DIR,
     InitResult,
@@ -96,4 +96,5 @@ __all__ = [
     "tag_delete",
     "tag_list",
     "tag_set",
+    "upgrade",
 ]

@@ -37,7 +37,9 @@ def gc(
     grace: float = 3600.0,
     progress: ProgressFn | None = None,
 ) -> GcReport:
-    """Find (and with ``delete``, free) data no ref reaches and older than ``grace`` seconds.
+    """Find (and with ``delete``, free) data no ref reaches.
+
+    ``grace``: seconds during which packs of a writer that may still be alive are kept.
 
     Raises:
         RepositoryLocked: Writers are active or another gc runs (only when deleting).
@@ -45,6 +47,20 @@ def gc(
     from mlvc_core.gc import collect
 
     return collect(repo, dry_run=not delete, grace_seconds=grace, progress=progress)
+
+
+def upgrade(repo: Repository) -> tuple[int, int]:
+    """Upgrade the repository to this mlvc's format version.
+
+    Returns:
+        The format version before and after.
+
+    Raises:
+        UnsupportedFormatVersion: The repository is newer than this mlvc.
+    """
+    before = repo.config.version
+    repo.upgrade()
+    return before, repo.config.version
 
 
 def stored_size(repo: Repository) -> int:

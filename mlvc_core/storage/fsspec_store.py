@@ -26,9 +26,7 @@ What each backend guarantees:
 * ``open_write`` streams through s3fs's buffered file: one PUT at close below the block size
   (s3fs ``default_block_size``, 50 MiB unless configured), a multipart upload above it, which S3
   makes visible only on ``CompleteMultipartUpload``. ``abort`` (and a writer dropped without
-  ``close``) aborts the multipart upload: no key and no billed parts are left behind. A process
-  killed mid-upload cannot abort: ``list_temporary`` names such uploads
-  (``<key>#multipart-upload=<upload id>``) and ``delete_temporary`` aborts them (``gc`` does).
+  ``close``) aborts the multipart upload: no key and no billed parts are left behind.
 * ``list`` is ``ListObjectsV2``, one request per 1,000 keys and nothing more; each key comes
   with its ETag, the version ``read_versioned`` returns for the same bytes.
 
@@ -95,8 +93,6 @@ _LOCAL_CAS_LOCK = threading.RLock()
 _PROGRAMMING_ERRORS = (TypeError, AttributeError, NameError, AssertionError, NotImplementedError)
 
 _BOUNDARY = "==mlvc-0a7f3c=="
-_UPLOAD_MARK = "#multipart-upload="
-"""Separates a key from an upload id in the names :meth:`FsspecStore.list_temporary` yields."""
 
 
 def _check_key(key: str) -> None:
@@ -194,6 +190,10 @@ def _header(headers: Any, name: str) -> str | None:
         if str(k).lower() == lower:
             return str(v)
     return None
+
+
+_UPLOAD_MARK = "#upload="
+"""Separates a key from an upload id in the names :meth:`FsspecStore.list_temporary` gives."""
 
 
 def _rebuild(url: str, storage_options: dict[str, Any]) -> FsspecStore:
@@ -617,58 +617,6 @@ class FsspecStore(Store):
             if not token:
                 return
 
-    def list_temporary(self, prefix: str) -> Iterator[KeyInfo]:
-        """On S3: multipart uploads begun under ``prefix`` and never completed nor aborted.
-
-        A writer killed while streaming a large object (``open_write`` above the block size)
-        leaves one: invisible to listings, its parts billed until aborted. Each is named
-        ``<key>#multipart-upload=<upload id>``, with the time it was initiated and size 0;
-        :meth:`delete_temporary` aborts it. Other backends leave nothing behind.
-
-        Raises:
-            StorageError: The backend failed.
-        """
-        if self.backend != "s3":
-            return
-        full = f"{self.root}/{prefix}" if self.root else prefix
-        bucket, _, key_prefix = full.partition("/")
-        head = full[len(bucket) + 1 : len(full) - len(prefix)]
-        markers: dict[str, str] = {}
-        while True:
-            with self._errors(prefix, "list", missing_is_key=False):
-                page = self.fs.call_s3(
-                    "list_multipart_uploads", Bucket=bucket, Prefix=key_prefix, **markers
-                )
-            for up in page.get("Uploads") or []:
-                key = str(up["Key"])[len(head) :]
-                initiated = _to_epoch(up.get("Initiated")) or 0.0
-                yield KeyInfo(f"{key}{_UPLOAD_MARK}{up['UploadId']}", 0, initiated)
-            if not page.get("IsTruncated"):
-                return
-            markers = {
-                "KeyMarker": page.get("NextKeyMarker") or "",
-                "UploadIdMarker": page.get("NextUploadIdMarker") or "",
-            }
-
-    def delete_temporary(self, key: str) -> None:
-        """Abort an incomplete multipart upload named by :meth:`list_temporary`.
-
-        Raises:
-            ValueError: ``key`` names no upload.
-            StorageError: The backend failed.
-        """
-        name, mark, upload_id = key.partition(_UPLOAD_MARK)
-        if self.backend != "s3" or not mark or not upload_id:
-            raise ValueError(f"{key!r} is not an incomplete upload")
-        bucket, s3key, _ = self.fs.split_path(self._path(name))
-        with self._errors(name, "delete", missing_is_key=False):
-            try:
-                self.fs.call_s3(
-                    "abort_multipart_upload", Bucket=bucket, Key=s3key, UploadId=upload_id
-                )
-            except FileNotFoundError:
-                pass  # already completed or aborted
-
     def _listed_version(self, info: dict[str, Any]) -> str | None:
         """The version a listing entry names, in the form :meth:`read_versioned` returns."""
         if self.backend == "s3":
@@ -752,6 +700,49 @@ class FsspecStore(Store):
             except FileNotFoundError:
                 pass
         self._invalidate(key)
+
+    def list_temporary(self, prefix: str) -> Iterator[KeyInfo]:
+        """Incomplete multipart uploads under ``prefix`` (S3): what a killed writer left.
+
+        Named ``<key>#upload=<upload id>``; nothing on other backends (GCS resumable uploads
+        and spooled local files expire on their own).
+
+        Raises:
+            StorageError: The backend failed.
+        """
+        if self.backend != "s3":
+            return
+        bucket, root_key, _ = self.fs.split_path(self.root)
+        head = f"{root_key}/" if root_key else ""
+        args: dict[str, Any] = {"Bucket": bucket, "Prefix": head + prefix}
+        while True:
+            with self._errors(prefix, "list uploads", missing_is_key=False):
+                resp = self.fs.call_s3("list_multipart_uploads", **args)
+            for u in resp.get("Uploads") or []:
+                name = str(u["Key"])
+                if name.startswith(head):
+                    when = _to_epoch(u.get("Initiated")) or 0.0
+                    yield KeyInfo(f"{name[len(head) :]}{_UPLOAD_MARK}{u['UploadId']}", 0, when)
+            if not resp.get("IsTruncated"):
+                return
+            args["KeyMarker"] = resp.get("NextKeyMarker")
+            args["UploadIdMarker"] = resp.get("NextUploadIdMarker")
+
+    def delete_temporary(self, key: str) -> None:
+        """Abort an incomplete multipart upload named by :meth:`list_temporary`.
+
+        Raises:
+            StorageError: The backend failed.
+        """
+        name, mark, upload = key.rpartition(_UPLOAD_MARK)
+        if not mark or self.backend != "s3":
+            raise ValueError(f"{key!r} is not an incomplete upload")
+        bucket, s3key, _ = self.fs.split_path(self._path(name))
+        with self._errors(key, "abort upload", missing_is_key=False):
+            try:
+                self.fs.call_s3("abort_multipart_upload", Bucket=bucket, Key=s3key, UploadId=upload)
+            except FileNotFoundError:
+                pass  # already completed or aborted
 
     # -- compare-and-swap ----------------------------------------------------------------------
 

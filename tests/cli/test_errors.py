@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from mlvc.repo import open_repo
 from mlvc_core.ids import MIN_PREFIX, to_hex
 from mlvc_core.objects import Commit, Tree, object_id
 from tests.cli.conftest import Cli, Write
@@ -159,6 +160,24 @@ def test_gc_refuses_while_a_writer_is_active(cli: Cli, write: Write, project: Pa
     r = cli("gc", "--yes", code=11)
     assert "locked" in r.stderr and "trainer-7" in r.stderr
     assert cli.json("gc")["dry_run"] is True  # a dry run needs no lock
+
+
+def test_gc_says_why_it_keeps_young_packs_of_a_writer_that_may_be_alive(
+    cli: Cli, write: Write, project: Path
+) -> None:
+    _commit(cli, write)
+    with open_repo(str(project / ".mlvc")) as repo:
+        repo.refs.delete("heads/main")
+    writer = project / ".mlvc" / "locks" / "shared-0123456789abcdef"
+    # Another host's writer that stopped refreshing its lock ten minutes ago.
+    writer.write_text(
+        json.dumps({"host": "trainer-7", "pid": 4242, "time": time.time() - 600, "op": "write"})
+    )
+    r = cli("gc", "--yes")
+    assert "freed 0 B" in r.stdout
+    assert "younger than the grace period (1h): a writer may still publish them" in r.stderr
+    assert "trainer-7" in r.stderr
+    assert not writer.exists()
 
 
 def _closed_port() -> int:

@@ -48,3 +48,51 @@ def test_version_1_repository_reads_and_checks_out(v1_repo: Path, tmp_path: Path
         assert check(repo).ok
         assert repo.resolve("main").hex() == _expected()["main"]
         _check_out_all(repo, tmp_path, ["main", "tags/v1"])
+
+
+def test_version_1_repository_is_upgraded_by_its_first_write(
+    v1_repo: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from mlvc_core.config import FORMAT_VERSION, RepoConfig
+    from mlvc_core.gc import collect
+
+    repo = Repository.open(v1_repo)
+    assert repo.config.version == 1
+    (tmp_path / "new.txt").write_text("written by version 2\n")
+    with caplog.at_level("WARNING"):
+        cid = repo.commit(tmp_path / "new.txt", "new", branch="v2")
+    assert "upgraded the repository" in caplog.text
+    assert RepoConfig.decode((v1_repo / "config").read_bytes()).version == FORMAT_VERSION
+    fresh = Repository.open(v1_repo)
+    # Old (version-1) index files and the new one are read side by side.
+    assert check(fresh).ok
+    _check_out_all(fresh, tmp_path / "before-gc", ["main", "tags/v1"])
+    report = collect(fresh, dry_run=False)
+    assert report.packs_deleted + report.packs_repacked >= 1  # the unreachable commit
+    assert len(fresh.index_files()) == 1  # and the index consolidated into one file
+    after = Repository.open(v1_repo)
+    assert check(after).ok
+    _check_out_all(after, tmp_path / "after-gc", ["main", "tags/v1"])
+    after.checkout(cid, tmp_path / "new-out")
+    assert (tmp_path / "new-out" / "new.txt").read_text() == "written by version 2\n"
+    unreachable = _expected()["unreachable"]
+    assert isinstance(unreachable, str)
+    assert not after.has(bytes.fromhex(unreachable))  # type: ignore[arg-type]
+
+
+def test_upgrade_command_and_refusal_of_an_unknown_version(v1_repo: Path) -> None:
+    from typer.testing import CliRunner
+
+    from mlvc.cli import app
+
+    runner = CliRunner()
+    r = runner.invoke(app, ["-R", str(v1_repo), "upgrade"])
+    assert r.exit_code == 0 and "from format version 1 to 2" in r.output
+    r = runner.invoke(app, ["-R", str(v1_repo), "upgrade"])
+    assert r.exit_code == 0 and "already at format version 2" in r.output
+    doc = json.loads((v1_repo / "config").read_text())
+    doc["version"] = 3
+    (v1_repo / "config").write_text(json.dumps(doc))
+    r = runner.invoke(app, ["-R", str(v1_repo), "ls"])
+    assert r.exit_code != 0
+    assert "format version 3 is not supported" in r.output and "upgrade mlvc" in r.output
