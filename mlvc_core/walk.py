@@ -44,7 +44,11 @@ def reachable(
         ObjectNotFound: A referenced object is absent and ``missing`` is None.
     """
     seen: dict[ObjectId, int] = {}
-    stack: list[tuple[int, ObjectId, ObjectId | None]] = [(COMMIT, r, None) for r in roots]
+    # Depth first, one root's history after another, in the order their commits are stored:
+    # consecutive roots then share packs, and a remote reader fetches each small pack once.
+    stack: list[tuple[int, ObjectId, ObjectId | None]] = [
+        (COMMIT, r, None) for r in sorted(set(roots), key=lambda r: _where(repo, r), reverse=True)
+    ]
     while stack:
         kind, oid, referrer = stack.pop()
         if oid in seen:
@@ -71,6 +75,15 @@ def reachable(
             if child not in seen:
                 stack.append((child_kind, child, oid))
     return seen
+
+
+def _where(repo: Repository, oid: ObjectId) -> tuple[str, int]:
+    """Pack and offset of ``oid`` (a missing one sorts first; the walk reports it)."""
+    try:
+        loc = repo.locate(oid)
+    except ObjectNotFound:
+        return ("", 0)
+    return (loc.pack, loc.offset)
 
 
 def all_roots(repo: Repository) -> list[ObjectId]:

@@ -196,3 +196,26 @@ def test_gc_aborts_the_multipart_upload_of_a_killed_push(moto_clean: str, tmp_pa
     assert list(dst.store.list_temporary(PACK_PREFIX)) == []
     report = transfer(src, dst)  # and the push, run again, completes
     assert report.packs_copied >= 1 and check(dst).ok
+
+
+def test_a_walk_of_every_ref_reads_each_small_pack_once(
+    proxied_moto: tuple[CountingProxy, str, dict[str, Any]],
+) -> None:
+    from mlvc_core.repository import _PackCache
+    from mlvc_core.walk import all_roots, reachable
+
+    proxy, bucket_url, options = proxied_moto
+    url = f"{bucket_url}/walk"
+    with Repository.init(url, **options) as repo:
+        make_experiments(repo, 24, seed=5, per_session=3)  # 8 packs, experiments interleaved
+    with Repository.open(url, **options) as repo:
+        packs = {loc.pack for _, loc in repo.iter_index()}
+        biggest = max(i.size for i in repo.store.list(PACK_PREFIX))
+        repo._packs = _PackCache(capacity=2 * biggest)  # room for two packs at a time
+        roots = all_roots(repo)
+        proxy.reset()
+        reachable(repo, roots)
+    reads = [p for op, p in proxy.paths if op == "GET" and "/packs/" in p]
+    # Each pack once (the one holding the objects all experiments share perhaps twice),
+    # although only two fit the cache.
+    assert len(packs) == 8 and len(reads) <= len(packs) + 1
