@@ -2,12 +2,11 @@
 
 Storage model (docs/experiments.md): an experiment is the ref ``experiments/<id>`` whose JSON
 summary holds what a listing shows, plus a heartbeat object ``heartbeats/<id>`` that a live run
-rewrites. :func:`list` reads only refs (one small object per experiment) and one listing of
-``heartbeats/``, never commit chains; and it keeps a local cache (SQLite, in the repository's
-cache directory) keyed by each ref's listed size and modification time, so a second listing
-re-reads only the refs that changed. An entry read within :data:`RACY_SECONDS` of its
-modification time is read again next time (a later write in the same timestamp tick could
-otherwise go unnoticed, as git's "racy clean" problem).
+rewrites. :func:`list` never reads commit chains nor pack indexes: it lists the refs (one
+request per 1,000), takes every unchanged ref from this machine's cache or from the compacted
+catalog ``refs/experiments.catalog`` (:mod:`mlvc_core.catalog`), reads only the refs that
+changed, and lists ``heartbeats/`` once. Looking one experiment up by an id prefix lists only
+the refs whose names start with that prefix.
 
 Status, derived when read: what the summary recorded when the run ended (``stopped`` for a
 clean end, ``failed`` with the exception's type and message for an exception that left
@@ -15,7 +14,8 @@ clean end, ``failed`` with the exception's type and message for an exception tha
 is younger than ``stale_after`` seconds (default :data:`STALE_AFTER`); otherwise ``crashed``
 (the process vanished without recording an end: ``kill -9``, pre-emption, power loss).
 
-Removal only hides: removing an experiment deletes its ref (and heartbeat); removing a
+Removal only hides: removing an experiment writes its tombstone ``removed/experiments/<id>``
+(the ref as it was, which ``ls --all`` lists) and deletes its ref (and heartbeat); removing a
 checkpoint adds its id to the summary's ``removed`` list. ``mlvc gc`` then frees the space of
 whatever no ref reaches any more; a removed checkpoint's data stays as long as a later
 checkpoint of the same chain still reaches it (the chain runs through it).
@@ -24,28 +24,26 @@ checkpoint of the same chain still reaches it (the chain runs through it).
 from __future__ import annotations
 
 import builtins
+import contextlib
 import json
 import logging
 import math
 import operator
 import re
-import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mlvc.repo import RepositoryLike, shared_repo
 from mlvc_core import schema
-from mlvc_core.errors import FormatError, ObjectNotFound, RefConflict, UsageError
+from mlvc_core.catalog import LocalCache, ScanResult, scan
+from mlvc_core.errors import FormatError, MlvcError, ObjectNotFound, RefConflict, UsageError
 from mlvc_core.ids import ObjectId, from_hex, is_hex_prefix, resolve_prefix, to_hex
 from mlvc_core.objects import Commit
-from mlvc_core.refs import Ref
+from mlvc_core.refs import Ref, encode_ref
 from mlvc_core.repository import Repository
-from mlvc_core.storage.base import KeyInfo
 
 if TYPE_CHECKING:
     from mlvc.checkpoints import Checkpoint
@@ -62,6 +60,8 @@ __all__ = [
 KIND = "experiments"
 log = logging.getLogger("mlvc")
 HEARTBEAT_PREFIX = "heartbeats/"
+REFS_PREFIX = f"refs/{KIND}/"
+REMOVED_PREFIX = f"removed/{KIND}/"
 STALE_AFTER = 60.0
 """Seconds without a heartbeat after which a run that did not stop cleanly reads as crashed."""
 ENDED = ("stopped", "failed", "interrupted")
@@ -81,6 +81,11 @@ Filter = Callable[["Experiment"], bool] | Sequence[str] | str | None
 def ref_name(exp_id: str) -> str:
     """The ref of an experiment."""
     return f"{KIND}/{exp_id}"
+
+
+def tombstone_key(exp_id: str) -> str:
+    """The store key of a removed experiment's tombstone (its ref as it was when removed)."""
+    return f"{REMOVED_PREFIX}{exp_id}"
 
 
 def heartbeat_key(exp_id: str) -> str:
@@ -220,80 +225,56 @@ def checked_ref(ref: Ref | None) -> Ref | None:
     return ref
 
 
-# ------------------------------------------------------------------------------ the listing cache
+# ------------------------------------------------------------------------------ the listing
 
-
-class _ListingCache:
-    """Ref key -> (size, mtime, read_at, ref document), in SQLite or (no cache dir) in memory."""
-
-    def __init__(self, path: Path | None) -> None:
-        self._lock = threading.Lock()
-        self._mem: dict[str, tuple[int, float, float, str]] = {}
-        self._db: sqlite3.Connection | None = None
-        if path is not None:
-            try:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                db = sqlite3.connect(
-                    str(path), timeout=30, check_same_thread=False, isolation_level=None
-                )
-                db.execute("PRAGMA journal_mode=WAL")
-                db.execute(
-                    "CREATE TABLE IF NOT EXISTS refs (name TEXT PRIMARY KEY, size INTEGER, "
-                    "mtime REAL, read_at REAL, doc TEXT)"
-                )
-                self._db = db
-            except (sqlite3.Error, OSError):
-                self._db = None  # an unusable cache only costs reads
-
-    def load(self) -> dict[str, tuple[int, float, float, str]]:
-        with self._lock:
-            if self._db is None:
-                return dict(self._mem)
-            try:
-                rows = self._db.execute(
-                    "SELECT name, size, mtime, read_at, doc FROM refs"
-                ).fetchall()
-            except sqlite3.Error:  # a damaged cache is no cache: every ref is read again
-                return {}
-        return {r[0]: (r[1], r[2], r[3], r[4]) for r in rows}
-
-    def update(
-        self, rows: builtins.list[tuple[str, int, float, float, str]], gone: Iterable[str]
-    ) -> None:
-        gone = builtins.list(gone)
-        if not rows and not gone:
-            return
-        with self._lock:
-            if self._db is None:
-                for name, size, mtime, read_at, doc in rows:
-                    self._mem[name] = (size, mtime, read_at, doc)
-                for name in gone:
-                    self._mem.pop(name, None)
-                return
-            try:
-                self._db.execute("BEGIN")
-                self._db.executemany("INSERT OR REPLACE INTO refs VALUES (?, ?, ?, ?, ?)", rows)
-                self._db.executemany("DELETE FROM refs WHERE name = ?", [(n,) for n in gone])
-                self._db.execute("COMMIT")
-            except sqlite3.Error:
-                try:
-                    self._db.execute("ROLLBACK")
-                except sqlite3.Error:
-                    pass
-
-
-_caches: dict[tuple[str, str], _ListingCache] = {}
+_caches: dict[tuple[str, str], LocalCache] = {}
 _caches_lock = threading.Lock()
 
 
-def _cache_for(repo: Repository) -> _ListingCache:
-    path = repo.cache_dir / "experiments.sqlite" if repo.cache_dir is not None else None
-    key = (repo.config.repo_id, str(path))
+def _cache_for(repo: Repository) -> LocalCache:
+    """This machine's copies of the repository's refs (``<cache dir>/refs.sqlite``)."""
+    path = repo.cache_dir / "refs.sqlite" if repo.cache_dir is not None else None
+    key = (repo.config.repo_id, str(path) if path is not None else f"mem:{id(repo)}")
     with _caches_lock:
         cache = _caches.get(key)
         if cache is None:
-            cache = _caches[key] = _ListingCache(path)
+            cache = _caches[key] = LocalCache(path)
         return cache
+
+
+def _racy(repo: Repository) -> float:
+    return RACY_SECONDS["local" if repo.store.is_local else "remote"]
+
+
+def scan_refs(
+    repo: Repository, prefix: str, compact: bool = True, compact_threshold: int | None = None
+) -> ScanResult:
+    """Every ref under ``prefix`` via the catalog and the local cache (see mlvc_core.catalog).
+
+    Raises:
+        StorageError: The listing or a ref read failed.
+    """
+    return scan(
+        repo.store,
+        prefix,
+        _cache_for(repo),
+        _racy(repo),
+        compact=compact,
+        compact_threshold=compact_threshold,
+    )
+
+
+def compact_catalog(repo: Repository, threshold: int | None = None) -> ScanResult:
+    """List the experiment refs and rewrite their catalog if too many are newer than it.
+
+    What a writer calls after moving refs (a tracked run does when it stops): one listing,
+    and only when the catalog is out of date a read of it, of the changed refs, and one
+    compare-and-swap.
+
+    Raises:
+        StorageError: The listing or a ref read failed.
+    """
+    return scan_refs(repo, REFS_PREFIX, compact=True, compact_threshold=threshold)
 
 
 def heartbeats(repo: Repository) -> dict[str, float]:
@@ -303,72 +284,53 @@ def heartbeats(repo: Repository) -> dict[str, float]:
     }
 
 
-def _cached_doc(name: str, text: Any) -> dict[str, Any] | None:
-    """A listing-cache entry, if it is still well-formed (a damaged one is read again)."""
-    try:
-        doc = json.loads(text)
-        target = doc["target"]
-        summary = schema.check(doc["summary"], _RUN_SUMMARY, f"ref {name!r}")
-    except (ValueError, TypeError, KeyError):
-        return None
-    if not schema.is_hex_id(target):
-        return None
-    return {"name": name, "target": target, "summary": summary}
+def heartbeat_of(repo: Repository, exp_id: str) -> float | None:
+    """Modification time of one experiment's heartbeat, or None (one listing of its name)."""
+    key = heartbeat_key(exp_id)
+    for info in repo.store.list(key):
+        if info.key == key:
+            return info.mtime
+    return None
+
+
+def _experiments_of(
+    repo: Repository, docs: dict[str, bytes], prefix: str, stale_after: float, removed: bool
+) -> builtins.list[Experiment]:
+    beats = heartbeats(repo) if not removed else {}
+    out = []
+    now = time.time()
+    for key, data in docs.items():
+        exp_id = key[len(prefix) :]
+        try:
+            summary = json.loads(data)
+            target = bytes.fromhex(summary.pop("target"))
+            if len(target) != 32:
+                raise FormatError("its target is not an object id")
+            schema.check(summary, _RUN_SUMMARY, f"ref {key!r}")
+        except (FormatError, ValueError, TypeError, KeyError, AttributeError) as exc:
+            # Listed without it: the others are still shown (fsck names it too).
+            log.warning("mlvc: skipping experiment %s: %s", exp_id[:12], exc)
+            continue
+        if removed:
+            summary["status"] = "removed"
+        out.append(
+            Experiment(
+                repo,
+                exp_id,
+                ObjectId(target),
+                summary,
+                beats.get(exp_id),
+                stale_after,
+                removed=removed,
+                now=now,
+            )
+        )
+    return out
 
 
 def _scan(repo: Repository, stale_after: float) -> builtins.list[Experiment]:
-    cache = _cache_for(repo)
-    cached = cache.load()
-    racy = RACY_SECONDS["local" if repo.store.is_local else "remote"]
-    listed = builtins.list(repo.refs.list_keys(KIND))
-    docs: dict[str, dict[str, Any]] = {}
-    stale = []
-    for name, info in listed:
-        hit = cached.get(name)
-        if (
-            hit is not None
-            and (hit[0], hit[1]) == (info.size, info.mtime)
-            and hit[2] - info.mtime > racy
-            and (known := _cached_doc(name, hit[3])) is not None
-        ):
-            docs[name] = known
-        else:
-            stale.append((name, info))
-
-    def read(item: tuple[str, KeyInfo]) -> tuple[str, int, float, float, Ref | None]:
-        name, info = item
-        now = time.time()
-        try:
-            return name, info.size, info.mtime, now, checked_ref(repo.refs.get(name))
-        except FormatError as exc:  # listed without it: the others are still shown
-            log.warning("mlvc: skipping experiment %s: %s", name.split("/", 1)[1][:12], exc)
-            return name, info.size, info.mtime, now, None
-
-    if len(stale) > 4 and not repo.store.is_local:
-        with ThreadPoolExecutor(16) as pool:
-            results = builtins.list(pool.map(read, stale))
-    else:
-        results = [read(item) for item in stale]
-    fresh = []
-    for name, size, mtime, read_at, ref in results:
-        if ref is None:
-            continue  # deleted since the listing
-        doc: dict[str, Any] = {"name": name, "target": to_hex(ref.target), "summary": ref.summary}
-        fresh.append((name, size, mtime, read_at, json.dumps(doc)))
-        docs[name] = doc
-    seen = {name for name, _ in listed}
-    cache.update(fresh, (n for n in cached if n not in seen))
-    beats = heartbeats(repo)
-    out = []
-    for name, _ in listed:
-        found = docs.get(name)
-        if found is None:
-            continue
-        doc = found
-        exp_id = name.split("/", 1)[1]
-        target = from_hex(doc["target"])
-        out.append(Experiment(repo, exp_id, target, doc["summary"], beats.get(exp_id), stale_after))
-    return out
+    result = scan_refs(repo, REFS_PREFIX)
+    return _experiments_of(repo, result.docs, REFS_PREFIX, stale_after, removed=False)
 
 
 # ------------------------------------------------------------------------------ filter and sort
@@ -595,6 +557,7 @@ class Experiment:
         heartbeat: float | None = None,
         stale_after: float = STALE_AFTER,
         removed: bool = False,
+        now: float | None = None,
     ) -> None:
         self._repo = repo
         self.id = exp_id
@@ -602,7 +565,7 @@ class Experiment:
         self._summary = summary
         self._heartbeat = heartbeat
         self._removed = removed
-        self._status = self._derive_status(time.time(), stale_after)
+        self._status = self._derive_status(time.time() if now is None else now, stale_after)
         self._first: Commit | None = None
         self._checkpoints: builtins.list[Checkpoint] | None = None
 
@@ -941,53 +904,38 @@ def list(  # noqa: A001 - the public name the API promises
 
 
 def _removed_experiments(repo: Repository, live: set[str]) -> builtins.list[Experiment]:
-    firsts: dict[str, Commit] = {}
-    tips: dict[str, ObjectId] = {}
-    parents: set[ObjectId] = set()
-    chains: dict[str, builtins.list[ObjectId]] = {}
-    for oid in repo.commit_ids():
-        c = repo.read_commit(oid)
-        meta = c.metadata
-        parents.update(c.parents)
-        if meta.get("type") == "experiment" and to_hex(oid) not in live:
-            firsts[to_hex(oid)] = c
-            chains.setdefault(to_hex(oid), []).append(oid)
-        elif isinstance(meta.get("experiment"), str) and meta["experiment"] not in live:
-            chains.setdefault(meta["experiment"], []).append(oid)
+    """Experiments removed but not collected yet, from their tombstones (not from commits).
+
+    A tombstone whose commit ``gc`` has freed is dropped from the listing (and deleted).
+    """
+    result = scan_refs(repo, REMOVED_PREFIX)
+    docs = {k: v for k, v in result.docs.items() if k[len(REMOVED_PREFIX) :] not in live}
+    exps = _experiments_of(repo, docs, REMOVED_PREFIX, STALE_AFTER, removed=True)
     out = []
-    for exp_id, first in firsts.items():
-        candidates = [oid for oid in chains.get(exp_id, []) if oid not in parents]
-        tip = (
-            max(candidates, key=lambda o: repo.read_commit(o).time)
-            if candidates
-            else from_hex(exp_id)
-        )
-        tips[exp_id] = tip
-        meta = first.metadata
-        env = meta.get("env") or {}
-        summary = {
-            "type": "experiment",
-            "name": meta.get("name", ""),
-            "created": meta.get("started", first.time),
-            "user": env.get("user", ""),
-            "host": env.get("host", ""),
-            "command": env.get("command_line", ""),
-            "params": meta.get("params") or {},
-            "status": "removed",
-        }
-        out.append(Experiment(repo, exp_id, tip, rebuild_summary(repo, tip, summary), removed=True))
+    for exp in exps:
+        if repo.has(exp.target):
+            out.append(exp)
+        else:
+            with contextlib.suppress(MlvcError, OSError):
+                repo.store.delete(tombstone_key(exp.id))  # collected: nothing left to show
     return out
 
 
-def _experiment_ids(repo: Repository) -> builtins.list[str]:
-    return [name.split("/", 1)[1] for name, _ in repo.refs.list_keys(KIND)]
+def _experiment_ids(repo: Repository, prefix: str = "") -> builtins.list[str]:
+    """Ids of the experiments whose id starts with ``prefix`` (one listing of those names)."""
+    start = REFS_PREFIX + prefix
+    return [
+        info.key[len(REFS_PREFIX) :]
+        for info in repo.store.list(start)
+        if info.key.startswith(REFS_PREFIX) and "/" not in info.key[len(REFS_PREFIX) :]
+    ]
 
 
 def _load_experiment(repo: Repository, exp_id: str, stale_after: float = STALE_AFTER) -> Experiment:
     ref = repo.refs.get(ref_name(exp_id))
     if ref is None:
         raise ObjectNotFound(exp_id, "experiment")
-    return _from_ref(repo, ref, heartbeats(repo).get(exp_id), stale_after)
+    return _from_ref(repo, ref, heartbeat_of(repo, exp_id), stale_after)
 
 
 def _from_ref(
@@ -1018,21 +966,22 @@ def resolve_any(
     text = id_prefix.strip()
     if text.startswith(f"{KIND}/"):
         wanted = text.split("/", 1)[1].lower()
-        exp_full = resolve_prefix(wanted, _experiment_ids(repo), "experiment")
+        if not is_hex_prefix(wanted):
+            resolve_prefix(wanted, [], "experiment")  # raises the usage error
+        exp_full = resolve_prefix(wanted, _experiment_ids(repo, wanted), "experiment")
         return _load_experiment(repo, exp_full, stale_after)
     oid: ObjectId | None = None
     if is_hex_prefix(text.lower()):
         text = text.lower()
-        exp_ids = _experiment_ids(repo)
-        full: str | None
+        # Experiments first, by a listing of the names that start with the prefix; commits
+        # (every pack index) only if no experiment matches.
+        exp_ids = _experiment_ids(repo, text)
+        if exp_ids:
+            return _load_experiment(repo, resolve_prefix(text, exp_ids, "experiment"), stale_after)
         try:
-            full = _resolve_hex(repo, text, exp_ids)
+            oid = from_hex(_resolve_hex(repo, text))
         except ObjectNotFound:
-            full = None
-        if full is not None:
-            if full in exp_ids:
-                return _load_experiment(repo, full, stale_after)
-            oid = from_hex(full)
+            oid = None
     if oid is None:
         try:
             oid = repo.resolve(text)
@@ -1044,15 +993,15 @@ def resolve_any(
     return None
 
 
-def _resolve_hex(repo: Repository, prefix: str, exp_ids: builtins.list[str]) -> str:
-    def candidates() -> set[str]:
-        return set(exp_ids) | {to_hex(c) for c in repo.commit_ids()}
-
+def _resolve_hex(repo: Repository, prefix: str) -> str:
+    if len(prefix) == 64:
+        repo.locate(from_hex(prefix))  # one id: no need to list every commit
+        return prefix
     try:
-        return resolve_prefix(prefix, candidates(), "experiment or checkpoint")
+        return resolve_prefix(prefix, (to_hex(c) for c in repo.commit_ids()), "checkpoint")
     except ObjectNotFound:
         if repo.load_index():
-            return resolve_prefix(prefix, candidates(), "experiment or checkpoint")
+            return resolve_prefix(prefix, (to_hex(c) for c in repo.commit_ids()), "checkpoint")
         raise
 
 
@@ -1109,6 +1058,11 @@ def remove(ids: str | Iterable[str], repository: RepositoryLike = None) -> built
 def _remove_experiment(repo: Repository, exp_id: str) -> None:
     from mlvc.series import delete_series
 
+    ref = repo.refs.get(ref_name(exp_id))
+    if ref is not None:
+        # A tombstone first (the ref as it was), so ``ls --all`` finds what ``gc`` has not
+        # collected yet without reading every commit; then the ref goes.
+        repo.store.write(tombstone_key(exp_id), encode_ref(ref.target, ref.summary))
     repo.refs.delete(ref_name(exp_id))
     repo.store.delete(heartbeat_key(exp_id))
     delete_series(repo, exp_id)

@@ -100,6 +100,7 @@ from mlvc.environment import environment
 from mlvc.errors import FileExistsConflict, MlvcError, TrackingError, UsageError
 from mlvc.experiments import (
     Experiment,
+    compact_catalog,
     heartbeat_key,
     json_number,
     primary_of,
@@ -1527,6 +1528,8 @@ class Run:
             except RefConflict:
                 time.sleep(min(1.0, 0.02 * 2**attempt))
         repo.store.delete(heartbeat_key(self._exp_id))
+        with contextlib.suppress(MlvcError, OSError):
+            compact_catalog(repo)  # a writer keeps the experiment catalog compact
 
     # -------------------------------------------------------------- step metrics
 

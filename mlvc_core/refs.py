@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mlvc_core import schema
+from mlvc_core.catalog import LocalCache, scan
 from mlvc_core.errors import (
     FormatError,
     InvalidRefName,
@@ -98,6 +99,20 @@ SUMMARY_SPEC: schema.Spec = {
 """Summary fields mlvc_core itself reads (a tag's ``history`` keeps old targets alive)."""
 MAX_REF_SIZE = 16 << 20
 """Largest ref document read (a summary is a few KiB; a tag's history a few per move)."""
+
+
+def encode_ref(target: ObjectId, summary: dict[str, Any]) -> bytes:
+    """The stored bytes of a ref: canonical JSON of the summary plus ``target``."""
+    return _encode(target, summary)
+
+
+def decode_ref(name: str, data: bytes, version: Version | None = None) -> Ref:
+    """A ref from its stored bytes (as listed in a catalog, or read).
+
+    Raises:
+        FormatError: Not a ref document.
+    """
+    return _decode(name, data, version)
 
 
 def _decode(name: str, data: bytes, version: Version | None) -> Ref:
@@ -239,6 +254,10 @@ class RefStore:
     def list(self, kind: str | None = None) -> list[Ref]:
         """Every ref (of one kind), read.
 
+        Experiment refs come through their catalog (:mod:`mlvc_core.catalog`): one listing,
+        one read of the catalog and a read of each ref changed since it, not a read per ref.
+        The refs so returned carry no version: re-read one before moving it.
+
         Raises:
             FormatError: A ref is unreadable (:meth:`scan` reads the others instead).
         """
@@ -257,15 +276,33 @@ class RefStore:
         """
         out: builtins.list[Ref] = []
         bad: builtins.list[tuple[str, str]] = []
-        for name, _info in self.list_keys(kind):
-            try:
-                ref = self.get(name)
-            except InvalidRefName as exc:
-                bad.append((name, f"ref {name!r} has an invalid name: {exc}"))
+        for k in [kind] if kind is not None else builtins.list(KINDS):
+            if k == "experiments":
+                found = scan(
+                    self.store,
+                    f"{PREFIX}{k}/",
+                    LocalCache(None),
+                    racy=1.0 if self.store.is_local else 2.0,
+                    compact=False,
+                )
+                for key, data in found.docs.items():
+                    name = key[len(PREFIX) :]
+                    try:
+                        out.append(_decode(validate_name(name), data, None))
+                    except InvalidRefName as exc:
+                        bad.append((name, f"ref {name!r} has an invalid name: {exc}"))
+                    except FormatError as exc:
+                        bad.append((name, str(exc)))
                 continue
-            except FormatError as exc:
-                bad.append((name, str(exc)))
-                continue
-            if ref is not None:
-                out.append(ref)
+            for name, _info in self.list_keys(k):
+                try:
+                    ref = self.get(name)
+                except InvalidRefName as exc:
+                    bad.append((name, f"ref {name!r} has an invalid name: {exc}"))
+                    continue
+                except FormatError as exc:
+                    bad.append((name, str(exc)))
+                    continue
+                if ref is not None:
+                    out.append(ref)
         return sorted(out, key=lambda r: r.name), bad

@@ -89,6 +89,8 @@ SMALL_INDEX = 50_000
 """Index files with fewer entries than this are small (merged by writers and gc)."""
 
 _RUN_BYTES = 4 << 20
+_SMALL_PACK_BYTES = 1 << 20
+"""Packs up to this size are read whole when an object in them is read from a remote store."""
 """Most bytes, stored and decoded, in one run of :meth:`Repository.chunk_runs` (one request)."""
 
 
@@ -119,6 +121,33 @@ class _ObjectCache:
                 self._d.popitem(last=False)
 
 
+class _PackCache:
+    """Whole small packs read from a remote store, most recent first, bounded in bytes."""
+
+    def __init__(self, capacity: int = 32 << 20) -> None:
+        self._d: OrderedDict[str, bytes] = OrderedDict()
+        self._bytes = 0
+        self._cap = capacity
+        self._lock = threading.Lock()
+
+    def get(self, pack_id: str) -> bytes | None:
+        with self._lock:
+            blob = self._d.get(pack_id)
+            if blob is not None:
+                self._d.move_to_end(pack_id)
+            return blob
+
+    def put(self, pack_id: str, blob: bytes) -> None:
+        with self._lock:
+            if pack_id in self._d:
+                return
+            self._d[pack_id] = blob
+            self._bytes += len(blob)
+            while self._bytes > self._cap and len(self._d) > 1:
+                _, old = self._d.popitem(last=False)
+                self._bytes -= len(old)
+
+
 class Repository:
     """An mlvc repository. Open with :meth:`open`, create with :meth:`init`."""
 
@@ -140,7 +169,10 @@ class Repository:
         self._index_lock = threading.RLock()
         self._objects = _ObjectCache()
         self._pool: ThreadPoolExecutor | None = None
-        self.reload_index()
+        self._extents: dict[str, int] | None = None
+        self._packs = _PackCache()
+        self._index_loaded = False
+        """Index files are read on first need (``ls`` and ref reads never need them)."""
 
     # ------------------------------------------------------------------ open / init
 
@@ -284,6 +316,10 @@ class Repository:
             files = [self._read_one(i) for i in ids]
         return {i: f for i, f in zip(ids, files, strict=True) if f is not None}
 
+    def _ensure_index(self) -> None:
+        if not self._index_loaded:
+            self.reload_index()
+
     def index_ids(self) -> list[str]:
         """Ids of every pack an index file names (loading index files new since the last look)."""
         self.load_index()
@@ -292,6 +328,7 @@ class Repository:
 
     def index_files(self) -> dict[str, tuple[str, ...]]:
         """Loaded index files: id -> the packs each covers."""
+        self._ensure_index()
         with self._index_lock:
             return dict(self._files)
 
@@ -322,6 +359,10 @@ class Repository:
 
         Only adds: it never learns of deletions (see :meth:`refresh`).
         """
+        if not self._index_loaded:
+            before = len(self._files)
+            self.reload_index()
+            return len(self._files) - before
         for _ in range(3):
             new = [
                 i
@@ -398,6 +439,8 @@ class Repository:
             self._files = {i: f.packs for i, f in files.items()}
             self._sizes = {i: len(f.entries) for i, f in files.items()}
             self._generation = generation
+            self._index_loaded = True
+            self._extents = None
         self._objects = _ObjectCache()
 
     def _prune_cache(self, keep: set[str]) -> None:
@@ -416,6 +459,7 @@ class Repository:
                     self._commits.add(oid)
             self._files[index_id] = f.packs
             self._sizes[index_id] = len(f.entries)
+            self._extents = None
 
     def publish_index(self, entries: list[tuple[ObjectId, Location]]) -> str:
         """Write index files covering ``entries`` (their packs already published).
@@ -463,6 +507,8 @@ class Repository:
 
     def has(self, oid: ObjectId) -> bool:
         """True if ``oid`` is stored (in a pack with a published index)."""
+        if not self._index_loaded:
+            self.reload_index()
         return oid in self._index
 
     def locate(self, oid: ObjectId) -> Location:
@@ -471,6 +517,7 @@ class Repository:
         Raises:
             ObjectNotFound: It is not.
         """
+        self._ensure_index()
         loc = self._index.get(oid)
         if loc is None:
             self.load_index()
@@ -481,6 +528,7 @@ class Repository:
 
     def iter_index(self) -> Iterator[tuple[ObjectId, Location]]:
         """Every indexed payload."""
+        self._ensure_index()
         with self._index_lock:
             items = list(self._index.items())
         return iter(items)
@@ -605,8 +653,13 @@ class Repository:
             loc = self.locate(oid)
             if loc.kind == CHUNK:
                 raise FormatError(f"{to_hex(oid)} is a data chunk, not an object")
+            blob = self._small_pack(loc.pack) if not self.store.is_local else None
             try:
-                obj = decode(self.read_raw(oid))
+                if blob is not None:
+                    payload = blob[loc.offset : loc.offset + loc.stored_len]
+                    obj = decode(self.verify_payload(oid, loc, payload))
+                else:
+                    obj = decode(self.read_raw(oid))
             except FormatError as exc:  # name the object: the decoder only sees bytes
                 raise FormatError(f"{KIND_NAMES[loc.kind]} {to_hex(oid)}: {exc}") from exc
             self._objects.put(oid, obj)
@@ -633,6 +686,30 @@ class Repository:
             for (oid, _), raw in zip(run, raws, strict=True):
                 with contextlib.suppress(MlvcError):
                     self._objects.put(oid, decode(raw))
+
+    def _small_pack(self, pack_id: str) -> bytes | None:
+        """The payload bytes of a pack no larger than :data:`_SMALL_PACK_BYTES`, or None.
+
+        Objects (commits, trees, manifests) are read from such packs whole, with one request,
+        and kept: the next object of an experiment is usually in the same pack (on a bucket
+        ``show`` or ``log`` then costs a GET per pack instead of one per object).
+        """
+        with self._index_lock:
+            if self._extents is None:
+                extents: dict[str, int] = {}
+                for loc in self._index.values():
+                    end = loc.offset + loc.stored_len
+                    if end > extents.get(loc.pack, 0):
+                        extents[loc.pack] = end
+                self._extents = extents
+            size = self._extents.get(pack_id, 0)
+        if not 0 < size <= _SMALL_PACK_BYTES:
+            return None
+        blob = self._packs.get(pack_id)
+        if blob is None:
+            blob = self.store.read_range(pack_key(pack_id), 0, size)
+            self._packs.put(pack_id, blob)
+        return blob
 
     def _typed(self, oid: ObjectId, cls: type[Any]) -> Any:
         obj = self.read_object(oid)
@@ -662,6 +739,7 @@ class Repository:
 
     def commit_ids(self) -> set[ObjectId]:
         """Every stored commit."""
+        self._ensure_index()
         return set(self._commits)
 
     def resolve(self, rev: str | ObjectId) -> ObjectId:
@@ -691,7 +769,7 @@ class Repository:
                 oid = from_hex(rev)
                 self.locate(oid)
                 return oid
-            candidates = [to_hex(c) for c in self._commits]
+            candidates = [to_hex(c) for c in self.commit_ids()]
             try:
                 return from_hex(resolve_prefix(rev, candidates, "commit"))
             except ObjectNotFound:

@@ -173,7 +173,11 @@ def reachable(
         FormatError: A referenced object is undecodable and ``missing`` is None.
     """
     seen: dict[ObjectId, int] = {}
-    stack: list[tuple[int, ObjectId, ObjectId | None]] = [(COMMIT, r, None) for r in roots]
+    # Depth first, one root's history after another, in the order their commits are stored:
+    # consecutive roots then share packs, and a remote reader fetches each small pack once.
+    stack: list[tuple[int, ObjectId, ObjectId | None]] = [
+        (COMMIT, r, None) for r in sorted(set(roots), key=lambda r: _where(repo, r), reverse=True)
+    ]
     while stack:
         kind, oid, referrer = stack.pop()
         if oid in seen:
@@ -218,6 +222,15 @@ def _chunk_lengths_disagree(repo: Repository, manifest: Manifest) -> str | None:
                 f"it has {repo.locate(cid).raw_len}"
             )
     return None
+
+
+def _where(repo: Repository, oid: ObjectId) -> tuple[str, int]:
+    """Pack and offset of ``oid`` (a missing one sorts first; the walk reports it)."""
+    try:
+        loc = repo.locate(oid)
+    except ObjectNotFound:
+        return ("", 0)
+    return (loc.pack, loc.offset)
 
 
 def all_roots(repo: Repository) -> list[ObjectId]:

@@ -80,17 +80,32 @@ COLUMNS = ["id", "created", "status", "user", "host", "params", "step", "latest"
 metric's best value and its step."""
 
 
+def _table_fields(e: Any) -> dict[str, Any]:
+    """What a table row shows, straight from the summary (``to_dict`` does much more)."""
+    s = e._summary
+    return {
+        "id": e.id,
+        "created": s.get("created"),
+        "status": e.status,
+        "user": s.get("user"),
+        "host": s.get("host"),
+        "params": s.get("params"),
+        "latest_step": s.get("latest_step"),
+        "best": s.get("best"),
+        "primary_metric": s.get("primary_metric"),
+    }
+
+
 def _render(items: list[Any], json_: bool, ids_only: bool, quiet: bool) -> None:
-    dicts = [e.to_dict() for e in items]
     if json_:
-        _output.print_json(dicts)
+        _output.print_json([e.to_dict() for e in items])
     elif ids_only:
-        for d in dicts:
-            _output.out(_output.short_id(d.get("id")))
-    elif not dicts:
+        for e in items:
+            _output.out(_output.short_id(e.id))
+    elif not items:
         _output.note("no experiments", quiet)
     else:
-        _output.table(COLUMNS, _rows(dicts), right=["step"])
+        _output.table(COLUMNS, _rows([_table_fields(e) for e in items]), right=["step"])
 
 
 def ls(

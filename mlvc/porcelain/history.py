@@ -239,10 +239,15 @@ def log(repo: Repository, spec: str | None = None, limit: int | None = None) -> 
         return LogResult(tag.name, "tag", _tag_log(repo, tag, limit))
     target = resolve(repo, spec)
     if target.kind == "experiment" and target.experiment_id is not None:
-        ref = repo.refs.require(f"experiments/{target.experiment_id}")
-        hidden = set(ref.summary.get("removed") or [])
-        entries = [e for e in _walk(repo, ref.target, None) if e.commit.id not in hidden]
-        return LogResult(ref.name, "experiment", entries[:limit] if limit else entries)
+        exp = target.experiment  # already read: its ref's target and summary
+        if exp is not None:
+            name, tip, summary = f"experiments/{exp.id}", exp.target, exp.summary
+        else:
+            ref = repo.refs.require(f"experiments/{target.experiment_id}")
+            name, tip, summary = ref.name, ref.target, ref.summary
+        hidden = set(summary.get("removed") or [])
+        entries = [e for e in _walk(repo, tip, None) if e.commit.id not in hidden]
+        return LogResult(name, "experiment", entries[:limit] if limit else entries)
     if target.via and target.via.startswith("heads/"):
         return LogResult(target.via, "branch", _walk(repo, target.commit_id, limit))
     return LogResult(target.id, "commit", _walk(repo, target.commit_id, limit))

@@ -15,8 +15,11 @@ Contract, per method:
 * ``read_versioned``/``write_if`` are the compare-and-swap pair refs are built on: ``write_if``
   succeeds only if the key is still at the version read (``None``: only if it is absent) and
   raises :class:`~mlvc_core.errors.PreconditionFailed` otherwise. Never a silent overwrite.
-* ``list`` yields every key under a prefix (recursively), with size and modification time;
-  partial writes are not keys (``list_temporary`` names those a killed writer left).
+* ``list`` yields every key that starts with a prefix (recursively; the prefix need not end
+  at a ``/``), with size, modification time and, where the backend lists one, a version
+  (the S3 ETag, the GCS generation) equal to the one ``read_versioned`` returns for the same
+  bytes, so a listing tells whether a key changed without reading it. Partial writes are not
+  keys (``list_temporary`` names those a killed writer left).
 * Failures of the backend itself surface as :class:`~mlvc_core.errors.StorageError`.
 
 This module must not import fsspec or any backend library.
@@ -42,6 +45,10 @@ class KeyInfo:
     size: int
     mtime: float
     """Seconds since the epoch of the last write."""
+    version: str | None = None
+    """The backend's version of exactly these bytes (S3 ETag, GCS generation, a counter), as
+    ``str(read_versioned(key)[1])`` would name it; None where listings carry none (local disk:
+    compare size and mtime instead)."""
 
 
 class Writer(abc.ABC):
@@ -119,7 +126,7 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def list(self, prefix: str) -> Iterator[KeyInfo]:
-        """Every key that starts with ``prefix`` (a directory-like prefix ending in ``/``)."""
+        """Every key that starts with ``prefix`` (``refs/`` or a partial name: ``refs/ab``)."""
 
     @abc.abstractmethod
     def delete(self, key: str) -> None:

@@ -185,8 +185,11 @@ class LocalStore(Store):
 
     def list(self, prefix: str) -> Iterator[KeyInfo]:
         base = self.root / prefix if prefix else self.root
+        if prefix and not prefix.endswith("/"):
+            base = base.parent  # a partial name ("refs/ab"): walk its directory, filter below
         if not base.is_dir():
             return
+        root_len = len(str(self.root).rstrip(os.sep)) + 1
         for dirpath, dirs, files in os.walk(base):
             if dirpath == str(self.root):
                 dirs[:] = [d for d in dirs if d != _LOCK_DIR]
@@ -198,8 +201,9 @@ class LocalStore(Store):
                     st = os.stat(full)
                 except FileNotFoundError:
                     continue
-                key = os.path.relpath(full, self.root).replace(os.sep, "/")
-                yield KeyInfo(key, st.st_size, st.st_mtime)
+                key = full[root_len:].replace(os.sep, "/")
+                if key.startswith(prefix):
+                    yield KeyInfo(key, st.st_size, st.st_mtime)
 
     def list_temporary(self, prefix: str) -> Iterator[KeyInfo]:
         base = self.root / prefix if prefix else self.root

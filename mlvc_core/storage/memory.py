@@ -81,8 +81,8 @@ class MemoryStore(Store):
     def list(self, prefix: str) -> Iterator[KeyInfo]:
         with self._lock:
             items = [(k, v) for k, v in self._data.items() if k.startswith(prefix)]
-        for k, (data, mtime, _) in sorted(items):
-            yield KeyInfo(k, len(data), mtime)
+        for k, (data, mtime, gen) in sorted(items):
+            yield KeyInfo(k, len(data), mtime, str(gen))
 
     def delete(self, key: str) -> None:
         with self._lock:

@@ -98,6 +98,7 @@ def test_a_damaged_local_index_cache_file_is_rebuilt_with_a_warning(
         caplog.clear()
         with caplog.at_level(logging.WARNING):
             reopened = Repository.open(store, cache_dir=cache)
+            reopened.index_files()  # index files are read on first need, not at open
         assert "local index cache file" in caplog.text and "damaged" in caplog.text
         assert files[0].read_bytes() == good  # fetched again
         assert check(reopened).ok  # never reported as repository corruption

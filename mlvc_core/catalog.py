@@ -1,0 +1,445 @@
+"""Ref catalogs: every ref under a prefix in one compacted object, read back incrementally.
+
+Listing thousands of refs by reading each one costs a request per ref. A catalog is one object,
+``<prefix>.catalog`` (``refs/experiments.catalog`` for ``refs/experiments/``), holding a copy of
+every ref under the prefix as it was when the catalog was written, each with the *token* of the
+state it was copied from. :func:`scan` lists the prefix (one LIST request per 1,000 keys, which
+also lists the catalog itself), takes every ref whose listed token equals the token recorded for
+it, from the local cache first and the catalog second, and reads only the refs that changed
+since. A token is the version the backend lists (S3 ETag, GCS generation: exact, it names the
+bytes), or ``size:mtime`` where listings carry no version (local disk), then trusted only if the
+copy was read more than ``racy`` seconds after that mtime (a later write in the same timestamp
+tick would otherwise go unnoticed, as git's "racy clean" problem).
+
+Compaction: when more refs are newer than the catalog than :func:`compact_after` allows, the
+scanning process rewrites it from what it just validated, by compare-and-swap on the version it
+read (a lost race means someone else compacted: nothing to do). Any process that lists refs may
+compact (``ls``, and a tracked run when it stops). A catalog is only ever a hint: a copy whose
+token no longer matches is ignored, a catalog that cannot be read or written is ignored, and a
+damaged local cache is rebuilt. Format: ``docs/format.md`` ("Ref catalogs").
+
+Must not import ``mlvc`` or know what a ref's document means: documents are opaque bytes here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import NamedTuple
+
+import msgpack
+
+from mlvc_core.codec import compress_blob, decompress_blob
+from mlvc_core.errors import (
+    FormatError,
+    IntegrityError,
+    KeyNotFound,
+    PreconditionFailed,
+    StorageError,
+)
+from mlvc_core.ids import DIGEST_SIZE, hash_bytes
+from mlvc_core.storage.base import KeyInfo, Store, Version
+
+__all__ = [
+    "CATALOG_MAGIC",
+    "Entry",
+    "LocalCache",
+    "ScanResult",
+    "catalog_key",
+    "compact_after",
+    "decode_catalog",
+    "encode_catalog",
+    "scan",
+]
+
+CATALOG_MAGIC = b"MLVCCAT1"
+MAX_CATALOG_BYTES = 256 << 20
+"""Largest decoded catalog accepted (about 300,000 experiment refs)."""
+COMPACT_MIN = 32
+"""A catalog is rewritten once more than ``max(COMPACT_MIN, refs // 16)`` refs are newer."""
+READ_CATALOG_MIN = 8
+"""Fewer refs than this missing from the local cache are read one by one, not via the catalog."""
+MTIME_SLACK = 2.0
+"""Seconds: without reading the catalog, a ref counts as newer than it only if listed with an
+mtime this much after the catalog's (refs written while it was compacted may be missed: they
+cost a cold reader a GET each, never a wrong answer)."""
+_WORKERS = 16
+
+
+class Entry(NamedTuple):
+    """One ref as copied into a catalog or the local cache."""
+
+    key: str
+    """Store key of the ref (``refs/experiments/<id>``)."""
+    token: str
+    """The listed version of the state copied, or ``size:mtime``."""
+    exact: bool
+    """True if ``token`` is a backend version (names the bytes); False for ``size:mtime``."""
+    read_at: float
+    """When the copy was read (seconds since the epoch, the reader's clock)."""
+    doc: bytes
+    """The ref's bytes as read."""
+
+
+def catalog_key(prefix: str) -> str:
+    """The key of the catalog of ``prefix`` (``refs/experiments.catalog``).
+
+    Returns:
+        The store key.
+    """
+    return prefix.rstrip("/") + ".catalog"
+
+
+def compact_after(refs: int) -> int:
+    """How many refs may be newer than a catalog of ``refs`` refs before it is rewritten."""
+    return max(COMPACT_MIN, refs // 16)
+
+
+def listed_token(info: KeyInfo) -> tuple[str, bool]:
+    """``(token, exact)`` of a listed key."""
+    if info.version is not None:
+        return info.version, True
+    return f"{info.size}:{info.mtime!r}", False
+
+
+def is_current(entry: Entry, info: KeyInfo, racy: float) -> bool:
+    """True if ``entry`` is a copy of the state ``info`` lists."""
+    token, exact = listed_token(info)
+    if entry.token != token or entry.exact != exact:
+        return False
+    return exact or entry.read_at - info.mtime > racy
+
+
+# ---------------------------------------------------------------------------------- encoding
+
+
+def encode_catalog(prefix: str, entries: Iterable[Entry], written_at: float) -> bytes:
+    """The bytes of a catalog object: magic, BLAKE3 of the body, zstd(msgpack) body."""
+    body = compress_blob(
+        msgpack.packb(
+            {
+                "prefix": prefix,
+                "written_at": written_at,
+                "entries": [[e.key, e.token, e.exact, e.read_at, e.doc] for e in entries],
+            },
+            use_bin_type=True,
+        )
+    )
+    return CATALOG_MAGIC + hash_bytes(body) + body
+
+
+def decode_catalog(data: bytes, prefix: str) -> dict[str, Entry]:
+    """Decode and verify a catalog object; keep only entries under ``prefix``.
+
+    Raises:
+        IntegrityError: The body does not match its checksum.
+        FormatError: Not a catalog, or malformed.
+    """
+    name = catalog_key(prefix)
+    if data[: len(CATALOG_MAGIC)] != CATALOG_MAGIC:
+        raise FormatError(f"{name} is not a ref catalog")
+    start = len(CATALOG_MAGIC)
+    digest, body = data[start : start + DIGEST_SIZE], data[start + DIGEST_SIZE :]
+    if hash_bytes(body) != digest:
+        raise IntegrityError(name, "catalog does not match its checksum")
+    try:
+        doc = msgpack.unpackb(decompress_blob(body, MAX_CATALOG_BYTES), raw=False)
+        out = {}
+        for key, token, exact, read_at, ref_doc in doc["entries"]:
+            if isinstance(key, str) and key.startswith(prefix):
+                out[key] = Entry(key, str(token), bool(exact), float(read_at), bytes(ref_doc))
+    except (KeyError, TypeError, ValueError, msgpack.UnpackException) as exc:
+        raise FormatError(f"malformed catalog {name}: {exc}") from exc
+    return out
+
+
+# ---------------------------------------------------------------------------------- local cache
+
+
+class LocalCache:
+    """Copies of refs on this machine, in SQLite (or in memory without a path).
+
+    A hint: rows are trusted only through :func:`is_current`; a database that cannot be opened
+    or read is deleted and created again (or, failing that, replaced by memory).
+    """
+
+    def __init__(self, path: Path | None) -> None:
+        self._path = path
+        self._lock = threading.Lock()
+        self._mem: dict[str, Entry] = {}
+        self._meta: dict[str, str] = {}
+        self._db: sqlite3.Connection | None = None
+        if path is not None:
+            self._db = self._open(path)
+
+    @staticmethod
+    def _connect(path: Path) -> sqlite3.Connection:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(str(path), timeout=30, check_same_thread=False, isolation_level=None)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute(
+            "CREATE TABLE IF NOT EXISTS refs (key TEXT PRIMARY KEY, token TEXT, exact INTEGER, "
+            "read_at REAL, doc BLOB)"
+        )
+        db.execute("CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT)")
+        db.execute("SELECT count(*) FROM refs").fetchone()
+        return db
+
+    def _open(self, path: Path) -> sqlite3.Connection | None:
+        try:
+            return self._connect(path)
+        except (sqlite3.Error, OSError):
+            pass
+        for p in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):  # damaged: start afresh
+            with contextlib.suppress(OSError):
+                p.unlink()
+        try:
+            return self._connect(path)
+        except (sqlite3.Error, OSError):
+            return None  # unusable: the cache lives in memory and only costs reads
+
+    def _fail(self) -> None:
+        """The database broke while in use: rebuild it (it is only a cache)."""
+        if self._db is not None:
+            with contextlib.suppress(sqlite3.Error):
+                self._db.close()
+        self._db = None
+        if self._path is not None:
+            for p in (self._path, Path(f"{self._path}-wal"), Path(f"{self._path}-shm")):
+                with contextlib.suppress(OSError):
+                    p.unlink()
+            self._db = self._open(self._path)
+
+    def load(self, prefix: str) -> dict[str, Entry]:
+        """Every cached copy under ``prefix``."""
+        with self._lock:
+            if self._db is None:
+                return {k: e for k, e in self._mem.items() if k.startswith(prefix)}
+            try:
+                rows = self._db.execute(
+                    "SELECT key, token, exact, read_at, doc FROM refs WHERE key >= ? AND key < ?",
+                    (prefix, prefix + "\uffff"),
+                ).fetchall()
+            except sqlite3.Error:
+                self._fail()
+                return {}
+        return {r[0]: Entry(r[0], r[1], bool(r[2]), r[3], bytes(r[4])) for r in rows}
+
+    def update(self, rows: Iterable[Entry], gone: Iterable[str]) -> None:
+        """Store fresh copies and forget refs that no longer exist."""
+        rows, gone = list(rows), list(gone)
+        if not rows and not gone:
+            return
+        with self._lock:
+            if self._db is None:
+                self._mem.update((e.key, e) for e in rows)
+                for k in gone:
+                    self._mem.pop(k, None)
+                return
+            try:
+                self._db.execute("BEGIN")
+                self._db.executemany(
+                    "INSERT OR REPLACE INTO refs VALUES (?, ?, ?, ?, ?)",
+                    [(e.key, e.token, int(e.exact), e.read_at, e.doc) for e in rows],
+                )
+                self._db.executemany("DELETE FROM refs WHERE key = ?", [(k,) for k in gone])
+                self._db.execute("COMMIT")
+            except sqlite3.Error:
+                with contextlib.suppress(sqlite3.Error):
+                    self._db.execute("ROLLBACK")
+
+    def get_meta(self, name: str) -> str | None:
+        """A remembered value (the token of the last catalog merged...)."""
+        with self._lock:
+            if self._db is None:
+                return self._meta.get(name)
+            try:
+                row = self._db.execute("SELECT value FROM meta WHERE name = ?", (name,)).fetchone()
+            except sqlite3.Error:
+                return None
+        return str(row[0]) if row is not None else None
+
+    def set_meta(self, name: str, value: str) -> None:
+        """Remember a value."""
+        with self._lock:
+            if self._db is None:
+                self._meta[name] = value
+                return
+            with contextlib.suppress(sqlite3.Error):
+                self._db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (name, value))
+
+
+# ---------------------------------------------------------------------------------- scanning
+
+
+@dataclass
+class ScanResult:
+    """What :func:`scan` found and what it cost.
+
+    Attributes:
+        docs: Store key -> bytes of every ref listed under the prefix.
+        refs_read: Refs read one by one (they changed since the copies this process had).
+        catalog_read: Whether the catalog object was read.
+        compacted: Whether this scan rewrote the catalog.
+        newer: Refs newer than the catalog (as far as this scan could tell).
+    """
+
+    docs: dict[str, bytes] = field(default_factory=dict)
+    refs_read: int = 0
+    catalog_read: bool = False
+    compacted: bool = False
+    newer: int = 0
+
+
+def _read_one(store: Store, key: str, info: KeyInfo) -> Entry | None:
+    read_at = time.time()
+    try:
+        data, version = store.read_versioned(key)
+    except KeyNotFound:
+        return None  # deleted since the listing
+    token, exact = listed_token(info)
+    if exact:
+        token = str(version)  # the version of exactly these bytes
+    return Entry(key, token, exact, read_at, data)
+
+
+def scan(
+    store: Store,
+    prefix: str,
+    cache: LocalCache,
+    racy: float,
+    compact: bool = True,
+    compact_threshold: int | None = None,
+) -> ScanResult:
+    """Every ref under ``prefix``, reading only those changed since the local cache or catalog.
+
+    Args:
+        store: Where the refs live.
+        prefix: A key prefix ending in ``/`` (``refs/experiments/``).
+        cache: This machine's copies (updated in place).
+        racy: Seconds after its mtime before a ``size:mtime`` copy is trusted.
+        compact: Rewrite the catalog when too many refs are newer than it.
+        compact_threshold: Override :func:`compact_after` (tests, benchmarks).
+
+    Returns:
+        A :class:`ScanResult`.
+
+    Raises:
+        StorageError: The listing or a ref read failed (catalog failures are ignored).
+    """
+    ckey = catalog_key(prefix)
+    listed: dict[str, KeyInfo] = {}
+    cat_info: KeyInfo | None = None
+    for info in store.list(prefix.rstrip("/")):
+        if info.key.startswith(prefix):
+            listed[info.key] = info
+        elif info.key == ckey:
+            cat_info = info
+    local = cache.load(prefix)
+    result = ScanResult()
+    used: dict[str, Entry] = {}
+    stale: list[str] = []
+    for key, info in listed.items():
+        hit = local.get(key)
+        if hit is not None and is_current(hit, info, racy):
+            used[key] = hit
+        else:
+            stale.append(key)
+
+    catalog: dict[str, Entry] | None = None
+    cat_version: Version | None = None
+    damaged = False
+    cat_token = listed_token(cat_info)[0] if cat_info is not None else None
+    adopted: list[Entry] = []
+    if (
+        cat_info is not None
+        and stale
+        and len(stale) >= min(READ_CATALOG_MIN, len(listed))
+        and cache.get_meta(ckey) != cat_token
+    ):
+        catalog, cat_version = _read_catalog(store, prefix)
+        damaged = catalog is None and cat_version is not None
+        result.catalog_read = catalog is not None
+        if catalog is not None:
+            still = []
+            for key in stale:
+                hit = catalog.get(key)
+                if hit is not None and is_current(hit, listed[key], racy):
+                    used[key] = hit
+                    adopted.append(hit)
+                else:
+                    still.append(key)
+            stale = still
+            if cat_token is not None:
+                cache.set_meta(ckey, cat_token)
+
+    fresh: list[Entry] = []
+    if stale:
+        if len(stale) > 4 and not store.is_local:
+            with ThreadPoolExecutor(_WORKERS) as pool:
+                got = list(pool.map(lambda k: _read_one(store, k, listed[k]), stale))
+        else:
+            got = [_read_one(store, k, listed[k]) for k in stale]
+        for entry in got:
+            if entry is not None:
+                fresh.append(entry)
+                used[entry.key] = entry
+        result.refs_read = len(stale)
+    cache.update(adopted + fresh, (k for k in local if k not in listed))
+    result.docs = {k: used[k].doc for k in listed if k in used}
+
+    if catalog is not None:
+        result.newer = sum(
+            1
+            for k, info in listed.items()
+            if k not in catalog or not is_current(catalog[k], info, racy)
+        ) + sum(1 for k in catalog if k not in listed)
+    elif cat_info is not None and not damaged:
+        result.newer = sum(
+            1 for info in listed.values() if info.mtime > cat_info.mtime + MTIME_SLACK
+        )
+    else:
+        result.newer = len(listed)
+    threshold = compact_after(len(listed)) if compact_threshold is None else compact_threshold
+    if compact and result.newer > threshold:
+        if cat_info is not None and catalog is None:
+            _, cat_version = _read_catalog(store, prefix)
+        entries = [used[k] for k in sorted(used)]
+        written = _write_catalog(store, prefix, entries, cat_version, cat_info is not None)
+        result.compacted = written is not None
+        if written is not None:
+            # What this process wrote it already has; a listed version names it exactly.
+            exact = any(i.version is not None for i in listed.values())
+            cache.set_meta(ckey, str(written) if exact else "")
+    return result
+
+
+def _read_catalog(store: Store, prefix: str) -> tuple[dict[str, Entry] | None, Version | None]:
+    """The catalog's entries and version, or ``(None, None)`` if absent or unreadable."""
+    try:
+        data, version = store.read_versioned(catalog_key(prefix))
+    except (KeyNotFound, StorageError):
+        return None, None
+    try:
+        return decode_catalog(data, prefix), version
+    except (FormatError, IntegrityError):
+        return None, version  # damaged: the next compaction replaces it
+
+
+def _write_catalog(
+    store: Store, prefix: str, entries: list[Entry], version: Version | None, existed: bool
+) -> Version | None:
+    """Replace the catalog by compare-and-swap; its new version, or None if not written."""
+    if existed and version is None:
+        return None  # could not read the catalog's version: leave it to another scan
+    blob = encode_catalog(prefix, entries, time.time())
+    try:
+        return store.write_if(catalog_key(prefix), blob, version)
+    except (PreconditionFailed, StorageError, OSError):
+        return None  # someone else compacted, or this process may not write: a hint only
