@@ -39,7 +39,14 @@ from typing import TYPE_CHECKING, Any
 from mlvc.repo import RepositoryLike, shared_repo
 from mlvc_core import schema
 from mlvc_core.catalog import LocalCache, ScanResult, scan
-from mlvc_core.errors import FormatError, MlvcError, ObjectNotFound, RefConflict, UsageError
+from mlvc_core.errors import (
+    FormatError,
+    KeyNotFound,
+    MlvcError,
+    ObjectNotFound,
+    RefConflict,
+    UsageError,
+)
 from mlvc_core.ids import ObjectId, from_hex, is_hex_prefix, resolve_prefix, to_hex
 from mlvc_core.objects import Commit
 from mlvc_core.refs import Ref, encode_ref
@@ -293,6 +300,22 @@ def heartbeat_of(repo: Repository, exp_id: str) -> float | None:
     return None
 
 
+def _parse_ref_doc(key: str, data: bytes) -> tuple[bytes, dict[str, Any]]:
+    """The target and checked summary of a stored experiment ref document.
+
+    Raises:
+        FormatError: Not a well-formed experiment ref (the error names ``key``).
+    """
+    try:
+        summary = json.loads(data)
+        target = bytes.fromhex(summary.pop("target"))
+    except (ValueError, TypeError, KeyError, AttributeError) as exc:
+        raise FormatError(f"ref {key!r} is malformed: {exc}") from exc
+    if len(target) != 32:
+        raise FormatError(f"ref {key!r} is malformed: its target is not an object id")
+    return target, schema.check(summary, _RUN_SUMMARY, f"ref {key!r}")
+
+
 def _experiments_of(
     repo: Repository, docs: dict[str, bytes], prefix: str, stale_after: float, removed: bool
 ) -> builtins.list[Experiment]:
@@ -302,15 +325,17 @@ def _experiments_of(
     for key, data in docs.items():
         exp_id = key[len(prefix) :]
         try:
-            summary = json.loads(data)
-            target = bytes.fromhex(summary.pop("target"))
-            if len(target) != 32:
-                raise FormatError("its target is not an object id")
-            schema.check(summary, _RUN_SUMMARY, f"ref {key!r}")
-        except (FormatError, ValueError, TypeError, KeyError, AttributeError) as exc:
-            # Listed without it: the others are still shown (fsck names it too).
-            log.warning("mlvc: skipping experiment %s: %s", exp_id[:12], exc)
-            continue
+            target, summary = _parse_ref_doc(key, data)
+        except FormatError:
+            # A copy from this machine's cache or the catalog may be what is damaged: read
+            # the ref itself, and forget the copy.
+            _cache_for(repo).update([], [key])
+            try:
+                target, summary = _parse_ref_doc(key, repo.store.read(key))
+            except (FormatError, KeyNotFound) as exc:
+                # Listed without it: the others are still shown (fsck names it too).
+                log.warning("mlvc: skipping experiment %s: %s", exp_id[:12], exc)
+                continue
         if removed:
             summary["status"] = "removed"
         out.append(

@@ -91,6 +91,7 @@ def _table_fields(e: Any) -> dict[str, Any]:
         "host": s.get("host"),
         "params": s.get("params"),
         "latest_step": s.get("latest_step"),
+        "latest_metrics": s.get("latest_metrics"),
         "best": s.get("best"),
         "primary_metric": s.get("primary_metric"),
     }

@@ -400,9 +400,9 @@ def test_a_damaged_listing_cache_is_read_around(
     monkeypatch.setattr(experiments, "RACY_SECONDS", {"local": -1e9, "remote": -1e9})
     cli = Cli(project)
     assert [e["name"] for e in json.loads(cli("ls", "--json").stdout)] == ["good"]
-    (cache,) = (project.parent / "cache").rglob("experiments.sqlite")
+    (cache,) = (project.parent / "cache").rglob("refs.sqlite")
     db = sqlite3.connect(cache)
-    db.execute("UPDATE refs SET doc = ?", ('{"target": 5, "summary": []}',))
+    db.execute("UPDATE refs SET doc = ?", (b'{"target": 5, "summary": []}',))
     db.commit()
     db.close()
     assert [e["name"] for e in json.loads(cli("ls", "--json").stdout)] == ["good"]
