@@ -29,6 +29,7 @@ aborts it.
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
 import time
 from collections import defaultdict
@@ -52,6 +53,9 @@ _PACK_WORKERS = 4
 _EXPERIMENTS = f"{REFS_PREFIX}experiments/"
 
 
+log = logging.getLogger("mlvc")
+
+
 @dataclass
 class TransferReport:
     """What a transfer did."""
@@ -64,6 +68,8 @@ class TransferReport:
     refs_updated: list[str] = field(default_factory=list)
     refs_skipped: list[str] = field(default_factory=list)
     refs_unchanged: list[str] = field(default_factory=list)
+    refs_unreadable: list[str] = field(default_factory=list)
+    """Refs of the source that could not be read, so were not sent (see ``mlvc fsck``)."""
 
     def to_dict(self) -> dict[str, object]:
         """JSON-safe form."""
@@ -97,9 +103,17 @@ def _batches(entries: list[tuple[ObjectId, Location]]) -> Iterator[list[tuple[Ob
         yield batch
 
 
-def _all_refs(repo: Repository) -> dict[str, Ref]:
-    """Every ref by name: experiments through their catalog, heads and tags read."""
-    return {r.name: r for r in repo.refs.list()}
+def _all_refs(repo: Repository, report: TransferReport) -> dict[str, Ref]:
+    """Every readable ref by name: experiments through their catalog, heads and tags read.
+
+    An unreadable ref is left behind (named in ``report.refs_unreadable`` and logged): what
+    it reached is not sent, unless another ref reaches it.
+    """
+    refs, bad = repo.refs.scan()
+    for name, why in bad:
+        log.warning("mlvc: ref %s is not sent: %s", name, why)
+        report.refs_unreadable.append(name)
+    return {r.name: r for r in refs}
 
 
 class _Progress:
@@ -204,7 +218,7 @@ def transfer(
         chosen = [src.refs.require(n) for n in refs]
         wanted: set[ObjectId] | None = set(reachable(src, ref_roots(chosen)))
     else:
-        chosen = sorted(_all_refs(src).values(), key=lambda r: r.name)
+        chosen = sorted(_all_refs(src, report).values(), key=lambda r: r.name)
         wanted = None
     by_pack: dict[str, list[tuple[ObjectId, Location]]] = defaultdict(list)
     for oid, loc in src.iter_index():

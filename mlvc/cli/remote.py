@@ -59,6 +59,11 @@ def _render(r: porcelain.TransferResult, verb: str, json_: bool, quiet: bool) ->
             f"{len(rep.refs_skipped)} refs diverged and were left alone: "
             f"{', '.join(rep.refs_skipped)} (pass --force to overwrite them)"
         )
+    if rep.refs_unreadable:
+        _output.warn(
+            f"{len(rep.refs_unreadable)} refs could not be read and were not sent: "
+            f"{', '.join(rep.refs_unreadable)} (`mlvc fsck` says why)"
+        )
 
 
 def push(

@@ -316,6 +316,23 @@ def test_a_tag_with_a_malformed_history(project: Path) -> None:
     assert (project / "out" / "a.txt").read_text() == "keep me"
 
 
+def test_clone_leaves_an_unreadable_ref_behind_and_copies_the_rest(
+    project: Path, tmp_path: Path
+) -> None:
+    cli = Cli(project)
+    (project / "a.txt").write_text("keep me")
+    cid = cli("commit", "a.txt", "-m", "one").stdout.strip()
+    cli("tag", "good", cid)
+    write_ref(project / ".mlvc", "tags/broken", {"target": 5})
+    r = cli("clone", project / ".mlvc", tmp_path / "copy")
+    assert "tags/broken" in r.output  # named, not silently dropped
+    copy = Cli(tmp_path / "copy")
+    copy("fsck")
+    copy("checkout", "good", "-o", "out")
+    assert (tmp_path / "copy" / "out" / "a.txt").read_text() == "keep me"
+    assert "broken" not in copy("tag").output
+
+
 @pytest.mark.parametrize(
     "doc",
     [
