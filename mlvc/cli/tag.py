@@ -55,6 +55,12 @@ def tag(
         if name is None or id_ is not None:
             raise UsageError("usage: mlvc tag -d NAME")
         info = porcelain.tag_delete(repo, name)
+        if info is None:  # unreadable: removed all the same
+            if json_:
+                _output.print_json({"name": name, "target": None})
+            else:
+                _output.note(f"deleted tag {name} (it could not be read)", st.quiet)
+            return
         if json_:
             _output.print_json(info.to_dict())
         else:

@@ -25,7 +25,7 @@ from mlvc.porcelain._resolve import (
     oid_of,
     resolve,
 )
-from mlvc_core.errors import InvalidRefName, ObjectNotFound, RefNotFound, UsageError
+from mlvc_core.errors import FormatError, InvalidRefName, ObjectNotFound, RefNotFound, UsageError
 from mlvc_core.ids import ObjectId, to_hex
 from mlvc_core.refs import Ref, validate_name
 from mlvc_core.repository import Repository, default_author
@@ -354,13 +354,21 @@ def tag_set(repo: Repository, name: str, spec: str) -> TagInfo:
     return _tag_info(repo, ref, to_hex(current.target) if current else None)
 
 
-def tag_delete(repo: Repository, name: str) -> TagInfo:
+def tag_delete(repo: Repository, name: str) -> TagInfo | None:
     """Remove tag ``name`` (its history goes with it; ``gc`` may then free what only it kept).
+
+    A tag that cannot be read (``mlvc fsck`` names it) is removed as well; None is returned
+    for it, as what it pointed at is unknown.
 
     Raises:
         RefNotFound: No such tag.
     """
-    ref = repo.refs.require(validate_name(f"tags/{name}"))
+    ref_name = validate_name(f"tags/{name}")
+    try:
+        ref = repo.refs.require(ref_name)
+    except FormatError:
+        repo.refs.delete(ref_name)
+        return None
     info = _tag_info(repo, ref, to_hex(ref.target))
     repo.refs.delete(ref.name)
     return info

@@ -314,6 +314,9 @@ def test_a_tag_with_a_malformed_history(project: Path) -> None:
     cli("log")
     cli("checkout", cid, "-o", "out")
     assert (project / "out" / "a.txt").read_text() == "keep me"
+    assert "could not be read" in cli("tag", "-d", "prod").output  # the way out
+    cli("fsck")
+    cli("gc", "--yes", "--grace", "0")
 
 
 def test_clone_leaves_an_unreadable_ref_behind_and_copies_the_rest(
