@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from mlvc_core import codec
-from mlvc_core.config import FORMAT_VERSION, RepoConfig
+from mlvc_core.config import FORMAT_VERSION, MAX_CONFIG_SIZE, RepoConfig
 from mlvc_core.errors import (
     FormatError,
     IntegrityError,
@@ -57,6 +57,8 @@ from mlvc_core.objects import (
 from mlvc_core.packs import (
     GENERATION_KEY,
     INDEX_PREFIX,
+    MAX_GENERATION_SIZE,
+    MAX_INDEX_FILE_SIZE,
     MAX_PACK_ENTRIES,
     Generation,
     IndexFile,
@@ -179,7 +181,7 @@ class Repository:
         """
         store = url if isinstance(url, Store) else open_store(url, **storage_options)
         try:
-            data = store.read(CONFIG_KEY)
+            data = store.read(CONFIG_KEY, MAX_CONFIG_SIZE)
         except KeyNotFound:
             raise NotARepository(store.url) from None
         return cls(store, RepoConfig.decode(data), cache_dir)
@@ -234,7 +236,7 @@ class Repository:
                 )
                 with contextlib.suppress(OSError):
                     cached.unlink()
-        data = self.store.read(key)
+        data = self.store.read(key, MAX_INDEX_FILE_SIZE)
         decoded = decode_index_file(data, key, index_id)
         self._cache_index(index_id, data)
         return decoded
@@ -312,7 +314,7 @@ class Repository:
             FormatError: The record is damaged.
         """
         try:
-            data = self.store.read(GENERATION_KEY)
+            data = self.store.read(GENERATION_KEY, MAX_GENERATION_SIZE)
         except KeyNotFound:
             return Generation(0, None)
         return Generation.decode(data)
@@ -729,7 +731,7 @@ class Repository:
             UnsupportedFormatVersion: The stored config names a version this mlvc does not know.
         """
         for _ in range(5):
-            data, version = self.store.read_versioned(CONFIG_KEY)
+            data, version = self.store.read_versioned(CONFIG_KEY, MAX_CONFIG_SIZE)
             current = RepoConfig.decode(data)
             if current.version >= FORMAT_VERSION:
                 self.config = current

@@ -1,0 +1,146 @@
+"""Attacks on a repository from outside the format: files of any size or type where mlvc
+expects its small metadata files, and where it expects packs.
+
+A repository is untrusted (a tarball, a shared bucket): a ref, config, lock or index file may be
+gigabytes long (a sparse file costs nothing to plant), a FIFO, or a link to ``/dev/zero``.
+Every command answers within the format's own limits and never hangs.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.cli.conftest import Cli
+
+ROOT = Path(__file__).resolve().parents[1]
+INTERNAL = 70
+GIB = 1 << 30
+
+
+@pytest.fixture
+def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A project whose repository holds one commit (two files) tagged ``v1``."""
+    monkeypatch.setenv("MLVC_CACHE_DIR", str(tmp_path / "cache"))
+    d = tmp_path / "project"
+    (d / "data").mkdir(parents=True)
+    (d / "data" / "a.txt").write_text("hello\n")
+    (d / "data" / "b.bin").write_bytes(os.urandom(300_000))
+    cli = Cli(d)
+    cli("init")
+    cli("commit", "data", "-m", "first")
+    cli("tag", "v1", "main")
+    yield d
+    from mlvc.repo import forget_shared
+
+    forget_shared()
+
+
+def _limit_memory() -> None:
+    # A regression must fail the test, not take the machine's memory with it.
+    resource.setrlimit(resource.RLIMIT_AS, (3 * GIB, 3 * GIB))
+
+
+def _run(project: Path, *args: str, timeout: float = 60) -> tuple[int, str, int]:
+    """Run ``mlvc ARGS`` in a fresh process with bounded memory: (exit code, output, peak MiB).
+
+    A command still running after ``timeout`` seconds counts as a hang (exit code -1).
+    """
+    code = (
+        "import sys\n"
+        "from mlvc.cli import main\n"
+        f"sys.argv = ['mlvc', *{list(args)!r}]\n"
+        "try:\n    main()\nexcept SystemExit as e:\n    rc = e.code or 0\nelse:\n    rc = 0\n"
+        "hwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM')][0]\n"
+        "sys.stderr.write('RSS %s\\n' % hwm.split()[1])\n"
+        "sys.exit(rc)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    try:
+        p = subprocess.run(
+            [sys.executable, "-c", code],
+            cwd=project,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            preexec_fn=_limit_memory,
+        )
+    except subprocess.TimeoutExpired:
+        return -1, f"mlvc {' '.join(args)} still ran after {timeout} s", 0
+    out = p.stdout + p.stderr
+    rss = int(out.rsplit("RSS ", 1)[1].split()[0]) // 1024 if "RSS " in out else 0
+    return p.returncode, out, rss
+
+
+def _one(directory: Path) -> Path:
+    return next(p for p in sorted(directory.rglob("*")) if p.is_file())
+
+
+def _grow(path: Path, size: int) -> None:
+    """Make ``path`` ``size`` bytes long (sparse: it costs no disk)."""
+    with open(path, "r+b") as f:
+        f.truncate(size)
+
+
+# Each case: how to damage the repository, and commands that must answer within bounds.
+OVERSIZED = {
+    "ref": lambda repo: _grow(repo / "refs" / "tags" / "v1", 3 * GIB),
+    "config": lambda repo: _grow(repo / "config", 3 * GIB),
+    "index file": lambda repo: _grow(_one(repo / "index"), 3 * GIB),
+    "pack": lambda repo: _grow(_one(repo / "packs"), 3 * GIB),
+}
+
+
+@pytest.mark.parametrize("what", sorted(OVERSIZED))
+def test_a_file_of_gigabytes_in_the_repository_costs_no_memory(project: Path, what: str) -> None:
+    OVERSIZED[what](project / ".mlvc")
+    for args in (["fsck"], ["log", "main"], ["gc", "--yes"], ["tag"]):
+        rc, out, rss = _run(project, *args)
+        assert rc not in (INTERNAL, -1), out
+        assert 0 < rss < 300, f"mlvc {args[0]} used {rss} MiB with a {what} of 3 GiB: {out}"
+    if what == "pack":  # the padding is not data: the commit still reads back whole
+        rc, out, _ = _run(project, "fsck")
+        assert rc == 0, out
+    else:
+        rc, out, _ = _run(project, "fsck")
+        assert rc == 3 and "more than the format allows" in out, out
+
+
+def _fifo(path: Path) -> None:
+    path.unlink(missing_ok=True)
+    os.mkfifo(path)
+
+
+def _dev_zero(path: Path) -> None:
+    path.unlink(missing_ok=True)
+    path.symlink_to("/dev/zero")
+
+
+NOT_FILES = {
+    "fifo ref": lambda repo: _fifo(repo / "refs" / "tags" / "ff"),
+    "fifo tag v1": lambda repo: _fifo(repo / "refs" / "tags" / "v1"),
+    "ref linked to /dev/zero": lambda repo: _dev_zero(repo / "refs" / "tags" / "zz"),
+    "fifo config": lambda repo: _fifo(repo / "config"),
+    "fifo pack": lambda repo: _fifo(_one(repo / "packs")),
+    "index linked to /dev/zero": lambda repo: _dev_zero(_one(repo / "index")),
+    "fifo gc lock": lambda repo: _fifo(repo / "locks" / "exclusive"),
+}
+
+
+@pytest.mark.parametrize("what", sorted(NOT_FILES))
+def test_fifos_and_devices_in_the_repository_never_hang(project: Path, what: str) -> None:
+    (project / ".mlvc" / "locks").mkdir(exist_ok=True)
+    NOT_FILES[what](project / ".mlvc")
+    for args in (["fsck"], ["log", "main"], ["gc", "--yes"], ["tag", "v2", "main"]):
+        rc, out, rss = _run(project, *args, timeout=30)
+        assert rc not in (INTERNAL, -1), out
+        assert rss < 300, f"mlvc {args[0]} used {rss} MiB: {out}"
+    rc, out, _ = _run(project, "fsck", timeout=30)
+    assert rc == 3 or what == "fifo gc lock", out
