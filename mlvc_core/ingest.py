@@ -44,7 +44,7 @@ from mlvc_core.chunker import ChunkerParams, MiB, make_fastcdc
 from mlvc_core.errors import FileChanged, MlvcError, UsageError
 from mlvc_core.ids import ObjectId, hash_bytes
 from mlvc_core.objects import CHUNK, Manifest, Tree, TreeEntry, check_name
-from mlvc_core.repository import WriteSession
+from mlvc_core.repository import Repository, WriteSession
 from mlvc_core.restore import find_entry
 
 if TYPE_CHECKING:
@@ -471,8 +471,33 @@ _PREFETCH = 1024
 """Stat-cache hits whose manifests are read together (well under the object cache's size)."""
 
 
+def _own_dirs(repo: Repository) -> frozenset[tuple[int, int]]:
+    """``(st_dev, st_ino)`` of the directories of a local repository and of its cache.
+
+    A snapshot of a directory holding them (``mlvc commit .`` in the project) would record
+    the repository into itself, half-written packs and locks included.
+    """
+    out = set()
+    dirs = [repo.cache_dir]
+    local_path = getattr(repo.store, "local_path", None)
+    if local_path is not None:
+        dirs.append(Path(local_path("config")).parent)
+    for d in dirs:
+        if d is None:
+            continue
+        try:
+            st = os.stat(d)
+        except OSError:
+            continue
+        out.add((st.st_dev, st.st_ino))
+    return frozenset(out)
+
+
 class TreeBuilder:
-    """Walks directories into trees, honouring an exclude predicate and a stat cache."""
+    """Walks directories into trees, honouring an exclude predicate and a stat cache.
+
+    The repository being written to and its local cache are never walked into.
+    """
 
     def __init__(
         self,
@@ -505,6 +530,8 @@ class TreeBuilder:
         self._guide = guide
         self.on_changed = on_changed
         self.patience_s = PATIENCE_S if patience_s is None else patience_s
+        self.own_dirs = _own_dirs(session.repo)
+        """Directories never snapshotted: the repository being written to, its local cache."""
 
     def guide_for(self, rel: str, previous: ObjectId | None = None) -> Manifest | None:
         """The previous version of the file at ``rel``, if one is known and readable.
@@ -606,6 +633,8 @@ class TreeBuilder:
         if stat_mod.S_ISLNK(st.st_mode):
             return TreeEntry(name, "link", None, 0, 0o777, os.readlink(path))
         if stat_mod.S_ISDIR(st.st_mode):
+            if (st.st_dev, st.st_ino) in self.own_dirs:
+                return None  # the repository itself (or its cache): never inside a snapshot
             tree = self.tree(path, rel)
             mode = stat_mod.S_IMODE(st.st_mode) & 0o777
             return TreeEntry(name, "dir", self.session.add_object(tree), tree.size, mode)
@@ -688,6 +717,11 @@ def ingest_paths(
     for p in resolved:
         if not p.exists() and not p.is_symlink():
             raise UsageError(f"no such file or directory: {p}")
+    for p in resolved:
+        if p.is_dir() and not p.is_symlink():
+            st = p.stat()
+            if (st.st_dev, st.st_ino) in builder.own_dirs:
+                raise UsageError(f"{p} is the repository (or its cache): it is never committed")
     try:
         if len(resolved) == 1 and resolved[0].is_dir() and not resolved[0].is_symlink():
             root = builder.tree(resolved[0])

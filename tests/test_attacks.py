@@ -144,3 +144,29 @@ def test_fifos_and_devices_in_the_repository_never_hang(project: Path, what: str
         assert rss < 300, f"mlvc {args[0]} used {rss} MiB: {out}"
     rc, out, _ = _run(project, "fsck", timeout=30)
     assert rc == 3 or what == "fifo gc lock", out
+
+
+# ------------------------------------------------------------- a snapshot of the project itself
+
+
+def test_committing_the_project_directory_leaves_out_its_repository_and_cache(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    d = tmp_path / "project"
+    d.mkdir()
+    monkeypatch.setenv("MLVC_CACHE_DIR", str(d / "cache"))  # a cache inside the project, too
+    (d / "train.py").write_text("print('hi')\n")
+    cli = Cli(d)
+    cli("init")
+    cli("commit", "train.py", "-m", "first")  # fills the cache
+    cid = cli("commit", ".", "-m", "everything").stdout.split()[0]
+    paths = sorted(f["path"] for f in cli.json("show", cid)["files"])
+    assert paths == ["mlvc.toml", "train.py"]
+    parent = tmp_path / "elsewhere"
+    parent.mkdir()
+    out = Cli(parent)("-R", d / ".mlvc", "commit", d, "-m", "from outside").stdout.split()[0]
+    assert not [f for f in cli.json("show", out)["files"] if ".mlvc" in f["path"]]
+    cli("fsck")
+    from mlvc.repo import forget_shared
+
+    forget_shared()
