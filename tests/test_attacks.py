@@ -170,3 +170,58 @@ def test_committing_the_project_directory_leaves_out_its_repository_and_cache(
     from mlvc.repo import forget_shared
 
     forget_shared()
+
+
+# ------------------------------------------------------------------------ metrics segments
+
+
+def test_a_metrics_segment_that_inflates_a_thousandfold_is_skipped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import zlib
+
+    d = tmp_path / "project"
+    (d / "code").mkdir(parents=True)
+    (d / "code" / "train.py").write_text("pass\n")
+    monkeypatch.setenv("MLVC_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.chdir(d)
+    Cli(d)("init")
+    import mlvc
+    from mlvc.series import segment_key
+
+    with mlvc.track(path="code", name="bombed") as run:
+        run.log({"loss": 1.0}, step=0)
+        exp_id = run.id
+    from mlvc.repo import forget_shared
+
+    forget_shared()
+    # 1 GiB of JSON whitespace inside a valid segment: about 1 MiB stored.
+    bomb = zlib.compressobj(9)
+    parts = [bomb.compress(b'{"v":1,"points":[')]
+    parts += [bomb.compress(b" " * (64 << 20)) for _ in range(16)]
+    parts += [bomb.compress(b"]}"), bomb.flush()]
+    key = segment_key(exp_id, "zz", 999999)
+    path = d / ".mlvc" / key
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"".join(parts))
+    code = (
+        "import mlvc, sys\n"
+        f"e = mlvc.experiments.get({exp_id!r})\n"
+        "print(e.metrics('loss'), e.metric_names())\n"
+        "hwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM')][0]\n"
+        "print('RSS', int(hwm.split()[1]) // 1024)\n"
+    )
+    p = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=d,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        preexec_fn=_limit_memory,
+    )
+    assert p.returncode == 0, p.stderr
+    assert "[(0, 1.0)] ['loss']" in p.stdout
+    # Inflating stops at 256x the segment's 1 MiB (it would reach 1 GiB, then its JSON more).
+    assert int(p.stdout.rsplit("RSS ", 1)[1]) < 800, p.stdout
+    assert "segment" in p.stderr and "unreadable" in p.stderr
