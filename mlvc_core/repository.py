@@ -31,6 +31,7 @@ from mlvc_core.errors import (
     FormatError,
     IntegrityError,
     KeyNotFound,
+    MissingObject,
     MlvcError,
     NotARepository,
     ObjectNotFound,
@@ -481,6 +482,17 @@ class Repository:
                 raise ObjectNotFound(to_hex(oid))
         return loc
 
+    def _stored(self, oid: ObjectId) -> Location:
+        """Where ``oid``, which something stored refers to, is stored.
+
+        Raises:
+            MissingObject: It is not (the repository is damaged).
+        """
+        try:
+            return self.locate(oid)
+        except ObjectNotFound:
+            raise MissingObject(to_hex(oid)) from None
+
     def iter_index(self) -> Iterator[tuple[ObjectId, Location]]:
         """Every indexed payload."""
         with self._index_lock:
@@ -496,7 +508,7 @@ class Repository:
             ObjectNotFound: Not stored.
             IntegrityError: The stored bytes are damaged.
         """
-        loc = self.locate(oid)
+        loc = self._stored(oid)
         try:
             payload = self.store.read_range(pack_key(loc.pack), loc.offset, loc.stored_len)
         except KeyNotFound:
@@ -561,7 +573,7 @@ class Repository:
         run: list[tuple[ObjectId, Location]] = []
         start = end = raw = 0
         for oid in oids:
-            loc = self.locate(oid)
+            loc = self._stored(oid)
             if run and (
                 loc.pack != run[0][1].pack
                 or loc.offset != end
@@ -604,7 +616,7 @@ class Repository:
         """A verified, decoded object (cached)."""
         obj = self._objects.get(oid)
         if obj is None:
-            loc = self.locate(oid)
+            loc = self._stored(oid)
             if loc.kind == CHUNK:
                 raise FormatError(f"{to_hex(oid)} is a data chunk, not an object")
             try:

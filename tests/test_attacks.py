@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import resource
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -225,3 +226,24 @@ def test_a_metrics_segment_that_inflates_a_thousandfold_is_skipped(
     # Inflating stops at 256x the segment's 1 MiB (it would reach 1 GiB, then its JSON more).
     assert int(p.stdout.rsplit("RSS ", 1)[1]) < 800, p.stdout
     assert "segment" in p.stderr and "unreadable" in p.stderr
+
+
+# ------------------------------------------------------------ damage is not an unknown id
+
+
+def test_data_a_ref_reaches_but_the_repository_lacks_is_damage_not_an_unknown_id(
+    project: Path,
+) -> None:
+    cli = Cli(project)
+    for f in (project / ".mlvc" / "index").iterdir():
+        f.write_bytes(b"MLVCIDX2 damaged")  # every pack is unreadable now
+    shutil.rmtree(project.parent / "cache")  # and no local copy of an index file is left
+    from mlvc.repo import forget_shared
+
+    forget_shared()
+    for args in (["log"], ["show", "main"], ["checkout", "main", "-o", "out"]):
+        r = cli(*args, code=3)
+        assert "is referenced but not stored" in r.stderr and "mlvc fsck" in r.stderr
+    # An id the user typed that names nothing is still an unknown id.
+    r = cli("show", "ab" * 32, code=4)
+    assert "unknown" in r.stderr
