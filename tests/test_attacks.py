@@ -247,3 +247,25 @@ def test_data_a_ref_reaches_but_the_repository_lacks_is_damage_not_an_unknown_id
     # An id the user typed that names nothing is still an unknown id.
     r = cli("show", "ab" * 32, code=4)
     assert "unknown" in r.stderr
+
+
+# ------------------------------------------------------------------- local caches are hints
+
+
+def test_a_cache_directory_that_cannot_be_made_does_not_stop_a_commit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    d = tmp_path / "project"
+    (d / "data").mkdir(parents=True)
+    (d / "data" / "a.bin").write_bytes(os.urandom(100_000))
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("a file where the cache would go")
+    monkeypatch.setenv("MLVC_CACHE_DIR", str(blocker))
+    cli = Cli(d)
+    cli("init")
+    cid = cli("commit", "data", "-m", "no cache").stdout.split()[0]  # every file read
+    cli("checkout", cid, "-o", "out")
+    assert (d / "out" / "data" / "a.bin").read_bytes() == (d / "data" / "a.bin").read_bytes()
+    from mlvc.repo import forget_shared
+
+    forget_shared()
