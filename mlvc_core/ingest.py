@@ -44,7 +44,7 @@ from mlvc_core.chunker import ChunkerParams, MiB, make_fastcdc
 from mlvc_core.errors import FileChanged, MlvcError, UsageError
 from mlvc_core.ids import ObjectId, hash_bytes
 from mlvc_core.objects import CHUNK, Manifest, Tree, TreeEntry, check_name
-from mlvc_core.repository import Repository, WriteSession
+from mlvc_core.repository import WriteSession
 from mlvc_core.restore import find_entry
 
 if TYPE_CHECKING:
@@ -471,28 +471,6 @@ _PREFETCH = 1024
 """Stat-cache hits whose manifests are read together (well under the object cache's size)."""
 
 
-def _own_dirs(repo: Repository) -> frozenset[tuple[int, int]]:
-    """``(st_dev, st_ino)`` of the directories of a local repository and of its cache.
-
-    A snapshot of a directory holding them (``mlvc commit .`` in the project) would record
-    the repository into itself, half-written packs and locks included.
-    """
-    out = set()
-    dirs = [repo.cache_dir]
-    local_path = getattr(repo.store, "local_path", None)
-    if local_path is not None:
-        dirs.append(Path(local_path("config")).parent)
-    for d in dirs:
-        if d is None:
-            continue
-        try:
-            st = os.stat(d)
-        except OSError:
-            continue
-        out.add((st.st_dev, st.st_ino))
-    return frozenset(out)
-
-
 class TreeBuilder:
     """Walks directories into trees, honouring an exclude predicate and a stat cache.
 
@@ -530,7 +508,7 @@ class TreeBuilder:
         self._guide = guide
         self.on_changed = on_changed
         self.patience_s = PATIENCE_S if patience_s is None else patience_s
-        self.own_dirs = _own_dirs(session.repo)
+        self.own_dirs = session.repo.own_directories()
         """Directories never snapshotted: the repository being written to, its local cache."""
 
     def guide_for(self, rel: str, previous: ObjectId | None = None) -> Manifest | None:

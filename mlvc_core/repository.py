@@ -187,6 +187,28 @@ class Repository:
             raise NotARepository(store.url) from None
         return cls(store, RepoConfig.decode(data), cache_dir)
 
+    def own_directories(self) -> frozenset[tuple[int, int]]:
+        """``(st_dev, st_ino)`` of this repository's directory (if local) and of its cache.
+
+        Never part of a snapshot, never written by a checkout: ``mlvc commit .`` in a project
+        would record the repository into itself, and a checkout of such a snapshot into the
+        project would overwrite the repository's refs and config.
+        """
+        dirs = [self.cache_dir]
+        local_path = getattr(self.store, "local_path", None)
+        if local_path is not None:
+            dirs.append(Path(local_path(CONFIG_KEY)).parent)
+        out = set()
+        for d in dirs:
+            if d is None:
+                continue
+            try:
+                st = os.stat(d)
+            except OSError:
+                continue
+            out.add((st.st_dev, st.st_ino))
+        return frozenset(out)
+
     def close(self) -> None:
         """Release threads and connections."""
         if self._pool is not None:

@@ -492,9 +492,15 @@ def _restore(
             log.warning("mlvc: skipped %s: %s", rel, reason)
 
     disk = _Disk(root)
+    own = repo.own_directories()
     skipped: set[Parts] = set()
     for parts, e in plan.items():
         if any(parts[:i] in skipped for i in range(1, len(parts))):
+            skipped.add(parts)
+            continue
+        st = disk.lstat(parts)
+        if st is not None and stat_mod.S_ISDIR(st.st_mode) and (st.st_dev, st.st_ino) in own:
+            skip(parts, "it is the repository this checkout reads (or its cache)")
             skipped.add(parts)
             continue
         why = _name_refused_here(parts[-1])

@@ -269,3 +269,36 @@ def test_a_cache_directory_that_cannot_be_made_does_not_stop_a_commit(
     from mlvc.repo import forget_shared
 
     forget_shared()
+
+
+@pytest.mark.parametrize("kind", ["refs inside it", "a file in its place"])
+def test_checkout_into_the_project_never_writes_the_repository(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: str
+) -> None:
+    d = tmp_path / "project"
+    d.mkdir()
+    monkeypatch.setenv("MLVC_CACHE_DIR", str(tmp_path / "cache"))
+    (d / "a.txt").write_text("mine\n")
+    cli = Cli(d)
+    cli("init")
+    first = cli("commit", "a.txt", "-m", "first").stdout.split()[0]
+    # A snapshot holding a `.mlvc` of its own (an older `mlvc commit .`, or a hostile one).
+    src = tmp_path / "src"
+    if kind == "refs inside it":
+        (src / ".mlvc" / "refs" / "heads").mkdir(parents=True)
+        (src / ".mlvc" / "refs" / "heads" / "main").write_text('{"target": "00"}')
+        (src / ".mlvc" / "config").write_text("{}")
+    else:
+        src.mkdir()
+        (src / ".mlvc").write_text("not a repository")
+    (src / "x.txt").write_text("x\n")
+    evil = cli("commit", src, "-m", "evil").stdout.split()[0]
+    r = cli("checkout", evil, "-o", ".", "-f")
+    assert "skipped .mlvc" in r.stderr
+    assert (d / "x.txt").read_text() == "x\n"
+    log = cli.json("log")["entries"]
+    assert [e["id"][:12] for e in log] == [evil[:12], first[:12]]
+    cli("fsck")
+    from mlvc.repo import forget_shared
+
+    forget_shared()
