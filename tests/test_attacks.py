@@ -302,3 +302,42 @@ def test_checkout_into_the_project_never_writes_the_repository(
     from mlvc.repo import forget_shared
 
     forget_shared()
+
+
+def test_a_checkout_killed_mid_file_leaves_no_temporary_file_after_the_next(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import signal
+    import time
+
+    d = tmp_path / "project"
+    (d / "data").mkdir(parents=True)
+    monkeypatch.setenv("MLVC_CACHE_DIR", str(tmp_path / "cache"))
+    big = os.urandom(96 << 20)
+    (d / "data" / "big.bin").write_bytes(big)
+    cli = Cli(d)
+    cli("init")
+    cid = cli("commit", "data", "-m", "big").stdout.split()[0]
+    out = d / "out" / "data"
+    p = subprocess.Popen(
+        [sys.executable, "-m", "mlvc", "checkout", cid, "-o", "out"],
+        cwd=d,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and p.poll() is None:
+        if out.is_dir() and any(n.endswith(".tmp") for n in os.listdir(out)):
+            break
+        time.sleep(0.002)
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    if not any(n.endswith(".tmp") for n in os.listdir(out)):
+        pytest.skip("the checkout finished before it could be killed mid-file")
+    cli("checkout", cid, "-o", "out")
+    assert sorted(os.listdir(out)) == ["big.bin"]
+    assert (out / "big.bin").read_bytes() == big
+    from mlvc.repo import forget_shared
+
+    forget_shared()
