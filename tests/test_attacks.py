@@ -163,6 +163,8 @@ def test_committing_the_project_directory_leaves_out_its_repository_and_cache(
     cid = cli("commit", ".", "-m", "everything").stdout.split()[0]
     paths = sorted(f["path"] for f in cli.json("show", cid)["files"])
     assert paths == ["mlvc.toml", "train.py"]
+    for inside in (".mlvc", ".mlvc/refs"):
+        assert "never committed" in cli("commit", inside, "-m", "x", code=2).stderr
     parent = tmp_path / "elsewhere"
     parent.mkdir()
     out = Cli(parent)("-R", d / ".mlvc", "commit", d, "-m", "from outside").stdout.split()[0]
