@@ -16,7 +16,7 @@ import threading
 from pathlib import Path
 
 from mlvc.settings import Settings, load_settings
-from mlvc_core.config import RepoConfig
+from mlvc_core.config import MAX_CONFIG_SIZE, RepoConfig
 from mlvc_core.errors import KeyNotFound, NotARepository, RepositoryExists
 from mlvc_core.repository import CONFIG_KEY, Repository
 from mlvc_core.statcache import StatCache
@@ -64,7 +64,7 @@ def open_repo(
     settings = _settings(settings_or_url)
     store = open_store(settings.repository_url, **settings.storage_options)
     try:
-        config = RepoConfig.decode(store.read(CONFIG_KEY))
+        config = RepoConfig.decode(store.read(CONFIG_KEY, MAX_CONFIG_SIZE))
     except KeyNotFound:
         if not create:
             store.close()
@@ -73,7 +73,7 @@ def open_repo(
         try:
             return Repository.init(store, fresh, cache_dir=cache_dir_of(settings, fresh.repo_id))
         except RepositoryExists:
-            config = RepoConfig.decode(store.read(CONFIG_KEY))
+            config = RepoConfig.decode(store.read(CONFIG_KEY, MAX_CONFIG_SIZE))
     return Repository(store, config, cache_dir_of(settings, config.repo_id))
 
 

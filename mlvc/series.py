@@ -30,7 +30,7 @@ from collections.abc import Iterator, Mapping
 from decimal import Decimal
 from typing import Any
 
-from mlvc_core.errors import KeyNotFound
+from mlvc_core.errors import FormatError, KeyNotFound
 from mlvc_core.repository import Repository
 
 log = logging.getLogger("mlvc")
@@ -49,6 +49,11 @@ __all__ = [
 ]
 
 SERIES_PREFIX = "series/"
+MAX_SEGMENT_SIZE = 64 << 20
+"""Largest stored segment read (a repository is untrusted); a larger one is skipped."""
+MAX_SEGMENT_EXPANSION = 256
+"""A segment inflates to at most this many times its stored size (plus 1 MiB): JSON points
+compress far less, while a zlib bomb inflates about 1,000 times."""
 SEGMENT_POINTS = 20_000
 """A segment is written as soon as this many points wait."""
 SEGMENT_SECONDS = 5.0
@@ -114,7 +119,11 @@ def decode_segment(data: bytes) -> list[Point]:
     Raises:
         ValueError: Not a segment this version of mlvc can read.
     """
-    doc = json.loads(zlib.decompress(data))
+    inflate = zlib.decompressobj()
+    text = inflate.decompress(data, MAX_SEGMENT_EXPANSION * len(data) + (1 << 20))
+    if inflate.unconsumed_tail:
+        raise ValueError(f"a segment inflates to more than {MAX_SEGMENT_EXPANSION}x its size")
+    doc = json.loads(text)
     if not isinstance(doc, dict) or doc.get("v") != FORMAT:
         raise ValueError("unknown series segment format")
     return [
@@ -169,9 +178,11 @@ class SeriesBuffer:
 def _segments(repo: Repository, exp_id: str) -> Iterator[bytes]:
     for info in sorted(repo.store.list(series_prefix(exp_id)), key=lambda i: i.key):
         try:
-            yield repo.store.read(info.key)
+            yield repo.store.read(info.key, MAX_SEGMENT_SIZE)
         except KeyNotFound:
             continue  # removed meanwhile
+        except FormatError as exc:
+            log.warning("mlvc: a metrics segment of %s is unreadable: %s", exp_id[:12], exc)
 
 
 def read_points(repo: Repository, exp_id: str) -> list[Point]:
@@ -190,7 +201,7 @@ def last_step(repo: Repository, exp_id: str) -> int | None:
     keys = sorted(i.key for i in repo.store.list(series_prefix(exp_id)))
     for key in reversed(keys):
         try:
-            points = decode_segment(repo.store.read(key))
+            points = decode_segment(repo.store.read(key, MAX_SEGMENT_SIZE))
         except (KeyNotFound, ValueError, zlib.error, KeyError, TypeError):
             continue
         if points:

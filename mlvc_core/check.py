@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from mlvc_core.errors import FormatError, IntegrityError, KeyNotFound, MlvcError
 from mlvc_core.ids import ObjectId, to_hex
 from mlvc_core.packs import (
+    MAX_INDEX_FILE_SIZE,
     PACK_PREFIX,
     Location,
     decode_index_file,
@@ -63,6 +64,30 @@ class CheckReport:
         }
 
 
+_RUN_BYTES = 16 << 20
+"""fsck reads a pack in runs of about this many bytes: memory follows what the index names,
+never the size of the pack file (which a damaged or hostile repository may make huge)."""
+
+
+def _runs(
+    entries: list[tuple[tuple[int, ObjectId], Location]],
+) -> list[list[tuple[tuple[int, ObjectId], Location]]]:
+    """Entries sorted by offset, cut into runs of at most :data:`_RUN_BYTES` bytes each.
+
+    A larger payload is a run of its own.
+    """
+    runs: list[list[tuple[tuple[int, ObjectId], Location]]] = []
+    for item in entries:
+        loc = item[1]
+        if runs:
+            first = runs[-1][0][1]
+            if loc.offset + loc.stored_len - first.offset <= _RUN_BYTES:
+                runs[-1].append(item)
+                continue
+        runs.append([item])
+    return runs
+
+
 def check(repo: Repository, progress: Callable[[int], None] | None = None) -> CheckReport:
     """Verify the whole repository.
 
@@ -79,7 +104,7 @@ def check(repo: Repository, progress: Callable[[int], None] | None = None) -> Ch
     for index_id in repo.list_index_files():
         key = index_file_key(index_id)
         try:
-            f = decode_index_file(repo.store.read(key), key, index_id)
+            f = decode_index_file(repo.store.read(key, MAX_INDEX_FILE_SIZE), key, index_id)
         except KeyNotFound:
             continue  # merged or collected since the listing
         except (IntegrityError, FormatError) as exc:
@@ -94,28 +119,29 @@ def check(repo: Repository, progress: Callable[[int], None] | None = None) -> Ch
             )
             continue
         report.packs_checked += 1
+        unique = sorted({(loc.offset, oid): loc for oid, loc in entries}.items())
+        read = 0
         try:
-            blob = repo.store.read(pack_key(pack_id))
+            for run in _runs(unique):
+                start = run[0][1].offset
+                end = max(loc.offset + loc.stored_len for _, loc in run)
+                blob = repo.store.read_range(pack_key(pack_id), start, end - start)
+                read += len(blob)
+                for (_, oid), loc in run:  # an id named by two index files is checked once
+                    payload = blob[loc.offset - start : loc.offset - start + loc.stored_len]
+                    try:
+                        repo.verify_payload(oid, loc, payload)
+                    except IntegrityError as exc:
+                        report.problems.append(
+                            Problem(to_hex(oid), "corrupt", f"{exc} in {pack_key(pack_id)}")
+                        )
+                    report.objects_checked += 1
+                    report.bytes_checked += loc.raw_len
         except MlvcError as exc:
             report.problems.append(Problem(pack_key(pack_id), "unreadable", str(exc)))
             continue
-        seen: set[tuple[ObjectId, int]] = set()
-        for oid, loc in entries:
-            if (oid, loc.offset) in seen:
-                continue  # named by two index files (a merge in progress)
-            seen.add((oid, loc.offset))
-            payload = blob[loc.offset : loc.offset + loc.stored_len]
-            try:
-                repo.verify_payload(oid, loc, payload)
-            except IntegrityError as exc:
-                report.problems.append(
-                    Problem(to_hex(oid), "corrupt", f"{exc} in {pack_key(pack_id)}")
-                )
-            report.objects_checked += 1
-            report.bytes_checked += loc.raw_len
         if progress is not None:
-            progress(len(blob))
-        del blob
+            progress(read)
     for pack_id in set(packs) - set(by_pack):
         report.warnings.append(
             Problem(

@@ -24,6 +24,8 @@ SUPPORTED_VERSIONS = (1, 2)
 """Versions this mlvc reads; a version-1 repository is upgraded before its first write."""
 HASH = "blake3-256"
 DEFAULT_PACK_SIZE = 64 << 20
+MAX_CONFIG_SIZE = 64 << 10
+"""Largest config read (a real one is a few hundred bytes)."""
 MAX_PACK_SIZE = 1 << 32
 """Largest ``pack_size`` a config may name (packs are read by offset within it)."""
 

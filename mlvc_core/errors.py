@@ -27,6 +27,18 @@ class ObjectNotFound(MlvcError, KeyError):
         return str(self.args[0])
 
 
+class MissingObject(ObjectNotFound):
+    """Something stored refers to an object or chunk that is not stored.
+
+    The repository is damaged (a ref, commit, tree or manifest names it), unlike an unknown
+    id a user typed.
+    """
+
+    def __init__(self, oid: str, what: str = "object") -> None:
+        super().__init__(oid, what)
+        self.args = (f"{what} {oid} is referenced but not stored",)
+
+
 class AmbiguousId(MlvcError, LookupError):
     """An id prefix matches more than one object."""
 

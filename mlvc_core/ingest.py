@@ -472,7 +472,10 @@ _PREFETCH = 1024
 
 
 class TreeBuilder:
-    """Walks directories into trees, honouring an exclude predicate and a stat cache."""
+    """Walks directories into trees, honouring an exclude predicate and a stat cache.
+
+    The repository being written to and its local cache are never walked into.
+    """
 
     def __init__(
         self,
@@ -505,6 +508,8 @@ class TreeBuilder:
         self._guide = guide
         self.on_changed = on_changed
         self.patience_s = PATIENCE_S if patience_s is None else patience_s
+        self.own_dirs = session.repo.own_directories()
+        """Directories never snapshotted: the repository being written to, its local cache."""
 
     def guide_for(self, rel: str, previous: ObjectId | None = None) -> Manifest | None:
         """The previous version of the file at ``rel``, if one is known and readable.
@@ -606,6 +611,8 @@ class TreeBuilder:
         if stat_mod.S_ISLNK(st.st_mode):
             return TreeEntry(name, "link", None, 0, 0o777, os.readlink(path))
         if stat_mod.S_ISDIR(st.st_mode):
+            if (st.st_dev, st.st_ino) in self.own_dirs:
+                return None  # the repository itself (or its cache): never inside a snapshot
             tree = self.tree(path, rel)
             mode = stat_mod.S_IMODE(st.st_mode) & 0o777
             return TreeEntry(name, "dir", self.session.add_object(tree), tree.size, mode)
@@ -688,6 +695,11 @@ def ingest_paths(
     for p in resolved:
         if not p.exists() and not p.is_symlink():
             raise UsageError(f"no such file or directory: {p}")
+    for p in resolved:
+        if p.is_dir() and not p.is_symlink():
+            st = p.stat()
+            if (st.st_dev, st.st_ino) in builder.own_dirs:
+                raise UsageError(f"{p} is the repository (or its cache): it is never committed")
     try:
         if len(resolved) == 1 and resolved[0].is_dir() and not resolved[0].is_symlink():
             root = builder.tree(resolved[0])

@@ -33,7 +33,13 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Literal
 
-from mlvc_core.errors import KeyNotFound, PreconditionFailed, RepositoryLocked, StorageError
+from mlvc_core.errors import (
+    FormatError,
+    KeyNotFound,
+    PreconditionFailed,
+    RepositoryLocked,
+    StorageError,
+)
 from mlvc_core.storage.base import Store
 
 LOCK_PREFIX = "locks/"
@@ -42,6 +48,8 @@ SHARED_PREFIX = "locks/shared-"
 REFRESH_INTERVAL = 60.0
 """Seconds between two refreshes of a held lock."""
 STALE_AFTER = 5 * REFRESH_INTERVAL
+MAX_LOCK_SIZE = 64 << 10
+"""Largest lock read (a real one is about 100 bytes); a larger one reads as unreadable."""
 """Seconds without a refresh after which another host's lock is stale."""
 
 log = logging.getLogger(__name__)
@@ -143,9 +151,11 @@ class Holder:
 def read_holder(store: Store, key: str) -> Holder | None:
     """The holder recorded in lock ``key``; None if the lock is absent or unreadable."""
     try:
-        return Holder.decode(store.read(key))
+        return Holder.decode(store.read(key, MAX_LOCK_SIZE))
     except KeyNotFound:
         return None
+    except FormatError:
+        return None  # not a lock mlvc wrote: as unreadable as garbage
 
 
 @dataclass
@@ -275,7 +285,7 @@ class ExclusiveLock:
         if not store.create(EXCLUSIVE, mine):
             now = time.time()
             try:
-                data, version = store.read_versioned(EXCLUSIVE)
+                data, version = store.read_versioned(EXCLUSIVE, MAX_LOCK_SIZE)
             except KeyNotFound:
                 data, version = b"", None
             other = Holder.decode(data) if data else None

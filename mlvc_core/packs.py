@@ -65,6 +65,10 @@ msgpack: a real index compresses by less than 2x. A body claiming more is hostil
 """
 _MAX_INDEX_BODY = MAX_PACK_ENTRIES * 64 + (64 << 10)
 """Largest decoded index body: :data:`MAX_PACK_ENTRIES` entries of at most 64 bytes each."""
+MAX_INDEX_FILE_SIZE = 8 + DIGEST_SIZE + _MAX_INDEX_BODY + (1 << 20)
+"""Largest index file read: its header, a body no larger than it decodes to, and slack."""
+MAX_GENERATION_SIZE = 16 << 20
+"""Largest generation record read (it names the index files gc left: about 40 bytes each)."""
 
 
 class Location(NamedTuple):

@@ -140,7 +140,7 @@ class RefStore:
         """The ref ``name``, or None if it does not exist."""
         validate_name(name)
         try:
-            data, version = self.store.read_versioned(PREFIX + name)
+            data, version = self.store.read_versioned(PREFIX + name, MAX_REF_SIZE)
         except KeyNotFound:
             return None
         return _decode(name, data, version)

@@ -26,11 +26,12 @@ from pathlib import Path
 from typing import Any
 
 from mlvc_core import codec
-from mlvc_core.config import FORMAT_VERSION, RepoConfig
+from mlvc_core.config import FORMAT_VERSION, MAX_CONFIG_SIZE, RepoConfig
 from mlvc_core.errors import (
     FormatError,
     IntegrityError,
     KeyNotFound,
+    MissingObject,
     MlvcError,
     NotARepository,
     ObjectNotFound,
@@ -57,6 +58,8 @@ from mlvc_core.objects import (
 from mlvc_core.packs import (
     GENERATION_KEY,
     INDEX_PREFIX,
+    MAX_GENERATION_SIZE,
+    MAX_INDEX_FILE_SIZE,
     MAX_PACK_ENTRIES,
     Generation,
     IndexFile,
@@ -211,10 +214,32 @@ class Repository:
         """
         store = url if isinstance(url, Store) else open_store(url, **storage_options)
         try:
-            data = store.read(CONFIG_KEY)
+            data = store.read(CONFIG_KEY, MAX_CONFIG_SIZE)
         except KeyNotFound:
             raise NotARepository(store.url) from None
         return cls(store, RepoConfig.decode(data), cache_dir)
+
+    def own_directories(self) -> frozenset[tuple[int, int]]:
+        """``(st_dev, st_ino)`` of this repository's directory (if local) and of its cache.
+
+        Never part of a snapshot, never written by a checkout: ``mlvc commit .`` in a project
+        would record the repository into itself, and a checkout of such a snapshot into the
+        project would overwrite the repository's refs and config.
+        """
+        dirs = [self.cache_dir]
+        local_path = getattr(self.store, "local_path", None)
+        if local_path is not None:
+            dirs.append(Path(local_path(CONFIG_KEY)).parent)
+        out = set()
+        for d in dirs:
+            if d is None:
+                continue
+            try:
+                st = os.stat(d)
+            except OSError:
+                continue
+            out.add((st.st_dev, st.st_ino))
+        return frozenset(out)
 
     def close(self) -> None:
         """Release threads and connections."""
@@ -266,7 +291,7 @@ class Repository:
                 )
                 with contextlib.suppress(OSError):
                     cached.unlink()
-        data = self.store.read(key)
+        data = self.store.read(key, MAX_INDEX_FILE_SIZE)
         decoded = decode_index_file(data, key, index_id)
         self._cache_index(index_id, data)
         return decoded
@@ -349,7 +374,7 @@ class Repository:
             FormatError: The record is damaged.
         """
         try:
-            data = self.store.read(GENERATION_KEY)
+            data = self.store.read(GENERATION_KEY, MAX_GENERATION_SIZE)
         except KeyNotFound:
             return Generation(0, None)
         return Generation.decode(data)
@@ -526,6 +551,17 @@ class Repository:
                 raise ObjectNotFound(to_hex(oid))
         return loc
 
+    def _stored(self, oid: ObjectId) -> Location:
+        """Where ``oid``, which something stored refers to, is stored.
+
+        Raises:
+            MissingObject: It is not (the repository is damaged).
+        """
+        try:
+            return self.locate(oid)
+        except ObjectNotFound:
+            raise MissingObject(to_hex(oid)) from None
+
     def iter_index(self) -> Iterator[tuple[ObjectId, Location]]:
         """Every indexed payload."""
         self._ensure_index()
@@ -542,7 +578,7 @@ class Repository:
             ObjectNotFound: Not stored.
             IntegrityError: The stored bytes are damaged.
         """
-        loc = self.locate(oid)
+        loc = self._stored(oid)
         try:
             payload = self.store.read_range(pack_key(loc.pack), loc.offset, loc.stored_len)
         except KeyNotFound:
@@ -607,7 +643,7 @@ class Repository:
         run: list[tuple[ObjectId, Location]] = []
         start = end = raw = 0
         for oid in oids:
-            loc = self.locate(oid)
+            loc = self._stored(oid)
             if run and (
                 loc.pack != run[0][1].pack
                 or loc.offset != end
@@ -650,7 +686,7 @@ class Repository:
         """A verified, decoded object (cached)."""
         obj = self._objects.get(oid)
         if obj is None:
-            loc = self.locate(oid)
+            loc = self._stored(oid)
             if loc.kind == CHUNK:
                 raise FormatError(f"{to_hex(oid)} is a data chunk, not an object")
             blob = self._small_pack(loc.pack) if not self.store.is_local else None
@@ -807,7 +843,7 @@ class Repository:
             UnsupportedFormatVersion: The stored config names a version this mlvc does not know.
         """
         for _ in range(5):
-            data, version = self.store.read_versioned(CONFIG_KEY)
+            data, version = self.store.read_versioned(CONFIG_KEY, MAX_CONFIG_SIZE)
             current = RepoConfig.decode(data)
             if current.version >= FORMAT_VERSION:
                 self.config = current

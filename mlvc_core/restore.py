@@ -29,6 +29,7 @@ import errno
 import io
 import logging
 import os
+import re
 import shutil
 import stat as stat_mod
 import sys
@@ -322,8 +323,38 @@ def _remove(dir_fd: int, name: str) -> None:
 
 
 def _tmp_name() -> str:
-    # Short whatever the target's name (a name may already be NAME_MAX bytes long).
-    return f".mlvc-{uuid.uuid4().hex[:16]}.tmp"
+    # Short whatever the target's name (a name may already be NAME_MAX bytes long); it names
+    # the writing process, so a later checkout removes what a killed one left.
+    return f".mlvc-{os.getpid()}-{uuid.uuid4().hex[:12]}.tmp"
+
+
+_TMP_NAME = re.compile(r"\.mlvc-([0-9]{1,10})-[0-9a-f]{12}\.tmp")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # another user's process
+    return True
+
+
+def sweep_temporary(dir_fd: int) -> None:
+    """Remove the temporary files a killed checkout left in a directory it was writing.
+
+    Only files named by :func:`_tmp_name` whose process no longer runs on this host go.
+    """
+    try:
+        names = os.listdir(dir_fd)
+    except OSError:
+        return
+    for name in names:
+        m = _TMP_NAME.fullmatch(name)
+        if m is not None and not _alive(int(m.group(1))):
+            with contextlib.suppress(OSError):
+                os.unlink(name, dir_fd=dir_fd)
 
 
 class _Dirs:
@@ -333,6 +364,7 @@ class _Dirs:
         self._stack: list[tuple[Parts, int]] = [((), root_fd)]
         self._plan = plan
         self._force = force
+        sweep_temporary(root_fd)
 
     def fd(self, parts: Parts) -> int:
         """A descriptor of the directory at ``parts``, created (mode as recorded) if needed."""
@@ -340,7 +372,9 @@ class _Dirs:
             os.close(self._stack.pop()[1])
         while len(self._stack[-1][0]) < len(parts):
             here = parts[: len(self._stack[-1][0]) + 1]
-            self._stack.append((here, self._open(self._stack[-1][1], here)))
+            fd = self._open(self._stack[-1][1], here)
+            self._stack.append((here, fd))
+            sweep_temporary(fd)
         return self._stack[-1][1]
 
     def _open(self, parent: int, here: Parts) -> int:
@@ -504,9 +538,15 @@ def _restore(
             log.warning("mlvc: skipped %s: %s", rel, reason)
 
     disk = _Disk(root)
+    own = repo.own_directories()
     skipped: set[Parts] = set()
     for parts, e in plan.items():
         if any(parts[:i] in skipped for i in range(1, len(parts))):
+            skipped.add(parts)
+            continue
+        st = disk.lstat(parts)
+        if st is not None and stat_mod.S_ISDIR(st.st_mode) and (st.st_dev, st.st_ino) in own:
+            skip(parts, "it is the repository this checkout reads (or its cache)")
             skipped.add(parts)
             continue
         why = _name_refused_here(parts[-1])

@@ -49,13 +49,17 @@ class StatCache:
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         p = Path(path)
-        p.parent.mkdir(parents=True, exist_ok=True)
         self.path = p
         self.damaged: str | None = None
         """Why the cache file was discarded and rebuilt on open (None if it was sound)."""
         self._lock = threading.Lock()
         self._pending: list[tuple[str, int, int, int, int, bytes, bytes]] = []
-        self._db: sqlite3.Connection | None
+        self._db: sqlite3.Connection | None = None
+        try:
+            p.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:  # a hint only: without it every file is read
+            self.damaged = f"cannot be kept in {p.parent} ({exc}); every file is read"
+            return
         try:
             self._db = self._connect()
         except sqlite3.Error as exc:

@@ -11,7 +11,7 @@ import os
 import threading
 from typing import Any
 
-from mlvc_core.errors import KeyNotFound, PreconditionFailed
+from mlvc_core.errors import FormatError, KeyNotFound, PreconditionFailed
 from mlvc_core.storage.base import Store
 
 
@@ -117,6 +117,21 @@ class StoreContract:
         (second,) = store.list("v/x")
         assert second.version != first.version
         assert second.version == str(store.read_versioned("v/x")[1])
+
+    def test_reads_with_a_limit(self, store: Store) -> None:
+        import pytest
+
+        store.write("l/x", b"0123456789")
+        store.write("l/empty", b"")
+        assert store.read("l/x", 10) == b"0123456789"
+        assert store.read("l/empty", 10) == b""
+        assert store.read_versioned("l/x", 10)[0] == b"0123456789"
+        with pytest.raises(FormatError):
+            store.read("l/x", 9)
+        with pytest.raises(FormatError):
+            store.read_versioned("l/x", 9)
+        with pytest.raises(KeyNotFound):
+            store.read("l/missing", 9)
 
     def test_delete(self, store: Store) -> None:
         store.write("d/x", b"1")

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from typing import NamedTuple
 
-from mlvc_core.errors import FormatError, IntegrityError, ObjectNotFound, UnsafePath
+from mlvc_core.errors import FormatError, IntegrityError, MissingObject, ObjectNotFound, UnsafePath
 from mlvc_core.ids import ObjectId, to_hex
 from mlvc_core.objects import CHUNK, COMMIT, Commit, Manifest, TreeEntry, iter_tree_refs
 from mlvc_core.refs import Ref
@@ -185,7 +185,7 @@ def reachable(
         if kind == CHUNK:
             if not repo.has(oid):
                 if missing is None:
-                    raise ObjectNotFound(oid.hex(), "chunk")
+                    raise MissingObject(oid.hex(), "chunk")
                 missing.append((oid, referrer.hex() if referrer else ""))
                 continue
             seen[oid] = kind

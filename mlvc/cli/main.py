@@ -134,6 +134,7 @@ ERROR_TABLE: list[tuple[Matcher, Callable[[BaseException], str], int]] = [
     (core_errors.NotARepository, _plain, 10),
     (core_errors.RepositoryLocked, _plain, 11),
     (core_errors.RefConflict, _plain, 12),
+    (core_errors.MissingObject, _integrity, 3),
     (core_errors.AmbiguousId, _ambiguous, 4),
     (core_errors.ObjectNotFound, _unknown_id, 4),
     (core_errors.RefNotFound, _unknown_id, 4),

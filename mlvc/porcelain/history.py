@@ -135,7 +135,7 @@ def commit(
         progress: Called with bytes read.
 
     Raises:
-        UsageError: A path does not exist.
+        UsageError: A path does not exist, or lies in the repository or its cache.
         RefConflict: The branch moved while committing.
     """
     from mlvc.repo import stat_cache as open_stat_cache
@@ -145,6 +145,15 @@ def commit(
         raise UsageError("nothing to commit: give files or directories")
     if branch is not None:
         validate_name(f"heads/{branch}")
+    own = repo.own_directories()
+    for p in path_list:
+        for d in (p.absolute(), *p.absolute().parents):
+            try:
+                st = d.stat()
+            except OSError:
+                continue
+            if (st.st_dev, st.st_ino) in own:
+                raise UsageError(f"{p} is in the repository (or its cache): it is never committed")
     roots, exclude = snapshot_roots(path_list)
     packs_before = set(repo.index_ids())
     stat_cache = open_stat_cache(repo)

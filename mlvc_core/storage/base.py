@@ -7,6 +7,11 @@ backend runs the same conformance suite (``mlvc_core.testing.StoreContract``).
 Contract, per method:
 
 * ``read``/``read_range`` raise :class:`~mlvc_core.errors.KeyNotFound` for a missing key.
+  ``read``/``read_versioned`` with a ``limit`` raise :class:`~mlvc_core.errors.FormatError`
+  for a value larger than ``limit`` bytes before reading it (a repository is untrusted: a
+  ref, config or index file the size of a disk must not cost that much memory); a local
+  store also refuses anything but a regular file (a FIFO would block, ``/dev/zero`` never
+  ends).
 * ``write`` replaces a key as a whole: a reader sees the old or the new bytes, never a mix.
 * ``create`` writes only if the key is absent and reports whether it did (atomic where the
   backend allows: local disk, S3 ``If-None-Match``, GCS ``ifGenerationMatch=0``).
@@ -33,6 +38,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import BinaryIO, NewType
 
+from mlvc_core.errors import FormatError
+
 Version = NewType("Version", object)
 """An opaque token naming one state of a key (ETag, generation, content, counter...)."""
 
@@ -49,6 +56,18 @@ class KeyInfo:
     """The backend's version of exactly these bytes (S3 ETag, GCS generation, a counter), as
     ``str(read_versioned(key)[1])`` would name it; None where listings carry none (local disk:
     compare size and mtime instead)."""
+
+
+def check_limit(key: str, size: int, limit: int | None) -> None:
+    """Refuse a value of ``size`` bytes read with ``limit``.
+
+    Raises:
+        FormatError: ``size`` is more than ``limit``.
+    """
+    if limit is not None and size > limit:
+        raise FormatError(
+            f"{key} holds more than {limit} bytes, more than the format allows for it"
+        )
 
 
 class Writer(abc.ABC):
@@ -91,8 +110,8 @@ class Store(abc.ABC):
     """True when reads are cheap local file reads (no cache needed)."""
 
     @abc.abstractmethod
-    def read(self, key: str) -> bytes:
-        """Return the whole value of ``key``."""
+    def read(self, key: str, limit: int | None = None) -> bytes:
+        """Return the whole value of ``key`` (refused if it is longer than ``limit``)."""
 
     @abc.abstractmethod
     def read_range(self, key: str, offset: int, length: int) -> bytes:
@@ -133,8 +152,11 @@ class Store(abc.ABC):
         """Remove ``key``; a missing key is not an error."""
 
     @abc.abstractmethod
-    def read_versioned(self, key: str) -> tuple[bytes, Version]:
-        """Return the value of ``key`` and a token naming this state of it."""
+    def read_versioned(self, key: str, limit: int | None = None) -> tuple[bytes, Version]:
+        """Return the value of ``key`` and a token naming this state of it.
+
+        A value longer than ``limit`` bytes is refused (:func:`check_limit`).
+        """
 
     @abc.abstractmethod
     def write_if(self, key: str, data: bytes, expected: Version | None) -> Version:

@@ -78,7 +78,7 @@ import fsspec.asyn
 import fsspec.core
 
 from mlvc_core.errors import KeyNotFound, MlvcError, PreconditionFailed, StorageError
-from mlvc_core.storage.base import KeyInfo, Store, Version, Writer
+from mlvc_core.storage.base import KeyInfo, Store, Version, Writer, check_limit
 
 __all__ = ["FsspecStore"]
 
@@ -364,8 +364,11 @@ class FsspecStore(Store):
         """Run an async helper on the filesystem's event loop."""
         return fsspec.asyn.sync(self.fs.loop, coro_fn, *args, **kwargs)
 
-    def _s3_get(self, key: str) -> tuple[bytes, str]:
-        """One GET: the bytes of ``key`` and the ETag of exactly those bytes."""
+    def _s3_get(self, key: str, limit: int | None = None) -> tuple[bytes, str]:
+        """One GET: the bytes of ``key`` and the ETag of exactly those bytes.
+
+        A body longer than ``limit`` is refused from its length, before it is read.
+        """
         bucket, s3key, _ = self.fs.split_path(self._path(key))
         fs = self.fs
 
@@ -373,12 +376,15 @@ class FsspecStore(Store):
             resp = await fs._call_s3("get_object", Bucket=bucket, Key=s3key)
             body = resp["Body"]
             try:
+                check_limit(key, int(resp.get("ContentLength") or 0), limit)
                 data = await body.read()
             finally:
                 body.close()
             return data, str(resp["ETag"])
 
-        return cast(tuple[bytes, str], self._sync(get))
+        data, etag = cast(tuple[bytes, str], self._sync(get))
+        check_limit(key, len(data), limit)
+        return data, etag
 
     def _gcs_upload_if(self, key: str, data: bytes, generation: str | int) -> str:
         """A simple multipart upload conditional on the live generation (0: absent).
@@ -441,17 +447,22 @@ class FsspecStore(Store):
 
     # -- reads ---------------------------------------------------------------------------------
 
-    def read(self, key: str) -> bytes:
+    def read(self, key: str, limit: int | None = None) -> bytes:
         """Return the whole value of ``key``.
 
         Raises:
             KeyNotFound: ``key`` does not exist.
+            FormatError: It holds more than ``limit`` bytes.
             StorageError: The backend failed.
         """
         with self._errors(key, "read"):
             if self.backend == "s3":
-                return self._s3_get(key)[0]
-            return bytes(self.fs.cat_file(self._path(key)))
+                return self._s3_get(key, limit)[0]
+            if limit is None:
+                return bytes(self.fs.cat_file(self._path(key)))
+        data = self.read_range(key, 0, limit + 1)
+        check_limit(key, len(data), limit)
+        return data
 
     def read_range(self, key: str, offset: int, length: int) -> bytes:
         """Return ``length`` bytes of ``key`` from ``offset`` (fewer only at the end).
@@ -746,25 +757,31 @@ class FsspecStore(Store):
 
     # -- compare-and-swap ----------------------------------------------------------------------
 
-    def read_versioned(self, key: str) -> tuple[bytes, Version]:
+    def read_versioned(self, key: str, limit: int | None = None) -> tuple[bytes, Version]:
         """Return the value of ``key`` and the version of exactly those bytes.
 
         The version is the ETag on S3, the generation on GCS and the bytes themselves elsewhere.
 
         Raises:
             KeyNotFound: ``key`` does not exist.
+            FormatError: It holds more than ``limit`` bytes.
             StorageError: The backend failed.
         """
         with self._errors(key, "read"):
             if self.backend == "s3":
-                data, etag = self._s3_get(key)
+                data, etag = self._s3_get(key, limit)
                 return data, Version(etag)
             if self.backend == "gcs":
                 data, generation = self._gcs_get(key)
+                check_limit(key, len(data), limit)
                 return data, Version(generation)
             with _LOCAL_CAS_LOCK:
-                data = bytes(self.fs.cat_file(self._path(key)))
-            return data, Version(data)
+                if limit is None:
+                    data = bytes(self.fs.cat_file(self._path(key)))
+                else:
+                    data = bytes(self.fs.cat_file(self._path(key), start=0, end=limit + 1))
+        check_limit(key, len(data), limit)
+        return data, Version(data)
 
     def write_if(self, key: str, data: bytes, expected: Version | None) -> Version:
         """Write ``data`` only if ``key`` is still at ``expected`` (None: only if absent).

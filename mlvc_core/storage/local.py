@@ -14,13 +14,14 @@ import contextlib
 import errno
 import fcntl
 import os
+import stat
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from mlvc_core.errors import KeyNotFound, PreconditionFailed, StorageError
-from mlvc_core.storage.base import KeyInfo, Store, Version, Writer
+from mlvc_core.errors import FormatError, KeyNotFound, PreconditionFailed, StorageError
+from mlvc_core.storage.base import KeyInfo, Store, Version, Writer, check_limit
 
 _TMP_SUFFIX = ".tmp-"
 _LOCK_DIR = ".cas-locks"
@@ -86,45 +87,63 @@ class LocalStore(Store):
         """The file behind ``key`` (for zero-copy reads)."""
         return self._path(key)
 
-    def read(self, key: str) -> bytes:
+    def _open(self, key: str) -> tuple[int, int]:
+        """Open ``key`` for reading: ``(fd, size)``; only a regular file is a value.
+
+        Opened without blocking, so a FIFO planted in a repository cannot hang the reader.
+        """
         try:
-            return self._path(key).read_bytes()
-        except FileNotFoundError:
-            raise KeyNotFound(key) from None
-        except IsADirectoryError:
+            fd = os.open(self._path(key), os.O_RDONLY | os.O_NONBLOCK)
+        except (FileNotFoundError, IsADirectoryError):
             raise KeyNotFound(key) from None
         except OSError as exc:
             raise StorageError(f"cannot read {key}: {exc}") from exc
+        try:
+            st = os.fstat(fd)
+            if stat.S_ISDIR(st.st_mode):
+                raise KeyNotFound(key)
+            if not stat.S_ISREG(st.st_mode):
+                raise FormatError(f"{key} is not a regular file; a repository holds only files")
+            os.set_blocking(fd, True)
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd, st.st_size
+
+    def read(self, key: str, limit: int | None = None) -> bytes:
+        fd, size = self._open(key)
+        try:
+            check_limit(key, size, limit)
+            with open(fd, "rb", closefd=False) as f:
+                data = f.read() if limit is None else f.read(limit + 1)
+        except OSError as exc:
+            raise StorageError(f"cannot read {key}: {exc}") from exc
+        finally:
+            os.close(fd)
+        check_limit(key, len(data), limit)
+        return data
 
     def read_range(self, key: str, offset: int, length: int) -> bytes:
-        try:
-            fd = os.open(self._path(key), os.O_RDONLY)
-        except FileNotFoundError:
-            raise KeyNotFound(key) from None
-        except OSError as exc:
-            raise StorageError(f"cannot read {key}: {exc}") from exc
+        fd, _ = self._open(key)
         try:
             return os.pread(fd, length, offset)
+        except OSError as exc:
+            raise StorageError(f"cannot read {key}: {exc}") from exc
         finally:
             os.close(fd)
 
     def read_ranges(self, key: str, ranges: list[tuple[int, int]]) -> list[bytes]:
-        try:
-            fd = os.open(self._path(key), os.O_RDONLY)
-        except FileNotFoundError:
-            raise KeyNotFound(key) from None
-        except OSError as exc:
-            raise StorageError(f"cannot read {key}: {exc}") from exc
+        fd, _ = self._open(key)
         try:
             return [os.pread(fd, n, o) for o, n in ranges]
+        except OSError as exc:
+            raise StorageError(f"cannot read {key}: {exc}") from exc
         finally:
             os.close(fd)
 
     def open_read(self, key: str) -> BinaryIO:
-        try:
-            return open(self._path(key), "rb")  # noqa: SIM115 - caller closes
-        except FileNotFoundError:
-            raise KeyNotFound(key) from None
+        fd, _ = self._open(key)
+        return open(fd, "rb")  # noqa: SIM115 - caller closes
 
     def _write_tmp(self, path: Path, data: bytes) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -236,8 +255,8 @@ class LocalStore(Store):
         except OSError as exc:
             raise StorageError(f"cannot delete {key}: {exc}") from exc
 
-    def read_versioned(self, key: str) -> tuple[bytes, Version]:
-        data = self.read(key)
+    def read_versioned(self, key: str, limit: int | None = None) -> tuple[bytes, Version]:
+        data = self.read(key, limit)
         return data, Version(data)
 
     @contextlib.contextmanager
@@ -258,8 +277,8 @@ class LocalStore(Store):
         try:
             with self._locked(key):
                 try:
-                    current: bytes | None = path.read_bytes()
-                except FileNotFoundError:
+                    current: bytes | None = self.read(key)
+                except KeyNotFound:
                     current = None
                 if current != expected:  # type: ignore[comparison-overlap] # versions are bytes here
                     raise PreconditionFailed(key)

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from mlvc_core.errors import KeyNotFound, PreconditionFailed
-from mlvc_core.storage.base import KeyInfo, Store, Version, Writer
+from mlvc_core.storage.base import KeyInfo, Store, Version, Writer, check_limit
 
 
 class _MemWriter(Writer):
@@ -50,8 +50,10 @@ class MemoryStore(Store):
         except KeyError:
             raise KeyNotFound(key) from None
 
-    def read(self, key: str) -> bytes:
-        return self._get(key)[0]
+    def read(self, key: str, limit: int | None = None) -> bytes:
+        data = self._get(key)[0]
+        check_limit(key, len(data), limit)
+        return data
 
     def read_range(self, key: str, offset: int, length: int) -> bytes:
         return self._get(key)[0][offset : offset + length]
@@ -88,8 +90,9 @@ class MemoryStore(Store):
         with self._lock:
             self._data.pop(key, None)
 
-    def read_versioned(self, key: str) -> tuple[bytes, Version]:
+    def read_versioned(self, key: str, limit: int | None = None) -> tuple[bytes, Version]:
         data, _, gen = self._get(key)
+        check_limit(key, len(data), limit)
         return data, Version(gen)
 
     def write_if(self, key: str, data: bytes, expected: Version | None) -> Version:

@@ -29,9 +29,9 @@ class CountingStore(MemoryStore):
     def _count(self, op: str) -> None:
         self.calls[op] = self.calls.get(op, 0) + 1
 
-    def read(self, key: str) -> bytes:
+    def read(self, key: str, limit: int | None = None) -> bytes:
         self._count("read")
-        return super().read(key)
+        return super().read(key, limit)
 
     def list(self, prefix: str) -> Iterator[KeyInfo]:
         self._count("list")

@@ -25,9 +25,9 @@ class WrappedStore(Store):
     def before(self, op: str, key: str) -> None:
         pass
 
-    def read(self, key: str) -> bytes:
+    def read(self, key: str, limit: int | None = None) -> bytes:
         self.before("read", key)
-        return self.inner.read(key)
+        return self.inner.read(key, limit)
 
     def read_range(self, key: str, offset: int, length: int) -> bytes:
         self.before("read", key)
@@ -65,9 +65,9 @@ class WrappedStore(Store):
         self.before("write", key)
         self.inner.delete(key)
 
-    def read_versioned(self, key: str) -> tuple[bytes, Version]:
+    def read_versioned(self, key: str, limit: int | None = None) -> tuple[bytes, Version]:
         self.before("read", key)
-        return self.inner.read_versioned(key)
+        return self.inner.read_versioned(key, limit)
 
     def write_if(self, key: str, data: bytes, expected: Version | None) -> Version:
         self.before("write", key)
