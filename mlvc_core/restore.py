@@ -431,21 +431,27 @@ def write_file(
     try:
         fd = os.open(tmp, _NEW_FILE_FLAGS, mode & 0o777, dir_fd=dir_fd)
         try:
-            with open(fd, "wb") as f:
+            try:
                 if chunks is None:
                     chunks = repo.read_chunks(cid for cid, _ in manifest.chunks)
+                pos = end = 0  # where the next chunk goes; the end of the bytes written
                 for (cid, length), data in zip(manifest.chunks, chunks, strict=True):
                     if len(data) != length:  # the manifest and the chunk disagree: write neither
                         raise IntegrityError(
                             to_hex(cid), f"{len(data)} bytes, its manifest says {length}"
                         )
                     if _is_zero(data):
-                        f.seek(len(data), io.SEEK_CUR)  # a hole
+                        os.lseek(fd, len(data), os.SEEK_CUR)  # a hole
                     else:
-                        f.write(data)
+                        _write_all(fd, data)
+                        end = pos + len(data)
+                    pos += len(data)
                     if progress is not None:
                         progress(len(data))
-                f.truncate(manifest.size)
+                if end != manifest.size:  # a hole at the end (a seek alone writes nothing)
+                    os.ftruncate(fd, manifest.size)
+            finally:
+                os.close(fd)
             _put(dir_fd, tmp, name, force)
         except BaseException:
             with contextlib.suppress(OSError):
@@ -454,6 +460,13 @@ def write_file(
     finally:
         if not isinstance(target, tuple):
             os.close(dir_fd)
+
+
+def _write_all(fd: int, data: bytes | memoryview) -> None:
+    """Write all of ``data`` at the descriptor's position."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
 
 
 def _make_link(dir_fd: int, name: str, target: str, force: bool) -> None:
