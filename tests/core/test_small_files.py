@@ -162,3 +162,21 @@ def test_small_chunks_skip_the_entropy_check_unless_planes_may_win(
     assert calls == [20_000]
     assert c == codec.PLANES
     assert codec.decompress(payload, c, len(weights)) == weights
+
+
+def test_many_directories_leave_no_descriptor_open(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    for i in range(150):  # more directories than descriptors kept open for the workers
+        d = src / f"d{i:03d}" / "sub"
+        d.mkdir(parents=True)
+        (d / "a.txt").write_text(f"a{i}")
+        (d.parent / "b.txt").write_text(f"b{i}" * 100)
+    repo = Repository.init(tmp_path / "r")
+    before = len(os.listdir("/proc/self/fd"))
+    cid = repo.commit(src, "v1")
+    written = repo.checkout(cid, tmp_path / "out")
+    assert len(os.listdir("/proc/self/fd")) <= before + 1  # a pack file may stay open
+    assert len(written) == 300
+    for i in range(150):
+        assert (tmp_path / "out" / f"d{i:03d}" / "sub" / "a.txt").read_text() == f"a{i}"
+        assert (tmp_path / "out" / f"d{i:03d}" / "b.txt").read_text() == f"b{i}" * 100
