@@ -411,17 +411,25 @@ class FileIngester:
         return (expect if more else None), pos
 
     def _ingest_small(self, data: bytes) -> Manifest:
-        """A small file: cut in one piece, hash and compress here (no thread round trips)."""
+        """A small file: cut in one piece, hash and compress here (no thread round trips).
+
+        Below the chunker's minimum size a file is one chunk (FastCDC looks for no boundary
+        before it), which needs no cutter.
+        """
         session = self.session
         chunks: list[tuple[ObjectId, int]] = []
         view = memoryview(data)
-        for c in self._cdc().cut_buf(view) if data else ():
-            piece = view[c.offset : c.offset + c.length]
+        if len(data) < self.repo.config.chunker.min:
+            cuts = [(0, len(data))] if data else []
+        else:
+            cuts = [(c.offset, c.length) for c in self._cdc().cut_buf(view)]
+        for offset, length in cuts:
+            piece = view[offset : offset + length]
             oid = hash_bytes(piece)
             oid, codec_id, payload = _store(oid, piece, self._level, self._planes, session.has)
             if payload is not None:
-                session.add_payload(oid, CHUNK, codec_id, payload, c.length)
-            chunks.append((oid, c.length))
+                session.add_payload(oid, CHUNK, codec_id, payload, length)
+            chunks.append((oid, length))
         if not self.worker:
             session.read_bytes += len(data)
             if session.progress is not None and data:

@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 
 from mlvc_core import codec, ingest, statcache
+from mlvc_core.chunker import ChunkerParams
+from mlvc_core.config import RepoConfig
 from mlvc_core.ids import ObjectId
 from mlvc_core.objects import Tree
 from mlvc_core.repository import Repository, WriteSession
@@ -180,3 +182,18 @@ def test_many_directories_leave_no_descriptor_open(tmp_path: Path) -> None:
     for i in range(150):
         assert (tmp_path / "out" / f"d{i:03d}" / "sub" / "a.txt").read_text() == f"a{i}"
         assert (tmp_path / "out" / f"d{i:03d}" / "b.txt").read_text() == f"b{i}" * 100
+
+
+@pytest.mark.parametrize("params", [ChunkerParams(), ChunkerParams(64, 256, 1024)])
+def test_a_small_file_gets_the_chunks_the_chunker_cuts(
+    tmp_path: Path, params: ChunkerParams
+) -> None:
+    repo = Repository.init(tmp_path / "r", RepoConfig(chunker=params))
+    rng = np.random.default_rng(3)
+    with WriteSession(repo) as s:
+        files = ingest.FileIngester(s)
+        for n in (0, 1, params.min - 1, params.min, params.min + 1, 3 * params.max + 5):
+            data = rng.integers(0, 256, n, np.uint8).tobytes()
+            manifest = files._ingest_small(data)
+            assert [oid for oid, _ in manifest.chunks] == ingest.chunk_ids_of(data, params)
+            assert manifest.size == n
