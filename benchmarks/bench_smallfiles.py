@@ -41,7 +41,6 @@ import measure  # noqa: E402
 from measure import Usage  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-DRIVER = ROOT / "benchmarks" / "mlvc_driver.py"
 RESULTS = ROOT / "benchmarks" / "results" / "smallfiles.md"
 PER_DIR = 1000
 GENERATOR = 1
@@ -85,10 +84,14 @@ def generate(root: Path, n: int, seed: int) -> Path:
     return data / "data"
 
 
+TREE = ROOT
+"""The source tree whose mlvc is timed (``--tree``: another checkout, to compare)."""
+
+
 def timed(cmd: list[str | os.PathLike[str]], cwd: Path | None = None) -> Usage:
     """Run ``cmd`` after a sync; its usage."""
     measure.sync()
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OPENBLAS_NUM_THREADS": "1"}
+    env = {**os.environ, "PYTHONPATH": str(TREE), "OPENBLAS_NUM_THREADS": "1"}
     return measure.run(cmd, cwd=cwd, env=env)
 
 
@@ -114,9 +117,9 @@ def one_rep(src: Path, work: Path, use_dvc: bool) -> dict[str, float]:
     shutil.rmtree(work / "copy")
 
     repo, cache = work / "repo", work / "statcache.sqlite"
-    timed([sys.executable, DRIVER, "init", repo])
+    timed([sys.executable, TREE / "benchmarks" / "mlvc_driver.py", "init", repo])
     measure.warm(src)
-    py = [sys.executable, DRIVER]
+    py = [sys.executable, TREE / "benchmarks" / "mlvc_driver.py"]
     u = timed([*py, "commit", repo, src, "v1", "--stat-cache", cache])
     out["mlvc commit"] = u.wall
     commit = u.stdout.strip().splitlines()[-1]
@@ -161,7 +164,10 @@ def main() -> None:
     ap.add_argument("--data-dir", type=Path, default=ROOT / "benchmarks" / ".data")
     ap.add_argument("--no-dvc", action="store_true", help="leave DVC out even if installed")
     ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--tree", type=Path, default=ROOT, help="time the mlvc of this source tree")
     args = ap.parse_args()
+    global TREE
+    TREE = args.tree.resolve()
     src = generate(args.data_dir, args.files, args.seed)
     nbytes = measure.tree_bytes(src)
     use_dvc = not args.no_dvc and shutil.which("dvc") is not None
@@ -186,7 +192,8 @@ def main() -> None:
         [
             "# Many small files",
             "",
-            f"`python benchmarks/bench_smallfiles.py --files {args.files} --reps {args.reps}`: "
+            f"`python benchmarks/bench_smallfiles.py --files {args.files} --reps {args.reps}`"
+            f"{' (tree ' + str(args.tree) + ')' if TREE != ROOT else ''}: "
             f"{args.files} files of 5-50 KB ({measure.human_bytes(nbytes)}), "
             f"{PER_DIR} to a directory; {os.cpu_count()} cores, {platform.python_version()}, "
             f"load average before {os.getloadavg()[0]:.1f}; medians of {args.reps}.",
