@@ -31,6 +31,7 @@ import contextlib
 import mmap
 import os
 import stat as stat_mod
+import threading
 import time
 from collections import deque
 from collections.abc import Callable
@@ -44,7 +45,7 @@ from mlvc_core.chunker import ChunkerParams, MiB, make_fastcdc
 from mlvc_core.errors import FileChanged, MlvcError, UsageError
 from mlvc_core.ids import ObjectId, hash_bytes
 from mlvc_core.objects import CHUNK, Manifest, Tree, TreeEntry, check_name
-from mlvc_core.repository import WriteSession
+from mlvc_core.repository import WriteSession, default_workers
 from mlvc_core.restore import find_entry
 
 if TYPE_CHECKING:
@@ -155,11 +156,24 @@ class _Pending:
         return None
 
 
+class _TooLarge(Exception):
+    """A file grew past :data:`_SMALL_FILE` before a worker thread read it."""
+
+
 class FileIngester:
     """Turns files into manifests within one :class:`WriteSession`. One per thread."""
 
-    def __init__(self, session: WriteSession) -> None:
+    def __init__(self, session: WriteSession, worker: bool = False) -> None:
+        """Set up.
+
+        Args:
+            session: Where to store.
+            worker: Used on a worker thread of the repository's pool: small files only
+                (a larger one raises :class:`_TooLarge`: the ring would wait on the pool
+                it runs on), and progress is left to the thread that hands out the work.
+        """
         self.session = session
+        self.worker = worker
         self.repo = session.repo
         self._cutter: Any = None  # made when a file is first cut (a commit may cut none)
         # The ring's buffers, mapped one by one as a file first needs them: a commit that reads
@@ -190,6 +204,8 @@ class FileIngester:
         """
         if size_hint is not None and size_hint <= _SMALL_FILE:
             return self._ingest_small(f.read())
+        if self.worker:
+            raise _TooLarge
         g = _Guide(guide, self._buf_size // 2) if guide is not None and guide.chunks else None
         if g is not None and not (g.usable and f.seekable()):
             g = None
@@ -395,20 +411,29 @@ class FileIngester:
         return (expect if more else None), pos
 
     def _ingest_small(self, data: bytes) -> Manifest:
-        """A small file: cut in one piece, hash and compress here (no thread round trips)."""
+        """A small file: cut in one piece, hash and compress here (no thread round trips).
+
+        Below the chunker's minimum size a file is one chunk (FastCDC looks for no boundary
+        before it), which needs no cutter.
+        """
         session = self.session
         chunks: list[tuple[ObjectId, int]] = []
         view = memoryview(data)
-        for c in self._cdc().cut_buf(view) if data else ():
-            piece = view[c.offset : c.offset + c.length]
+        if len(data) < self.repo.config.chunker.min:
+            cuts = [(0, len(data))] if data else []
+        else:
+            cuts = [(c.offset, c.length) for c in self._cdc().cut_buf(view)]
+        for offset, length in cuts:
+            piece = view[offset : offset + length]
             oid = hash_bytes(piece)
             oid, codec_id, payload = _store(oid, piece, self._level, self._planes, session.has)
             if payload is not None:
-                session.add_payload(oid, CHUNK, codec_id, payload, c.length)
-            chunks.append((oid, c.length))
-        session.read_bytes += len(data)
-        if session.progress is not None and data:
-            session.progress(len(data))
+                session.add_payload(oid, CHUNK, codec_id, payload, length)
+            chunks.append((oid, length))
+        if not self.worker:
+            session.read_bytes += len(data)
+            if session.progress is not None and data:
+                session.progress(len(data))
         return Manifest(len(data), tuple(chunks))
 
 
@@ -450,12 +475,16 @@ def _quiet(fd: int, deadline: float) -> bool:
 
 
 def _cache_key(path: Path) -> str:
-    """The stat cache's key for a file: its absolute path.
+    """The stat cache's key for a file: its absolute path (see :func:`_key_of`)."""
+    return _key_of(str(path.absolute()))
+
+
+def _key_of(key: str) -> str:
+    """The stat cache's key for an absolute path.
 
     A path that is not UTF-8 cannot be stored as SQLite text; it becomes ``hex:`` and its
     bytes in hex, which no absolute path (starting with ``/``) can collide with.
     """
-    key = str(path.absolute())
     try:
         key.encode("utf-8")
     except UnicodeEncodeError:
@@ -505,6 +534,7 @@ class TreeBuilder:
         self.exclude = exclude
         self.stat_cache = stat_cache
         self._files = FileIngester(session)
+        self._local = threading.local()  # a worker thread's own FileIngester
         self._guide = guide
         self.on_changed = on_changed
         self.patience_s = PATIENCE_S if patience_s is None else patience_s
@@ -589,13 +619,14 @@ class TreeBuilder:
         start = time.monotonic()
         deadline = start + self.patience_s
         reads = 0
+        files: FileIngester = getattr(self._local, "files", None) or self._files
         with open(path, "rb", buffering=0) as f:
             fd = f.fileno()
             while True:
                 before = _settled(fd)
                 if before is not None:
                     reads += 1
-                    manifest = self._files.ingest(f, before.st_size, guide)
+                    manifest = files.ingest(f, before.st_size, guide)
                     after = os.fstat(fd)
                     if _stamp(after) == _stamp(before) and manifest.size == after.st_size:
                         return manifest, after
@@ -631,44 +662,159 @@ class TreeBuilder:
 
         An entry removed between the listing and its reading (a temporary file) is left out,
         as if the directory had been listed a moment later.
+
+        Small files (up to :data:`_SMALL_FILE`) are read, cut, hashed and compressed on the
+        repository's worker threads, :data:`_BATCH_FILES` to a task (a thread hand-off per
+        file would cost more than the file), each exactly as :meth:`read` does alone (the
+        same retries of a file that changes while it is read); their entries take their
+        places in name order, so the tree is the one a sequential walk builds. At most
+        ``2 x workers`` tasks are in flight. Stat-cache hits are looked up
+        :data:`_PREFETCH` names at a time (one query) and their manifests read together.
         """
-        entries = []
         with os.scandir(directory) as it:
             names = sorted(e.name for e in it)
-        for i, name in enumerate(names):
-            if i % _PREFETCH == 0:
-                self._prefetch_hits(directory, names[i : i + _PREFETCH])
+        slots: list[TreeEntry | None] = []
+        batch: list[_Small] = []
+        batch_bytes = 0
+        inflight: deque[tuple[list[_Small], Future[list[_Read]]]] = deque()
+        window = 2 * default_workers()
+        progress = self.session.progress
+
+        def collect() -> None:
+            jobs, future = inflight.popleft()
+            for job, (manifest_id, size, stable, exc) in zip(jobs, future.result(), strict=True):
+                idx, path, name, child_rel, mode, key = job
+                if isinstance(exc, FileChanged):
+                    if self.on_changed is None:
+                        raise exc
+                    self.on_changed(child_rel, exc)
+                elif isinstance(exc, _TooLarge):  # grew meanwhile: read here, as any large file
+                    with contextlib.suppress(FileNotFoundError):
+                        slots[idx] = self.entry(path, name, child_rel)
+                elif exc is None:
+                    assert manifest_id is not None and stable is not None
+                    if self.stat_cache is not None:
+                        self.stat_cache.record(key, stable, manifest_id)
+                    slots[idx] = TreeEntry(name, "file", manifest_id, size, mode)
+                    self.session.read_bytes += size
+                    if progress is not None and size:
+                        progress(size)
+
+        def send() -> None:
+            nonlocal batch, batch_bytes
+            inflight.append((batch, self.session.repo.pool.submit(self._read_batch, batch)))
+            batch, batch_bytes = [], 0
+            while len(inflight) > window:
+                collect()
+
+        base = str(directory.absolute())  # as :func:`_cache_key` has it
+        try:
+            for i in range(0, len(names), _PREFETCH):
+                for name, child_rel, st, hit in self._look(
+                    directory, base, rel, names[i:][:_PREFETCH]
+                ):
+                    if (
+                        st is not None
+                        and stat_mod.S_ISREG(st.st_mode)
+                        and st.st_size <= _SMALL_FILE
+                    ):
+                        mode = stat_mod.S_IMODE(st.st_mode) & 0o777
+                        if hit is not None and hit[1] and self._cached_ok(hit[0], st.st_size):
+                            slots.append(TreeEntry(name, "file", hit[0], st.st_size, mode))
+                            if progress is not None:
+                                progress(st.st_size)
+                            continue
+                        key = _key_of(os.path.join(base, name))
+                        batch.append((len(slots), directory / name, name, child_rel, mode, key))
+                        slots.append(None)
+                        batch_bytes += st.st_size
+                        if len(batch) >= _BATCH_FILES or batch_bytes >= _BATCH_BYTES:
+                            send()
+                        continue
+                    try:
+                        slots.append(self.entry(directory / name, name, child_rel))
+                    except FileNotFoundError as exc:
+                        if isinstance(exc, MlvcError):  # the repository's, not the file's
+                            raise
+                        # removed since the directory was listed: not part of it any more
+            if batch:
+                send()
+            while inflight:
+                collect()
+        finally:
+            for _, future in inflight:  # let no worker outlive the walk
+                with contextlib.suppress(BaseException):
+                    future.result()
+        return Tree(tuple(e for e in slots if e is not None))
+
+    def _look(
+        self, directory: Path, base: str, rel: str, names: list[str]
+    ) -> list[tuple[str, str, os.stat_result | None, tuple[ObjectId, bool] | None]]:
+        """``(name, relative path, lstat or None, stat-cache record or None)`` of each name.
+
+        Excluded names are left out; a name gone since the listing has no stat. Stat-cache
+        records of small regular files are looked up with one query, and the manifests of
+        hits read together (one request per run of adjacent ones: each is still checked
+        before use, :meth:`_cached_ok`).
+        """
+        out: list[tuple[str, str, os.stat_result | None, tuple[ObjectId, bool] | None]] = []
+        for name in names:
             child_rel = f"{rel}/{name}" if rel else name
             if _is_excluded(self.exclude, child_rel):
                 continue
+            check_name(name)
             try:
-                e = self.entry(directory / name, name, child_rel)
-            except FileNotFoundError as exc:
-                if isinstance(exc, MlvcError):  # the repository's, not the file's
-                    raise
-                continue  # removed since the directory was listed: not part of it any more
-            if e is not None:
-                entries.append(e)
-        return Tree(tuple(entries))
-
-    def _prefetch_hits(self, directory: Path, names: list[str]) -> None:
-        """Read the manifests of stat-cache hits among ``names``, adjacent ones together.
-
-        Each hit's manifest is checked before use (:meth:`_cached_ok`); reading them in runs
-        here costs one request per run instead of one per file on a bucket. (On local disk a
-        read costs less than finding the hits twice.)
-        """
-        if self.stat_cache is None or self.session.repo.store.is_local:
-            return
+                st: os.stat_result | None = os.lstat(os.path.join(directory, name))
+            except FileNotFoundError:
+                st = None
+            out.append((name, child_rel, st, None))
+        if self.stat_cache is None:
+            return out
+        small = [
+            i
+            for i, (_, _, st, _) in enumerate(out)
+            if st is not None and stat_mod.S_ISREG(st.st_mode) and st.st_size <= _SMALL_FILE
+        ]
+        found = self.stat_cache.previous_many(
+            [(_key_of(os.path.join(base, out[i][0])), out[i][2]) for i in small]
+        )
         wanted = []
-        for name in names:
-            path = directory / name
-            with contextlib.suppress(OSError):
-                found = self.stat_cache.previous(str(path.absolute()), path.lstat())
-                if found is not None and found[1]:
-                    wanted.append(found[0])
+        for i, record in zip(small, found, strict=True):
+            if record is not None:
+                name, child_rel, st, _ = out[i]
+                out[i] = (name, child_rel, st, record)
+                if record[1]:
+                    wanted.append(record[0])
         if wanted:
             self.session.repo.prefetch_objects(wanted)
+        return out
+
+    def _read_batch(self, jobs: list[_Small]) -> list[_Read]:
+        """Worker: :meth:`read` and store each small file; one answer per job, in order."""
+        if getattr(self._local, "files", None) is None:
+            self._local.files = FileIngester(self.session, worker=True)
+        out: list[_Read] = []
+        for _, path, _, _, _, _ in jobs:
+            try:
+                manifest, stable = self.read(path)
+            except (FileChanged, _TooLarge) as exc:
+                out.append((None, 0, None, exc))
+                continue
+            except FileNotFoundError as exc:
+                if isinstance(exc, MlvcError):
+                    raise
+                out.append((None, 0, None, exc))  # removed since the directory was listed
+                continue
+            out.append((self.session.add_object(manifest), manifest.size, stable, None))
+        return out
+
+
+_Small = tuple[int, Path, str, str, int, str]
+"""A small file for a worker: slot in the tree, path, name, relative path, mode, cache key."""
+_Read = tuple["ObjectId | None", int, "os.stat_result | None", "Exception | None"]
+"""A worker's answer: manifest id, size, the stat it was read at; or why it was not read."""
+_BATCH_FILES = 64
+_BATCH_BYTES = 8 * MiB
 
 
 def ingest_paths(

@@ -45,7 +45,7 @@ from mlvc_core.errors import FileExistsConflict, IntegrityError, UsageError
 from mlvc_core.ids import ObjectId, hash_bytes, to_hex
 from mlvc_core.objects import Manifest, TreeEntry
 from mlvc_core.packs import Location
-from mlvc_core.repository import ProgressFn, Repository
+from mlvc_core.repository import ProgressFn, Repository, default_workers
 
 log = logging.getLogger(__name__)
 
@@ -401,6 +401,35 @@ class _Dirs:
             os.close(self._stack.pop()[1])
 
 
+class _LaterDirs(_Dirs):
+    """:class:`_Dirs` whose descriptors, once left, stay open until :meth:`release`.
+
+    Files handed to worker threads are written through their directory's descriptor after
+    the walk has moved on: a descriptor is closed only once no worker can still use it.
+    """
+
+    def __init__(self, root_fd: int, plan: dict[Parts, TreeEntry], force: bool) -> None:
+        super().__init__(root_fd, plan, force)
+        self.left: list[int] = []
+
+    def fd(self, parts: Parts) -> int:
+        """As :meth:`_Dirs.fd`; descriptors left behind wait in :attr:`left`."""
+        while parts[: len(self._stack[-1][0])] != self._stack[-1][0]:
+            self.left.append(self._stack.pop()[1])
+        return super().fd(parts)
+
+    def release(self) -> None:
+        """Close the descriptors left behind (no worker may use them any more)."""
+        fds, self.left = self.left, []
+        for fd in fds:
+            os.close(fd)
+
+    def close(self) -> None:
+        """Close every descriptor but the root's, those left behind too."""
+        self.release()
+        super().close()
+
+
 def _put(dir_fd: int, tmp: str, name: str, force: bool = True) -> None:
     """Rename ``tmp`` over ``name`` (a link is replaced, never followed).
 
@@ -424,6 +453,7 @@ def write_file(
     mode: int,
     progress: ProgressFn | None = None,
     force: bool = True,
+    chunks: Iterable[bytes] | None = None,
 ) -> None:
     """Stream a manifest's chunks into ``target`` (a temporary file, then a rename).
 
@@ -434,6 +464,9 @@ def write_file(
         mode: Permission bits; the umask applies on top (never set wider).
         progress: Called with bytes restored (holes included).
         force: Replace a directory in the way (else :class:`FileExistsConflict`).
+        chunks: The manifest's chunks, already read and verified (by a caller that read
+            several files' chunks together); by default they are read ahead on the worker
+            threads.
     """
     if isinstance(target, tuple):
         dir_fd, name = target
@@ -444,20 +477,27 @@ def write_file(
     try:
         fd = os.open(tmp, _NEW_FILE_FLAGS, mode & 0o777, dir_fd=dir_fd)
         try:
-            with open(fd, "wb") as f:
-                chunks = repo.read_chunks(cid for cid, _ in manifest.chunks)
+            try:
+                if chunks is None:
+                    chunks = repo.read_chunks(cid for cid, _ in manifest.chunks)
+                pos = end = 0  # where the next chunk goes; the end of the bytes written
                 for (cid, length), data in zip(manifest.chunks, chunks, strict=True):
                     if len(data) != length:  # the manifest and the chunk disagree: write neither
                         raise IntegrityError(
                             to_hex(cid), f"{len(data)} bytes, its manifest says {length}"
                         )
                     if _is_zero(data):
-                        f.seek(len(data), io.SEEK_CUR)  # a hole
+                        os.lseek(fd, len(data), os.SEEK_CUR)  # a hole
                     else:
-                        f.write(data)
+                        _write_all(fd, data)
+                        end = pos + len(data)
+                    pos += len(data)
                     if progress is not None:
                         progress(len(data))
-                f.truncate(manifest.size)
+                if end != manifest.size:  # a hole at the end (a seek alone writes nothing)
+                    os.ftruncate(fd, manifest.size)
+            finally:
+                os.close(fd)
             _put(dir_fd, tmp, name, force)
         except BaseException:
             with contextlib.suppress(OSError):
@@ -466,6 +506,13 @@ def write_file(
     finally:
         if not isinstance(target, tuple):
             os.close(dir_fd)
+
+
+def _write_all(fd: int, data: bytes | memoryview) -> None:
+    """Write all of ``data`` at the descriptor's position."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
 
 
 def _make_link(dir_fd: int, name: str, target: str, force: bool) -> None:
@@ -559,11 +606,37 @@ def _restore(
     if conflicts and not force:
         raise FileExistsConflict(list(conflicts), list(conflicts.values()))
 
-    written: list[str] = []
+    written: list[tuple[int, str]] = []  # (position in the plan, path): sorted at the end
     links: list[tuple[Parts, TreeEntry]] = []
-    dirs = _Dirs(root_fd, plan, force)
+    dirs = _LaterDirs(root_fd, plan, force)
+    batch: list[_Job] = []
+    batch_bytes = 0
+    inflight: deque[Future[list[_Done]]] = deque()
+    window = 2 * default_workers()
+
+    def collect() -> None:
+        for i, parts, size, why in inflight.popleft().result():
+            if why is not None:
+                skip(parts, why)
+                skipped.add(parts)
+                continue
+            written.append((i, "/".join(parts)))
+            if progress is not None:
+                progress(size)
+
+    def send() -> None:
+        nonlocal batch, batch_bytes
+        inflight.append(repo.pool.submit(_write_batch, repo, batch, force))
+        batch, batch_bytes = [], 0
+        while len(inflight) > window:
+            collect()
+        if len(dirs.left) > _MAX_LEFT:  # every descriptor left behind is sent: wait, close
+            while inflight:
+                collect()
+            dirs.release()
+
     try:
-        for parts, e in plan.items():
+        for pos, (parts, e) in enumerate(plan.items()):
             if any(parts[:i] in skipped for i in range(1, len(parts) + 1)):
                 continue
             if parts in same:
@@ -575,30 +648,82 @@ def _restore(
                     dirs.fd(parts)
                 elif e.kind == "link":
                     links.append((parts, e))  # last: nothing is ever written below a new link
+                elif e.size <= _BATCH_FILE:
+                    # Small files go to the worker threads in batches: a thread hand-off per
+                    # file would cost more than writing it.
+                    assert e.oid is not None
+                    batch.append((pos, parts, dirs.fd(parts[:-1]), e.oid, e.mode))
+                    batch_bytes += e.size
+                    if len(batch) >= _BATCH_FILES or batch_bytes >= _BATCH_BYTES:
+                        send()
                 else:
                     assert e.oid is not None
                     target = (dirs.fd(parts[:-1]), parts[-1])
                     manifest = repo.read_manifest(e.oid)
                     write_file(repo, manifest, target, e.mode, progress, force)
-                    written.append("/".join(parts))
+                    written.append((pos, "/".join(parts)))
             except OSError as exc:
                 if exc.errno not in _NAME_ERRNOS or isinstance(exc, FileExistsConflict):
                     raise
                 skip(parts, f"this file system refuses its name ({os.strerror(exc.errno)})")
                 skipped.add(parts)
+        if batch:
+            send()
+        while inflight:
+            collect()
         for parts, e in links:
             if any(parts[:i] in skipped for i in range(1, len(parts))):
                 continue
             try:
                 _make_link(dirs.fd(parts[:-1]), parts[-1], e.target or "", force)
-                written.append("/".join(parts))
+                written.append((len(plan), "/".join(parts)))
             except OSError as exc:
                 if exc.errno not in _NAME_ERRNOS or isinstance(exc, FileExistsConflict):
                     raise
                 skip(parts, f"this file system refuses its name ({os.strerror(exc.errno)})")
     finally:
+        for f in inflight:  # let no worker write through a descriptor about to be closed
+            with contextlib.suppress(BaseException):
+                f.result()
         dirs.close()
-    return written
+    return [rel for _, rel in written]
+
+
+_Job = tuple[int, Parts, int, ObjectId, int]
+"""A small file for a worker: position in the plan, path, directory descriptor, manifest, mode."""
+_Done = tuple[int, Parts, int, "str | None"]
+"""A worker's answer for one file: position, path, bytes, why it was skipped (None: written)."""
+_BATCH_FILE = 1 << 20
+"""Files up to this size are written by worker threads, many to a task."""
+_BATCH_FILES = 64
+_BATCH_BYTES = 8 << 20
+_MAX_LEFT = 64
+"""Directory descriptors kept open for workers before the walk waits to close them."""
+
+
+def _write_batch(repo: Repository, jobs: list[_Job], force: bool) -> list[_Done]:
+    """Worker: write a batch of small files, read and verified on this thread.
+
+    Memory: the batch's chunks (at most :data:`_BATCH_BYTES` plus one file).
+    """
+    repo.prefetch_objects(oid for _, _, _, oid, _ in jobs)  # adjacent manifests: one read
+    manifests = [repo.read_manifest(oid) for _, _, _, oid, _ in jobs]
+    # The batch's chunks were stored one after another: read them in runs, one read each.
+    ids = (cid for m in manifests for cid, _ in m.chunks)
+    data = iter([d for run in repo.chunk_runs(ids) for d in repo.read_run(run)])
+    done: list[_Done] = []
+    for (i, parts, dir_fd, _, mode), manifest in zip(jobs, manifests, strict=True):
+        mine = [next(data) for _ in manifest.chunks]
+        try:
+            write_file(repo, manifest, (dir_fd, parts[-1]), mode, None, force, mine)
+        except OSError as exc:
+            if exc.errno not in _NAME_ERRNOS or isinstance(exc, FileExistsConflict):
+                raise
+            why = f"this file system refuses its name ({os.strerror(exc.errno)})"
+            done.append((i, parts, 0, why))
+            continue
+        done.append((i, parts, manifest.size, None))
+    return done
 
 
 class ChunkedReader(io.RawIOBase):

@@ -44,6 +44,32 @@ def _tag(path: str, size: int, mtime_ns: int, ino: int, ctime_ns: int, manifest:
     return hash_bytes(os.fsencode(path) + b"\0" + fields + b"\0" + manifest)[:16]
 
 
+def _judge(
+    path: str, row: tuple[object, ...] | None, st: os.stat_result | None
+) -> tuple[ObjectId, bool] | None:
+    """A row's manifest id and whether ``st`` still matches it; None if not well-formed."""
+    if (
+        row is None
+        or len(row) != 6
+        or not all(isinstance(v, int) for v in row[:4])
+        or not isinstance(row[4], bytes)
+        or len(row[4]) != DIGEST_SIZE
+        or row[5] != _tag(path, *row[:5])  # type: ignore[arg-type]
+    ):
+        return None
+    same = st is not None and tuple(row[:4]) == (
+        st.st_size,
+        st.st_mtime_ns,
+        st.st_ino,
+        st.st_ctime_ns,
+    )
+    return ObjectId(bytes(row[4])), same
+
+
+_MANY = 500
+"""Paths per query of :meth:`StatCache.previous_many` (SQLite allows 999 parameters at least)."""
+
+
 class StatCache:
     """A SQLite-backed stat cache. Safe to share between threads of one process."""
 
@@ -123,21 +149,34 @@ class StatCache:
             except sqlite3.Error as exc:
                 self._fail(exc)
                 return None
-        if (
-            row is None
-            or not all(isinstance(v, int) for v in row[:4])
-            or not isinstance(row[4], bytes)
-            or len(row[4]) != DIGEST_SIZE
-            or row[5] != _tag(path, *row[:5])
-        ):
-            return None
-        same = st is not None and tuple(row[:4]) == (
-            st.st_size,
-            st.st_mtime_ns,
-            st.st_ino,
-            st.st_ctime_ns,
-        )
-        return ObjectId(bytes(row[4])), same
+        return _judge(path, row, st)
+
+    def previous_many(
+        self, items: list[tuple[str, os.stat_result | None]]
+    ) -> list[tuple[ObjectId, bool] | None]:
+        """:meth:`previous` for many paths with one query per :data:`_MANY` of them.
+
+        Returns one answer per ``(path, stat)``, in order.
+        """
+        rows: dict[str, tuple[object, ...]] = {}
+        paths = list(dict.fromkeys(p for p, _ in items))
+        with self._lock:
+            if self._db is None:
+                return [None] * len(items)
+            try:
+                for i in range(0, len(paths), _MANY):
+                    part = paths[i : i + _MANY]
+                    marks = ",".join("?" * len(part))
+                    for row in self._db.execute(
+                        "SELECT path, size, mtime_ns, ino, ctime_ns, manifest, tag FROM files "
+                        f"WHERE path IN ({marks})",
+                        part,
+                    ):
+                        rows[row[0]] = row[1:]
+            except sqlite3.Error as exc:
+                self._fail(exc)
+                return [None] * len(items)
+        return [_judge(path, rows.get(path), st) for path, st in items]
 
     def record(self, path: str, st: os.stat_result, manifest: ObjectId) -> None:
         """Remember ``path``'s manifest (buffered until :meth:`flush`)."""

@@ -102,13 +102,15 @@ def test_files_removed_while_a_directory_is_committed_are_left_out(
 ) -> None:
     src = tmp_path / "src"
     (src / "tmpdir").mkdir(parents=True)
-    for name in ("a.txt", "swap.tmp", "z.txt"):
+    (src / "a.dir").mkdir()
+    (src / "a.dir" / "a.txt").write_text("a")
+    for name in ("swap.tmp", "z.txt"):
         (src / name).write_text(name)
     (src / "tmpdir" / "t").write_text("t")
     real_entry = ingest.TreeBuilder.entry
 
     def entry(self: ingest.TreeBuilder, path: Path, name: str, rel: str) -> object:
-        if name == "a.txt":  # while "a.txt" is read, another process cleans up
+        if name == "a.dir":  # once the directory is listed, another process cleans up
             (src / "swap.tmp").unlink(missing_ok=True)
             for p in (src / "tmpdir").iterdir():
                 p.unlink()
@@ -120,4 +122,4 @@ def test_files_removed_while_a_directory_is_committed_are_left_out(
     cid = repo.commit(src, "x")
     out = tmp_path / "out"
     repo.checkout(cid, out)
-    assert sorted(p.name for p in out.iterdir()) == ["a.txt", "z.txt"]
+    assert sorted(p.name for p in out.iterdir()) == ["a.dir", "z.txt"]

@@ -1,0 +1,215 @@
+"""A dataset of many small files: mlvc commit and checkout next to tar, cp and DVC, in one run.
+
+The workload: ``--files`` files of 5-50 KB (sizes uniform, seeded), 1,000 to a directory, half
+of them incompressible (like JPEG or PNG images), half text (like JSON or CSV annotations).
+Generated once per size and seed into ``--data-dir`` and read into the page cache before
+each step, so every tool reads from memory.
+
+Steps, each a whole child process (wall clock, interpreter start-up included for mlvc), with
+an untimed ``sync`` before each; the tools interleaved within each repetition:
+
+* ``tar -cf`` of the dataset and ``tar -xf`` of that archive into an empty directory;
+* ``cp -r`` of the dataset into an empty directory;
+* ``mlvc commit`` (``mlvc_driver.py commit``, through a stat cache) into a new repository;
+* the same commit again, nothing changed (stat cache hits);
+* ``mlvc checkout`` of that commit into an empty directory (bytes compared with the source);
+* ``dvc add`` in a fresh git workspace and ``dvc checkout`` into it after removing the data,
+  when ``dvc`` is on PATH (``pip install dvc``).
+
+Targets: commit <= tar's time, checkout <= 1.5x cp's, unchanged re-commit <= 5 s.
+
+Run: ``python benchmarks/bench_smallfiles.py [--files 20000] [--reps 3]``; writes
+``benchmarks/results/smallfiles.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import measure  # noqa: E402
+from measure import Usage  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results" / "smallfiles.md"
+PER_DIR = 1000
+GENERATOR = 1
+"""Bumped when the generated content changes (a cached dataset is then made anew)."""
+
+
+def generate(root: Path, n: int, seed: int) -> Path:
+    """The dataset of ``n`` files under ``root`` (made once per size, seed and generator)."""
+    data = root / f"smallfiles-{n}-{seed}-g{GENERATOR}"
+    done = data / ".complete"
+    if done.exists():
+        return data / "data"
+    shutil.rmtree(data, ignore_errors=True)
+    rng = np.random.default_rng(seed)
+    sizes = rng.integers(5_000, 50_001, size=n)
+    words = [
+        b'{"label": ',
+        b'"cat"',
+        b'"dog"',
+        b', "box": [',
+        b"], ",
+        b'"score": ',
+        b"0.",
+        b"\n",
+    ]
+    for i, size in enumerate(sizes):
+        d = data / "data" / f"part{i // PER_DIR:04d}"
+        if i % PER_DIR == 0:
+            d.mkdir(parents=True)
+        if i % 2 == 0:
+            body = rng.integers(0, 256, size=int(size), dtype=np.uint8).tobytes()
+            name = f"img{i:07d}.jpg"
+        else:
+            picks = rng.integers(0, len(words), size=int(size) // 4)
+            digits = rng.integers(0, 10, size=len(picks))
+            text = b"".join(words[p] + str(q).encode() for p, q in zip(picks, digits, strict=True))
+            body = text[: int(size)]
+            name = f"ann{i:07d}.json"
+        (d / name).write_bytes(body)
+    done.touch()
+    return data / "data"
+
+
+TREE = ROOT
+"""The source tree whose mlvc is timed (``--tree``: another checkout, to compare)."""
+
+
+def timed(cmd: list[str | os.PathLike[str]], cwd: Path | None = None) -> Usage:
+    """Run ``cmd`` after a sync; its usage."""
+    measure.sync()
+    env = {**os.environ, "PYTHONPATH": str(TREE), "OPENBLAS_NUM_THREADS": "1"}
+    return measure.run(cmd, cwd=cwd, env=env)
+
+
+def same_tree(a: Path, b: Path) -> bool:
+    """Whether two directories hold the same relative paths with the same bytes."""
+    fa, fb = measure.files(a), measure.files(b)
+    if [p.relative_to(a) for p in fa] != [p.relative_to(b) for p in fb]:
+        return False
+    return all(x.read_bytes() == y.read_bytes() for x, y in zip(fa, fb, strict=True))
+
+
+def one_rep(src: Path, work: Path, use_dvc: bool) -> dict[str, float]:
+    """One repetition of every step; seconds per step."""
+    out: dict[str, float] = {}
+    measure.warm(src)
+    measure.fresh_dir(work)
+    out["tar -cf"] = timed(["tar", "-cf", work / "a.tar", "-C", src.parent, src.name]).wall
+    measure.fresh_dir(work / "untar")
+    out["tar -xf"] = timed(["tar", "-xf", work / "a.tar", "-C", work / "untar"]).wall
+    out["cp -r"] = timed(["cp", "-r", src, work / "copy"]).wall
+    shutil.rmtree(work / "untar")
+    (work / "a.tar").unlink()
+    shutil.rmtree(work / "copy")
+
+    repo, cache = work / "repo", work / "statcache.sqlite"
+    timed([sys.executable, TREE / "benchmarks" / "mlvc_driver.py", "init", repo])
+    measure.warm(src)
+    py = [sys.executable, TREE / "benchmarks" / "mlvc_driver.py"]
+    u = timed([*py, "commit", repo, src, "v1", "--stat-cache", cache])
+    out["mlvc commit"] = u.wall
+    commit = u.stdout.strip().splitlines()[-1]
+    import json
+
+    cid = json.loads(commit)["commit"]
+    out["mlvc commit (unchanged)"] = timed(
+        [*py, "commit", repo, src, "v2", "--stat-cache", cache]
+    ).wall
+    out["mlvc checkout"] = timed([*py, "checkout", repo, cid, work / "out"]).wall
+    if not same_tree(src, work / "out"):
+        raise SystemExit("mlvc checkout differs from the source")
+    shutil.rmtree(work / "out")
+    shutil.rmtree(repo)
+
+    if use_dvc:
+        ws = work / "dvc"
+        ws.mkdir()
+        env_cmds = [
+            ["git", "init", "-q", "-b", "main"],
+            ["dvc", "init", "-q"],
+            ["dvc", "config", "core.analytics", "false"],
+            ["dvc", "config", "core.check_update", "false"],
+        ]
+        for c in env_cmds:
+            subprocess.run(c, cwd=ws, check=True, stdout=subprocess.DEVNULL)
+        shutil.copytree(src, ws / "data")
+        measure.warm(ws / "data")
+        out["dvc add"] = timed(["dvc", "add", "-q", "data"], cwd=ws).wall
+        shutil.rmtree(ws / "data")
+        out["dvc checkout"] = timed(["dvc", "checkout", "-q"], cwd=ws).wall
+        shutil.rmtree(ws)
+    return out
+
+
+def main() -> None:
+    """Run the benchmark and write its report."""
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--files", type=int, default=20_000)
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--data-dir", type=Path, default=ROOT / "benchmarks" / ".data")
+    ap.add_argument("--no-dvc", action="store_true", help="leave DVC out even if installed")
+    ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--tree", type=Path, default=ROOT, help="time the mlvc of this source tree")
+    args = ap.parse_args()
+    global TREE
+    TREE = args.tree.resolve()
+    src = generate(args.data_dir, args.files, args.seed)
+    nbytes = measure.tree_bytes(src)
+    use_dvc = not args.no_dvc and shutil.which("dvc") is not None
+    runs: list[dict[str, float]] = []
+    with tempfile.TemporaryDirectory(dir=ROOT / "benchmarks") as tmp:
+        for _ in range(args.reps):
+            runs.append(one_rep(src, Path(tmp) / "work", use_dvc))
+            print(runs[-1], flush=True)
+    med = {k: measure.median(r[k] for r in runs) for k in runs[0]}
+    rng = {k: (min(r[k] for r in runs), max(r[k] for r in runs)) for k in runs[0]}
+    rows = [
+        [k, f"{med[k]:.2f}", f"{rng[k][0]:.2f}-{rng[k][1]:.2f}", f"{med[k] / med['tar -cf']:.2f}x"]
+        + [f"{med[k] / med['cp -r']:.2f}x"]
+        for k in med
+    ]
+    checks = [
+        ("commit <= tar -cf", med["mlvc commit"] <= med["tar -cf"]),
+        ("checkout <= 1.5x cp -r", med["mlvc checkout"] <= 1.5 * med["cp -r"]),
+        ("unchanged re-commit <= 5 s", med["mlvc commit (unchanged)"] <= 5.0),
+    ]
+    report = "\n".join(
+        [
+            "# Many small files",
+            "",
+            f"`python benchmarks/bench_smallfiles.py --files {args.files} --reps {args.reps}`"
+            f"{' (tree ' + str(args.tree) + ')' if TREE != ROOT else ''}: "
+            f"{args.files} files of 5-50 KB ({measure.human_bytes(nbytes)}), "
+            f"{PER_DIR} to a directory; {os.cpu_count()} cores, {platform.python_version()}, "
+            f"load average before {os.getloadavg()[0]:.1f}; medians of {args.reps}.",
+            "",
+            measure.markdown_table(["step", "median s", "range s", "x tar -cf", "x cp -r"], rows),
+            "",
+            measure.markdown_table(
+                ["target", "result"], [[name, measure.verdict(ok)] for name, ok in checks]
+            ),
+            "",
+        ]
+    )
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(report)
+    print(report)
+
+
+if __name__ == "__main__":
+    main()
