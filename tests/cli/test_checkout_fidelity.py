@@ -49,14 +49,14 @@ def test_odd_names_and_an_absolute_link_commit_and_check_out(cli: Cli, project: 
     assert len(cli.json("show", cid)["files"]) == 4  # all recorded, as they are
     out = project / "out"
     r = cli("checkout", cid, "-o", out)  # one link cannot be restored: the rest is
-    assert "warning: skipped imagenet: it points to an absolute path" in r.stderr
-    assert (out / "a\\b.txt").read_text() == "backslash"
-    assert os.path.exists(os.path.join(os.fsencode(out), b"caf\xe9.csv"))
-    assert (out / "model.bin").read_bytes() == b"weights"
-    assert not os.path.lexists(out / "imagenet")
+    assert "warning: skipped data/imagenet: it points to an absolute path" in r.stderr
+    assert (out / "data" / "a\\b.txt").read_text() == "backslash"
+    assert os.path.exists(os.path.join(os.fsencode(out), b"data", b"caf\xe9.csv"))
+    assert (out / "data" / "model.bin").read_bytes() == b"weights"
+    assert not os.path.lexists(out / "data" / "imagenet")
     shown = cli.json("checkout", cid, "-o", project / "out2")
     assert shown["skipped"] == [
-        {"path": "imagenet", "reason": "it points to an absolute path (/datasets/imagenet)"}
+        {"path": "data/imagenet", "reason": "it points to an absolute path (/datasets/imagenet)"}
     ]
 
 
@@ -68,18 +68,18 @@ def test_conflicts_are_listed_with_exit_1_and_force_replaces_them(cli: Cli, proj
     (src / "same.txt").write_text("same")
     cid = cli("commit", "src", "-m", "v1").stdout.split()[0]
     out = project / "out"
-    out.mkdir()
-    (out / "pkg").write_text("a file where the snapshot has a directory")
-    (out / "weights.bin").mkdir()  # a directory where it has a file
-    (out / "same.txt").write_text("same")  # identical: no conflict
+    (out / "src").mkdir(parents=True)  # the snapshot holds src/... (the path as typed)
+    (out / "src" / "pkg").write_text("a file where the snapshot has a directory")
+    (out / "src" / "weights.bin").mkdir()  # a directory where it has a file
+    (out / "src" / "same.txt").write_text("same")  # identical: no conflict
     r = cli("checkout", cid, "-o", out, code=1)
-    assert "pkg (a file where the snapshot has a directory)" in r.stderr
-    assert "weights.bin (a directory where the snapshot has a file)" in r.stderr
+    assert "src/pkg (a file where the snapshot has a directory)" in r.stderr
+    assert "src/weights.bin (a directory where the snapshot has a file)" in r.stderr
     assert "same.txt" not in r.stderr
-    assert (out / "pkg").is_file() and (out / "weights.bin").is_dir()  # nothing written
+    assert (out / "src" / "pkg").is_file() and (out / "src" / "weights.bin").is_dir()
     cli("checkout", cid, "-o", out, "-f")
-    assert (out / "pkg" / "m.py").read_text() == "x = 1\n"
-    assert (out / "weights.bin").read_bytes() == b"w" * 1000
+    assert (out / "src" / "pkg" / "m.py").read_text() == "x = 1\n"
+    assert (out / "src" / "weights.bin").read_bytes() == b"w" * 1000
 
 
 def test_commit_of_a_file_that_keeps_changing_fails_clearly(

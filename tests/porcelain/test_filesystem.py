@@ -45,7 +45,10 @@ def project(tmp_path: Path) -> tuple[Path, Repository]:
 
 
 def test_entry_point_is_declared() -> None:
-    import tomllib
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:
+        import tomli as tomllib
 
     doc = tomllib.loads((Path(__file__).parents[2] / "pyproject.toml").read_text())
     specs = doc["project"]["entry-points"]["fsspec.specs"]
