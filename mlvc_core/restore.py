@@ -305,21 +305,26 @@ def _conflicts(
 def _remove(dir_fd: int, name: str) -> None:
     """Remove whatever is called ``name`` in ``dir_fd`` (a directory with its contents)."""
     st = os.lstat(name, dir_fd=dir_fd)
-    if stat_mod.S_ISDIR(st.st_mode):
-        if sys.version_info >= (3, 11):
-            shutil.rmtree(name, dir_fd=dir_fd)
-        else:  # rmtree takes dir_fd from 3.11: the same, bottom-up, following no link
-            for _, dirs, files, fd in os.fwalk(name, topdown=False, dir_fd=dir_fd):
-                for n in files:
-                    os.unlink(n, dir_fd=fd)
-                for n in dirs:
-                    if stat_mod.S_ISLNK(os.lstat(n, dir_fd=fd).st_mode):
-                        os.unlink(n, dir_fd=fd)
-                    else:
-                        os.rmdir(n, dir_fd=fd)
-            os.rmdir(name, dir_fd=dir_fd)
-    else:
+    if not stat_mod.S_ISDIR(st.st_mode):
         os.unlink(name, dir_fd=dir_fd)
+    elif sys.version_info >= (3, 11):
+        shutil.rmtree(name, dir_fd=dir_fd)
+    else:  # rmtree takes dir_fd from Python 3.11 on
+        _rmtree_at(dir_fd, name)
+
+
+def _rmtree_at(parent_fd: int, name: str) -> None:
+    """Remove directory ``name`` of ``parent_fd`` with its contents, following no link."""
+    fd = os.open(name, _DIR_FLAGS, dir_fd=parent_fd)
+    try:
+        for child in os.listdir(fd):
+            if stat_mod.S_ISDIR(os.lstat(child, dir_fd=fd).st_mode):
+                _rmtree_at(fd, child)
+            else:
+                os.unlink(child, dir_fd=fd)
+    finally:
+        os.close(fd)
+    os.rmdir(name, dir_fd=parent_fd)
 
 
 def _tmp_name() -> str:
