@@ -24,8 +24,8 @@ from argparse import Namespace
 from typing import Any
 
 from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.loggers.logger import Logger, rank_zero_experiment
-from lightning.pytorch.utilities.rank_zero import rank_zero_only
+from lightning.pytorch.loggers.logger import Logger, rank_zero_experiment  # type: ignore[attr-defined]
+from lightning.pytorch.utilities import rank_zero_only
 
 from mlvc.integrations._runs import LazyRun, RunHolder
 from mlvc.tracking import Run

@@ -45,7 +45,7 @@ def _primary(args: TrainingArguments) -> tuple[str, str] | None:
     return name, "maximize" if greater else "minimize"
 
 
-class MlvcCallback(TrainerCallback):  # type: ignore[misc]
+class MlvcCallback(TrainerCallback):
     """A ``TrainerCallback`` that records into mlvc.
 
     Args:
@@ -78,7 +78,7 @@ class MlvcCallback(TrainerCallback):  # type: ignore[misc]
         """Start the run with the training arguments (and the model's config) as params."""
         if not state.is_world_process_zero:
             return
-        params: dict[str, Any] = dict(args.to_dict())
+        params: dict[str, Any] = dict(args.to_dict())  # type: ignore[no-untyped-call]
         config = getattr(model, "config", None)
         if config is not None and hasattr(config, "to_dict"):
             params["model"] = config.to_dict()
@@ -109,7 +109,9 @@ class MlvcCallback(TrainerCallback):  # type: ignore[misc]
         """Record the checkpoint directory just saved, ranked by ``metric_for_best_model``."""
         if not state.is_world_process_zero or not self._log_checkpoints:
             return
-        folder = os.path.join(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
+        folder = os.path.join(
+            args.output_dir or ".", f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
+        )
         if not os.path.isdir(folder):
             return
         self._holder.get().checkpoint(
