@@ -53,6 +53,28 @@ filesystem get no compare-and-swap guarantee. ``open_write`` spools to a local t
 uploads it on close (``pipe_file`` for ``memory://``, ``put_file`` otherwise), so nothing is
 visible before ``close``.
 
+**Every request has a timeout.** A server that accepts connections and never answers (or a
+network that drops packets) must not hang a command, a tracked run or the interpreter's exit,
+so each backend gets finite defaults, which storage options override key by key:
+
+* S3: botocore ``config_kwargs`` ``connect_timeout`` :data:`CONNECT_TIMEOUT` s,
+  ``read_timeout`` :data:`READ_TIMEOUT` s (the wait for the first or the next bytes of an
+  answer; it starts once a request's body is sent, so a slow upload is not cut short) and
+  ``retries`` ``{"mode": "standard", "total_max_attempts": 2}``; s3fs's own retry loop around
+  each call (``S3FileSystem.retries``, 5 by default, not an option s3fs accepts) is set to
+  :data:`S3_CALL_ATTEMPTS`. A frozen server fails a request after at most 2 x 2 attempts of
+  15 s: about a minute, then :class:`~mlvc_core.errors.StorageError`.
+  Requests are sent without ``Expect: 100-continue``, which botocore adds to every upload:
+  aiohttp then waits for the server's ``100 Continue`` before sending the body and before
+  arming any timeout, so a frozen server would hold every write forever. (The body is sent
+  at once instead; a refused upload costs its bytes, at most a pack part.)
+* GCS: gcsfs sends its requests with ``requests_timeout``, which is None by default: no
+  timeout at all. The default here is ``aiohttp.ClientTimeout(sock_connect=CONNECT_TIMEOUT,
+  sock_read=READ_TIMEOUT)`` (no limit on a whole transfer, only on waiting for the server).
+  gcsfs retries a timed-out request 6 times with backoff (about 31 s in all), so a frozen
+  server fails a request after about two minutes. A number given as ``requests_timeout`` is
+  aiohttp's limit on the whole request.
+
 Listings use no cache: the filesystem is opened with ``use_listings_cache=False`` for S3 and GCS
 and the store invalidates the cache after every write, so ``list`` after ``write`` or ``delete``
 sees the change. Errors: a missing key raises :class:`~mlvc_core.errors.KeyNotFound`, a lost
@@ -63,8 +85,10 @@ race :class:`~mlvc_core.errors.PreconditionFailed`, any other failure of the bac
 from __future__ import annotations
 
 import contextlib
+import copy
 import email.utils
 import json
+import logging
 import os
 import re
 import tempfile
@@ -93,6 +117,20 @@ _LOCAL_CAS_LOCK = threading.RLock()
 _PROGRAMMING_ERRORS = (TypeError, AttributeError, NameError, AssertionError, NotImplementedError)
 
 _BOUNDARY = "==mlvc-0a7f3c=="
+
+_QUIET = logging.NullHandler()
+
+CONNECT_TIMEOUT = 5.0
+"""Default seconds to wait for a connection to S3 or GCS (see the module docstring)."""
+READ_TIMEOUT = 15.0
+"""Default seconds to wait for the server's answer (or its next bytes) once a request is sent."""
+S3_CALL_ATTEMPTS = 2
+"""Attempts of s3fs's own retry loop around each call (each one retried by botocore too)."""
+_S3_CONFIG = {
+    "connect_timeout": CONNECT_TIMEOUT,
+    "read_timeout": READ_TIMEOUT,
+    "retries": {"mode": "standard", "total_max_attempts": 2},
+}
 
 
 def _check_key(key: str) -> None:
@@ -194,6 +232,45 @@ def _header(headers: Any, name: str) -> str | None:
 
 _UPLOAD_MARK = "#upload="
 """Separates a key from an upload id in the names :meth:`FsspecStore.list_temporary` gives."""
+
+
+_NO_EXPECT = "mlvc-no-expect-100-continue"
+
+
+def _drop_expect(request: Any, **_: Any) -> None:
+    """A botocore ``before-send`` handler: send the body at once (see the module docstring)."""
+    if "Expect" in request.headers:
+        del request.headers["Expect"]  # not a signed header: the signature stays valid
+
+
+def _describe(exc: BaseException) -> str:
+    """An exception in words; a bare timeout (fsspec's, asyncio's) says that it is one."""
+    text = str(exc).strip()
+    if text:
+        return text
+    if isinstance(exc, TimeoutError):
+        return "no answer from the server in time (timed out)"
+    return type(exc).__name__
+
+
+def _with_timeouts(protocol: str, options: dict[str, Any]) -> dict[str, Any]:
+    """``options`` with finite request timeouts for S3 and GCS where they set none."""
+    if protocol in _S3_PROTOCOLS:
+        config = options.get("config_kwargs") or {}
+        if not isinstance(config, dict):
+            raise TypeError(f"storage option config_kwargs must be a table, not {config!r}")
+        # botocore normalises the retries table in place: hand it copies.
+        return {**options, "config_kwargs": copy.deepcopy({**_S3_CONFIG, **config})}
+    if protocol in _GCS_PROTOCOLS and options.get("requests_timeout") is None:
+        import aiohttp  # gcsfs's HTTP client, there whenever gcsfs is
+
+        # gcsfs logs each failed request with its traceback; where the program configured no
+        # logging, Python would print them to stderr: mlvc reports the failure itself.
+        logging.getLogger("gcsfs").addHandler(_QUIET)
+
+        timeout = aiohttp.ClientTimeout(sock_connect=CONNECT_TIMEOUT, sock_read=READ_TIMEOUT)
+        return {**options, "requests_timeout": timeout}
+    return options
 
 
 def _rebuild(url: str, storage_options: dict[str, Any]) -> FsspecStore:
@@ -312,20 +389,31 @@ class FsspecStore(Store):
             url: Any URL fsspec understands, e.g. ``s3://bucket/prefix``, ``gs://bucket/prefix``
                 or ``memory://name``. The bucket must exist.
             **storage_options: Passed to the filesystem (``key``/``secret``/``client_kwargs``
-                for s3fs, ``token``/``project``/``endpoint_url`` for gcsfs...).
+                for s3fs, ``token``/``project``/``endpoint_url`` for gcsfs...). Request
+                timeouts default to finite values (see the module docstring): s3fs's
+                ``config_kwargs`` ``connect_timeout``/``read_timeout``/``retries`` and gcsfs's
+                ``requests_timeout`` override them.
+
+        Raises:
+            TypeError: ``config_kwargs`` is not a mapping.
         """
         self.url = url.rstrip("/")
         self.storage_options = dict(storage_options)
         protocol = fsspec.core.split_protocol(url)[0] or "file"
-        options = dict(storage_options)
+        options = _with_timeouts(protocol, dict(storage_options))
         if protocol in _S3_PROTOCOLS | _GCS_PROTOCOLS:
             # Listings go to the server every time: another process may have written since.
             options.setdefault("use_listings_cache", False)
+        self._hooked_client: Any = None
         self.fs, root = fsspec.core.url_to_fs(url, **options)
         self.root: str = root.rstrip("/")
         protocols = _protocols(self.fs)
         if protocols & _S3_PROTOCOLS:
             self.backend = "s3"
+            # s3fs retries each call itself, around botocore's retries: bound the product.
+            self.fs.retries = min(
+                int(getattr(self.fs, "retries", S3_CALL_ATTEMPTS)), S3_CALL_ATTEMPTS
+            )
         elif protocols & _GCS_PROTOCOLS:
             self.backend = "gcs"
         else:
@@ -344,6 +432,7 @@ class FsspecStore(Store):
     def _errors(self, key: str, action: str, *, missing_is_key: bool = True) -> Iterator[None]:
         """Map backend exceptions to mlvc's: KeyNotFound, StorageError."""
         try:
+            self._prepare_client()
             yield
         except MlvcError:
             raise
@@ -354,7 +443,22 @@ class FsspecStore(Store):
         except _PROGRAMMING_ERRORS:
             raise
         except Exception as exc:
-            raise StorageError(f"cannot {action} {key} in {self.url}: {exc}") from exc
+            raise StorageError(f"cannot {action} {key} in {self.url}: {_describe(exc)}") from exc
+
+    def _prepare_client(self) -> None:
+        """Make sure the S3 client sends no ``Expect: 100-continue`` (module docstring).
+
+        s3fs creates its botocore client on first use and again if its connections were
+        closed: checked before every call, registered once per client.
+        """
+        if self.backend != "s3":
+            return
+        client = self.fs._s3
+        if client is None:
+            client = self.fs.s3  # creates the client; sends nothing
+        if client is not self._hooked_client:
+            client.meta.events.register("before-send.s3", _drop_expect, unique_id=_NO_EXPECT)
+            self._hooked_client = client
 
     def _invalidate(self, key: str) -> None:
         with contextlib.suppress(Exception):

@@ -1,0 +1,123 @@
+"""Every request to remote storage has a timeout: a frozen server fails a call, never hangs it.
+
+The servers here accept connections and never answer (:mod:`tests.stalling`), the worst case:
+a refused connection fails at once, a frozen one waits for as long as the client lets it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from mlvc_core.errors import StorageError
+from mlvc_core.storage import fsspec_store
+from mlvc_core.storage.fsspec_store import FsspecStore
+from tests.servers import MOTO_KEY, MOTO_SECRET
+from tests.stalling import FrozenServer
+
+
+@pytest.fixture
+def frozen() -> Iterator[FrozenServer]:
+    with FrozenServer() as server:
+        yield server
+
+
+def _s3(endpoint: str, **config: object) -> FsspecStore:
+    options: dict[str, object] = {
+        "key": MOTO_KEY,
+        "secret": MOTO_SECRET,
+        "client_kwargs": {"endpoint_url": endpoint},
+    }
+    if config:
+        options["config_kwargs"] = config
+    return FsspecStore("s3://bucket/repo", **options)
+
+
+def test_s3_client_defaults_are_finite(frozen: FrozenServer) -> None:
+    store = _s3(frozen.url)
+    config = store.fs.s3.meta.config  # creating the client sends nothing
+    assert config.connect_timeout == fsspec_store.CONNECT_TIMEOUT
+    assert config.read_timeout == fsspec_store.READ_TIMEOUT
+    assert config.retries == {"mode": "standard", "total_max_attempts": 2}
+    assert store.fs.retries == fsspec_store.S3_CALL_ATTEMPTS
+    assert frozen.connections == 0
+
+
+def test_s3_storage_options_override_each_default(frozen: FrozenServer) -> None:
+    store = _s3(frozen.url, read_timeout=2.5, retries={"max_attempts": 7})
+    config = store.fs.s3.meta.config
+    assert config.read_timeout == 2.5
+    assert config.connect_timeout == fsspec_store.CONNECT_TIMEOUT  # not given: still finite
+    assert config.retries["total_max_attempts"] == 8  # botocore: 7 retries after the first
+    assert store.storage_options["config_kwargs"] == {
+        "read_timeout": 2.5,
+        "retries": {"max_attempts": 7},
+    }  # what the caller gave, for reopening; the defaults are applied again then
+
+
+def test_s3_frozen_server_fails_each_call_after_bounded_attempts(frozen: FrozenServer) -> None:
+    # Default retries, a short read timeout: 2 s3fs attempts x 2 botocore attempts. A write
+    # once waited forever whatever the timeouts: botocore asked for "100 Continue" first.
+    store = _s3(frozen.url, read_timeout=0.3, connect_timeout=0.3)
+    for call in (
+        lambda: store.write("refs/x", b"data"),
+        lambda: store.read("config"),
+    ):
+        before = frozen.connections
+        start = time.monotonic()
+        with pytest.raises(StorageError, match="(?i)timeout"):
+            call()
+        assert time.monotonic() - start < 8
+        assert frozen.connections - before <= 4
+
+
+def test_s3_reopened_store_keeps_the_callers_timeouts(frozen: FrozenServer) -> None:
+    import pickle
+
+    store = pickle.loads(pickle.dumps(_s3(frozen.url, read_timeout=0.5)))
+    assert store.fs.s3.meta.config.read_timeout == 0.5
+    assert store.fs.s3.meta.config.connect_timeout == fsspec_store.CONNECT_TIMEOUT
+
+
+def _gcs(endpoint: str, **options: object) -> FsspecStore:
+    return FsspecStore(
+        "gs://bucket/repo", endpoint_url=endpoint, token="anon", project="test", **options
+    )
+
+
+def test_gcs_requests_have_a_finite_default_timeout(frozen: FrozenServer) -> None:
+    timeout = _gcs(frozen.url).fs.requests_timeout  # gcsfs's own default is None: no limit
+    assert timeout.sock_connect == fsspec_store.CONNECT_TIMEOUT
+    assert timeout.sock_read == fsspec_store.READ_TIMEOUT
+    assert timeout.total is None  # a long transfer is not cut short, only a silent server
+
+
+def test_gcs_request_to_a_frozen_server_times_out(frozen: FrozenServer) -> None:
+    import aiohttp
+    import fsspec.asyn
+    import gcsfs
+
+    store = _gcs(frozen.url, requests_timeout=aiohttp.ClientTimeout(sock_read=0.5))
+    fs = store.fs
+    # One attempt of gcsfs's request path (without its retry loop: 6 attempts, ~31 s of
+    # backoff) with the timeout the store configured.
+    one_attempt = gcsfs.GCSFileSystem._request.__wrapped__
+    start = time.monotonic()
+    with pytest.raises(TimeoutError):
+        fsspec.asyn.sync(fs.loop, one_attempt, fs, "GET", fs.url("bucket/repo/config"))
+    assert time.monotonic() - start < 5
+    assert frozen.connections == 1
+
+
+def test_a_bare_timeout_is_described_in_words() -> None:
+    import fsspec.exceptions
+
+    assert "timed out" in fsspec_store._describe(fsspec.exceptions.FSTimeoutError())
+    assert fsspec_store._describe(OSError("refused")) == "refused"
+
+
+def test_config_kwargs_must_be_a_table() -> None:
+    with pytest.raises(TypeError, match="config_kwargs"):
+        FsspecStore("s3://bucket/repo", config_kwargs="read_timeout=1")
