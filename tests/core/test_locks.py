@@ -138,3 +138,27 @@ def test_a_writer_waiting_for_gc_goes_before_the_next_gc(tmp_path: Path) -> None
     assert got
     got[0].release()
     ExclusiveLock.acquire(store).release()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_process_start_from_proc_is_what_psutil_says() -> None:
+    import psutil
+
+    from mlvc_core.lock import _linux_process_start
+
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        for pid in (os.getpid(), child.pid):
+            assert _linux_process_start(pid) == pytest.approx(
+                psutil.Process(pid).create_time(), abs=0.02
+            )
+        child.kill()
+        deadline = time.monotonic() + 10
+        while psutil.Process(child.pid).status() != psutil.STATUS_ZOMBIE:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        assert _linux_process_start(child.pid) is None  # a zombie holds no lock
+    finally:
+        child.kill()
+        child.wait()
+    assert _linux_process_start(child.pid) is None  # gone
