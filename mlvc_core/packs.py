@@ -37,7 +37,7 @@ from __future__ import annotations
 import json
 import struct
 import uuid
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import msgpack
 
@@ -119,6 +119,28 @@ def encode_index(pack_id: str, entries: list[tuple[ObjectId, Location]]) -> byte
     return INDEX_MAGIC + hash_bytes(body) + body
 
 
+def _index_body(data: bytes, name: str) -> Any:
+    """The decoded msgpack body of an index blob or file (after its 8-byte magic).
+
+    The body's checksum is verified first; it is decompressed and unpacked within the
+    format's limits (:data:`MAX_INDEX_EXPANSION`, :data:`MAX_PACK_ENTRIES`).
+
+    Raises:
+        IntegrityError: The body does not match its recorded hash.
+        FormatError, msgpack.UnpackException, ValueError: Not decodable within the limits.
+    """
+    digest, body = data[8 : 8 + DIGEST_SIZE], data[8 + DIGEST_SIZE :]
+    if hash_bytes(body) != digest:
+        raise IntegrityError(name, "index does not match its checksum")
+    limit = min(_MAX_INDEX_BODY, MAX_INDEX_EXPANSION * len(body) + (64 << 10))
+    return msgpack.unpackb(
+        decompress_blob(body, max_size=limit),
+        raw=False,
+        max_array_len=MAX_PACK_ENTRIES,
+        max_map_len=64,
+    )
+
+
 def decode_index(
     data: bytes, name: str, pack_id: str | None = None
 ) -> tuple[str, list[tuple[ObjectId, Location]]]:
@@ -131,17 +153,8 @@ def decode_index(
     """
     if data[:8] != INDEX_MAGIC:
         raise FormatError(f"index {name} has no index header")
-    digest, body = data[8 : 8 + DIGEST_SIZE], data[8 + DIGEST_SIZE :]
-    if hash_bytes(body) != digest:
-        raise IntegrityError(name, "index does not match its checksum")
-    limit = min(_MAX_INDEX_BODY, MAX_INDEX_EXPANSION * len(body) + (64 << 10))
     try:
-        doc = msgpack.unpackb(
-            decompress_blob(body, max_size=limit),
-            raw=False,
-            max_array_len=MAX_PACK_ENTRIES,
-            max_map_len=64,
-        )
+        doc = _index_body(data, name)
         if not isinstance(doc, dict) or not isinstance(doc.get("pack"), str):
             raise FormatError("no pack id")
         if pack_id is not None and doc["pack"] != pack_id:
@@ -241,17 +254,8 @@ def decode_index_file(data: bytes, name: str, index_id: str | None = None) -> In
         raise FormatError(f"index {name} has no index header")
     if index_id is not None and index_file_id(data) != index_id:
         raise IntegrityError(name, "index file does not match its name")
-    digest, body = data[8 : 8 + DIGEST_SIZE], data[8 + DIGEST_SIZE :]
-    if hash_bytes(body) != digest:
-        raise IntegrityError(name, "index does not match its checksum")
-    limit = min(_MAX_INDEX_BODY, MAX_INDEX_EXPANSION * len(body) + (64 << 10))
     try:
-        doc = msgpack.unpackb(
-            decompress_blob(body, max_size=limit),
-            raw=False,
-            max_array_len=MAX_PACK_ENTRIES,
-            max_map_len=64,
-        )
+        doc = _index_body(data, name)
         if not isinstance(doc, dict):
             raise FormatError("not a map")
         packs, rows = doc["packs"], doc["entries"]
