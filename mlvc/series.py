@@ -11,7 +11,7 @@ included, so keys sort in writing order) and ``seq`` a 6-digit counter; the valu
 zlib-compressed JSON ``{"v": 1, "points": [[step, time, {name: value}], ...]}`` with
 non-finite values as the strings ``"nan"``, ``"inf"``, ``"-inf"``. Segments are not
 content-addressed objects: ``gc`` leaves them alone, removing the experiment deletes them,
-and ``push``/``pull`` do not copy them.
+and ``push``/``pull``/``clone`` copy those the other side lacks (:func:`copy_series`).
 
 Values: Python and numpy numbers, 0-d arrays and one-element tensors (bf16 and ones that
 require grad included: ``.item()``), bools (0/1) and ``Decimal`` are recorded as floats;
@@ -26,7 +26,7 @@ import logging
 import math
 import threading
 import zlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from decimal import Decimal
 from typing import Any
 
@@ -207,6 +207,32 @@ def last_step(repo: Repository, exp_id: str) -> int | None:
         if points:
             return points[-1][0]
     return None
+
+
+def copy_series(src: Repository, dst: Repository, exp_ids: Iterable[str]) -> int:
+    """Copy the segments of experiments that ``dst`` lacks (push, pull, clone). Returns how many.
+
+    Segments never change once written and their keys are unique, so a key ``dst`` already
+    lists is already there; one that cannot be read (over :data:`MAX_SEGMENT_SIZE`) is left
+    behind with a warning, as reading it would.
+    """
+    copied = 0
+    for exp_id in exp_ids:
+        prefix = series_prefix(exp_id)
+        have = {info.key for info in dst.store.list(prefix)}
+        for info in sorted(src.store.list(prefix), key=lambda i: i.key):
+            if info.key in have:
+                continue
+            try:
+                data = src.store.read(info.key, MAX_SEGMENT_SIZE)
+            except KeyNotFound:
+                continue  # removed meanwhile
+            except FormatError as exc:
+                log.warning("mlvc: a metrics segment of %s is not copied: %s", exp_id[:12], exc)
+                continue
+            dst.store.write(info.key, data)
+            copied += 1
+    return copied
 
 
 def delete_series(repo: Repository, exp_id: str) -> None:

@@ -141,10 +141,14 @@ def _transfer(
     progress: ProgressFn | None,
     total: ProgressFn | None,
 ) -> TransferReport:
+    from mlvc.series import copy_series
     from mlvc_core.transfer import transfer
 
     full = [r if "/" in r else _full_ref_name(src, r) for r in refs] if refs else None
-    return transfer(src, dst, refs=full, progress=progress, force=force, total=total)
+    report = transfer(src, dst, refs=full, progress=progress, force=force, total=total)
+    moved = report.refs_updated + report.refs_unchanged
+    copy_series(src, dst, (r.split("/", 1)[1] for r in moved if r.startswith("experiments/")))
+    return report
 
 
 def _full_ref_name(repo: Repository, short: str) -> str:

@@ -153,3 +153,23 @@ def test_mlvc_plot_overlays_runs(project: Path, tmp_path: Path) -> None:
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and "2 lines" in result.output
     missing = runner.invoke(app, ["plot", ids[0], "-m", "nope", "-o", str(out)])
     assert missing.exit_code == 2 and "none of the experiments has metric 'nope'" in missing.output
+
+
+def test_push_and_clone_carry_the_step_metrics(project: Path, tmp_path: Path) -> None:
+    from mlvc.porcelain.remote import clone, push
+
+    repo_dir = tmp_path / "repo"
+    with mlvc.track(repository=repo_dir) as run:
+        for step in range(50):
+            run.log({"loss": 1.0 / (step + 1)}, step=step)
+    expected = mlvc.experiments.get(run.id, repository=repo_dir).metrics("loss")
+    assert len(expected) == 50
+    remote = tmp_path / "remote"
+    push(open_repo(load_settings(repo_dir)), str(remote))
+    assert mlvc.experiments.get(run.id, repository=remote).metrics("loss") == expected
+    clone(str(remote), tmp_path / "copy")
+    copied = tmp_path / "copy" / ".mlvc"
+    assert mlvc.experiments.get(run.id, repository=copied).metrics("loss") == expected
+    assert _segments(copied) == _segments(repo_dir)
+    push(open_repo(load_settings(repo_dir)), str(remote))  # nothing new: nothing copied twice
+    assert _segments(remote) == _segments(repo_dir)
