@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import builtins
 import contextlib
-import json
 import logging
 import math
 import operator
@@ -49,7 +48,7 @@ from mlvc_core.errors import (
 )
 from mlvc_core.ids import ObjectId, from_hex, is_hex_prefix, resolve_prefix, to_hex
 from mlvc_core.objects import Commit
-from mlvc_core.refs import Ref, encode_ref
+from mlvc_core.refs import Ref, decode_ref, encode_ref
 from mlvc_core.repository import Repository
 
 if TYPE_CHECKING:
@@ -306,14 +305,9 @@ def _parse_ref_doc(key: str, data: bytes) -> tuple[bytes, dict[str, Any]]:
     Raises:
         FormatError: Not a well-formed experiment ref (the error names ``key``).
     """
-    try:
-        summary = json.loads(data)
-        target = bytes.fromhex(summary.pop("target"))
-    except (ValueError, TypeError, KeyError, AttributeError) as exc:
-        raise FormatError(f"ref {key!r} is malformed: {exc}") from exc
-    if len(target) != 32:
-        raise FormatError(f"ref {key!r} is malformed: its target is not an object id")
-    return target, schema.check(summary, _RUN_SUMMARY, f"ref {key!r}")
+    ref = decode_ref(key, data)
+    checked_ref(ref)
+    return ref.target, ref.summary
 
 
 def _experiments_of(
