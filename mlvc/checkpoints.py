@@ -28,7 +28,7 @@ from mlvc_core.errors import ObjectNotFound, UsageError
 from mlvc_core.ids import ObjectId, to_hex
 from mlvc_core.objects import Commit
 from mlvc_core.repository import Repository
-from mlvc_core.restore import ChunkedReader, find_entry, restore_tree, walk_tree
+from mlvc_core.restore import ChunkedReader, find_entry, walk_tree
 
 if TYPE_CHECKING:
     from mlvc.experiments import Experiment
@@ -225,11 +225,14 @@ class Checkpoint:
         Raises:
             FileExistsConflict: A file exists and ``force`` is false (nothing was written).
         """
-        if paths is None and not all and "paths" in self.commit.metadata:
-            paths = self.paths
-            if not paths:
-                return []
-        return restore_tree(self._repo, self.tree, Path(output_dir), paths=paths, force=force)
+        from mlvc.commands._resolve import Target
+        from mlvc.commands.checkout import checkout
+
+        kind = "checkpoint" if "paths" in self.commit.metadata else "commit"
+        target = Target(self.id, kind, self.oid, self.experiment_id or None)
+        return checkout(
+            self._repo, target, output_dir, paths, force, everything=all, mark=False
+        ).files
 
     def remove(self) -> None:
         """Hide this checkpoint from its experiment (CAS on the experiment's summary)."""

@@ -1011,7 +1011,7 @@ class Run:
         """
         from mlvc.checkpoints import Checkpoint
         from mlvc.experiments import _load_experiment
-        from mlvc.porcelain._resolve import resolve
+        from mlvc.commands._resolve import resolve
 
         assert self._settings is not None
         if self._repo is None:

@@ -1,7 +1,7 @@
 """Rendering for the command line: tables, ``--json``, short ids, sizes, times, progress.
 
 The only module of mlvc that imports ``rich``. Commands hand it plain data (dicts, lists,
-dataclasses turned into dicts by the porcelain) and never format by hand, so every command
+dataclasses turned into dicts by :mod:`mlvc.commands`) and never format by hand, so every command
 prints sizes, ids and times the same way and ``--json`` output stays stable for scripts.
 
 Conventions:

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from mlvc import porcelain
+from mlvc import commands
 from mlvc.cli import _output
 from mlvc.cli._options import ForceOpt, IdArg, JsonOpt, state
 
@@ -53,14 +53,15 @@ def checkout(
     """
     st = state(ctx)
     repo = st.repo()
-    target = porcelain.resolve(repo, id_)
+    target = commands.resolve(repo, id_)
+    path = path or None  # no --path: the target's own files
     total = (
-        porcelain.checkout_size(repo, target, path, everything=all_)
+        commands.checkout_size(repo, target, path, everything=all_)
         if _output.shows_progress(st.quiet)
         else None
     )
     with _output.progress("checking out", total=total, quiet=st.quiet) as bar:
-        r = porcelain.checkout(
+        r = commands.checkout(
             repo, target, output, paths=path, force=force, everything=all_, progress=bar
         )
     for rel, why in r.skipped:

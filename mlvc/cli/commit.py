@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from mlvc import porcelain
+from mlvc import commands
 from mlvc.cli import _output
 from mlvc.cli._options import JsonOpt, state
 
@@ -24,7 +24,7 @@ def commit(
     message: Annotated[str, typer.Option("--message", "-m", help="What this snapshot is.")],
     branch: Annotated[
         str, typer.Option("--branch", "-b", help="Branch to advance.")
-    ] = porcelain.DEFAULT_BRANCH,
+    ] = commands.DEFAULT_BRANCH,
     json_: JsonOpt = False,
 ) -> None:
     """Snapshot files or directories as a commit; print its id.
@@ -39,9 +39,9 @@ def commit(
     """
     st = state(ctx)
     repo = st.repo()
-    total = porcelain.input_size(paths) if _output.shows_progress(st.quiet) else None
+    total = commands.input_size(paths) if _output.shows_progress(st.quiet) else None
     with _output.progress("committing", total=total, quiet=st.quiet) as bar:
-        result = porcelain.commit(repo, paths, message, branch=branch, progress=bar)
+        result = commands.commit(repo, paths, message, branch=branch, progress=bar)
     if json_:
         _output.print_json(result.to_dict())
         return

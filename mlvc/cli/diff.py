@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 import typer
 
-from mlvc import porcelain
+from mlvc import commands
 from mlvc.cli import _output
 from mlvc.cli._options import IdArg, JsonOpt, state
 
@@ -29,7 +29,7 @@ def _size_change(old: int | None, new: int | None) -> str:
     return f"{_output.human_size(old)} -> {_output.human_size(new)} ({change})"
 
 
-def _label(t: porcelain.Target) -> str:
+def _label(t: commands.Target) -> str:
     text = f"{t.kind} {_output.short_id(t.id)}"
     if t.kind == "experiment" and t.commit_id.hex() != t.id:
         text += f" (checkpoint {_output.short_id(t.commit_id.hex())})"
@@ -70,7 +70,7 @@ def diff(
     if code:
         _code(st.repo(), a, b, json_)
         return
-    r = porcelain.diff(st.repo(), a, b)
+    r = commands.diff(st.repo(), a, b)
     if json_:
         _output.print_json(r.to_dict())
         return
@@ -101,7 +101,7 @@ def diff(
 
 
 def _code(repo: Any, a: str, b: str, json_: bool) -> None:
-    from mlvc.porcelain.codediff import code_diff
+    from mlvc.commands.codediff import code_diff
 
     r = code_diff(repo, a, b)
     if json_:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from mlvc import porcelain
+from mlvc import commands
 from mlvc.cli import _output
 from mlvc.cli._options import JsonOpt, state
 
@@ -25,9 +25,9 @@ def fsck(ctx: typer.Context, json_: JsonOpt = False) -> None:
     """
     st = state(ctx)
     repo = st.repo()
-    total = porcelain.stored_size(repo) if _output.shows_progress(st.quiet) else None
+    total = commands.stored_size(repo) if _output.shows_progress(st.quiet) else None
     with _output.progress("checking", total=total, quiet=st.quiet) as bar:
-        r = porcelain.fsck(repo, progress=bar)
+        r = commands.fsck(repo, progress=bar)
     if json_:
         _output.print_json(r.to_dict())
     else:

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from mlvc import porcelain
+from mlvc import commands
 from mlvc.cli import _output
 from mlvc.cli._options import JsonOpt, state
 
@@ -41,10 +41,10 @@ def gc(
         mlvc gc --yes --grace 0
     """
     st = state(ctx)
-    seconds = porcelain.parse_duration(grace)
+    seconds = commands.parse_duration(grace)
     repo = st.repo()
     with _output.progress("scanning", quiet=st.quiet) as bar:
-        r = porcelain.gc(repo, delete=yes, grace=seconds, progress=bar)
+        r = commands.gc(repo, delete=yes, grace=seconds, progress=bar)
     if json_:
         _output.print_json(r.to_dict())
         return

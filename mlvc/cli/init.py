@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from mlvc import porcelain
+from mlvc import commands
 from mlvc.cli import _output
 from mlvc.cli._options import JsonOpt, state
 from mlvc_core.errors import UsageError
@@ -85,7 +85,7 @@ def init(
         AWS_ENDPOINT_URL=http://localhost:9000 mlvc init s3://bucket/repo
     """
     st = state(ctx)
-    result = porcelain.init(
+    result = commands.init(
         url or st.repo_url,
         storage_options=parse_options(option),
         compression_level=level,

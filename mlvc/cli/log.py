@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from mlvc import porcelain
+from mlvc import commands
 from mlvc.cli import _output
 from mlvc.cli._options import JsonOpt, complete_ids, state
 
@@ -39,7 +39,7 @@ def log(
         mlvc log production
     """
     st = state(ctx)
-    result = porcelain.log(st.repo(), ref, limit=limit)
+    result = commands.log(st.repo(), ref, limit=limit)
     if json_:
         _output.print_json(result.to_dict())
         return
@@ -84,7 +84,7 @@ def log(
         _output.table(["id", "time", "author", "message"], rows)
 
 
-def _describe(c: porcelain.CommitInfo) -> str:
+def _describe(c: commands.CommitInfo) -> str:
     if c.type == "checkpoint":
         metrics = _output.fmt_mapping(c.metrics, limit=4)
         return f"experiment {_output.short_id(c.experiment)} step {c.step} {metrics}".rstrip()

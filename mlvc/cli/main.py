@@ -1,7 +1,7 @@
 """The root of the ``mlvc`` command line: global options, command wiring, and the error table.
 
 Errors become words and exit codes here and nowhere else (:data:`ERROR_TABLE`). Commands
-raise whatever the porcelain raises; :class:`MlvcGroup` catches it around every command,
+raise whatever mlvc raises; :class:`MlvcGroup` catches it around every command,
 prints one ``error: ...`` line (plus a hint where one helps) and exits with the code from the
 table. A traceback is printed only under ``--debug`` or ``MLVC_DEBUG=1``.
 

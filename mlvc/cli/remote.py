@@ -14,7 +14,7 @@ from typing import Annotated
 
 import typer
 
-from mlvc import porcelain
+from mlvc import commands
 from mlvc import project_config as _project
 from mlvc.cli import _options, _output
 from mlvc.cli._options import JsonOpt, state
@@ -43,7 +43,7 @@ RefOpt = Annotated[
 ForceRefsOpt = Annotated[bool, typer.Option("--force", "-f", help="Move refs that diverged too.")]
 
 
-def _render(r: porcelain.TransferResult, verb: str, json_: bool, quiet: bool) -> None:
+def _render(r: commands.TransferResult, verb: str, json_: bool, quiet: bool) -> None:
     if json_:
         _output.print_json(r.to_dict())
         return
@@ -89,7 +89,7 @@ def push(
     st = state(ctx)
     url = _project.remote_url(remote)
     with _output.progress("pushing", quiet=st.quiet) as bar:
-        r = porcelain.push(st.repo(), url, refs=ref, force=force, progress=bar, total=bar.set_total)
+        r = commands.push(st.repo(), url, refs=ref, force=force, progress=bar, total=bar.set_total)
     _render(r, "sent", json_, st.quiet)
 
 
@@ -112,7 +112,7 @@ def pull(
     st = state(ctx)
     url = _project.remote_url(remote)
     with _output.progress("pulling", quiet=st.quiet) as bar:
-        r = porcelain.pull(st.repo(), url, refs=ref, force=force, progress=bar, total=bar.set_total)
+        r = commands.pull(st.repo(), url, refs=ref, force=force, progress=bar, total=bar.set_total)
     _render(r, "received", json_, st.quiet)
 
 
@@ -139,7 +139,7 @@ def clone(
     """
     st = state(ctx)
     with _output.progress("cloning", quiet=st.quiet) as bar:
-        r = porcelain.clone(url, directory, progress=bar, total=bar.set_total)
+        r = commands.clone(url, directory, progress=bar, total=bar.set_total)
     source = url if "://" in url else os.path.abspath(url)
     _project.add_remote(_project.DEFAULT_REMOTE, source, cwd=directory, replace=True)
     if not json_:

@@ -6,7 +6,7 @@ from typing import Any
 
 import typer
 
-from mlvc import porcelain
+from mlvc import commands
 from mlvc.cli import _output
 from mlvc.cli._options import IdArg, JsonOpt, state
 from mlvc.cli.ls import cells, shorten
@@ -54,7 +54,7 @@ def show(ctx: typer.Context, id_: IdArg, json_: JsonOpt = False) -> None:
         mlvc show production
     """
     st = state(ctx)
-    r = porcelain.show(st.repo(), id_)
+    r = commands.show(st.repo(), id_)
     if json_:
         _output.print_json(r.to_dict())
         return

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from mlvc import porcelain
+from mlvc import commands
 from mlvc.cli import _output
 from mlvc.cli._options import JsonOpt, state
 
@@ -21,7 +21,7 @@ def stats(ctx: typer.Context, json_: JsonOpt = False) -> None:
         mlvc stats --json
     """
     st = state(ctx)
-    r = porcelain.stats(st.repo())
+    r = commands.stats(st.repo())
     if json_:
         _output.print_json(r.to_dict())
         return

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from mlvc import porcelain
+from mlvc import commands
 from mlvc.cli import _output
 from mlvc.cli._options import JsonOpt, complete_ids, state
 from mlvc_core.errors import UsageError
@@ -54,7 +54,7 @@ def tag(
     if delete:
         if name is None or id_ is not None:
             raise UsageError("usage: mlvc tag -d NAME")
-        info = porcelain.tag_delete(repo, name)
+        info = commands.tag_delete(repo, name)
         if info is None:  # unreadable: removed all the same
             if json_:
                 _output.print_json({"name": name, "target": None})
@@ -69,7 +69,7 @@ def tag(
             )
         return
     if name is None:
-        tags = porcelain.tag_list(repo)
+        tags = commands.tag_list(repo)
         if json_:
             _output.print_json([t.to_dict() for t in tags])
         elif not tags:
@@ -91,7 +91,7 @@ def tag(
         raise UsageError(
             "usage: mlvc tag NAME ID (or mlvc tag to list, mlvc tag -d NAME to delete)"
         )
-    info = porcelain.tag_set(repo, name, id_)
+    info = commands.tag_set(repo, name, id_)
     if json_:
         _output.print_json(info.to_dict())
         return

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from mlvc import porcelain
+from mlvc import commands
 from mlvc.cli import _output
 from mlvc.cli._options import state
 
@@ -18,7 +18,7 @@ def upgrade(ctx: typer.Context) -> None:
         mlvc upgrade
     """
     st = state(ctx)
-    before, after = porcelain.upgrade(st.repo())
+    before, after = commands.upgrade(st.repo())
     if before == after:
         _output.out(f"already at format version {after}")
     else:

@@ -34,7 +34,7 @@ def _modules_after(args: list[str], cwd: Path) -> set[str]:
     return set(r.stderr.rsplit("MODULES ", 1)[1].split())
 
 
-HEAVY = {"rich", "mlvc.porcelain", "mlvc_core.repository", "numpy", "fsspec", "mlvc.cli.checkout"}
+HEAVY = {"rich", "mlvc.commands", "mlvc_core.repository", "numpy", "fsspec", "mlvc.cli.checkout"}
 
 
 @pytest.mark.parametrize("args", [["--help"], ["--version"], ["ls", "--help"]])

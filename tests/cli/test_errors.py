@@ -201,12 +201,12 @@ def test_network_failure_is_a_storage_error_with_a_hint(project: Path) -> None:
 def test_internal_error_is_one_line_unless_debugging(
     cli: Cli, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import mlvc.porcelain
+    import mlvc.commands
 
     def broken(*args, **kwargs):
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(mlvc.porcelain, "stats", broken)
+    monkeypatch.setattr(mlvc.commands, "stats", broken)
     r = cli("stats", code=70)
     assert "internal error: RuntimeError: boom" in r.stderr
     assert "MLVC_DEBUG=1" in r.stderr

@@ -224,7 +224,7 @@ def test_ls_all_lists_removed_experiments_from_tombstones_not_commits(
 def test_log_of_an_experiment_reads_each_small_pack_once(
     proxied_moto: tuple[CountingProxy, str, dict[str, Any]], tmp_path: Path
 ) -> None:
-    from mlvc.porcelain.history import log
+    from mlvc.commands.history import log
 
     proxy, url, options = proxied_moto
     with Repository.init(url, **options) as repo:

@@ -156,7 +156,7 @@ def test_mlvc_plot_overlays_runs(project: Path, tmp_path: Path) -> None:
 
 
 def test_push_and_clone_carry_the_step_metrics(project: Path, tmp_path: Path) -> None:
-    from mlvc.porcelain.remote import clone, push
+    from mlvc.commands.remote import clone, push
 
     repo_dir = tmp_path / "repo"
     with mlvc.track(repository=repo_dir) as run:

@@ -1,4 +1,4 @@
-"""Looking at snapshots: ``show``, ``diff`` and ``checkout`` of experiments, checkpoints, commits.
+"""Looking at experiments, checkpoints and commits: ``show`` one, ``diff`` two.
 
 Params and environment come from the experiment's first commit, metrics from the commit
 standing for the target (an experiment's best checkpoint), files from that commit's tree.
@@ -6,16 +6,13 @@ standing for the target (an experiment's best checkpoint), files from that commi
 
 from __future__ import annotations
 
-import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from mlvc.porcelain._resolve import (
+from mlvc.commands._resolve import (
     CommitInfo,
     FileInfo,
-    ProgressFn,
     Target,
     describe_commit,
     list_files,
@@ -24,7 +21,6 @@ from mlvc.porcelain._resolve import (
 from mlvc_core.errors import ObjectNotFound, UsageError
 from mlvc_core.ids import from_hex
 from mlvc_core.repository import Repository
-from mlvc_core.restore import restore_tree
 
 
 def _experiment_meta(repo: Repository, experiment_id: str | None) -> dict[str, Any]:
@@ -183,125 +179,4 @@ def diff(repo: Repository, spec_a: str, spec_b: str) -> DiffResult:
         ),
         env=_compare(ea, eb),
         files=diff_trees(repo, ca.tree, cb.tree),
-    )
-
-
-# ---------------------------------------------------------------------------------- checkout
-
-
-@dataclass(frozen=True)
-class CheckoutResult:
-    """What ``checkout`` wrote."""
-
-    target: Target
-    dest: str
-    files: list[str]
-    bytes: int
-    skipped: list[tuple[str, str]] = field(default_factory=list)
-    """``(path, reason)`` of entries left out (links leading out of ``dest``...)."""
-    unchanged: int = 0
-    """Files and links already in ``dest`` exactly as the snapshot has them (left alone)."""
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-safe form."""
-        return {
-            "target": self.target.to_dict(),
-            "dest": self.dest,
-            "files": self.files,
-            "bytes": self.bytes,
-            "skipped": [{"path": p, "reason": r} for p, r in self.skipped],
-            "unchanged": self.unchanged,
-        }
-
-
-def checkout_paths(
-    repo: Repository, target: Target, paths: Iterable[str] | None = None, everything: bool = False
-) -> list[str] | None:
-    """The paths ``checkout`` restores (None: the whole snapshot).
-
-    ``paths`` if given; else a checkpoint's own files (its recorded ``paths``) unless
-    ``everything``; else everything.
-    """
-    if paths:
-        return [p.strip("/") for p in paths]
-    if everything or target.kind == "commit":
-        return None
-    meta = repo.read_commit(target.commit_id).metadata
-    if meta.get("type") == "checkpoint" and "paths" in meta:
-        return [str(p).strip("/") for p in meta.get("paths") or []]
-    return None
-
-
-def _selected(files: list[FileInfo], wanted: list[str] | None) -> list[FileInfo]:
-    if wanted is None:
-        return files
-    return [f for f in files if any(f.path == w or f.path.startswith(w + "/") for w in wanted)]
-
-
-def checkout_size(
-    repo: Repository, target: Target, paths: Iterable[str] | None = None, everything: bool = False
-) -> int:
-    """Bytes ``checkout`` would write (for a progress bar)."""
-    wanted = checkout_paths(repo, target, paths, everything)
-    return sum(f.size for f in _selected(list_files(repo, target.commit_id), wanted))
-
-
-def checkout(
-    repo: Repository,
-    target: Target | str,
-    dest: str | os.PathLike[str],
-    paths: Iterable[str] | None = None,
-    force: bool = False,
-    everything: bool = False,
-    progress: ProgressFn | None = None,
-) -> CheckoutResult:
-    """Restore the files of an experiment (its best checkpoint), checkpoint or commit.
-
-    For a checkpoint (or an experiment) only the checkpoint's own files are written (the
-    weights, as :meth:`mlvc.checkpoints.Checkpoint.checkout` does) unless ``everything``
-    asks for the whole snapshot, code included. A plain commit is restored whole.
-
-    Args:
-        repo: The repository.
-        target: A :class:`Target` from :func:`resolve`, or what the user typed.
-        dest: Directory to write into. One the checkout creates gets a
-            :data:`mlvc.ignore.CHECKOUT_MARKER` file, so code snapshots leave it out.
-        paths: Only these files or directories of the snapshot.
-        force: Overwrite existing files.
-        everything: Restore the whole snapshot of a checkpoint, code included.
-        progress: Called with bytes written.
-
-    Entries that cannot be restored safely here (a link leading out of ``dest``, a name this
-    system refuses) are skipped and listed in the result's ``skipped``; files already as the
-    snapshot has them are left alone (not in ``files``).
-
-    Raises:
-        FileExistsConflict: Paths are in the way and ``force`` is false (nothing was written).
-        UsageError: A requested path is not in the snapshot.
-    """
-    t = resolve(repo, target) if isinstance(target, str) else target
-    tree = repo.read_commit(t.commit_id).tree
-    wanted = checkout_paths(repo, t, paths, everything)
-    if wanted == []:
-        return CheckoutResult(t, str(dest), [], 0)
-    fresh = not os.path.lexists(dest)
-    skipped: list[tuple[str, str]] = []
-    written = restore_tree(
-        repo,
-        tree,
-        Path(dest),
-        paths=wanted,
-        force=force,
-        progress=progress,
-        on_skip=lambda p, why: skipped.append((p, why)),
-    )
-    if fresh:  # a directory of mlvc's own: code snapshots leave it out
-        from mlvc.ignore import mark_checkout
-
-        mark_checkout(dest, t.commit_id.hex())
-    files = list_files(repo, t.commit_id)
-    sizes = {f.path: f.size for f in files}
-    unchanged = len(_selected(files, wanted)) - len(written) - len(skipped)
-    return CheckoutResult(
-        t, str(dest), written, sum(sizes.get(p, 0) for p in written), skipped, max(unchanged, 0)
     )

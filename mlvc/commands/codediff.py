@@ -14,7 +14,7 @@ import difflib
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from mlvc.porcelain._resolve import Target, resolve
+from mlvc.commands._resolve import Target, resolve
 from mlvc_core.ids import ObjectId
 from mlvc_core.repository import Repository
 from mlvc_core.restore import find_entry
@@ -122,7 +122,7 @@ def _file_diff(
 
 
 def _git_diff(repo: Repository, target: Target) -> str:
-    from mlvc.porcelain.snapshots import _params_env
+    from mlvc.commands.inspect import _params_env
 
     meta = repo.read_commit(target.commit_id).metadata
     _params, env = _params_env(repo, target, meta)
@@ -141,7 +141,7 @@ def code_diff(
 
     Args:
         repo: The repository.
-        spec_a: The old side: any id form (:func:`mlvc.porcelain.resolve`).
+        spec_a: The old side: any id form (:func:`mlvc.commands.resolve`).
         spec_b: The new side.
         context: Unchanged lines shown around each change.
         max_bytes: Files bigger than this (on either side) are summarised as ``large``.

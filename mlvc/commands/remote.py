@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mlvc.porcelain._resolve import ProgressFn, resolve
+from mlvc.commands._resolve import ProgressFn, resolve
 from mlvc_core.config import RepoConfig
 from mlvc_core.errors import NotARepository, RefNotFound, UsageError
 from mlvc_core.ids import is_hex_prefix

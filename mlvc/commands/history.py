@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from mlvc.porcelain._resolve import (
+from mlvc.commands._resolve import (
     CommitInfo,
     ProgressFn,
     describe_commit,

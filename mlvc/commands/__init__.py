@@ -5,16 +5,17 @@ with a ``to_dict()`` (the ``--json`` form: stable keys, full hex ids, ISO 8601 t
 never prints; progress is a callback parameter. Experiment listing and removal live in
 :mod:`mlvc.experiments`.
 
-* :mod:`~mlvc.porcelain._resolve` - what an id names (:func:`resolve`), commit and file info;
-* :mod:`~mlvc.porcelain.history` - :func:`commit`, :func:`log`, tags;
-* :mod:`~mlvc.porcelain.snapshots` - :func:`show`, :func:`diff`, :func:`checkout`;
-* :mod:`~mlvc.porcelain.maintenance` - :func:`gc`, :func:`fsck`, :func:`stats`;
-* :mod:`~mlvc.porcelain.remote` - :func:`init`, :func:`push`, :func:`pull`, :func:`clone`.
+* :mod:`~mlvc.commands._resolve` - what an id names (:func:`resolve`), commit and file info;
+* :mod:`~mlvc.commands.history` - :func:`commit`, :func:`log`, tags;
+* :mod:`~mlvc.commands.inspect` - :func:`show`, :func:`diff`;
+* :mod:`~mlvc.commands.checkout` - :func:`checkout` (also behind :meth:`mlvc.Checkpoint.checkout`);
+* :mod:`~mlvc.commands.maintenance` - :func:`gc`, :func:`fsck`, :func:`stats`;
+* :mod:`~mlvc.commands.remote` - :func:`init`, :func:`push`, :func:`pull`, :func:`clone`.
 """
 
 from __future__ import annotations
 
-from mlvc.porcelain._resolve import (
+from mlvc.commands._resolve import (
     CommitInfo,
     FileInfo,
     Target,
@@ -22,7 +23,8 @@ from mlvc.porcelain._resolve import (
     list_files,
     resolve,
 )
-from mlvc.porcelain.history import (
+from mlvc.commands.checkout import CheckoutResult, checkout, checkout_size
+from mlvc.commands.history import (
     DEFAULT_BRANCH,
     CommitResult,
     LogEntry,
@@ -35,8 +37,9 @@ from mlvc.porcelain.history import (
     tag_list,
     tag_set,
 )
-from mlvc.porcelain.maintenance import fsck, gc, parse_duration, stats, stored_size, upgrade
-from mlvc.porcelain.remote import (
+from mlvc.commands.inspect import DiffResult, ShowResult, ValueChange, diff, show
+from mlvc.commands.maintenance import fsck, gc, parse_duration, stats, stored_size, upgrade
+from mlvc.commands.remote import (
     DEFAULT_REPO_DIR,
     InitResult,
     TransferResult,
@@ -45,16 +48,6 @@ from mlvc.porcelain.remote import (
     open_url,
     pull,
     push,
-)
-from mlvc.porcelain.snapshots import (
-    CheckoutResult,
-    DiffResult,
-    ShowResult,
-    ValueChange,
-    checkout,
-    checkout_size,
-    diff,
-    show,
 )
 
 __all__ = [
