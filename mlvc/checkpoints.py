@@ -225,10 +225,11 @@ class Checkpoint:
         Raises:
             FileExistsConflict: A file exists and ``force`` is false (nothing was written).
         """
-        from mlvc.commands._resolve import Target
+        from mlvc.commands._resolve import Kind, Target
         from mlvc.commands.checkout import checkout
 
-        kind = "checkpoint" if "paths" in self.commit.metadata else "commit"
+        own_files = "paths" in self.commit.metadata
+        kind: Kind = "checkpoint" if own_files else "commit"
         target = Target(self.id, kind, self.oid, self.experiment_id or None)
         return checkout(
             self._repo, target, output_dir, paths, force, everything=all, mark=False

@@ -1010,8 +1010,8 @@ class Run:
         numbering goes on after the checkpoint resumed from.
         """
         from mlvc.checkpoints import Checkpoint
-        from mlvc.experiments import _load_experiment
         from mlvc.commands._resolve import resolve
+        from mlvc.experiments import _load_experiment
 
         assert self._settings is not None
         if self._repo is None:

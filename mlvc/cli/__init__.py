@@ -1,7 +1,8 @@
 """The ``mlvc`` command line (Typer). ``app`` is the root command; ``main()`` runs it.
 
 Only this package imports ``typer``, ``click`` and ``rich``; importing :mod:`mlvc` stays light.
-``mlvc --version`` answers before Typer is even imported.
+``mlvc --version`` and ``mlvc --help`` answer before Typer is even imported
+(:mod:`mlvc.cli._help`).
 """
 
 from __future__ import annotations
@@ -14,11 +15,18 @@ __all__ = ["app", "main"]
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``mlvc`` console script and ``python -m mlvc``."""
-    if (sys.argv[1:] if argv is None else argv) == ["--version"]:
+    args = sys.argv[1:] if argv is None else argv
+    if args == ["--version"]:
         from mlvc import __version__
 
         sys.stdout.write(f"mlvc {__version__}\n")
         return
+    if args in (["--help"], ["-h"]):
+        from mlvc.cli._help import ROOT_HELP, fits_terminal
+
+        if fits_terminal():
+            sys.stdout.write(ROOT_HELP)
+            return
     from mlvc.cli.main import main as run
 
     run(argv)

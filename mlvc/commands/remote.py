@@ -162,6 +162,44 @@ def _full_ref_name(repo: Repository, short: str) -> str:
     raise RefNotFound(short)
 
 
+def _create(
+    url: str, config: RepoConfig, storage_options: dict[str, Any] | None = None
+) -> Repository:
+    """Create a repository at ``url`` with ``config``; settings supply endpoints and options."""
+    from mlvc.settings import load_settings
+
+    settings = load_settings(repository=url, storage_options=storage_options)
+    return Repository.init(url, config=config, **dict(settings.storage_options or {}))
+
+
+def _exchange(
+    repo: Repository,
+    url: str,
+    send: bool,
+    refs: list[str] | None,
+    force: bool,
+    progress: ProgressFn | None,
+    total: ProgressFn | None,
+) -> TransferResult:
+    """Copy refs between ``repo`` and the repository at ``url``: to it (``send``) or from it.
+
+    A repository sent to is created if there is none yet, with ``repo``'s chunker and
+    compression settings, so dedup carries over.
+    """
+    created = False
+    try:
+        other = open_url(url)
+    except NotARepository:
+        if not send:
+            raise
+        other = _create(url, repo.config.for_new_repository())
+        created = True
+    src, dst = (repo, other) if send else (other, repo)
+    with other:
+        report = _transfer(src, dst, refs, force, progress, total)
+    return TransferResult(src.url, dst.url, report, created)
+
+
 def push(
     repo: Repository,
     url: str,
@@ -178,26 +216,7 @@ def push(
     Raises:
         StorageError: The remote cannot be reached.
     """
-    created = False
-    try:
-        dst = open_url(url)
-    except NotARepository:
-        # Same chunker and compression as this repository, so dedup carries over.
-        dst = _create(url, repo.config.for_new_repository())
-        created = True
-    with dst:
-        report = _transfer(repo, dst, refs, force, progress, total)
-    return TransferResult(repo.url, dst.url, report, created)
-
-
-def _create(
-    url: str, config: RepoConfig, storage_options: dict[str, Any] | None = None
-) -> Repository:
-    """Create a repository at ``url`` with ``config``; settings supply endpoints and options."""
-    from mlvc.settings import load_settings
-
-    settings = load_settings(repository=url, storage_options=storage_options)
-    return Repository.init(url, config=config, **dict(settings.storage_options or {}))
+    return _exchange(repo, url, True, refs, force, progress, total)
 
 
 def pull(
@@ -213,9 +232,7 @@ def pull(
     Raises:
         NotARepository: Nothing at ``url``.
     """
-    with open_url(url) as src:
-        report = _transfer(src, repo, refs, force, progress, total)
-    return TransferResult(src.url, repo.url, report)
+    return _exchange(repo, url, False, refs, force, progress, total)
 
 
 def clone(

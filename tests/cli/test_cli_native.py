@@ -40,7 +40,8 @@ HEAVY = {"rich", "mlvc.commands", "mlvc_core.repository", "numpy", "fsspec", "ml
 @pytest.mark.parametrize("args", [["--help"], ["--version"], ["ls", "--help"]])
 def test_help_and_version_import_nothing_heavy(args: list[str], project: Path) -> None:
     loaded = _modules_after(args, project)
-    commands = {m for m in loaded if m.startswith("mlvc.cli.") and m not in ("mlvc.cli.main",)}
+    plumbing = ("mlvc.cli.main", "mlvc.cli._params", "mlvc.cli._help")
+    commands = {m for m in loaded if m.startswith("mlvc.cli.") and m not in plumbing}
     assert commands <= {"mlvc.cli._options", "mlvc.cli._output", "mlvc.cli.ls"}, commands
     assert not (HEAVY & loaded), HEAVY & loaded
     if args == ["--version"]:
@@ -394,3 +395,47 @@ def test_help_is_the_same_on_every_invocation(project: Path) -> None:
 def test_a_mistyped_command_gets_suggestions(project: Path) -> None:
     err = Cli(project)("chekout", code=2).output
     assert "No such command 'chekout'. Did you mean 'checkout'?" in err
+
+
+@pytest.mark.parametrize("columns", ["80", "200"])
+def test_root_help_text_is_what_typer_renders(columns: str, project: Path) -> None:
+    from mlvc.cli._help import ROOT_HELP
+
+    # Typer's own rendering, in a real process (Click's test runner forces its own width).
+    script = "from mlvc.cli.main import app\napp(args=['--help'], prog_name='mlvc')\n"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": columns}
+    r = subprocess.run(
+        [sys.executable, "-c", script], cwd=project, env=env, capture_output=True, text=True
+    )
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == ROOT_HELP, "regenerate mlvc/cli/_help.py from `mlvc.cli.main.app`"
+
+
+def _run_main(args: list[str], columns: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    script = (
+        "import sys\n"
+        "from mlvc.cli import main\n"
+        "try:\n"
+        f"    main({args!r})\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "sys.stderr.write('typer' in sys.modules and 'TYPER' or 'NO-TYPER')\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": columns}
+    return subprocess.run(
+        [sys.executable, "-c", script], cwd=cwd, env=env, capture_output=True, text=True, check=True
+    )
+
+
+def test_root_help_answers_without_importing_typer(project: Path) -> None:
+    from mlvc.cli._help import ROOT_HELP
+
+    for flag in ("--help", "-h"):
+        r = _run_main([flag], "100", project)
+        assert r.stdout == ROOT_HELP
+        assert r.stderr == "NO-TYPER"
+    narrow = _run_main(["--help"], "60", project)  # Typer wraps to the terminal: let it
+    assert narrow.stderr == "TYPER"
+    assert narrow.stdout.startswith("Usage: mlvc [OPTIONS] COMMAND")
+    assert narrow.stdout != ROOT_HELP
+    assert all(len(line) <= 60 for line in narrow.stdout.splitlines())
