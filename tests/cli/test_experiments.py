@@ -7,6 +7,7 @@ import re
 import shutil
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -234,3 +235,34 @@ def test_rm_hides_then_gc_frees(cli: Cli, runs: dict[str, str]) -> None:
     assert freed["bytes_freed"] > 0 and freed["packs_in_grace"] == 0
     assert cli.json("fsck")["ok"] is True
     assert [e["id"] for e in cli.json("ls")] == [b]
+
+
+def _tree(d: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(d)): p.read_bytes() for p in sorted(d.rglob("*")) if p.is_file()}
+
+
+def test_python_api_and_cli_checkout_restore_the_same_files(
+    cli: Cli, runs: dict[str, str], project: Path
+) -> None:
+    from mlvc.ignore import CHECKOUT_MARKER
+
+    best = mlvc.experiments.get(runs["a"], repository=str(project / ".mlvc")).best()
+    assert best is not None and best.step == 1
+    cases: list[tuple[str, list[str], dict[str, Any]]] = [
+        ("own", [], {}),
+        ("all", ["--all"], {"all": True}),
+        ("path", ["-p", "train.py"], {"paths": ["train.py"]}),
+    ]
+    for tag, args, kwargs in cases:
+        api, cmd = project / f"api-{tag}", project / f"cli-{tag}"
+        written = best.checkout(api, **kwargs)
+        cli("checkout", f"{runs['a']}@best", "-o", cmd, *args)
+        on_disk = _tree(cmd)
+        assert on_disk.pop(CHECKOUT_MARKER) is not None  # only the CLI marks what it creates
+        assert _tree(api) == on_disk
+        assert sorted(written) == sorted(on_disk)
+    assert sorted(_tree(project / "api-own")) == ["model.bin"]
+    assert _tree(project / "api-own")["model.bin"] == weights(0.01, 1)
+    assert sorted(_tree(project / "api-all")) == ["model.bin", "train.py"]
+    assert best.checkout(project / "api-none", paths=[]) == []  # nothing asked, nothing written
+    assert best.checkout(project / "api-own") == []  # already there byte for byte
