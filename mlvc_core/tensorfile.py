@@ -40,7 +40,7 @@ import re
 import struct
 import zipfile
 from dataclasses import dataclass
-from typing import IO, Any, Literal
+from typing import IO, Any, Literal, Protocol, cast
 
 from mlvc_core.errors import FormatError
 
@@ -48,6 +48,7 @@ __all__ = [
     "DTYPE_SIZES",
     "MAX_SAFETENSORS_HEADER",
     "TensorInfo",
+    "SeekableFile",
     "TensorLayout",
     "chunk_boundaries",
     "forced_boundaries",
@@ -85,6 +86,18 @@ DTYPE_SIZES: dict[str, int] = {
 """Element width in bytes of each dtype, by its safetensors name (used for torch too)."""
 
 Kind = Literal["safetensors", "torch"]
+
+
+class SeekableFile(Protocol):
+    """A seekable binary file: ``open(..., "rb")``, ``BytesIO``, the repository's chunk reader."""
+
+    def read(self, n: int = -1, /) -> bytes | None: ...  # noqa: D102
+
+    def seek(self, offset: int, whence: int = 0, /) -> int: ...  # noqa: D102
+
+    def tell(self) -> int: ...  # noqa: D102
+
+    def seekable(self) -> bool: ...  # noqa: D102
 
 
 @dataclass(frozen=True)
@@ -126,14 +139,14 @@ class TensorLayout:
     regions: tuple[tuple[int, int], ...]
 
 
-def _file_size(f: IO[bytes]) -> int:
+def _file_size(f: SeekableFile) -> int:
     pos = f.tell()
     size = f.seek(0, io.SEEK_END)
     f.seek(pos)
     return size
 
 
-def _read_exact(f: IO[bytes], offset: int, n: int) -> bytes:
+def _read_exact(f: SeekableFile, offset: int, n: int) -> bytes:
     f.seek(offset)
     out = bytearray()
     while len(out) < n:
@@ -162,7 +175,7 @@ def _int(v: object, what: str) -> int:
     return v
 
 
-def parse_safetensors(f: IO[bytes], size: int | None = None) -> TensorLayout:
+def parse_safetensors(f: SeekableFile, size: int | None = None) -> TensorLayout:
     """Parse a safetensors file's header.
 
     Args:
@@ -378,7 +391,7 @@ def _contiguous(shape: tuple[int, ...], stride: tuple[int, ...]) -> bool:
     return True
 
 
-def parse_torch_zip(f: IO[bytes], size: int | None = None) -> TensorLayout:
+def parse_torch_zip(f: SeekableFile, size: int | None = None) -> TensorLayout:
     """Parse a ``torch.save`` zip checkpoint.
 
     Args:
@@ -393,7 +406,7 @@ def parse_torch_zip(f: IO[bytes], size: int | None = None) -> TensorLayout:
     """
     size = _file_size(f) if size is None else size
     try:
-        zf = zipfile.ZipFile(f)
+        zf = zipfile.ZipFile(cast(IO[bytes], f))
     except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
         raise FormatError(f"not a zip archive: {exc}") from exc
     infos = zf.infolist()
@@ -456,7 +469,7 @@ def parse_torch_zip(f: IO[bytes], size: int | None = None) -> TensorLayout:
 # ---------------------------------------------------------------------------------- detection
 
 
-def read_layout(f: IO[bytes], size: int | None = None) -> TensorLayout | None:
+def read_layout(f: SeekableFile, size: int | None = None) -> TensorLayout | None:
     """Parse ``f`` as a torch zip checkpoint or a safetensors file, whichever it is.
 
     Args:
@@ -497,7 +510,7 @@ def forced_boundaries(layout: TensorLayout, min_region: int) -> list[int]:
     return sorted(edges)
 
 
-def chunk_boundaries(f: IO[bytes], min_region: int) -> list[int]:
+def chunk_boundaries(f: SeekableFile, min_region: int) -> list[int]:
     """Forced chunk boundaries for the file ``f`` is positioned at the start of (ingest's hook).
 
     Args:
