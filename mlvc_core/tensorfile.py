@@ -39,6 +39,7 @@ import pickle
 import re
 import struct
 import zipfile
+import zlib
 from dataclasses import dataclass
 from typing import IO, Any, Literal, Protocol, cast
 
@@ -366,18 +367,32 @@ class _Unpickler(pickle.Unpickler):
         return _Storage(key, stype.dtype, numel)
 
 
-def _flatten(obj: Any, prefix: str, out: list[tuple[str, _TensorRef]], depth: int) -> None:
-    if depth > MAX_DEPTH:
-        return
-    if isinstance(obj, _TensorRef):
-        out.append((prefix, obj))
-    elif isinstance(obj, dict):
-        for k, v in obj.items():
-            if isinstance(k, str | int):
-                _flatten(v, f"{prefix}.{k}" if prefix else str(k), out, depth + 1)
-    elif isinstance(obj, list | tuple):
-        for i, v in enumerate(obj):
-            _flatten(v, f"{prefix}.{i}" if prefix else str(i), out, depth + 1)
+def _flatten(obj: Any) -> list[tuple[str, _TensorRef]]:
+    """Tensors in a checkpoint's object, named by their dotted key paths.
+
+    Each container is visited once (a pickle can share or nest one in itself), at most
+    :data:`MAX_DEPTH` deep and :data:`MAX_MEMBERS` in all.
+    """
+    out: list[tuple[str, _TensorRef]] = []
+    seen: set[int] = set()
+    stack: list[tuple[Any, str, int]] = [(obj, "", 0)]
+    while stack and len(seen) < MAX_MEMBERS:
+        item, prefix, depth = stack.pop()
+        if isinstance(item, _TensorRef):
+            out.append((prefix, item))
+            continue
+        if depth >= MAX_DEPTH or id(item) in seen:
+            continue
+        if isinstance(item, dict):
+            pairs = [(k, v) for k, v in item.items() if isinstance(k, str | int)]
+        elif isinstance(item, list | tuple):
+            pairs = list(enumerate(item))
+        else:
+            continue
+        seen.add(id(item))
+        for k, v in reversed(pairs):
+            stack.append((v, f"{prefix}.{k}" if prefix else str(k), depth + 1))
+    return out
 
 
 def _contiguous(shape: tuple[int, ...], stride: tuple[int, ...]) -> bool:
@@ -407,8 +422,29 @@ def parse_torch_zip(f: SeekableFile, size: int | None = None) -> TensorLayout:
     size = _file_size(f) if size is None else size
     try:
         zf = zipfile.ZipFile(cast(IO[bytes], f))
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
-        raise FormatError(f"not a zip archive: {exc}") from exc
+        return _parse_zip(zf, f, size)
+    except FormatError:
+        raise
+    except _ZIP_ERRORS as exc:
+        raise FormatError(f"not a readable zip archive: {exc!r}") from exc
+
+
+_ZIP_ERRORS = (
+    zipfile.BadZipFile,
+    zipfile.LargeZipFile,
+    zlib.error,
+    OSError,
+    ValueError,
+    EOFError,
+    struct.error,
+    NotImplementedError,
+    KeyError,
+    OverflowError,
+)
+"""What :mod:`zipfile` raises on malformed archives."""
+
+
+def _parse_zip(zf: zipfile.ZipFile, f: SeekableFile, size: int) -> TensorLayout:
     infos = zf.infolist()
     if len(infos) > MAX_MEMBERS:
         raise FormatError(f"zip archive has more than {MAX_MEMBERS} members")
@@ -426,6 +462,8 @@ def parse_torch_zip(f: SeekableFile, size: int | None = None) -> TensorLayout:
         key = info.filename[len(prefix) + 5 :]
         if not _KEY.fullmatch(key) or info.compress_type != zipfile.ZIP_STORED:
             raise FormatError(f"torch storage member {info.filename!r} is not stored plain")
+        if not 0 <= info.header_offset <= size - 30:
+            raise FormatError(f"bad local header offset for {info.filename!r}")
         local = _read_exact(f, info.header_offset, 30)
         if local[:4] != b"PK\x03\x04":
             raise FormatError(f"bad local header for {info.filename!r}")
@@ -446,8 +484,7 @@ def parse_torch_zip(f: SeekableFile, size: int | None = None) -> TensorLayout:
         raise
     except Exception as exc:  # noqa: BLE001 - any failure of untrusted pickle bytes
         raise FormatError(f"unreadable torch checkpoint pickle: {exc!r}") from exc
-    found: list[tuple[str, _TensorRef]] = []
-    _flatten(obj, "", found, 0)
+    found = _flatten(obj)
     tensors: list[TensorInfo] = []
     for name, ref in found:
         width = DTYPE_SIZES[ref.dtype]

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from mlvc_core import tensorfile
 from mlvc_core.errors import FormatError
@@ -210,3 +212,64 @@ def test_plain_cdc_would_not_have_deduplicated_the_insertion() -> None:
     bounds = tensorfile.forced_boundaries(layout, 64 * 1024)
     big = [t for t in layout.tensors if t.nbytes >= 64 * 1024]
     assert bounds == sorted({e for t in big for e in (t.start, t.end)})
+
+
+def test_ring_buffer_reads_cut_a_tensor_file_as_one_pass_over_it_would(tmp_path: Path) -> None:
+    from mlvc_core.chunker import cut_between, make_fastcdc
+    from mlvc_core.ingest import ingest_bytes
+
+    data = _st_bytes(_weights(4, 9, 700))  # ~25 MiB: many ring buffers, tensors across them
+    repo = Repository.init(tmp_path / "repo")
+    with WriteSession(repo) as s:
+        manifest = ingest_bytes(s, data)
+    layout = read_layout(io.BytesIO(data))
+    assert layout is not None
+    params = repo.config.chunker
+    bounds = tensorfile.forced_boundaries(layout, params.min)
+    whole = cut_between(make_fastcdc(params), memoryview(data), 0, bounds)
+    assert [n for _, n in manifest.chunks] == [n for _, n in whole]
+    ends = set(np.cumsum([n for _, n in manifest.chunks]).tolist())
+    assert set(bounds) <= ends
+
+
+def test_a_self_referencing_pickle_is_read_in_bounded_time() -> None:
+    import pickle
+    import zipfile
+
+    nest: list[object] = []
+    nest.extend([nest, nest])  # exponential if walked as a tree
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        z.writestr("archive/data.pkl", pickle.dumps({"a": nest, "b": [[[[nest]]]]}))
+    assert parse_torch_zip(io.BytesIO(buf.getvalue())).tensors == ()
+
+
+@pytest.fixture(scope="module")
+def torch_file() -> bytes:
+    torch = _torch()
+    buf = io.BytesIO()
+    g = torch.Generator().manual_seed(0)
+    torch.save({"w": torch.randn(8, 4, generator=g), "n": {"b": torch.arange(3)}}, buf)
+    return buf.getvalue()
+
+
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(data=st.data())
+def test_damaged_tensor_files_are_refused_or_parsed_never_crash(
+    torch_file: bytes, data: st.DataObject
+) -> None:
+    st_file = _st_bytes({"a": np.ones((4, 4), np.float32), "b": np.zeros(3, np.int64)})
+    raw = bytearray(data.draw(st.sampled_from([torch_file, st_file])))
+    for _ in range(data.draw(st.integers(1, 4))):
+        i = data.draw(st.integers(0, len(raw) - 1))
+        raw[i] = data.draw(st.integers(0, 255))
+    if data.draw(st.booleans()):
+        del raw[data.draw(st.integers(0, len(raw) - 1)) :]
+    layout = read_layout(io.BytesIO(bytes(raw)))
+    if layout is not None:
+        for t in layout.tensors:
+            assert 0 <= t.start <= t.end <= len(raw)
+        for start, end in layout.regions:
+            assert 0 <= start <= end <= len(raw)
