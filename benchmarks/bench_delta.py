@@ -18,6 +18,11 @@ against the previous version with the tensor's dtype (ordered-integer difference
 same with no dtype (XOR of bytes, one plane). Printed side by side: compression ratio
 (raw / payload) and encode and decode speed (MB/s, one thread); every payload is decoded and
 compared byte for byte.
+
+``--chunking`` measures instead what tensor-aligned chunk boundaries (``mlvc_core.tensorfile``)
+save on the ``frozen`` workload's step from v2 to v3 (the head's 10 tensors change and the
+header grows): the bytes of v3's chunks that v2 lacks, with plain FastCDC and with forced
+boundaries at the edges of large tensors, next to the bytes of the changed tensors.
 """
 
 from __future__ import annotations
@@ -89,12 +94,66 @@ def run_variant(rel: float, scale: float, chunk: int, seed: int = 0) -> tuple[in
     return raw, ways
 
 
+def chunking(scale: float, seed: int = 0) -> None:
+    """Print new bytes of the ``frozen`` step v2 -> v3 under plain and tensor-aligned chunking."""
+    import io
+
+    from mlvc_core import tensorfile
+    from mlvc_core.chunker import ChunkerParams, cut_between, make_fastcdc
+    from mlvc_core.ids import hash_bytes
+
+    layout = workloads.frozen_layout(scale)
+
+    def version(v: int) -> bytes:
+        out = [workloads.safetensors_header(layout.tensors, workloads.checkpoint_metadata(v))]
+        for ti, t in enumerate(layout.tensors):
+            is_norm = t.name.endswith("norm.weight")
+            for b, n in workloads.tensor_blocks(t):
+                tag = v if t.head else 1
+                out.append(
+                    workloads.to_dtype(workloads.weights(seed, ti, b, tag, n, is_norm), t.dtype)
+                )
+        return b"".join(out)
+
+    params = ChunkerParams()
+    cdc = make_fastcdc(params)
+
+    def chunks(data: bytes, aligned: bool) -> list[tuple[bytes, int]]:
+        bounds: list[int] = []
+        if aligned:
+            found = tensorfile.read_layout(io.BytesIO(data))
+            assert found is not None
+            bounds = tensorfile.forced_boundaries(found, params.min)
+        mv = memoryview(data)
+        return [(hash_bytes(mv[o : o + n]), n) for o, n in cut_between(cdc, mv, 0, bounds)]
+
+    old, new = version(2), version(3)
+    changed = sum(t.nbytes for t in layout.tensors if t.head)
+    print(
+        f"frozen layout x {scale}: v3 is {len(new) / 2**20:.1f} MiB, its changed tensors "
+        f"{changed / 2**20:.2f} MiB"
+    )
+    print("| chunking | new MiB | reused | best possible |")
+    print("|---|---|---|---|")
+    for aligned in (False, True):
+        have = {c for c, _ in chunks(old, aligned)}
+        fresh = sum(n for c, n in chunks(new, aligned) if c not in have)
+        print(
+            f"| {'tensor-aligned' if aligned else 'plain FastCDC'} | {fresh / 2**20:.2f} | "
+            f"{1 - fresh / len(new):.2%} | {1 - changed / len(new):.2%} |"
+        )
+
+
 def main() -> None:
     """Run every variant and print the table."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scale", type=float, default=0.25, help="of the ~512 MiB layout")
     parser.add_argument("--chunk", type=int, default=256, help="chunk size in KiB")
+    parser.add_argument("--chunking", action="store_true", help="tensor-aligned chunking")
     args = parser.parse_args()
+    if args.chunking:
+        chunking(args.scale)
+        return
     print(f"full layout x {args.scale}, {args.chunk} KiB chunks, one thread")
     head = "| variant | raw MiB | way | ratio | encode MB/s | decode MB/s |"
     print(head)
