@@ -96,3 +96,35 @@ def make_fastcdc(params: ChunkerParams) -> Any:
         normalized_chunking=params.normalization,
         seed=params.seed,
     )
+
+
+def cut_between(
+    cutter: Any, data: memoryview, at: int, boundaries: list[int]
+) -> list[tuple[int, int]]:
+    """Content-defined cuts of ``data`` that also end at every forced boundary inside it.
+
+    FastCDC keeps no state across a boundary, so cutting each stretch between two forced
+    boundaries on its own gives the same chunks wherever that stretch sits in a file.
+
+    Args:
+        cutter: A :func:`make_fastcdc` cutter.
+        data: The bytes to cut.
+        at: Offset of ``data``'s first byte in its file.
+        boundaries: Sorted file offsets where a chunk must end (from
+            :func:`mlvc_core.tensorfile.forced_boundaries`); those outside ``data`` are ignored.
+
+    Returns:
+        ``(offset in data, length)`` of each chunk, in order, covering ``data``.
+    """
+    import bisect
+
+    out: list[tuple[int, int]] = []
+    start = 0
+    for b in boundaries[bisect.bisect_right(boundaries, at) :]:
+        end = b - at
+        if end >= len(data):
+            break
+        out.extend((start + c.offset, c.length) for c in cutter.cut_buf(data[start:end]))
+        start = end
+    out.extend((start + c.offset, c.length) for c in cutter.cut_buf(data[start:]))
+    return out

@@ -421,3 +421,25 @@ def decompress_blob(data: bytes, max_size: int = 1 << 30) -> bytes:
     if declared > max_size:
         raise FormatError(f"blob declares {declared} bytes, more than {max_size}")
     return _bounded(data, max_size)
+
+
+def compress_plane(data: bytes | memoryview) -> bytes:
+    """One zstd frame of ``data`` made for entropy coding (the byte-plane codec's settings).
+
+    For byte planes and similar streams whose gain is in their byte histogram, not in
+    matches (:mod:`mlvc_core.delta`).
+    """
+    out: bytes = _plane_compressor().compress(data)
+    return out
+
+
+def decompress_frame(payload: bytes | memoryview, raw_len: int) -> bytes:
+    """Decode one zstd frame that must yield exactly ``raw_len`` bytes, never more.
+
+    Raises:
+        FormatError: Undecodable, or a size other than ``raw_len``.
+    """
+    out = _zstd_frame(payload, raw_len)
+    if len(out) != raw_len:
+        raise FormatError(f"zstd frame yields {len(out)} bytes, expected {raw_len}")
+    return out

@@ -28,6 +28,7 @@ compressed payloads in flight.
 from __future__ import annotations
 
 import contextlib
+import io
 import mmap
 import os
 import stat as stat_mod
@@ -41,12 +42,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mlvc_core import codec
-from mlvc_core.chunker import ChunkerParams, MiB, make_fastcdc
+from mlvc_core.chunker import ChunkerParams, MiB, cut_between, make_fastcdc
 from mlvc_core.errors import FileChanged, MlvcError, UsageError
 from mlvc_core.ids import ObjectId, hash_bytes
 from mlvc_core.objects import CHUNK, Manifest, Tree, TreeEntry, check_name
 from mlvc_core.repository import WriteSession, default_workers
 from mlvc_core.restore import find_entry
+from mlvc_core.tensorfile import chunk_boundaries
 
 if TYPE_CHECKING:
     from mlvc_core.statcache import StatCache  # sqlite3: imported only where a cache is used
@@ -206,6 +208,11 @@ class FileIngester:
             return self._ingest_small(f.read())
         if self.worker:
             raise _TooLarge
+        # A tensor file's large tensors are chunked on their own (their chunks stay the same
+        # wherever they move); the guide knows nothing of such boundaries, so it is not used.
+        bounds = chunk_boundaries(f, self.repo.config.chunker.min)
+        if bounds:
+            guide = None
         g = _Guide(guide, self._buf_size // 2) if guide is not None and guide.chunks else None
         if g is not None and not (g.usable and f.seekable()):
             g = None
@@ -334,7 +341,7 @@ class FileIngester:
                     expect, pos = self._lay_out(g, expect, data, base, eof, bi, pending)
                 if pos < filled and (g is None or expect is None):
                     rest = data[pos:filled]
-                    cuts = [(c.offset, c.length) for c in self._cdc().cut_buf(rest)]
+                    cuts = cut_between(self._cdc(), rest, base + pos, bounds)
                     if not eof:
                         cuts.pop()  # the last piece ends at the buffer's end, not at a boundary
                     for i in range(0, len(cuts), _GROUP):
@@ -422,7 +429,8 @@ class FileIngester:
         if len(data) < self.repo.config.chunker.min:
             cuts = [(0, len(data))] if data else []
         else:
-            cuts = [(c.offset, c.length) for c in self._cdc().cut_buf(view)]
+            bounds = chunk_boundaries(io.BytesIO(data), self.repo.config.chunker.min)
+            cuts = cut_between(self._cdc(), view, 0, bounds)
         for offset, length in cuts:
             piece = view[offset : offset + length]
             oid = hash_bytes(piece)

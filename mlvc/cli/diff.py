@@ -1,4 +1,7 @@
-"""``mlvc diff``: params, metrics, environment and files between two ids (``--code``: lines)."""
+"""``mlvc diff``: params, metrics, environment and files between two ids.
+
+``--code``: changed lines of text files; ``--tensors``: changed tensors of checkpoints.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +12,7 @@ import typer
 from mlvc import commands
 from mlvc.cli import _output
 from mlvc.cli._options import IdArg, JsonOpt, state
+from mlvc_core.errors import UsageError
 
 _MAX_CELL = 60
 
@@ -51,6 +55,15 @@ def diff(
             "(binary and large files summarised).",
         ),
     ] = False,
+    tensors: Annotated[
+        bool,
+        typer.Option(
+            "--tensors",
+            "-t",
+            help="Compare the tensors of the safetensors and PyTorch checkpoint files both hold: "
+            "which changed, by how much (max and mean |b - a|, ||b - a|| / ||a||).",
+        ),
+    ] = False,
     json_: JsonOpt = False,
 ) -> None:
     """Compare two experiments, checkpoints or commits.
@@ -65,8 +78,15 @@ def diff(
         mlvc diff 1a2b3c4d@best production --json
 
         mlvc diff 1a2b3c4d 5e6f7a8b --code | less -R
+
+        mlvc diff 1a2b3c4d@1000 1a2b3c4d@2000 --tensors
     """
     st = state(ctx)
+    if code and tensors:
+        raise UsageError("--code and --tensors cannot be combined: choose one")
+    if tensors:
+        _tensors(st.repo(), a, b, json_)
+        return
     if code:
         _code(st.repo(), a, b, json_)
         return
@@ -122,6 +142,46 @@ def _code(repo: Any, a: str, b: str, json_: bool) -> None:
         )
     if not r.files:
         _output.note("no differences in files")
+
+
+def _number(v: float | None) -> str:
+    return "" if v is None else f"{v:.3g}"
+
+
+def _tensors(repo: Any, a: str, b: str, json_: bool) -> None:
+    from mlvc.commands.tensordiff import tensor_diff
+
+    r = tensor_diff(repo, a, b)
+    if json_:
+        _output.print_json(r.to_dict())
+        return
+    marks = {"unchanged": "=", "changed": "M", "added": "+", "removed": "-", "retyped": "T"}
+    for f in r.files:
+        rows = []
+        for t in f.tensors:
+            shape = "x".join(map(str, t.shape)) or "scalar"
+            if t.status == "retyped":
+                old = "x".join(map(str, t.old_shape or ())) or "scalar"
+                shape = f"{t.old_dtype} {old} -> {t.dtype} {shape}"
+            else:
+                shape = f"{t.dtype} {shape}"
+            rows.append(
+                [
+                    marks[t.status],
+                    t.name,
+                    shape,
+                    _number(t.max_abs),
+                    _number(t.mean_abs),
+                    _number(t.rel_norm),
+                ]
+            )
+        _output.table(
+            ["", "tensor", "dtype shape", "max |b-a|", "mean |b-a|", "||b-a||/||a||"],
+            rows,
+            title=f"{f.path} ({f.kind}): {f.changed} of {len(f.tensors)} tensors changed",
+        )
+    if not r.files:
+        _output.note("no tensor files in both snapshots")
 
 
 def register(app: typer.Typer) -> None:

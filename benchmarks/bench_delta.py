@@ -1,0 +1,173 @@
+"""Delta coding benchmark: consecutive checkpoints of a full fine-tune, standalone vs delta.
+
+    PYTHONPATH=$PWD python benchmarks/bench_delta.py [--scale S] [--chunk KIB]
+
+The tensors are those of the ``full`` workload (``workloads.full_layout``: mostly bf16, norms
+float32, the generator's seeds and rounding), built in memory tensor by tensor: a version and
+the next one, whose float32 master weights moved by Gaussian noise of a given fraction of the
+weights' std (0.02). Three variants:
+
+* ``full``: 1% of the std, the ``full`` workload's own step between checkpoints;
+* ``per-step``: 0.1% (a checkpoint after every optimizer step or few);
+* ``large-update``: 50% (a checkpoint after a long stretch of training).
+
+Each new tensor is cut into chunks of ``--chunk`` KiB at the same offsets as the previous
+version's (element-aligned), and each chunk is coded three ways: on its own by
+:func:`mlvc_core.codec.compress` (what is stored today), by :func:`mlvc_core.delta.encode`
+against the previous version with the tensor's dtype (ordered-integer difference), and by the
+same with no dtype (XOR of bytes, one plane). Printed side by side: compression ratio
+(raw / payload) and encode and decode speed (MB/s, one thread); every payload is decoded and
+compared byte for byte.
+
+``--chunking`` measures instead what tensor-aligned chunk boundaries (``mlvc_core.tensorfile``)
+save on the ``frozen`` workload's step from v2 to v3 (the head's 10 tensors change and the
+header grows): the bytes of v3's chunks that v2 lacks, with plain FastCDC and with forced
+boundaries at the edges of large tensors, next to the bytes of the changed tensors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import workloads  # noqa: E402
+
+from mlvc_core import codec, delta  # noqa: E402
+
+VARIANTS = {"per-step": 0.001, "full": workloads.FULL_NOISE_REL, "large-update": 0.5}
+
+
+@dataclass
+class Way:
+    """Totals of one coding over all chunks."""
+
+    stored: int = 0
+    encode_s: float = 0.0
+    decode_s: float = 0.0
+
+
+def _versions(rel: float, scale: float, seed: int) -> Iterator[tuple[str, bytes, bytes]]:
+    """``(dtype, previous bytes, new bytes)`` of each tensor block of the ``full`` layout."""
+    for ti, t in enumerate(workloads.full_layout(scale).tensors):
+        is_norm = t.name.endswith("norm.weight")
+        for b, n in workloads.tensor_blocks(t):
+            master = workloads.weights(seed, ti, b, 0, n, is_norm)
+            old = workloads.to_dtype(master, t.dtype)
+            noise = workloads.rng(seed, ti, b, 1).standard_normal(n, dtype=np.float32)
+            master += noise * np.float32(rel * workloads.WEIGHT_STD)
+            yield t.dtype, old, workloads.to_dtype(master, t.dtype)
+
+
+def run_variant(rel: float, scale: float, chunk: int, seed: int = 0) -> tuple[int, dict[str, Way]]:
+    """Raw bytes and each way's totals for one variant."""
+    ways = {"standalone": Way(), "delta": Way(), "xor": Way()}
+    raw = 0
+    for dtype, old, new in _versions(rel, scale, seed):
+        for off in range(0, len(new), chunk):
+            piece, base = new[off : off + chunk], old[off : off + chunk]
+            raw += len(piece)
+            w = ways["standalone"]
+            t0 = time.perf_counter()
+            c, payload = codec.compress(piece, planes=True)
+            t1 = time.perf_counter()
+            assert codec.decompress(payload, c, len(piece)) == piece
+            w.encode_s += t1 - t0
+            w.decode_s += time.perf_counter() - t1
+            w.stored += len(payload)
+            for name, dt in (("delta", dtype), ("xor", None)):
+                w = ways[name]
+                t0 = time.perf_counter()
+                coded = delta.encode(piece, base, dt)
+                t1 = time.perf_counter()
+                assert delta.decode(coded, base) == piece
+                w.encode_s += t1 - t0
+                w.decode_s += time.perf_counter() - t1
+                w.stored += len(coded)
+    return raw, ways
+
+
+def chunking(scale: float, seed: int = 0) -> None:
+    """Print new bytes of the ``frozen`` step v2 -> v3 under plain and tensor-aligned chunking."""
+    import io
+
+    from mlvc_core import tensorfile
+    from mlvc_core.chunker import ChunkerParams, cut_between, make_fastcdc
+    from mlvc_core.ids import hash_bytes
+
+    layout = workloads.frozen_layout(scale)
+
+    def version(v: int) -> bytes:
+        out = [workloads.safetensors_header(layout.tensors, workloads.checkpoint_metadata(v))]
+        for ti, t in enumerate(layout.tensors):
+            is_norm = t.name.endswith("norm.weight")
+            for b, n in workloads.tensor_blocks(t):
+                tag = v if t.head else 1
+                out.append(
+                    workloads.to_dtype(workloads.weights(seed, ti, b, tag, n, is_norm), t.dtype)
+                )
+        return b"".join(out)
+
+    params = ChunkerParams()
+    cdc = make_fastcdc(params)
+
+    def chunks(data: bytes, aligned: bool) -> list[tuple[bytes, int]]:
+        bounds: list[int] = []
+        if aligned:
+            found = tensorfile.read_layout(io.BytesIO(data))
+            assert found is not None
+            bounds = tensorfile.forced_boundaries(found, params.min)
+        mv = memoryview(data)
+        return [(hash_bytes(mv[o : o + n]), n) for o, n in cut_between(cdc, mv, 0, bounds)]
+
+    old, new = version(2), version(3)
+    changed = sum(t.nbytes for t in layout.tensors if t.head)
+    print(
+        f"frozen layout x {scale}: v3 is {len(new) / 2**20:.1f} MiB, its changed tensors "
+        f"{changed / 2**20:.2f} MiB"
+    )
+    print("| chunking | new MiB | reused | best possible |")
+    print("|---|---|---|---|")
+    for aligned in (False, True):
+        have = {c for c, _ in chunks(old, aligned)}
+        fresh = sum(n for c, n in chunks(new, aligned) if c not in have)
+        print(
+            f"| {'tensor-aligned' if aligned else 'plain FastCDC'} | {fresh / 2**20:.2f} | "
+            f"{1 - fresh / len(new):.2%} | {1 - changed / len(new):.2%} |"
+        )
+
+
+def main() -> None:
+    """Run every variant and print the table."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--scale", type=float, default=0.25, help="of the ~512 MiB layout")
+    parser.add_argument("--chunk", type=int, default=256, help="chunk size in KiB")
+    parser.add_argument("--chunking", action="store_true", help="tensor-aligned chunking")
+    args = parser.parse_args()
+    if args.chunking:
+        chunking(args.scale)
+        return
+    print(f"full layout x {args.scale}, {args.chunk} KiB chunks, one thread")
+    head = "| variant | raw MiB | way | ratio | encode MB/s | decode MB/s |"
+    print(head)
+    print("|" + "---|" * 6)
+    for variant, rel in VARIANTS.items():
+        raw, ways = run_variant(rel, args.scale, args.chunk << 10)
+        for name, w in ways.items():
+            print(
+                f"| {variant} ({rel:g} std) | {raw / 2**20:.0f} | {name} | "
+                f"{raw / w.stored:.2f}x | {raw / w.encode_s / 1e6:.0f} | "
+                f"{raw / w.decode_s / 1e6:.0f} |",
+                flush=True,
+            )
+
+
+if __name__ == "__main__":
+    main()

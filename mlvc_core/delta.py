@@ -1,0 +1,246 @@
+"""Delta coding of a chunk against the same bytes of a previous version (pure; not yet stored).
+
+A full fine-tune changes every tensor at every checkpoint, so no chunk deduplicates; but two
+consecutive checkpoints are close. :func:`encode` stores a chunk either on its own (the
+regular per-chunk codecs of :mod:`mlvc_core.codec`) or as its difference from ``base``,
+whichever payload is smaller; :func:`decode` undoes it given the same ``base``. The caller
+verifies the result by its BLAKE3 id, as for any chunk.
+
+The difference of float tensors (``BF16``, ``F16``, ``F32``, ``F64``) is taken on their
+*ordered integers*: a float's bits ``u`` map to ``u ^ 0x80..`` when its sign is clear and to
+``~u`` when set, an order-preserving bijection of bit patterns, so a small change of value is
+a small integer difference, and NaN payloads, infinities, ``-0.0`` and subnormals come back
+bit for bit. The difference (modulo ``2**bits``) is zigzag-coded (``-1 -> 1, 1 -> 2``), so
+small changes of either sign have zero high bytes. Any other dtype uses XOR. The words are
+then split into byte planes (low bytes first), each compressed by zstd alone when that saves
+:data:`mlvc_core.codec.MIN_SAVING`.
+
+``base[i]`` must be the previous version's byte at the position of ``chunk[i]``, and ``phase``
+the position of ``chunk[0]`` within its element (chunks are cut at any byte): the first
+``(width - phase) % width`` bytes, and whatever follows the last whole element both have, are
+a *residual* stored with the regular codecs. Payload layout (all integers little-endian):
+
+* standalone: ``u8 0 | u8 codec | u32 raw_len | codec payload``
+* difference: ``u8 1 | u8 transform (1 xor, 2 ordered difference) | u8 width | u8 skip |
+  u32 raw_len | u32 span | width x (u8 zstd?, u32 stored length) | planes | u8 codec |
+  residual payload``. ``chunk[skip : skip + span]`` is the coded span (``span % width == 0``,
+  ``skip + span <= min(raw_len, len(base))``); the residual is ``chunk[:skip] +
+  chunk[skip + span:]``.
+
+Decoding trusts nothing in the payload: every length is checked against :data:`MAX_RAW`,
+the payload's size and ``base``, and every frame is bounded by the length it must yield.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import TYPE_CHECKING, Any
+
+from mlvc_core import codec
+from mlvc_core.errors import FormatError
+
+if TYPE_CHECKING:
+    from numpy.typing import NDArray
+
+    Words = NDArray[Any]
+
+__all__ = ["MAX_RAW", "decode", "encode"]
+
+MAX_RAW = 16 << 20
+"""Largest chunk a payload may decode to (bytes): the format's chunk ceiling."""
+
+STANDALONE = 0
+DIFFERENCE = 1
+XOR = 1
+ORDERED = 2
+
+_FLOATS = {"BF16": 2, "F16": 2, "F32": 4, "F64": 8}
+_WIDTHS = {
+    "BOOL": 1,
+    "U8": 1,
+    "I8": 1,
+    "F8_E5M2": 1,
+    "F8_E4M3": 1,
+    "I16": 2,
+    "U16": 2,
+    "I32": 4,
+    "U32": 4,
+    "I64": 8,
+    "U64": 8,
+}
+_UINT = {1: "<u1", 2: "<u2", 4: "<u4", 8: "<u8"}
+_SINT = {1: "<i1", 2: "<i2", 4: "<i4", 8: "<i8"}
+_HEAD = struct.Struct("<BBBBII")
+
+
+def _transform(dtype: str | None) -> tuple[int, int]:
+    """``(transform, width)`` for a dtype name (safetensors spelling); XOR bytes if unknown."""
+    if dtype in _FLOATS:
+        return ORDERED, _FLOATS[dtype]
+    return XOR, _WIDTHS.get(dtype or "", 1)
+
+
+def _ordered(u: Words, bits: int) -> Words:
+    """Float bit patterns -> integers in the floats' order (a bijection)."""
+    import numpy as np
+
+    t = u.dtype.type
+    neg = np.negative(u >> t(bits - 1))  # all ones where the sign is set
+    out: Words = u ^ (neg | t(1 << (bits - 1)))
+    return out
+
+
+def _unordered(o: Words, bits: int) -> Words:
+    """Inverse of :func:`_ordered`."""
+    t = o.dtype.type
+    neg = (o >> t(bits - 1)) - t(1)  # all ones where the top bit is clear (a negative float)
+    out: Words = o ^ (neg | t(1 << (bits - 1)))
+    return out
+
+
+def _words(data: bytes | memoryview, offset: int, span: int, width: int) -> Words:
+    import numpy as np
+
+    return np.frombuffer(data, dtype=_UINT[width], count=span // width, offset=offset)
+
+
+def _code(
+    chunk: memoryview, base: memoryview, transform: int, width: int, skip: int, span: int
+) -> Words:
+    """The zigzag-coded (or XORed) words of the span."""
+    new, old = _words(chunk, skip, span, width), _words(base, skip, span, width)
+    if transform == XOR:
+        return new ^ old
+    bits = 8 * width
+    d = _ordered(new, bits) - _ordered(old, bits)
+    s = d.view(_SINT[width])
+    return ((s << 1) ^ (s >> (bits - 1))).view(_UINT[width])
+
+
+def _uncode(z: Words, base: memoryview, transform: int, width: int, skip: int) -> Words:
+    import numpy as np
+
+    old = _words(base, skip, len(z) * width, width)
+    if transform == XOR:
+        return z ^ old
+    bits = 8 * width
+    t = z.dtype.type
+    d = (z >> t(1)) ^ np.negative(z & t(1))
+    return _unordered(_ordered(old, bits) + d, bits)
+
+
+def _standalone(chunk: memoryview) -> bytes:
+    c, payload = codec.compress(chunk, planes=True)
+    return struct.pack("<BBI", STANDALONE, c, len(chunk)) + bytes(payload)
+
+
+def encode(
+    chunk: bytes | memoryview, base: bytes | memoryview, dtype: str | None, phase: int = 0
+) -> bytes:
+    """A payload for ``chunk``: the smaller of its standalone and its difference from ``base``.
+
+    Args:
+        chunk: The new bytes (at most :data:`MAX_RAW`).
+        base: The previous version's bytes at the same positions (may be shorter or longer).
+        dtype: The tensor's dtype, safetensors spelling (``BF16``, ``F32``...); None for bytes.
+        phase: Position of ``chunk[0]`` within its element (``0 <= phase < width``).
+
+    Returns:
+        The payload (see the module docstring); :func:`decode` with the same ``base`` gives
+        ``chunk`` back.
+
+    Raises:
+        ValueError: ``chunk`` larger than :data:`MAX_RAW`, or ``phase`` out of range.
+    """
+    import numpy as np
+
+    chunk, base = memoryview(chunk).cast("B"), memoryview(base).cast("B")
+    if len(chunk) > MAX_RAW:
+        raise ValueError(f"chunk of {len(chunk)} bytes is larger than {MAX_RAW}")
+    transform, width = _transform(dtype)
+    if not 0 <= phase < width:
+        raise ValueError(f"phase {phase} is out of range for {width}-byte elements")
+    alone = _standalone(chunk)
+    skip = min((width - phase) % width, len(chunk))
+    span = max(0, min(len(chunk), len(base)) - skip) // width * width
+    if span == 0:
+        return alone
+    z = np.ascontiguousarray(_code(chunk, base, transform, width, skip, span))
+    grid = z.view(np.uint8).reshape(-1, width)
+    table: list[tuple[int, int]] = []
+    planes: list[bytes] = []
+    for i in range(width):
+        plane = np.ascontiguousarray(grid[:, i]).tobytes()
+        frame = codec.compress_plane(plane)
+        if len(frame) <= len(plane) * (1.0 - codec.MIN_SAVING):
+            table.append((1, len(frame)))
+            planes.append(frame)
+        else:
+            table.append((0, len(plane)))
+            planes.append(plane)
+    residual = bytes(chunk[:skip]) + bytes(chunk[skip + span :])
+    rc, rpayload = codec.compress(residual, planes=True)
+    parts = [
+        _HEAD.pack(DIFFERENCE, transform, width, skip, len(chunk), span),
+        b"".join(struct.pack("<BI", *entry) for entry in table),
+        *planes,
+        bytes([rc]),
+        bytes(rpayload),
+    ]
+    size = sum(len(p) for p in parts)
+    return b"".join(parts) if size < len(alone) else alone
+
+
+def decode(payload: bytes | memoryview, base: bytes | memoryview) -> bytes:
+    """Undo :func:`encode`, given the same ``base``.
+
+    Args:
+        payload: What :func:`encode` returned (untrusted).
+        base: The bytes it was encoded against.
+
+    Returns:
+        The chunk; the caller checks it against the chunk's id.
+
+    Raises:
+        FormatError: A malformed payload, or a ``base`` shorter than it needs.
+    """
+    import numpy as np
+
+    view, base = memoryview(payload).cast("B"), memoryview(base).cast("B")
+    if len(view) < 6:
+        raise FormatError("delta payload is too short")
+    if view[0] == STANDALONE:
+        c, raw_len = view[1], struct.unpack_from("<I", view, 2)[0]
+        if raw_len > MAX_RAW:
+            raise FormatError(f"delta payload declares {raw_len} bytes, more than {MAX_RAW}")
+        return codec.decompress(view[6:], c, raw_len)
+    if view[0] != DIFFERENCE or len(view) < _HEAD.size:
+        raise FormatError(f"unknown delta payload kind {view[0]}")
+    _, transform, width, skip, raw_len, span = _HEAD.unpack_from(view)
+    if transform not in (XOR, ORDERED) or width not in _UINT or (transform, width) == (2, 1):
+        raise FormatError(f"bad delta transform {transform} of width {width}")
+    if raw_len > MAX_RAW or skip >= width or span % width or skip + span > raw_len:
+        raise FormatError("delta payload has inconsistent lengths")
+    if skip + span > len(base):
+        raise FormatError(f"delta payload needs {skip + span} bytes of base, has {len(base)}")
+    off = _HEAD.size + 5 * width
+    if len(view) < off:
+        raise FormatError("truncated delta plane table")
+    count = span // width
+    grid = np.empty((count, width), dtype=np.uint8)
+    for i in range(width):
+        zstd, stored = struct.unpack_from("<BI", view, _HEAD.size + 5 * i)
+        part = view[off : off + stored]
+        if len(part) != stored:
+            raise FormatError("truncated delta plane")
+        off += stored
+        plane = codec.decompress_frame(part, count) if zstd else part
+        if len(plane) != count:
+            raise FormatError(f"delta plane {i} has {len(plane)} bytes, expected {count}")
+        grid[:, i] = np.frombuffer(plane, dtype=np.uint8)
+    if off >= len(view):
+        raise FormatError("delta payload has no residual")
+    residual = codec.decompress(view[off + 1 :], view[off], raw_len - span)
+    z = grid.reshape(-1).view(_UINT[width])
+    words = _uncode(z, base, transform, width, skip)
+    return residual[:skip] + words.tobytes() + residual[skip:]
