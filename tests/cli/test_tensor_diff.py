@@ -113,7 +113,7 @@ def test_tensor_diff_ignores_other_files_and_refuses_code_with_tensors(
 def test_a_large_tensor_is_compared_block_by_block(
     cli: Cli, write: Write, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from mlvc.porcelain import tensordiff
+    from mlvc.commands import tensordiff
 
     monkeypatch.setattr(tensordiff, "BLOCK_BYTES", 4096)  # many blocks; some equal, some not
     rng = np.random.default_rng(5)
