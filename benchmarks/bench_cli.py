@@ -9,7 +9,7 @@ Times (wall clock, fresh process each time, runs interleaved so machine load hit
 
 ``mlvc`` runs as ``python -m mlvc`` from this source tree, its bytecode cached (as an installed
 package's is) in the temporary directory. ``--profile`` adds the slowest
-imports of ``mlvc ls`` (``python -X importtime``).
+imports of ``mlvc --help`` and ``mlvc ls`` (``python -X importtime``).
 
 Run: ``python benchmarks/bench_cli.py [--reps 15] [--profile]``; writes
 ``benchmarks/results/cli.md``.
@@ -102,9 +102,10 @@ def measure(d: Path, reps: int) -> tuple[dict[str, list[float]], dict[str, list[
     return wall, cpu
 
 
-def profile(d: Path, top: int = 15) -> str:
+def profile(d: Path, command: list[str], top: int = 15) -> str:
+    """The slowest imports (cumulative) of ``mlvc COMMAND``, from ``python -X importtime``."""
     r = subprocess.run(
-        [sys.executable, "-X", "importtime", "-m", "mlvc", "ls"],
+        [sys.executable, "-X", "importtime", "-m", "mlvc", *command],
         cwd=d,
         env=_env(d / "cache"),
         capture_output=True,
@@ -135,7 +136,9 @@ def main() -> None:
         d = Path(tmp)
         make_project(d)
         times, cpu = measure(d, args.reps)
-        prof = profile(d) if args.profile else ""
+        profiles = (
+            {" ".join(c): profile(d, c) for c in (["--help"], ["ls"])} if args.profile else {}
+        )
     floor = statistics.median(times["python -c pass"])
     cpu_floor = statistics.median(cpu["python -c pass"])
     lines = [
@@ -159,8 +162,8 @@ def main() -> None:
             f"| `{name}` | {med * 1000:.0f} ms | {min(ts) * 1000:.0f} ms | "
             f"{med / floor:.2f}x | {cmed * 1000:.0f} ms | {cmed / cpu_floor:.2f}x | {target} |"
         )
-    if prof:
-        lines += ["", "Slowest imports of `mlvc ls` (cumulative):", "", "```", prof, "```"]
+    for command, prof in profiles.items():
+        lines += ["", f"Slowest imports of `mlvc {command}` (cumulative):", "", "```", prof, "```"]
     text = "\n".join(lines) + "\n"
     print(text)
     if not args.no_write:

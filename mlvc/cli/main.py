@@ -245,8 +245,10 @@ COMMAND_TABLE: dict[str, tuple[str, str]] = {
 }
 """Command name -> (module under ``mlvc.cli``, one-line help). A command's module is imported
 only when that command runs (or its own ``--help`` is asked for): ``mlvc --help`` and
-``mlvc --version`` import none, and ``mlvc ls`` imports only :mod:`mlvc.cli.ls`. The help
-lines here are those of the commands' docstrings (a test keeps them equal)."""
+``mlvc --version`` import none (they do not even import Typer: :mod:`mlvc.cli._help`), and
+``mlvc ls`` imports only :mod:`mlvc.cli.ls`. The help lines here are those of the commands'
+docstrings (a test keeps them equal, and another keeps :data:`mlvc.cli._help.ROOT_HELP` equal
+to the root help Typer renders from them)."""
 
 
 def _example_block(doc: str) -> str:
