@@ -125,7 +125,8 @@ IdArg = Annotated[
     str,
     typer.Argument(
         help="An experiment, checkpoint or commit id (7+ hex digits), exp@latest / exp@best / "
-        "exp@STEP, a tag or a branch.",
+        "exp@step=N (exp@N), a tag, tag@{N} (its N-th earlier target) or a branch; NAME~N goes "
+        "N commits back.",
         show_default=False,
         autocompletion=complete_ids,
     ),

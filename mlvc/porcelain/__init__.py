@@ -3,9 +3,10 @@
 Each takes an open :class:`~mlvc_core.repository.Repository` (or a URL), returns a dataclass
 with a ``to_dict()`` (the ``--json`` form: stable keys, full hex ids, ISO 8601 times), and
 never prints; progress is a callback parameter. Experiment listing and removal live in
-:mod:`mlvc.experiments`.
+:mod:`mlvc.experiments`, and so does the one id grammar (:mod:`mlvc.experiments.revisions`)
+that every verb resolves names with.
 
-* :mod:`~mlvc.porcelain._resolve` - what an id names (:func:`resolve`), commit and file info;
+* :mod:`~mlvc.porcelain._describe` - commit and file info;
 * :mod:`~mlvc.porcelain.history` - :func:`commit`, :func:`log`, tags;
 * :mod:`~mlvc.porcelain.snapshots` - :func:`show`, :func:`diff`, :func:`checkout`;
 * :mod:`~mlvc.porcelain.maintenance` - :func:`gc`, :func:`fsck`, :func:`stats`;
@@ -14,13 +15,11 @@ never prints; progress is a callback parameter. Experiment listing and removal l
 
 from __future__ import annotations
 
-from mlvc.porcelain._resolve import (
+from mlvc.porcelain._describe import (
     CommitInfo,
     FileInfo,
-    Target,
     describe_commit,
     list_files,
-    resolve,
 )
 from mlvc.porcelain.history import (
     DEFAULT_BRANCH,
@@ -70,7 +69,6 @@ __all__ = [
     "LogResult",
     "ShowResult",
     "TagInfo",
-    "Target",
     "TransferResult",
     "ValueChange",
     "checkout",
@@ -89,7 +87,6 @@ __all__ = [
     "parse_duration",
     "pull",
     "push",
-    "resolve",
     "show",
     "stats",
     "stored_size",

@@ -16,14 +16,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from mlvc.porcelain._resolve import (
+from mlvc.experiments.revisions import oid_of, resolve
+from mlvc.porcelain._describe import (
     CommitInfo,
     ProgressFn,
     describe_commit,
     iso,
     list_files,
-    oid_of,
-    resolve,
 )
 from mlvc_core.errors import FormatError, InvalidRefName, ObjectNotFound, RefNotFound, UsageError
 from mlvc_core.ids import ObjectId, to_hex

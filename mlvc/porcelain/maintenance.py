@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING
 
-from mlvc.porcelain._resolve import ProgressFn
+from mlvc.porcelain._describe import ProgressFn
 from mlvc_core.errors import UsageError
 from mlvc_core.repository import Repository
 

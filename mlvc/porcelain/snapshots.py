@@ -12,14 +12,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mlvc.porcelain._resolve import (
+from mlvc.experiments.revisions import Target, resolve
+from mlvc.porcelain._describe import (
     CommitInfo,
     FileInfo,
     ProgressFn,
-    Target,
     describe_commit,
     list_files,
-    resolve,
 )
 from mlvc_core.errors import ObjectNotFound, UsageError
 from mlvc_core.ids import from_hex
@@ -258,7 +257,7 @@ def checkout(
     """Restore the files of an experiment (its best checkpoint), checkpoint or commit.
 
     For a checkpoint (or an experiment) only the checkpoint's own files are written (the
-    weights, as :meth:`mlvc.checkpoints.Checkpoint.checkout` does) unless ``everything``
+    weights, as :meth:`mlvc.experiments.Checkpoint.checkout` does) unless ``everything``
     asks for the whole snapshot, code included. A plain commit is restored whole.
 
     Args:
