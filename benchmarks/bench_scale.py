@@ -91,7 +91,7 @@ def generate(url: str, endpoint: str, n: int, processes: int) -> tuple[list[str]
 def compact_and_remove(url: str, endpoint: str, ids: list[str]) -> None:
     """What the writers' stops and a user's ``rm`` leave: a compact catalog, 1% removed."""
     import mlvc
-    from mlvc.experiments import compact_catalog
+    from mlvc.experiments.catalog import compact_catalog
     from mlvc_core.repository import Repository
 
     with Repository.open(url, **_options(endpoint)) as repo:

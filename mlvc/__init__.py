@@ -39,18 +39,19 @@ _LAZY = {
     "track": ("mlvc.tracking", "track"),
     "init": ("mlvc.tracking", "init"),
     "Run": ("mlvc.tracking", "Run"),
-    "load": ("mlvc.checkpoints", "load"),
-    "Checkpoint": ("mlvc.checkpoints", "Checkpoint"),
-    "Experiment": ("mlvc.experiments", "Experiment"),
+    "load": ("mlvc.experiments.checkpoints", "load"),
+    "Checkpoint": ("mlvc.experiments.checkpoints", "Checkpoint"),
+    "Experiment": ("mlvc.experiments.model", "Experiment"),
     "experiments": ("mlvc.experiments", None),
-    "checkpoints": ("mlvc.checkpoints", None),
+    "checkpoints": ("mlvc.experiments.checkpoints", None),
     "errors": ("mlvc.errors", None),
 }
 
 if TYPE_CHECKING:
-    from mlvc import checkpoints, errors, experiments
-    from mlvc.checkpoints import Checkpoint, load
-    from mlvc.experiments import Experiment
+    from mlvc import errors, experiments
+    from mlvc.experiments import checkpoints
+    from mlvc.experiments.checkpoints import Checkpoint, load
+    from mlvc.experiments.model import Experiment
     from mlvc.tracking import Run, init, track
 
 

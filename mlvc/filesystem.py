@@ -2,7 +2,7 @@
 
 ``fsspec.open("mlvc://REF/path/in/snapshot")`` reads one file of the snapshot that ``REF``
 names, lazily: only the chunks a read touches are fetched. ``REF`` is anything the command
-line accepts (:func:`mlvc.commands._resolve.resolve`): a commit, experiment or checkpoint id
+line accepts (:func:`mlvc.experiments.revisions.resolve`): a commit, experiment or checkpoint id
 (7+ hex digits), ``EXP@best`` / ``EXP@latest`` / ``EXP@step=N``, a tag, a branch, or
 ``tags/NAME`` / ``heads/NAME`` (such a two-part ref takes the first two path components).
 
@@ -153,7 +153,7 @@ class MlvcFileSystem(AbstractFileSystem):  # type: ignore[misc]  # fsspec is unt
             hit = self._refs.get(ref)
         if hit is not None and (hit[0] == float("inf") or now - hit[0] < self.ref_ttl):
             return hit[1]
-        from mlvc.commands._resolve import resolve
+        from mlvc.experiments.revisions import resolve
 
         try:
             commit_id = resolve(self.repo, ref).commit_id

@@ -193,7 +193,7 @@ def _send(repo: Any, doc: dict[str, Any], entry_dir: Path) -> bool:
 
 
 def _send_checkpoint(repo: Any, doc: dict[str, Any], entry_dir: Path) -> bool:
-    from mlvc.experiments import ref_name, summary_with_checkpoint
+    from mlvc.experiments.summary import ref_name, summary_with_checkpoint
     from mlvc.tracking import advance_ref, checkpoint_commit, overlay
     from mlvc_core.ids import ObjectId, from_hex
     from mlvc_core.ingest import TreeBuilder
@@ -231,19 +231,17 @@ def _send_checkpoint(repo: Any, doc: dict[str, Any], entry_dir: Path) -> bool:
 
 
 def _send_end(repo: Any, doc: dict[str, Any]) -> bool:
-    from mlvc.experiments import ref_name
+    from mlvc.experiments.summary import ExperimentSummary, ref_name
     from mlvc_core.errors import RefConflict
 
     for _attempt in range(30):
         ref = repo.refs.get(ref_name(str(doc["experiment"])))
         if ref is None or ref.summary.get("status") not in (None, "running"):
             return False  # removed, or resumed and ended since
-        summary = dict(
-            ref.summary,
-            status=doc["status"],
-            ended=doc.get("ended"),
-            end_reason=doc.get("end_reason"),
-            error=doc.get("error"),
+        summary = (
+            ExperimentSummary.from_dict(ref.summary)
+            .ended_with(doc["status"], doc.get("ended"), doc.get("end_reason"), doc.get("error"))
+            .to_dict()
         )
         try:
             repo.refs.update_summary(ref, summary)

@@ -98,9 +98,10 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 from mlvc import series as _series
 from mlvc.environment import environment
 from mlvc.errors import FileExistsConflict, MlvcError, TrackingError, UsageError
-from mlvc.experiments import (
-    Experiment,
-    compact_catalog,
+from mlvc.experiments.catalog import compact_catalog
+from mlvc.experiments.model import Experiment
+from mlvc.experiments.summary import (
+    ExperimentSummary,
     heartbeat_key,
     json_number,
     primary_of,
@@ -136,7 +137,7 @@ from mlvc_core.refs import Ref
 from mlvc_core.repository import Repository, WriteSession, default_author
 
 if TYPE_CHECKING:
-    from mlvc.checkpoints import Checkpoint
+    from mlvc.experiments.checkpoints import Checkpoint
 
 log = logging.getLogger("mlvc")
 
@@ -938,9 +939,9 @@ class Run:
         self.flush()
         if self._exp_id is None or self._repo is None:
             return None
-        from mlvc.experiments import _load_experiment
+        from mlvc.experiments.catalog import load_experiment
 
-        return _load_experiment(self._repo, self._exp_id)
+        return load_experiment(self._repo, self._exp_id)
 
     def __enter__(self) -> Run:
         return self
@@ -1009,26 +1010,12 @@ class Run:
         checkpoint. Params recorded so far are carried over (those passed now win); the step
         numbering goes on after the checkpoint resumed from.
         """
-        from mlvc.checkpoints import Checkpoint
-        from mlvc.commands._resolve import resolve
-        from mlvc.experiments import _load_experiment
+        from mlvc.experiments.revisions import resumable
 
         assert self._settings is not None
         if self._repo is None:
             self._repo = open_repo(self._settings)
-        target = resolve(self._repo, resume)
-        if target.kind == "commit" or target.experiment_id is None:
-            raise UsageError(
-                f"cannot resume {resume!r}: it is neither an experiment nor a checkpoint"
-            )
-        exp = target.experiment or _load_experiment(self._repo, target.experiment_id)
-        ckpt: Checkpoint | None
-        if target.kind == "experiment":
-            ckpt = exp.latest()  # a plain experiment id continues from where it stopped
-        else:
-            ckpt = Checkpoint(
-                self._repo, target.commit_id, self._repo.read_commit(target.commit_id)
-            )
+        exp, ckpt = resumable(self._repo, resume)
         self._resume_id = exp.id
         self.resumed_from = ckpt
         self.name = exp.name or self.name
@@ -1374,24 +1361,15 @@ class Run:
                 exp_id = to_hex(cid)
                 self._write_heartbeat(exp_id)  # before the ref: a listed run always has one
                 pm = self._primary
-                summary = {
-                    "type": "experiment",
-                    "name": self.name,
-                    "created": self._started_at,
-                    "user": env["user"],
-                    "host": env["host"],
-                    "command": env["command_line"],
-                    "params": self.params,
-                    "status": "running",
-                    "ended": None,
-                    "checkpoints": 0,
-                    "latest": None,
-                    "latest_step": None,
-                    "latest_metrics": {},
-                    "primary_metric": {"name": pm[0], "goal": pm[1]} if pm else None,
-                    "best": None,
-                    "removed": [],
-                }
+                summary = ExperimentSummary(
+                    name=self.name,
+                    created=self._started_at,
+                    user=env["user"],
+                    host=env["host"],
+                    command=env["command_line"],
+                    params=self.params,
+                    primary_metric=pm,
+                ).to_dict()
                 self._summary = repo.refs.set(ref_name(exp_id), cid, None, summary).summary
             else:
                 exp_id = self._resume_id
@@ -1409,15 +1387,7 @@ class Run:
                     )
 
                 def summarize(old: dict[str, Any], _cid: str) -> dict[str, Any]:
-                    return dict(
-                        old,
-                        status="running",
-                        ended=None,
-                        end_reason=None,
-                        error=None,
-                        resumed=int(old.get("resumed") or 0) + 1,
-                        params={**(old.get("params") or {}), **self.params},
-                    )
+                    return ExperimentSummary.from_dict(old).resumed_with(self.params).to_dict()
 
                 self._advance(s, repo.refs.require(ref_name(exp_id)), make, summarize)
         self._exp_id = exp_id
@@ -1515,12 +1485,10 @@ class Run:
             ref = repo.refs.get(name)
             if ref is None:
                 break  # removed meanwhile
-            summary = dict(
-                ref.summary,
-                status=_status_of(job.reason, job.error),
-                ended=time.time(),
-                end_reason=job.reason,
-                error=job.error,
+            summary = (
+                ExperimentSummary.from_dict(ref.summary)
+                .ended_with(_status_of(job.reason, job.error), time.time(), job.reason, job.error)
+                .to_dict()
             )
             try:
                 self._summary = repo.refs.update_summary(ref, summary).summary

@@ -11,7 +11,7 @@ from __future__ import annotations
 import random
 from typing import Any
 
-from mlvc.experiments import ref_name, summary_with_checkpoint
+from mlvc.experiments.summary import ref_name, summary_with_checkpoint
 from mlvc_core.ids import ObjectId, to_hex
 from mlvc_core.objects import Commit, Manifest, Tree, TreeEntry
 from mlvc_core.repository import Repository, WriteSession

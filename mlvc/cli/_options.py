@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from mlvc_core.ids import SHORT_LEN
+
 if TYPE_CHECKING:
     from mlvc.settings import Settings
     from mlvc_core.repository import Repository
@@ -91,13 +93,12 @@ def complete_ids(ctx: typer.Context, incomplete: str) -> list[tuple[str, str]]:
     for name in sorted(names):
         kind, _, short = name.partition("/")
         if kind == "experiments":
-            short = short[: max(_SHORT, len(incomplete))]
+            short = short[: max(SHORT_LEN, len(incomplete))]
         if short.startswith(incomplete):
             out.append((short, _KIND_HELP.get(kind, kind)))
     return out
 
 
-_SHORT = 12
 _KIND_HELP = {"tags": "tag", "heads": "branch", "experiments": "experiment"}
 _SELECTORS = (
     ("best", "best checkpoint by the primary metric"),
@@ -125,7 +126,8 @@ IdArg = Annotated[
     str,
     typer.Argument(
         help="An experiment, checkpoint or commit id (7+ hex digits), exp@latest / exp@best / "
-        "exp@STEP, a tag or a branch.",
+        "exp@step=N (exp@N), a tag, tag@{N} (its N-th earlier target) or a branch; NAME~N goes "
+        "N commits back.",
         show_default=False,
         autocompletion=complete_ids,
     ),

@@ -22,11 +22,10 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
+from mlvc_core.ids import SHORT_LEN  # hex digits of an id shown to people
+
 if TYPE_CHECKING:  # rich costs ~50 ms to import: only commands that draw tables pay for it
     from rich.console import Console
-
-SHORT_LEN = 12
-"""Hex digits of an id shown to people."""
 
 _NON_TTY_WIDTH = 200
 """Table width when stdout is not a terminal (pipes should not wrap or truncate)."""

@@ -10,6 +10,7 @@ import typer
 from mlvc import commands
 from mlvc.cli import _output
 from mlvc.cli._options import ForceOpt, IdArg, JsonOpt, state
+from mlvc.experiments import revisions
 
 _LIST_AT_MOST = 20
 
@@ -53,7 +54,7 @@ def checkout(
     """
     st = state(ctx)
     repo = st.repo()
-    target = commands.resolve(repo, id_)
+    target = revisions.resolve(repo, id_)
     path = path or None  # no --path: the target's own files
     total = (
         commands.checkout_size(repo, target, path, everything=all_)

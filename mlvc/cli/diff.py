@@ -12,6 +12,7 @@ import typer
 from mlvc import commands
 from mlvc.cli import _output
 from mlvc.cli._options import IdArg, JsonOpt, state
+from mlvc.experiments.revisions import Target
 from mlvc_core.errors import UsageError
 
 _MAX_CELL = 60
@@ -33,7 +34,7 @@ def _size_change(old: int | None, new: int | None) -> str:
     return f"{_output.human_size(old)} -> {_output.human_size(new)} ({change})"
 
 
-def _label(t: commands.Target) -> str:
+def _label(t: Target) -> str:
     text = f"{t.kind} {_output.short_id(t.id)}"
     if t.kind == "experiment" and t.commit_id.hex() != t.id:
         text += f" (checkpoint {_output.short_id(t.commit_id.hex())})"

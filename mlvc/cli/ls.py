@@ -82,7 +82,7 @@ metric's best value and its step."""
 
 def _table_fields(e: Any) -> dict[str, Any]:
     """What a table row shows, straight from the summary (``to_dict`` does much more)."""
-    s = e._summary
+    s = e.summary
     return {
         "id": e.id,
         "created": s.get("created"),

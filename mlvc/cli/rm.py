@@ -15,7 +15,7 @@ def rm(
     ids: Annotated[
         list[str],
         typer.Argument(
-            help="Experiment or checkpoint ids (7+ hex digits).",
+            help="Experiment or checkpoint ids (7+ hex digits), or exp@best / exp@latest / exp@N.",
             show_default=False,
             autocompletion=complete_ids,
         ),

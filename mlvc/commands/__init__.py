@@ -3,9 +3,10 @@
 Each takes an open :class:`~mlvc_core.repository.Repository` (or a URL), returns a dataclass
 with a ``to_dict()`` (the ``--json`` form: stable keys, full hex ids, ISO 8601 times), and
 never prints; progress is a callback parameter. Experiment listing and removal live in
-:mod:`mlvc.experiments`.
+:mod:`mlvc.experiments`, and so does the one id grammar (:mod:`mlvc.experiments.revisions`)
+that every verb resolves names with.
 
-* :mod:`~mlvc.commands._resolve` - what an id names (:func:`resolve`), commit and file info;
+* :mod:`~mlvc.commands._describe` - commit and file info;
 * :mod:`~mlvc.commands.history` - :func:`commit`, :func:`log`, tags;
 * :mod:`~mlvc.commands.inspect` - :func:`show`, :func:`diff`;
 * :mod:`~mlvc.commands.checkout` - :func:`checkout` (also behind :meth:`mlvc.Checkpoint.checkout`);
@@ -15,13 +16,11 @@ never prints; progress is a callback parameter. Experiment listing and removal l
 
 from __future__ import annotations
 
-from mlvc.commands._resolve import (
+from mlvc.commands._describe import (
     CommitInfo,
     FileInfo,
-    Target,
     describe_commit,
     list_files,
-    resolve,
 )
 from mlvc.commands.checkout import CheckoutResult, checkout, checkout_size
 from mlvc.commands.history import (
@@ -63,7 +62,6 @@ __all__ = [
     "LogResult",
     "ShowResult",
     "TagInfo",
-    "Target",
     "TransferResult",
     "ValueChange",
     "checkout",
@@ -82,7 +80,6 @@ __all__ = [
     "parse_duration",
     "pull",
     "push",
-    "resolve",
     "show",
     "stats",
     "stored_size",

@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mlvc.commands._resolve import FileInfo, ProgressFn, Target, list_files, resolve
+from mlvc.commands._describe import FileInfo, ProgressFn, list_files
+from mlvc.experiments.revisions import Target, resolve
 from mlvc_core.repository import Repository
 from mlvc_core.restore import restore_tree
 

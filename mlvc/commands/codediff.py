@@ -14,7 +14,7 @@ import difflib
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from mlvc.commands._resolve import Target, resolve
+from mlvc.experiments.revisions import Target, resolve
 from mlvc_core.ids import ObjectId
 from mlvc_core.repository import Repository
 from mlvc_core.restore import find_entry
@@ -141,7 +141,7 @@ def code_diff(
 
     Args:
         repo: The repository.
-        spec_a: The old side: any id form (:func:`mlvc.commands.resolve`).
+        spec_a: The old side: any id form (:func:`mlvc.experiments.revisions.resolve`).
         spec_b: The new side.
         context: Unchanged lines shown around each change.
         max_bytes: Files bigger than this (on either side) are summarised as ``large``.

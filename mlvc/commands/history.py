@@ -16,15 +16,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from mlvc.commands._resolve import (
+from mlvc.commands._describe import (
     CommitInfo,
     ProgressFn,
     describe_commit,
     iso,
     list_files,
-    oid_of,
-    resolve,
 )
+from mlvc.experiments.revisions import oid_of, resolve
 from mlvc_core.errors import FormatError, InvalidRefName, ObjectNotFound, RefNotFound, UsageError
 from mlvc_core.ids import ObjectId, to_hex
 from mlvc_core.refs import Ref, validate_name

@@ -10,14 +10,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from mlvc.commands._resolve import (
+from mlvc.commands._describe import (
     CommitInfo,
     FileInfo,
-    Target,
     describe_commit,
     list_files,
-    resolve,
 )
+from mlvc.experiments.revisions import Target, resolve
 from mlvc_core.errors import ObjectNotFound, UsageError
 from mlvc_core.ids import from_hex
 from mlvc_core.repository import Repository

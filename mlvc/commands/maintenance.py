@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING
 
-from mlvc.commands._resolve import ProgressFn
+from mlvc.commands._describe import ProgressFn
 from mlvc_core.errors import UsageError
 from mlvc_core.repository import Repository
 

@@ -12,10 +12,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mlvc.commands._resolve import ProgressFn, resolve
+from mlvc.commands._describe import ProgressFn
+from mlvc.experiments.revisions import ref_of
 from mlvc_core.config import RepoConfig
-from mlvc_core.errors import NotARepository, RefNotFound, UsageError
-from mlvc_core.ids import is_hex_prefix
+from mlvc_core.errors import NotARepository, UsageError
 from mlvc_core.repository import Repository
 
 if TYPE_CHECKING:
@@ -144,22 +144,11 @@ def _transfer(
     from mlvc.series import copy_series
     from mlvc_core.transfer import transfer
 
-    full = [r if "/" in r else _full_ref_name(src, r) for r in refs] if refs else None
+    full = [ref_of(src, r) for r in refs] if refs else None
     report = transfer(src, dst, refs=full, progress=progress, force=force, total=total)
     moved = report.refs_updated + report.refs_unchanged
     copy_series(src, dst, (r.split("/", 1)[1] for r in moved if r.startswith("experiments/")))
     return report
-
-
-def _full_ref_name(repo: Repository, short: str) -> str:
-    for kind in ("tags", "heads"):
-        if repo.refs.get(f"{kind}/{short}") is not None:
-            return f"{kind}/{short}"
-    if is_hex_prefix(short):
-        target = resolve(repo, short)
-        if target.kind == "experiment" and target.experiment_id:
-            return f"experiments/{target.experiment_id}"
-    raise RefNotFound(short)
 
 
 def _create(

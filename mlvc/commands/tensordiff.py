@@ -19,7 +19,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from mlvc.commands._resolve import Target, resolve
+from mlvc.experiments.revisions import Target, resolve
 from mlvc_core.ids import ObjectId
 from mlvc_core.objects import Manifest
 from mlvc_core.repository import Repository

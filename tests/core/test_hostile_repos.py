@@ -414,7 +414,7 @@ def test_a_damaged_listing_cache_is_read_around(
 ) -> None:
     import sqlite3
 
-    from mlvc import experiments
+    from mlvc.experiments import catalog as experiments
 
     _two_experiments(project)
     monkeypatch.setattr(experiments, "RACY_SECONDS", {"local": -1e9, "remote": -1e9})

@@ -15,6 +15,7 @@ import pytest
 
 import mlvc
 from mlvc import experiments as exps_mod
+from mlvc.experiments import catalog as exps_catalog
 from mlvc_core import catalog as catalog_mod
 from mlvc_core.catalog import LocalCache, catalog_key, decode_catalog, scan
 from mlvc_core.repository import Repository
@@ -44,7 +45,7 @@ def _open(url: str, options: dict[str, Any], cache: Path) -> Repository:
 
 
 def _forget_local_caches() -> None:
-    exps_mod._caches.clear()
+    exps_catalog._caches.clear()
 
 
 def _warm_ls_requests(
@@ -83,7 +84,7 @@ def test_cold_ls_reads_the_catalog_and_only_the_refs_changed_since(
     proxy, url, options = proxied_moto
     with Repository.init(url, **options) as repo:
         ids = make_experiments(repo, 12, seed=3)
-        exps_mod.compact_catalog(repo, threshold=0)  # what a writer does when enough changed
+        exps_catalog.compact_catalog(repo, threshold=0)  # what a writer does when enough changed
         exp = exps_mod.get(ids[5], repository=repo)
         exp.checkpoints[0].remove()  # one ref changes after the catalog was written
         repo.refs.delete(f"experiments/{ids[7]}")  # one disappears
@@ -175,14 +176,14 @@ def test_damaged_catalog_and_local_cache_are_only_hints(project: Path, tmp_path:
     cache_dir = tmp_path / "cache"
     repo = Repository.init(tmp_path / "repo", cache_dir=cache_dir)
     ids = make_experiments(repo, 9, seed=8)
-    exps_mod.compact_catalog(repo, threshold=0)
+    exps_catalog.compact_catalog(repo, threshold=0)
     repo.store.write(catalog_key(PREFIX), b"MLVCCAT1" + b"\x00" * 40)  # damaged
     _forget_local_caches()
     (cache_dir / "refs.sqlite").write_bytes(b"this is not a database" * 100)
     listed = exps_mod.list(repository=Repository.open(tmp_path / "repo", cache_dir=cache_dir))
     assert sorted(e.id for e in listed) == sorted(ids)
     # The next compaction replaces the damaged catalog.
-    assert exps_mod.compact_catalog(repo, threshold=0).compacted
+    assert exps_catalog.compact_catalog(repo, threshold=0).compacted
     assert len(decode_catalog(repo.store.read(catalog_key(PREFIX)), PREFIX)) == 9
 
 
@@ -218,7 +219,7 @@ def test_ls_all_lists_removed_experiments_from_tombstones_not_commits(
     collect(repo, dry_run=False, grace_seconds=0.0)
     after = exps_mod.list(repository=repo, include_removed=True)
     assert {e.id for e in after} == set(ids) - {ids[1]}  # collected: no longer listed
-    assert not repo.store.exists(exps_mod.tombstone_key(ids[1]))
+    assert not repo.store.exists(exps_catalog.tombstone_key(ids[1]))
 
 
 def test_log_of_an_experiment_reads_each_small_pack_once(

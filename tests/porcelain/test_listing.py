@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 
 import mlvc
-from mlvc import experiments as exps_mod
 from mlvc.errors import AmbiguousId, ObjectNotFound, UsageError
+from mlvc.experiments import catalog as exps_mod
+from mlvc.experiments.revisions import resolve
 from mlvc_core.repository import Repository
 from mlvc_core.storage import LocalStore
 from tests.porcelain.stores import CountingStore, wrap_repo
@@ -120,11 +121,11 @@ def test_get_by_prefix_ambiguous_unknown_and_resolve_any(project: Path) -> None:
     assert mlvc.checkpoints.get(ckpt.id[:8]) == ckpt
     assert mlvc.checkpoints.get(exp_id[:8]) == exp.best()
     repo = exp.repository
-    assert isinstance(exps_mod.resolve_any(repo, exp_id[:9]), mlvc.Experiment)
-    assert isinstance(exps_mod.resolve_any(repo, ckpt.id), mlvc.Checkpoint)
-    assert exps_mod.resolve_any(repo, f"experiments/{exp_id[:8]}").id == exp_id
+    assert isinstance(resolve(repo, exp_id[:9]).experiment, mlvc.Experiment)
+    assert resolve(repo, ckpt.id).kind == "checkpoint" and resolve(repo, ckpt.id).id == ckpt.id
+    assert resolve(repo, f"experiments/{exp_id[:8]}").id == exp_id
     plain = repo.commit(project / "train.py", message="plain", branch="main")
-    assert exps_mod.resolve_any(repo, plain.hex()[:10]) is None
+    assert resolve(repo, plain.hex()[:10]).kind == "commit"
 
     # A second experiment ref sharing the first 7 digits makes that prefix ambiguous.
     twin = exp_id[:7] + ("0" if exp_id[7] != "0" else "1") + exp_id[8:]

@@ -21,7 +21,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mlvc.experiments import checked_ref
+from mlvc.experiments.summary import checked_ref
 from mlvc_core import codec
 from mlvc_core.config import RepoConfig
 from mlvc_core.errors import FormatError, IntegrityError, UnsafePath

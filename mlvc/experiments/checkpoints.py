@@ -5,12 +5,9 @@ is the code snapshot plus the checkpoint's own files, listed in ``metadata.paths
 (docs/experiments.md). :meth:`Checkpoint.open` streams one file, reading only the chunks it
 needs; :meth:`Checkpoint.checkout` writes files out (by default only the checkpoint's own).
 
-Names :func:`load` and :func:`resolve` accept:
-
-* an id prefix (7+ hex digits) of a checkpoint, or of an experiment (its best checkpoint, or
-  its latest if it has no primary metric);
-* a tag (``production``, i.e. the ref ``tags/production``) or another ref name;
-* ``<experiment>@best``, ``<experiment>@latest`` or ``<experiment>@step=N``.
+:func:`load` and :func:`get` accept every name of the one grammar,
+:mod:`mlvc.experiments.revisions`; an experiment stands for its best checkpoint (its latest
+if it has no primary metric).
 """
 
 from __future__ import annotations
@@ -23,19 +20,24 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from mlvc.experiments.summary import (
+    ExperimentSummary,
+    as_float,
+    json_number,
+    primary_of,
+    ref_name,
+)
 from mlvc.repo import RepositoryLike, shared_repo
 from mlvc_core.errors import ObjectNotFound, UsageError
-from mlvc_core.ids import ObjectId, to_hex
+from mlvc_core.ids import SHORT_LEN, ObjectId, to_hex
 from mlvc_core.objects import Commit
 from mlvc_core.repository import Repository
 from mlvc_core.restore import ChunkedReader, find_entry, walk_tree
 
 if TYPE_CHECKING:
-    from mlvc.experiments import Experiment
+    from mlvc.experiments.model import Experiment
 
-__all__ = ["Checkpoint", "get", "load", "resolve"]
-
-SHORT = 12
+__all__ = ["Checkpoint", "get", "load"]
 
 
 def open_file(repo: Repository, tree_id: ObjectId, path: str, where: str) -> io.BufferedReader:
@@ -81,7 +83,7 @@ class Checkpoint:
     @property
     def short_id(self) -> str:
         """The id shortened for display."""
-        return self.id[:SHORT]
+        return self.id[:SHORT_LEN]
 
     @property
     def metadata(self) -> dict[str, Any]:
@@ -102,8 +104,6 @@ class Checkpoint:
     @property
     def metrics(self) -> dict[str, float]:
         """Metrics recorded with the checkpoint."""
-        from mlvc.experiments import as_float
-
         out = {}
         for k, v in (self.commit.metadata.get("metrics") or {}).items():
             f = as_float(v)
@@ -114,8 +114,6 @@ class Checkpoint:
     @property
     def primary_metric(self) -> tuple[str, str] | None:
         """``(name, goal)`` in force when the checkpoint was saved."""
-        from mlvc.experiments import primary_of
-
         return primary_of(self.commit.metadata)
 
     @property
@@ -141,12 +139,10 @@ class Checkpoint:
     @property
     def removed(self) -> bool:
         """True if the checkpoint was hidden by ``remove`` (reads the experiment's ref)."""
-        from mlvc.experiments import ref_name
-
         if not self.experiment_id:
             return False
         ref = self._repo.refs.get(ref_name(self.experiment_id))
-        return ref is None or self.id in (ref.summary.get("removed") or [])
+        return ref is None or self.id in ExperimentSummary.from_dict(ref.summary).removed
 
     def experiment(self) -> Experiment:
         """The experiment this checkpoint belongs to.
@@ -154,11 +150,11 @@ class Checkpoint:
         Raises:
             ObjectNotFound: The experiment was removed (or this commit is not a checkpoint).
         """
-        from mlvc.experiments import _load_experiment
+        from mlvc.experiments.catalog import load_experiment
 
         if not self.experiment_id:
             raise ObjectNotFound(self.short_id, "experiment of commit")
-        return _load_experiment(self._repo, self.experiment_id)
+        return load_experiment(self._repo, self.experiment_id)
 
     def files(self, all: bool = False) -> list[tuple[str, int]]:  # noqa: A002
         """``(relative path, size)`` of the checkpoint's own files (``all``: code too).
@@ -225,8 +221,8 @@ class Checkpoint:
         Raises:
             FileExistsConflict: A file exists and ``force`` is false (nothing was written).
         """
-        from mlvc.commands._resolve import Kind, Target
         from mlvc.commands.checkout import checkout
+        from mlvc.experiments.revisions import Kind, Target
 
         own_files = "paths" in self.commit.metadata
         kind: Kind = "checkpoint" if own_files else "commit"
@@ -237,16 +233,14 @@ class Checkpoint:
 
     def remove(self) -> None:
         """Hide this checkpoint from its experiment (CAS on the experiment's summary)."""
-        from mlvc.experiments import _remove_checkpoint
+        from mlvc.experiments.removal import remove_checkpoint
 
         if not self.experiment_id:
             raise UsageError(f"{self.short_id} is not a checkpoint of an experiment")
-        _remove_checkpoint(self._repo, self.experiment_id, self.id)
+        remove_checkpoint(self._repo, self.experiment_id, self.id)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-safe description with stable keys."""
-        from mlvc.experiments import json_number
-
         pm = self.primary_metric
         return {
             "id": self.id,
@@ -262,93 +256,20 @@ class Checkpoint:
         }
 
 
-# ------------------------------------------------------------------------------ resolution
-
-
-def _select(exp: Experiment, selector: str) -> Checkpoint:
-    sel = selector.strip().lower()
-    found: Checkpoint | None
-    if sel == "best":
-        found = exp.best()
-        if found is None:
-            raise ObjectNotFound(
-                f"{exp.short_id}@best (the experiment has no primary metric)", "checkpoint"
-            )
-    elif sel == "latest":
-        found = exp.latest()
-    elif sel.startswith("step="):
-        try:
-            step = int(sel[len("step=") :])
-        except ValueError:
-            raise UsageError(
-                f"bad selector {selector!r}: write @step=N with an integer N"
-            ) from None
-        matches = [c for c in exp.checkpoints if c.step == step]
-        found = matches[-1] if matches else None
-    else:
-        raise UsageError(f"bad selector {selector!r}: use @best, @latest or @step=N")
-    if found is None:
-        raise ObjectNotFound(f"{exp.short_id}@{selector}", "checkpoint")
-    return found
-
-
-def resolve(ref: str, repository: RepositoryLike = None) -> Checkpoint:
-    """Resolve a name (see the module docstring) to a checkpoint or commit.
-
-    A tag or ref on a plain commit gives a :class:`Checkpoint` over that commit (whose
-    :meth:`~Checkpoint.files` and default checkout cover the whole tree).
-
-    Raises:
-        ObjectNotFound: Nothing by that name.
-        AmbiguousId: An ambiguous id prefix.
-        UsageError: A malformed ``@`` selector.
-    """
-    from mlvc.experiments import Experiment, resolve_any
-    from mlvc.experiments import get as get_experiment
-
-    repo = shared_repo(repository)
-    if "@" in ref:
-        exp_part, _, selector = ref.partition("@")
-        return _select(get_experiment(exp_part, repo), selector)
-    found = resolve_any(repo, ref)
-    if isinstance(found, Experiment):
-        return _best_of(found)
-    if found is not None:
-        return found
-    oid = repo.resolve(ref)
-    return Checkpoint(repo, oid, repo.read_commit(oid))
-
-
-def _best_of(exp: Experiment) -> Checkpoint:
-    """An experiment's best checkpoint (latest without a primary metric).
-
-    Raises:
-        ObjectNotFound: It has no checkpoints yet.
-    """
-    best = exp.best_or_latest()
-    if best is None:
-        raise ObjectNotFound(
-            f"{exp.short_id} (the experiment has no checkpoints yet)", "checkpoint"
-        )
-    return best
-
-
 def get(id: str, repository: RepositoryLike = None) -> Checkpoint:  # noqa: A002
-    """The checkpoint named by an id prefix (an experiment's id gives its best, else latest).
+    """The checkpoint a name refers to (an experiment gives its best, else its latest).
+
+    Any form of :mod:`mlvc.experiments.revisions`: an id prefix, ``EXP@best``,
+    ``EXP@step=N``, a tag on a checkpoint, ``EXP@latest~1``...
 
     Raises:
-        ObjectNotFound: No such checkpoint.
-        AmbiguousId: The prefix matches several.
+        ObjectNotFound: No such checkpoint (or the name is a commit that is not one).
+        AmbiguousId: The prefix matches several; the error lists them.
+        UsageError: A malformed name.
     """
-    from mlvc.experiments import Experiment, resolve_any
+    from mlvc.experiments.revisions import checkpoint_of
 
-    repo = shared_repo(repository)
-    found = resolve_any(repo, id)
-    if isinstance(found, Experiment):
-        return _best_of(found)
-    if found is None:
-        raise ObjectNotFound(id, "checkpoint")
-    return found
+    return checkpoint_of(shared_repo(repository), id)
 
 
 def load(
@@ -363,7 +284,9 @@ def load(
     ``torch.load(mlvc.load("production", "model.pth"))`` streams the file from the repository.
 
     Args:
-        ref: An id prefix, a tag, or ``<experiment>@best|@latest|@step=N``.
+        ref: Any name of :mod:`mlvc.experiments.revisions`: an id prefix, a tag, a branch,
+            ``<experiment>@best|@latest|@step=N``, ``NAME~N``... An experiment gives its
+            best checkpoint (its latest without a primary metric).
         path: One file to open; returns a seekable binary file object.
         output_dir: Without ``path``: where to check the checkpoint's files out (default a
             cache directory, reused by later calls for the same checkpoint).
@@ -375,9 +298,13 @@ def load(
 
     Raises:
         ObjectNotFound: No such checkpoint or file.
+        AmbiguousId: An ambiguous id prefix.
+        UsageError: A malformed name.
         FileExistsConflict: Files exist in ``output_dir`` and ``force`` is false.
     """
-    ckpt = resolve(ref, repository)
+    from mlvc.experiments.revisions import checkpoint_of
+
+    ckpt = checkpoint_of(shared_repo(repository), ref, any_commit=True)
     if path is not None:
         return ckpt.open(path)
     if output_dir is not None:
