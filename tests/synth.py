@@ -13,7 +13,7 @@ from typing import Any
 
 from mlvc.experiments import ref_name, summary_with_checkpoint
 from mlvc_core.ids import ObjectId, to_hex
-from mlvc_core.ingest import ingest_bytes
+from mlvc_core.manifests import ingest_bytes
 from mlvc_core.objects import Commit, Tree, TreeEntry
 from mlvc_core.repository import Repository
 from mlvc_core.session import WriteSession

@@ -9,7 +9,7 @@ from pathlib import Path
 from mlvc_core.catalog import LocalCache, catalog_key, scan
 from mlvc_core.check import check
 from mlvc_core.gc import collect
-from mlvc_core.ingest import ingest_bytes
+from mlvc_core.manifests import ingest_bytes
 from mlvc_core.objects import Commit, Tree
 from mlvc_core.repository import Repository
 from mlvc_core.session import WriteSession

@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 from mlvc_core.errors import FileExistsConflict, FormatError
 from mlvc_core.history import commit_paths
 from mlvc_core.ids import ObjectId
-from mlvc_core.ingest import ingest_bytes
+from mlvc_core.manifests import ingest_bytes
 from mlvc_core.objects import Tree, TreeEntry, decode
 from mlvc_core.repository import Repository
 from mlvc_core.restore import checkout, restore_tree

@@ -20,7 +20,7 @@ from mlvc_core import packs
 from mlvc_core.errors import FormatError
 from mlvc_core.history import commit_paths
 from mlvc_core.ids import hash_bytes, to_hex
-from mlvc_core.ingest import ingest_bytes
+from mlvc_core.manifests import ingest_bytes
 from mlvc_core.objects import COMMIT, MANIFEST, TREE, Commit, Manifest, Tree, TreeEntry
 from mlvc_core.packs import INDEX_MAGIC, decode_index, encode_index
 from mlvc_core.repository import Repository
@@ -439,7 +439,7 @@ def test_a_damaged_listing_cache_is_read_around(
 
 
 def test_a_manifest_whose_chunk_lengths_disagree_is_never_restored(project: Path) -> None:
-    from mlvc_core.restore import ChunkedReader
+    from mlvc_core.reader import ChunkedReader
 
     repo = _repo(project)
     with WriteSession(repo) as s:

@@ -14,7 +14,8 @@ from mlvc_core.chunker import ChunkerParams
 from mlvc_core.config import RepoConfig
 from mlvc_core.gc import collect
 from mlvc_core.history import commit_paths
-from mlvc_core.repository import INDEX_MERGE_AT, Repository
+from mlvc_core.indexes import INDEX_MERGE_AT
+from mlvc_core.repository import Repository
 from mlvc_core.restore import checkout
 from mlvc_core.session import WriteSession
 from mlvc_core.storage import KeyInfo, MemoryStore

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from mlvc_core.errors import RepositoryLocked
-from mlvc_core.ingest import ingest_bytes
 from mlvc_core.lock import EXCLUSIVE, ExclusiveLock, Holder, SharedLock, read_holder
+from mlvc_core.manifests import ingest_bytes
 from mlvc_core.repository import Repository
 from mlvc_core.session import WriteSession
 from mlvc_core.storage import LocalStore

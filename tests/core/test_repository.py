@@ -30,7 +30,7 @@ from mlvc_core.errors import (
 )
 from mlvc_core.gc import collect
 from mlvc_core.history import commit_paths
-from mlvc_core.ingest import ingest_bytes
+from mlvc_core.manifests import ingest_bytes
 from mlvc_core.objects import Commit, Tree, TreeEntry
 from mlvc_core.packs import PACK_PREFIX
 from mlvc_core.repository import Repository
@@ -568,7 +568,7 @@ def test_config_for_a_new_repository_keeps_settings_not_identity() -> None:
 
 def test_chunk_boundaries_do_not_depend_on_read_buffers(tmp_path: Path) -> None:
     """A file larger than several read buffers is cut exactly as if it were cut in one piece."""
-    from mlvc_core.ingest import chunk_ids_of
+    from mlvc_core.manifests import chunk_ids_of
 
     data = rand(40 << 20, 11)  # spans three 16 MiB read buffers, with tails carried across
     (tmp_path / "big").write_bytes(data)
@@ -682,7 +682,7 @@ def test_reads_take_a_files_adjacent_chunks_with_one_request_per_run(tmp_path: P
     assert max(store.ranges) <= _RUN_BYTES
 
     # The same for a file opened lazily and read front to back, as a loader does.
-    from mlvc_core.restore import ChunkedReader
+    from mlvc_core.reader import ChunkedReader
 
     store.ranges.clear()
     reader = ChunkedReader(Repository.open(store), repo.read_manifest(entry.oid))  # type: ignore[arg-type]

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mlvc_core import codec, ingest, statcache
+from mlvc_core import codec, ingest, manifests, statcache
 from mlvc_core.chunker import ChunkerParams
 from mlvc_core.config import RepoConfig
 from mlvc_core.history import commit_paths
@@ -127,10 +127,10 @@ def test_a_small_file_rewritten_while_a_worker_reads_it_is_read_again_whole(
     for p in src.iterdir():
         os.utime(p, (past, past))
     target = src / "f25.txt"
-    real = ingest.FileIngester._ingest_small
+    real = manifests.FileIngester._ingest_small
     rewritten: list[bool] = []
 
-    def small(self: ingest.FileIngester, data: bytes) -> object:
+    def small(self: manifests.FileIngester, data: bytes) -> object:
         if self.worker and data.startswith(b"old") and not rewritten and len(data) == 4000:
             # another process rewrites the file after this read (the bytes just read are
             # the old version; the file now holds the new one)
@@ -139,7 +139,7 @@ def test_a_small_file_rewritten_while_a_worker_reads_it_is_read_again_whole(
             rewritten.append(True)
         return real(self, data)
 
-    monkeypatch.setattr(ingest.FileIngester, "_ingest_small", small)
+    monkeypatch.setattr(manifests.FileIngester, "_ingest_small", small)
     monkeypatch.setattr(ingest, "_QUIET_S", 0.05)
     repo = Repository.init(tmp_path / "r")
     cid = commit_paths(repo, src, "x")
@@ -194,9 +194,9 @@ def test_a_small_file_gets_the_chunks_the_chunker_cuts(
     repo = Repository.init(tmp_path / "r", RepoConfig(chunker=params))
     rng = np.random.default_rng(3)
     with WriteSession(repo) as s:
-        files = ingest.FileIngester(s)
+        files = manifests.FileIngester(s)
         for n in (0, 1, params.min - 1, params.min, params.min + 1, 3 * params.max + 5):
             data = rng.integers(0, 256, n, np.uint8).tobytes()
             manifest = files._ingest_small(data)
-            assert [oid for oid, _ in manifest.chunks] == ingest.chunk_ids_of(data, params)
+            assert [oid for oid, _ in manifest.chunks] == manifests.chunk_ids_of(data, params)
             assert manifest.size == n
