@@ -30,17 +30,21 @@ repo_path, me, rounds, start = sys.argv[1], sys.argv[2], int(sys.argv[3]), float
 repo = Repository.open(repo_path)
 while time.time() < start:  # every writer starts at once
     time.sleep(0.001)
+built = 0
 for i in range(rounds):
     with WriteSession(repo) as s:
         tree = s.add_object(Tree(()))
         msg = f"{me}-{i}"
         def make(parent, msg=msg, tree=tree):
+            global built
+            built += 1
             return Commit(tree=tree, parents=(parent,) if parent else (), author=me,
                           time=0.0, message=msg)
         def summarize(old, cid, msg=msg):
             return dict(old, count=int(old.get("count", 0)) + 1, last=msg)
         advance(s, "heads/race", repo.refs.get("heads/race"), make, summarize)
 repo.close()
+print(built)
 """
 
 
@@ -72,9 +76,12 @@ def test_eight_processes_advancing_one_ref_lose_no_commit(tmp_path: Path) -> Non
         )
         for n in range(writers)
     ]
+    built = 0
     for p in procs:
-        _, err = p.communicate(timeout=120)
+        out, err = p.communicate(timeout=120)
         assert p.returncode == 0, err
+        built += int(out)
+    assert built > writers * rounds  # the writers did race: some commits were re-parented
     ref = repo.refs.require("heads/race")
     chain = list(repo.log(ref.target))
     messages = [c.message for _, c in chain]
