@@ -87,11 +87,6 @@ def pack_key(pack_id: str) -> str:
     return f"{PACK_PREFIX}{pack_id[:2]}/{pack_id}"
 
 
-def index_key(pack_id: str) -> str:
-    """Store key of a pack's index."""
-    return f"{INDEX_PREFIX}{pack_id}"
-
-
 def index_file_key(index_id: str) -> str:
     """Store key of an index file."""
     return f"{INDEX_PREFIX}{index_id}"

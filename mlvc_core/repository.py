@@ -1,9 +1,9 @@
 """The repository: config, packs and their index, objects and refs, over one :class:`Store`.
 
-Write ordering lives here (see docs/format.md): a :class:`WriteSession` streams new payloads
-into packs, and :meth:`WriteSession.finish` publishes each pack before its index; only then may
-a caller write a ref pointing at what the session wrote (``commit`` does exactly that, ref last,
-by compare-and-swap). A crash at any point leaves at worst unreferenced packs for ``gc``.
+Writes go through a :class:`~mlvc_core.session.WriteSession` (packs, then their index file)
+and refs move to new commits only through :func:`mlvc_core.history.advance`, ref last, by
+compare-and-swap (see docs/format.md). A crash at any point leaves at worst unreferenced packs
+for ``gc``.
 
 Every read is verified: a payload is decompressed (bounded by its recorded length) and re-hashed;
 a mismatch raises :class:`~mlvc_core.errors.IntegrityError` naming the id.
@@ -12,14 +12,11 @@ a mismatch raises :class:`~mlvc_core.errors.IntegrityError` naming the id.
 from __future__ import annotations
 
 import contextlib
-import getpass
 import logging
 import os
-import socket
 import threading
-import time
 from collections import OrderedDict, deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
@@ -31,65 +28,36 @@ from mlvc_core.errors import (
     FormatError,
     IntegrityError,
     KeyNotFound,
-    MissingObject,
     MlvcError,
     NotARepository,
     ObjectNotFound,
     PreconditionFailed,
     RepositoryExists,
-    RepositoryLocked,
     StorageError,
     UsageError,
 )
 from mlvc_core.ids import ObjectId, from_hex, hash_bytes, is_hex_prefix, resolve_prefix, to_hex
-from mlvc_core.lock import SharedLock
+from mlvc_core.indexes import PackIndex
 from mlvc_core.objects import (
     CHUNK,
-    COMMIT,
     KIND_NAMES,
     Commit,
     Manifest,
     Object,
     Tree,
     decode,
-    iter_tree_refs,
-    object_id,
 )
 from mlvc_core.packs import (
-    GENERATION_KEY,
-    INDEX_PREFIX,
-    MAX_GENERATION_SIZE,
-    MAX_INDEX_FILE_SIZE,
-    MAX_PACK_ENTRIES,
-    Generation,
-    IndexFile,
     Location,
-    PackWriter,
-    decode_index_file,
-    encode_index_file,
-    index_file_id,
-    index_file_key,
     pack_key,
 )
 from mlvc_core.refs import KINDS, Ref, RefStore
 from mlvc_core.storage import Store, open_store
 
 CONFIG_KEY = "config"
-ProgressFn = Callable[[int], None]
-"""Called with a number of bytes just processed."""
 
 
 log = logging.getLogger(__name__)
-
-INDEX_MERGE_AT = 32
-"""A writer merges the small index files once this many have accumulated."""
-GC_WAIT = 60.0
-"""Seconds a write session waits for a running gc before it fails (a tracked checkpoint or a
-commit should outlast a short gc, not fail at once)."""
-META_BUFFER = 1 << 20
-"""Bytes of metadata a write session holds back to append to its data pack at the flush."""
-SMALL_INDEX = 50_000
-"""Index files with fewer entries than this are small (merged by writers and gc)."""
 
 _RUN_BYTES = 4 << 20
 _SMALL_PACK_BYTES = 1 << 20
@@ -151,31 +119,26 @@ class _PackCache:
                 self._bytes -= len(old)
 
 
-class Repository:
-    """An mlvc repository. Open with :meth:`open`, create with :meth:`init`."""
+class Repository(PackIndex):
+    """An mlvc repository. Open with :meth:`open`, create with :meth:`init`.
+
+    The index of its packs (what is stored where, and the generation it is at) is the
+    :class:`~mlvc_core.indexes.PackIndex` it extends.
+    """
 
     def __init__(
         self, store: Store, config: RepoConfig, cache_dir: str | os.PathLike[str] | None = None
     ) -> None:
-        self.store = store
+        super().__init__(store, cache_dir)
         self.config = config
         self.refs = RefStore(store)
         self.url = store.url
-        self.cache_dir = Path(cache_dir) if cache_dir is not None else None
-        self._index: dict[ObjectId, Location] = {}
-        self._commits: set[ObjectId] = set()
-        self._files: dict[str, tuple[str, ...]] = {}
-        self._sizes: dict[str, int] = {}
-        self._generation = -1
-        self.bad_indexes: dict[str, str] = {}
-        """Index files that could not be read (id -> why): the packs they cover are unknown."""
-        self._index_lock = threading.RLock()
         self._objects = _ObjectCache()
         self._pool: ThreadPoolExecutor | None = None
-        self._extents: dict[str, int] | None = None
         self._packs = _PackCache()
-        self._index_loaded = False
-        """Index files are read on first need (``ls`` and ref reads never need them)."""
+
+    def _forget_decoded(self) -> None:
+        self._objects = _ObjectCache()
 
     # ------------------------------------------------------------------ open / init
 
@@ -260,314 +223,6 @@ class Repository:
         if self._pool is None:
             self._pool = ThreadPoolExecutor(default_workers(), thread_name_prefix="mlvc")
         return self._pool
-
-    # ------------------------------------------------------------------ index
-
-    def _cached_index_path(self, index_id: str) -> Path | None:
-        return self.cache_dir / "index" / index_id if self.cache_dir is not None else None
-
-    def read_index_file(self, index_id: str) -> IndexFile:
-        """An index file, from the local cache if there (index files never change).
-
-        A damaged cache file is a hint gone bad, not a damaged repository: it is discarded
-        with a warning and fetched again.
-
-        Raises:
-            KeyNotFound: No such index file (gc or a merge removed it).
-            IntegrityError: The stored index file is damaged.
-            FormatError: The stored index file is not one.
-        """
-        key = index_file_key(index_id)
-        cached = self._cached_index_path(index_id)
-        if cached is not None and cached.is_file():
-            try:
-                return decode_index_file(cached.read_bytes(), key, index_id)
-            except (FormatError, IntegrityError, OSError) as exc:
-                log.warning(
-                    "mlvc: local index cache file %s was damaged (%s); discarded, fetching it "
-                    "again from the repository",
-                    cached,
-                    exc,
-                )
-                with contextlib.suppress(OSError):
-                    cached.unlink()
-        data = self.store.read(key, MAX_INDEX_FILE_SIZE)
-        decoded = decode_index_file(data, key, index_id)
-        self._cache_index(index_id, data)
-        return decoded
-
-    def _cache_index(self, index_id: str, data: bytes) -> None:
-        cached = self._cached_index_path(index_id)
-        if cached is None:
-            return
-        with contextlib.suppress(OSError):
-            cached.parent.mkdir(parents=True, exist_ok=True)
-            tmp = cached.with_name(f"{cached.name}.tmp{os.getpid()}-{threading.get_ident()}")
-            tmp.write_bytes(data)
-            os.replace(tmp, cached)
-
-    def list_index_files(self) -> list[str]:
-        """Ids of every published index file (one LIST)."""
-        return [
-            info.key[len(INDEX_PREFIX) :]
-            for info in self.store.list(INDEX_PREFIX)
-            if "/" not in info.key[len(INDEX_PREFIX) :]
-        ]
-
-    def _read_one(self, index_id: str) -> IndexFile | None:
-        try:
-            return self.read_index_file(index_id)
-        except (FormatError, IntegrityError) as exc:
-            log.warning(
-                "mlvc: index file %s is damaged (%s); the packs it names stay unread until it "
-                "is repaired (`mlvc fsck` reports it)",
-                index_id,
-                exc,
-            )
-            with self._index_lock:
-                self.bad_indexes[index_id] = str(exc)
-            return None
-
-    def _read_many(self, ids: list[str]) -> dict[str, IndexFile]:
-        """Read index files; a damaged one is left out and remembered in :attr:`bad_indexes`.
-
-        Raises:
-            KeyNotFound: One of them is gone (gc or a merge removed it).
-        """
-        if len(ids) > 4 and not self.store.is_local:
-            with ThreadPoolExecutor(16) as ex:
-                files = list(ex.map(self._read_one, ids))
-        else:
-            files = [self._read_one(i) for i in ids]
-        return {i: f for i, f in zip(ids, files, strict=True) if f is not None}
-
-    def _ensure_index(self) -> None:
-        if not self._index_loaded:
-            self.reload_index()
-
-    def index_ids(self) -> list[str]:
-        """Ids of every pack an index file names (loading index files new since the last look)."""
-        self.load_index()
-        with self._index_lock:
-            return sorted({p for packs in self._files.values() for p in packs})
-
-    def index_files(self) -> dict[str, tuple[str, ...]]:
-        """Loaded index files: id -> the packs each covers."""
-        self._ensure_index()
-        with self._index_lock:
-            return dict(self._files)
-
-    def small_index_files(self) -> list[str]:
-        """Loaded index files with fewer than :data:`SMALL_INDEX` entries (to be merged)."""
-        with self._index_lock:
-            return [i for i, n in self._sizes.items() if n < SMALL_INDEX]
-
-    @property
-    def generation(self) -> int:
-        """The repository generation the in-memory index is at (see :meth:`refresh`)."""
-        return self._generation
-
-    def read_generation(self) -> Generation:
-        """The repository's current generation record (generation 0 until gc first deletes).
-
-        Raises:
-            FormatError: The record is damaged.
-        """
-        try:
-            data = self.store.read(GENERATION_KEY, MAX_GENERATION_SIZE)
-        except KeyNotFound:
-            return Generation(0, None)
-        return Generation.decode(data)
-
-    def load_index(self) -> int:
-        """Read index files not loaded yet (new packs from other writers). Returns how many.
-
-        Only adds: it never learns of deletions (see :meth:`refresh`).
-        """
-        if not self._index_loaded:
-            before = len(self._files)
-            self.reload_index()
-            return len(self._files) - before
-        for _ in range(3):
-            new = [
-                i
-                for i in self.list_index_files()
-                if i not in self._files and i not in self.bad_indexes
-            ]
-            if not new:
-                return 0
-            try:
-                files = self._read_many(new)
-            except KeyNotFound:
-                continue  # merged away between the listing and the read: list again
-            for index_id, f in files.items():
-                self._add_file(index_id, f)
-            return len(files)
-        return 0
-
-    def refresh(self) -> bool:
-        """Bring the in-memory index to the repository's current generation.
-
-        One small read when gc has not run since the index was loaded. When it has, the
-        index is rebuilt from the index files the generation record names (no listing),
-        so nothing gc removed is believed stored any more. Returns True if it changed.
-        A write session calls this after taking its shared lock and before any dedup.
-
-        Raises:
-            FormatError: The generation record is damaged.
-        """
-        for _ in range(3):
-            gen = self.read_generation()
-            if gen.number == self._generation:
-                return False
-            if gen.indexes is None:
-                break
-            try:
-                files = self._read_many(list(gen.indexes))
-            except KeyNotFound:
-                continue  # a later gc or a writer's merge removed one: read the record again
-            self._replace(gen.number, files)
-            return True
-        self.reload_index()
-        return True
-
-    def reload_index(self) -> None:
-        """Rebuild the in-memory index from a fresh listing (at open, or when unsure).
-
-        The generation is read before the listing: should gc run in between, the next
-        :meth:`refresh` sees a newer generation and rebuilds again.
-        """
-        for _ in range(5):
-            gen = self.read_generation()
-            ids = self.list_index_files()
-            self.bad_indexes = {}
-            try:
-                files = self._read_many(ids)
-            except KeyNotFound:
-                continue
-            self._replace(gen.number, files)
-            self._prune_cache(set(ids))
-            return
-        raise StorageError("index files kept disappearing while being read; retry")
-
-    def _replace(self, generation: int, files: dict[str, IndexFile]) -> None:
-        index: dict[ObjectId, Location] = {}
-        commits: set[ObjectId] = set()
-        for f in files.values():
-            for oid, loc in f.entries:
-                index.setdefault(oid, loc)
-                if loc.kind == COMMIT:
-                    commits.add(oid)
-        with self._index_lock:
-            self._index = index
-            self._commits = commits
-            self._files = {i: f.packs for i, f in files.items()}
-            self._sizes = {i: len(f.entries) for i, f in files.items()}
-            self._generation = generation
-            self._index_loaded = True
-            self._extents = None
-        self._objects = _ObjectCache()
-
-    def _prune_cache(self, keep: set[str]) -> None:
-        if self.cache_dir is None:
-            return
-        with contextlib.suppress(OSError):
-            for p in (self.cache_dir / "index").iterdir():
-                if p.name not in keep and ".tmp" not in p.name:
-                    p.unlink()
-
-    def _add_file(self, index_id: str, f: IndexFile) -> None:
-        with self._index_lock:
-            for oid, loc in f.entries:
-                self._index.setdefault(oid, loc)
-                if loc.kind == COMMIT:
-                    self._commits.add(oid)
-            self._files[index_id] = f.packs
-            self._sizes[index_id] = len(f.entries)
-            self._extents = None
-
-    def publish_index(self, entries: list[tuple[ObjectId, Location]]) -> str:
-        """Write index files covering ``entries`` (their packs already published).
-
-        One file unless there are more than :data:`~mlvc_core.packs.MAX_PACK_ENTRIES`
-        entries, the most one index file may hold. From then on the payloads are stored for
-        every reader. Returns the id of the last file written.
-        """
-        index_id = ""
-        for start in range(0, max(len(entries), 1), MAX_PACK_ENTRIES):
-            part = entries[start : start + MAX_PACK_ENTRIES]
-            blob = encode_index_file(part)
-            index_id = index_file_id(blob)
-            self.store.write(index_file_key(index_id), blob)
-            self._cache_index(index_id, blob)
-            packs = tuple(dict.fromkeys(loc.pack for _, loc in part))
-            self._add_file(index_id, IndexFile(packs, part))
-        return index_id
-
-    def merge_small_indexes(self, at: int = INDEX_MERGE_AT) -> int:
-        """Merge small index files into one once ``at`` or more of them are loaded.
-
-        Safe beside other writers and readers: the merged file is written before the small
-        ones are deleted and names the same payloads, so nothing becomes less present (a
-        reader that lists a small file just before it goes lists again). Call it only while
-        holding a shared lock, so gc cannot run meanwhile. Returns how many were merged.
-        """
-        small = self.small_index_files()
-        if len(small) < at:
-            return 0
-        try:
-            files = self._read_many(small)
-        except KeyNotFound:
-            return 0  # another writer is merging them: leave it to that one
-        entries = [e for f in files.values() for e in f.entries]
-        merged = self.publish_index(entries)
-        small = [i for i in files if i != merged]
-        for i in small:
-            self.store.delete(index_file_key(i))
-        with self._index_lock:
-            for i in small:
-                self._files.pop(i, None)
-                self._sizes.pop(i, None)
-        return len(small)
-
-    def has(self, oid: ObjectId) -> bool:
-        """True if ``oid`` is stored (in a pack with a published index)."""
-        if not self._index_loaded:
-            self.reload_index()
-        return oid in self._index
-
-    def locate(self, oid: ObjectId) -> Location:
-        """Where ``oid`` is stored.
-
-        Raises:
-            ObjectNotFound: It is not.
-        """
-        self._ensure_index()
-        loc = self._index.get(oid)
-        if loc is None:
-            self.load_index()
-            loc = self._index.get(oid)
-            if loc is None:
-                raise ObjectNotFound(to_hex(oid))
-        return loc
-
-    def _stored(self, oid: ObjectId) -> Location:
-        """Where ``oid``, which something stored refers to, is stored.
-
-        Raises:
-            MissingObject: It is not (the repository is damaged).
-        """
-        try:
-            return self.locate(oid)
-        except ObjectNotFound:
-            raise MissingObject(to_hex(oid)) from None
-
-    def iter_index(self) -> Iterator[tuple[ObjectId, Location]]:
-        """Every indexed payload."""
-        self._ensure_index()
-        with self._index_lock:
-            items = list(self._index.items())
-        return iter(items)
 
     # ------------------------------------------------------------------ reads
 
@@ -700,6 +355,10 @@ class Repository:
                 raise FormatError(f"{KIND_NAMES[loc.kind]} {to_hex(oid)}: {exc}") from exc
             self._objects.put(oid, obj)
         return obj
+
+    def remember(self, oid: ObjectId, obj: Object) -> None:
+        """Cache an object just written (by a write session) for the reads that follow."""
+        self._objects.put(oid, obj)
 
     def prefetch_objects(self, oids: Iterable[ObjectId]) -> None:
         """Read and cache objects not cached yet, each run of adjacent ones with one request.
@@ -864,322 +523,3 @@ class Repository:
             )
             return True
         raise StorageError(f"cannot upgrade {self.url}: its config keeps changing")
-
-    def session(
-        self, progress: ProgressFn | None = None, lock: bool = True, wait: float = GC_WAIT
-    ) -> WriteSession:
-        """A new write session (use as a context manager).
-
-        Args:
-            progress: Called with bytes processed.
-            lock: Register as a writer so gc waits (only tools that hold gc's lock pass False).
-            wait: Seconds to wait for a running gc to finish before giving up.
-
-        Raises:
-            RepositoryLocked: gc is still running after ``wait`` seconds.
-        """
-        return WriteSession(self, progress, lock, wait)
-
-    def commit(
-        self,
-        paths: Iterable[str | os.PathLike[str]] | str | os.PathLike[str],
-        message: str = "",
-        branch: str | None = "main",
-        metadata: dict[str, Any] | None = None,
-        parents: Iterable[ObjectId] | None = None,
-        exclude: Callable[[str], bool] | None = None,
-        progress: ProgressFn | None = None,
-        stat_cache: Any = None,
-    ) -> ObjectId:
-        """Snapshot files or directories as a commit and (optionally) move a branch to it.
-
-        A single directory becomes the tree root; several paths (or a file) become entries of
-        the root named by their base names.
-
-        Args:
-            paths: Files or directories to snapshot.
-            message: Commit message.
-            branch: Branch to advance by compare-and-swap, or None to write a loose commit.
-            metadata: Free-form mapping stored in the commit.
-            parents: Parents; default the branch's current commit.
-            exclude: Predicate on ``/``-separated relative paths to leave out.
-            progress: Called with bytes read.
-            stat_cache: A :class:`~mlvc_core.statcache.StatCache` to skip unchanged files.
-
-        Returns:
-            The new commit id.
-
-        Raises:
-            RefConflict: The branch moved while committing.
-        """
-        from mlvc_core.ingest import ingest_paths
-
-        if isinstance(paths, (str, os.PathLike)):
-            paths = [paths]
-        expected: ObjectId | None = None
-        if branch is not None:
-            ref = self.head(branch)
-            expected = ref.target if ref else None
-        parents = [expected] if expected is not None and parents is None else list(parents or [])
-        guide = None
-        if parents:
-            # Files changed since the parent are verified against its version chunk by chunk
-            # before anything is cut: re-committing rewritten or copied data stays fast.
-            with contextlib.suppress(MlvcError):
-                guide = self.read_commit(parents[0]).tree
-        with self.session(progress) as s:
-            tree_id = ingest_paths(
-                s, list(paths), exclude=exclude, stat_cache=stat_cache, guide=guide
-            )
-            commit = Commit(
-                tree=tree_id,
-                parents=tuple(parents),
-                author=default_author(),
-                time=time.time(),
-                message=message,
-                metadata=dict(metadata or {}),
-            )
-            cid = s.add_object(commit)
-            s.flush()
-            if branch is not None:
-                self.refs.set(f"heads/{branch}", cid, expected)
-        return cid
-
-    def checkout(
-        self,
-        rev: str | ObjectId,
-        dest: str | os.PathLike[str],
-        paths: Iterable[str] | None = None,
-        force: bool = False,
-        progress: ProgressFn | None = None,
-    ) -> list[str]:
-        """Restore a commit's files into ``dest``. Returns the relative paths written.
-
-        Raises:
-            FileExistsConflict: Existing files would be overwritten and ``force`` is false.
-            UnsafePath: The tree names something outside ``dest``.
-        """
-        from mlvc_core.restore import restore_tree
-
-        commit = self.read_commit(self.resolve(rev))
-        return restore_tree(
-            self, commit.tree, Path(dest), paths=paths, force=force, progress=progress
-        )
-
-
-def default_author() -> str:
-    """``user@host`` of this process."""
-    try:
-        user = getpass.getuser()
-    except (KeyError, OSError):
-        user = "unknown"
-    return f"{user}@{socket.gethostname()}"
-
-
-class WriteSession:
-    """Streams new payloads into packs; :meth:`flush` publishes them (packs, then one index file).
-
-    Metadata objects (manifests, trees, commits) are held back in memory and, at the flush,
-    appended to the open data pack: a checkpoint is one pack and one index file, not two tiny
-    packs. Past :data:`META_BUFFER` bytes they stream into a pack of their own instead.
-    Thread-safe for concurrent ``add_*`` calls.
-
-    On creation the session registers as a writer (a shared lock, refreshed in the background)
-    and then brings the repository's index to the current generation (:meth:`Repository.refresh`),
-    so everything it deduplicates against is really stored: gc cannot run until it ends.
-    """
-
-    def __init__(
-        self,
-        repo: Repository,
-        progress: ProgressFn | None = None,
-        lock: bool = True,
-        wait: float = GC_WAIT,
-    ) -> None:
-        self.repo = repo
-        self.progress = progress
-        self._data: PackWriter | None = None
-        self._meta: PackWriter | None = None
-        self._pending: set[ObjectId] = set()
-        """Written (or held back) in this session, not yet in a published index file."""
-        self._held: list[tuple[ObjectId, int, int, bytes, int]] = []
-        """Metadata payloads held back for the flush: id, kind, codec, payload, raw length."""
-        self._held_bytes = 0
-        self._unindexed: list[tuple[ObjectId, Location]] = []
-        """Entries of packs already closed whose index file is not written yet."""
-        self._lock = threading.Lock()
-        self.new_bytes = 0
-        self.stored_bytes = 0
-        self.read_bytes = 0
-        self._lock_handle: SharedLock | None = None
-        if lock:
-            if repo.config.version < FORMAT_VERSION:
-                repo.upgrade()
-            # Registered, then refreshed, before any dedup decision: what this session
-            # reuses is present in the current generation, and gc waits until it ends.
-            self._lock_handle = SharedLock.acquire(repo.store, wait=wait)
-            try:
-                repo.refresh()
-            except BaseException:
-                self._release()
-                raise
-
-    def has(self, oid: ObjectId) -> bool:
-        """True if ``oid`` is stored or already written in this session."""
-        return oid in self._pending or self.repo.has(oid)
-
-    def _writer(self, kind: int) -> PackWriter:
-        if kind == CHUNK:
-            if self._data is not None and (
-                self._data.size >= self.repo.config.pack_size or self._data.full
-            ):
-                self._unindexed.extend(self._data.finish())
-                self._data = None
-            if self._data is None:
-                self._data = PackWriter(self.repo.store)
-            return self._data
-        if self._meta is not None and (
-            self._meta.size >= self.repo.config.pack_size or self._meta.full
-        ):
-            self._unindexed.extend(self._meta.finish())
-            self._meta = None
-        if self._meta is None:
-            self._meta = PackWriter(self.repo.store)
-        return self._meta
-
-    def add_payload(
-        self, oid: ObjectId, kind: int, codec_id: int, payload: bytes | memoryview, raw_len: int
-    ) -> bool:
-        """Store an already hashed and compressed payload unless present. True if written."""
-        with self._lock:
-            if self.has(oid):
-                return False
-            if kind != CHUNK and self._meta is None and self._held_bytes < META_BUFFER:
-                self._held.append((oid, kind, codec_id, bytes(payload), raw_len))
-                self._held_bytes += len(payload)
-            else:
-                if kind != CHUNK and self._held:
-                    self._spill(self._writer(kind))  # too much metadata: a pack of its own
-                self._writer(kind).add(oid, kind, codec_id, payload, raw_len)
-            self._pending.add(oid)
-            self.new_bytes += raw_len
-            self.stored_bytes += len(payload)
-            return True
-
-    def add_chunk(self, data: bytes | memoryview) -> ObjectId:
-        """Hash, compress and store one chunk; return its id."""
-        oid = hash_bytes(data)
-        if not self.has(oid):
-            c, payload = codec.compress(
-                data, self.repo.config.compression_level, self.repo.config.byte_planes
-            )
-            self.add_payload(oid, CHUNK, c, payload, len(data))
-        return oid
-
-    def add_object(self, obj: Object) -> ObjectId:
-        """Encode and store a manifest, tree or commit; return its id.
-
-        Raises:
-            ObjectNotFound: It refers to something not stored (never recorded: a commit
-                must not reach missing data).
-        """
-        self._check_refs(obj)
-        data = obj.encode()
-        oid = object_id(obj)
-        if not self.has(oid):
-            c, payload = codec.compress(data, 3)
-            self.add_payload(oid, obj.kind, c, payload, len(data))
-        self.repo._objects.put(oid, obj)
-        return oid
-
-    def _check_refs(self, obj: Object) -> None:
-        for kind, child in iter_tree_refs(obj):
-            if kind != COMMIT and not self.has(child):
-                err = ObjectNotFound(to_hex(child))
-                err.args = (
-                    f"object {to_hex(child)} is no longer stored (gc removed it after it was "
-                    "read); nothing referring to it was recorded",
-                )
-                raise err
-
-    def flush(self) -> None:
-        """Publish every open pack, then one index file covering all of them.
-
-        The session stays open. Write a ref to what the session stored only after this
-        returns, and before :meth:`finish`, so gc never sees the session's objects
-        unprotected.
-
-        Raises:
-            RepositoryLocked: This session's lock was removed as abandoned (it was not
-                refreshed for minutes), so gc may have deleted what it reused; nothing
-                more is published.
-        """
-        with self._lock:
-            if self._held:
-                self._spill(self._meta or self._data or self._writer(COMMIT))
-            for w in (self._data, self._meta):
-                if w is not None:
-                    self._unindexed.extend(w.finish())
-            self._data = self._meta = None
-            if self._lock_handle is not None and self._unindexed:
-                self._lock_handle.refresh()  # still ours? (checked right before publishing)
-            if self._lock_handle is not None and self._lock_handle.lost:
-                raise RepositoryLocked(
-                    "gc, which removed this writer's lock as abandoned; nothing was "
-                    "published, retry"
-                )
-            if self._unindexed:
-                self.repo.publish_index(self._unindexed)
-                self._unindexed = []
-                self._pending.clear()
-
-    def _spill(self, w: PackWriter) -> None:
-        extra: PackWriter | None = None  # once ``w`` holds as many payloads as a pack may
-        for oid, kind, codec_id, payload, raw_len in self._held:
-            target = extra or w
-            if target.full:
-                if extra is not None:
-                    self._unindexed.extend(extra.finish())
-                extra = target = PackWriter(self.repo.store)
-            target.add(oid, kind, codec_id, payload, raw_len)
-        if extra is not None:
-            self._unindexed.extend(extra.finish())
-        self._held = []
-        self._held_bytes = 0
-
-    def finish(self) -> None:
-        """Flush and end the session (merging small index files if many have accumulated)."""
-        self.flush()
-        if self._lock_handle is not None:
-            try:
-                self.repo.merge_small_indexes()
-            except MlvcError as exc:  # merging is housekeeping: never fail a commit for it
-                log.warning("mlvc: could not merge index files: %s", exc)
-        self._release()
-
-    def _release(self) -> None:
-        if self._lock_handle is not None:
-            self._lock_handle.release()
-            self._lock_handle = None
-
-    def abort(self) -> None:
-        """Discard open packs (closed ones stay, without an index file, for gc)."""
-        with self._lock:
-            for w in (self._data, self._meta):
-                if w is not None:
-                    w.abort()
-            self._data = self._meta = None
-            self._pending.clear()
-            self._unindexed = []
-            self._held = []
-            self._held_bytes = 0
-        self._release()
-
-    def __enter__(self) -> WriteSession:
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
-        if exc_type is None:
-            self.finish()
-        else:
-            self.abort()

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import io
 import logging
 import os
 import re
@@ -35,17 +34,23 @@ import stat as stat_mod
 import sys
 import uuid
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from concurrent.futures import Future
 from pathlib import Path
-from typing import Any
 
-from mlvc_core import walk
 from mlvc_core.errors import FileExistsConflict, IntegrityError, UsageError
-from mlvc_core.ids import ObjectId, hash_bytes, to_hex
+from mlvc_core.ids import ObjectId, to_hex
 from mlvc_core.objects import Manifest, TreeEntry
-from mlvc_core.packs import Location
-from mlvc_core.repository import ProgressFn, Repository, default_workers
+from mlvc_core.plan import (
+    Disk,
+    Parts,
+    find_conflicts,
+    link_escapes,
+    name_refused_here,
+    plan_checkout,
+)
+from mlvc_core.repository import Repository, default_workers
+from mlvc_core.session import ProgressFn
 
 log = logging.getLogger(__name__)
 
@@ -54,182 +59,8 @@ SkipFn = Callable[[str, str], None]
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
 _NEW_FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
-_MAX_HOPS = 40
-"""Links followed while resolving one target (the kernel's own limit, MAXSYMLINKS)."""
 _NAME_ERRNOS = {errno.ENAMETOOLONG, errno.EILSEQ, errno.EINVAL}
 """Errors by which a file system refuses a name (too long, not in its encoding)."""
-
-Parts = tuple[str, ...]
-
-
-def walk_tree(
-    repo: Repository, tree_id: ObjectId, prefix: str = ""
-) -> Iterator[tuple[str, TreeEntry]]:
-    """Every entry below a tree as ``(relative posix path, entry)``, depth first, sorted.
-
-    Budgeted: see :func:`mlvc_core.walk.walk_tree`.
-    """
-    return walk.walk_tree(repo, tree_id, prefix)
-
-
-def find_entry(repo: Repository, tree_id: ObjectId, path: str) -> TreeEntry | None:
-    """The tree entry at a ``/``-separated path, or None."""
-    parts = [p for p in path.strip("/").split("/") if p]
-    if not parts:
-        return None
-    entry: TreeEntry | None = None
-    current: ObjectId | None = tree_id
-    for part in parts:
-        if current is None:
-            return None
-        entry = repo.read_tree(current).get(part)
-        if entry is None:
-            return None
-        current = entry.oid if entry.kind == "dir" else None
-    return entry
-
-
-def _select(
-    entries: list[tuple[str, TreeEntry]], paths: Iterable[str] | None
-) -> list[tuple[str, TreeEntry]]:
-    if paths is None:
-        return entries
-    wanted = [p.strip("/") for p in paths]
-    chosen = []
-    for rel, e in entries:
-        if any(rel == w or rel.startswith(w + "/") for w in wanted):
-            chosen.append((rel, e))
-    missing = [w for w in wanted if not any(r == w or r.startswith(w + "/") for r, _ in chosen)]
-    if missing:
-        raise UsageError(f"not in this snapshot: {', '.join(missing)}")
-    return chosen
-
-
-def _plan(
-    repo: Repository, tree_id: ObjectId, paths: Iterable[str] | None
-) -> dict[Parts, TreeEntry]:
-    """The entries to restore by path, parents first (those of selected paths included)."""
-    everything = list(walk_tree(repo, tree_id))
-    chosen = _select(everything, paths)
-    by_rel = dict(everything) if paths is not None else {}
-    plan: dict[Parts, TreeEntry] = {}
-    for rel, e in chosen:
-        parts = tuple(rel.split("/"))
-        for i in range(1, len(parts)):
-            if parts[:i] not in plan:
-                plan[parts[:i]] = by_rel["/".join(parts[:i])]
-        plan[parts] = e
-    return plan
-
-
-class _Disk:
-    """What ``dest`` already holds, looked at without following any link below it."""
-
-    def __init__(self, root: str) -> None:
-        self.root = root
-        self._is_dir: dict[Parts, bool] = {(): True}
-
-    def lstat(self, parts: Parts) -> os.stat_result | None:
-        """The entry at ``parts`` if every directory above it is a real one; else None."""
-        if not parts or not self.is_dir(parts[:-1]):
-            return None
-        try:
-            return os.lstat(os.path.join(self.root, *parts))
-        except OSError:
-            return None
-
-    def is_dir(self, parts: Parts) -> bool:
-        """A real directory (not a link to one) at ``parts``, every parent real too."""
-        known = self._is_dir.get(parts)
-        if known is None:
-            st = self.lstat(parts)
-            known = st is not None and stat_mod.S_ISDIR(st.st_mode)
-            self._is_dir[parts] = known
-        return known
-
-    def readlink(self, parts: Parts) -> str | None:
-        """The target of a link at ``parts``, or None if no link is there."""
-        st = self.lstat(parts)
-        if st is None or not stat_mod.S_ISLNK(st.st_mode):
-            return None
-        try:
-            return os.readlink(os.path.join(self.root, *parts))
-        except OSError:
-            return None
-
-
-def link_escapes(
-    link: Parts, target: str, plan: dict[Parts, TreeEntry], disk: _Disk | None = None
-) -> str | None:
-    """Why the link at ``link`` would lead out of the checkout root, or None if it cannot.
-
-    Only targets whose ``..`` all come first, no more of them than the link is deep, are
-    restored: what ``name/..`` resolves to depends on what ``name`` is, and a link created
-    later (even by another checkout) could make it the root, then the ``..`` leads out.
-    Such a target keeps meaning what it meant whatever is added later.
-
-    The target is then resolved as the kernel will resolve it once the checkout is written: one
-    component at a time from the link's directory, each link met on the way (one of the
-    tree's, from ``plan``, or one already on ``disk``) replaced by its own target. Any step
-    above the root or an absolute target anywhere on the way is an escape. Components that
-    do not exist resolve lexically (a later ``..`` just climbs back). A resolution still
-    going after :data:`_MAX_HOPS` links (a loop, which the kernel refuses) counts as one too.
-    """
-    if not target or "\x00" in target:
-        return "its target is empty or holds a NUL byte"
-    if target.startswith("/"):
-        return f"it points to an absolute path ({target})"
-    ups, down = 0, False
-    for comp in target.split("/"):
-        if comp == "..":
-            if down:
-                # Where "name/.." leads depends on what "name" is, which a later link (this
-                # checkout's or a later one's) could make any directory, the root included.
-                return f"its target goes up (..) after going down ({target})"
-            ups += 1
-        elif comp not in ("", "."):
-            down = True
-    if ups > len(link) - 1:
-        return f"it resolves outside the checkout ({target})"
-    stack = list(link[:-1])
-    pending = deque(target.split("/"))
-    hops = 0
-    while pending:
-        comp = pending.popleft()
-        if comp in ("", "."):
-            continue
-        if comp == "..":
-            if not stack:
-                return f"it resolves outside the checkout ({target})"
-            stack.pop()
-            continue
-        stack.append(comp)
-        here = tuple(stack)
-        entry = plan.get(here)
-        if entry is not None:
-            nxt = entry.target if entry.kind == "link" else None
-        else:
-            nxt = disk.readlink(here) if disk is not None else None
-        if nxt is None:
-            continue
-        hops += 1
-        if hops > _MAX_HOPS:
-            # A loop (or a chain the kernel will not follow: ELOOP). It leads nowhere, but
-            # tools that resolve "as far as possible" disagree on where (realpath -m never
-            # returns, os.path.realpath reads the rest lexically): not restored.
-            return f"it loops (more than {_MAX_HOPS} links to resolve {target})"
-        if not nxt or nxt.startswith("/"):
-            return f"it leads through {'/'.join(here)} to an absolute path ({nxt})"
-        stack.pop()
-        pending.extendleft(reversed(nxt.split("/")))
-    return None
-
-
-def _name_refused_here(name: str) -> str | None:
-    """Why this system cannot give a file this name, or None."""
-    if os.sep != "/" and (os.sep in name or (os.altsep is not None and os.altsep in name)):
-        return f"its name holds {os.sep!r}, a path separator on this system"
-    return None
 
 
 _ZEROS = bytes(4 << 20)
@@ -240,66 +71,6 @@ def _is_zero(data: bytes | memoryview) -> bool:
     if len(data) <= len(_ZEROS):
         return _ZEROS.startswith(data)
     return bytes(data).count(0) == len(data)
-
-
-def _same_file(path: str, manifest: Manifest) -> bool:
-    """Whether the regular file at ``path`` holds exactly ``manifest``'s bytes."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0))
-    except OSError:
-        return False
-    with open(fd, "rb", buffering=0) as f:
-        if os.fstat(fd).st_size != manifest.size:
-            return False
-        for cid, n in manifest.chunks:
-            data = f.read(n)
-            if len(data) != n or hash_bytes(data) != cid:
-                return False
-        return True
-
-
-def _describe(st: os.stat_result) -> str:
-    if stat_mod.S_ISLNK(st.st_mode):
-        return "a link"
-    if stat_mod.S_ISDIR(st.st_mode):
-        return "a directory"
-    if stat_mod.S_ISREG(st.st_mode):
-        return "a file"
-    return "a special file"
-
-
-def _conflicts(
-    repo: Repository, plan: dict[Parts, TreeEntry], disk: _Disk, skip: set[Parts]
-) -> tuple[dict[str, str], set[Parts]]:
-    """Every path in the way of the plan, described; and the entries already as planned."""
-    conflicts: dict[str, str] = {}
-    same: set[Parts] = set()
-    for parts, e in plan.items():
-        if parts in skip:
-            continue
-        st = disk.lstat(parts)
-        if st is None:
-            continue
-        rel = "/".join(parts)
-        if e.kind == "dir":
-            if not stat_mod.S_ISDIR(st.st_mode):
-                conflicts[rel] = f"{rel} ({_describe(st)} where the snapshot has a directory)"
-        elif e.kind == "link":
-            if stat_mod.S_ISLNK(st.st_mode) and disk.readlink(parts) == e.target:
-                same.add(parts)
-            else:
-                conflicts[rel] = f"{rel} ({_describe(st)} where the snapshot has a link)"
-        elif stat_mod.S_ISREG(st.st_mode):
-            assert e.oid is not None
-            if st.st_size == e.size and _same_file(
-                os.path.join(disk.root, *parts), repo.read_manifest(e.oid)
-            ):
-                same.add(parts)
-            else:
-                conflicts[rel] = f"{rel} (a file with other content)"
-        else:
-            conflicts[rel] = f"{rel} ({_describe(st)} where the snapshot has a file)"
-    return conflicts, same
 
 
 def _remove(dir_fd: int, name: str) -> None:
@@ -560,7 +331,7 @@ def restore_tree(
         FileExistsConflict: Paths are in the way and ``force`` is false (nothing written).
         UsageError: A requested path is not in the tree, or ``dest`` is not a directory.
     """
-    plan = _plan(repo, tree_id, paths)
+    plan = plan_checkout(repo, tree_id, paths)
     dest = Path(dest)
     try:
         dest.mkdir(parents=True, exist_ok=True)
@@ -571,6 +342,36 @@ def restore_tree(
         return _restore(repo, plan, root_fd, str(dest), force, progress, on_skip)
     finally:
         os.close(root_fd)
+
+
+def checkout(
+    repo: Repository,
+    rev: str | ObjectId,
+    dest: str | os.PathLike[str],
+    paths: Iterable[str] | None = None,
+    force: bool = False,
+    progress: ProgressFn | None = None,
+) -> list[str]:
+    """Restore a commit's files into ``dest`` (see :func:`restore_tree`).
+
+    Args:
+        repo: The repository.
+        rev: A commit id, a unique hex prefix of one, or a ref name.
+        dest: Directory to write into (created if needed).
+        paths: Only these files or directories of the snapshot.
+        force: Replace whatever is in the way.
+        progress: Called with bytes restored.
+
+    Returns:
+        The relative paths written.
+
+    Raises:
+        FileExistsConflict: Existing files would be overwritten and ``force`` is false.
+        UnsafePath: The tree names something outside ``dest``.
+        ObjectNotFound: ``rev`` names no commit.
+    """
+    commit = repo.read_commit(repo.resolve(rev))
+    return restore_tree(repo, commit.tree, Path(dest), paths=paths, force=force, progress=progress)
 
 
 def _restore(
@@ -589,7 +390,7 @@ def _restore(
         else:
             log.warning("mlvc: skipped %s: %s", rel, reason)
 
-    disk = _Disk(root)
+    disk = Disk(root)
     own = repo.own_directories()
     skipped: set[Parts] = set()
     for parts, e in plan.items():
@@ -601,13 +402,13 @@ def _restore(
             skip(parts, "it is the repository this checkout reads (or its cache)")
             skipped.add(parts)
             continue
-        why = _name_refused_here(parts[-1])
+        why = name_refused_here(parts[-1])
         if why is None and e.kind == "link":
             why = link_escapes(parts, e.target or "", plan, disk)
         if why is not None:
             skip(parts, why)
             skipped.add(parts)
-    conflicts, same = _conflicts(repo, plan, disk, skipped)
+    conflicts, same = find_conflicts(repo, plan, disk, skipped)
     if conflicts and not force:
         raise FileExistsConflict(list(conflicts), list(conflicts.values()))
 
@@ -729,107 +530,3 @@ def _write_batch(repo: Repository, jobs: list[_Job], force: bool) -> list[_Done]
             continue
         done.append((i, parts, manifest.size, None))
     return done
-
-
-class ChunkedReader(io.RawIOBase):
-    """A seekable, read-only file object over a manifest: reads only the chunks it needs.
-
-    A chunk is read together with those stored after it in the same pack (one request for
-    up to a few MiB, see :meth:`Repository.chunk_runs`): reading a file front to back from a
-    bucket costs a round trip per run, not per chunk. Once reads go front to back (a run is
-    needed right where the last one ended), the next run is read on a worker thread while
-    this one is consumed. Memory holds at most two runs of decoded chunks, so any file can
-    be read however large.
-    """
-
-    def __init__(self, repo: Repository, manifest: Manifest, name: str = "") -> None:
-        super().__init__()
-        self._repo = repo
-        self._chunks = manifest.chunks
-        self._starts: list[int] = []
-        pos = 0
-        for _, n in manifest.chunks:
-            self._starts.append(pos)
-            pos += n
-        self._size = manifest.size
-        self._pos = 0
-        self._cache: dict[int, bytes] = {}
-        self._end = -1  # index just past the cached run
-        self._ahead: tuple[int, Future[list[bytes]]] | None = None  # the next run, being read
-        self.name = name
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    @property
-    def size(self) -> int:
-        """Total size in bytes."""
-        return self._size
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        if whence == io.SEEK_SET:
-            pos = offset
-        elif whence == io.SEEK_CUR:
-            pos = self._pos + offset
-        elif whence == io.SEEK_END:
-            pos = self._size + offset
-        else:
-            raise ValueError(f"bad whence {whence}")
-        if pos < 0:
-            raise ValueError("negative seek position")
-        self._pos = pos
-        return pos
-
-    def tell(self) -> int:
-        return self._pos
-
-    def _chunk(self, i: int) -> bytes:
-        data = self._cache.get(i)
-        if data is None:
-            sequential = i == self._end
-            if self._ahead is not None and self._ahead[0] == i:
-                chunks = self._ahead[1].result()
-            else:
-                chunks = self._repo.read_run(self._run_at(i))
-            self._ahead = None
-            self._cache = dict(enumerate(chunks, start=i))
-            self._end = i + len(chunks)
-            if sequential and self._end < len(self._chunks):
-                ahead = self._repo.pool.submit(self._repo.read_run, self._run_at(self._end))
-                self._ahead = (self._end, ahead)
-            data = self._cache[i]
-        cid, length = self._chunks[i]
-        if len(data) != length:
-            raise IntegrityError(to_hex(cid), f"{len(data)} bytes, its manifest says {length}")
-        return data
-
-    def _run_at(self, i: int) -> list[tuple[ObjectId, Location]]:
-        # Ids from i on, without copying the tail of a manifest of maybe 100 000s of chunks
-        # at every run: chunk_runs takes only as many as one run needs.
-        chunks = self._chunks
-        return next(self._repo.chunk_runs(chunks[j][0] for j in range(i, len(chunks))))
-
-    def readinto(self, b: Any) -> int:
-        import bisect
-
-        mv = memoryview(b).cast("B")
-        if self._pos >= self._size or len(mv) == 0:
-            return 0
-        i = bisect.bisect_right(self._starts, self._pos) - 1
-        data = self._chunk(i)
-        off = self._pos - self._starts[i]
-        n = min(len(mv), len(data) - off)
-        mv[:n] = data[off : off + n]
-        self._pos += n
-        return n
-
-    def readall(self) -> bytes:
-        out = bytearray()
-        while True:
-            chunk = self.read(1 << 20)
-            if not chunk:
-                return bytes(out)
-            out += chunk

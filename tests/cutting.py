@@ -18,9 +18,9 @@ class _CountingCutter:
 
 def count_cuts(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """From now on (for this test), every cutter ingest makes appends the bytes it cuts here."""
-    from mlvc_core import ingest
+    from mlvc_core import manifests
 
     cut: list[int] = []
-    real = ingest.make_fastcdc
-    monkeypatch.setattr(ingest, "make_fastcdc", lambda p: _CountingCutter(real(p), cut))
+    real = manifests.make_fastcdc
+    monkeypatch.setattr(manifests, "make_fastcdc", lambda p: _CountingCutter(real(p), cut))
     return cut

@@ -6,16 +6,12 @@ commits and trees into :class:`CommitInfo` and :class:`FileInfo`.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from mlvc_core.ids import SHORT_LEN, ObjectId, to_hex
 from mlvc_core.repository import Repository
-from mlvc_core.restore import walk_tree
-
-ProgressFn = Callable[[int], None]
-"""Called with a number of bytes just processed."""
+from mlvc_core.trees import walk_tree
 
 
 def iso(epoch: float | None) -> str | None:

@@ -14,10 +14,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mlvc.commands._describe import FileInfo, ProgressFn, list_files
+from mlvc.commands._describe import FileInfo, list_files
 from mlvc.experiments.revisions import Target, resolve
 from mlvc_core.repository import Repository
 from mlvc_core.restore import restore_tree
+from mlvc_core.session import ProgressFn
 
 
 @dataclass(frozen=True)

@@ -12,11 +12,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mlvc.commands._describe import ProgressFn
 from mlvc.experiments.revisions import ref_of
 from mlvc_core.config import RepoConfig
 from mlvc_core.errors import NotARepository, UsageError
 from mlvc_core.repository import Repository
+from mlvc_core.session import ProgressFn
 
 if TYPE_CHECKING:
     from mlvc_core.transfer import TransferReport

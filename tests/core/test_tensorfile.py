@@ -15,7 +15,8 @@ from hypothesis import strategies as st
 from mlvc_core import tensorfile
 from mlvc_core.errors import FormatError
 from mlvc_core.ingest import ingest_paths
-from mlvc_core.repository import Repository, WriteSession
+from mlvc_core.repository import Repository
+from mlvc_core.session import WriteSession
 from mlvc_core.tensorfile import parse_safetensors, parse_torch_zip, read_layout
 
 safetensors_numpy = pytest.importorskip("safetensors.numpy")

@@ -13,6 +13,7 @@ import mlvc
 from mlvc.errors import AmbiguousId, ObjectNotFound, UsageError
 from mlvc.experiments import catalog as exps_mod
 from mlvc.experiments.revisions import resolve
+from mlvc_core.history import commit_paths
 from mlvc_core.repository import Repository
 from mlvc_core.storage import LocalStore
 from tests.porcelain.stores import CountingStore, wrap_repo
@@ -124,7 +125,7 @@ def test_get_by_prefix_ambiguous_unknown_and_resolve_any(project: Path) -> None:
     assert isinstance(resolve(repo, exp_id[:9]).experiment, mlvc.Experiment)
     assert resolve(repo, ckpt.id).kind == "checkpoint" and resolve(repo, ckpt.id).id == ckpt.id
     assert resolve(repo, f"experiments/{exp_id[:8]}").id == exp_id
-    plain = repo.commit(project / "train.py", message="plain", branch="main")
+    plain = commit_paths(repo, project / "train.py", message="plain", branch="main")
     assert resolve(repo, plain.hex()[:10]).kind == "commit"
 
     # A second experiment ref sharing the first 7 digits makes that prefix ambiguous.
