@@ -217,7 +217,7 @@ def test_plain_cdc_would_not_have_deduplicated_the_insertion() -> None:
 
 def test_ring_buffer_reads_cut_a_tensor_file_as_one_pass_over_it_would(tmp_path: Path) -> None:
     from mlvc_core.chunker import cut_between, make_fastcdc
-    from mlvc_core.ingest import ingest_bytes
+    from mlvc_core.manifests import ingest_bytes
 
     data = _st_bytes(_weights(4, 9, 700))  # ~25 MiB: many ring buffers, tensors across them
     repo = Repository.init(tmp_path / "repo")
