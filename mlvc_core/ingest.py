@@ -27,6 +27,7 @@ compressed payloads in flight.
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import io
 import mmap
@@ -209,10 +210,9 @@ class FileIngester:
         if self.worker:
             raise _TooLarge
         # A tensor file's large tensors are chunked on their own (their chunks stay the same
-        # wherever they move); the guide knows nothing of such boundaries, so it is not used.
+        # wherever they move): cutting ends a chunk at each of these offsets, and the guide
+        # lays out none of its chunks across one.
         bounds = chunk_boundaries(f, self.repo.config.chunker.min)
-        if bounds:
-            guide = None
         g = _Guide(guide, self._buf_size // 2) if guide is not None and guide.chunks else None
         if g is not None and not (g.usable and f.seekable()):
             g = None
@@ -338,7 +338,7 @@ class FileIngester:
                         evidence, delta = found[0], found[0] - found[1]
                         expect = g.by_offset.get(base - delta)
                 if g is not None and expect is not None:
-                    expect, pos = self._lay_out(g, expect, data, base, eof, bi, pending)
+                    expect, pos = self._lay_out(g, expect, data, base, eof, bi, pending, bounds)
                 if pos < filled and (g is None or expect is None):
                     rest = data[pos:filled]
                     cuts = cut_between(self._cdc(), rest, base + pos, bounds)
@@ -385,6 +385,7 @@ class FileIngester:
         eof: bool,
         bi: int,
         pending: deque[_Pending],
+        bounds: list[int],
     ) -> tuple[int | None, int]:
         """Queue the guide's chunks from ``expect`` over ``data`` for verification.
 
@@ -405,6 +406,9 @@ class FileIngester:
                 break
             if expect == len(g.chunks) - 1 and not (eof and pos + n == filled):
                 break  # the guide's last chunk was cut by its end of file, not by content
+            edge = bisect.bisect_right(bounds, base + pos)
+            if edge < len(bounds) and bounds[edge] < base + pos + n:
+                break  # a forced boundary (a tensor's edge) inside it: cut from here
             pieces.append((data[pos : pos + n], oid))
             lengths.append(n)
             pos += n
