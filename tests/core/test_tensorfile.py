@@ -274,3 +274,29 @@ def test_damaged_tensor_files_are_refused_or_parsed_never_crash(
             assert 0 <= t.start <= t.end <= len(raw)
         for start, end in layout.regions:
             assert 0 <= start <= end <= len(raw)
+
+
+@pytest.mark.parametrize("first_plain", [False, True])
+def test_a_guided_read_of_a_tensor_file_gives_the_manifest_cutting_gives(
+    tmp_path: Path, first_plain: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mlvc_core import ingest
+
+    ts = _weights(6, 8, 600)
+    moved = {"aaa": np.random.default_rng(1).standard_normal((300, 1024)).astype(np.float32)}
+    moved.update(ts)
+    moved["layer5.weight"] = ts["layer5.weight"] * 2
+    old, new = tmp_path / "old", tmp_path / "new"
+    old.write_bytes(_st_bytes(ts))
+    new.write_bytes(_st_bytes(moved, {"grown": "y" * 21}))
+    repo = Repository.init(tmp_path / "repo")
+
+    def read(path: Path, guide: object = None) -> object:
+        with WriteSession(repo) as s, open(path, "rb", buffering=0) as f:
+            return ingest.FileIngester(s).ingest(f, guide=guide)  # type: ignore[arg-type]
+
+    with monkeypatch.context() as m:
+        if first_plain:  # a version committed before tensor files were recognised
+            m.setattr(ingest, "chunk_boundaries", lambda f, n: [])
+        guide = read(old)
+    assert read(new, guide) == read(new)
