@@ -280,7 +280,7 @@ def test_damaged_tensor_files_are_refused_or_parsed_never_crash(
 def test_a_guided_read_of_a_tensor_file_gives_the_manifest_cutting_gives(
     tmp_path: Path, first_plain: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from mlvc_core import ingest
+    from mlvc_core import manifests
 
     ts = _weights(6, 8, 600)
     moved = {"aaa": np.random.default_rng(1).standard_normal((300, 1024)).astype(np.float32)}
@@ -293,10 +293,10 @@ def test_a_guided_read_of_a_tensor_file_gives_the_manifest_cutting_gives(
 
     def read(path: Path, guide: object = None) -> object:
         with WriteSession(repo) as s, open(path, "rb", buffering=0) as f:
-            return ingest.FileIngester(s).ingest(f, guide=guide)  # type: ignore[arg-type]
+            return manifests.FileIngester(s).ingest(f, guide=guide)  # type: ignore[arg-type]
 
     with monkeypatch.context() as m:
         if first_plain:  # a version committed before tensor files were recognised
-            m.setattr(ingest, "chunk_boundaries", lambda f, n: [])
+            m.setattr(manifests, "chunk_boundaries", lambda f, n: [])
         guide = read(old)
     assert read(new, guide) == read(new)
