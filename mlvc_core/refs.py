@@ -78,12 +78,6 @@ class Ref:
         return self.name.split("/", 1)[1]
 
 
-def _encode(target: ObjectId, summary: dict[str, Any]) -> bytes:
-    doc = dict(summary)
-    doc["target"] = to_hex(target)
-    return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
-
-
 _TAG_EVENT: schema.Spec = {
     "target": schema.is_hex_id,
     "set_at": schema.optional(schema.is_number),
@@ -103,7 +97,9 @@ MAX_REF_SIZE = 16 << 20
 
 def encode_ref(target: ObjectId, summary: dict[str, Any]) -> bytes:
     """The stored bytes of a ref: canonical JSON of the summary plus ``target``."""
-    return _encode(target, summary)
+    doc = dict(summary)
+    doc["target"] = to_hex(target)
+    return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
 
 
 def decode_ref(name: str, data: bytes, version: Version | None = None) -> Ref:
@@ -112,10 +108,6 @@ def decode_ref(name: str, data: bytes, version: Version | None = None) -> Ref:
     Raises:
         FormatError: Not a ref document.
     """
-    return _decode(name, data, version)
-
-
-def _decode(name: str, data: bytes, version: Version | None) -> Ref:
     what = f"ref {name!r}"
     if len(data) > MAX_REF_SIZE:
         raise FormatError(f"{what} is malformed: {len(data)} bytes")
@@ -143,7 +135,7 @@ class RefStore:
             data, version = self.store.read_versioned(PREFIX + name, MAX_REF_SIZE)
         except KeyNotFound:
             return None
-        return _decode(name, data, version)
+        return decode_ref(name, data, version)
 
     def require(self, name: str) -> Ref:
         """The ref ``name``.
@@ -187,7 +179,7 @@ class RefStore:
                     name, to_hex(expected), to_hex(current.target) if current else None
                 )
             version = current.version
-        data = _encode(target, summary or {})
+        data = encode_ref(target, summary or {})
         try:
             new_version = self.store.write_if(key, data, version)
         except PreconditionFailed:
@@ -205,7 +197,7 @@ class RefStore:
         """
         try:
             new_version = self.store.write_if(
-                PREFIX + ref.name, _encode(ref.target, summary), ref.version
+                PREFIX + ref.name, encode_ref(ref.target, summary), ref.version
             )
         except PreconditionFailed:
             raise RefConflict(ref.name, to_hex(ref.target)) from None
@@ -223,7 +215,7 @@ class RefStore:
         """
         try:
             new_version = self.store.write_if(
-                PREFIX + ref.name, _encode(target, summary), ref.version
+                PREFIX + ref.name, encode_ref(target, summary), ref.version
             )
         except PreconditionFailed:
             now = self.get(ref.name)
@@ -288,7 +280,7 @@ class RefStore:
                 for key, data in found.docs.items():
                     name = key[len(PREFIX) :]
                     try:
-                        out.append(_decode(validate_name(name), data, None))
+                        out.append(decode_ref(validate_name(name), data, None))
                     except InvalidRefName as exc:
                         bad.append((name, f"ref {name!r} has an invalid name: {exc}"))
                     except FormatError as exc:

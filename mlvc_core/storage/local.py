@@ -83,10 +83,6 @@ class LocalStore(Store):
         _check_key(key)
         return self.root / key
 
-    def local_path(self, key: str) -> Path:
-        """The file behind ``key`` (for zero-copy reads)."""
-        return self._path(key)
-
     def _open(self, key: str) -> tuple[int, int]:
         """Open ``key`` for reading: ``(fd, size)``; only a regular file is a value.
 

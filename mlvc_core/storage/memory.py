@@ -101,8 +101,3 @@ class MemoryStore(Store):
             if current != expected:
                 raise PreconditionFailed(key)
             return Version(self._put(key, data))
-
-    def set_mtime(self, key: str, mtime: float) -> None:
-        """Backdate a key (tests of grace periods)."""
-        data, _, gen = self._data[key]
-        self._data[key] = (data, mtime, gen)
