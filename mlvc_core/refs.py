@@ -224,16 +224,33 @@ class RefStore:
             ) from None
         return Ref(ref.name, target, dict(summary), new_version)
 
-    def delete(self, name: str) -> None:
-        """Remove the ref ``name``.
+    def delete(self, name: str, expected: ObjectId | None = None) -> None:
+        """Remove the ref ``name`` (only if it still points at ``expected``, if given).
+
+        With ``expected`` the ref is read and removed by a conditional delete on the version
+        read (:meth:`Store.delete_if`), so a concurrent move is never lost silently. Without
+        it, the ref goes whatever it holds (also an unreadable one).
 
         Raises:
             RefNotFound: It does not exist.
+            RefConflict: It points elsewhere than ``expected``, or moved meanwhile.
+            FormatError: ``expected`` was given and the ref is unreadable.
         """
         validate_name(name)
-        if not self.store.exists(PREFIX + name):
-            raise RefNotFound(name)
-        self.store.delete(PREFIX + name)
+        key = PREFIX + name
+        if expected is None:
+            if not self.store.exists(key):
+                raise RefNotFound(name)
+            self.store.delete(key)
+            return
+        current = self.require(name)
+        if current.target != expected or current.version is None:
+            raise RefConflict(name, to_hex(expected), to_hex(current.target))
+        try:
+            self.store.delete_if(key, current.version)
+        except PreconditionFailed:
+            now = self.get(name)
+            raise RefConflict(name, to_hex(expected), to_hex(now.target) if now else None) from None
 
     def list_keys(self, kind: str | None = None) -> Iterator[tuple[str, KeyInfo]]:
         """Names (and listing info: size, mtime) of refs, without reading them."""

@@ -398,6 +398,42 @@ class FsspecStore(Store):
                 pass
         self._invalidate(key)
 
+    def delete_if(self, key: str, expected: Version) -> None:
+        """Remove ``key`` only if it is still at ``expected``.
+
+        Atomic on S3 (``DeleteObject`` with ``If-Match``) and GCS (``ifGenerationMatch``); on
+        other filesystems within this process only. The version is compared first as well, so
+        a server that ignores the condition (fake-gcs-server) still refuses a stale version.
+
+        Raises:
+            PreconditionFailed: The key is at another version, or absent.
+            StorageError: The backend failed.
+        """
+        path = self._path(key)
+        if self.backend == "generic":
+            with self._errors(key, "delete", missing_is_key=False), _LOCAL_CAS_LOCK:
+                try:
+                    current: object = bytes(self.fs.cat_file(path))
+                except FileNotFoundError:
+                    raise PreconditionFailed(key) from None
+                if current != expected:
+                    raise PreconditionFailed(key)
+                self.fs.rm_file(path)
+            self._invalidate(key)
+            return
+        try:
+            _, current_version = self.read_versioned(key)
+        except KeyNotFound:
+            raise PreconditionFailed(key) from None
+        if current_version != expected:
+            raise PreconditionFailed(key)
+        backend = s3 if self.backend == "s3" else gcs
+        try:
+            with self._errors(key, "delete", missing_is_key=False):
+                backend.delete_if(self.fs, path, key, str(expected))
+        finally:
+            self._invalidate(key)
+
     def list_temporary(self, prefix: str) -> Iterator[KeyInfo]:
         """Incomplete multipart uploads under ``prefix`` (S3): what a killed writer left.
 

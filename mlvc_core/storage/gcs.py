@@ -12,6 +12,8 @@ The guarantees are those of GCS (strong consistency for objects and listings):
   bytes (:func:`get`); if a server omits it, the generation is read first and the GET asks for
   exactly that generation. Versions are generations (strings): unlike ETags they change on
   every write.
+* ``delete_if`` is a DELETE with ``ifGenerationMatch`` (:func:`delete_if`); fake-gcs-server
+  1.54 ignores that precondition, so the store compares the generation first as well.
 * ``open_write`` uses gcsfs's file: a simple upload at close for small objects, a resumable
   upload (finalised only by its last chunk) for large ones; ``abort`` cancels the session.
 * gcsfs must be imported with ``GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT=false`` in the environment
@@ -27,9 +29,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from mlvc_core.errors import StorageError
+from mlvc_core.errors import PreconditionFailed, StorageError
 
-__all__ = ["GCS_PROTOCOLS", "get", "upload_if"]
+__all__ = ["GCS_PROTOCOLS", "delete_if", "get", "upload_if"]
 
 GCS_PROTOCOLS = frozenset({"gs", "gcs"})
 
@@ -108,3 +110,16 @@ def get(fs: Any, path: str, what: str) -> tuple[bytes, str]:
             continue  # replaced between the two requests
         return bytes(data), generation
     raise StorageError(f"cannot read {what}: it keeps changing")
+
+
+def delete_if(fs: Any, path: str, key: str, expected: str) -> None:
+    """One DELETE conditional on the generation ``expected`` (fake-gcs-server ignores it).
+
+    Raises:
+        PreconditionFailed: The object is at another generation (HTTP 412), or absent.
+    """
+    bucket, name, _ = fs.split_path(path)
+    try:
+        fs.call("DELETE", "b/{}/o/{}", bucket, name, ifGenerationMatch=expected)
+    except (FileExistsError, FileNotFoundError):
+        raise PreconditionFailed(key) from None

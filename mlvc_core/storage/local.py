@@ -285,3 +285,19 @@ class LocalStore(Store):
         except OSError as exc:
             raise StorageError(f"cannot write {key}: {exc}") from exc
         return Version(data)
+
+    def delete_if(self, key: str, expected: Version) -> None:
+        path = self._path(key)
+        try:
+            with self._locked(key):
+                try:
+                    current = self.read(key)
+                except KeyNotFound:
+                    raise PreconditionFailed(key) from None
+                if current != expected:  # type: ignore[comparison-overlap] # versions are bytes here
+                    raise PreconditionFailed(key)
+                os.unlink(path)
+        except PreconditionFailed:
+            raise
+        except OSError as exc:
+            raise StorageError(f"cannot delete {key}: {exc}") from exc

@@ -101,3 +101,10 @@ class MemoryStore(Store):
             if current != expected:
                 raise PreconditionFailed(key)
             return Version(self._put(key, data))
+
+    def delete_if(self, key: str, expected: Version) -> None:
+        with self._lock:
+            current: Any = self._data[key][2] if key in self._data else None
+            if current is None or current != expected:
+                raise PreconditionFailed(key)
+            del self._data[key]

@@ -17,6 +17,8 @@ The guarantees are those of S3 itself (strong read-after-write and list-after-wr
   held before matches the old version again (harmless for refs). A PUT that s3fs retries after
   a lost response can report a conflict although it was applied: a conflict is never silent,
   but may be spurious, and callers re-read before retrying anyway.
+* ``delete_if`` is a DELETE with ``If-Match: <etag>`` (:func:`delete_if`), honoured by AWS S3,
+  moto and SeaweedFS; the store compares the version first as well.
 * ``open_write`` streams through s3fs's buffered file: one PUT at close below the block size
   (s3fs ``default_block_size``, 50 MiB unless configured), a multipart upload above it, which
   S3 makes visible only on ``CompleteMultipartUpload``. ``abort`` (and a writer dropped without
@@ -44,6 +46,7 @@ __all__ = [
     "S3_PROTOCOLS",
     "UPLOAD_MARK",
     "abort_upload",
+    "delete_if",
     "error_code",
     "get",
     "head",
@@ -152,6 +155,24 @@ def put_if(fs: Any, path: str, key: str, data: bytes, expected: str | None) -> s
             raise PreconditionFailed(key) from None  # moto: If-Match on a gone key
         raise
     return str(out["ETag"])
+
+
+def delete_if(fs: Any, path: str, key: str, expected: str) -> None:
+    """One conditional DELETE (``If-Match: expected``): AWS S3, moto and SeaweedFS honour it.
+
+    Raises:
+        PreconditionFailed: The object is at another version, or absent.
+    """
+    bucket, s3key, _ = fs.split_path(path)
+    try:
+        fs.call_s3("delete_object", Bucket=bucket, Key=s3key, IfMatch=expected)
+    except FileNotFoundError:
+        raise PreconditionFailed(key) from None
+    except Exception as exc:
+        code, _ = error_code(exc)
+        if precondition_failed(exc) or code in ("NoSuchKey", "404"):
+            raise PreconditionFailed(key) from None
+        raise
 
 
 def _fast_listing_parser(fs: Any, sync: Callable[..., Any]) -> None:
