@@ -13,9 +13,9 @@ What each backend guarantees:
 * **GCS (gcsfs)**: simple uploads with ``ifGenerationMatch``, generations as versions:
   :mod:`mlvc_core.storage.gcs`.
 * **Every other filesystem** (``memory://`` and anything fsspec knows without conditional
-  writes): ``create``/``read_versioned``/``write_if`` are made atomic by a lock *inside this
-  process* only (``read_versioned`` returns the bytes themselves as the version); two processes
-  sharing such a filesystem get no compare-and-swap guarantee. ``open_write`` spools to a local
+  writes): ``create``/``read_versioned``/``write_if``/``delete_if`` are made atomic by a lock
+  *inside this process* only, the version being the bytes themselves:
+  :mod:`mlvc_core.storage.generic`. ``open_write`` spools to a local
   temporary file and uploads it on close (``pipe_file`` for ``memory://``, ``put_file``
   otherwise), so nothing is visible before ``close`` (:mod:`mlvc_core.storage.fsspec_writers`).
 
@@ -32,16 +32,15 @@ race :class:`~mlvc_core.errors.PreconditionFailed`, any other failure of the bac
 from __future__ import annotations
 
 import contextlib
-import threading
 from collections.abc import Iterator
-from typing import IO, Any, BinaryIO, cast
+from typing import Any, BinaryIO, cast
 
 import fsspec
 import fsspec.asyn
 import fsspec.core
 
 from mlvc_core.errors import KeyNotFound, MlvcError, PreconditionFailed, StorageError
-from mlvc_core.storage import gcs, s3
+from mlvc_core.storage import gcs, generic, s3
 from mlvc_core.storage.base import KeyInfo, Store, Version, Writer, check_limit
 from mlvc_core.storage.fsspec_writers import BufferedFileWriter, SpoolWriter
 from mlvc_core.storage.timeouts import (
@@ -53,10 +52,6 @@ from mlvc_core.storage.timeouts import (
 from mlvc_core.storage.timestamps import mtime
 
 __all__ = ["FsspecStore"]
-
-# Serialises create/compare-and-swap on filesystems without conditional writes (memory://...).
-# One lock per process: fsspec's memory filesystem is itself one dict per process.
-_LOCAL_CAS_LOCK = threading.RLock()
 
 # Errors that are bugs in the caller or in mlvc, not failures of the backend.
 _PROGRAMMING_ERRORS = (TypeError, AttributeError, NameError, AssertionError, NotImplementedError)
@@ -177,16 +172,6 @@ class FsspecStore(Store):
     def _sync(self, coro_fn: Any, *args: Any, **kwargs: Any) -> Any:
         """Run an async helper on the filesystem's event loop."""
         return fsspec.asyn.sync(self.fs.loop, coro_fn, *args, **kwargs)
-
-    def _upload_file(self, key: str, tmp: IO[bytes]) -> None:
-        path = self._path(key)
-        with self._errors(key, "write", missing_is_key=False):
-            if "memory" in _protocols(self.fs):
-                tmp.seek(0)
-                self.fs.pipe_file(path, tmp.read())
-            else:
-                self.fs.put_file(tmp.name, path)
-        self._invalidate(key)
 
     # -- reads ---------------------------------------------------------------------------------
 
@@ -344,33 +329,12 @@ class FsspecStore(Store):
         Raises:
             StorageError: The backend failed.
         """
-        path = self._path(key)
-        data = bytes(data)
-        with self._errors(key, "create", missing_is_key=False):
-            if self.backend == "s3":
-                try:
-                    self.fs.pipe_file(path, data, mode="create")
-                except Exception as exc:
-                    if s3.precondition_failed(exc):
-                        return False
-                    raise
-                finally:
-                    self._invalidate(key)
-                return True
-            if self.backend == "gcs":
-                try:
-                    gcs.upload_if(self.fs, path, data, 0)
-                except FileExistsError:
-                    return False
-                finally:
-                    self._invalidate(key)
-                return True
-            with _LOCAL_CAS_LOCK:
-                if self.fs.exists(path):
-                    return False
-                self.fs.pipe_file(path, data)
+        backend = s3 if self.backend == "s3" else gcs if self.backend == "gcs" else generic
+        try:
+            with self._errors(key, "create", missing_is_key=False):
+                return bool(backend.create(self.fs, self._path(key), bytes(data)))
+        finally:
             self._invalidate(key)
-            return True
 
     def open_write(self, key: str) -> Writer:
         """Stream a new object to ``key``: published by ``close()``, discarded by ``abort()``.
@@ -411,14 +375,8 @@ class FsspecStore(Store):
         """
         path = self._path(key)
         if self.backend == "generic":
-            with self._errors(key, "delete", missing_is_key=False), _LOCAL_CAS_LOCK:
-                try:
-                    current: object = bytes(self.fs.cat_file(path))
-                except FileNotFoundError:
-                    raise PreconditionFailed(key) from None
-                if current != expected:
-                    raise PreconditionFailed(key)
-                self.fs.rm_file(path)
+            with self._errors(key, "delete", missing_is_key=False):
+                generic.delete_if(self.fs, path, key, expected)
             self._invalidate(key)
             return
         try:
@@ -481,11 +439,7 @@ class FsspecStore(Store):
                 data, generation = gcs.get(self.fs, self._path(key), f"{key} in {self.url}")
                 check_limit(key, len(data), limit)
                 return data, Version(generation)
-            with _LOCAL_CAS_LOCK:
-                if limit is None:
-                    data = bytes(self.fs.cat_file(self._path(key)))
-                else:
-                    data = bytes(self.fs.cat_file(self._path(key), start=0, end=limit + 1))
+            data = generic.read(self.fs, self._path(key), limit)
         check_limit(key, len(data), limit)
         return data, Version(data)
 
@@ -519,14 +473,8 @@ class FsspecStore(Store):
                 finally:
                     self._invalidate(key)
             return Version(generation)
-        with self._errors(key, "write", missing_is_key=False), _LOCAL_CAS_LOCK:
-            try:
-                current: object = bytes(self.fs.cat_file(path))
-            except FileNotFoundError:
-                current = None
-            if current != expected:
-                raise PreconditionFailed(key)
-            self.fs.pipe_file(path, data)
+        with self._errors(key, "write", missing_is_key=False):
+            generic.write_if(self.fs, path, key, data, expected)
         self._invalidate(key)
         return Version(data)
 

@@ -118,9 +118,18 @@ class SpoolWriter(Writer):
         if self._tmp is None:
             return
         tmp, self._tmp = self._tmp, None
+        store, key = self._store, self._key
         try:
             tmp.flush()
-            self._store._upload_file(self._key, tmp)
+            path = store._path(key)
+            with store._errors(key, "write", missing_is_key=False):
+                protocol = store.fs.protocol
+                if "memory" in ((protocol,) if isinstance(protocol, str) else protocol):
+                    tmp.seek(0)
+                    store.fs.pipe_file(path, tmp.read())
+                else:
+                    store.fs.put_file(tmp.name, path)
+            store._invalidate(key)
         finally:
             tmp.close()
             with contextlib.suppress(OSError):

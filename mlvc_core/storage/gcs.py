@@ -31,7 +31,7 @@ from typing import Any
 
 from mlvc_core.errors import PreconditionFailed, StorageError
 
-__all__ = ["GCS_PROTOCOLS", "delete_if", "get", "upload_if"]
+__all__ = ["GCS_PROTOCOLS", "create", "delete_if", "get", "upload_if"]
 
 GCS_PROTOCOLS = frozenset({"gs", "gcs"})
 
@@ -83,6 +83,15 @@ def upload_if(fs: Any, path: str, data: bytes, generation: str | int) -> str:
         json_out=True,
     )
     return str(out["generation"])
+
+
+def create(fs: Any, path: str, data: bytes) -> bool:
+    """One upload with ``ifGenerationMatch=0``; True if written, False if the object exists."""
+    try:
+        upload_if(fs, path, data, 0)
+    except FileExistsError:
+        return False
+    return True
 
 
 def get(fs: Any, path: str, what: str) -> tuple[bytes, str]:

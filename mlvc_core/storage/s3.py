@@ -46,6 +46,7 @@ __all__ = [
     "S3_PROTOCOLS",
     "UPLOAD_MARK",
     "abort_upload",
+    "create",
     "delete_if",
     "error_code",
     "get",
@@ -132,6 +133,17 @@ def head(fs: Any, path: str) -> None:
     """
     bucket, s3key, _ = fs.split_path(path)
     fs.call_s3("head_object", Bucket=bucket, Key=s3key)
+
+
+def create(fs: Any, path: str, data: bytes) -> bool:
+    """One PUT with ``If-None-Match: *``; True if written, False if the object exists."""
+    try:
+        fs.pipe_file(path, data, mode="create")
+    except Exception as exc:
+        if precondition_failed(exc):
+            return False
+        raise
+    return True
 
 
 def put_if(fs: Any, path: str, key: str, data: bytes, expected: str | None) -> str:
