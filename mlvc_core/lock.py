@@ -49,9 +49,9 @@ SHARED_PREFIX = "locks/shared-"
 REFRESH_INTERVAL = 60.0
 """Seconds between two refreshes of a held lock."""
 STALE_AFTER = 5 * REFRESH_INTERVAL
+"""Seconds without a refresh after which another host's lock is stale."""
 MAX_LOCK_SIZE = 64 << 10
 """Largest lock read (a real one is about 100 bytes); a larger one reads as unreadable."""
-"""Seconds without a refresh after which another host's lock is stale."""
 
 log = logging.getLogger(__name__)
 

@@ -78,12 +78,6 @@ class Ref:
         return self.name.split("/", 1)[1]
 
 
-def _encode(target: ObjectId, summary: dict[str, Any]) -> bytes:
-    doc = dict(summary)
-    doc["target"] = to_hex(target)
-    return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
-
-
 _TAG_EVENT: schema.Spec = {
     "target": schema.is_hex_id,
     "set_at": schema.optional(schema.is_number),
@@ -103,7 +97,9 @@ MAX_REF_SIZE = 16 << 20
 
 def encode_ref(target: ObjectId, summary: dict[str, Any]) -> bytes:
     """The stored bytes of a ref: canonical JSON of the summary plus ``target``."""
-    return _encode(target, summary)
+    doc = dict(summary)
+    doc["target"] = to_hex(target)
+    return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
 
 
 def decode_ref(name: str, data: bytes, version: Version | None = None) -> Ref:
@@ -112,10 +108,6 @@ def decode_ref(name: str, data: bytes, version: Version | None = None) -> Ref:
     Raises:
         FormatError: Not a ref document.
     """
-    return _decode(name, data, version)
-
-
-def _decode(name: str, data: bytes, version: Version | None) -> Ref:
     what = f"ref {name!r}"
     if len(data) > MAX_REF_SIZE:
         raise FormatError(f"{what} is malformed: {len(data)} bytes")
@@ -143,7 +135,7 @@ class RefStore:
             data, version = self.store.read_versioned(PREFIX + name, MAX_REF_SIZE)
         except KeyNotFound:
             return None
-        return _decode(name, data, version)
+        return decode_ref(name, data, version)
 
     def require(self, name: str) -> Ref:
         """The ref ``name``.
@@ -187,7 +179,7 @@ class RefStore:
                     name, to_hex(expected), to_hex(current.target) if current else None
                 )
             version = current.version
-        data = _encode(target, summary or {})
+        data = encode_ref(target, summary or {})
         try:
             new_version = self.store.write_if(key, data, version)
         except PreconditionFailed:
@@ -205,7 +197,7 @@ class RefStore:
         """
         try:
             new_version = self.store.write_if(
-                PREFIX + ref.name, _encode(ref.target, summary), ref.version
+                PREFIX + ref.name, encode_ref(ref.target, summary), ref.version
             )
         except PreconditionFailed:
             raise RefConflict(ref.name, to_hex(ref.target)) from None
@@ -223,7 +215,7 @@ class RefStore:
         """
         try:
             new_version = self.store.write_if(
-                PREFIX + ref.name, _encode(target, summary), ref.version
+                PREFIX + ref.name, encode_ref(target, summary), ref.version
             )
         except PreconditionFailed:
             now = self.get(ref.name)
@@ -232,16 +224,33 @@ class RefStore:
             ) from None
         return Ref(ref.name, target, dict(summary), new_version)
 
-    def delete(self, name: str) -> None:
-        """Remove the ref ``name``.
+    def delete(self, name: str, expected: ObjectId | None = None) -> None:
+        """Remove the ref ``name`` (only if it still points at ``expected``, if given).
+
+        With ``expected`` the ref is read and removed by a conditional delete on the version
+        read (:meth:`Store.delete_if`), so a concurrent move is never lost silently. Without
+        it, the ref goes whatever it holds (also an unreadable one).
 
         Raises:
             RefNotFound: It does not exist.
+            RefConflict: It points elsewhere than ``expected``, or moved meanwhile.
+            FormatError: ``expected`` was given and the ref is unreadable.
         """
         validate_name(name)
-        if not self.store.exists(PREFIX + name):
-            raise RefNotFound(name)
-        self.store.delete(PREFIX + name)
+        key = PREFIX + name
+        if expected is None:
+            if not self.store.exists(key):
+                raise RefNotFound(name)
+            self.store.delete(key)
+            return
+        current = self.require(name)
+        if current.target != expected or current.version is None:
+            raise RefConflict(name, to_hex(expected), to_hex(current.target))
+        try:
+            self.store.delete_if(key, current.version)
+        except PreconditionFailed:
+            now = self.get(name)
+            raise RefConflict(name, to_hex(expected), to_hex(now.target) if now else None) from None
 
     def list_keys(self, kind: str | None = None) -> Iterator[tuple[str, KeyInfo]]:
         """Names (and listing info: size, mtime) of refs, without reading them."""
@@ -288,7 +297,7 @@ class RefStore:
                 for key, data in found.docs.items():
                     name = key[len(PREFIX) :]
                     try:
-                        out.append(_decode(validate_name(name), data, None))
+                        out.append(decode_ref(validate_name(name), data, None))
                     except InvalidRefName as exc:
                         bad.append((name, f"ref {name!r} has an invalid name: {exc}"))
                     except FormatError as exc:

@@ -52,7 +52,7 @@ from mlvc_core.packs import (
     pack_key,
 )
 from mlvc_core.refs import KINDS, Ref, RefStore
-from mlvc_core.storage import Store, open_store
+from mlvc_core.storage import LocalStore, Store, open_store
 
 CONFIG_KEY = "config"
 
@@ -190,9 +190,8 @@ class Repository(PackIndex):
         project would overwrite the repository's refs and config.
         """
         dirs = [self.cache_dir]
-        local_path = getattr(self.store, "local_path", None)
-        if local_path is not None:
-            dirs.append(Path(local_path(CONFIG_KEY)).parent)
+        if isinstance(self.store, LocalStore):
+            dirs.append(self.store.root)
         out = set()
         for d in dirs:
             if d is None:

@@ -12,6 +12,9 @@ os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
 
 pytest_plugins = ["tests.servers"]
 
+# The shipped conformance suites assert in mlvc_core.testing: show their values on failure.
+pytest.register_assert_rewrite("mlvc_core.testing")
+
 from hypothesis import settings as _hypothesis_settings  # noqa: E402
 
 # Deterministic property tests: the same examples on every run and machine, no flaky deadlines.

@@ -20,6 +20,8 @@ Contract, per method:
 * ``read_versioned``/``write_if`` are the compare-and-swap pair refs are built on: ``write_if``
   succeeds only if the key is still at the version read (``None``: only if it is absent) and
   raises :class:`~mlvc_core.errors.PreconditionFailed` otherwise. Never a silent overwrite.
+  ``delete_if`` removes a key only if it is still at the version read (atomic on local
+  disk, in memory, on S3 with ``If-Match`` and on GCS with ``ifGenerationMatch``).
 * ``list`` yields every key that starts with a prefix (recursively; the prefix need not end
   at a ``/``), with size, modification time and, where the backend lists one, a version
   (the S3 ETag, the GCS generation) equal to the one ``read_versioned`` returns for the same
@@ -38,7 +40,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import BinaryIO, NewType
 
-from mlvc_core.errors import FormatError
+from mlvc_core.errors import FormatError, KeyNotFound, PreconditionFailed
 
 Version = NewType("Version", object)
 """An opaque token naming one state of a key (ETag, generation, content, counter...)."""
@@ -168,6 +170,27 @@ class Store(abc.ABC):
         Raises:
             PreconditionFailed: The key is not in the expected state.
         """
+
+    def delete_if(self, key: str, expected: Version) -> None:
+        """Remove ``key`` only if it is still at ``expected``.
+
+        The default compares, then deletes: a write landing between the two is lost. Backends
+        override it with an atomic conditional delete where they have one.
+
+        Args:
+            key: The key to remove.
+            expected: A version from :meth:`read_versioned` or :meth:`write_if`.
+
+        Raises:
+            PreconditionFailed: The key is at another version, or absent.
+        """
+        try:
+            _, current = self.read_versioned(key)
+        except KeyNotFound:
+            raise PreconditionFailed(key) from None
+        if current != expected:
+            raise PreconditionFailed(key)
+        self.delete(key)
 
     def list_temporary(self, prefix: str) -> Iterator[KeyInfo]:
         """Temporary objects under ``prefix`` that :meth:`list` hides (partial writes).

@@ -1,79 +1,26 @@
 """A :class:`~mlvc_core.storage.base.Store` over any fsspec filesystem (S3, GCS, memory...).
 
-The only module of mlvc that imports fsspec; s3fs and gcsfs specifics are reached lazily, through
-the filesystem object fsspec returns, so a backend's library is imported only when its URL is
+The fsspec store is this module and the modules it delegates to, the only ones of mlvc that
+import fsspec, s3fs or gcsfs; s3fs and gcsfs specifics are reached lazily, through the
+filesystem object fsspec returns, so a backend's library is imported only when its URL is
 opened. Keys map to ``<root>/<key>`` where ``<root>`` is the path part of the store's URL
 (``s3://bucket/prefix`` -> ``bucket/prefix``).
 
 What each backend guarantees:
 
-**S3 (s3fs)** - the guarantees of S3 itself (strong read-after-write and list-after-write).
+* **S3 (s3fs)**: conditional PUTs (``If-None-Match``/``If-Match``), ETags as versions,
+  multipart uploads for streams: :mod:`mlvc_core.storage.s3`.
+* **GCS (gcsfs)**: simple uploads with ``ifGenerationMatch``, generations as versions:
+  :mod:`mlvc_core.storage.gcs`.
+* **Every other filesystem** (``memory://`` and anything fsspec knows without conditional
+  writes): ``create``/``read_versioned``/``write_if``/``delete_if`` are made atomic by a lock
+  *inside this process* only, the version being the bytes themselves:
+  :mod:`mlvc_core.storage.generic`. ``open_write`` spools to a local
+  temporary file and uploads it on close (``pipe_file`` for ``memory://``, ``put_file``
+  otherwise), so nothing is visible before ``close`` (:mod:`mlvc_core.storage.fsspec_writers`).
 
-* ``write`` is one PUT (multipart above s3fs's threshold); readers see old or new bytes.
-* ``create`` is a PUT with ``If-None-Match: *`` (on ``CompleteMultipartUpload`` for very large
-  objects): atomic on AWS S3, moto and SeaweedFS.
-* ``read_versioned`` takes the ETag from the response of the same GET that returned the bytes,
-  so the version names exactly those bytes. ``write_if`` is a single PUT with ``If-Match: <etag>``
-  (or ``If-None-Match: *`` for ``expected=None``); it returns the new ETag. A lost race reaches
-  s3fs as ``FileExistsError`` (AWS, moto: the 412 names its ``<Condition>``) or as an ``OSError``
-  whose ``__cause__`` is a botocore ``ClientError`` with HTTP 412 (SeaweedFS, Ceph), as a 404 on
-  moto when the key vanished, or as 409 ``ConditionalRequestConflict`` (AWS, concurrent
-  conditional writes); all of them become :class:`~mlvc_core.errors.PreconditionFailed`. ETags
-  are content hashes for single-part PUTs, so the compare-and-swap is by value: a key rewritten
-  with the very bytes it held before matches the old version again (harmless for refs). A PUT
-  that s3fs retries after a lost response can report a conflict although it was applied: a
-  conflict is never silent, but may be spurious, and callers re-read before retrying anyway.
-* ``open_write`` streams through s3fs's buffered file: one PUT at close below the block size
-  (s3fs ``default_block_size``, 50 MiB unless configured), a multipart upload above it, which S3
-  makes visible only on ``CompleteMultipartUpload``. ``abort`` (and a writer dropped without
-  ``close``) aborts the multipart upload: no key and no billed parts are left behind.
-* ``list`` is ``ListObjectsV2``, one request per 1,000 keys and nothing more; each key comes
-  with its ETag, the version ``read_versioned`` returns for the same bytes.
-
-**GCS (gcsfs)** - the guarantees of GCS (strong consistency for objects and listings).
-
-* ``create`` and ``write_if`` are *simple multipart* uploads (one POST,
-  ``uploadType=multipart``) with ``ifGenerationMatch`` (``0`` for create-if-absent). They never
-  go through resumable uploads: fake-gcs-server 1.54 ignores preconditions on resumable uploads
-  (and so on gcsfs's ``open(path, "xb")`` and large ``pipe_file(mode="create")``). GCS answers
-  any lost race with HTTP 412, which gcsfs raises as ``FileExistsError``.
-* ``read_versioned`` reads the ``x-goog-generation`` header of the same GET that returned the
-  bytes; if a server omits it, the generation is read first and the GET asks for exactly that
-  generation. Versions are generations (strings): unlike ETags they change on every write.
-* ``open_write`` uses gcsfs's file: a simple upload at close for small objects, a resumable
-  upload (finalised only by its last chunk) for large ones; ``abort`` cancels the session.
-* gcsfs must be imported with ``GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT=false`` in the environment
-  when talking to an emulator (otherwise each bucket costs a 60 s gRPC probe); real GCS is fine
-  either way.
-
-**Every other filesystem** (``memory://`` and anything fsspec knows without conditional writes):
-``create``/``read_versioned``/``write_if`` are made atomic by a lock *inside this process* only
-(``read_versioned`` returns the bytes themselves as the version); two processes sharing such a
-filesystem get no compare-and-swap guarantee. ``open_write`` spools to a local temporary file and
-uploads it on close (``pipe_file`` for ``memory://``, ``put_file`` otherwise), so nothing is
-visible before ``close``.
-
-**Every request has a timeout.** A server that accepts connections and never answers (or a
-network that drops packets) must not hang a command, a tracked run or the interpreter's exit,
-so each backend gets finite defaults, which storage options override key by key:
-
-* S3: botocore ``config_kwargs`` ``connect_timeout`` :data:`CONNECT_TIMEOUT` s,
-  ``read_timeout`` :data:`READ_TIMEOUT` s (the wait for the first or the next bytes of an
-  answer; it starts once a request's body is sent, so a slow upload is not cut short) and
-  ``retries`` ``{"mode": "standard", "total_max_attempts": 2}``; s3fs's own retry loop around
-  each call (``S3FileSystem.retries``, 5 by default, not an option s3fs accepts) is set to
-  :data:`S3_CALL_ATTEMPTS`. A frozen server fails a request after at most 2 x 2 attempts of
-  15 s: about a minute, then :class:`~mlvc_core.errors.StorageError`.
-  Requests are sent without ``Expect: 100-continue``, which botocore adds to every upload:
-  aiohttp then waits for the server's ``100 Continue`` before sending the body and before
-  arming any timeout, so a frozen server would hold every write forever. (The body is sent
-  at once instead; a refused upload costs its bytes, at most a pack part.)
-* GCS: gcsfs sends its requests with ``requests_timeout``, which is None by default: no
-  timeout at all. The default here is ``aiohttp.ClientTimeout(sock_connect=CONNECT_TIMEOUT,
-  sock_read=READ_TIMEOUT)`` (no limit on a whole transfer, only on waiting for the server).
-  gcsfs retries a timed-out request 6 times with backoff (about 31 s in all), so a frozen
-  server fails a request after about two minutes. A number given as ``requests_timeout`` is
-  aiohttp's limit on the whole request.
+**Every request has a timeout** on S3 and GCS, finite by default and overridable by storage
+options: :mod:`mlvc_core.storage.timeouts`.
 
 Listings use no cache: the filesystem is opened with ``use_listings_cache=False`` for S3 and GCS
 and the store invalidates the cache after every write, so ``list`` after ``write`` or ``delete``
@@ -85,52 +32,29 @@ race :class:`~mlvc_core.errors.PreconditionFailed`, any other failure of the bac
 from __future__ import annotations
 
 import contextlib
-import copy
-import email.utils
-import json
-import logging
-import os
-import re
-import tempfile
-import threading
 from collections.abc import Iterator
-from datetime import datetime, timezone
-from typing import IO, Any, BinaryIO, cast
+from typing import Any, BinaryIO, cast
 
 import fsspec
 import fsspec.asyn
 import fsspec.core
 
 from mlvc_core.errors import KeyNotFound, MlvcError, PreconditionFailed, StorageError
+from mlvc_core.storage import gcs, generic, s3
 from mlvc_core.storage.base import KeyInfo, Store, Version, Writer, check_limit
+from mlvc_core.storage.fsspec_writers import BufferedFileWriter, SpoolWriter
+from mlvc_core.storage.timeouts import (
+    bound_s3_retries,
+    describe,
+    send_s3_bodies_at_once,
+    with_timeouts,
+)
+from mlvc_core.storage.timestamps import mtime
 
 __all__ = ["FsspecStore"]
 
-_S3_PROTOCOLS = frozenset({"s3", "s3a"})
-_GCS_PROTOCOLS = frozenset({"gs", "gcs"})
-
-# Serialises create/compare-and-swap on filesystems without conditional writes (memory://...).
-# One lock per process: fsspec's memory filesystem is itself one dict per process.
-_LOCAL_CAS_LOCK = threading.RLock()
-
 # Errors that are bugs in the caller or in mlvc, not failures of the backend.
 _PROGRAMMING_ERRORS = (TypeError, AttributeError, NameError, AssertionError, NotImplementedError)
-
-_BOUNDARY = "==mlvc-0a7f3c=="
-
-_QUIET = logging.NullHandler()
-
-CONNECT_TIMEOUT = 5.0
-"""Default seconds to wait for a connection to S3 or GCS (see the module docstring)."""
-READ_TIMEOUT = 15.0
-"""Default seconds to wait for the server's answer (or its next bytes) once a request is sent."""
-S3_CALL_ATTEMPTS = 2
-"""Attempts of s3fs's own retry loop around each call (each one retried by botocore too)."""
-_S3_CONFIG = {
-    "connect_timeout": CONNECT_TIMEOUT,
-    "read_timeout": READ_TIMEOUT,
-    "retries": {"mode": "standard", "total_max_attempts": 2},
-}
 
 
 def _check_key(key: str) -> None:
@@ -144,231 +68,14 @@ def _protocols(fs: Any) -> frozenset[str]:
     return frozenset([proto] if isinstance(proto, str) else proto)
 
 
-def _client_error(exc: BaseException) -> dict[str, Any]:
-    """The botocore error response behind an s3fs exception (empty if none)."""
-    for err in (exc, exc.__cause__):
-        resp = getattr(err, "response", None)
-        if isinstance(resp, dict):
-            return resp
-    return {}
-
-
-def _s3_error_code(exc: BaseException) -> tuple[str | None, int | None]:
-    resp = _client_error(exc)
-    code = resp.get("Error", {}).get("Code")
-    status = resp.get("ResponseMetadata", {}).get("HTTPStatusCode")
-    return code, status
-
-
-def _s3_precondition_failed(exc: BaseException) -> bool:
-    """True if an s3fs exception means a conditional write lost (see module docstring)."""
-    if isinstance(exc, FileExistsError):
-        return True
-    code, status = _s3_error_code(exc)
-    return code in ("PreconditionFailed", "ConditionalRequestConflict") or status == 412
-
-
 def _invalid_range(exc: BaseException) -> bool:
     """True if an exception is HTTP 416: a range that starts at or after the end of the object."""
-    code, status = _s3_error_code(exc)
+    code, status = s3.error_code(exc)
     return code == "InvalidRange" or status == 416 or getattr(exc, "code", None) == 416
-
-
-_FRACTION = re.compile(r"(\.\d{6})\d+")
-
-
-def _to_epoch(value: Any) -> float | None:
-    """Seconds since the epoch from a datetime, a number or an ISO-8601/RFC-1123 string."""
-    if isinstance(value, datetime):
-        if value.tzinfo is None:
-            value = value.replace(tzinfo=timezone.utc)
-        return float(value.timestamp())
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    if isinstance(value, str) and value:
-        try:
-            return float(value)
-        except ValueError:
-            pass
-        text = _FRACTION.sub(r"\1", value.strip())
-        if text.endswith(("Z", "z")):
-            text = text[:-1] + "+00:00"
-        try:
-            return _to_epoch(datetime.fromisoformat(text))
-        except ValueError:
-            pass
-        try:
-            return _to_epoch(email.utils.parsedate_to_datetime(value))
-        except (TypeError, ValueError):
-            return None
-    return None
-
-
-_MTIME_FIELDS = ("mtime", "LastModified", "updated", "last_modified", "modified", "created",
-                 "timeCreated", "ctime")  # fmt: skip
-
-
-def _mtime(info: dict[str, Any]) -> float:
-    """The modification time of an fsspec info dict, whatever the backend calls it."""
-    for name in _MTIME_FIELDS:
-        if name in info:
-            seconds = _to_epoch(info[name])
-            if seconds is not None:
-                return seconds
-    return 0.0
-
-
-def _header(headers: Any, name: str) -> str | None:
-    """Case-insensitive header lookup in any mapping."""
-    value = headers.get(name) if hasattr(headers, "get") else None
-    if value is not None:
-        return str(value)
-    lower = name.lower()
-    for k, v in dict(headers).items():
-        if str(k).lower() == lower:
-            return str(v)
-    return None
-
-
-_UPLOAD_MARK = "#upload="
-"""Separates a key from an upload id in the names :meth:`FsspecStore.list_temporary` gives."""
-
-
-_NO_EXPECT = "mlvc-no-expect-100-continue"
-
-
-def _drop_expect(request: Any, **_: Any) -> None:
-    """A botocore ``before-send`` handler: send the body at once (see the module docstring)."""
-    if "Expect" in request.headers:
-        del request.headers["Expect"]  # not a signed header: the signature stays valid
-
-
-def _describe(exc: BaseException) -> str:
-    """An exception in words; a bare timeout (fsspec's, asyncio's) says that it is one."""
-    text = str(exc).strip()
-    if text:
-        return text
-    if isinstance(exc, TimeoutError):
-        return "no answer from the server in time (timed out)"
-    return type(exc).__name__
-
-
-def _with_timeouts(protocol: str, options: dict[str, Any]) -> dict[str, Any]:
-    """``options`` with finite request timeouts for S3 and GCS where they set none."""
-    if protocol in _S3_PROTOCOLS:
-        config = options.get("config_kwargs") or {}
-        if not isinstance(config, dict):
-            raise TypeError(f"storage option config_kwargs must be a table, not {config!r}")
-        # botocore normalises the retries table in place: hand it copies.
-        return {**options, "config_kwargs": copy.deepcopy({**_S3_CONFIG, **config})}
-    if protocol in _GCS_PROTOCOLS and options.get("requests_timeout") is None:
-        import aiohttp  # gcsfs's HTTP client, there whenever gcsfs is
-
-        # gcsfs logs each failed request with its traceback; where the program configured no
-        # logging, Python would print them to stderr: mlvc reports the failure itself.
-        logging.getLogger("gcsfs").addHandler(_QUIET)
-
-        timeout = aiohttp.ClientTimeout(sock_connect=CONNECT_TIMEOUT, sock_read=READ_TIMEOUT)
-        return {**options, "requests_timeout": timeout}
-    return options
 
 
 def _rebuild(url: str, storage_options: dict[str, Any]) -> FsspecStore:
     return FsspecStore(url, **storage_options)
-
-
-class _BufferedFileWriter(Writer):
-    """Streams into an s3fs/gcsfs buffered file; aborting discards the upload."""
-
-    def __init__(self, store: FsspecStore, key: str, f: Any) -> None:
-        self._store = store
-        self._key = key
-        self._f: Any | None = f
-
-    def write(self, data: bytes | bytearray | memoryview) -> int:
-        if self._f is None:
-            raise ValueError(f"writer for {self._key} is closed")
-        with self._store._errors(self._key, "write", missing_is_key=False):
-            return int(self._f.write(data))
-
-    def close(self) -> None:
-        if self._f is None:
-            return
-        f, self._f = self._f, None
-        try:
-            with self._store._errors(self._key, "write", missing_is_key=False):
-                f.close()
-        except BaseException:
-            _discard(f)
-            raise
-        finally:
-            self._store._invalidate(self._key)
-
-    def abort(self) -> None:
-        if self._f is None:
-            return
-        f, self._f = self._f, None
-        _discard(f)
-
-    def __del__(self) -> None:
-        # A writer dropped without close() must not publish a partial object: the fsspec file's
-        # own finaliser would commit it.
-        with contextlib.suppress(Exception):
-            self.abort()
-
-
-def _discard(f: Any) -> None:
-    """Cancel an fsspec write file (abort multipart/resumable upload) and disarm its close()."""
-    try:
-        # Also after a failed close(): fsspec marks the file closed, the upload may still be open.
-        f.discard()
-    except Exception:  # noqa: BLE001 - best effort; the upload was never completed anyway
-        pass
-    finally:
-        f.closed = True  # AbstractBufferedFile.__del__/close() would otherwise commit
-
-
-class _SpoolWriter(Writer):
-    """Spools to a local temporary file and uploads it on close.
-
-    For filesystems whose open files are not invisible until committed (``memory://``...).
-    """
-
-    def __init__(self, store: FsspecStore, key: str) -> None:
-        self._store = store
-        self._key = key
-        self._tmp: IO[bytes] | None = tempfile.NamedTemporaryFile(  # noqa: SIM115
-            prefix="mlvc-upload-", delete=False
-        )
-
-    def write(self, data: bytes | bytearray | memoryview) -> int:
-        if self._tmp is None:
-            raise ValueError(f"writer for {self._key} is closed")
-        return self._tmp.write(data)
-
-    def close(self) -> None:
-        if self._tmp is None:
-            return
-        tmp, self._tmp = self._tmp, None
-        try:
-            tmp.flush()
-            self._store._upload_file(self._key, tmp)
-        finally:
-            tmp.close()
-            with contextlib.suppress(OSError):
-                os.unlink(tmp.name)
-
-    def abort(self) -> None:
-        if self._tmp is None:
-            return
-        tmp, self._tmp = self._tmp, None
-        tmp.close()
-        with contextlib.suppress(OSError):
-            os.unlink(tmp.name)
-
-    def __del__(self) -> None:
-        with contextlib.suppress(Exception):
-            self.abort()
 
 
 class FsspecStore(Store):
@@ -390,7 +97,7 @@ class FsspecStore(Store):
                 or ``memory://name``. The bucket must exist.
             **storage_options: Passed to the filesystem (``key``/``secret``/``client_kwargs``
                 for s3fs, ``token``/``project``/``endpoint_url`` for gcsfs...). Request
-                timeouts default to finite values (see the module docstring): s3fs's
+                timeouts default to finite values (:mod:`.timeouts`): s3fs's
                 ``config_kwargs`` ``connect_timeout``/``read_timeout``/``retries`` and gcsfs's
                 ``requests_timeout`` override them.
 
@@ -400,21 +107,19 @@ class FsspecStore(Store):
         self.url = url.rstrip("/")
         self.storage_options = dict(storage_options)
         protocol = fsspec.core.split_protocol(url)[0] or "file"
-        options = _with_timeouts(protocol, dict(storage_options))
-        if protocol in _S3_PROTOCOLS | _GCS_PROTOCOLS:
+        options = with_timeouts(protocol, dict(storage_options))
+        if protocol in s3.S3_PROTOCOLS | gcs.GCS_PROTOCOLS:
             # Listings go to the server every time: another process may have written since.
             options.setdefault("use_listings_cache", False)
         self._hooked_client: Any = None
         self.fs, root = fsspec.core.url_to_fs(url, **options)
         self.root: str = root.rstrip("/")
         protocols = _protocols(self.fs)
-        if protocols & _S3_PROTOCOLS:
+        if protocols & s3.S3_PROTOCOLS:
             self.backend = "s3"
             # s3fs retries each call itself, around botocore's retries: bound the product.
-            self.fs.retries = min(
-                int(getattr(self.fs, "retries", S3_CALL_ATTEMPTS)), S3_CALL_ATTEMPTS
-            )
-        elif protocols & _GCS_PROTOCOLS:
+            bound_s3_retries(self.fs)
+        elif protocols & gcs.GCS_PROTOCOLS:
             self.backend = "gcs"
         else:
             self.backend = "generic"
@@ -443,10 +148,10 @@ class FsspecStore(Store):
         except _PROGRAMMING_ERRORS:
             raise
         except Exception as exc:
-            raise StorageError(f"cannot {action} {key} in {self.url}: {_describe(exc)}") from exc
+            raise StorageError(f"cannot {action} {key} in {self.url}: {describe(exc)}") from exc
 
     def _prepare_client(self) -> None:
-        """Make sure the S3 client sends no ``Expect: 100-continue`` (module docstring).
+        """Make sure the S3 client sends no ``Expect: 100-continue`` (:mod:`.timeouts`).
 
         s3fs creates its botocore client on first use and again if its connections were
         closed: checked before every call, registered once per client.
@@ -457,7 +162,7 @@ class FsspecStore(Store):
         if client is None:
             client = self.fs.s3  # creates the client; sends nothing
         if client is not self._hooked_client:
-            client.meta.events.register("before-send.s3", _drop_expect, unique_id=_NO_EXPECT)
+            send_s3_bodies_at_once(client)
             self._hooked_client = client
 
     def _invalidate(self, key: str) -> None:
@@ -467,87 +172,6 @@ class FsspecStore(Store):
     def _sync(self, coro_fn: Any, *args: Any, **kwargs: Any) -> Any:
         """Run an async helper on the filesystem's event loop."""
         return fsspec.asyn.sync(self.fs.loop, coro_fn, *args, **kwargs)
-
-    def _s3_get(self, key: str, limit: int | None = None) -> tuple[bytes, str]:
-        """One GET: the bytes of ``key`` and the ETag of exactly those bytes.
-
-        A body longer than ``limit`` is refused from its length, before it is read.
-        """
-        bucket, s3key, _ = self.fs.split_path(self._path(key))
-        fs = self.fs
-
-        async def get() -> tuple[bytes, str]:
-            resp = await fs._call_s3("get_object", Bucket=bucket, Key=s3key)
-            body = resp["Body"]
-            try:
-                check_limit(key, int(resp.get("ContentLength") or 0), limit)
-                data = await body.read()
-            finally:
-                body.close()
-            return data, str(resp["ETag"])
-
-        data, etag = cast(tuple[bytes, str], self._sync(get))
-        check_limit(key, len(data), limit)
-        return data, etag
-
-    def _gcs_upload_if(self, key: str, data: bytes, generation: str | int) -> str:
-        """A simple multipart upload conditional on the live generation (0: absent).
-
-        Returns:
-            The generation of the new object.
-        """
-        from gcsfs.core import quote
-
-        bucket, name, _ = self.fs.split_path(self._path(key))
-        meta = json.dumps({"name": name}).encode()
-        boundary = _BOUNDARY.encode()
-        body = b"".join(
-            [
-                b"--" + boundary + b"\r\nContent-Type: application/json; charset=UTF-8\r\n\r\n",
-                meta,
-                b"\r\n--" + boundary + b"\r\nContent-Type: application/octet-stream\r\n\r\n",
-                bytes(data),
-                b"\r\n--" + boundary + b"--",
-            ]
-        )
-        out = self.fs.call(
-            "POST",
-            f"{self.fs._location}/upload/storage/v1/b/{quote(bucket)}/o",
-            uploadType="multipart",
-            ifGenerationMatch=str(generation),
-            headers={"Content-Type": f'multipart/related; boundary="{_BOUNDARY}"'},
-            data=body,
-            json_out=True,
-        )
-        self._invalidate(key)
-        return str(out["generation"])
-
-    def _gcs_get(self, key: str) -> tuple[bytes, str]:
-        """The bytes of ``key`` and the generation of exactly those bytes."""
-        path = self._path(key)
-        headers, data = self.fs.call("GET", self.fs.url(path))
-        generation = _header(headers, "x-goog-generation")
-        if generation is not None:
-            return bytes(data), generation
-        # Server without the header: pin the generation first, then read exactly it.
-        for _ in range(10):
-            generation = str(self.fs.info(path, refresh=True)["generation"])
-            try:
-                _, data = self.fs.call("GET", self.fs.url(path, generation=generation))
-            except FileNotFoundError:
-                continue  # replaced between the two requests
-            return bytes(data), generation
-        raise StorageError(f"cannot read {key} in {self.url}: it keeps changing")
-
-    def _upload_file(self, key: str, tmp: IO[bytes]) -> None:
-        path = self._path(key)
-        with self._errors(key, "write", missing_is_key=False):
-            if "memory" in _protocols(self.fs):
-                tmp.seek(0)
-                self.fs.pipe_file(path, tmp.read())
-            else:
-                self.fs.put_file(tmp.name, path)
-        self._invalidate(key)
 
     # -- reads ---------------------------------------------------------------------------------
 
@@ -561,7 +185,7 @@ class FsspecStore(Store):
         """
         with self._errors(key, "read"):
             if self.backend == "s3":
-                return self._s3_get(key, limit)[0]
+                return s3.get(self.fs, self._path(key), key, limit, self._sync)[0]
             if limit is None:
                 return bytes(self.fs.cat_file(self._path(key)))
         data = self.read_range(key, 0, limit + 1)
@@ -637,8 +261,7 @@ class FsspecStore(Store):
         with self._errors(key, "stat", missing_is_key=False):
             try:
                 if self.backend == "s3":
-                    bucket, s3key, _ = self.fs.split_path(path)
-                    self.fs.call_s3("head_object", Bucket=bucket, Key=s3key)
+                    s3.head(self.fs, path)
                     return True
                 return bool(self.fs.info(path).get("type") == "file")
             except FileNotFoundError:
@@ -653,7 +276,8 @@ class FsspecStore(Store):
         if prefix.startswith("/"):
             raise ValueError(f"invalid prefix {prefix!r}")
         if self.backend == "s3":
-            yield from self._s3_list(prefix)
+            guard = lambda: self._errors(prefix, "list", missing_is_key=False)  # noqa: E731
+            yield from s3.list_keys(self.fs, self.root, prefix, guard, self._sync)
             return
         base = prefix.rpartition("/")[0]
         search = (f"{self.root}/{base}" if self.root else base) if base else self.root
@@ -671,66 +295,7 @@ class FsspecStore(Store):
             key = name[len(head) :]
             if not key or key.endswith("/") or not key.startswith(prefix):
                 continue
-            yield KeyInfo(key, int(info.get("size") or 0), _mtime(info), self._listed_version(info))
-
-    def _fast_listing_parser(self) -> None:
-        """Parse S3 timestamps with ``datetime.fromisoformat`` (C) instead of dateutil.
-
-        botocore parses every ``LastModified`` of a listing with dateutil, about 50 us each:
-        most of the CPU of listing 10,000 refs. The parser factory belongs to this
-        filesystem's own client; anything not ISO 8601 still goes to botocore's parser.
-        """
-        if getattr(self.fs, "_s3", None) is None:
-            self._sync(self.fs.set_session)
-        endpoint = getattr(getattr(self.fs, "_s3", None), "_endpoint", None)
-        factory = getattr(endpoint, "_response_parser_factory", None)
-        if factory is None or getattr(factory, "_mlvc_fast_timestamps", False):
-            return
-        from botocore.parsers import DEFAULT_TIMESTAMP_PARSER  # type: ignore[import-untyped]
-
-        def parse(value: Any) -> Any:
-            try:
-                d = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
-            except ValueError:
-                return DEFAULT_TIMESTAMP_PARSER(value)
-            return d if d.tzinfo is not None else d.replace(tzinfo=timezone.utc)
-
-        factory.set_parser_defaults(timestamp_parser=parse)
-        factory._mlvc_fast_timestamps = True
-
-    def _s3_list(self, prefix: str) -> Iterator[KeyInfo]:
-        """``ListObjectsV2`` pages under ``prefix`` (one request per 1,000 keys, none more).
-
-        s3fs's ``find`` adds a HEAD and a second listing when nothing matches; a listing that
-        ``ls`` makes for every experiment must cost exactly its pages.
-        """
-        self._fast_listing_parser()
-        full = f"{self.root}/{prefix}" if self.root else prefix
-        bucket, _, key_prefix = full.partition("/")
-        head = full[len(bucket) + 1 : len(full) - len(prefix)]
-        token: str | None = None
-        while True:
-            kwargs: dict[str, Any] = {"Bucket": bucket, "Prefix": key_prefix}
-            if token:
-                kwargs["ContinuationToken"] = token
-            with self._errors(prefix, "list", missing_is_key=False):
-                try:
-                    page = self.fs.call_s3("list_objects_v2", **kwargs)
-                except FileNotFoundError:
-                    return
-            for item in page.get("Contents") or []:
-                key = str(item["Key"])[len(head) :]
-                if not key or key.endswith("/"):
-                    continue
-                yield KeyInfo(
-                    key,
-                    int(item.get("Size") or 0),
-                    _to_epoch(item.get("LastModified")) or 0.0,
-                    str(item["ETag"]) if item.get("ETag") else None,
-                )
-            token = page.get("NextContinuationToken") if page.get("IsTruncated") else None
-            if not token:
-                return
+            yield KeyInfo(key, int(info.get("size") or 0), mtime(info), self._listed_version(info))
 
     def _listed_version(self, info: dict[str, Any]) -> str | None:
         """The version a listing entry names, in the form :meth:`read_versioned` returns."""
@@ -764,31 +329,12 @@ class FsspecStore(Store):
         Raises:
             StorageError: The backend failed.
         """
-        path = self._path(key)
-        data = bytes(data)
-        with self._errors(key, "create", missing_is_key=False):
-            if self.backend == "s3":
-                try:
-                    self.fs.pipe_file(path, data, mode="create")
-                except Exception as exc:
-                    if _s3_precondition_failed(exc):
-                        return False
-                    raise
-                finally:
-                    self._invalidate(key)
-                return True
-            if self.backend == "gcs":
-                try:
-                    self._gcs_upload_if(key, data, 0)
-                except FileExistsError:
-                    return False
-                return True
-            with _LOCAL_CAS_LOCK:
-                if self.fs.exists(path):
-                    return False
-                self.fs.pipe_file(path, data)
+        backend = s3 if self.backend == "s3" else gcs if self.backend == "gcs" else generic
+        try:
+            with self._errors(key, "create", missing_is_key=False):
+                return bool(backend.create(self.fs, self._path(key), bytes(data)))
+        finally:
             self._invalidate(key)
-            return True
 
     def open_write(self, key: str) -> Writer:
         """Stream a new object to ``key``: published by ``close()``, discarded by ``abort()``.
@@ -799,8 +345,8 @@ class FsspecStore(Store):
         path = self._path(key)
         if self.backend in ("s3", "gcs"):
             with self._errors(key, "write", missing_is_key=False):
-                return _BufferedFileWriter(self, key, self.fs.open(path, "wb"))
-        return _SpoolWriter(self, key)
+                return BufferedFileWriter(self, key, self.fs.open(path, "wb"))
+        return SpoolWriter(self, key)
 
     def delete(self, key: str) -> None:
         """Remove ``key``; a missing key is not an error.
@@ -816,6 +362,36 @@ class FsspecStore(Store):
                 pass
         self._invalidate(key)
 
+    def delete_if(self, key: str, expected: Version) -> None:
+        """Remove ``key`` only if it is still at ``expected``.
+
+        Atomic on S3 (``DeleteObject`` with ``If-Match``) and GCS (``ifGenerationMatch``); on
+        other filesystems within this process only. The version is compared first as well, so
+        a server that ignores the condition (fake-gcs-server) still refuses a stale version.
+
+        Raises:
+            PreconditionFailed: The key is at another version, or absent.
+            StorageError: The backend failed.
+        """
+        path = self._path(key)
+        if self.backend == "generic":
+            with self._errors(key, "delete", missing_is_key=False):
+                generic.delete_if(self.fs, path, key, expected)
+            self._invalidate(key)
+            return
+        try:
+            _, current_version = self.read_versioned(key)
+        except KeyNotFound:
+            raise PreconditionFailed(key) from None
+        if current_version != expected:
+            raise PreconditionFailed(key)
+        backend = s3 if self.backend == "s3" else gcs
+        try:
+            with self._errors(key, "delete", missing_is_key=False):
+                backend.delete_if(self.fs, path, key, str(expected))
+        finally:
+            self._invalidate(key)
+
     def list_temporary(self, prefix: str) -> Iterator[KeyInfo]:
         """Incomplete multipart uploads under ``prefix`` (S3): what a killed writer left.
 
@@ -827,21 +403,8 @@ class FsspecStore(Store):
         """
         if self.backend != "s3":
             return
-        bucket, root_key, _ = self.fs.split_path(self.root)
-        head = f"{root_key}/" if root_key else ""
-        args: dict[str, Any] = {"Bucket": bucket, "Prefix": head + prefix}
-        while True:
-            with self._errors(prefix, "list uploads", missing_is_key=False):
-                resp = self.fs.call_s3("list_multipart_uploads", **args)
-            for u in resp.get("Uploads") or []:
-                name = str(u["Key"])
-                if name.startswith(head):
-                    when = _to_epoch(u.get("Initiated")) or 0.0
-                    yield KeyInfo(f"{name[len(head) :]}{_UPLOAD_MARK}{u['UploadId']}", 0, when)
-            if not resp.get("IsTruncated"):
-                return
-            args["KeyMarker"] = resp.get("NextKeyMarker")
-            args["UploadIdMarker"] = resp.get("NextUploadIdMarker")
+        guard = lambda: self._errors(prefix, "list uploads", missing_is_key=False)  # noqa: E731
+        yield from s3.list_uploads(self.fs, self.root, prefix, guard)
 
     def delete_temporary(self, key: str) -> None:
         """Abort an incomplete multipart upload named by :meth:`list_temporary`.
@@ -849,15 +412,12 @@ class FsspecStore(Store):
         Raises:
             StorageError: The backend failed.
         """
-        name, mark, upload = key.rpartition(_UPLOAD_MARK)
+        name, mark, upload = key.rpartition(s3.UPLOAD_MARK)
         if not mark or self.backend != "s3":
             raise ValueError(f"{key!r} is not an incomplete upload")
-        bucket, s3key, _ = self.fs.split_path(self._path(name))
+        path = self._path(name)
         with self._errors(key, "abort upload", missing_is_key=False):
-            try:
-                self.fs.call_s3("abort_multipart_upload", Bucket=bucket, Key=s3key, UploadId=upload)
-            except FileNotFoundError:
-                pass  # already completed or aborted
+            s3.abort_upload(self.fs, path, upload)
 
     # -- compare-and-swap ----------------------------------------------------------------------
 
@@ -873,17 +433,13 @@ class FsspecStore(Store):
         """
         with self._errors(key, "read"):
             if self.backend == "s3":
-                data, etag = self._s3_get(key, limit)
+                data, etag = s3.get(self.fs, self._path(key), key, limit, self._sync)
                 return data, Version(etag)
             if self.backend == "gcs":
-                data, generation = self._gcs_get(key)
+                data, generation = gcs.get(self.fs, self._path(key), f"{key} in {self.url}")
                 check_limit(key, len(data), limit)
                 return data, Version(generation)
-            with _LOCAL_CAS_LOCK:
-                if limit is None:
-                    data = bytes(self.fs.cat_file(self._path(key)))
-                else:
-                    data = bytes(self.fs.cat_file(self._path(key), start=0, end=limit + 1))
+            data = generic.read(self.fs, self._path(key), limit)
         check_limit(key, len(data), limit)
         return data, Version(data)
 
@@ -909,42 +465,28 @@ class FsspecStore(Store):
         if self.backend == "gcs":
             with self._errors(key, "write", missing_is_key=False):
                 try:
-                    generation = self._gcs_upload_if(
-                        key, data, 0 if expected is None else str(expected)
+                    generation = gcs.upload_if(
+                        self.fs, path, data, 0 if expected is None else str(expected)
                     )
                 except FileExistsError:
                     raise PreconditionFailed(key) from None
+                finally:
+                    self._invalidate(key)
             return Version(generation)
-        with self._errors(key, "write", missing_is_key=False), _LOCAL_CAS_LOCK:
-            try:
-                current: object = bytes(self.fs.cat_file(path))
-            except FileNotFoundError:
-                current = None
-            if current != expected:
-                raise PreconditionFailed(key)
-            self.fs.pipe_file(path, data)
+        with self._errors(key, "write", missing_is_key=False):
+            generic.write_if(self.fs, path, key, data, expected)
         self._invalidate(key)
         return Version(data)
 
     def _s3_write_if(self, key: str, path: str, data: bytes, expected: Version | None) -> Version:
-        bucket, s3key, _ = self.fs.split_path(path)
-        condition = {"IfNoneMatch": "*"} if expected is None else {"IfMatch": str(expected)}
         try:
             with self._errors(key, "write", missing_is_key=False):
-                try:
-                    out = self.fs.call_s3(
-                        "put_object", Bucket=bucket, Key=s3key, Body=data, **condition
-                    )
-                except Exception as exc:
-                    if _s3_precondition_failed(exc):
-                        raise PreconditionFailed(key) from None
-                    code, _ = _s3_error_code(exc)
-                    if expected is not None and code in ("NoSuchKey", "404"):
-                        raise PreconditionFailed(key) from None  # moto: If-Match on a gone key
-                    raise
+                etag = s3.put_if(
+                    self.fs, path, key, data, None if expected is None else str(expected)
+                )
         finally:
             self._invalidate(key)
-        return Version(str(out["ETag"]))
+        return Version(etag)
 
     def close(self) -> None:
         """Nothing to release: the filesystem instance is shared through fsspec's cache."""

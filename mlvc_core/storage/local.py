@@ -83,10 +83,6 @@ class LocalStore(Store):
         _check_key(key)
         return self.root / key
 
-    def local_path(self, key: str) -> Path:
-        """The file behind ``key`` (for zero-copy reads)."""
-        return self._path(key)
-
     def _open(self, key: str) -> tuple[int, int]:
         """Open ``key`` for reading: ``(fd, size)``; only a regular file is a value.
 
@@ -289,3 +285,19 @@ class LocalStore(Store):
         except OSError as exc:
             raise StorageError(f"cannot write {key}: {exc}") from exc
         return Version(data)
+
+    def delete_if(self, key: str, expected: Version) -> None:
+        path = self._path(key)
+        try:
+            with self._locked(key):
+                try:
+                    current = self.read(key)
+                except KeyNotFound:
+                    raise PreconditionFailed(key) from None
+                if current != expected:  # type: ignore[comparison-overlap] # versions are bytes here
+                    raise PreconditionFailed(key)
+                os.unlink(path)
+        except PreconditionFailed:
+            raise
+        except OSError as exc:
+            raise StorageError(f"cannot delete {key}: {exc}") from exc

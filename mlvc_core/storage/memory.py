@@ -102,7 +102,9 @@ class MemoryStore(Store):
                 raise PreconditionFailed(key)
             return Version(self._put(key, data))
 
-    def set_mtime(self, key: str, mtime: float) -> None:
-        """Backdate a key (tests of grace periods)."""
-        data, _, gen = self._data[key]
-        self._data[key] = (data, mtime, gen)
+    def delete_if(self, key: str, expected: Version) -> None:
+        with self._lock:
+            current: Any = self._data[key][2] if key in self._data else None
+            if current is None or current != expected:
+                raise PreconditionFailed(key)
+            del self._data[key]

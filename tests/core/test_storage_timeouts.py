@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import pytest
 
 from mlvc_core.errors import StorageError
-from mlvc_core.storage import fsspec_store
+from mlvc_core.storage import timeouts
 from mlvc_core.storage.fsspec_store import FsspecStore
 from tests.servers import MOTO_KEY, MOTO_SECRET
 from tests.stalling import FrozenServer
@@ -38,10 +38,10 @@ def _s3(endpoint: str, **config: object) -> FsspecStore:
 def test_s3_client_defaults_are_finite(frozen: FrozenServer) -> None:
     store = _s3(frozen.url)
     config = store.fs.s3.meta.config  # creating the client sends nothing
-    assert config.connect_timeout == fsspec_store.CONNECT_TIMEOUT
-    assert config.read_timeout == fsspec_store.READ_TIMEOUT
+    assert config.connect_timeout == timeouts.CONNECT_TIMEOUT
+    assert config.read_timeout == timeouts.READ_TIMEOUT
     assert config.retries == {"mode": "standard", "total_max_attempts": 2}
-    assert store.fs.retries == fsspec_store.S3_CALL_ATTEMPTS
+    assert store.fs.retries == timeouts.S3_CALL_ATTEMPTS
     assert frozen.connections == 0
 
 
@@ -49,7 +49,7 @@ def test_s3_storage_options_override_each_default(frozen: FrozenServer) -> None:
     store = _s3(frozen.url, read_timeout=2.5, retries={"max_attempts": 7})
     config = store.fs.s3.meta.config
     assert config.read_timeout == 2.5
-    assert config.connect_timeout == fsspec_store.CONNECT_TIMEOUT  # not given: still finite
+    assert config.connect_timeout == timeouts.CONNECT_TIMEOUT  # not given: still finite
     assert config.retries["total_max_attempts"] == 8  # botocore: 7 retries after the first
     assert store.storage_options["config_kwargs"] == {
         "read_timeout": 2.5,
@@ -78,7 +78,7 @@ def test_s3_reopened_store_keeps_the_callers_timeouts(frozen: FrozenServer) -> N
 
     store = pickle.loads(pickle.dumps(_s3(frozen.url, read_timeout=0.5)))
     assert store.fs.s3.meta.config.read_timeout == 0.5
-    assert store.fs.s3.meta.config.connect_timeout == fsspec_store.CONNECT_TIMEOUT
+    assert store.fs.s3.meta.config.connect_timeout == timeouts.CONNECT_TIMEOUT
 
 
 def _gcs(endpoint: str, **options: object) -> FsspecStore:
@@ -89,8 +89,8 @@ def _gcs(endpoint: str, **options: object) -> FsspecStore:
 
 def test_gcs_requests_have_a_finite_default_timeout(frozen: FrozenServer) -> None:
     timeout = _gcs(frozen.url).fs.requests_timeout  # gcsfs's own default is None: no limit
-    assert timeout.sock_connect == fsspec_store.CONNECT_TIMEOUT
-    assert timeout.sock_read == fsspec_store.READ_TIMEOUT
+    assert timeout.sock_connect == timeouts.CONNECT_TIMEOUT
+    assert timeout.sock_read == timeouts.READ_TIMEOUT
     assert timeout.total is None  # a long transfer is not cut short, only a silent server
 
 
@@ -114,8 +114,8 @@ def test_gcs_request_to_a_frozen_server_times_out(frozen: FrozenServer) -> None:
 def test_a_bare_timeout_is_described_in_words() -> None:
     import fsspec.exceptions
 
-    assert "timed out" in fsspec_store._describe(fsspec.exceptions.FSTimeoutError())
-    assert fsspec_store._describe(OSError("refused")) == "refused"
+    assert "timed out" in timeouts.describe(fsspec.exceptions.FSTimeoutError())
+    assert timeouts.describe(OSError("refused")) == "refused"
 
 
 def test_config_kwargs_must_be_a_table() -> None:

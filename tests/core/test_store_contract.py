@@ -9,6 +9,7 @@ from __future__ import annotations
 import gc
 import multiprocessing
 import pickle
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -300,3 +301,59 @@ def test_racing_processes_move_a_ref_exactly_once(
         assert {after for _, _, after in outcomes} == set(winners)
     final_winner = next(tried for outcome, tried, _ in (r[-1] for r in results) if outcome == "won")
     assert to_hex(refs.require("heads/main").target) == final_winner
+
+
+# ---------------------------------------------------------------------------------------------
+# A conditional delete racing a compare-and-swap: exactly one of them wins
+
+
+def _delete_or_move(store: Store, version: Any, moved: bytes) -> list[str]:
+    """Race ``delete_if`` and ``write_if`` on ``refs/r`` at ``version``; return who won."""
+    barrier = threading.Barrier(2)
+    won: list[str] = []
+
+    def delete() -> None:
+        barrier.wait(30)
+        try:
+            store.delete_if("refs/r", version)
+            won.append("delete")
+        except PreconditionFailed:
+            pass
+
+    def move() -> None:
+        barrier.wait(30)
+        try:
+            store.write_if("refs/r", moved, version)
+            won.append("move")
+        except PreconditionFailed:
+            pass
+
+    threads = [threading.Thread(target=delete), threading.Thread(target=move)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return won
+
+
+@pytest.mark.parametrize("backend", ["memory", "local", "s3_repo_url", "seaweed_repo_url"])
+def test_conditional_delete_and_move_never_both_win(
+    backend: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """On backends with atomic conditional deletes (fake-gcs-server ignores the condition)."""
+    if backend == "memory":
+        store: Store = MemoryStore()
+    elif backend == "local":
+        store = LocalStore(tmp_path / "store")
+    else:
+        url, options = request.getfixturevalue(backend)
+        store = FsspecStore(url, **options)
+    for rnd in range(12):
+        version = store.write_if("refs/r", b"start %d" % rnd, None)
+        won = _delete_or_move(store, version, b"moved %d" % rnd)
+        assert len(won) == 1, f"round {rnd}: {won}"
+        if won == ["move"]:
+            assert store.read("refs/r") == b"moved %d" % rnd
+            store.delete("refs/r")
+        else:
+            assert not store.exists("refs/r")

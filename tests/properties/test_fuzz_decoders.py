@@ -28,7 +28,7 @@ from mlvc_core.errors import FormatError, IntegrityError, UnsafePath
 from mlvc_core.ids import hash_bytes
 from mlvc_core.objects import Commit, Manifest, Tree, TreeEntry, decode
 from mlvc_core.packs import INDEX_MAGIC, Location, decode_index, encode_index
-from mlvc_core.refs import Ref, _decode, _encode
+from mlvc_core.refs import Ref, decode_ref, encode_ref
 from mlvc_core.statcache import StatCache
 
 DOCUMENTED = (FormatError, IntegrityError, UnsafePath)
@@ -251,7 +251,7 @@ _EXPERIMENT = {
 
 
 def _read_ref(data: bytes) -> None:
-    ref = _decode("experiments/x", data, None)
+    ref = decode_ref("experiments/x", data, None)
     checked_ref(ref)
 
 
@@ -273,7 +273,7 @@ def test_refs_mutated(valid: dict[str, Any], data: st.DataObject) -> None:
 def test_valid_refs_read_back() -> None:
     for valid in (_TAG, _EXPERIMENT):
         doc = dict(valid)
-        ref = _decode("experiments/x", _encode(bytes.fromhex(doc.pop("target")), doc), None)
+        ref = decode_ref("experiments/x", encode_ref(bytes.fromhex(doc.pop("target")), doc), None)
         assert isinstance(checked_ref(ref), Ref)
 
 

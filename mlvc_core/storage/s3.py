@@ -1,0 +1,293 @@
+"""S3 specifics of :class:`~mlvc_core.storage.fsspec_store.FsspecStore` (through s3fs).
+
+The guarantees are those of S3 itself (strong read-after-write and list-after-write):
+
+* ``write`` is one PUT (multipart above s3fs's threshold); readers see old or new bytes.
+* ``create`` is a PUT with ``If-None-Match: *`` (on ``CompleteMultipartUpload`` for very large
+  objects): atomic on AWS S3, moto and SeaweedFS.
+* ``read_versioned`` takes the ETag from the response of the same GET that returned the bytes
+  (:func:`get`), so the version names exactly those bytes. ``write_if`` is a single PUT with
+  ``If-Match: <etag>`` (or ``If-None-Match: *`` for ``expected=None``, :func:`put_if`); it
+  returns the new ETag. A lost race reaches s3fs as ``FileExistsError`` (AWS, moto: the 412
+  names its ``<Condition>``) or as an ``OSError`` whose ``__cause__`` is a botocore
+  ``ClientError`` with HTTP 412 (SeaweedFS, Ceph), as a 404 on moto when the key vanished, or
+  as 409 ``ConditionalRequestConflict`` (AWS, concurrent conditional writes); all of them
+  become :class:`~mlvc_core.errors.PreconditionFailed`. ETags are content hashes for
+  single-part PUTs, so the compare-and-swap is by value: a key rewritten with the very bytes it
+  held before matches the old version again (harmless for refs). A PUT that s3fs retries after
+  a lost response can report a conflict although it was applied: a conflict is never silent,
+  but may be spurious, and callers re-read before retrying anyway.
+* ``delete_if`` is a DELETE with ``If-Match: <etag>`` (:func:`delete_if`), honoured by AWS S3,
+  moto and SeaweedFS; the store compares the version first as well.
+* ``open_write`` streams through s3fs's buffered file: one PUT at close below the block size
+  (s3fs ``default_block_size``, 50 MiB unless configured), a multipart upload above it, which
+  S3 makes visible only on ``CompleteMultipartUpload``. ``abort`` (and a writer dropped without
+  ``close``) aborts the multipart upload: no key and no billed parts are left behind; those a
+  killed writer left are listed by :func:`list_uploads` and aborted by :func:`abort_upload`.
+* ``list`` is ``ListObjectsV2`` (:func:`list_keys`), one request per 1,000 keys and nothing
+  more; each key comes with its ETag, the version ``read_versioned`` returns for the same bytes.
+
+Functions here take the s3fs filesystem and full paths (``bucket/key``); mapping errors to
+mlvc's and invalidating caches stay with the store. Only botocore is imported here, lazily.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
+from datetime import datetime, timezone
+from typing import Any, cast
+
+from mlvc_core.errors import PreconditionFailed
+from mlvc_core.storage.base import KeyInfo, check_limit
+from mlvc_core.storage.timestamps import to_epoch
+
+__all__ = [
+    "S3_PROTOCOLS",
+    "UPLOAD_MARK",
+    "abort_upload",
+    "create",
+    "delete_if",
+    "error_code",
+    "get",
+    "head",
+    "list_keys",
+    "list_uploads",
+    "precondition_failed",
+    "put_if",
+]
+
+S3_PROTOCOLS = frozenset({"s3", "s3a"})
+
+UPLOAD_MARK = "#upload="
+"""Separates a key from an upload id in the names :func:`list_uploads` gives."""
+
+Guard = Callable[[], AbstractContextManager[None]]
+"""A context manager factory that maps one request's errors to mlvc's."""
+
+
+def _client_error(exc: BaseException) -> dict[str, Any]:
+    """The botocore error response behind an s3fs exception (empty if none)."""
+    for err in (exc, exc.__cause__):
+        resp = getattr(err, "response", None)
+        if isinstance(resp, dict):
+            return resp
+    return {}
+
+
+def error_code(exc: BaseException) -> tuple[str | None, int | None]:
+    """The S3 error code and HTTP status behind an s3fs exception (None where unknown)."""
+    resp = _client_error(exc)
+    code = resp.get("Error", {}).get("Code")
+    status = resp.get("ResponseMetadata", {}).get("HTTPStatusCode")
+    return code, status
+
+
+def precondition_failed(exc: BaseException) -> bool:
+    """True if an s3fs exception means a conditional write lost (see the module docstring)."""
+    if isinstance(exc, FileExistsError):
+        return True
+    code, status = error_code(exc)
+    return code in ("PreconditionFailed", "ConditionalRequestConflict") or status == 412
+
+
+def get(
+    fs: Any, path: str, key: str, limit: int | None, sync: Callable[..., Any]
+) -> tuple[bytes, str]:
+    """One GET: the bytes at ``path`` and the ETag of exactly those bytes.
+
+    A body longer than ``limit`` is refused from its length, before it is read.
+
+    Args:
+        fs: The s3fs filesystem.
+        path: ``bucket/key``.
+        key: The store key, for messages.
+        limit: Most bytes accepted, or None.
+        sync: Runs a coroutine function on ``fs``'s event loop.
+
+    Raises:
+        FormatError: The value holds more than ``limit`` bytes.
+    """
+    bucket, s3key, _ = fs.split_path(path)
+
+    async def get() -> tuple[bytes, str]:
+        resp = await fs._call_s3("get_object", Bucket=bucket, Key=s3key)
+        body = resp["Body"]
+        try:
+            check_limit(key, int(resp.get("ContentLength") or 0), limit)
+            data = await body.read()
+        finally:
+            body.close()
+        return data, str(resp["ETag"])
+
+    data, etag = cast(tuple[bytes, str], sync(get))
+    check_limit(key, len(data), limit)
+    return data, etag
+
+
+def head(fs: Any, path: str) -> None:
+    """One HEAD of ``path`` (s3fs's ``info`` may list the prefix as well).
+
+    Raises:
+        FileNotFoundError: No such object.
+    """
+    bucket, s3key, _ = fs.split_path(path)
+    fs.call_s3("head_object", Bucket=bucket, Key=s3key)
+
+
+def create(fs: Any, path: str, data: bytes) -> bool:
+    """One PUT with ``If-None-Match: *``; True if written, False if the object exists."""
+    try:
+        fs.pipe_file(path, data, mode="create")
+    except Exception as exc:
+        if precondition_failed(exc):
+            return False
+        raise
+    return True
+
+
+def put_if(fs: Any, path: str, key: str, data: bytes, expected: str | None) -> str:
+    """One conditional PUT: ``If-Match: expected``, or ``If-None-Match: *`` for None.
+
+    Returns:
+        The ETag of the new object.
+
+    Raises:
+        PreconditionFailed: The object is not at ``expected`` (or exists, for None).
+    """
+    bucket, s3key, _ = fs.split_path(path)
+    condition = {"IfNoneMatch": "*"} if expected is None else {"IfMatch": str(expected)}
+    try:
+        out = fs.call_s3("put_object", Bucket=bucket, Key=s3key, Body=data, **condition)
+    except Exception as exc:
+        if precondition_failed(exc):
+            raise PreconditionFailed(key) from None
+        code, _ = error_code(exc)
+        if expected is not None and code in ("NoSuchKey", "404"):
+            raise PreconditionFailed(key) from None  # moto: If-Match on a gone key
+        raise
+    return str(out["ETag"])
+
+
+def delete_if(fs: Any, path: str, key: str, expected: str) -> None:
+    """One conditional DELETE (``If-Match: expected``): AWS S3, moto and SeaweedFS honour it.
+
+    Raises:
+        PreconditionFailed: The object is at another version, or absent.
+    """
+    bucket, s3key, _ = fs.split_path(path)
+    try:
+        fs.call_s3("delete_object", Bucket=bucket, Key=s3key, IfMatch=expected)
+    except FileNotFoundError:
+        raise PreconditionFailed(key) from None
+    except Exception as exc:
+        code, _ = error_code(exc)
+        if precondition_failed(exc) or code in ("NoSuchKey", "404"):
+            raise PreconditionFailed(key) from None
+        raise
+
+
+def _fast_listing_parser(fs: Any, sync: Callable[..., Any]) -> None:
+    """Parse S3 timestamps with ``datetime.fromisoformat`` (C) instead of dateutil.
+
+    botocore parses every ``LastModified`` of a listing with dateutil, about 50 us each:
+    most of the CPU of listing 10,000 refs. The parser factory belongs to this
+    filesystem's own client; anything not ISO 8601 still goes to botocore's parser.
+    """
+    if getattr(fs, "_s3", None) is None:
+        sync(fs.set_session)
+    endpoint = getattr(getattr(fs, "_s3", None), "_endpoint", None)
+    factory = getattr(endpoint, "_response_parser_factory", None)
+    if factory is None or getattr(factory, "_mlvc_fast_timestamps", False):
+        return
+    from botocore.parsers import DEFAULT_TIMESTAMP_PARSER  # type: ignore[import-untyped]
+
+    def parse(value: Any) -> Any:
+        try:
+            d = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+        except ValueError:
+            return DEFAULT_TIMESTAMP_PARSER(value)
+        return d if d.tzinfo is not None else d.replace(tzinfo=timezone.utc)
+
+    factory.set_parser_defaults(timestamp_parser=parse)
+    factory._mlvc_fast_timestamps = True
+
+
+def list_keys(
+    fs: Any, root: str, prefix: str, guard: Guard, sync: Callable[..., Any]
+) -> Iterator[KeyInfo]:
+    """``ListObjectsV2`` pages under ``root/prefix`` (one request per 1,000 keys, none more).
+
+    s3fs's ``find`` adds a HEAD and a second listing when nothing matches; a listing that
+    ``ls`` makes for every experiment must cost exactly its pages.
+
+    Args:
+        fs: The s3fs filesystem.
+        root: The store's root (``bucket/prefix``).
+        prefix: The key prefix.
+        guard: Wraps each request (error mapping).
+        sync: Runs a coroutine function on ``fs``'s event loop.
+
+    Yields:
+        Each key (relative to ``root``) with its size, mtime and ETag, in key order.
+    """
+    _fast_listing_parser(fs, sync)
+    full = f"{root}/{prefix}" if root else prefix
+    bucket, _, key_prefix = full.partition("/")
+    head = full[len(bucket) + 1 : len(full) - len(prefix)]
+    token: str | None = None
+    while True:
+        kwargs: dict[str, Any] = {"Bucket": bucket, "Prefix": key_prefix}
+        if token:
+            kwargs["ContinuationToken"] = token
+        with guard():
+            try:
+                page = fs.call_s3("list_objects_v2", **kwargs)
+            except FileNotFoundError:
+                return
+        for item in page.get("Contents") or []:
+            key = str(item["Key"])[len(head) :]
+            if not key or key.endswith("/"):
+                continue
+            yield KeyInfo(
+                key,
+                int(item.get("Size") or 0),
+                to_epoch(item.get("LastModified")) or 0.0,
+                str(item["ETag"]) if item.get("ETag") else None,
+            )
+        token = page.get("NextContinuationToken") if page.get("IsTruncated") else None
+        if not token:
+            return
+
+
+def list_uploads(fs: Any, root: str, prefix: str, guard: Guard) -> Iterator[KeyInfo]:
+    """Incomplete multipart uploads under ``root/prefix``: what a killed writer left.
+
+    Yields:
+        ``<key><UPLOAD_MARK><upload id>`` (key relative to ``root``), size 0, the time the
+        upload was initiated.
+    """
+    bucket, root_key, _ = fs.split_path(root)
+    head = f"{root_key}/" if root_key else ""
+    args: dict[str, Any] = {"Bucket": bucket, "Prefix": head + prefix}
+    while True:
+        with guard():
+            resp = fs.call_s3("list_multipart_uploads", **args)
+        for u in resp.get("Uploads") or []:
+            name = str(u["Key"])
+            if name.startswith(head):
+                when = to_epoch(u.get("Initiated")) or 0.0
+                yield KeyInfo(f"{name[len(head) :]}{UPLOAD_MARK}{u['UploadId']}", 0, when)
+        if not resp.get("IsTruncated"):
+            return
+        args["KeyMarker"] = resp.get("NextKeyMarker")
+        args["UploadIdMarker"] = resp.get("NextUploadIdMarker")
+
+
+def abort_upload(fs: Any, path: str, upload: str) -> None:
+    """Abort the multipart upload ``upload`` of ``path``; one already gone is not an error."""
+    bucket, s3key, _ = fs.split_path(path)
+    try:
+        fs.call_s3("abort_multipart_upload", Bucket=bucket, Key=s3key, UploadId=upload)
+    except FileNotFoundError:
+        pass  # already completed or aborted

@@ -1,0 +1,119 @@
+"""Every request to S3 or GCS has a timeout: a frozen server fails a call, never hangs it.
+
+The request policy of :class:`~mlvc_core.storage.fsspec_store.FsspecStore`. A server that
+accepts connections and never answers (or a network that drops packets) must not hang a
+command, a tracked run or the interpreter's exit, so each backend gets finite defaults, which
+storage options override key by key:
+
+* S3: botocore ``config_kwargs`` ``connect_timeout`` :data:`CONNECT_TIMEOUT` s,
+  ``read_timeout`` :data:`READ_TIMEOUT` s (the wait for the first or the next bytes of an
+  answer; it starts once a request's body is sent, so a slow upload is not cut short) and
+  ``retries`` ``{"mode": "standard", "total_max_attempts": 2}``; s3fs's own retry loop around
+  each call (``S3FileSystem.retries``, 5 by default, not an option s3fs accepts) is set to
+  :data:`S3_CALL_ATTEMPTS`. A frozen server fails a request after at most 2 x 2 attempts of
+  15 s: about a minute, then :class:`~mlvc_core.errors.StorageError`.
+  Requests are sent without ``Expect: 100-continue``, which botocore adds to every upload:
+  aiohttp then waits for the server's ``100 Continue`` before sending the body and before
+  arming any timeout, so a frozen server would hold every write forever. (The body is sent
+  at once instead; a refused upload costs its bytes, at most a pack part.)
+* GCS: gcsfs sends its requests with ``requests_timeout``, which is None by default: no
+  timeout at all. The default here is ``aiohttp.ClientTimeout(sock_connect=CONNECT_TIMEOUT,
+  sock_read=READ_TIMEOUT)`` (no limit on a whole transfer, only on waiting for the server).
+  gcsfs retries a timed-out request 6 times with backoff (about 31 s in all), so a frozen
+  server fails a request after about two minutes. A number given as ``requests_timeout`` is
+  aiohttp's limit on the whole request.
+
+This module imports no backend library at import time (aiohttp only when a GCS store opens).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from typing import Any
+
+from mlvc_core.storage.gcs import GCS_PROTOCOLS
+from mlvc_core.storage.s3 import S3_PROTOCOLS
+
+__all__ = [
+    "CONNECT_TIMEOUT",
+    "READ_TIMEOUT",
+    "S3_CALL_ATTEMPTS",
+    "bound_s3_retries",
+    "describe",
+    "send_s3_bodies_at_once",
+    "with_timeouts",
+]
+
+CONNECT_TIMEOUT = 5.0
+"""Default seconds to wait for a connection to S3 or GCS (see the module docstring)."""
+READ_TIMEOUT = 15.0
+"""Default seconds to wait for the server's answer (or its next bytes) once a request is sent."""
+S3_CALL_ATTEMPTS = 2
+"""Attempts of s3fs's own retry loop around each call (each one retried by botocore too)."""
+_S3_CONFIG = {
+    "connect_timeout": CONNECT_TIMEOUT,
+    "read_timeout": READ_TIMEOUT,
+    "retries": {"mode": "standard", "total_max_attempts": 2},
+}
+
+_QUIET = logging.NullHandler()
+
+_NO_EXPECT = "mlvc-no-expect-100-continue"
+
+
+def with_timeouts(protocol: str, options: dict[str, Any]) -> dict[str, Any]:
+    """``options`` with finite request timeouts for S3 and GCS where they set none.
+
+    Args:
+        protocol: The URL's protocol (``s3``, ``gs``...).
+        options: The storage options given by the caller (not modified).
+
+    Returns:
+        A new dict of options; the same one for other protocols.
+
+    Raises:
+        TypeError: ``config_kwargs`` is not a mapping.
+    """
+    if protocol in S3_PROTOCOLS:
+        config = options.get("config_kwargs") or {}
+        if not isinstance(config, dict):
+            raise TypeError(f"storage option config_kwargs must be a table, not {config!r}")
+        # botocore normalises the retries table in place: hand it copies.
+        return {**options, "config_kwargs": copy.deepcopy({**_S3_CONFIG, **config})}
+    if protocol in GCS_PROTOCOLS and options.get("requests_timeout") is None:
+        import aiohttp  # gcsfs's HTTP client, there whenever gcsfs is
+
+        # gcsfs logs each failed request with its traceback; where the program configured no
+        # logging, Python would print them to stderr: mlvc reports the failure itself.
+        logging.getLogger("gcsfs").addHandler(_QUIET)
+
+        timeout = aiohttp.ClientTimeout(sock_connect=CONNECT_TIMEOUT, sock_read=READ_TIMEOUT)
+        return {**options, "requests_timeout": timeout}
+    return options
+
+
+def bound_s3_retries(fs: Any) -> None:
+    """Bound s3fs's own retry loop, which runs around botocore's retries, on ``fs``."""
+    fs.retries = min(int(getattr(fs, "retries", S3_CALL_ATTEMPTS)), S3_CALL_ATTEMPTS)
+
+
+def _drop_expect(request: Any, **_: Any) -> None:
+    """A botocore ``before-send`` handler: send the body at once (see the module docstring)."""
+    if "Expect" in request.headers:
+        del request.headers["Expect"]  # not a signed header: the signature stays valid
+
+
+def send_s3_bodies_at_once(client: Any) -> None:
+    """Make a botocore S3 client send no ``Expect: 100-continue`` (idempotent per client)."""
+    client.meta.events.register("before-send.s3", _drop_expect, unique_id=_NO_EXPECT)
+
+
+def describe(exc: BaseException) -> str:
+    """An exception in words; a bare timeout (fsspec's, asyncio's) says that it is one."""
+    text = str(exc).strip()
+    if text:
+        return text
+    if isinstance(exc, TimeoutError):
+        return "no answer from the server in time (timed out)"
+    return type(exc).__name__
