@@ -198,6 +198,7 @@ def _send_checkpoint(repo: Any, doc: dict[str, Any], entry_dir: Path) -> bool:
     from mlvc_core.ids import ObjectId, from_hex
     from mlvc_core.ingest import TreeBuilder
     from mlvc_core.objects import Commit, TreeEntry
+    from mlvc_core.session import WriteSession
 
     exp_id = str(doc["experiment"])
     step, when = doc.get("step"), float(doc["time"])
@@ -208,7 +209,7 @@ def _send_checkpoint(repo: Any, doc: dict[str, Any], entry_dir: Path) -> bool:
             return False
     primary = tuple(doc["primary"]) if doc.get("primary") else None
     paths = [rel for rel, _ in doc["files"]]
-    with repo.session() as s:
+    with WriteSession(repo) as s:
         builder = TreeBuilder(s)
         entries: dict[str, TreeEntry] = {}
         for rel, name in doc["files"]:

@@ -79,7 +79,6 @@ import io
 import json
 import logging
 import os
-import random
 import shutil
 import signal
 import socket
@@ -129,11 +128,13 @@ from mlvc.settings import (
 )
 from mlvc.staging import STAGING, BackgroundCopy, CopyFailed, Snapshot, Stager
 from mlvc_core.errors import RefConflict, RepositoryLocked
+from mlvc_core.history import advance, default_author
 from mlvc_core.ids import ObjectId, to_hex
 from mlvc_core.ingest import TreeBuilder, ingest_paths
 from mlvc_core.objects import Commit, Tree, TreeEntry
 from mlvc_core.refs import Ref
-from mlvc_core.repository import Repository, WriteSession, default_author
+from mlvc_core.repository import Repository
+from mlvc_core.session import WriteSession
 
 if TYPE_CHECKING:
     from mlvc.checkpoints import Checkpoint
@@ -463,20 +464,13 @@ def advance_ref(
     Raises:
         RefConflict: Still losing the race after many attempts.
     """
-    commit = make(ref.target)
-    cid = session.add_object(commit)
-    session.flush()
-    for attempt in range(_CAS_ATTEMPTS):
-        try:
-            return cid, repo.refs.move(ref, cid, summarize(ref.summary, to_hex(cid)))
-        except RefConflict:
-            time.sleep(min(1.0, 0.02 * 2**attempt) * (0.5 + random.random()))
-            ref = repo.refs.require(ref.name)
-            if commit.parents != (ref.target,):
-                commit = make(ref.target)
-                cid = session.add_object(commit)
-                session.flush()
-    raise RefConflict(ref.name, None)
+
+    def build(parent: ObjectId | None) -> Commit:
+        assert parent is not None  # the ref exists: every commit has a parent
+        return make(parent)
+
+    done = advance(session, ref.name, ref, build, summarize, attempts=_CAS_ATTEMPTS)
+    return done.commit, done.ref
 
 
 QUIET_WAIT = 2.0
@@ -1359,7 +1353,7 @@ class Run:
         }
         # Refs move while the session is still open (after flush): the session's shared lock
         # keeps gc away from what it stored until a ref reaches it (docs/format.md).
-        with repo.session() as s:
+        with WriteSession(repo) as s:
             code_tree = self._code_tree = self._code_snapshot(s)
             if self._resume_id is None:
                 first = Commit(
@@ -1445,7 +1439,7 @@ class Run:
         assert self._repo is not None and self._exp_id is not None
         repo, exp_id = self._repo, self._exp_id
         ref = repo.refs.require(ref_name(exp_id))
-        with repo.session(progress=self._stored) as s:
+        with WriteSession(repo, progress=self._stored) as s:
             # The previous checkpoint's files guide this one's: unchanged tensors are verified
             # by hash instead of being cut and compressed again.
             guide = None

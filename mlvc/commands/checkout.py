@@ -14,9 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mlvc.commands._resolve import FileInfo, ProgressFn, Target, list_files, resolve
+from mlvc.commands._resolve import FileInfo, Target, list_files, resolve
 from mlvc_core.repository import Repository
 from mlvc_core.restore import restore_tree
+from mlvc_core.session import ProgressFn
 
 
 @dataclass(frozen=True)
