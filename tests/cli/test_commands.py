@@ -237,6 +237,13 @@ def test_push_pull_clone_between_local_repositories(
     assert "not empty" in busy.stderr
 
 
+def test_pull_from_nowhere_creates_nothing_there(cli: Cli, tmp_path: Path) -> None:
+    nowhere = tmp_path / "nowhere"
+    r = cli("pull", nowhere, code=10)
+    assert "no mlvc repository at" in r.stderr
+    assert not nowhere.exists()  # push creates the other side, pull never does
+
+
 @pytest.mark.parametrize("args", [["ls"], ["ps"], ["tag"]])
 def test_empty_listings(cli: Cli, args: list[str]) -> None:
     assert cli.json(*args) == []
