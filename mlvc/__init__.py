@@ -36,9 +36,9 @@ __all__ = [
 ]
 
 _LAZY = {
-    "track": ("mlvc.tracking", "track"),
-    "init": ("mlvc.tracking", "init"),
-    "Run": ("mlvc.tracking", "Run"),
+    "track": ("mlvc.tracking.run", "track"),
+    "init": ("mlvc.tracking.run", "init"),
+    "Run": ("mlvc.tracking.run", "Run"),
     "load": ("mlvc.checkpoints", "load"),
     "Checkpoint": ("mlvc.checkpoints", "Checkpoint"),
     "Experiment": ("mlvc.experiments", "Experiment"),
@@ -51,7 +51,7 @@ if TYPE_CHECKING:
     from mlvc import checkpoints, errors, experiments
     from mlvc.checkpoints import Checkpoint, load
     from mlvc.experiments import Experiment
-    from mlvc.tracking import Run, init, track
+    from mlvc.tracking.run import Run, init, track
 
 
 def __getattr__(name: str) -> Any:

@@ -265,7 +265,7 @@ def checkout(
         repo: The repository.
         target: A :class:`Target` from :func:`resolve`, or what the user typed.
         dest: Directory to write into. One the checkout creates gets a
-            :data:`mlvc.ignore.CHECKOUT_MARKER` file, so code snapshots leave it out.
+            :data:`mlvc.tracking.ignore.CHECKOUT_MARKER` file, so code snapshots leave it out.
         paths: Only these files or directories of the snapshot.
         force: Overwrite existing files.
         everything: Restore the whole snapshot of a checkpoint, code included.
@@ -296,7 +296,7 @@ def checkout(
         on_skip=lambda p, why: skipped.append((p, why)),
     )
     if fresh:  # a directory of mlvc's own: code snapshots leave it out
-        from mlvc.ignore import mark_checkout
+        from mlvc.tracking.ignore import mark_checkout
 
         mark_checkout(dest, t.commit_id.hex())
     files = list_files(repo, t.commit_id)

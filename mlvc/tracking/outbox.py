@@ -194,7 +194,7 @@ def _send(repo: Any, doc: dict[str, Any], entry_dir: Path) -> bool:
 
 def _send_checkpoint(repo: Any, doc: dict[str, Any], entry_dir: Path) -> bool:
     from mlvc.experiments import ref_name, summary_with_checkpoint
-    from mlvc.tracking import advance_ref, checkpoint_commit, overlay
+    from mlvc.tracking.commits import advance_ref, checkpoint_commit, overlay
     from mlvc_core.ids import ObjectId, from_hex
     from mlvc_core.ingest import TreeBuilder
     from mlvc_core.objects import Commit, TreeEntry
@@ -232,22 +232,17 @@ def _send_checkpoint(repo: Any, doc: dict[str, Any], entry_dir: Path) -> bool:
 
 def _send_end(repo: Any, doc: dict[str, Any]) -> bool:
     from mlvc.experiments import ref_name
-    from mlvc_core.errors import RefConflict
+    from mlvc.tracking.commits import update_summary
 
-    for _attempt in range(30):
-        ref = repo.refs.get(ref_name(str(doc["experiment"])))
-        if ref is None or ref.summary.get("status") not in (None, "running"):
-            return False  # removed, or resumed and ended since
-        summary = dict(
-            ref.summary,
+    def summarize(old: dict[str, Any]) -> dict[str, Any] | None:
+        if old.get("status") not in (None, "running"):
+            return None  # resumed and ended since
+        return dict(
+            old,
             status=doc["status"],
             ended=doc.get("ended"),
             end_reason=doc.get("end_reason"),
             error=doc.get("error"),
         )
-        try:
-            repo.refs.update_summary(ref, summary)
-            return True
-        except RefConflict:
-            time.sleep(0.05)
-    raise RefConflict(ref_name(str(doc["experiment"])), None)
+
+    return update_summary(repo, ref_name(str(doc["experiment"])), summarize) is not None
