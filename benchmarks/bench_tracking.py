@@ -53,6 +53,7 @@ def run(scale: float, reps: int, work: Path) -> dict[str, float]:
     import torch
 
     import mlvc
+    from mlvc_core.history import commit_paths
     from mlvc_core.repository import Repository
 
     sd = state_dict(int(512 * (1 << 20) * scale))
@@ -89,7 +90,7 @@ def run(scale: float, reps: int, work: Path) -> dict[str, float]:
     os.sync()
     torch.save(sd, ckpt)
     t4 = time.perf_counter()
-    plain.commit(ckpt, "plain")
+    commit_paths(plain, ckpt, "plain")
     commit = time.perf_counter() - t4
     plain.close()
     return {

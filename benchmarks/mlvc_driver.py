@@ -20,6 +20,8 @@ import time
 # mlvc hashes and compresses on.
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
+from mlvc_core import restore  # noqa: E402
+from mlvc_core.history import commit_paths  # noqa: E402
 from mlvc_core.repository import Repository  # noqa: E402
 
 
@@ -41,10 +43,10 @@ def commit(args: argparse.Namespace) -> dict[str, object]:
     try:
         start = time.perf_counter()
         if stat_cache is None:
-            cid = repo.commit([args.src], message=args.message, branch="main")
+            cid = commit_paths(repo, [args.src], message=args.message, branch="main")
         else:
-            cid = repo.commit(
-                [args.src], message=args.message, branch="main", stat_cache=stat_cache
+            cid = commit_paths(
+                repo, [args.src], message=args.message, branch="main", stat_cache=stat_cache
             )
             stat_cache.close()
         elapsed = time.perf_counter() - start
@@ -58,7 +60,7 @@ def checkout(args: argparse.Namespace) -> dict[str, object]:
     repo = Repository.open(args.repo)
     try:
         start = time.perf_counter()
-        repo.checkout(args.commit, args.dest)
+        restore.checkout(repo, args.commit, args.dest)
         elapsed = time.perf_counter() - start
     finally:
         repo.close()

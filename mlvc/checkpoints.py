@@ -28,7 +28,8 @@ from mlvc_core.errors import ObjectNotFound, UsageError
 from mlvc_core.ids import ObjectId, to_hex
 from mlvc_core.objects import Commit
 from mlvc_core.repository import Repository
-from mlvc_core.restore import ChunkedReader, find_entry, restore_tree, walk_tree
+from mlvc_core.restore import ChunkedReader, restore_tree
+from mlvc_core.trees import find_entry, walk_tree
 
 if TYPE_CHECKING:
     from mlvc.experiments import Experiment

@@ -8,7 +8,7 @@ from typing import Literal
 from mlvc_core.ids import ObjectId
 from mlvc_core.objects import TreeEntry
 from mlvc_core.repository import Repository
-from mlvc_core.walk import tree_budget
+from mlvc_core.trees import tree_budget
 
 Status = Literal["added", "removed", "modified"]
 

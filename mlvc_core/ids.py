@@ -34,21 +34,6 @@ def hash_bytes(data: bytes | bytearray | memoryview) -> ObjectId:
     return ObjectId(blake3.blake3(data).digest())
 
 
-class Hasher:
-    """Incremental hashing, for content that arrives in pieces."""
-
-    def __init__(self) -> None:
-        self._h = blake3.blake3()
-
-    def update(self, data: bytes | bytearray | memoryview) -> None:
-        """Feed more bytes."""
-        self._h.update(data)
-
-    def digest(self) -> ObjectId:
-        """The id of everything fed so far."""
-        return ObjectId(self._h.digest())
-
-
 def to_hex(oid: bytes) -> str:
     """Full hex form of an id."""
     return oid.hex()

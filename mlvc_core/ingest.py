@@ -45,8 +45,9 @@ from mlvc_core.chunker import ChunkerParams, MiB, make_fastcdc
 from mlvc_core.errors import FileChanged, MlvcError, UsageError
 from mlvc_core.ids import ObjectId, hash_bytes
 from mlvc_core.objects import CHUNK, Manifest, Tree, TreeEntry, check_name
-from mlvc_core.repository import WriteSession, default_workers
-from mlvc_core.restore import find_entry
+from mlvc_core.repository import default_workers
+from mlvc_core.session import WriteSession
+from mlvc_core.trees import find_entry
 
 if TYPE_CHECKING:
     from mlvc_core.statcache import StatCache  # sqlite3: imported only where a cache is used

@@ -12,14 +12,11 @@ a mismatch raises :class:`~mlvc_core.errors.IntegrityError` naming the id.
 from __future__ import annotations
 
 import contextlib
-import getpass
 import logging
 import os
-import socket
 import threading
-import time
 from collections import OrderedDict, deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
@@ -37,12 +34,10 @@ from mlvc_core.errors import (
     ObjectNotFound,
     PreconditionFailed,
     RepositoryExists,
-    RepositoryLocked,
     StorageError,
     UsageError,
 )
 from mlvc_core.ids import ObjectId, from_hex, hash_bytes, is_hex_prefix, resolve_prefix, to_hex
-from mlvc_core.lock import SharedLock
 from mlvc_core.objects import (
     CHUNK,
     COMMIT,
@@ -52,8 +47,6 @@ from mlvc_core.objects import (
     Object,
     Tree,
     decode,
-    iter_tree_refs,
-    object_id,
 )
 from mlvc_core.packs import (
     GENERATION_KEY,
@@ -64,7 +57,6 @@ from mlvc_core.packs import (
     Generation,
     IndexFile,
     Location,
-    PackWriter,
     decode_index_file,
     encode_index_file,
     index_file_id,
@@ -75,19 +67,12 @@ from mlvc_core.refs import KINDS, Ref, RefStore
 from mlvc_core.storage import Store, open_store
 
 CONFIG_KEY = "config"
-ProgressFn = Callable[[int], None]
-"""Called with a number of bytes just processed."""
 
 
 log = logging.getLogger(__name__)
 
 INDEX_MERGE_AT = 32
 """A writer merges the small index files once this many have accumulated."""
-GC_WAIT = 60.0
-"""Seconds a write session waits for a running gc before it fails (a tracked checkpoint or a
-commit should outlast a short gc, not fail at once)."""
-META_BUFFER = 1 << 20
-"""Bytes of metadata a write session holds back to append to its data pack at the flush."""
 SMALL_INDEX = 50_000
 """Index files with fewer entries than this are small (merged by writers and gc)."""
 
@@ -701,6 +686,10 @@ class Repository:
             self._objects.put(oid, obj)
         return obj
 
+    def remember(self, oid: ObjectId, obj: Object) -> None:
+        """Cache an object just written (by a write session) for the reads that follow."""
+        self._objects.put(oid, obj)
+
     def prefetch_objects(self, oids: Iterable[ObjectId]) -> None:
         """Read and cache objects not cached yet, each run of adjacent ones with one request.
 
@@ -864,322 +853,3 @@ class Repository:
             )
             return True
         raise StorageError(f"cannot upgrade {self.url}: its config keeps changing")
-
-    def session(
-        self, progress: ProgressFn | None = None, lock: bool = True, wait: float = GC_WAIT
-    ) -> WriteSession:
-        """A new write session (use as a context manager).
-
-        Args:
-            progress: Called with bytes processed.
-            lock: Register as a writer so gc waits (only tools that hold gc's lock pass False).
-            wait: Seconds to wait for a running gc to finish before giving up.
-
-        Raises:
-            RepositoryLocked: gc is still running after ``wait`` seconds.
-        """
-        return WriteSession(self, progress, lock, wait)
-
-    def commit(
-        self,
-        paths: Iterable[str | os.PathLike[str]] | str | os.PathLike[str],
-        message: str = "",
-        branch: str | None = "main",
-        metadata: dict[str, Any] | None = None,
-        parents: Iterable[ObjectId] | None = None,
-        exclude: Callable[[str], bool] | None = None,
-        progress: ProgressFn | None = None,
-        stat_cache: Any = None,
-    ) -> ObjectId:
-        """Snapshot files or directories as a commit and (optionally) move a branch to it.
-
-        A single directory becomes the tree root; several paths (or a file) become entries of
-        the root named by their base names.
-
-        Args:
-            paths: Files or directories to snapshot.
-            message: Commit message.
-            branch: Branch to advance by compare-and-swap, or None to write a loose commit.
-            metadata: Free-form mapping stored in the commit.
-            parents: Parents; default the branch's current commit.
-            exclude: Predicate on ``/``-separated relative paths to leave out.
-            progress: Called with bytes read.
-            stat_cache: A :class:`~mlvc_core.statcache.StatCache` to skip unchanged files.
-
-        Returns:
-            The new commit id.
-
-        Raises:
-            RefConflict: The branch moved while committing.
-        """
-        from mlvc_core.ingest import ingest_paths
-
-        if isinstance(paths, (str, os.PathLike)):
-            paths = [paths]
-        expected: ObjectId | None = None
-        if branch is not None:
-            ref = self.head(branch)
-            expected = ref.target if ref else None
-        parents = [expected] if expected is not None and parents is None else list(parents or [])
-        guide = None
-        if parents:
-            # Files changed since the parent are verified against its version chunk by chunk
-            # before anything is cut: re-committing rewritten or copied data stays fast.
-            with contextlib.suppress(MlvcError):
-                guide = self.read_commit(parents[0]).tree
-        with self.session(progress) as s:
-            tree_id = ingest_paths(
-                s, list(paths), exclude=exclude, stat_cache=stat_cache, guide=guide
-            )
-            commit = Commit(
-                tree=tree_id,
-                parents=tuple(parents),
-                author=default_author(),
-                time=time.time(),
-                message=message,
-                metadata=dict(metadata or {}),
-            )
-            cid = s.add_object(commit)
-            s.flush()
-            if branch is not None:
-                self.refs.set(f"heads/{branch}", cid, expected)
-        return cid
-
-    def checkout(
-        self,
-        rev: str | ObjectId,
-        dest: str | os.PathLike[str],
-        paths: Iterable[str] | None = None,
-        force: bool = False,
-        progress: ProgressFn | None = None,
-    ) -> list[str]:
-        """Restore a commit's files into ``dest``. Returns the relative paths written.
-
-        Raises:
-            FileExistsConflict: Existing files would be overwritten and ``force`` is false.
-            UnsafePath: The tree names something outside ``dest``.
-        """
-        from mlvc_core.restore import restore_tree
-
-        commit = self.read_commit(self.resolve(rev))
-        return restore_tree(
-            self, commit.tree, Path(dest), paths=paths, force=force, progress=progress
-        )
-
-
-def default_author() -> str:
-    """``user@host`` of this process."""
-    try:
-        user = getpass.getuser()
-    except (KeyError, OSError):
-        user = "unknown"
-    return f"{user}@{socket.gethostname()}"
-
-
-class WriteSession:
-    """Streams new payloads into packs; :meth:`flush` publishes them (packs, then one index file).
-
-    Metadata objects (manifests, trees, commits) are held back in memory and, at the flush,
-    appended to the open data pack: a checkpoint is one pack and one index file, not two tiny
-    packs. Past :data:`META_BUFFER` bytes they stream into a pack of their own instead.
-    Thread-safe for concurrent ``add_*`` calls.
-
-    On creation the session registers as a writer (a shared lock, refreshed in the background)
-    and then brings the repository's index to the current generation (:meth:`Repository.refresh`),
-    so everything it deduplicates against is really stored: gc cannot run until it ends.
-    """
-
-    def __init__(
-        self,
-        repo: Repository,
-        progress: ProgressFn | None = None,
-        lock: bool = True,
-        wait: float = GC_WAIT,
-    ) -> None:
-        self.repo = repo
-        self.progress = progress
-        self._data: PackWriter | None = None
-        self._meta: PackWriter | None = None
-        self._pending: set[ObjectId] = set()
-        """Written (or held back) in this session, not yet in a published index file."""
-        self._held: list[tuple[ObjectId, int, int, bytes, int]] = []
-        """Metadata payloads held back for the flush: id, kind, codec, payload, raw length."""
-        self._held_bytes = 0
-        self._unindexed: list[tuple[ObjectId, Location]] = []
-        """Entries of packs already closed whose index file is not written yet."""
-        self._lock = threading.Lock()
-        self.new_bytes = 0
-        self.stored_bytes = 0
-        self.read_bytes = 0
-        self._lock_handle: SharedLock | None = None
-        if lock:
-            if repo.config.version < FORMAT_VERSION:
-                repo.upgrade()
-            # Registered, then refreshed, before any dedup decision: what this session
-            # reuses is present in the current generation, and gc waits until it ends.
-            self._lock_handle = SharedLock.acquire(repo.store, wait=wait)
-            try:
-                repo.refresh()
-            except BaseException:
-                self._release()
-                raise
-
-    def has(self, oid: ObjectId) -> bool:
-        """True if ``oid`` is stored or already written in this session."""
-        return oid in self._pending or self.repo.has(oid)
-
-    def _writer(self, kind: int) -> PackWriter:
-        if kind == CHUNK:
-            if self._data is not None and (
-                self._data.size >= self.repo.config.pack_size or self._data.full
-            ):
-                self._unindexed.extend(self._data.finish())
-                self._data = None
-            if self._data is None:
-                self._data = PackWriter(self.repo.store)
-            return self._data
-        if self._meta is not None and (
-            self._meta.size >= self.repo.config.pack_size or self._meta.full
-        ):
-            self._unindexed.extend(self._meta.finish())
-            self._meta = None
-        if self._meta is None:
-            self._meta = PackWriter(self.repo.store)
-        return self._meta
-
-    def add_payload(
-        self, oid: ObjectId, kind: int, codec_id: int, payload: bytes | memoryview, raw_len: int
-    ) -> bool:
-        """Store an already hashed and compressed payload unless present. True if written."""
-        with self._lock:
-            if self.has(oid):
-                return False
-            if kind != CHUNK and self._meta is None and self._held_bytes < META_BUFFER:
-                self._held.append((oid, kind, codec_id, bytes(payload), raw_len))
-                self._held_bytes += len(payload)
-            else:
-                if kind != CHUNK and self._held:
-                    self._spill(self._writer(kind))  # too much metadata: a pack of its own
-                self._writer(kind).add(oid, kind, codec_id, payload, raw_len)
-            self._pending.add(oid)
-            self.new_bytes += raw_len
-            self.stored_bytes += len(payload)
-            return True
-
-    def add_chunk(self, data: bytes | memoryview) -> ObjectId:
-        """Hash, compress and store one chunk; return its id."""
-        oid = hash_bytes(data)
-        if not self.has(oid):
-            c, payload = codec.compress(
-                data, self.repo.config.compression_level, self.repo.config.byte_planes
-            )
-            self.add_payload(oid, CHUNK, c, payload, len(data))
-        return oid
-
-    def add_object(self, obj: Object) -> ObjectId:
-        """Encode and store a manifest, tree or commit; return its id.
-
-        Raises:
-            ObjectNotFound: It refers to something not stored (never recorded: a commit
-                must not reach missing data).
-        """
-        self._check_refs(obj)
-        data = obj.encode()
-        oid = object_id(obj)
-        if not self.has(oid):
-            c, payload = codec.compress(data, 3)
-            self.add_payload(oid, obj.kind, c, payload, len(data))
-        self.repo._objects.put(oid, obj)
-        return oid
-
-    def _check_refs(self, obj: Object) -> None:
-        for kind, child in iter_tree_refs(obj):
-            if kind != COMMIT and not self.has(child):
-                err = ObjectNotFound(to_hex(child))
-                err.args = (
-                    f"object {to_hex(child)} is no longer stored (gc removed it after it was "
-                    "read); nothing referring to it was recorded",
-                )
-                raise err
-
-    def flush(self) -> None:
-        """Publish every open pack, then one index file covering all of them.
-
-        The session stays open. Write a ref to what the session stored only after this
-        returns, and before :meth:`finish`, so gc never sees the session's objects
-        unprotected.
-
-        Raises:
-            RepositoryLocked: This session's lock was removed as abandoned (it was not
-                refreshed for minutes), so gc may have deleted what it reused; nothing
-                more is published.
-        """
-        with self._lock:
-            if self._held:
-                self._spill(self._meta or self._data or self._writer(COMMIT))
-            for w in (self._data, self._meta):
-                if w is not None:
-                    self._unindexed.extend(w.finish())
-            self._data = self._meta = None
-            if self._lock_handle is not None and self._unindexed:
-                self._lock_handle.refresh()  # still ours? (checked right before publishing)
-            if self._lock_handle is not None and self._lock_handle.lost:
-                raise RepositoryLocked(
-                    "gc, which removed this writer's lock as abandoned; nothing was "
-                    "published, retry"
-                )
-            if self._unindexed:
-                self.repo.publish_index(self._unindexed)
-                self._unindexed = []
-                self._pending.clear()
-
-    def _spill(self, w: PackWriter) -> None:
-        extra: PackWriter | None = None  # once ``w`` holds as many payloads as a pack may
-        for oid, kind, codec_id, payload, raw_len in self._held:
-            target = extra or w
-            if target.full:
-                if extra is not None:
-                    self._unindexed.extend(extra.finish())
-                extra = target = PackWriter(self.repo.store)
-            target.add(oid, kind, codec_id, payload, raw_len)
-        if extra is not None:
-            self._unindexed.extend(extra.finish())
-        self._held = []
-        self._held_bytes = 0
-
-    def finish(self) -> None:
-        """Flush and end the session (merging small index files if many have accumulated)."""
-        self.flush()
-        if self._lock_handle is not None:
-            try:
-                self.repo.merge_small_indexes()
-            except MlvcError as exc:  # merging is housekeeping: never fail a commit for it
-                log.warning("mlvc: could not merge index files: %s", exc)
-        self._release()
-
-    def _release(self) -> None:
-        if self._lock_handle is not None:
-            self._lock_handle.release()
-            self._lock_handle = None
-
-    def abort(self) -> None:
-        """Discard open packs (closed ones stay, without an index file, for gc)."""
-        with self._lock:
-            for w in (self._data, self._meta):
-                if w is not None:
-                    w.abort()
-            self._data = self._meta = None
-            self._pending.clear()
-            self._unindexed = []
-            self._held = []
-            self._held_bytes = 0
-        self._release()
-
-    def __enter__(self) -> WriteSession:
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
-        if exc_type is None:
-            self.finish()
-        else:
-            self.abort()

@@ -35,17 +35,18 @@ import stat as stat_mod
 import sys
 import uuid
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
-from mlvc_core import walk
 from mlvc_core.errors import FileExistsConflict, IntegrityError, UsageError
 from mlvc_core.ids import ObjectId, hash_bytes, to_hex
 from mlvc_core.objects import Manifest, TreeEntry
 from mlvc_core.packs import Location
-from mlvc_core.repository import ProgressFn, Repository, default_workers
+from mlvc_core.repository import Repository, default_workers
+from mlvc_core.session import ProgressFn
+from mlvc_core.trees import walk_tree
 
 log = logging.getLogger(__name__)
 
@@ -60,33 +61,6 @@ _NAME_ERRNOS = {errno.ENAMETOOLONG, errno.EILSEQ, errno.EINVAL}
 """Errors by which a file system refuses a name (too long, not in its encoding)."""
 
 Parts = tuple[str, ...]
-
-
-def walk_tree(
-    repo: Repository, tree_id: ObjectId, prefix: str = ""
-) -> Iterator[tuple[str, TreeEntry]]:
-    """Every entry below a tree as ``(relative posix path, entry)``, depth first, sorted.
-
-    Budgeted: see :func:`mlvc_core.walk.walk_tree`.
-    """
-    return walk.walk_tree(repo, tree_id, prefix)
-
-
-def find_entry(repo: Repository, tree_id: ObjectId, path: str) -> TreeEntry | None:
-    """The tree entry at a ``/``-separated path, or None."""
-    parts = [p for p in path.strip("/").split("/") if p]
-    if not parts:
-        return None
-    entry: TreeEntry | None = None
-    current: ObjectId | None = tree_id
-    for part in parts:
-        if current is None:
-            return None
-        entry = repo.read_tree(current).get(part)
-        if entry is None:
-            return None
-        current = entry.oid if entry.kind == "dir" else None
-    return entry
 
 
 def _select(
@@ -571,6 +545,36 @@ def restore_tree(
         return _restore(repo, plan, root_fd, str(dest), force, progress, on_skip)
     finally:
         os.close(root_fd)
+
+
+def checkout(
+    repo: Repository,
+    rev: str | ObjectId,
+    dest: str | os.PathLike[str],
+    paths: Iterable[str] | None = None,
+    force: bool = False,
+    progress: ProgressFn | None = None,
+) -> list[str]:
+    """Restore a commit's files into ``dest`` (see :func:`restore_tree`).
+
+    Args:
+        repo: The repository.
+        rev: A commit id, a unique hex prefix of one, or a ref name.
+        dest: Directory to write into (created if needed).
+        paths: Only these files or directories of the snapshot.
+        force: Replace whatever is in the way.
+        progress: Called with bytes restored.
+
+    Returns:
+        The relative paths written.
+
+    Raises:
+        FileExistsConflict: Existing files would be overwritten and ``force`` is false.
+        UnsafePath: The tree names something outside ``dest``.
+        ObjectNotFound: ``rev`` names no commit.
+    """
+    commit = repo.read_commit(repo.resolve(rev))
+    return restore_tree(repo, commit.tree, Path(dest), paths=paths, force=force, progress=progress)
 
 
 def _restore(

@@ -43,7 +43,8 @@ from mlvc_core.ids import ObjectId, to_hex
 from mlvc_core.packs import PACK_PREFIX, Location, pack_key
 from mlvc_core.refs import PREFIX as REFS_PREFIX
 from mlvc_core.refs import Ref, decode_ref, encode_ref
-from mlvc_core.repository import Repository, WriteSession
+from mlvc_core.repository import Repository
+from mlvc_core.session import WriteSession
 from mlvc_core.walk import reachable, ref_roots
 
 _BATCH_BYTES = 16 << 20
@@ -247,7 +248,7 @@ def transfer(
         )
     tick = _Progress(progress)
 
-    with dst.session() as session:
+    with WriteSession(dst) as session:
         _copy_whole_packs(src, dst, whole, sizes, tick, report)
         _copy_runs(src, session, runs, tick, report)
         session.flush()

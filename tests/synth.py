@@ -13,13 +13,14 @@ from typing import Any
 
 from mlvc.experiments import ref_name, summary_with_checkpoint
 from mlvc_core.ids import ObjectId, to_hex
-from mlvc_core.objects import Commit, Manifest, Tree, TreeEntry
-from mlvc_core.repository import Repository, WriteSession
+from mlvc_core.ingest import ingest_bytes
+from mlvc_core.objects import Commit, Tree, TreeEntry
+from mlvc_core.repository import Repository
+from mlvc_core.session import WriteSession
 
 
 def _file(s: WriteSession, data: bytes) -> TreeEntry:
-    chunk = s.add_chunk(data)
-    manifest = s.add_object(Manifest(len(data), ((chunk, len(data)),)))
+    manifest = s.add_object(ingest_bytes(s, data))
     return TreeEntry("", "file", manifest, len(data))
 
 
@@ -52,7 +53,7 @@ def make_experiments(
     done = 0
     while done < n:
         batch = min(per_session, n - done)
-        with repo.session() as s:
+        with WriteSession(repo) as s:
             code = _file(s, b"import torch\nprint('training')\n")
             pending: list[tuple[str, ObjectId, dict[str, Any]]] = []
             for i in range(start + done, start + done + batch):

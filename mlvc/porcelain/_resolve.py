@@ -8,7 +8,6 @@ on their summary); everything else reads commit metadata (format: ``docs/experim
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
@@ -16,10 +15,8 @@ from mlvc_core.errors import InvalidRefName, ObjectNotFound, UsageError
 from mlvc_core.ids import SHORT_LEN, ObjectId, from_hex, is_hex_prefix, to_hex
 from mlvc_core.refs import Ref, validate_name
 from mlvc_core.repository import Repository
-from mlvc_core.restore import walk_tree
+from mlvc_core.trees import walk_tree
 
-ProgressFn = Callable[[int], None]
-"""Called with a number of bytes just processed."""
 Kind = Literal["experiment", "checkpoint", "commit"]
 
 

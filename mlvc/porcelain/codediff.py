@@ -17,7 +17,7 @@ from typing import Any, Literal
 from mlvc.porcelain._resolve import Target, resolve
 from mlvc_core.ids import ObjectId
 from mlvc_core.repository import Repository
-from mlvc_core.restore import find_entry
+from mlvc_core.trees import find_entry
 
 __all__ = ["CodeDiff", "FileDiff", "code_diff"]
 

@@ -18,7 +18,6 @@ from typing import Any, Literal
 
 from mlvc.porcelain._resolve import (
     CommitInfo,
-    ProgressFn,
     describe_commit,
     iso,
     list_files,
@@ -26,9 +25,11 @@ from mlvc.porcelain._resolve import (
     resolve,
 )
 from mlvc_core.errors import FormatError, InvalidRefName, ObjectNotFound, RefNotFound, UsageError
+from mlvc_core.history import default_author, record_paths
 from mlvc_core.ids import ObjectId, to_hex
 from mlvc_core.refs import Ref, validate_name
-from mlvc_core.repository import Repository, default_author
+from mlvc_core.repository import Repository
+from mlvc_core.session import ProgressFn
 
 DEFAULT_BRANCH = "main"
 
@@ -155,10 +156,10 @@ def commit(
             if (st.st_dev, st.st_ino) in own:
                 raise UsageError(f"{p} is in the repository (or its cache): it is never committed")
     roots, exclude = snapshot_roots(path_list)
-    packs_before = set(repo.index_ids())
     stat_cache = open_stat_cache(repo)
     try:
-        cid = repo.commit(
+        done = record_paths(
+            repo,
             roots,
             message,
             branch=branch,
@@ -169,11 +170,7 @@ def commit(
     finally:
         if stat_cache is not None:
             stat_cache.close()
-    new_bytes = stored = 0
-    for _, loc in repo.iter_index():
-        if loc.pack not in packs_before:
-            new_bytes += loc.raw_len
-            stored += loc.stored_len
+    cid = done.commit
     files = list_files(repo, cid)
     parents = repo.read_commit(cid).parents
     return CommitResult(
@@ -181,8 +178,8 @@ def commit(
         branch=branch,
         files=sum(1 for f in files if f.kind == "file"),
         total_bytes=sum(f.size for f in files),
-        new_bytes=new_bytes,
-        stored_bytes=stored,
+        new_bytes=done.new_bytes,
+        stored_bytes=done.stored_bytes,
         parent=to_hex(parents[0]) if parents else None,
     )
 

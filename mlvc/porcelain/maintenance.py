@@ -5,9 +5,9 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING
 
-from mlvc.porcelain._resolve import ProgressFn
 from mlvc_core.errors import UsageError
 from mlvc_core.repository import Repository
+from mlvc_core.session import ProgressFn
 
 if TYPE_CHECKING:
     from mlvc_core.check import CheckReport

@@ -12,11 +12,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mlvc.porcelain._resolve import ProgressFn, resolve
+from mlvc.porcelain._resolve import resolve
 from mlvc_core.config import RepoConfig
 from mlvc_core.errors import NotARepository, RefNotFound, UsageError
 from mlvc_core.ids import is_hex_prefix
 from mlvc_core.repository import Repository
+from mlvc_core.session import ProgressFn
 
 if TYPE_CHECKING:
     from mlvc_core.transfer import TransferReport

@@ -15,7 +15,6 @@ from typing import Any
 from mlvc.porcelain._resolve import (
     CommitInfo,
     FileInfo,
-    ProgressFn,
     Target,
     describe_commit,
     list_files,
@@ -25,6 +24,7 @@ from mlvc_core.errors import ObjectNotFound, UsageError
 from mlvc_core.ids import from_hex
 from mlvc_core.repository import Repository
 from mlvc_core.restore import restore_tree
+from mlvc_core.session import ProgressFn
 
 
 def _experiment_meta(repo: Repository, experiment_id: str | None) -> dict[str, Any]:

@@ -80,8 +80,9 @@ The package, one concern per module (none imports the CLI):
 ``_lease_helper``      the helper process that holds the leases (standard library only)
 ``jobs``               the background jobs and their bounded queue
 ``recorder``           the worker thread: retries, waits for gc, survives anything
-``commits``            what the worker stores: start, resume, checkpoint and end commits, and
-                       :func:`~.commits.advance_ref`, the one compare-and-swap path they take
+``commits``            what the worker stores: start, resume and checkpoint commits, each
+                       through the core's one commit path (``mlvc_core.history.advance``),
+                       and the end in the experiment's summary
 ``code``               the code snapshot; ``ignore`` its ignore rules
 ``environment``        what a run records about where it runs (``_children``: fork-safe ``git``)
 ``params``             params made flat and JSON-safe; ``redaction`` keeps secrets out

@@ -20,7 +20,7 @@ from mlvc.tracking.ignore import IgnoreMatcher
 from mlvc.tracking.options import PathArg
 from mlvc_core.ids import ObjectId
 from mlvc_core.ingest import ingest_paths
-from mlvc_core.repository import WriteSession
+from mlvc_core.session import WriteSession
 
 log = logging.getLogger("mlvc")
 

@@ -1,9 +1,11 @@
 """Storing a run's experiment: its start, resume, checkpoints and end, as commits and a ref.
 
 Write ordering (docs/format.md): the files and trees, then the commit, then the experiment's
-ref by compare-and-swap (:func:`advance_ref`, the one path every commit of a run takes, the
-outbox's too), all inside one write session, whose shared lock keeps gc away from what it
-stored until the ref reaches it. Commit and summary formats: docs/experiments.md.
+ref by compare-and-swap, all inside one write session, whose shared lock keeps gc away from
+what it stored until the ref reaches it. Every commit of a run (start, resume, checkpoint),
+and every checkpoint ``mlvc sync`` sends from the outbox, goes through the core's one commit
+path, :func:`mlvc_core.history.advance`; an end rewrites only the ref's summary
+(:func:`update_summary`). Commit and summary formats: docs/experiments.md.
 """
 
 from __future__ import annotations
@@ -31,17 +33,19 @@ from mlvc.tracking.environment import environment
 from mlvc.tracking.heartbeat import Heartbeat
 from mlvc.tracking.jobs import CheckpointChanged, Job
 from mlvc_core.errors import RefConflict
+from mlvc_core.history import CAS_ATTEMPTS, MakeFn, advance, default_author
 from mlvc_core.ids import ObjectId, to_hex
 from mlvc_core.ingest import TreeBuilder
 from mlvc_core.objects import Commit, Tree, TreeEntry
 from mlvc_core.refs import Ref
-from mlvc_core.repository import Repository, WriteSession, default_author
+from mlvc_core.repository import Repository
+from mlvc_core.session import WriteSession
 
 log = logging.getLogger("mlvc")
 
 __all__ = [
     "ExperimentWriter",
-    "advance_ref",
+    "on_parent",
     "checkpoint_commit",
     "end_summary",
     "overlay",
@@ -49,7 +53,6 @@ __all__ = [
     "update_summary",
 ]
 
-_CAS_ATTEMPTS = 30
 INTERRUPTS = ("SIGTERM", "SIGINT", "KeyboardInterrupt")
 
 
@@ -57,44 +60,23 @@ def _backoff(attempt: int) -> None:
     time.sleep(min(1.0, 0.02 * 2**attempt) * (0.5 + random.random()))
 
 
-def advance_ref(
-    repo: Repository,
-    session: WriteSession,
-    ref: Ref,
-    make: Callable[[ObjectId], Commit],
-    summarize: Callable[[dict[str, Any], str], dict[str, Any]],
-) -> tuple[ObjectId, Ref]:
-    """Store ``make(ref.target)`` and move the ref to it by CAS, retrying on conflicts.
+def on_parent(make: Callable[[ObjectId], Commit]) -> MakeFn:
+    """``make`` for :func:`~mlvc_core.history.advance` on an existing ref (always a parent)."""
 
-    A conflict that only changed the summary (a checkpoint hidden by ``rm``) keeps the
-    commit; one that moved the ref (another process resumed the experiment) re-parents it.
+    def build(parent: ObjectId | None) -> Commit:
+        assert parent is not None  # the experiment's ref exists: every commit has a parent
+        return make(parent)
 
-    Returns:
-        The commit stored and the ref as moved.
-
-    Raises:
-        RefConflict: Still losing the race after many attempts.
-    """
-    commit = make(ref.target)
-    cid = session.add_object(commit)
-    session.flush()
-    for attempt in range(_CAS_ATTEMPTS):
-        try:
-            return cid, repo.refs.move(ref, cid, summarize(ref.summary, to_hex(cid)))
-        except RefConflict:
-            _backoff(attempt)
-            ref = repo.refs.require(ref.name)
-            if commit.parents != (ref.target,):
-                commit = make(ref.target)
-                cid = session.add_object(commit)
-                session.flush()
-    raise RefConflict(ref.name, None)
+    return build
 
 
 def update_summary(
     repo: Repository, name: str, summarize: Callable[[dict[str, Any]], dict[str, Any] | None]
 ) -> Ref | None:
     """Rewrite a ref's summary by CAS, retrying on conflicts; its target stays.
+
+    No commit is recorded, so this is not :func:`~mlvc_core.history.advance`'s work: a lost
+    race only reads the ref again and rebuilds the summary.
 
     Args:
         repo: The repository.
@@ -107,7 +89,7 @@ def update_summary(
     Raises:
         RefConflict: Still losing the race after many attempts.
     """
-    for attempt in range(_CAS_ATTEMPTS):
+    for attempt in range(CAS_ATTEMPTS):
         ref = repo.refs.get(name)
         if ref is None:
             return None
@@ -246,7 +228,7 @@ class ExperimentWriter:
         }
         # Refs move while the session is still open (after flush): the session's shared lock
         # keeps gc away from what it stored until a ref reaches it (docs/format.md).
-        with repo.session() as s:
+        with WriteSession(repo) as s:
             code_tree = self.code_tree = snapshot_code(
                 s, self.code_dir, self.settings, self.max_code_file_size, self.max_code_files
             )
@@ -258,9 +240,7 @@ class ExperimentWriter:
                     message=f"experiment {name}",
                     metadata={"type": "experiment", **meta},
                 )
-                cid = s.add_object(first)
-                s.flush()
-                exp_id = to_hex(cid)
+                exp_id = to_hex(s.add_object(first))  # its id names the experiment
                 self.heartbeat.write(repo.store, exp_id)  # before the ref: listed runs have one
                 summary = {
                     "type": "experiment",
@@ -280,7 +260,15 @@ class ExperimentWriter:
                     "best": None,
                     "removed": [],
                 }
-                self.summary = repo.refs.set(ref_name(exp_id), cid, None, summary).summary
+                created = advance(
+                    s,
+                    ref_name(exp_id),
+                    None,
+                    lambda _parent: first,
+                    lambda _old, _cid: summary,
+                    reparent=False,  # a new experiment: its ref cannot exist yet
+                )
+                self.summary = created.ref.summary
             else:
                 exp_id = resume_id
                 self.heartbeat.write(repo.store, exp_id)
@@ -307,7 +295,7 @@ class ExperimentWriter:
                     )
 
                 ref = repo.refs.require(ref_name(exp_id))
-                self.summary = advance_ref(repo, s, ref, make, summarize)[1].summary
+                self.summary = advance(s, ref.name, ref, on_parent(make), summarize).ref.summary
         self.exp_id = exp_id
         self.heartbeat.start(repo.store, exp_id)
 
@@ -321,7 +309,7 @@ class ExperimentWriter:
         assert self.exp_id is not None
         repo, exp_id = self.open(), self.exp_id
         ref = repo.refs.require(ref_name(exp_id))
-        with repo.session(progress=progress) as s:
+        with WriteSession(repo, progress) as s:
             # The previous checkpoint's files guide this one's: unchanged tensors are verified
             # by hash instead of being cut and compressed again.
             guide = None
@@ -371,7 +359,7 @@ class ExperimentWriter:
                 new["status"] = "running"
                 return new
 
-            self.summary = advance_ref(repo, s, ref, make, summarize)[1].summary
+            self.summary = advance(s, ref.name, ref, on_parent(make), summarize).ref.summary
         self.saved += 1
 
     def stop(self, reason: str, error: dict[str, str] | None) -> None:

@@ -27,7 +27,7 @@ GIT_DIFF_LIMIT = 1 << 20
 GIT_TIMEOUT = 15.0
 """Seconds one ``git`` command may run."""
 OWN_DIRS = (".mlvc", ".mlvc-staging")
-"""mlvc's own directories (a local repository, checkpoint staging): they never make a git work
+"""mlvc's own directories (a local repository, checkpoint copies): they never make a git work
 tree dirty."""
 
 
@@ -44,7 +44,7 @@ def git_info(directory: Path) -> dict[str, Any] | None:
     if (_git(["rev-parse", "--is-inside-work-tree"], directory) or "").strip() != "true":
         return None
     status = _git(["status", "--porcelain", "--untracked-files=normal"], directory) or ""
-    # mlvc's own directories (a local repository, staging) do not make the work tree dirty.
+    # mlvc's own directories (a local repository, copies) do not make the work tree dirty.
     changes = [
         line
         for line in status.splitlines()

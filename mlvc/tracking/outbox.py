@@ -194,10 +194,12 @@ def _send(repo: Any, doc: dict[str, Any], entry_dir: Path) -> bool:
 
 def _send_checkpoint(repo: Any, doc: dict[str, Any], entry_dir: Path) -> bool:
     from mlvc.experiments import ref_name, summary_with_checkpoint
-    from mlvc.tracking.commits import advance_ref, checkpoint_commit, overlay
+    from mlvc.tracking.commits import checkpoint_commit, on_parent, overlay
+    from mlvc_core.history import advance
     from mlvc_core.ids import ObjectId, from_hex
     from mlvc_core.ingest import TreeBuilder
     from mlvc_core.objects import Commit, TreeEntry
+    from mlvc_core.session import WriteSession
 
     exp_id = str(doc["experiment"])
     step, when = doc.get("step"), float(doc["time"])
@@ -208,7 +210,7 @@ def _send_checkpoint(repo: Any, doc: dict[str, Any], entry_dir: Path) -> bool:
             return False
     primary = tuple(doc["primary"]) if doc.get("primary") else None
     paths = [rel for rel, _ in doc["files"]]
-    with repo.session() as s:
+    with WriteSession(repo) as s:
         builder = TreeBuilder(s)
         entries: dict[str, TreeEntry] = {}
         for rel, name in doc["files"]:
@@ -226,7 +228,7 @@ def _send_checkpoint(repo: Any, doc: dict[str, Any], entry_dir: Path) -> bool:
         def summarize(old: dict[str, Any], cid: str) -> dict[str, Any]:
             return summary_with_checkpoint(old, cid, step, doc["metrics"], primary)
 
-        advance_ref(repo, s, ref, make, summarize)
+        advance(s, ref.name, ref, on_parent(make), summarize)
     return True
 
 

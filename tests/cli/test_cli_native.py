@@ -294,6 +294,7 @@ def test_commit_records_paths_as_typed_and_checkout_restores_them(
 def test_commit_outside_the_directory_and_old_layout_still_read(
     cli: Cli, project: Path, tmp_path: Path, write: Write
 ) -> None:
+    from mlvc_core.history import commit_paths
     from mlvc_core.repository import Repository
 
     outside = tmp_path / "elsewhere"
@@ -305,7 +306,7 @@ def test_commit_outside_the_directory_and_old_layout_still_read(
     # A commit written before paths kept their prefix: the directory was the root.
     write("data/old.txt", "old layout")
     with Repository.open(str(project / ".mlvc")) as repo:
-        old = repo.commit([project / "data"], "old layout").hex()
+        old = commit_paths(repo, [project / "data"], "old layout").hex()
     assert [f["path"] for f in cli.json("show", old)["files"]] == ["old.txt"]
     cli("checkout", old, "-o", project / "back")
     assert (project / "back" / "old.txt").read_text() == "old layout"

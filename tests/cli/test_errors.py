@@ -63,9 +63,10 @@ def _colliding_messages(tree: bytes) -> tuple[Commit, Commit]:
 
 def test_ambiguous_prefix_lists_the_candidates(cli: Cli, project: Path) -> None:
     from mlvc.repo import open_repo
+    from mlvc_core.session import WriteSession
 
     with open_repo(str(project / ".mlvc")) as repo:
-        with repo.session() as s:
+        with WriteSession(repo) as s:
             tree = s.add_object(Tree(()))
             a, b = _colliding_messages(tree)
             ids = sorted(to_hex(s.add_object(c)) for c in (a, b))
@@ -95,6 +96,7 @@ def test_ref_conflict_when_the_branch_moves_during_a_commit(
 ) -> None:
     import mlvc_core.ingest as ingest
     from mlvc.repo import open_repo
+    from mlvc_core.history import commit_paths
 
     _commit(cli, write, "base.bin")
     real = ingest.ingest_paths
@@ -109,7 +111,7 @@ def test_ref_conflict_when_the_branch_moves_during_a_commit(
         if not raced:  # the other writer's own commit goes through this function too
             raced.append(True)
             with open_repo(str(project / ".mlvc")) as repo2:
-                repo2.commit([other], "concurrent", branch="main")
+                commit_paths(repo2, [other], "concurrent", branch="main")
         return tree
 
     monkeypatch.setattr(ingest, "ingest_paths", ingest_while_another_writer_commits)

@@ -11,6 +11,7 @@ from mlvc_core.objects import CHUNK, Object
 from mlvc_core.packs import PackWriter
 from mlvc_core.refs import PREFIX
 from mlvc_core.repository import Repository
+from mlvc_core.session import WriteSession
 
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 _BLOCK = 128 << 10
@@ -53,7 +54,7 @@ def bomb_chunk(repo: Repository, declared: int, real: int) -> ObjectId:
 
 def store(repo: Repository, *objects: Object) -> list[ObjectId]:
     """Store well-formed objects; return their ids."""
-    with repo.session() as s:
+    with WriteSession(repo) as s:
         return [s.add_object(o) for o in objects]
 
 

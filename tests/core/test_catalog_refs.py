@@ -9,8 +9,10 @@ from pathlib import Path
 from mlvc_core.catalog import LocalCache, catalog_key, scan
 from mlvc_core.check import check
 from mlvc_core.gc import collect
+from mlvc_core.ingest import ingest_bytes
 from mlvc_core.objects import Commit, Tree
 from mlvc_core.repository import Repository
+from mlvc_core.session import WriteSession
 from tests.synth import make_experiments
 
 PREFIX = "refs/experiments/"
@@ -24,8 +26,8 @@ def test_gc_marks_from_refs_moved_after_the_catalog_was_written(tmp_path: Path) 
     before = repo.store.read(catalog_key(PREFIX))
     # One experiment moves on: a new commit in a new pack, after the catalog was written.
     ref = repo.refs.require(f"experiments/{ids[4]}")
-    with repo.session() as s:
-        chunk = s.add_chunk(b"fresh checkpoint bytes" * 100)
+    with WriteSession(repo) as s:
+        chunk = ingest_bytes(s, b"fresh checkpoint bytes" * 100).chunks[0][0]
         tree = s.add_object(Tree(()))
         new = s.add_object(
             Commit(tree=tree, parents=(ref.target,), message="later", metadata={"c": chunk.hex()})

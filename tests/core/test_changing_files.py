@@ -11,7 +11,9 @@ import pytest
 
 from mlvc_core import ingest
 from mlvc_core.errors import FileChanged
+from mlvc_core.history import commit_paths
 from mlvc_core.repository import Repository
+from mlvc_core.restore import checkout
 
 BLOCK = 1 << 16
 BLOCKS = 256  # a 16 MiB file
@@ -67,14 +69,14 @@ def test_a_file_that_keeps_changing_is_refused_not_recorded(
     writer = _start_writer(tmp_path, big, passes=0)  # never stops on its own
     try:
         with pytest.raises(FileChanged, match="big.bin changed while it was being read"):
-            repo.commit(data, "while being written", branch="main")
+            commit_paths(repo, data, "while being written", branch="main")
     finally:
         writer.kill()
         writer.wait()
     assert repo.head("main") is None  # nothing recorded
-    cid = repo.commit(data, "once it is stable", branch="main")  # now it goes through
+    cid = commit_paths(repo, data, "once it is stable", branch="main")  # now it goes through
     out = tmp_path / "out"
-    repo.checkout(cid, out)
+    checkout(repo, cid, out)
     assert (out / "big.bin").read_bytes() == big.read_bytes()
 
 
@@ -87,11 +89,11 @@ def test_a_file_rewritten_during_a_commit_is_recorded_whole(tmp_path: Path) -> N
     repo = Repository.init(tmp_path / "r")
     writer = _start_writer(tmp_path, big, passes=1)  # one pass over it, as an export would
     try:
-        cid = repo.commit(data, "while being written")
+        cid = commit_paths(repo, data, "while being written")
     finally:
         writer.wait()
     out = tmp_path / "out"
-    repo.checkout(cid, out)
+    checkout(repo, cid, out)
     restored = (out / "big.bin").read_bytes()
     assert len(_versions(restored)) == 1  # one version, not a mix
     assert restored == big.read_bytes()  # the rewrite had ended: its result, whole
@@ -119,7 +121,7 @@ def test_files_removed_while_a_directory_is_committed_are_left_out(
 
     monkeypatch.setattr(ingest.TreeBuilder, "entry", entry)
     repo = Repository.init(tmp_path / "r")
-    cid = repo.commit(src, "x")
+    cid = commit_paths(repo, src, "x")
     out = tmp_path / "out"
-    repo.checkout(cid, out)
+    checkout(repo, cid, out)
     assert sorted(p.name for p in out.iterdir()) == ["a.dir", "z.txt"]

@@ -23,11 +23,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mlvc_core.errors import FileExistsConflict, FormatError
+from mlvc_core.history import commit_paths
 from mlvc_core.ids import ObjectId
 from mlvc_core.ingest import ingest_bytes
 from mlvc_core.objects import Tree, TreeEntry, decode
-from mlvc_core.repository import Repository, WriteSession
-from mlvc_core.restore import restore_tree
+from mlvc_core.repository import Repository
+from mlvc_core.restore import checkout, restore_tree
+from mlvc_core.session import WriteSession
 from mlvc_core.storage import MemoryStore
 
 
@@ -57,7 +59,7 @@ def _add(s: WriteSession, spec: Spec) -> Tree:
 
 def tree_of(repo: Repository, spec: Spec) -> ObjectId:
     """Store a tree as a (possibly hostile) repository would hold it."""
-    with repo.session() as s:
+    with WriteSession(repo) as s:
         return s.add_object(_add(s, spec))
 
 
@@ -328,10 +330,10 @@ def test_permissions_are_restored_and_never_widened(tmp_path: Path, mask: int) -
     (src / "private" / "key").write_text("k")
     os.chmod(src / "private", 0o700)
     repo = Repository.init(tmp_path / "r")
-    cid = repo.commit(src, "modes")
+    cid = commit_paths(repo, src, "modes")
     out = tmp_path / "out"
     with umask(mask):
-        repo.checkout(cid, out)
+        checkout(repo, cid, out)
     for name, mode in modes.items():
         assert stat.S_IMODE(os.stat(out / name).st_mode) == mode & ~mask, name
     assert stat.S_IMODE(os.stat(out / "private").st_mode) == 0o700
@@ -350,9 +352,9 @@ def test_zero_runs_come_back_as_holes(tmp_path: Path) -> None:
         f.write(os.urandom(mib))
         f.truncate(96 * mib)  # ends in a hole
     repo = Repository.init(tmp_path / "r")
-    cid = repo.commit(src, "sparse")
+    cid = commit_paths(repo, src, "sparse")
     out = tmp_path / "out"
-    repo.checkout(cid, out)
+    checkout(repo, cid, out)
     restored = out / "sparse.bin"
     assert restored.stat().st_size == 96 * mib
     assert restored.stat().st_blocks * 512 < 8 * mib  # about the 2 MiB of data, not 96
@@ -416,9 +418,9 @@ def test_every_name_linux_allows_round_trips(names: list[bytes]) -> None:
                 with open(os.path.join(src, name), "wb") as f:
                     f.write(name * 3)
         repo = Repository.init(MemoryStore())
-        cid = repo.commit(os.fsdecode(src), "names")
+        cid = commit_paths(repo, os.fsdecode(src), "names")
         out = base / "out"
-        repo.checkout(cid, out)
+        checkout(repo, cid, out)
         assert _listing(os.fsencode(out)) == _listing(src)
 
 
@@ -450,7 +452,7 @@ def test_backslashes_absolute_links_and_latin1_names_commit_and_check_out(
     (src / "data").symlink_to("/datasets/imagenet")  # the usual ML layout
     (src / "model.bin").write_bytes(b"weights")
     repo = Repository.init(tmp_path / "r")
-    cid = repo.commit(src, "odd names")
+    cid = commit_paths(repo, src, "odd names")
     skipped: list[tuple[str, str]] = []
     out = tmp_path / "out"
     written = restore_tree(
@@ -466,7 +468,7 @@ def test_backslashes_absolute_links_and_latin1_names_commit_and_check_out(
 
 def test_recorded_special_bits_are_never_restored(tmp_path: Path) -> None:
     repo = mem_repo()
-    with repo.session() as s:
+    with WriteSession(repo) as s:
         m = ingest_bytes(s, b"#!/bin/sh\n")
         hostile = Tree((TreeEntry("suid", "file", s.add_object(m), m.size, 0o6777),))
         tree = s.add_object(hostile)
@@ -502,7 +504,7 @@ def test_a_checkout_killed_midway_completes_when_run_again_without_force(
     for name in ("a.bin", "b.bin", "c.bin"):
         (src / name).write_bytes(os.urandom(24 << 20))
     repo = Repository.init(tmp_path / "r")
-    repo.commit(src, "x", branch="main")
+    commit_paths(repo, src, "x", branch="main")
     out, done = tmp_path / "out", tmp_path / "done"
     child = subprocess.Popen(
         [sys.executable, "-c", KILLED_CHECKOUT, str(tmp_path / "r"), str(out), str(done)],

@@ -21,7 +21,9 @@ from mlvc_core.check import check
 from mlvc_core.chunker import ChunkerParams
 from mlvc_core.config import RepoConfig
 from mlvc_core.gc import collect
+from mlvc_core.history import commit_paths
 from mlvc_core.repository import Repository
+from mlvc_core.restore import checkout
 
 ROOT = Path(__file__).resolve().parents[2]
 SMALL = RepoConfig(chunker=ChunkerParams(min=1024, avg=4096, max=16384), pack_size=128 << 10)
@@ -47,9 +49,10 @@ for name in ("write", "close"):
     hook(local._FileWriter, name)
 from mlvc_core.gc import collect
 from mlvc_core.repository import Repository
+from mlvc_core.history import commit_paths
 repo = Repository.open(repo_path)
 if op == "commit":
-    repo.commit(arg, "new", branch="main")
+    commit_paths(repo, arg, "new", branch="main")
 else:
     collect(repo, dry_run=False, grace_seconds=0)
 print(count[0])
@@ -93,9 +96,9 @@ def _setup(tmp_path: Path) -> tuple[Path, dict[str, dict[str, str]]]:
     repo_path = tmp_path / "r"
     repo = Repository.init(repo_path, SMALL)
     old = _tree(tmp_path / "old", 1)
-    repo.commit(tmp_path / "old", "old", branch="main")
+    commit_paths(repo, tmp_path / "old", "old", branch="main")
     _tree(tmp_path / "junk", 2)
-    repo.commit(tmp_path / "junk", "junk", branch="junk")
+    commit_paths(repo, tmp_path / "junk", "junk", branch="junk")
     repo.refs.delete("heads/junk")  # garbage for gc
     repo.close()
     return repo_path, {"old": old}
@@ -109,7 +112,7 @@ def _assert_clean_and_intact(repo_path: Path, expect: list[dict[str, str]], out:
     assert report.ok and not report.warnings, (report.problems, report.warnings)
     assert not list(repo.store.list("locks/"))
     assert not list(repo.store.list_temporary(""))
-    repo.checkout("heads/main", out)
+    checkout(repo, "heads/main", out)
     assert _files(out) in expect
 
 
@@ -139,7 +142,7 @@ def test_kill_9_at_many_points(op: str, tmp_path: Path) -> None:
         # The next command of either kind runs at once.
         _assert_clean_and_intact(repo_path, [trees["old"], new], tmp_path / f"out{n}")
         again = Repository.open(repo_path)
-        again.commit(tmp_path / "new", "again", branch="main")
+        commit_paths(again, tmp_path / "new", "again", branch="main")
         _assert_clean_and_intact(repo_path, [new], tmp_path / f"again{n}")
     assert left_locks >= 1  # the points did catch the process holding its lock
     if op == "commit":

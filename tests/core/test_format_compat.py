@@ -10,7 +10,9 @@ from pathlib import Path
 import pytest
 
 from mlvc_core.check import check
+from mlvc_core.history import commit_paths
 from mlvc_core.repository import Repository
+from mlvc_core.restore import checkout
 
 DATA = Path(__file__).parent.parent / "data" / "repos"
 
@@ -33,7 +35,7 @@ def _check_out_all(repo: Repository, tmp_path: Path, revs: list[str]) -> None:
     for i, rev in enumerate(revs):
         cid = repo.resolve(rev)
         out = tmp_path / f"out{i}"
-        repo.checkout(cid, out)
+        checkout(repo, cid, out)
         got = {
             str(p.relative_to(out)): hashlib.sha256(p.read_bytes()).hexdigest()
             for p in sorted(out.rglob("*"))
@@ -60,7 +62,7 @@ def test_version_1_repository_is_upgraded_by_its_first_write(
     assert repo.config.version == 1
     (tmp_path / "new.txt").write_text("written by version 2\n")
     with caplog.at_level("WARNING"):
-        cid = repo.commit(tmp_path / "new.txt", "new", branch="v2")
+        cid = commit_paths(repo, tmp_path / "new.txt", "new", branch="v2")
     assert "upgraded the repository" in caplog.text
     assert RepoConfig.decode((v1_repo / "config").read_bytes()).version == FORMAT_VERSION
     fresh = Repository.open(v1_repo)
@@ -73,7 +75,7 @@ def test_version_1_repository_is_upgraded_by_its_first_write(
     after = Repository.open(v1_repo)
     assert check(after).ok
     _check_out_all(after, tmp_path / "after-gc", ["main", "tags/v1"])
-    after.checkout(cid, tmp_path / "new-out")
+    checkout(after, cid, tmp_path / "new-out")
     assert (tmp_path / "new-out" / "new.txt").read_text() == "written by version 2\n"
     unreachable = _expected()["unreachable"]
     assert isinstance(unreachable, str)

@@ -20,9 +20,12 @@ from mlvc_core.chunker import ChunkerParams
 from mlvc_core.config import RepoConfig
 from mlvc_core.errors import ObjectNotFound, RepositoryLocked
 from mlvc_core.gc import collect
+from mlvc_core.history import commit_paths
 from mlvc_core.ingest import TreeBuilder
 from mlvc_core.objects import Commit, Tree
 from mlvc_core.repository import Repository
+from mlvc_core.restore import checkout
+from mlvc_core.session import WriteSession
 from mlvc_core.statcache import StatCache
 
 SMALL = RepoConfig(chunker=ChunkerParams(min=1024, avg=4096, max=16384))
@@ -46,7 +49,7 @@ def _verify(repo_path: Path, expected: dict[str, bytes], tmp_path: Path) -> None
     assert report.ok, report.problems
     for i, (branch, data) in enumerate(sorted(expected.items())):
         out = tmp_path / f"verify-{i}"
-        repo.checkout(f"heads/{branch}", out)
+        checkout(repo, f"heads/{branch}", out)
         (got,) = [p for p in out.rglob("*") if p.is_file()]
         assert got.read_bytes() == data, branch
 
@@ -56,12 +59,12 @@ def test_a_writer_opened_before_gc_stores_again_what_gc_deleted(tmp_path: Path) 
     weights = tmp_path / "w.bin"
     weights.write_bytes(rand(300_000, 1))
     setup = Repository.init(tmp_path / "r", SMALL)
-    setup.commit(weights, "e0", branch="e0")
+    commit_paths(setup, weights, "e0", branch="e0")
     setup.refs.delete("heads/e0")  # `mlvc rm`: e0's chunks are garbage now
     run = Repository.open(tmp_path / "r")  # a long run, opened before gc
     report = collect(Repository.open(tmp_path / "r"), dry_run=False, grace_seconds=0)
     assert report.packs_deleted >= 1 and report.generation == 1
-    run.commit(weights, "checkpoint", branch="e1")  # same bytes as e0's
+    commit_paths(run, weights, "checkpoint", branch="e1")  # same bytes as e0's
     assert run.generation == 1
     _verify(tmp_path / "r", {"e1": weights.read_bytes()}, tmp_path)
 
@@ -118,7 +121,7 @@ run.close()
             continue
         steps.append(commit.metadata["step"])
         out = tmp_path / f"out{i}"
-        restored = repo.checkout(cid, out)
+        restored = checkout(repo, cid, out)
         files = [out / p for p in restored if (out / p).name == "base.bin"]
         assert len(files) == 1 and files[0].read_bytes() == expected[commit.metadata["step"]]
     assert sorted(steps) == [0, 1]
@@ -138,7 +141,7 @@ def test_a_stat_cache_hit_is_not_trusted_after_gc_removed_its_manifest(tmp_path:
     cache = StatCache(tmp_path / "statcache.sqlite")
     # One session stores drop.bin (its manifest lands in the same object pack as the live
     # commit's) but only src/ is committed: drop.bin's manifest is garbage in a live pack.
-    with repo.session() as s:
+    with WriteSession(repo) as s:
         builder = TreeBuilder(s, stat_cache=cache)
         builder.file_entry(drop, "drop.bin", os.stat(drop), "drop.bin")
         cache.flush()
@@ -149,7 +152,7 @@ def test_a_stat_cache_hit_is_not_trusted_after_gc_removed_its_manifest(tmp_path:
     report = collect(Repository.open(tmp_path / "r"), dry_run=False, grace_seconds=0)
     assert report.packs_deleted >= 1
     # The stat cache still names drop.bin's manifest; the repository no longer stores it.
-    cid2 = repo.commit(drop, "again", branch="drop", stat_cache=cache)
+    cid2 = commit_paths(repo, drop, "again", branch="drop", stat_cache=cache)
     assert repo.read_commit(cid2)
     _verify(tmp_path / "r", {"drop": drop.read_bytes()}, tmp_path)
 
@@ -159,11 +162,11 @@ def test_a_session_refuses_to_store_a_tree_naming_what_is_not_stored(tmp_path: P
     id read before gc ran (a parent's tree, an earlier snapshot)."""
     repo = Repository.init(tmp_path / "r", SMALL)
     (tmp_path / "f").write_bytes(rand(50_000, 2))
-    old = repo.commit(tmp_path / "f", "old", branch="tmp")
+    old = commit_paths(repo, tmp_path / "f", "old", branch="tmp")
     entries = repo.read_tree(repo.read_commit(old).tree).entries  # read before gc runs
     repo.refs.delete("heads/tmp")
     collect(Repository.open(tmp_path / "r"), dry_run=False, grace_seconds=0)
-    with repo.session() as s, pytest.raises(ObjectNotFound, match="no longer stored"):
+    with WriteSession(repo) as s, pytest.raises(ObjectNotFound, match="no longer stored"):
         s.add_object(Tree(tuple(entries)))
     assert check(Repository.open(tmp_path / "r")).ok
 
@@ -173,6 +176,7 @@ import hashlib, json, random, sys, time
 from pathlib import Path
 from mlvc_core.errors import RepositoryLocked
 from mlvc_core.repository import Repository
+from mlvc_core.history import commit_paths
 repo_path, me, rounds, work = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), Path(sys.argv[4])
 options = json.loads(sys.argv[5])
 repo = Repository.open(repo_path, **options)   # long-lived: its index grows stale under gc
@@ -188,14 +192,14 @@ for k in range(rounds):
     mine = random.Random(k).randbytes(20_000)          # shared by every writer in round k
     f = work / f"w{me}.bin"
     f.write_bytes(base)
-    retry(lambda: repo.commit(f, "scratch", branch=f"scratch{me}"))
+    retry(lambda: commit_paths(repo, f, "scratch", branch=f"scratch{me}"))
     seen = repo.read_generation().number
     repo.refs.delete(f"heads/scratch{me}")             # garbage now: gc may delete it
     t = time.monotonic()                               # give gc a chance to (up to 5 s)
     while repo.read_generation().number == seen and time.monotonic() - t < 5:
         time.sleep(0.02)
     f.write_bytes(base + mine)
-    cid = retry(lambda: repo.commit(f, f"round {k}", branch=f"w{me}"))
+    cid = retry(lambda: commit_paths(repo, f, f"round {k}", branch=f"w{me}"))
     done[cid.hex()] = [f"w{me}.bin", hashlib.sha256(base + mine).hexdigest()]
     time.sleep(random.random() * 0.1)
 print(json.dumps(done))
@@ -256,6 +260,6 @@ def test_gc_beside_eight_concurrent_writer_processes(
     assert len(results) == 8 * rounds
     for i, (cid, (name, digest)) in enumerate(sorted(results.items())):  # every commit
         out = tmp_path / f"out{i}"
-        repo.checkout(cid, out)
+        checkout(repo, cid, out)
         assert hashlib.sha256((out / name).read_bytes()).hexdigest() == digest
     assert len(repo.index_files()) == 1

@@ -18,11 +18,15 @@ import pytest
 
 from mlvc_core import packs
 from mlvc_core.errors import FormatError
+from mlvc_core.history import commit_paths
 from mlvc_core.ids import hash_bytes, to_hex
+from mlvc_core.ingest import ingest_bytes
 from mlvc_core.objects import COMMIT, MANIFEST, TREE, Commit, Manifest, Tree, TreeEntry
 from mlvc_core.packs import INDEX_MAGIC, decode_index, encode_index
 from mlvc_core.repository import Repository
-from mlvc_core.walk import MAX_TREE_DEPTH, tree_budget, walk_tree
+from mlvc_core.restore import checkout
+from mlvc_core.session import WriteSession
+from mlvc_core.trees import MAX_TREE_DEPTH, tree_budget, walk_tree
 from tests.cli.conftest import Cli
 from tests.core.hostile import bomb_chunk, store, store_encoded, write_ref
 
@@ -160,14 +164,14 @@ def test_writers_start_a_new_pack_before_the_entry_limit(
     d.mkdir()
     for i in range(12):
         (d / f"f{i}").write_bytes(os.urandom(100 + i))
-    cid = repo.commit(d)
+    cid = commit_paths(repo, d)
     monkeypatch.undo()
     fresh = Repository.open(tmp_path / "r")
     fresh.load_index()
     per_pack = Counter(loc.pack for _, loc in fresh.iter_index())
     assert len(per_pack) >= 3 and max(per_pack.values()) <= 5
     out = tmp_path / "out"
-    fresh.checkout(cid, out)
+    checkout(fresh, cid, out)
     assert sorted(os.listdir(out)) == sorted(os.listdir(d))
 
 
@@ -245,7 +249,7 @@ def test_declared_sizes_that_disagree_are_refused(project: Path) -> None:
 def test_a_tree_nested_deeper_than_the_limit_is_refused_and_fsck_finishes(project: Path) -> None:
     repo = _repo(project)
     (tid,) = store(repo, Tree())
-    with repo.session() as s:
+    with WriteSession(repo) as s:
         for _ in range(MAX_TREE_DEPTH + 50):
             tid = s.add_object(Tree((TreeEntry("d", "dir", tid, 0),)))
         cid = s.add_object(Commit(tid))
@@ -262,7 +266,7 @@ def test_shared_subtrees_of_a_real_tree_are_walked_in_full(tmp_path: Path) -> No
     for copy in ("x", "y", "z"):
         (d / copy / "sub").mkdir(parents=True)
         (d / copy / "sub" / "w.bin").write_bytes(b"same")
-    cid = repo.commit(d)
+    cid = commit_paths(repo, d)
     tree = repo.read_commit(cid).tree
     assert tree_budget(repo, tree).paths == 9
     assert [p for p, _ in walk_tree(repo, tree)][:3] == ["x", "x/sub", "x/sub/w.bin"]
@@ -438,9 +442,9 @@ def test_a_manifest_whose_chunk_lengths_disagree_is_never_restored(project: Path
     from mlvc_core.restore import ChunkedReader
 
     repo = _repo(project)
-    with repo.session() as s:
-        real = s.add_chunk(b"x" * 5000)
-        other = s.add_chunk(b"y" * 10)
+    with WriteSession(repo) as s:
+        real = ingest_bytes(s, b"x" * 5000).chunks[0][0]
+        other = ingest_bytes(s, b"y" * 10).chunks[0][0]
     lying = Manifest(5010, ((real, 10), (other, 5000)))  # adds up, but each length is wrong
     (mid,) = store(repo, lying)
     (tid,) = store(repo, Tree((TreeEntry("f.bin", "file", mid, 5010),)))

@@ -13,7 +13,10 @@ from mlvc_core.check import check
 from mlvc_core.chunker import ChunkerParams
 from mlvc_core.config import RepoConfig
 from mlvc_core.gc import collect
+from mlvc_core.history import commit_paths
 from mlvc_core.repository import INDEX_MERGE_AT, Repository
+from mlvc_core.restore import checkout
+from mlvc_core.session import WriteSession
 from mlvc_core.storage import KeyInfo, MemoryStore
 
 SMALL = RepoConfig(chunker=ChunkerParams(min=1024, avg=4096, max=16384))
@@ -49,14 +52,14 @@ def test_a_commit_writes_one_index_file_and_many_are_merged(tmp_path: Path) -> N
     for i in range(INDEX_MERGE_AT + 8):
         f.write_bytes(rand(3000, i))
         before = len(repo.list_index_files())
-        commits.append((repo.commit(f, f"c{i}", branch=f"b{i}"), f.read_bytes()))
+        commits.append((commit_paths(repo, f, f"c{i}", branch=f"b{i}"), f.read_bytes()))
         after = len(repo.list_index_files())
         assert after == before + 1 or after < before  # one new file, or a merge
     assert len(repo.list_index_files()) < INDEX_MERGE_AT
     fresh = Repository.open(tmp_path / "r")
     assert check(fresh).ok
     for i, (cid, data) in enumerate(commits):
-        fresh.checkout(cid, tmp_path / f"o{i}")
+        checkout(fresh, cid, tmp_path / f"o{i}")
         assert (tmp_path / f"o{i}" / "f").read_bytes() == data
     collect(fresh, dry_run=False)
     assert len(fresh.list_index_files()) == 1  # gc leaves one file
@@ -69,7 +72,7 @@ def test_refresh_after_gc_reads_the_generation_and_the_files_it_names_without_li
     store = CountingStore()
     repo = Repository.init(store, SMALL)
     (tmp_path / "f").write_bytes(rand(50_000, 1))
-    repo.commit(tmp_path / "f", "x", branch="tmp")
+    commit_paths(repo, tmp_path / "f", "x", branch="tmp")
     repo.refs.delete("heads/tmp")
     other = Repository.open(store)
     store.calls.clear()
@@ -89,7 +92,7 @@ def test_a_damaged_local_index_cache_file_is_rebuilt_with_a_warning(
     cache = tmp_path / "cache"
     repo = Repository.init(store, SMALL, cache_dir=cache)
     (tmp_path / "f").write_bytes(rand(50_000, 2))
-    cid = repo.commit(tmp_path / "f", "x")
+    cid = commit_paths(repo, tmp_path / "f", "x")
     files = sorted((cache / "index").iterdir())
     assert len(files) == 1
     good = files[0].read_bytes()
@@ -103,7 +106,7 @@ def test_a_damaged_local_index_cache_file_is_rebuilt_with_a_warning(
         assert files[0].read_bytes() == good  # fetched again
         assert check(reopened).ok  # never reported as repository corruption
         out = tmp_path / f"out{len(damage)}"
-        reopened.checkout(cid, out)
+        checkout(reopened, cid, out)
         assert (out / "f").read_bytes() == (tmp_path / "f").read_bytes()
 
 
@@ -113,16 +116,16 @@ def test_a_commit_is_one_pack_and_one_index_file(tmp_path: Path) -> None:
     (tmp_path / "d").mkdir()
     for i in range(5):
         (tmp_path / "d" / f"f{i}").write_bytes(rand(20_000, 10 + i))
-    cid = repo.commit(tmp_path / "d", "x")
+    cid = commit_paths(repo, tmp_path / "d", "x")
     assert len(repo.index_ids()) == 1 and len(repo.list_index_files()) == 1
     # A commit of nothing new is a pack of objects only.
     (tmp_path / "d" / "f0").rename(tmp_path / "d" / "g0")
-    cid2 = repo.commit(tmp_path / "d", "renamed")
+    cid2 = commit_paths(repo, tmp_path / "d", "renamed")
     assert len(repo.index_ids()) == 2
     fresh = Repository.open(tmp_path / "r")
     assert check(fresh).ok
-    fresh.checkout(cid, tmp_path / "o1")
-    fresh.checkout(cid2, tmp_path / "o2")
+    checkout(fresh, cid, tmp_path / "o1")
+    checkout(fresh, cid2, tmp_path / "o2")
     assert (tmp_path / "o1" / "f0").read_bytes() == (tmp_path / "o2" / "g0").read_bytes()
 
 
@@ -130,10 +133,10 @@ def test_many_objects_stream_into_a_pack_of_their_own(tmp_path: Path) -> None:
     import base64
 
     from mlvc_core.objects import Commit, Tree
-    from mlvc_core.repository import META_BUFFER
+    from mlvc_core.session import META_BUFFER
 
     repo = Repository.init(tmp_path / "r", SMALL)
-    with repo.session() as s:
+    with WriteSession(repo) as s:
         tree = s.add_object(Tree(()))
         n = 0
         while s._held_bytes < META_BUFFER:
@@ -154,12 +157,12 @@ def test_a_reader_opened_before_gc_repacked_still_reads_everything(tmp_path: Pat
     commits = []
     for i in range(MERGE_AT):
         f.write_bytes(rand(30_000, 50 + i))
-        commits.append((repo.commit(f, f"c{i}", branch=f"b{i}"), f.read_bytes()))
+        commits.append((commit_paths(repo, f, f"c{i}", branch=f"b{i}"), f.read_bytes()))
     reader = Repository.open(tmp_path / "r")  # takes no lock: gc may run beside it
     report = collect(Repository.open(tmp_path / "r"), dry_run=False)
     assert report.packs_merged >= MERGE_AT  # every pack the reader knows is gone
     for i, (cid, data) in enumerate(commits):
-        reader.checkout(cid, tmp_path / f"o{i}")
+        checkout(reader, cid, tmp_path / f"o{i}")
         assert (tmp_path / f"o{i}" / "f").read_bytes() == data
 
 

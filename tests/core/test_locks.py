@@ -13,8 +13,10 @@ from pathlib import Path
 import pytest
 
 from mlvc_core.errors import RepositoryLocked
+from mlvc_core.ingest import ingest_bytes
 from mlvc_core.lock import EXCLUSIVE, ExclusiveLock, Holder, SharedLock, read_holder
 from mlvc_core.repository import Repository
+from mlvc_core.session import WriteSession
 from mlvc_core.storage import LocalStore
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -59,7 +61,7 @@ def test_a_killed_gcs_lock_blocks_neither_writers_nor_the_next_gc(tmp_path: Path
     repo = Repository.init(tmp_path / "r")
     _hold_then_kill(tmp_path / "r", "exclusive")
     assert repo.store.exists(EXCLUSIVE)
-    repo.session().finish()  # a writer proceeds
+    WriteSession(repo).finish()  # a writer proceeds
     lock = ExclusiveLock.acquire(repo.store)  # and so does the next gc (takes the lock over)
     holder = read_holder(repo.store, EXCLUSIVE)
     assert holder is not None and holder.pid == os.getpid()
@@ -102,8 +104,8 @@ def test_a_held_lock_is_refreshed_in_the_background(tmp_path: Path) -> None:
 
 def test_a_session_whose_lock_was_removed_publishes_nothing(tmp_path: Path) -> None:
     repo = Repository.init(tmp_path / "r")
-    s = repo.session()
-    s.add_chunk(b"x" * 1000)
+    s = WriteSession(repo)
+    ingest_bytes(s, b"x" * 1000)
     handle = s._lock_handle
     assert handle is not None
     repo.store.delete(handle.key)  # what gc does to a lock it judged abandoned

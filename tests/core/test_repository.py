@@ -29,11 +29,13 @@ from mlvc_core.errors import (
     UsageError,
 )
 from mlvc_core.gc import collect
+from mlvc_core.history import commit_paths
 from mlvc_core.ingest import ingest_bytes
 from mlvc_core.objects import Commit, Tree, TreeEntry
 from mlvc_core.packs import PACK_PREFIX
 from mlvc_core.repository import Repository
-from mlvc_core.restore import restore_tree
+from mlvc_core.restore import checkout, restore_tree
+from mlvc_core.session import WriteSession
 from mlvc_core.statcache import StatCache
 from mlvc_core.stats import stats
 from mlvc_core.storage import MemoryStore
@@ -79,12 +81,12 @@ def test_commit_checkout_round_trip_on_every_store(store_factory, tmp_path: Path
     src = tmp_path / "src"
     files = make_tree(src)
     repo = Repository.init(store_factory(), SMALL)
-    cid = repo.commit(src, "first")
+    cid = commit_paths(repo, src, "first")
     # A second process opening the same store sees the commit.
     again = Repository.open(store_factory.reopen(repo.store))
     assert again.resolve("main") == cid
     out = tmp_path / "out"
-    again.checkout(cid, out)
+    checkout(again, cid, out)
     assert read_all(out) == files
     assert os.readlink(out / "link-to-config") == "config.json"
     assert check(again).ok
@@ -119,7 +121,7 @@ def test_chunker_params_are_honoured_on_later_writes(tmp_path: Path) -> None:
     repo = Repository.open(tmp_path / "r")
     assert repo.config.chunker == SMALL.chunker
     (tmp_path / "f").write_bytes(rand(200_000))
-    repo.commit(tmp_path / "f", "x")
+    commit_paths(repo, tmp_path / "f", "x")
     chunk_sizes = [loc.raw_len for _, loc in repo.iter_index() if loc.kind == 0]
     assert max(chunk_sizes) <= SMALL.chunker.max and len(chunk_sizes) > 10
 
@@ -129,13 +131,13 @@ def test_unchanged_content_costs_nothing_and_header_shift_dedups(tmp_path: Path)
     body = rand(2_000_000, 7)
     f = tmp_path / "w.safetensors"
     f.write_bytes(struct.pack("<Q", 8) + b"{}      " + body)
-    repo.commit(f, "v1")
+    commit_paths(repo, f, "v1")
     stored1 = stats(repo).stored_bytes
-    repo.commit(f, "v2 same bytes")
+    commit_paths(repo, f, "v2 same bytes")
     assert stats(repo).stored_bytes - stored1 < 5_000  # a manifest, a tree and a commit
     # The header grows by 8 bytes: every tensor shifts, but content-defined chunks re-align.
     f.write_bytes(struct.pack("<Q", 16) + b'{"a":1}         ' + body)
-    repo.commit(f, "v3 shifted")
+    commit_paths(repo, f, "v3 shifted")
     grown = stats(repo).stored_bytes - stored1
     assert grown < 0.03 * len(body)
 
@@ -149,14 +151,14 @@ def test_stat_cache_skips_unchanged_files_and_sees_changes(tmp_path: Path) -> No
         if p.is_file() and not p.is_symlink():
             os.utime(p, (old, old))
     cache = StatCache(tmp_path / "cache.db")
-    repo.commit(src, "one", stat_cache=cache)
+    commit_paths(repo, src, "one", stat_cache=cache)
     read: list[int] = []
-    c2 = repo.commit(src, "two", stat_cache=cache, progress=read.append)
+    c2 = commit_paths(repo, src, "two", stat_cache=cache, progress=read.append)
     assert repo.read_commit(c2).tree == repo.read_commit(repo.read_commit(c2).parents[0]).tree
     (src / "config.json").write_bytes(b'{"lr": 0.02}\n')
-    c3 = repo.commit(src, "three", stat_cache=cache)
+    c3 = commit_paths(repo, src, "three", stat_cache=cache)
     out = tmp_path / "out"
-    repo.checkout(c3, out)
+    checkout(repo, c3, out)
     assert (out / "config.json").read_bytes() == b'{"lr": 0.02}\n'
 
 
@@ -169,7 +171,7 @@ def test_rewritten_or_copied_data_is_verified_against_the_parent_not_cut(
     src = tmp_path / "run1"
     src.mkdir()
     (src / "model.bin").write_bytes(data)
-    c1 = repo.commit(src, "one")
+    c1 = commit_paths(repo, src, "one")
     assert sum(cut) >= len(data)  # every byte cut (a carried tail is cut again)
 
     # The same bytes under a new path (a copy, a clone, a rewrite): nothing is cut.
@@ -177,7 +179,7 @@ def test_rewritten_or_copied_data_is_verified_against_the_parent_not_cut(
     copy = tmp_path / "run2"
     copy.mkdir()
     (copy / "model.bin").write_bytes(data)
-    c2 = repo.commit(copy, "two")
+    c2 = commit_paths(repo, copy, "two")
     assert repo.read_commit(c2).tree == repo.read_commit(c1).tree
     assert cut == []
 
@@ -186,13 +188,13 @@ def test_rewritten_or_copied_data_is_verified_against_the_parent_not_cut(
     cut.clear()
     edited = data[: 3 << 20] + b"inserted" + data[3 << 20 :]
     (copy / "model.bin").write_bytes(edited)
-    c3 = repo.commit(copy, "three")
+    c3 = commit_paths(repo, copy, "three")
     assert 0 < sum(cut) < len(edited)
     fresh = Repository.init(tmp_path / "fresh")
-    c4 = fresh.commit(copy, "alone")
+    c4 = commit_paths(fresh, copy, "alone")
     assert repo.read_tree(repo.read_commit(c3).tree) == fresh.read_tree(fresh.read_commit(c4).tree)
     out = tmp_path / "out"
-    repo.checkout(c3, out)
+    checkout(repo, c3, out)
     assert (out / "model.bin").read_bytes() == edited
 
 
@@ -207,20 +209,20 @@ def test_a_stat_cache_guides_a_file_rewritten_in_place(
     old = time.time() - 60
     os.utime(f, (old, old))
     cache = StatCache(tmp_path / "cache.db")
-    repo.commit(f, "one", branch=None, stat_cache=cache)  # no parent: only the cache knows
+    commit_paths(repo, f, "one", branch=None, stat_cache=cache)  # no parent: only the cache knows
     cut.clear()
     f.write_bytes(data)  # rewritten with the same bytes: new mtime, the cache misses
-    c2 = repo.commit(f, "two", branch=None, stat_cache=cache)
+    c2 = commit_paths(repo, f, "two", branch=None, stat_cache=cache)
     assert cut == []
     out = tmp_path / "out"
-    repo.checkout(c2, out)
+    checkout(repo, c2, out)
     assert (out / "weights.bin").read_bytes() == data
 
 
 def test_id_prefixes(tmp_path: Path) -> None:
     repo = Repository.init(tmp_path / "r")
     (tmp_path / "a").write_text("a")
-    cid = repo.commit(tmp_path / "a", "a")
+    cid = commit_paths(repo, tmp_path / "a", "a")
     assert repo.resolve(cid.hex()[:7]) == cid
     assert repo.resolve(cid.hex()) == cid
     with pytest.raises(ObjectNotFound):
@@ -240,9 +242,9 @@ def test_id_prefixes(tmp_path: Path) -> None:
 def test_branch_moves_by_compare_and_swap(tmp_path: Path) -> None:
     repo = Repository.init(tmp_path / "r")
     (tmp_path / "a").write_text("a")
-    c1 = repo.commit(tmp_path / "a", "one")
+    c1 = commit_paths(repo, tmp_path / "a", "one")
     other = Repository.open(tmp_path / "r")
-    c2 = other.commit(tmp_path / "a", "two")
+    c2 = commit_paths(other, tmp_path / "a", "two")
     # A writer holding a stale view of the branch loses, with a conflict error.
     with pytest.raises(RefConflict):
         repo.refs.set("heads/main", c1, c1)
@@ -257,7 +259,7 @@ def test_corrupted_pack_raises_and_fsck_names_it(tmp_path: Path) -> None:
     repo = Repository.init(tmp_path / "r", SMALL)
     f = tmp_path / "f"
     f.write_bytes(rand(100_000, 3))
-    cid = repo.commit(f, "x")
+    cid = commit_paths(repo, f, "x")
     victim_oid, loc = next((oid, at) for oid, at in repo.iter_index() if at.kind == 0)
     pack = tmp_path / "r" / "packs" / loc.pack[:2] / loc.pack
     raw = bytearray(pack.read_bytes())
@@ -268,7 +270,7 @@ def test_corrupted_pack_raises_and_fsck_names_it(tmp_path: Path) -> None:
         fresh.read_raw(victim_oid)
     assert victim_oid.hex() in str(info.value)
     with pytest.raises(IntegrityError) as info:
-        fresh.checkout(cid, tmp_path / "out")  # read in a run with its neighbours
+        checkout(fresh, cid, tmp_path / "out")  # read in a run with its neighbours
     assert victim_oid.hex() in str(info.value)
     report = check(fresh)
     assert not report.ok
@@ -278,7 +280,7 @@ def test_corrupted_pack_raises_and_fsck_names_it(tmp_path: Path) -> None:
 def test_missing_pack_is_reported(tmp_path: Path) -> None:
     repo = Repository.init(tmp_path / "r")
     (tmp_path / "f").write_bytes(b"x" * 1000)
-    repo.commit(tmp_path / "f", "x")
+    commit_paths(repo, tmp_path / "f", "x")
     for p in (tmp_path / "r" / "packs").rglob("*"):
         if p.is_file():
             p.unlink()
@@ -296,7 +298,7 @@ def _hostile(repo: Repository, entries: list[TreeEntry]) -> bytes:
 
     from mlvc_core.objects import TREE
 
-    with repo.session() as s:
+    with WriteSession(repo) as s:
         data = msgpack.packb(
             {"t": "tree", "entries": [e.to_list() for e in entries]}, use_bin_type=True
         )
@@ -322,7 +324,7 @@ def test_restore_refuses_hostile_trees(tmp_path: Path, entry: TreeEntry) -> None
     dest = tmp_path / "box" / "dest"
     dest.mkdir(parents=True)
     with pytest.raises(UnsafePath):
-        repo.checkout(cid, dest)
+        checkout(repo, cid, dest)
     assert list((tmp_path / "box").rglob("*")) == [dest]
     assert list(dest.iterdir()) == []
 
@@ -337,7 +339,7 @@ def test_restore_refuses_hostile_trees(tmp_path: Path, entry: TreeEntry) -> None
 )
 def test_restore_skips_links_leading_out(tmp_path: Path, entry: TreeEntry) -> None:
     repo = Repository.init(tmp_path / "r")
-    with repo.session() as s:
+    with WriteSession(repo) as s:
         m = s.add_object(ingest_bytes(s, b"kept"))
     cid = _hostile(repo, [entry, TreeEntry("kept.txt", "file", m, 4, 0o644)])
     dest = tmp_path / "box" / "dest"
@@ -355,16 +357,16 @@ def test_restore_does_not_follow_symlinks_planted_in_dest(tmp_path: Path) -> Non
     src = tmp_path / "src"
     (src / "sub").mkdir(parents=True)
     (src / "sub" / "f").write_text("payload")
-    cid = repo.commit(src, "x")
+    cid = commit_paths(repo, src, "x")
     outside = tmp_path / "outside"
     outside.mkdir()
     dest = tmp_path / "dest"
     dest.mkdir()
     (dest / "sub").symlink_to(outside)
     with pytest.raises(FileExistsConflict):
-        repo.checkout(cid, dest)
+        checkout(repo, cid, dest)
     assert list(outside.iterdir()) == []
-    repo.checkout(cid, dest, force=True)  # the link is replaced, never written through
+    checkout(repo, cid, dest, force=True)  # the link is replaced, never written through
     assert list(outside.iterdir()) == []
     assert not (dest / "sub").is_symlink() and (dest / "sub" / "f").read_text() == "payload"
 
@@ -373,16 +375,16 @@ def test_checkout_does_not_overwrite_without_force(tmp_path: Path) -> None:
     repo = Repository.init(tmp_path / "r")
     src = tmp_path / "src"
     files = make_tree(src)
-    cid = repo.commit(src, "x")
+    cid = commit_paths(repo, src, "x")
     dest = tmp_path / "dest"
     (dest / "sub" / "deeper").mkdir(parents=True)
     (dest / "config.json").write_text("mine")
     with pytest.raises(FileExistsConflict) as info:
-        repo.checkout(cid, dest)
+        checkout(repo, cid, dest)
     assert info.value.paths == ["config.json"]
     assert (dest / "config.json").read_text() == "mine"
     assert not (dest / "model.bin").exists()  # nothing written before the refusal
-    repo.checkout(cid, dest, force=True)
+    checkout(repo, cid, dest, force=True)
     assert read_all(dest) == files
 
 
@@ -390,11 +392,11 @@ def test_checkout_selected_paths(tmp_path: Path) -> None:
     repo = Repository.init(tmp_path / "r")
     src = tmp_path / "src"
     make_tree(src)
-    cid = repo.commit(src, "x")
-    written = repo.checkout(cid, tmp_path / "d", paths=["sub"])
+    cid = commit_paths(repo, src, "x")
+    written = checkout(repo, cid, tmp_path / "d", paths=["sub"])
     assert written == ["sub/deeper/notes.txt"]
     with pytest.raises(UsageError, match="not in this snapshot"):
-        repo.checkout(cid, tmp_path / "e", paths=["nope"])
+        checkout(repo, cid, tmp_path / "e", paths=["nope"])
 
 
 # --------------------------------------------------------------------------- gc
@@ -412,8 +414,8 @@ def test_gc_dry_run_by_default_then_frees_only_unreachable(tmp_path: Path) -> No
     keep, drop = tmp_path / "keep", tmp_path / "drop"
     keep.write_bytes(rand(200_000, 1))
     drop.write_bytes(rand(200_000, 2))
-    c_keep = repo.commit(keep, "keep")
-    repo.commit(drop, "drop", branch="scratch")
+    c_keep = commit_paths(repo, keep, "keep")
+    commit_paths(repo, drop, "drop", branch="scratch")
     repo.refs.delete("heads/scratch")
     _backdate(tmp_path / "r", 7200)
     before = stats(repo).stored_bytes
@@ -425,7 +427,7 @@ def test_gc_dry_run_by_default_then_frees_only_unreachable(tmp_path: Path) -> No
     fresh = Repository.open(tmp_path / "r")
     assert check(fresh).ok
     out = tmp_path / "out"
-    fresh.checkout(c_keep, out)
+    checkout(fresh, c_keep, out)
     assert (out / "keep").read_bytes() == keep.read_bytes()
     assert stats(fresh).stored_bytes < before - 150_000
 
@@ -437,7 +439,7 @@ def test_gc_grace_period_protects_fresh_packs_only_of_a_writer_that_may_be_alive
 
     repo = Repository.init(tmp_path / "r", SMALL)
     (tmp_path / "f").write_bytes(rand(100_000))
-    repo.commit(tmp_path / "f", "x", branch="tmp")
+    commit_paths(repo, tmp_path / "f", "x", branch="tmp")
     repo.refs.delete("heads/tmp")
     # A writer on another host stopped refreshing its lock ten minutes ago: probably gone,
     # but it may still publish what it wrote, so its young packs are kept.
@@ -454,7 +456,7 @@ def test_gc_grace_period_protects_fresh_packs_only_of_a_writer_that_may_be_alive
 
 def test_gc_waits_for_writers_and_writers_wait_for_gc(tmp_path: Path) -> None:
     repo = Repository.init(tmp_path / "r")
-    session = repo.session()
+    session = WriteSession(repo)
     with pytest.raises(RepositoryLocked, match="writer"):
         collect(repo, dry_run=False)
     session.finish()
@@ -462,13 +464,13 @@ def test_gc_waits_for_writers_and_writers_wait_for_gc(tmp_path: Path) -> None:
 
     lock = ExclusiveLock.acquire(repo.store)
     with pytest.raises(RepositoryLocked):
-        repo.session(wait=0)
+        WriteSession(repo, wait=0)
     # A writer waits (a bounded time) for a gc that finishes.
     import threading
 
     threading.Timer(0.3, lock.release).start()
     t = time.monotonic()
-    repo.session(wait=30).finish()
+    WriteSession(repo, wait=30).finish()
     assert 0.2 < time.monotonic() - t < 10
 
 
@@ -480,13 +482,13 @@ def test_push_sends_only_what_is_missing_and_moves_refs_forward(tmp_path: Path) 
     dst = Repository.init(tmp_path / "b", SMALL)
     f = tmp_path / "w"
     f.write_bytes(rand(500_000, 1))
-    src.commit(f, "v1")
+    commit_paths(src, f, "v1")
     first = transfer(src, dst)
     assert first.bytes_sent > 400_000 and first.refs_updated == ["heads/main"]
     data = bytearray(f.read_bytes())
     data[250_000:250_100] = b"\0" * 100
     f.write_bytes(bytes(data))
-    c2 = src.commit(f, "v2")
+    c2 = commit_paths(src, f, "v2")
     second = transfer(src, dst)
     assert 0 < second.bytes_sent < 0.15 * len(data)
     assert Repository.open(tmp_path / "b").resolve("main") == c2
@@ -494,8 +496,8 @@ def test_push_sends_only_what_is_missing_and_moves_refs_forward(tmp_path: Path) 
     # A diverged destination ref is not overwritten without force.
     dst2 = Repository.open(tmp_path / "b")
     (tmp_path / "other").write_text("other")
-    dst2.commit(tmp_path / "other", "diverged")
-    src.commit(f, "v3")
+    commit_paths(dst2, tmp_path / "other", "diverged")
+    commit_paths(src, f, "v3")
     third = transfer(src, dst2)
     assert third.refs_skipped == ["heads/main"]
     assert transfer(src, dst2, force=True).refs_updated == ["heads/main"]
@@ -508,6 +510,8 @@ def test_commit_and_checkout_memory_does_not_grow_with_file_size(tmp_path: Path)
     script = r"""
 import os, resource, sys
 from mlvc_core.repository import Repository
+from mlvc_core.restore import checkout
+from mlvc_core.history import commit_paths
 from mlvc_core.restore import restore_tree
 path, repo_path, out = sys.argv[1:4]
 with open(path, "wb") as f:
@@ -515,9 +519,9 @@ with open(path, "wb") as f:
         f.write(os.urandom(1 << 20))
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 repo = Repository.init(repo_path)
-cid = repo.commit(path, "big")
+cid = commit_paths(repo, path, "big")
 after_commit = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-repo.checkout(cid, out)
+checkout(repo, cid, out)
 after_checkout = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 print(base, after_commit, after_checkout)
 """
@@ -543,7 +547,7 @@ print(base, after_commit, after_checkout)
 
 def test_memory_store_repository_and_loose_commit() -> None:
     repo = Repository.init(MemoryStore())
-    with repo.session() as s:
+    with WriteSession(repo) as s:
         tid = s.add_object(Tree(()))
         cid = s.add_object(Commit(tid, (), "me", 1.0, "empty"))
     assert repo.read_commit(cid).message == "empty"
@@ -569,11 +573,11 @@ def test_chunk_boundaries_do_not_depend_on_read_buffers(tmp_path: Path) -> None:
     data = rand(40 << 20, 11)  # spans three 16 MiB read buffers, with tails carried across
     (tmp_path / "big").write_bytes(data)
     repo = Repository.init(tmp_path / "r")
-    cid = repo.commit(tmp_path / "big", "big")
+    cid = commit_paths(repo, tmp_path / "big", "big")
     entry = repo.read_tree(repo.read_commit(cid).tree).entries[0]
     manifest = repo.read_manifest(entry.oid)  # type: ignore[arg-type]
     assert [c for c, _ in manifest.chunks] == chunk_ids_of(data, repo.config.chunker)
-    repo.checkout(cid, tmp_path / "out")
+    checkout(repo, cid, tmp_path / "out")
     assert (tmp_path / "out" / "big").read_bytes() == data
 
 
@@ -584,7 +588,7 @@ def test_gc_merges_many_small_packs_and_keeps_everything(tmp_path: Path) -> None
     commits = []
     for i in range(MERGE_AT):  # each commit writes one small pack
         (tmp_path / "f").write_bytes(rand(20_000, i))
-        commits.append(repo.commit(tmp_path / "f", f"v{i}"))
+        commits.append(commit_paths(repo, tmp_path / "f", f"v{i}"))
     _backdate(tmp_path / "r", 7200)
     packs_before = stats(repo).packs
     assert packs_before >= MERGE_AT
@@ -594,7 +598,7 @@ def test_gc_merges_many_small_packs_and_keeps_everything(tmp_path: Path) -> None
     assert stats(fresh).packs < packs_before // 4
     assert check(fresh).ok
     for i, cid in enumerate(commits):
-        fresh.checkout(cid, tmp_path / f"out{i}")
+        checkout(fresh, cid, tmp_path / f"out{i}")
         assert (tmp_path / f"out{i}" / "f").read_bytes() == rand(20_000, i)
 
 
@@ -606,7 +610,7 @@ def test_a_pack_carries_its_own_index(tmp_path: Path) -> None:
 
     repo = Repository.init(tmp_path / "r", replace(SMALL, pack_size=32 << 10))
     (tmp_path / "f").write_bytes(rand(100_000, 5))
-    repo.commit(tmp_path / "f", "x")
+    commit_paths(repo, tmp_path / "f", "x")
     files = repo.index_files()
     assert len(files) == 1  # one index file for the whole commit, covering all its packs
     (packs,) = files.values()
@@ -640,7 +644,7 @@ def test_a_write_failing_mid_file_fails_the_commit_and_nothing_writes_after_it(
 
     monkeypatch.setattr(PackWriter, "add", add)
     with pytest.raises(StorageError, match="disk full"):
-        repo.commit(tmp_path / "src", "weights", branch="main")
+        commit_paths(repo, tmp_path / "src", "weights", branch="main")
     failed_at = time.monotonic()
     time.sleep(0.3)
     assert all(t <= failed_at for t in writes)
@@ -650,7 +654,9 @@ def test_a_write_failing_mid_file_fails_the_commit_and_nothing_writes_after_it(
 def test_reads_take_a_files_adjacent_chunks_with_one_request_per_run(tmp_path: Path) -> None:
     """On a bucket every request costs a round trip: a file's chunks, stored one after another
     in a pack, are read together (at most a few MiB per request), not one request each."""
+    from mlvc_core.history import commit_paths
     from mlvc_core.repository import _RUN_BYTES
+    from mlvc_core.restore import checkout
 
     class CountingStore(MemoryStore):
         ranges: list[int] = []
@@ -665,11 +671,11 @@ def test_reads_take_a_files_adjacent_chunks_with_one_request_per_run(tmp_path: P
     data = rand(3 * _RUN_BYTES, 13)  # random: chunks stored raw, ~4 KiB each
     (tmp_path / "src").mkdir()
     (tmp_path / "src" / "f.bin").write_bytes(data)
-    cid = repo.commit(tmp_path / "src", "f")
+    cid = commit_paths(repo, tmp_path / "src", "f")
     entry = repo.read_tree(repo.read_commit(cid).tree).entries[0]
     n_chunks = len(repo.read_manifest(entry.oid).chunks)  # type: ignore[arg-type]
     store.ranges.clear()
-    Repository.open(store).checkout(cid, tmp_path / "out")
+    checkout(Repository.open(store), cid, tmp_path / "out")
     assert (tmp_path / "out" / "f.bin").read_bytes() == data
     assert n_chunks > 500
     assert len(store.ranges) < n_chunks / 50  # the data runs, the tree and the manifest

@@ -12,11 +12,14 @@ import pytest
 from mlvc_core import codec, ingest, statcache
 from mlvc_core.chunker import ChunkerParams
 from mlvc_core.config import RepoConfig
+from mlvc_core.history import commit_paths
 from mlvc_core.ids import ObjectId
 from mlvc_core.objects import Tree
-from mlvc_core.repository import Repository, WriteSession
-from mlvc_core.restore import walk_tree
+from mlvc_core.repository import Repository
+from mlvc_core.restore import checkout
+from mlvc_core.session import WriteSession
 from mlvc_core.statcache import StatCache
+from mlvc_core.trees import walk_tree
 
 
 def _dataset(root: Path, n: int = 300) -> Path:
@@ -73,9 +76,9 @@ def test_checkout_of_many_small_files_is_byte_identical_and_listed_in_order(
 ) -> None:
     src = _dataset(tmp_path / "src")
     repo = Repository.init(tmp_path / "r")
-    cid = repo.commit(src, "v1")
+    cid = commit_paths(repo, src, "v1")
     out = tmp_path / "out"
-    written = repo.checkout(cid, out)
+    written = checkout(repo, cid, out)
     expected = [rel for rel, e in walk_tree(repo, repo.read_commit(cid).tree) if e.kind != "dir"]
     assert written == [r for r in expected if r != "part1/link"] + ["part1/link"]
     for rel in expected:
@@ -84,7 +87,7 @@ def test_checkout_of_many_small_files_is_byte_identical_and_listed_in_order(
             assert os.readlink(b) == os.readlink(a)
         else:
             assert b.read_bytes() == a.read_bytes(), rel
-    assert repo.checkout(cid, out) == []  # all already there
+    assert checkout(repo, cid, out) == []  # all already there
 
 
 def test_an_unchanged_recommit_reads_no_file(
@@ -94,7 +97,7 @@ def test_an_unchanged_recommit_reads_no_file(
     monkeypatch.setattr(statcache, "_RACY_NS", 0)  # trust stats however fresh (tests only)
     repo = Repository.init(tmp_path / "r")
     cache = StatCache(tmp_path / "cache.sqlite")
-    first = repo.commit(src, "v1", stat_cache=cache)
+    first = commit_paths(repo, src, "v1", stat_cache=cache)
     reads: list[Path] = []
     real = ingest.TreeBuilder.read
 
@@ -103,12 +106,12 @@ def test_an_unchanged_recommit_reads_no_file(
         return real(self, path, guide)  # type: ignore[arg-type]
 
     monkeypatch.setattr(ingest.TreeBuilder, "read", read)
-    second = repo.commit(src, "v2", stat_cache=cache)
+    second = commit_paths(repo, src, "v2", stat_cache=cache)
     assert reads == []
     assert repo.read_commit(second).tree == repo.read_commit(first).tree
     # A file changed since is read again, the rest still not.
     (src / "part2" / "f0002.bin").write_bytes(b"new")
-    third = repo.commit(src, "v3", stat_cache=cache)
+    third = commit_paths(repo, src, "v3", stat_cache=cache)
     assert reads == [src / "part2" / "f0002.bin"]
     assert repo.read_commit(third).tree != repo.read_commit(first).tree
 
@@ -139,10 +142,10 @@ def test_a_small_file_rewritten_while_a_worker_reads_it_is_read_again_whole(
     monkeypatch.setattr(ingest.FileIngester, "_ingest_small", small)
     monkeypatch.setattr(ingest, "_QUIET_S", 0.05)
     repo = Repository.init(tmp_path / "r")
-    cid = repo.commit(src, "x")
+    cid = commit_paths(repo, src, "x")
     assert rewritten
     out = tmp_path / "out"
-    repo.checkout(cid, out)
+    checkout(repo, cid, out)
     changed = [p.name for p in out.iterdir() if p.read_bytes() != (src / p.name).read_bytes()]
     assert changed == []  # every file as it is now: the rewritten one whole, never torn
 
@@ -175,8 +178,8 @@ def test_many_directories_leave_no_descriptor_open(tmp_path: Path) -> None:
         (d.parent / "b.txt").write_text(f"b{i}" * 100)
     repo = Repository.init(tmp_path / "r")
     before = len(os.listdir("/proc/self/fd"))
-    cid = repo.commit(src, "v1")
-    written = repo.checkout(cid, tmp_path / "out")
+    cid = commit_paths(repo, src, "v1")
+    written = checkout(repo, cid, tmp_path / "out")
     assert len(os.listdir("/proc/self/fd")) <= before + 1  # a pack file may stay open
     assert len(written) == 300
     for i in range(150):

@@ -10,10 +10,11 @@ from pathlib import Path
 import pytest
 
 from mlvc_core import statcache
+from mlvc_core.history import commit_paths
 from mlvc_core.ids import hash_bytes
 from mlvc_core.repository import Repository
-from mlvc_core.restore import find_entry
 from mlvc_core.statcache import StatCache
+from mlvc_core.trees import find_entry
 from tests.cli.conftest import Cli
 
 
@@ -51,7 +52,7 @@ def test_a_damaged_cache_is_rebuilt_and_the_commit_is_right(tmp_path: Path, dama
     d = _files(tmp_path, {f"f{i}": os.urandom(3000 + i) for i in range(300)})
     path = tmp_path / "cache" / "statcache.sqlite"
     cache = StatCache(path)
-    repo.commit(d, stat_cache=cache)
+    commit_paths(repo, d, stat_cache=cache)
     cache.close()
     data = path.read_bytes()
     assert len(data) > 8192
@@ -65,7 +66,7 @@ def test_a_damaged_cache_is_rebuilt_and_the_commit_is_right(tmp_path: Path, dama
     _old(d / "f0")
     cache = StatCache(path)
     assert cache.damaged is not None or damage == "truncated"
-    cid = repo.commit(d, stat_cache=cache)
+    cid = commit_paths(repo, d, stat_cache=cache)
     cache.close()
     assert _content(repo, cid, "f0") == b"new content"
     assert _content(repo, cid, "f7") == (d / "f7").read_bytes()
@@ -81,7 +82,7 @@ def test_a_row_naming_another_files_manifest_is_no_hit(tmp_path: Path) -> None:
     d = _files(tmp_path, {"a": b"A" * 5000, "b": b"B" * 5000, "c": b"C" * 7000})
     path = tmp_path / "statcache.sqlite"
     cache = StatCache(path)
-    repo.commit(d, stat_cache=cache)
+    commit_paths(repo, d, stat_cache=cache)
     cache.close()
     import sqlite3
 
@@ -94,7 +95,7 @@ def test_a_row_naming_another_files_manifest_is_no_hit(tmp_path: Path) -> None:
     db.commit()
     db.close()
     cache = StatCache(path)
-    cid = repo.commit(d, stat_cache=cache)
+    cid = commit_paths(repo, d, stat_cache=cache)
     cache.close()
     for name in "abc":
         assert _content(repo, cid, name) == (d / name).read_bytes()
@@ -104,13 +105,13 @@ def test_a_hit_whose_manifest_records_another_size_is_reread(tmp_path: Path) -> 
     repo = Repository.init(tmp_path / "r")
     d = _files(tmp_path, {"a": b"A" * 5000, "c": b"C" * 7000})
     cache = StatCache(tmp_path / "sc.sqlite")
-    first = repo.commit(d, stat_cache=cache)
+    first = commit_paths(repo, d, stat_cache=cache)
     cache.flush()
     a_manifest = find_entry(repo, repo.read_commit(first).tree, "a").oid  # type: ignore[union-attr]
     assert a_manifest is not None
     cache.record(str((d / "c").absolute()), (d / "c").stat(), a_manifest)  # valid tag, wrong file
     cache.flush()
-    cid = repo.commit(d, stat_cache=cache)
+    cid = commit_paths(repo, d, stat_cache=cache)
     cache.close()
     assert _content(repo, cid, "c") == b"C" * 7000
 
@@ -121,7 +122,7 @@ def test_a_hit_whose_manifest_is_not_in_the_repository_is_reread(tmp_path: Path)
     cache = StatCache(tmp_path / "sc.sqlite")
     cache.record(str((d / "a").absolute()), (d / "a").stat(), hash_bytes(b"elsewhere"))
     cache.flush()
-    cid = repo.commit(d, stat_cache=cache)
+    cid = commit_paths(repo, d, stat_cache=cache)
     cache.close()
     assert _content(repo, cid, "a") == b"A" * 5000
 
@@ -159,7 +160,7 @@ def test_checking_hits_on_a_bucket_costs_requests_per_run_not_per_file(tmp_path:
     repo = Repository.init(store)
     d = _files(tmp_path, {f"f{i}": os.urandom(100 + i) for i in range(600)})
     cache = StatCache(tmp_path / "sc.sqlite")
-    first = repo.commit(d, stat_cache=cache)
+    first = commit_paths(repo, d, stat_cache=cache)
     cache.flush()
     reads = 0
     read_range = store.read_range
@@ -171,7 +172,7 @@ def test_checking_hits_on_a_bucket_costs_requests_per_run_not_per_file(tmp_path:
 
     store.read_range = counting  # type: ignore[method-assign]
     fresh = Repository(store, repo.config)  # nothing cached in memory
-    second = fresh.commit(d, stat_cache=cache, branch=None)
+    second = commit_paths(fresh, d, stat_cache=cache, branch=None)
     cache.close()
     assert fresh.read_commit(second).tree == repo.read_commit(first).tree
     assert reads < 20, f"{reads} reads to check 600 stat-cache hits"
@@ -181,9 +182,9 @@ def test_checking_hits_on_a_bucket_costs_requests_per_run_not_per_file(tmp_path:
 def test_a_damaged_cached_index_is_read_again(tmp_path: Path, damage: str) -> None:
     repo = Repository.init(tmp_path / "r", cache_dir=tmp_path / "cache")
     d = _files(tmp_path, {"a": b"A" * 5000, "b": os.urandom(3000)})
-    cid = repo.commit(d)
+    cid = commit_paths(repo, d)
     (d / "c").write_bytes(os.urandom(4000))
-    repo.commit(d)  # a second index file
+    commit_paths(repo, d)  # a second index file
     repo.close()
     Repository.open(tmp_path / "r", cache_dir=tmp_path / "cache").close()  # fills the cache
     cached = sorted((tmp_path / "cache" / "index").iterdir())

@@ -16,6 +16,7 @@ from mlvc_core.catalog import LocalCache, scan
 from mlvc_core.check import check
 from mlvc_core.errors import IntegrityError
 from mlvc_core.gc import collect
+from mlvc_core.history import commit_paths
 from mlvc_core.packs import PACK_PREFIX
 from mlvc_core.repository import Repository
 from mlvc_core.transfer import transfer
@@ -40,7 +41,7 @@ def proxied_moto(moto_clean: str) -> Iterator[tuple[CountingProxy, str, dict[str
 
 def _files(repo: Repository, ids: list[str]) -> dict[str, bytes]:
     """Every file of the latest checkpoint of each experiment, read back."""
-    from mlvc_core.restore import walk_tree
+    from mlvc_core.trees import walk_tree
 
     out = {}
     for exp_id in ids:
@@ -178,7 +179,7 @@ def test_gc_aborts_the_multipart_upload_of_a_killed_push(moto_clean: str, tmp_pa
     src = Repository.init(tmp_path / "src")
     big = tmp_path / "big.bin"
     big.write_bytes(os.urandom(12 << 20))
-    src.commit(big, "big")
+    commit_paths(src, big, "big")
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     proc = subprocess.run(
         [sys.executable, "-c", textwrap.dedent(_KILLED_PUSH), str(tmp_path / "src"), url,

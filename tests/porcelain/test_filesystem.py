@@ -14,6 +14,7 @@ import pytest
 
 from mlvc.errors import ReadOnlyError
 from mlvc.filesystem import MlvcFileSystem
+from mlvc_core.history import commit_paths
 from mlvc_core.repository import Repository
 from mlvc_core.storage import LocalStore
 from tests.porcelain.stores import CountingStore
@@ -36,11 +37,11 @@ def project(tmp_path: Path) -> tuple[Path, Repository]:
     (src / "data" / "sub" / "b.txt").write_text("hello")
     (src / "README").write_text("v1")
     repo = Repository.init(str(tmp_path / "repo"), cache_dir=tmp_path / "cache" / "r")
-    repo.commit(src, "first")
+    commit_paths(repo, src, "first")
     repo.refs.set("tags/v1", repo.head().target, None)  # type: ignore[union-attr]
     (src / "README").write_text("version two")
     (src / "link").symlink_to("data/sub/b.txt")
-    repo.commit(src, "second")
+    commit_paths(repo, src, "second")
     return tmp_path, repo
 
 
@@ -104,7 +105,7 @@ def test_ranges_and_seek(tmp_path: Path) -> None:
     src.mkdir()
     (src / "blob.bin").write_bytes(blob)
     repo = Repository.init(str(tmp_path / "repo"))
-    repo.commit(src, "blob")
+    commit_paths(repo, src, "blob")
     fs = MlvcFileSystem(repo=repo)
     assert fs.cat_file("main/blob.bin", 1000, 2_000_000) == blob[1000:2_000_000]
     assert fs.cat_file("main/blob.bin", -10) == blob[-10:]
@@ -154,7 +155,7 @@ def test_moving_names_are_read_again(project: tuple[Path, Repository]) -> None:
     fs = MlvcFileSystem(repo=repo, ref_ttl=3600)
     assert fs.cat("main/README") == b"version two"
     (tmp / "src" / "README").write_text("three")
-    repo.commit(tmp / "src", "third")
+    commit_paths(repo, tmp / "src", "third")
     assert fs.cat("main/README") == b"version two"  # within ref_ttl
     fs.invalidate_cache()
     assert fs.cat("main/README") == b"three"
@@ -169,7 +170,7 @@ def test_pandas_csv_and_parquet(tmp_path: Path) -> None:
     frame = pd.DataFrame({"a": np.arange(50_000), "b": np.arange(50_000) * 0.5})
     frame.to_csv(src / "t.csv", index=False)
     frame.to_parquet(src / "t.parquet")
-    Repository.init(str(tmp_path / "repo")).commit(src, "tables")
+    commit_paths(Repository.init(str(tmp_path / "repo")), src, "tables")
     opts = {"repo": str(tmp_path / "repo")}
     pd.testing.assert_frame_equal(pd.read_csv("mlvc://main/t.csv", storage_options=opts), frame)
     pd.testing.assert_frame_equal(
@@ -189,7 +190,7 @@ def test_torch_load_and_safetensors(tmp_path: Path) -> None:
     weights = {"w": torch.arange(100_000, dtype=torch.float32), "b": torch.ones(7)}
     torch.save(weights, src / "model.pt")
     st.save_file(weights, str(src / "model.safetensors"))
-    Repository.init(str(tmp_path / "repo")).commit(src, "weights")
+    commit_paths(Repository.init(str(tmp_path / "repo")), src, "weights")
     opts = {"repo": str(tmp_path / "repo")}
     with fsspec.open("mlvc://main/model.pt", **opts) as f:
         loaded = torch.load(f, weights_only=True)
@@ -213,7 +214,7 @@ def test_one_tensor_of_a_large_checkpoint_fetches_only_its_chunks(tmp_path: Path
     src = tmp_path / "src"
     src.mkdir()
     st.save_file(weights, str(src / "big.safetensors"))
-    Repository.init(str(tmp_path / "repo")).commit(src, "checkpoint")
+    commit_paths(Repository.init(str(tmp_path / "repo")), src, "checkpoint")
 
     counting = CountingStore(LocalStore(tmp_path / "repo"))
     fetched: list[int] = []
@@ -295,7 +296,7 @@ def test_repository_on_s3_from_storage_options(
     (src / "d").mkdir(parents=True)
     (src / "d" / "blob.bin").write_bytes(blob)
     with Repository.init(url, **options) as repo:
-        repo.commit(src, "on s3")
+        commit_paths(repo, src, "on s3")
     with fsspec.open("mlvc://main/d/blob.bin", repo=url, repo_options=options) as f:
         f.seek(1_000_000)
         assert f.read(50_000) == blob[1_000_000:1_050_000]

@@ -12,6 +12,7 @@ import pytest
 import mlvc
 from mlvc import experiments as exps_mod
 from mlvc.errors import AmbiguousId, ObjectNotFound, UsageError
+from mlvc_core.history import commit_paths
 from mlvc_core.repository import Repository
 from mlvc_core.storage import LocalStore
 from tests.porcelain.stores import CountingStore, wrap_repo
@@ -123,7 +124,7 @@ def test_get_by_prefix_ambiguous_unknown_and_resolve_any(project: Path) -> None:
     assert isinstance(exps_mod.resolve_any(repo, exp_id[:9]), mlvc.Experiment)
     assert isinstance(exps_mod.resolve_any(repo, ckpt.id), mlvc.Checkpoint)
     assert exps_mod.resolve_any(repo, f"experiments/{exp_id[:8]}").id == exp_id
-    plain = repo.commit(project / "train.py", message="plain", branch="main")
+    plain = commit_paths(repo, project / "train.py", message="plain", branch="main")
     assert exps_mod.resolve_any(repo, plain.hex()[:10]) is None
 
     # A second experiment ref sharing the first 7 digits makes that prefix ambiguous.

@@ -14,6 +14,7 @@ from mlvc_core.ingest import FileIngester, chunk_ids_of, ingest_bytes
 from mlvc_core.objects import Commit, Manifest, Tree, TreeEntry, decode, object_id
 from mlvc_core.repository import Repository
 from mlvc_core.restore import ChunkedReader
+from mlvc_core.session import WriteSession
 from mlvc_core.storage import MemoryStore
 
 SMALL = ChunkerParams(min=256, avg=1024, max=4096)
@@ -46,7 +47,7 @@ def test_any_bytes_round_trip_through_a_repository(data: bytes) -> None:
     from mlvc_core.config import RepoConfig
 
     repo = Repository.init(MemoryStore(), RepoConfig(chunker=SMALL))
-    with repo.session() as s:
+    with WriteSession(repo) as s:
         manifest = ingest_bytes(s, data)
         # Small files take a one-piece path; it must cut and store exactly like the ring.
         assert FileIngester(s).ingest(io.BytesIO(data), size_hint=len(data)) == manifest
@@ -197,15 +198,15 @@ def test_a_guide_never_changes_the_manifest(
     saved = ingest._BUF, ingest._SMALL_FILE
     ingest._BUF, ingest._SMALL_FILE = 16 * SMALL.max, 0
     try:
-        with repo.session() as s:
+        with WriteSession(repo) as s:
             guide = FileIngester(s).ingest(io.BytesIO(old))
-        with repo.session() as s:
+        with WriteSession(repo) as s:
             want = FileIngester(s).ingest(io.BytesIO(new))
-        with repo.session() as s:
+        with WriteSession(repo) as s:
             assert FileIngester(s).ingest(io.BytesIO(new), guide=guide) == want
         # A guide whose chunks the repository lacks: matching chunks are stored all the same.
         other = Repository.init(MemoryStore(), RepoConfig(chunker=SMALL))
-        with other.session() as s:
+        with WriteSession(other) as s:
             assert FileIngester(s).ingest(io.BytesIO(new), guide=guide) == want
         assert b"".join(other.read_raw(c) for c, _ in want.chunks) == new
     finally:
