@@ -216,13 +216,7 @@ class SeriesWriter:
         n = len(self._points)
         raw = self._points[:n]
         del self._points[:n]  # a point appended meanwhile stays for the next segment
-        points: list[Point] = []
-        for step, when, values in raw:
-            if all(type(k) is str for k in values):
-                points.append((step, when, {k: float(v) for k, v in values.items()}))
-            else:
-                points.append((step, when, {str(k): float(v) for k, v in values.items()}))
-        return points
+        return [(s, t, {str(k): float(v) for k, v in m.items()}) for s, t, m in raw]
 
     def _put_back(self, points: list[Point]) -> None:
         self._points[:0] = points
