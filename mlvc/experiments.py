@@ -747,7 +747,7 @@ class Experiment:
         What ``run.log`` recorded, and the checkpoints' values at steps ``run.log`` did not
         record. Reads the experiment's metric segments and its commit chain.
         """
-        from mlvc.tracking.series import read_points
+        from mlvc.series import read_points
 
         out: builtins.list[tuple[int | None, float]] = [
             (step, values[name])
@@ -764,7 +764,7 @@ class Experiment:
 
     def metric_names(self) -> builtins.list[str]:
         """Names of every metric logged or recorded at a checkpoint, sorted."""
-        from mlvc.tracking.series import read_points
+        from mlvc.series import read_points
 
         names = {k for _s, _t, values in read_points(self._repo, self.id) for k in values}
         for c in self.checkpoints:
@@ -1075,7 +1075,7 @@ def remove(ids: str | Iterable[str], repository: RepositoryLike = None) -> built
 
 
 def _remove_experiment(repo: Repository, exp_id: str) -> None:
-    from mlvc.tracking.series import delete_series
+    from mlvc.series import delete_series
 
     ref = repo.refs.get(ref_name(exp_id))
     if ref is not None:

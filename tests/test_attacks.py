@@ -190,7 +190,7 @@ def test_a_metrics_segment_that_inflates_a_thousandfold_is_skipped(
     monkeypatch.chdir(d)
     Cli(d)("init")
     import mlvc
-    from mlvc.tracking.series import segment_key
+    from mlvc.series import segment_key
 
     with mlvc.track(path="code", name="bombed") as run:
         run.log({"loss": 1.0}, step=0)

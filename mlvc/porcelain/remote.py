@@ -142,7 +142,7 @@ def _transfer(
     progress: ProgressFn | None,
     total: ProgressFn | None,
 ) -> TransferReport:
-    from mlvc.tracking.series import copy_series
+    from mlvc.series import copy_series
     from mlvc_core.transfer import transfer
 
     full = [r if "/" in r else _full_ref_name(src, r) for r in refs] if refs else None

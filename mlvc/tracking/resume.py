@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mlvc.errors import FileExistsConflict, UsageError
-from mlvc.tracking.series import last_step
+from mlvc.series import last_step
 from mlvc_core.repository import Repository
 
 if TYPE_CHECKING:

@@ -4,7 +4,7 @@
 (:mod:`~mlvc.tracking.options`), failures (:mod:`~mlvc.tracking.failures`), protecting
 checkpoint files (:mod:`~mlvc.tracking.protect`, :mod:`~mlvc.tracking.leases`), the background
 recorder (:mod:`~mlvc.tracking.recorder`) and what it stores (:mod:`~mlvc.tracking.commits`),
-step metrics (:mod:`~mlvc.tracking.series`), the heartbeat, the end of the run
+step metrics (:mod:`~mlvc.tracking.steplog`), the heartbeat, the end of the run
 (:mod:`~mlvc.tracking.ending`) and the exit hooks (:mod:`~mlvc.tracking.exits`). The package's
 docstring (:mod:`mlvc.tracking`) says what a run promises.
 """
@@ -46,7 +46,7 @@ from mlvc.tracking.params import canonical_params
 from mlvc.tracking.protect import FileProtector, disk_room, size_of
 from mlvc.tracking.recorder import Recorder
 from mlvc.tracking.resume import find_resumption, restore
-from mlvc.tracking.series import SeriesWriter, clean_values
+from mlvc.tracking.steplog import StepLog, clean_values
 from mlvc_core.repository import Repository
 
 if TYPE_CHECKING:
@@ -125,7 +125,7 @@ class Run:
             o.max_code_file_size,
             o.max_code_files,
         )
-        self._series = SeriesWriter(
+        self._series = StepLog(
             self._series_target, f"{int(time.time() * 1000):013d}-{uuid.uuid4().hex[:12]}"
         )
         self._files = FileProtector(
@@ -283,7 +283,7 @@ class Run:
             )
 
     def log(self, metrics: Mapping[str, Any], step: int | None = None) -> None:
-        """Record metric values at a step, cheaply: no file, no commit (see :mod:`~.series`).
+        """Record metric values at a step, cheaply: no file, no commit (see :mod:`mlvc.series`).
 
         Points wait in memory and are written in batched segments by a background thread
         (every few seconds, and when the run ends); read them back with

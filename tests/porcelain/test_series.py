@@ -102,8 +102,8 @@ def test_resumed_run_logs_on_from_the_last_step(project: Path, tmp_path: Path) -
 
 CRASHING = """
 import sys, time
-import mlvc, mlvc.tracking.series
-mlvc.tracking.series.SEGMENT_SECONDS = 0.2
+import mlvc, mlvc.series
+mlvc.series.SEGMENT_SECONDS = 0.2
 run = mlvc.init(heartbeat_interval=0.2)
 for step in range(100):
     run.log({"loss": 1.0 / (step + 1)})
