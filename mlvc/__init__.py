@@ -36,9 +36,9 @@ __all__ = [
 ]
 
 _LAZY = {
-    "track": ("mlvc.tracking", "track"),
-    "init": ("mlvc.tracking", "init"),
-    "Run": ("mlvc.tracking", "Run"),
+    "track": ("mlvc.tracking.run", "track"),
+    "init": ("mlvc.tracking.run", "init"),
+    "Run": ("mlvc.tracking.run", "Run"),
     "load": ("mlvc.experiments.checkpoints", "load"),
     "Checkpoint": ("mlvc.experiments.checkpoints", "Checkpoint"),
     "Experiment": ("mlvc.experiments.model", "Experiment"),
@@ -52,7 +52,7 @@ if TYPE_CHECKING:
     from mlvc.experiments import checkpoints
     from mlvc.experiments.checkpoints import Checkpoint, load
     from mlvc.experiments.model import Experiment
-    from mlvc.tracking import Run, init, track
+    from mlvc.tracking.run import Run, init, track
 
 
 def __getattr__(name: str) -> Any:

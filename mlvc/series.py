@@ -1,9 +1,10 @@
 """Step metrics: ``run.log({"loss": 0.3}, step=120)`` series, stored in batched segments.
 
-A run keeps logged points in memory (:class:`SeriesBuffer`: an append under a lock, no I/O)
-and a background thread writes them out as *segments*: one store key per batch, every
-:data:`SEGMENT_SECONDS` seconds, as soon as :data:`SEGMENT_POINTS` points wait, and when the
-run ends. No commit and no file per point; what was written survives a crash of the run.
+A run keeps logged points in memory (:class:`mlvc.tracking.steplog.StepLog`: a list append,
+no lock, no I/O) and a background thread writes them out as *segments*: one store key per
+batch, every :data:`SEGMENT_SECONDS` seconds, as soon as :data:`SEGMENT_POINTS` points wait,
+and when the run ends. No commit and no file per point; what was written survives a crash of
+the run.
 
 Format (``docs/experiments.md``): the key ``series/<experiment id>/<writer>-<seq>`` where
 ``writer`` is ``<start time in ms, 13 digits>-<12 hex digits>`` (one per run, resumed runs
@@ -24,9 +25,8 @@ from __future__ import annotations
 import json
 import logging
 import math
-import threading
 import zlib
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator
 from decimal import Decimal
 from typing import Any
 
@@ -39,13 +39,13 @@ __all__ = [
     "SEGMENT_POINTS",
     "SEGMENT_SECONDS",
     "SERIES_PREFIX",
-    "SeriesBuffer",
     "decode_segment",
     "delete_series",
     "encode_segment",
     "last_step",
     "metric_value",
     "read_points",
+    "segment_key",
 ]
 
 SERIES_PREFIX = "series/"
@@ -131,50 +131,6 @@ def decode_segment(data: bytes) -> list[Point]:
     ]
 
 
-class SeriesBuffer:
-    """Points logged and not yet written. Thread-safe; ``add`` does no I/O."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._points: list[Point] = []
-        self._dropped = 0
-        self.wake = threading.Event()
-        """Set when a segment's worth of points waits."""
-
-    def add(self, step: int, time: float, values: dict[str, float]) -> None:
-        """Append one point."""
-        with self._lock:
-            self._points.append((step, time, values))
-            n = len(self._points)
-            if n > MAX_BUFFERED:
-                del self._points[: n - MAX_BUFFERED]
-                self._dropped += n - MAX_BUFFERED
-        if n >= SEGMENT_POINTS:
-            self.wake.set()
-
-    def take(self) -> list[Point]:
-        """Remove and return every waiting point."""
-        with self._lock:
-            points, self._points = self._points, []
-        return points
-
-    def put_back(self, points: list[Point]) -> None:
-        """Return points whose write failed (they go first, in order)."""
-        with self._lock:
-            self._points[:0] = points
-            n = len(self._points)
-            if n > MAX_BUFFERED:
-                del self._points[: n - MAX_BUFFERED]
-                self._dropped += n - MAX_BUFFERED
-
-    def dropped(self) -> int:
-        """Points dropped so far because the storage failed for too long."""
-        return self._dropped
-
-    def __len__(self) -> int:
-        return len(self._points)
-
-
 def _segments(repo: Repository, exp_id: str) -> Iterator[bytes]:
     for info in sorted(repo.store.list(series_prefix(exp_id)), key=lambda i: i.key):
         try:
@@ -239,14 +195,3 @@ def delete_series(repo: Repository, exp_id: str) -> None:
     """Delete an experiment's segments."""
     for info in list(repo.store.list(series_prefix(exp_id))):
         repo.store.delete(info.key)
-
-
-def clean_values(metrics: Mapping[str, Any], what: str) -> dict[str, float]:
-    """``metrics`` as floats; a value that is not a number is left out with a warning."""
-    out: dict[str, float] = {}
-    for k, v in metrics.items():
-        try:
-            out[str(k)] = metric_value(v)
-        except TypeError as exc:
-            log.warning("mlvc: metric %r of %s not recorded: %s", k, what, exc)
-    return out

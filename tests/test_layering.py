@@ -27,3 +27,12 @@ def test_import_mlvc_stays_light() -> None:
     )
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert res.stdout.strip() == ""
+
+
+def test_tracking_modules_stay_small() -> None:
+    """The tracking package keeps one concern per module: none grows past ~500 lines."""
+    sizes = {
+        p.name: len(p.read_text().splitlines()) for p in (ROOT / "mlvc" / "tracking").glob("*.py")
+    }
+    assert len(sizes) > 10
+    assert {name: n for name, n in sizes.items() if n > 550} == {}

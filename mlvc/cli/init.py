@@ -106,7 +106,7 @@ def _git_ignore(url: str, config_path: str) -> str | None:
     import os
     from pathlib import Path
 
-    from mlvc.ignore import ensure_git_ignores
+    from mlvc.tracking.ignore import ensure_git_ignores
 
     project = Path(config_path).parent
     added = []

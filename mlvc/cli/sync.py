@@ -20,7 +20,7 @@ def sync(ctx: typer.Context, json_: JsonOpt = False) -> None:
 
         mlvc sync --json
     """
-    from mlvc import outbox
+    from mlvc.tracking import outbox
 
     st = state(ctx)
     report = outbox.sync()

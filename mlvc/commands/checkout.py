@@ -102,7 +102,7 @@ def checkout(
         force: Overwrite existing files.
         everything: Restore the whole snapshot of a checkpoint, code included.
         progress: Called with bytes written.
-        mark: Leave a :data:`mlvc.ignore.CHECKOUT_MARKER` file in a ``dest`` this checkout
+        mark: Leave a :data:`mlvc.tracking.ignore.CHECKOUT_MARKER` file in a ``dest`` this checkout
             creates, so code snapshots leave it out (``mlvc checkout`` does; the Python API's
             :meth:`mlvc.Checkpoint.checkout` does not).
 
@@ -133,7 +133,7 @@ def checkout(
         on_skip=lambda p, why: skipped.append((p, why)),
     )
     if fresh and mark:  # a directory of mlvc's own: code snapshots leave it out
-        from mlvc.ignore import mark_checkout
+        from mlvc.tracking.ignore import mark_checkout
 
         mark_checkout(dest, t.commit_id.hex())
     files = list_files(repo, t.commit_id)

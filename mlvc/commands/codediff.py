@@ -4,7 +4,7 @@ For every file added, removed or changed between the two snapshots (the trees
 :func:`mlvc_core.diff.diff_trees` compares), a unified diff when both sides are text (UTF-8
 without NUL bytes, at most ``max_bytes`` each), else a one-line summary (``binary`` or
 ``large``). The git diffs the two runs recorded (uncommitted changes against their git
-commit, see :mod:`mlvc.environment`) are compared the same way, as the pseudo-file
+commit, see :mod:`mlvc.tracking.environment`) are compared the same way, as the pseudo-file
 ``(git diff)``. Pure: returns data, prints nothing.
 """
 

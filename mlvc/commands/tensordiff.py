@@ -258,7 +258,7 @@ def tensor_diff(repo: Repository, spec_a: str, spec_b: str) -> TensorDiff:
 
     Args:
         repo: The repository.
-        spec_a: The old side: any id form (:func:`mlvc.commands.resolve`).
+        spec_a: The old side: any id form (:func:`mlvc.experiments.revisions.resolve`).
         spec_b: The new side.
 
     Returns:

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import mlvc
-from mlvc.tracking import Run
+from mlvc.tracking.run import Run
 
 log = logging.getLogger("mlvc")
 

@@ -23,7 +23,7 @@ from typing import Any
 import keras
 
 from mlvc.integrations._runs import RunHolder
-from mlvc.tracking import Run
+from mlvc.tracking.run import Run
 
 __all__ = ["MlvcCallback"]
 

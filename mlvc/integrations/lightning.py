@@ -28,7 +28,7 @@ from lightning.pytorch.loggers.logger import Logger, rank_zero_experiment  # typ
 from lightning.pytorch.utilities import rank_zero_only
 
 from mlvc.integrations._runs import LazyRun, RunHolder
-from mlvc.tracking import Run
+from mlvc.tracking.run import Run
 
 __all__ = ["MlvcLogger"]
 

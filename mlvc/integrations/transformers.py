@@ -26,7 +26,7 @@ from transformers import TrainerCallback, TrainerControl, TrainerState, Training
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from mlvc.integrations._runs import RunHolder
-from mlvc.tracking import Run
+from mlvc.tracking.run import Run
 
 __all__ = ["MlvcCallback"]
 

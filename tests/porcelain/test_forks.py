@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 import mlvc
-from mlvc.environment import _git
+from mlvc.tracking.environment import _git
 
 WORKER_LIFE = 4.0
 
@@ -92,7 +92,7 @@ def test_run_closes_while_forked_workers_outlive_it(
         for step in range(2):
             run.checkpoint(path="model.bin", step=step, metrics={"loss": 1.0 / (step + 1)})
             children.append(_fork_sleeper(60))  # forks while the helper and worker are busy
-        helper = run._stager.pid if run._stager is not None else None
+        helper = run._files.helper.pid if run._files.helper is not None else None
     assert time.monotonic() - t0 < 20, "closing the run waited for the forked workers"
     assert helper is not None, "the lease helper should have been used"
     with pytest.raises(ProcessLookupError):

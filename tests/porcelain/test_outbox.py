@@ -10,8 +10,8 @@ import pytest
 from typer.testing import CliRunner
 
 import mlvc
-from mlvc import outbox
 from mlvc.cli import app
+from mlvc.tracking import outbox
 from tests.porcelain.stores import GatedStore, wrap_repo
 
 
@@ -70,11 +70,11 @@ def test_a_long_end_of_run_says_what_is_left(
     monkeypatch: pytest.MonkeyPatch,
     tty: bool,
 ) -> None:
-    from mlvc import tracking
+    from mlvc.tracking import ending
     from tests.porcelain.stores import SlowStore
 
-    monkeypatch.setattr(tracking, "QUIET_WAIT", 0.2)
-    monkeypatch.setattr(tracking, "_is_tty", lambda stream: tty)
+    monkeypatch.setattr(ending, "QUIET_WAIT", 0.2)
+    monkeypatch.setattr(ending, "_is_tty", lambda stream: tty)
     repo, _store = wrap_repo(SlowStore, tmp_path / "repo", tmp_path / "cache" / "r")
     (project / "model.bin").write_bytes(b"w" * 3_000_000)
     with mlvc.track(repository=repo) as run:
@@ -91,7 +91,7 @@ def test_a_long_end_of_run_says_what_is_left(
 
 
 def test_progress_line() -> None:
-    from mlvc.tracking import progress_line
+    from mlvc.tracking.ending import progress_line
 
     assert progress_line(2, 1_500_000_000, 2.5e8, 299.7) == (
         "mlvc: storing 2 checkpoints (1.5 GB left, 250.0 MB/s), waiting up to 299 s more"
@@ -106,13 +106,13 @@ def test_backlog_never_fills_the_local_disk(
 ) -> None:
     import logging
 
-    from mlvc import tracking
+    from mlvc.tracking import run as tracking_run
 
     repo, store = wrap_repo(GatedStore, tmp_path / "repo", tmp_path / "cache" / "r")
     run = mlvc.init(repository=repo, exit_timeout=0.5, max_pending=1)
     run.flush()
     store.gate.clear()
-    monkeypatch.setattr(tracking, "_disk_room", lambda where, size: False)  # a full disk
+    monkeypatch.setattr(tracking_run, "disk_room", lambda where, size: False)  # a full disk
     (project / "model.bin").write_bytes(b"w" * 100_000)
     with caplog.at_level(logging.WARNING, logger="mlvc"):
         t0 = time.monotonic()

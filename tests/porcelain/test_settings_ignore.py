@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from mlvc.errors import UsageError
-from mlvc.ignore import IgnoreMatcher
 from mlvc.settings import find_project_config, load_settings, write_project_config
+from mlvc.tracking.ignore import IgnoreMatcher
 
 
 def test_settings_resolution_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

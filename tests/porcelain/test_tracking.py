@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 import mlvc
-from mlvc import outbox
 from mlvc.errors import FileExistsConflict, TrackingError
 from mlvc.repo import open_repo
+from mlvc.tracking import outbox
 from mlvc_core.repository import Repository
 from tests.cutting import count_cuts
 from tests.porcelain.stores import FailingStore, GatedStore, wrap_repo

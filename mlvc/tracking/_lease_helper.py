@@ -1,6 +1,6 @@
-"""Helper process that holds leases on checkpoint files; the client is :mod:`mlvc.staging`.
+"""Helper process that holds leases on checkpoint files; the client is :mod:`mlvc.tracking.leases`.
 
-Started as ``python -I -S _stager.py FD PARENT_PID``, where ``FD`` is its end of an
+Started as ``python -I -S _lease_helper.py FD PARENT_PID``, where ``FD`` is its end of an
 ``AF_UNIX``/``SOCK_SEQPACKET`` socket pair (one message per packet). It imports the standard
 library only, so it starts fast, and it holds no reference to the training process's
 interpreter: the leases it takes are released by this process alone, even while a writer of

@@ -21,8 +21,9 @@ from pathlib import Path
 import pytest
 
 import mlvc
-from mlvc import _stager, staging, tracking
-from mlvc.staging import BackgroundCopy, Stager
+from mlvc.tracking import _lease_helper, commits
+from mlvc.tracking import leases as lease_module
+from mlvc.tracking.leases import Lease, LeaseHelper
 from mlvc_core.ingest import TreeBuilder
 from mlvc_core.objects import TreeEntry
 from tests.porcelain.conftest import subprocess_env
@@ -42,8 +43,8 @@ def _leases_work(directory: Path) -> bool:
     probe.write_bytes(b"probe")
     fd = os.open(probe, os.O_RDONLY)
     try:
-        fcntl.fcntl(fd, _stager.F_SETSIG, signal.SIGURG)
-        fcntl.fcntl(fd, _stager.F_SETLEASE, fcntl.F_RDLCK)
+        fcntl.fcntl(fd, _lease_helper.F_SETSIG, signal.SIGURG)
+        fcntl.fcntl(fd, _lease_helper.F_SETLEASE, fcntl.F_RDLCK)
     except OSError:
         return False
     finally:
@@ -60,18 +61,18 @@ def leases(tmp_path: Path) -> None:
 
 
 @pytest.fixture
-def sent(monkeypatch: pytest.MonkeyPatch) -> list[BackgroundCopy]:
+def sent(monkeypatch: pytest.MonkeyPatch) -> list[Lease]:
     """Every file handed to the helper process."""
-    copies: list[BackgroundCopy] = []
-    original = Stager.submit
+    copies: list[Lease] = []
+    original = LeaseHelper.submit
 
-    def submit(self: Stager, src: str, dst: str) -> BackgroundCopy | None:
+    def submit(self: LeaseHelper, src: str, dst: str) -> Lease | None:
         copy = original(self, src, dst)
         if copy is not None:
             copies.append(copy)
         return copy
 
-    monkeypatch.setattr(Stager, "submit", submit)
+    monkeypatch.setattr(LeaseHelper, "submit", submit)
     return copies
 
 
@@ -112,7 +113,7 @@ def _read_into(path: Path, out: list[bytes]) -> None:
 
 @pytest.mark.parametrize("writer", ["open", "torch"])
 def test_overwriting_right_after_checkpoint_records_each_version(
-    project: Path, sent: list[BackgroundCopy], writer: str
+    project: Path, sent: list[Lease], writer: str
 ) -> None:
     weights = project / "model.pth"
     expected = {}
@@ -129,7 +130,7 @@ def test_overwriting_right_after_checkpoint_records_each_version(
 @linux_only
 @pytest.mark.usefixtures("leases")
 def test_a_file_left_alone_is_read_in_place_and_never_copied(
-    project: Path, sent: list[BackgroundCopy]
+    project: Path, sent: list[Lease]
 ) -> None:
     weights = project / "model.pth"
     expected = {}
@@ -138,8 +139,8 @@ def test_a_file_left_alone_is_read_in_place_and_never_copied(
             expected[step] = _write(weights, step, "torch")
             run.checkpoint(path="model.pth", step=step)
             run.flush()  # stored before the next write
-        assert run._stager is not None
-        assert run._stager.copies_made == 0
+        assert run._files.helper is not None
+        assert run._files.helper.copies_made == 0
     assert _recorded(run) == expected
     assert len(sent) == 3 and {c.status for c in sent} == {"released"}
     assert all(not Path(c.dst).exists() for c in sent)
@@ -157,7 +158,7 @@ def _replace(path: Path, step: int) -> bytes:
 @pytest.mark.parametrize("how", ["overwrite", "rename"])
 @pytest.mark.usefixtures("leases")
 def test_a_write_during_the_in_place_read_stores_the_copy(
-    project: Path, sent: list[BackgroundCopy], monkeypatch: pytest.MonkeyPatch, how: str
+    project: Path, sent: list[Lease], monkeypatch: pytest.MonkeyPatch, how: str
 ) -> None:
     reading, gate = threading.Event(), threading.Event()
     read_from: list[Path] = []
@@ -171,7 +172,7 @@ def test_a_write_during_the_in_place_read_stores_the_copy(
                 assert gate.wait(30)
             return result
 
-    monkeypatch.setattr(tracking, "TreeBuilder", GatedBuilder)
+    monkeypatch.setattr(commits, "TreeBuilder", GatedBuilder)
     weights = project / "model.pth"
     with mlvc.track() as run:
         original = _write(weights, 0, "torch")
@@ -186,7 +187,7 @@ def test_a_write_during_the_in_place_read_stores_the_copy(
         assert overwritten and overwritten[0] != original
         gate.set()
         run.flush()
-        assert run._stager is not None and run._stager.copies_made == 1
+        assert run._files.helper is not None and run._files.helper.copies_made == 1
     assert _recorded(run) == {0: original}
     assert [c.status for c in sent] == ["copied"]
     assert read_from[1:] == [Path(sent[0].dst)]  # stored again, from the copy
@@ -201,8 +202,8 @@ def test_overwriting_a_file_still_being_copied_waits_for_the_copy(project: Path)
         for step in range(0, 40, 2):
             expected[step] = _write(weights, step, "torch", mib=32)
             run.checkpoint(path="model.pth", step=step)
-            assert run._stager is not None
-            pid = run._stager.pid
+            assert run._files.helper is not None
+            pid = run._files.helper.pid
             assert pid is not None
             os.kill(pid, signal.SIGSTOP)  # hold the helper with its lease
             if pid not in _lease_holders(weights):
@@ -221,7 +222,7 @@ def test_overwriting_a_file_still_being_copied_waits_for_the_copy(project: Path)
 
 @linux_only
 def test_a_file_open_for_writing_cannot_be_leased_and_is_copied_before_returning(
-    project: Path, sent: list[BackgroundCopy]
+    project: Path, sent: list[Lease]
 ) -> None:
     weights = project / "model.pth"
     weights.write_bytes(b"")
@@ -240,7 +241,7 @@ def test_a_file_open_for_writing_cannot_be_leased_and_is_copied_before_returning
 
 def test_without_the_helper_checkpoints_are_copied_before_returning(
     project: Path,
-    sent: list[BackgroundCopy],
+    sent: list[Lease],
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -268,8 +269,8 @@ def test_helper_killed_mid_run(project: Path, caplog: pytest.LogCaptureFixture) 
             weights.write_bytes(expected[step])
             run.checkpoint(path="model.pth", step=step)
             if step == 2:
-                assert run._stager is not None
-                pid = run._stager.pid
+                assert run._files.helper is not None
+                pid = run._files.helper.pid
                 assert pid is not None
                 os.kill(pid, signal.SIGKILL)  # most likely in the middle of step 2's copy
     recorded = _recorded(run)
@@ -292,10 +293,10 @@ def test_unresponsive_helper_is_given_up(
         expected[0] = _write(weights, 0, "open")
         run.checkpoint(path="model.pth", step=0)
         run.flush()
-        assert run._stager is not None
-        pid = run._stager.pid
+        assert run._files.helper is not None
+        pid = run._files.helper.pid
         assert pid is not None
-        monkeypatch.setattr(staging, "REPLY_TIMEOUT", 1.0)
+        monkeypatch.setattr(lease_module, "REPLY_TIMEOUT", 1.0)
         os.kill(pid, signal.SIGSTOP)
         try:
             for step in (1, 2):
@@ -310,7 +311,7 @@ def test_unresponsive_helper_is_given_up(
 
 
 def test_directory_of_small_and_large_files_and_a_symlink(
-    project: Path, tmp_path: Path, sent: list[BackgroundCopy]
+    project: Path, tmp_path: Path, sent: list[Lease]
 ) -> None:
     ckpt_dir = project / "ckpt"
     (ckpt_dir / "shard").mkdir(parents=True)
@@ -347,12 +348,12 @@ def test_close_leaves_no_helper_and_no_staging(project: Path, tmp_path: Path) ->
         for step in range(3):
             _write(weights, step, "open")
             run.checkpoint(path="model.pth", step=step)
-        assert run._stager is not None
-        pid = run._stager.pid
+        assert run._files.helper is not None
+        pid = run._files.helper.pid
         assert pid is not None
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)  # exited and reaped: not even a zombie
-    assert run._stager.pid is None
+    assert run._files.helper.pid is None
     assert not (project / ".mlvc-staging").exists()
     assert not list((tmp_path / "cache").glob("staging/*"))
     assert len(_recorded(run)) == 3
@@ -370,8 +371,8 @@ def test_a_leased_file_stays_readable(project: Path) -> None:
             for f, data in written.items():
                 f.write_bytes(data)
             run.checkpoint(path=ckpt_dir, step=step)
-            assert run._stager is not None
-            pid = run._stager.pid
+            assert run._files.helper is not None
+            pid = run._files.helper.pid
             assert pid is not None
             os.kill(pid, signal.SIGSTOP)  # hold the helper with its leases
             try:
@@ -402,7 +403,7 @@ with mlvc.track(heartbeat_interval=0.2) as run:
         with open("model.pth", "wb") as f:
             f.write(step.to_bytes(4, "little") * (1 << 20))
         run.checkpoint(path="model.pth", step=step)
-        print(step, run._stager.pid if run._stager else None, flush=True)
+        print(step, run._files.helper.pid if run._files.helper else None, flush=True)
     time.sleep(120)
 """
 
@@ -483,7 +484,7 @@ def test_helper_refuses_a_file_open_for_writing(tmp_path: Path) -> None:
     src = tmp_path / "w.bin"
     src.write_bytes(os.urandom(MIB))
     with open(src, "r+b"):
-        copy, reply = _stager.lease(_request(src, tmp_path / "copy"))
+        copy, reply = _lease_helper.lease(_request(src, tmp_path / "copy"))
     assert copy is None
     assert reply.startswith(b"7\0refused\0EAGAIN") or not _leases_work(tmp_path)
 
@@ -493,9 +494,9 @@ def test_helper_refuses_a_file_open_for_writing(tmp_path: Path) -> None:
 def test_helper_reports_a_file_changed_after_its_lease_was_lost(tmp_path: Path) -> None:
     src, dst = tmp_path / "w.bin", tmp_path / "copy"
     src.write_bytes(os.urandom(3 * MIB))
-    copy, reply = _stager.lease(_request(src, dst))
+    copy, reply = _lease_helper.lease(_request(src, dst))
     assert copy is not None and reply.startswith(b"7\0leased\0")
-    fcntl.fcntl(copy.src, _stager.F_SETLEASE, fcntl.F_UNLCK)  # as after the lease-break time
+    fcntl.fcntl(copy.src, _lease_helper.F_SETLEASE, fcntl.F_UNLCK)  # as after the lease-break time
     src.write_bytes(os.urandom(3 * MIB))  # a writer was let in
     while not copy.step():
         pass
@@ -508,7 +509,7 @@ def test_helper_copies_the_old_file_when_a_rename_replaces_it(tmp_path: Path) ->
     src, dst = tmp_path / "w.bin", tmp_path / "copy"
     old = os.urandom(3 * MIB)
     src.write_bytes(old)
-    copy, reply = _stager.lease(_request(src, dst))
+    copy, reply = _lease_helper.lease(_request(src, dst))
     assert copy is not None and reply.startswith(b"7\0leased\0")
     new = tmp_path / "w.bin.tmp"
     new.write_bytes(os.urandom(2 * MIB))

@@ -3,7 +3,7 @@
 Also the machine (CPU count, memory) and accelerators (NVIDIA devices and driver through NVML,
 torch's CUDA/MPS facts when torch is already imported; never initialising CUDA). Never
 environment variables: they hold secrets. The command line is recorded with the values of
-secret-looking options and URL passwords redacted (:mod:`mlvc.redaction`).
+secret-looking options and URL passwords redacted (:mod:`mlvc.tracking.redaction`).
 """
 
 from __future__ import annotations
@@ -20,14 +20,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from mlvc._children import run_output
-from mlvc.redaction import redact_argv
+from mlvc.tracking._children import run_output
+from mlvc.tracking.redaction import redact_argv
 
 GIT_DIFF_LIMIT = 1 << 20
 GIT_TIMEOUT = 15.0
 """Seconds one ``git`` command may run."""
 OWN_DIRS = (".mlvc", ".mlvc-staging")
-"""mlvc's own directories (a local repository, checkpoint staging): they never make a git work
+"""mlvc's own directories (a local repository, checkpoint copies): they never make a git work
 tree dirty."""
 
 
@@ -44,7 +44,7 @@ def git_info(directory: Path) -> dict[str, Any] | None:
     if (_git(["rev-parse", "--is-inside-work-tree"], directory) or "").strip() != "true":
         return None
     status = _git(["status", "--porcelain", "--untracked-files=normal"], directory) or ""
-    # mlvc's own directories (a local repository, staging) do not make the work tree dirty.
+    # mlvc's own directories (a local repository, copies) do not make the work tree dirty.
     changes = [
         line
         for line in status.splitlines()
@@ -90,7 +90,7 @@ def platform_name() -> str:
     """Like :func:`platform.platform` (``Linux-6.8.0-x86_64-with-glibc2.35``), without a process.
 
     :func:`platform.platform` runs ``uname -p`` through a pipe the first time, which a fork of
-    the training process could keep open (see :mod:`mlvc._children`).
+    the training process could keep open (see :mod:`mlvc.tracking._children`).
     """
     u = os.uname() if hasattr(os, "uname") else None
     system, release, machine = (

@@ -194,7 +194,8 @@ def _send(repo: Any, doc: dict[str, Any], entry_dir: Path) -> bool:
 
 def _send_checkpoint(repo: Any, doc: dict[str, Any], entry_dir: Path) -> bool:
     from mlvc.experiments.summary import ref_name, summary_with_checkpoint
-    from mlvc.tracking import advance_ref, checkpoint_commit, overlay
+    from mlvc.tracking.commits import checkpoint_commit, on_parent, overlay
+    from mlvc_core.history import advance
     from mlvc_core.ids import ObjectId, from_hex
     from mlvc_core.ingest import TreeBuilder
     from mlvc_core.objects import Commit, TreeEntry
@@ -227,26 +228,21 @@ def _send_checkpoint(repo: Any, doc: dict[str, Any], entry_dir: Path) -> bool:
         def summarize(old: dict[str, Any], cid: str) -> dict[str, Any]:
             return summary_with_checkpoint(old, cid, step, doc["metrics"], primary)
 
-        advance_ref(repo, s, ref, make, summarize)
+        advance(s, ref.name, ref, on_parent(make), summarize)
     return True
 
 
 def _send_end(repo: Any, doc: dict[str, Any]) -> bool:
     from mlvc.experiments.summary import ExperimentSummary, ref_name
-    from mlvc_core.errors import RefConflict
+    from mlvc.tracking.commits import update_summary
 
-    for _attempt in range(30):
-        ref = repo.refs.get(ref_name(str(doc["experiment"])))
-        if ref is None or ref.summary.get("status") not in (None, "running"):
-            return False  # removed, or resumed and ended since
-        summary = (
-            ExperimentSummary.from_dict(ref.summary)
+    def summarize(old: dict[str, Any]) -> dict[str, Any] | None:
+        if old.get("status") not in (None, "running"):
+            return None  # resumed and ended since
+        return (
+            ExperimentSummary.from_dict(old)
             .ended_with(doc["status"], doc.get("ended"), doc.get("end_reason"), doc.get("error"))
             .to_dict()
         )
-        try:
-            repo.refs.update_summary(ref, summary)
-            return True
-        except RefConflict:
-            time.sleep(0.05)
-    raise RefConflict(ref_name(str(doc["experiment"])), None)
+
+    return update_summary(repo, ref_name(str(doc["experiment"])), summarize) is not None

@@ -13,7 +13,7 @@ Always skipped, whatever the rules say: version-control and tool directories (``
 ``conda-meta``), mlvc repositories whatever their name (a directory whose ``config`` says
 ``"format": "mlvc"``), directories ``mlvc checkout`` created (they hold a
 :data:`CHECKOUT_MARKER` file), and the extra paths the caller names (the repository, caches,
-staging).
+checkpoint copies).
 
 :func:`ensure_git_ignores` adds mlvc's own directories to a git project's ``.gitignore``.
 

@@ -16,7 +16,7 @@
   dropped silently;
 * a value that cannot be converted (a config that contains itself, a property that raises)
   costs that one param and a warning, never the run;
-* the value of a key that looks like a credential (:func:`mlvc.redaction.secret_name`) is
+* the value of a key that looks like a credential (:func:`mlvc.tracking.redaction.secret_name`) is
   recorded as ``<redacted>``, and URL passwords inside strings are removed.
 """
 
@@ -31,7 +31,7 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from mlvc.redaction import REDACTED, redact_text, secret_name
+from mlvc.tracking.redaction import REDACTED, redact_text, secret_name
 
 log = logging.getLogger("mlvc")
 

@@ -1,22 +1,24 @@
-"""Snapshots of checkpoint files for ``Run.checkpoint(copy=True)``, protected by file leases.
+"""File leases that protect a checkpoint's files for ``Run.checkpoint(copy=True)``.
 
 The training loop may overwrite a checkpoint's files as soon as ``checkpoint()`` returns, yet
 every stored checkpoint holds the bytes its files had at the call. Small files are copied into
-a private staging directory before the call returns (cheap). Large regular files
-(:data:`LEASE_MIN_SIZE` and up) are handed to a helper process (:mod:`mlvc._stager`) that takes
-a Linux file lease on each one and answers; the call returns once every large file is leased:
+a private copy directory before the call returns (cheap). Large regular files
+(:data:`LEASE_MIN_SIZE` and up) are handed to a helper process
+(:mod:`mlvc.tracking._lease_helper`) that takes a Linux file lease on each one and answers; the
+call returns once every large file is leased (:class:`CheckpointLeases`: the leases and copies
+of one checkpoint):
 
 * the background worker reads a leased file in place (no copy) and then tells the helper,
   which releases the lease: the file could not change while it was read;
 * while a file is leased, any open of it for writing or truncation (``torch.save``,
   ``open(path, "wb")``, by any process) waits in the kernel; the helper sees the writer
-  waiting, copies the file to staging, then releases the lease and the writer goes ahead.
-  That checkpoint is stored from the copy (what was read in place, if anything, is thrown
-  away). Opening a file for reading does not wait, and replacing it by a rename (write
+  waiting, copies the file to the copy directory, then releases the lease and the writer goes
+  ahead. That checkpoint is stored from the copy (what was read in place, if anything, is
+  thrown away). Opening a file for reading does not wait, and replacing it by a rename (write
   elsewhere, then ``os.replace``) does not wait either: the worker sees that the path no
   longer names the leased file and has the helper copy the old one;
 * files inside a checkpointed directory are copied by the helper in the background (the
-  directory is stored from staging), each under its lease until its copy is made;
+  directory is stored from its copy), each under its lease until its copy is made;
 * the kernel lets a waiting writer in after ``/proc/sys/fs/lease-break-time`` seconds (45 by
   default); a file that changed that way is reported ``changed`` and its checkpoint is
   dropped, never recorded torn;
@@ -30,6 +32,10 @@ file someone holds open for writing) or the helper cannot run, the file is copie
 call returns, as for small files. If the helper dies, files it held are reported lost (what
 was read in place is not trusted; their checkpoints fail, with a clear message) and the rest
 of the run copies synchronously.
+
+Copies go to :data:`COPY_DIR` (``.mlvc-staging``, a name kept from earlier versions: projects'
+``.gitignore`` files list it) beside the file, else under the cache directory; see
+:mod:`mlvc.tracking.protect`.
 """
 
 from __future__ import annotations
@@ -50,23 +56,23 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
-from mlvc._children import fork_guard
 from mlvc.errors import MlvcError
+from mlvc.tracking._children import fork_guard
 
 log = logging.getLogger("mlvc")
 
 __all__ = [
     "LEASE_MIN_SIZE",
     "MAX_IN_FLIGHT",
-    "STAGING",
-    "BackgroundCopy",
+    "COPY_DIR",
+    "Lease",
     "CopyFailed",
-    "Snapshot",
-    "Stager",
+    "CheckpointLeases",
+    "LeaseHelper",
     "copy_file",
 ]
 
-STAGING = ".mlvc-staging"
+COPY_DIR = ".mlvc-staging"
 LEASE_MIN_SIZE = 1 << 20
 """Smaller files are copied before ``checkpoint()`` returns."""
 MAX_IN_FLIGHT = 256
@@ -74,9 +80,9 @@ MAX_IN_FLIGHT = 256
 REPLY_TIMEOUT = 30.0
 """Seconds to wait for the helper to lease a file before giving up on it."""
 CLOSE_TIMEOUT = 10.0
-"""Seconds the helper gets to exit on :meth:`Stager.close` before it is killed."""
+"""Seconds the helper gets to exit on :meth:`LeaseHelper.close` before it is killed."""
 _MAX_MESSAGE = 1 << 16
-_HELPER = Path(__file__).with_name("_stager.py")
+_HELPER = Path(__file__).with_name("_lease_helper.py")
 _T = TypeVar("_T")
 
 
@@ -111,12 +117,12 @@ def copy_file(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:
     shutil.copymode(src, dst)
 
 
-class BackgroundCopy:
+class Lease:
     """One file copied by the helper process.
 
     Attributes:
         src: The file as given (copied here again if the helper gives up before the call ends).
-        dst: Where the helper copies it in the staging directory, if it has to.
+        dst: Where the helper copies it in the copy directory, if it has to.
         rid: The helper's name for it.
         status: ``sent``, then ``leased``, then one of ``released`` (read in place and let go
             untouched), ``copied`` (a writer came, or a copy was asked for: ``dst`` holds the
@@ -126,7 +132,7 @@ class BackgroundCopy:
         detail: Why it was refused, failed or lost.
         identity: The leased file's (device, inode, size, mtime, ctime), once leased.
         in_place: Whether it may be read in place (a checkpointed file, not one inside a
-            checkpointed directory, which is stored from staging).
+            checkpointed directory, which is stored from its copy).
         leased: Set once the file is leased or will not be copied in the background.
         done: Set once the status is final.
     """
@@ -157,11 +163,11 @@ class BackgroundCopy:
             self.done.set()
 
     def __repr__(self) -> str:
-        return f"<BackgroundCopy {self.src} {self.status}>"
+        return f"<Lease {self.src} {self.status}>"
 
 
-class Stager:
-    """Client of the helper process (:mod:`mlvc._stager`), started on first use.
+class LeaseHelper:
+    """Client of the helper process (:mod:`mlvc.tracking._lease_helper`), started on first use.
 
     Thread-safe. Used only by the process that created it (a forked child copies itself).
     """
@@ -171,14 +177,14 @@ class Stager:
         self._send_lock = threading.Lock()
         self._pid = os.getpid()
         self._ids = itertools.count(1)
-        self._pending: dict[int, BackgroundCopy] = {}
+        self._pending: dict[int, Lease] = {}
         self._proc: subprocess.Popen[bytes] | None = None
         self._sock: socket.socket | None = None
         self._reader: threading.Thread | None = None
         self._closing = False
         self._given_up: str | None = None
         self.copies_made = 0
-        """Files the helper copied to staging (taken over from a writer, or asked for)."""
+        """Files the helper copied (taken over from a writer, or asked for)."""
         self.unavailable: str | None = (
             None if sys.platform.startswith("linux") else "file leases need Linux"
         )
@@ -190,7 +196,7 @@ class Stager:
         proc = self._proc
         return proc.pid if proc is not None and proc.returncode is None else None
 
-    def submit(self, src: str, dst: str) -> BackgroundCopy | None:
+    def submit(self, src: str, dst: str) -> Lease | None:
         """Ask the helper to lease ``src`` and copy it to ``dst`` (absolute paths).
 
         Returns:
@@ -208,7 +214,7 @@ class Stager:
             if sock is None:
                 return None
             rid = next(self._ids)
-            copy = BackgroundCopy(src, dst, rid)
+            copy = Lease(src, dst, rid)
             self._pending[rid] = copy
         message = b"\0".join((str(rid).encode(), os.fsencode(src), os.fsencode(dst)))
         try:
@@ -219,7 +225,7 @@ class Stager:
             return None
         return copy
 
-    def tell(self, copy: BackgroundCopy, verb: str) -> None:
+    def tell(self, copy: Lease, verb: str) -> None:
         """Tell the helper ``done`` (the file was read: release it) or ``copy`` (copy it now).
 
         Its verdict comes as the copy's final status (``lost`` if the helper is gone).
@@ -275,7 +281,7 @@ class Stager:
             return
         # Under the fork guard: a fork of the training process (a DataLoader worker) between
         # socketpair() and the close of the helper's end would keep that end open, and the
-        # reader would never see the helper exit (mlvc._children).
+        # reader would never see the helper exit (mlvc.tracking._children).
         with fork_guard():
             try:
                 ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -300,7 +306,7 @@ class Stager:
         ours.settimeout(REPLY_TIMEOUT)  # bounds sends; the reader just waits again
         self._sock = ours
         self._reader = threading.Thread(
-            target=self._read, args=(ours,), name="mlvc-stager-reader", daemon=True
+            target=self._read, args=(ours,), name="mlvc-lease-reader", daemon=True
         )
         self._reader.start()
 
@@ -360,30 +366,30 @@ class Stager:
             copy.answer("lost", reason)
 
 
-class Snapshot:
-    """The copies of one checkpoint's files into its staging directories.
+class CheckpointLeases:
+    """The copies of one checkpoint's files into its copy directories.
 
     In the caller's thread: :meth:`copy` each file or directory, then :meth:`protect` before
     returning to the training loop (or :meth:`cancel` on failure). In the background:
-    :meth:`copy_nested` then :meth:`wait_nested` before reading staged directories,
-    :meth:`read` for each staged file, and :meth:`wait` before removing the staging
+    :meth:`copy_nested` then :meth:`wait_nested` before reading copied directories,
+    :meth:`read` for each copied file, and :meth:`wait` before removing the copy
     directories.
     """
 
-    def __init__(self, stager: Stager | None) -> None:
-        self._stager = stager
-        self.copies: list[BackgroundCopy] = []
+    def __init__(self, helper: LeaseHelper | None) -> None:
+        self._helper = helper
+        self.copies: list[Lease] = []
         """Files copied by the helper."""
 
     def copy(self, src: Path, dst: Path) -> None:
-        """Copy a file or a directory (symlinks kept as links, staging directories left out)."""
+        """Copy a file or a directory (symlinks kept as links, copy directories left out)."""
         if src.is_dir():
             shutil.copytree(
                 src,
                 dst,
                 symlinks=True,
                 copy_function=self._copy_file,
-                ignore=shutil.ignore_patterns(STAGING),
+                ignore=shutil.ignore_patterns(COPY_DIR),
             )
         else:
             self._copy_file(str(src), str(dst))
@@ -392,7 +398,7 @@ class Snapshot:
 
     def _copy_file(self, src: str, dst: str) -> str:
         copy = None
-        if self._stager is not None and self._stager.unavailable is None:
+        if self._helper is not None and self._helper.unavailable is None:
             st = os.stat(src)
             euid = os.geteuid()
             if (
@@ -400,7 +406,7 @@ class Snapshot:
                 and st.st_size >= LEASE_MIN_SIZE
                 and (st.st_uid == euid or euid == 0)  # leases need the owner (or CAP_LEASE)
             ):
-                copy = self._stager.submit(os.path.realpath(src), os.path.abspath(dst))
+                copy = self._helper.submit(os.path.realpath(src), os.path.abspath(dst))
         if copy is None:
             copy_file(src, dst)
         else:
@@ -411,8 +417,8 @@ class Snapshot:
         deadline = time.monotonic() + REPLY_TIMEOUT
         for copy in self.copies:
             if not copy.leased.wait(max(0.0, deadline - time.monotonic())):
-                assert self._stager is not None
-                self._stager.abandon(f"no answer in {REPLY_TIMEOUT:.0f} s")
+                assert self._helper is not None
+                self._helper.abandon(f"no answer in {REPLY_TIMEOUT:.0f} s")
                 break
 
     def protect(self) -> None:
@@ -424,7 +430,7 @@ class Snapshot:
         if not self.copies:
             return
         self._await_leases()
-        kept: list[BackgroundCopy] = []
+        kept: list[Lease] = []
         for copy in self.copies:
             if copy.status in ("leased", "copied"):
                 kept.append(copy)
@@ -442,10 +448,10 @@ class Snapshot:
     def copy_nested(self) -> None:
         """Ask the helper to copy now the files that are not read in place."""
         for copy in self.copies:
-            if not copy.in_place and self._stager is not None:
-                self._stager.tell(copy, "copy")
+            if not copy.in_place and self._helper is not None:
+                self._helper.tell(copy, "copy")
 
-    def wait_nested(self) -> list[BackgroundCopy]:
+    def wait_nested(self) -> list[Lease]:
         """Wait for the copies of the files that are not read in place.
 
         Returns:
@@ -456,8 +462,8 @@ class Snapshot:
             copy.done.wait()
         return [c for c in nested if c.status != "copied"]
 
-    def read(self, staged: Path, ingest: Callable[[Path], _T]) -> tuple[_T | None, str]:
-        """Run ``ingest`` on a staged file, or on the original while the helper leases it.
+    def read(self, copied: Path, ingest: Callable[[Path], _T]) -> tuple[_T | None, str]:
+        """Run ``ingest`` on a copied file, or on the original while the helper leases it.
 
         A leased file is read in place; the result is kept only if the helper then releases
         it untouched (``released``: the lease was held throughout, so the file did not
@@ -466,44 +472,44 @@ class Snapshot:
 
         Returns:
             ``ingest``'s result and ``""``; or None and the status of a copy that failed
-            (``changed``, ``failed``, ``lost``; see :class:`BackgroundCopy`).
+            (``changed``, ``failed``, ``lost``; see :class:`Lease`).
         """
-        copy = self.copy_of(staged)
+        copy = self.copy_of(copied)
         if copy is None:
-            return ingest(staged), ""
-        stager = self._stager
-        assert stager is not None
+            return ingest(copied), ""
+        helper = self._helper
+        assert helper is not None
         if copy.status == "leased" and copy.identity is not None:
             if _identity_of(copy.src) == copy.identity:
                 result = ingest(Path(copy.src))
                 intact = _identity_of(copy.src) == copy.identity  # not renamed over meanwhile
-                stager.tell(copy, "done" if intact else "copy")
+                helper.tell(copy, "done" if intact else "copy")
                 copy.done.wait()
                 if intact and copy.status == "released":
                     return result, ""
             else:
-                stager.tell(copy, "copy")
+                helper.tell(copy, "copy")
         elif copy.status == "leased":
-            stager.tell(copy, "copy")
+            helper.tell(copy, "copy")
         copy.done.wait()
         if copy.status == "copied":
             return ingest(Path(copy.dst)), ""
         return None, copy.status
 
-    def copy_of(self, staged: Path) -> BackgroundCopy | None:
-        """The helper's copy for a staged file read by :meth:`read`, if any."""
-        dst = os.path.abspath(staged)
+    def copy_of(self, copied: Path) -> Lease | None:
+        """The helper's copy for a copied file read by :meth:`read`, if any."""
+        dst = os.path.abspath(copied)
         return next((c for c in self.copies if c.in_place and c.dst == dst), None)
 
-    def wait(self) -> list[BackgroundCopy]:
+    def wait(self) -> list[Lease]:
         """Let go of the files still leased, and wait for every background copy to end.
 
         Returns:
             The copies that did not succeed (changed, failed or lost).
         """
         for copy in self.copies:
-            if copy.status == "leased" and self._stager is not None:
-                self._stager.tell(copy, "done")
+            if copy.status == "leased" and self._helper is not None:
+                self._helper.tell(copy, "done")
         for copy in self.copies:
             copy.done.wait()
         return [c for c in self.copies if c.status not in ("copied", "released")]

@@ -1,0 +1,237 @@
+"""Protecting a checkpoint's files in the caller's thread, before ``checkpoint()`` returns.
+
+``copy=True``: each file is leased (:mod:`mlvc.tracking.leases`) or copied into a private copy
+directory (:data:`~mlvc.tracking.leases.COPY_DIR` beside the file, else under the cache
+directory), so the loop may overwrite it at once. ``copy=False``: only each file's identity
+(:func:`fingerprint`) is noted; the background thread reads the files in place and drops the
+checkpoint if one changed. Copy directories left by dead processes of this host are swept.
+Touches no repository.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import shutil
+import socket
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mlvc.errors import UsageError
+from mlvc.tracking.leases import COPY_DIR, CheckpointLeases, LeaseHelper
+from mlvc.tracking.options import Paths
+
+__all__ = [
+    "FileProtector",
+    "ProtectedFiles",
+    "disk_room",
+    "fingerprint",
+    "fingerprint_of",
+    "remove_copy_dirs",
+    "size_of",
+    "sweep_copy_dirs",
+]
+
+MIN_FREE_DISK = 0.05
+"""A backlog of checkpoints (storage not answering) never leaves less than this fraction of
+the local disk free (and never less than 1 GB): further checkpoints are dropped instead."""
+
+Fingerprint = tuple[int, ...]
+
+
+def fingerprint_of(path: str) -> Fingerprint | None:
+    """A file's identity (size, mtime, inode, ctime), or None if it is gone."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return None
+    return (st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns)
+
+
+def fingerprint(src: Path) -> dict[str, Fingerprint]:
+    """Identity (size, mtime, inode, ctime) of a file or of every file under a directory."""
+    if not src.is_dir() or src.is_symlink():
+        fp = fingerprint_of(str(src))
+        return {str(src): fp} if fp is not None else {}
+    out: dict[str, Fingerprint] = {}
+    for dirpath, _dirs, files in os.walk(src):
+        for name in files:
+            full = os.path.join(dirpath, name)
+            fp = fingerprint_of(full)
+            if fp is not None:
+                out[full] = fp
+    return out
+
+
+def size_of(paths: Paths) -> int:
+    """Bytes of the files named (directories walked); 0 for what cannot be read."""
+    if paths is None:
+        return 0
+    items = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
+    total = 0
+    for p in items:
+        for fp in fingerprint(Path(p)).values():
+            total += fp[0]
+    return total
+
+
+def disk_room(where: Path, size: int) -> bool:
+    """True if ``size`` more bytes of backlog leave enough of the local disk free."""
+    try:
+        usage = shutil.disk_usage(where)
+    except OSError:
+        return True
+    return usage.free - 2 * size > max(MIN_FREE_DISK * usage.total, 1e9)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # exists, owned by someone else
+    return True
+
+
+def sweep_copy_dirs(root: Path) -> None:
+    """Remove copy directories left by dead processes of this host (killed mid-copy)."""
+    try:
+        names = os.listdir(root)
+    except OSError:
+        return
+    host = socket.gethostname()
+    for name in names:
+        owner, _, rest = name.rpartition("-")
+        owner_host, _, pid = owner.rpartition("-")
+        if owner_host == host and pid.isdigit() and rest and not _pid_alive(int(pid)):
+            shutil.rmtree(root / name, ignore_errors=True)
+
+
+def remove_copy_dirs(dirs: list[Path]) -> None:
+    """Remove a checkpoint's copy directories (and the shared parent, once empty)."""
+    for d in dirs:
+        shutil.rmtree(d, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            d.parent.rmdir()
+
+
+@dataclass
+class ProtectedFiles:
+    """A checkpoint's files as protected for the background thread.
+
+    Attributes:
+        items: ``(path in the tree, file to read)`` per file or directory given.
+        copy_dirs: The private copy directories to remove once the checkpoint is stored.
+        fingerprints: Identity of each file read in place (``copy=False``).
+        leases: The files leased or copied in the background (``copy=True``).
+    """
+
+    items: list[tuple[str, Path]] = field(default_factory=list)
+    copy_dirs: list[Path] = field(default_factory=list)
+    fingerprints: dict[str, Fingerprint] = field(default_factory=dict)
+    leases: CheckpointLeases | None = None
+
+
+class FileProtector:
+    """Protects the files of a run's checkpoints; owns the run's lease helper.
+
+    Args:
+        code_dir: The code directory (tree paths are relative to it first).
+        cwd: The run's working directory (tree paths are relative to it next).
+        cache_dir: Where copies go when they cannot go beside the file (None: only there).
+    """
+
+    def __init__(self, code_dir: Path, cwd: Path, cache_dir: Path | None) -> None:
+        self.code_dir = code_dir
+        self.cwd = cwd
+        self.cache_dir = cache_dir
+        self.helper: LeaseHelper | None = None
+        """The lease helper's client, started by the first ``copy=True`` checkpoint."""
+        self._swept: set[Path] = set()
+
+    def tree_path(self, src: Path) -> str:
+        """A checkpoint file's path in the tree.
+
+        Relative to the code directory, else to the working directory, else its base name at
+        the root.
+        """
+        absolute = Path(os.path.abspath(src))
+        for base in (self.code_dir, self.cwd):
+            try:
+                rel = absolute.relative_to(base).as_posix()
+            except ValueError:
+                continue
+            if rel not in ("", "."):
+                return rel
+        return absolute.name
+
+    def _copy_dir(self, src: Path) -> Path:
+        unique = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:12]}"
+        candidates = [Path(os.path.abspath(src)).parent / COPY_DIR]
+        if self.cache_dir is not None:
+            candidates.append(self.cache_dir / "staging")
+        last: OSError | None = None
+        for root in candidates:
+            if root not in self._swept:
+                self._swept.add(root)
+                sweep_copy_dirs(root)
+            try:
+                (root / unique).mkdir(parents=True)
+                return root / unique
+            except OSError as exc:
+                last = exc
+        assert last is not None
+        raise last
+
+    def protect(self, paths: Paths, copy: bool) -> ProtectedFiles:
+        """Lease or copy (``copy``), else fingerprint, the files of one checkpoint.
+
+        Raises:
+            FileNotFoundError: A path does not exist.
+            UsageError: The same path given twice.
+            OSError: A file could be neither leased nor copied.
+        """
+        out = ProtectedFiles()
+        if paths is None:
+            return out
+        if isinstance(paths, (str, os.PathLike)):
+            paths = [paths]
+        if copy and self.helper is None:
+            self.helper = LeaseHelper()
+        leases = out.leases = CheckpointLeases(self.helper) if copy else None
+        try:
+            for p in paths:
+                src = Path(p)
+                if not src.exists():
+                    raise FileNotFoundError(
+                        errno.ENOENT, "checkpoint path does not exist", str(src)
+                    )
+                rel = self.tree_path(src)
+                if any(r == rel for r, _ in out.items):
+                    raise UsageError(f"checkpoint path given twice: {rel}")
+                if leases is None:
+                    src = src.absolute()
+                    out.fingerprints.update(fingerprint(src))
+                    out.items.append((rel, src))
+                    continue
+                d = self._copy_dir(src)
+                out.copy_dirs.append(d)
+                dst = d / Path(os.path.abspath(src)).name
+                leases.copy(src, dst)
+                out.items.append((rel, dst))
+            if leases is not None:
+                leases.protect()
+        except BaseException:
+            if leases is not None:
+                leases.cancel()
+            remove_copy_dirs(out.copy_dirs)
+            raise
+        return out
+
+    def close(self) -> None:
+        """Stop the lease helper (after the worker: every copy it waited for is made)."""
+        if self.helper is not None:
+            self.helper.close()
