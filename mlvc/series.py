@@ -165,28 +165,53 @@ def last_step(repo: Repository, exp_id: str) -> int | None:
     return None
 
 
+PER_EXPERIMENT_LISTING = 16
+"""Up to this many experiments, :func:`copy_series` lists each one's segments; above it, it
+lists all segments of both sides once (requests then grow with segments / 1,000, not with
+experiments)."""
+
+
+def _segment_keys(repo: Repository, exp_ids: list[str]) -> dict[str, list[str]]:
+    """Segment keys of ``exp_ids`` in ``repo``, by experiment id."""
+    wanted = set(exp_ids)
+    found: dict[str, list[str]] = {e: [] for e in exp_ids}
+    if len(exp_ids) <= PER_EXPERIMENT_LISTING:
+        for exp_id in exp_ids:
+            found[exp_id] = [info.key for info in repo.store.list(series_prefix(exp_id))]
+        return found
+    for info in repo.store.list(SERIES_PREFIX):
+        exp_id = info.key[len(SERIES_PREFIX) :].split("/", 1)[0]
+        if exp_id in wanted:
+            found[exp_id].append(info.key)
+    return found
+
+
 def copy_series(src: Repository, dst: Repository, exp_ids: Iterable[str]) -> int:
     """Copy the segments of experiments that ``dst`` lacks (push, pull, clone). Returns how many.
 
     Segments never change once written and their keys are unique, so a key ``dst`` already
     lists is already there; one that cannot be read (over :data:`MAX_SEGMENT_SIZE`) is left
-    behind with a warning, as reading it would.
+    behind with a warning, as reading it would. Listing costs two requests per experiment up
+    to :data:`PER_EXPERIMENT_LISTING` experiments, else one listing of each side.
     """
+    ids = sorted(set(exp_ids))
+    if not ids:
+        return 0
+    theirs = _segment_keys(src, ids)
+    have = {key for keys in _segment_keys(dst, ids).values() for key in keys}
     copied = 0
-    for exp_id in exp_ids:
-        prefix = series_prefix(exp_id)
-        have = {info.key for info in dst.store.list(prefix)}
-        for info in sorted(src.store.list(prefix), key=lambda i: i.key):
-            if info.key in have:
+    for exp_id in ids:
+        for key in sorted(theirs[exp_id]):
+            if key in have:
                 continue
             try:
-                data = src.store.read(info.key, MAX_SEGMENT_SIZE)
+                data = src.store.read(key, MAX_SEGMENT_SIZE)
             except KeyNotFound:
                 continue  # removed meanwhile
             except FormatError as exc:
                 log.warning("mlvc: a metrics segment of %s is not copied: %s", exp_id[:12], exc)
                 continue
-            dst.store.write(info.key, data)
+            dst.store.write(key, data)
             copied += 1
     return copied
 

@@ -173,3 +173,34 @@ def test_push_and_clone_carry_the_step_metrics(project: Path, tmp_path: Path) ->
     assert _segments(copied) == _segments(repo_dir)
     push(open_repo(load_settings(repo_dir)), str(remote))  # nothing new: nothing copied twice
     assert _segments(remote) == _segments(repo_dir)
+
+
+@pytest.mark.parametrize("n", [3, 40])
+def test_copying_the_series_of_many_experiments_lists_each_side_once(
+    tmp_path: Path, n: int
+) -> None:
+    from mlvc.series import PER_EXPERIMENT_LISTING, copy_series, segment_key
+    from tests.porcelain.stores import CountingStore, wrap_repo
+
+    src, src_store = wrap_repo(CountingStore, tmp_path / "src", tmp_path / "c1")
+    dst, dst_store = wrap_repo(CountingStore, tmp_path / "dst", tmp_path / "c2")
+    ids = [f"{i:064x}" for i in range(1, n + 1)]
+    for exp_id in ids:
+        for seq in range(2):
+            src.store.write(segment_key(exp_id, "w1", seq), f"{exp_id}:{seq}".encode())
+    src.store.write(segment_key(f"{999:064x}", "w1", 0), b"not asked for")
+    dst.store.write(segment_key(ids[0], "w1", 0), b"already there")  # never written twice
+    src_store.reset()
+    dst_store.reset()
+
+    copied = copy_series(src, dst, ids)
+
+    assert copied == 2 * n - 1
+    for exp_id in ids:
+        for seq in range(2):
+            if (exp_id, seq) != (ids[0], 0):
+                assert dst.store.read(segment_key(exp_id, "w1", seq)) == f"{exp_id}:{seq}".encode()
+    assert dst.store.read(segment_key(ids[0], "w1", 0)) == b"already there"
+    listings = src_store.counts[("list", "series")] + dst_store.counts[("list", "series")]
+    assert listings == (2 * n if n <= PER_EXPERIMENT_LISTING else 2)
+    assert not any(dst.store.list(f"series/{999:064x}/"))
