@@ -50,9 +50,13 @@ def is_bool(v: Any) -> bool:
     return isinstance(v, bool)
 
 
+_IS_STR = str.__instancecheck__
+"""``isinstance(x, str)`` as one callable, so ``map`` checks keys without a Python frame each."""
+
+
 def is_dict(v: Any) -> bool:
     """A mapping with string keys."""
-    return isinstance(v, dict) and all(isinstance(k, str) for k in v)
+    return isinstance(v, dict) and all(map(_IS_STR, v))
 
 
 def is_hex_id(v: Any) -> bool:

@@ -8,6 +8,7 @@ import typer
 
 from mlvc.cli import _output
 from mlvc.cli._options import JsonOpt, state
+from mlvc_core.ids import SHORT_LEN
 
 FilterOpt = Annotated[
     list[str] | None,
@@ -49,52 +50,39 @@ def cells(values: dict[str, Any] | None, limit: int, width: int = MAX_CELL) -> s
     return " ".join(items)
 
 
-def _best(d: dict[str, Any]) -> str:
-    best = d.get("best") or {}
-    primary = d.get("primary_metric") or {}
-    if not best or best.get("value") is None:
+def _best(e: Any) -> str:
+    rec = e.record
+    best = rec.best
+    if best is None or best.value is None:
         return "-"
-    name = primary.get("name") or "best"
-    return f"{name}={_output.fmt_value(best.get('value'))} @{best.get('step')}"
+    name = (rec.primary_metric[0] if rec.primary_metric else "") or "best"
+    return f"{name}={_output.fmt_value(best.value)} @{best.step}"
 
 
-def _rows(items: list[dict[str, Any]]) -> list[list[str]]:
-    return [
-        [
-            _output.short_id(d.get("id")),
-            _output.human_time(d.get("created")),
-            str(d.get("status") or "-"),
-            str(d.get("user") or "-"),
-            str(d.get("host") or "-"),
-            cells(d.get("params"), limit=6),
-            _output.fmt_value(d.get("latest_step")),
-            cells(d.get("latest_metrics"), limit=4, width=16),
-            _best(d),
-        ]
-        for d in items
-    ]
+def _rows(items: list[Any]) -> list[list[str]]:
+    """One row of cells per experiment, read from its typed summary (no dict round trip)."""
+    rows = []
+    for e in items:
+        rec = e.record
+        rows.append(
+            [
+                e.id[:SHORT_LEN],
+                _output.human_time(rec.created),
+                e.status or "-",
+                rec.user or "-",
+                rec.host or "-",
+                cells(rec.params, limit=6),
+                _output.fmt_value(rec.latest_step),
+                cells(rec.latest_metrics, limit=4, width=16),
+                _best(e),
+            ]
+        )
+    return rows
 
 
 COLUMNS = ["id", "created", "status", "user", "host", "params", "step", "latest", "best"]
 """``step`` and ``latest``: the latest checkpoint's step and metrics; ``best``: the primary
 metric's best value and its step."""
-
-
-def _table_fields(e: Any) -> dict[str, Any]:
-    """What a table row shows, straight from the summary (``to_dict`` does much more)."""
-    s = e.summary
-    return {
-        "id": e.id,
-        "created": s.get("created"),
-        "status": e.status,
-        "user": s.get("user"),
-        "host": s.get("host"),
-        "params": s.get("params"),
-        "latest_step": s.get("latest_step"),
-        "latest_metrics": s.get("latest_metrics"),
-        "best": s.get("best"),
-        "primary_metric": s.get("primary_metric"),
-    }
 
 
 def _render(items: list[Any], json_: bool, ids_only: bool, quiet: bool) -> None:
@@ -106,7 +94,7 @@ def _render(items: list[Any], json_: bool, ids_only: bool, quiet: bool) -> None:
     elif not items:
         _output.note("no experiments", quiet)
     else:
-        _output.table(COLUMNS, _rows([_table_fields(e) for e in items]), right=["step"])
+        _output.table(COLUMNS, _rows(items), right=["step"])
 
 
 def ls(

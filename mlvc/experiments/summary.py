@@ -204,7 +204,7 @@ class ExperimentSummary:
 
         Use :func:`checked_ref` first where a malformed summary must be refused.
         """
-        known = {f.name for f in fields(cls)} - {"extra", "present"}
+        known = _KNOWN
         best = doc.get("best")
         removed = doc.get("removed")
         return cls(
@@ -231,8 +231,8 @@ class ExperimentSummary:
                 else None
             ),
             removed=tuple(str(r) for r in removed) if isinstance(removed, list) else (),
-            extra={k: v for k, v in doc.items() if k not in known},
-            present=frozenset(k for k in doc if k in known),
+            extra={} if doc.keys() <= known else {k: v for k, v in doc.items() if k not in known},
+            present=frozenset(doc.keys() & known),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -331,6 +331,10 @@ class ExperimentSummary:
         if checkpoint in self.removed:
             return self
         return replace(self, removed=(*self.removed, checkpoint))
+
+
+_KNOWN = frozenset(f.name for f in fields(ExperimentSummary)) - {"extra", "present"}
+"""The stored fields :class:`ExperimentSummary` reads (the others go to ``extra``)."""
 
 
 def _opt_str(value: Any) -> str | None:
