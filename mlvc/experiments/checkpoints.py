@@ -222,7 +222,7 @@ class Checkpoint:
         Raises:
             FileExistsConflict: A file exists and ``force`` is false (nothing was written).
         """
-        from mlvc.commands.checkout import checkout
+        from mlvc.experiments.checkout import checkout
         from mlvc.experiments.revisions import Kind, Target
 
         own_files = "paths" in self.commit.metadata
