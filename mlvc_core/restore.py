@@ -356,7 +356,7 @@ def checkout(
 
     Args:
         repo: The repository.
-        rev: A commit id, a unique hex prefix of one, or a ref name.
+        rev: A commit id, a unique hex prefix of one, or a full ref name (``heads/main``).
         dest: Directory to write into (created if needed).
         paths: Only these files or directories of the snapshot.
         force: Replace whatever is in the way.
