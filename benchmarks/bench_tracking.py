@@ -5,7 +5,7 @@ For a ~512 MiB state dict (scaled by ``--scale``), measured in the same run:
 * ``torch.save`` of the state dict to a file (the baseline the loop already pays);
 * the ``run.checkpoint(path=...)`` call right after it (what the loop waits for; the store
   happens in the background) - target: under 5% of ``torch.save``. Measured both ways: the
-  default (``copy=True``: the files are copied to staging before the call returns, so the loop
+  default (``copy=True``: the files are leased or copied before the call returns, so the loop
   may overwrite them at once) and ``copy=False`` (nothing copied; the files are read in place
   in the background);
 * the end-of-run flush (``run.close()``), as throughput, next to a plain

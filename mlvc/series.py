@@ -24,12 +24,12 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import zlib
 from collections.abc import Iterable, Iterator
 from decimal import Decimal
 from typing import Any
 
+from mlvc.experiments.summary import json_number
 from mlvc_core.errors import FormatError, KeyNotFound
 from mlvc_core.repository import Repository
 
@@ -100,15 +100,11 @@ def metric_value(value: Any) -> float:
         raise TypeError(f"{type(value).__name__} {value!r} is not a number") from exc
 
 
-def _stored(value: float) -> float | str:
-    return value if math.isfinite(value) else str(value)
-
-
 def encode_segment(points: list[Point]) -> bytes:
     """The stored form of a segment."""
     doc = {
         "v": FORMAT,
-        "points": [[s, t, {k: _stored(v) for k, v in m.items()}] for s, t, m in points],
+        "points": [[s, t, {k: json_number(v) for k, v in m.items()}] for s, t, m in points],
     }
     return zlib.compress(json.dumps(doc, separators=(",", ":")).encode(), 6)
 

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from mlvc_core.errors import UsageError
+from mlvc_core.storage import is_local_url
 
 CONFIG_NAME = "mlvc.toml"
 DEFAULT_REPO_DIR = ".mlvc"
@@ -75,11 +76,7 @@ class Settings:
     @property
     def is_local(self) -> bool:
         """True if the repository is a local directory."""
-        return _is_local(self.repository_url)
-
-
-def _is_local(url: str) -> bool:
-    return "://" not in url or url.startswith("file://")
+        return is_local_url(self.repository_url)
 
 
 def _truthy(value: str | None) -> bool:
@@ -189,22 +186,22 @@ def load_settings(
         table = read_project_config(config_path).get("repository", {})
         options = dict(table.get("storage_options", {}))
         url = table.get("url") or None
-        if url is not None and _is_local(url):
+        if url is not None and is_local_url(url):
             url = _absolute_local(url, project_dir)
     if repository is not None:
         url = os.fspath(repository)
-        if _is_local(url):
+        if is_local_url(url):
             url = _absolute_local(url, here)
     elif url is None and os.environ.get(ENV_REPOSITORY):
         url = os.environ[ENV_REPOSITORY]
-        if _is_local(url):
+        if is_local_url(url):
             url = _absolute_local(url, here)
     if url is None:
         url = str(project_dir / DEFAULT_REPO_DIR)
         default = True
     options.update(storage_options or {})
     return Settings(
-        repository_url=url.rstrip("/") if not _is_local(url) else url,
+        repository_url=url.rstrip("/") if not is_local_url(url) else url,
         storage_options=_with_endpoint(url, options),
         project_dir=project_dir,
         cache_dir=default_cache_dir(),

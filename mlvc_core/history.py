@@ -60,7 +60,7 @@ class Advanced:
     """Bytes the session wrote into packs for them (after compression)."""
 
 
-def _pause(attempt: int) -> None:
+def retry_pause(attempt: int) -> None:
     """Sleep a jittered, doubling interval (at most about 1.5 s) before retrying a swap."""
     time.sleep(min(1.0, 0.02 * 2**attempt) * (0.5 + random.random()))
 
@@ -141,7 +141,7 @@ def advance(
                 cid = session.add_object(commit)
                 session.flush()
             current = now
-            _pause(attempt)
+            retry_pause(attempt)
     raise RefConflict(name, to_hex(parent) if parent is not None else None)
 
 

@@ -108,6 +108,17 @@ def _process_start(pid: int) -> float | None:
         return -1.0  # exists but cannot be inspected (another user's): assume it is the holder
 
 
+def pid_alive(pid: int) -> bool:
+    """True if a process ``pid`` runs on this host (another user's counts as running)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # exists, owned by someone else
+    return True
+
+
 _START: dict[int, float | None] = {}
 
 

@@ -436,10 +436,11 @@ class Repository(PackIndex):
         return set(self._commits)
 
     def resolve(self, rev: str | ObjectId) -> ObjectId:
-        """Turn a revision into a commit id.
+        """Turn a commit id or a full ref name into a commit id.
 
-        Accepts a raw id, a full or unique-prefix hex id, a ref name with its kind
-        (``tags/production``), or a short ref name searched in tags, branches, then experiments.
+        Accepts a raw id, a full or unique-prefix hex id, or a ref name with its kind
+        (``heads/main``, ``tags/production``). Short names (``main``), experiment ids and
+        selectors are the one grammar of :mod:`mlvc.experiments.revisions`, not core's.
 
         Raises:
             ObjectNotFound: Nothing by that name.
@@ -450,13 +451,6 @@ class Repository(PackIndex):
         rev = rev.strip()
         if "/" in rev and rev.split("/", 1)[0] in KINDS:
             return self.refs.require(rev).target
-        for kind in ("tags", "heads", "experiments"):
-            try:
-                ref = self.refs.get(f"{kind}/{rev}")
-            except ValueError:
-                break
-            if ref is not None:
-                return ref.target
         if is_hex_prefix(rev):
             if len(rev) == 64:
                 oid = from_hex(rev)

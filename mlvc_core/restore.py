@@ -40,6 +40,7 @@ from pathlib import Path
 
 from mlvc_core.errors import FileExistsConflict, IntegrityError, UsageError
 from mlvc_core.ids import ObjectId, to_hex
+from mlvc_core.lock import pid_alive
 from mlvc_core.objects import Manifest, TreeEntry
 from mlvc_core.plan import (
     Disk,
@@ -107,16 +108,6 @@ def _tmp_name() -> str:
 _TMP_NAME = re.compile(r"\.mlvc-([0-9]{1,10})-[0-9a-f]{12}\.tmp")
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:
-        return True  # another user's process
-    return True
-
-
 def sweep_temporary(dir_fd: int) -> None:
     """Remove the temporary files a killed checkout left in a directory it was writing.
 
@@ -128,7 +119,7 @@ def sweep_temporary(dir_fd: int) -> None:
         return
     for name in names:
         m = _TMP_NAME.fullmatch(name)
-        if m is not None and not _alive(int(m.group(1))):
+        if m is not None and not pid_alive(int(m.group(1))):
             with contextlib.suppress(OSError):
                 os.unlink(name, dir_fd=dir_fd)
 
@@ -356,7 +347,7 @@ def checkout(
 
     Args:
         repo: The repository.
-        rev: A commit id, a unique hex prefix of one, or a ref name.
+        rev: A commit id, a unique hex prefix of one, or a full ref name (``heads/main``).
         dest: Directory to write into (created if needed).
         paths: Only these files or directories of the snapshot.
         force: Replace whatever is in the way.

@@ -7,9 +7,9 @@ from typing import Annotated
 
 import typer
 
-from mlvc import commands
 from mlvc.cli import _output
 from mlvc.cli._options import ForceOpt, IdArg, JsonOpt, state
+from mlvc.experiments import checkout as checkouts
 from mlvc.experiments import revisions
 
 _LIST_AT_MOST = 20
@@ -57,12 +57,12 @@ def checkout(
     target = revisions.resolve(repo, id_)
     path = path or None  # no --path: the target's own files
     total = (
-        commands.checkout_size(repo, target, path, everything=all_)
+        checkouts.checkout_size(repo, target, path, everything=all_)
         if _output.shows_progress(st.quiet)
         else None
     )
     with _output.progress("checking out", total=total, quiet=st.quiet) as bar:
-        r = commands.checkout(
+        r = checkouts.checkout(
             repo, target, output, paths=path, force=force, everything=all_, progress=bar
         )
     for rel, why in r.skipped:

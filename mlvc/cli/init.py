@@ -73,7 +73,7 @@ def init(
     """Create a repository and write mlvc.toml naming it.
 
     If a repository already exists there, the project is connected to it. In a git project,
-    the repository (when it lies inside) and mlvc's staging directory are added to
+    the repository (when it lies inside) and mlvc's checkpoint copy directory are added to
     .gitignore. Credentials come from the environment (AWS_PROFILE, AWS_ENDPOINT_URL,
     GOOGLE_APPLICATION_CREDENTIALS).
 
@@ -102,7 +102,7 @@ def init(
 
 
 def _git_ignore(url: str, config_path: str) -> str | None:
-    """In a git project, keep the local repository and checkpoint staging out of git."""
+    """In a git project, keep the local repository and checkpoint copies out of git."""
     import os
     from pathlib import Path
 

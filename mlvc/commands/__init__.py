@@ -3,13 +3,13 @@
 Each takes an open :class:`~mlvc_core.repository.Repository` (or a URL), returns a dataclass
 with a ``to_dict()`` (the ``--json`` form: stable keys, full hex ids, ISO 8601 times), and
 never prints; progress is a callback parameter. Experiment listing and removal live in
-:mod:`mlvc.experiments`, and so does the one id grammar (:mod:`mlvc.experiments.revisions`)
+:mod:`mlvc.experiments`, and so do checkout (:mod:`mlvc.experiments.checkout`, shared with
+:meth:`mlvc.Checkpoint.checkout`) and the one id grammar (:mod:`mlvc.experiments.revisions`)
 that every verb resolves names with.
 
 * :mod:`~mlvc.commands._describe` - commit and file info;
 * :mod:`~mlvc.commands.history` - :func:`commit`, :func:`log`, tags;
 * :mod:`~mlvc.commands.inspect` - :func:`show`, :func:`diff`;
-* :mod:`~mlvc.commands.checkout` - :func:`checkout` (also behind :meth:`mlvc.Checkpoint.checkout`);
 * :mod:`~mlvc.commands.maintenance` - :func:`gc`, :func:`fsck`, :func:`stats`;
 * :mod:`~mlvc.commands.remote` - :func:`init`, :func:`push`, :func:`pull`, :func:`clone`.
 """
@@ -22,7 +22,6 @@ from mlvc.commands._describe import (
     describe_commit,
     list_files,
 )
-from mlvc.commands.checkout import CheckoutResult, checkout, checkout_size
 from mlvc.commands.history import (
     DEFAULT_BRANCH,
     CommitResult,
@@ -52,7 +51,6 @@ from mlvc.commands.remote import (
 __all__ = [
     "DEFAULT_BRANCH",
     "DEFAULT_REPO_DIR",
-    "CheckoutResult",
     "CommitInfo",
     "CommitResult",
     "DiffResult",
@@ -64,8 +62,6 @@ __all__ = [
     "TagInfo",
     "TransferResult",
     "ValueChange",
-    "checkout",
-    "checkout_size",
     "clone",
     "commit",
     "describe_commit",

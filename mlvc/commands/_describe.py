@@ -9,18 +9,10 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from mlvc.experiments.summary import iso
 from mlvc_core.ids import SHORT_LEN, ObjectId, to_hex
 from mlvc_core.repository import Repository
 from mlvc_core.trees import walk_tree
-
-
-def iso(epoch: float | None) -> str | None:
-    """Epoch seconds as ISO 8601 in UTC (the form ``--json`` uses for times)."""
-    if epoch is None:
-        return None
-    import datetime as _dt
-
-    return _dt.datetime.fromtimestamp(float(epoch), _dt.timezone.utc).isoformat()
 
 
 @dataclass(frozen=True)

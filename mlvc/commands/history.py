@@ -19,10 +19,10 @@ from typing import Any, Literal
 from mlvc.commands._describe import (
     CommitInfo,
     describe_commit,
-    iso,
     list_files,
 )
 from mlvc.experiments.revisions import oid_of, resolve
+from mlvc.experiments.summary import iso
 from mlvc_core.errors import FormatError, InvalidRefName, ObjectNotFound, RefNotFound, UsageError
 from mlvc_core.history import default_author, record_paths
 from mlvc_core.ids import ObjectId, to_hex

@@ -10,6 +10,8 @@ Modules:
 * :mod:`~mlvc.experiments.summary` - the summary record and the keys of an experiment;
 * :mod:`~mlvc.experiments.model` - :class:`Experiment`;
 * :mod:`~mlvc.experiments.checkpoints` - :class:`Checkpoint` and ``load``;
+* :mod:`~mlvc.experiments.checkout` - the one checkout (``mlvc checkout`` and
+  :meth:`Checkpoint.checkout`) and the marker of a directory it created;
 * :mod:`~mlvc.experiments.catalog` - reading refs through the catalog and the local cache;
 * :mod:`~mlvc.experiments.listing` - :func:`list` with filters and sorting;
 * :mod:`~mlvc.experiments.revisions` - the one id grammar, for every command and API;

@@ -185,7 +185,7 @@ class Checkpoint:
         """A read-only, seekable file object over one file of the checkpoint.
 
         Only the chunks actually read are fetched (and verified), so ``torch.load`` or
-        ``safetensors`` can read a large file without staging it on disk first.
+        ``safetensors`` can read a large file without writing it to disk first.
 
         Args:
             path: The file's path in the tree, e.g. ``"model.pth"``; a bare name is also looked
@@ -222,7 +222,7 @@ class Checkpoint:
         Raises:
             FileExistsConflict: A file exists and ``force`` is false (nothing was written).
         """
-        from mlvc.commands.checkout import checkout
+        from mlvc.experiments.checkout import checkout
         from mlvc.experiments.revisions import Kind, Target
 
         own_files = "paths" in self.commit.metadata

@@ -24,6 +24,7 @@ from mlvc.experiments.summary import (
     ExperimentSummary,
     as_datetime,
     as_float,
+    iso,
     json_number,
 )
 from mlvc_core.errors import UsageError
@@ -34,11 +35,6 @@ from mlvc_core.repository import Repository
 STALE_AFTER = 60.0
 """Seconds without a heartbeat after which a run that did not stop cleanly reads as crashed."""
 STATUSES = ("running", "stopped", "failed", "interrupted", "crashed", "removed")
-
-
-def _iso(ts: Any) -> str | None:
-    d = as_datetime(ts)
-    return d.isoformat() if d is not None else None
 
 
 class Experiment:
@@ -308,8 +304,8 @@ class Experiment:
             "short_id": self.short_id,
             "name": self.name,
             "status": self.status,
-            "created": _iso(s.created),
-            "ended": _iso(s.ended),
+            "created": iso(s.created),
+            "ended": iso(s.ended),
             "user": self.user,
             "host": self.host,
             "command": self.command,

@@ -75,6 +75,12 @@ def as_datetime(ts: Any) -> datetime | None:
     return datetime.fromtimestamp(f, tz=timezone.utc) if f is not None else None
 
 
+def iso(ts: Any) -> str | None:
+    """Epoch seconds (as stored) as ISO 8601 in UTC (the form ``--json`` uses), or None."""
+    d = as_datetime(ts)
+    return d.isoformat() if d is not None else None
+
+
 def primary_of(summary_or_meta: dict[str, Any]) -> tuple[str, str] | None:
     """``(name, goal)`` of the primary metric recorded in a summary or checkpoint metadata."""
     pm = summary_or_meta.get("primary_metric")

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import random
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import replace
@@ -34,7 +33,7 @@ from mlvc.tracking.environment import environment
 from mlvc.tracking.heartbeat import Heartbeat
 from mlvc.tracking.jobs import CheckpointChanged, Job
 from mlvc_core.errors import RefConflict
-from mlvc_core.history import CAS_ATTEMPTS, MakeFn, advance, default_author
+from mlvc_core.history import CAS_ATTEMPTS, MakeFn, advance, default_author, retry_pause
 from mlvc_core.ids import ObjectId, to_hex
 from mlvc_core.ingest import TreeBuilder
 from mlvc_core.objects import Commit, Tree, TreeEntry
@@ -55,10 +54,6 @@ __all__ = [
 ]
 
 INTERRUPTS = ("SIGTERM", "SIGINT", "KeyboardInterrupt")
-
-
-def _backoff(attempt: int) -> None:
-    time.sleep(min(1.0, 0.02 * 2**attempt) * (0.5 + random.random()))
 
 
 def on_parent(make: Callable[[ObjectId], Commit]) -> MakeFn:
@@ -100,7 +95,7 @@ def update_summary(
         try:
             return repo.refs.update_summary(ref, summary)
         except RefConflict:
-            _backoff(attempt)
+            retry_pause(attempt)
     raise RefConflict(name, None)
 
 

@@ -12,8 +12,8 @@ Always skipped, whatever the rules say: version-control and tool directories (``
 ``.mlvc``, ``__pycache__``...), virtual environments (any directory holding ``pyvenv.cfg`` or
 ``conda-meta``), mlvc repositories whatever their name (a directory whose ``config`` says
 ``"format": "mlvc"``), directories ``mlvc checkout`` created (they hold a
-:data:`CHECKOUT_MARKER` file), and the extra paths the caller names (the repository, caches,
-checkpoint copies).
+:data:`~mlvc.experiments.checkout.CHECKOUT_MARKER` file), and the extra paths the caller names
+(the repository, caches, checkpoint copies).
 
 :func:`ensure_git_ignores` adds mlvc's own directories to a git project's ``.gitignore``.
 
@@ -29,6 +29,8 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+
+from mlvc.experiments.checkout import CHECKOUT_MARKER
 
 ALWAYS_SKIP = frozenset(
     {
@@ -51,7 +53,6 @@ ALWAYS_SKIP = frozenset(
 """Names skipped at any depth."""
 
 RULE_FILES = (".gitignore", ".mlvcignore")
-CHECKOUT_MARKER = ".mlvc-checkout"
 """File ``mlvc checkout`` leaves in a directory it created: code snapshots skip that directory."""
 _REPO_CONFIG_MAX = 64 << 10
 
@@ -80,13 +81,11 @@ SECRET_RULES = (
 
 __all__ = [
     "ALWAYS_SKIP",
-    "CHECKOUT_MARKER",
     "SECRET_RULES",
     "IgnoreMatcher",
     "Rule",
     "ensure_git_ignores",
     "is_repository",
-    "mark_checkout",
     "parse_rules",
 ]
 
@@ -197,20 +196,6 @@ def is_repository(path: str | os.PathLike[str]) -> bool:
 
 def _is_mlvc_dir(path: Path) -> bool:
     return (path / CHECKOUT_MARKER).is_file() or is_repository(path)
-
-
-def mark_checkout(directory: str | os.PathLike[str], source: str) -> None:
-    """Mark ``directory`` as written by ``mlvc checkout`` (code snapshots then leave it out).
-
-    Args:
-        directory: A directory the checkout created.
-        source: What was checked out (a commit id), recorded for people reading the marker.
-    """
-    marker = Path(directory) / CHECKOUT_MARKER
-    marker.write_text(
-        "# Written by `mlvc checkout`: mlvc's code snapshots leave this directory out.\n"
-        f"# Delete this file to include it.\nsource = {source}\n"
-    )
 
 
 def _git_root(start: Path) -> Path | None:

@@ -22,6 +22,7 @@ from pathlib import Path
 from mlvc.errors import UsageError
 from mlvc.tracking.leases import COPY_DIR, CheckpointLeases, LeaseHelper
 from mlvc.tracking.options import Paths
+from mlvc_core.lock import pid_alive
 
 __all__ = [
     "FileProtector",
@@ -86,16 +87,6 @@ def disk_room(where: Path, size: int) -> bool:
     return usage.free - 2 * size > max(MIN_FREE_DISK * usage.total, 1e9)
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:
-        return True  # exists, owned by someone else
-    return True
-
-
 def sweep_copy_dirs(root: Path) -> None:
     """Remove copy directories left by dead processes of this host (killed mid-copy)."""
     try:
@@ -106,7 +97,7 @@ def sweep_copy_dirs(root: Path) -> None:
     for name in names:
         owner, _, rest = name.rpartition("-")
         owner_host, _, pid = owner.rpartition("-")
-        if owner_host == host and pid.isdigit() and rest and not _pid_alive(int(pid)):
+        if owner_host == host and pid.isdigit() and rest and not pid_alive(int(pid)):
             shutil.rmtree(root / name, ignore_errors=True)
 
 

@@ -60,6 +60,17 @@ class KeyInfo:
     compare size and mtime instead)."""
 
 
+def check_key(key: str) -> None:
+    """Refuse a key no store accepts: empty, absolute, or with an empty, ``.`` or ``..`` part.
+
+    Raises:
+        ValueError: ``key`` is malformed.
+    """
+    parts = key.split("/")
+    if not key or key.startswith("/") or any(p in ("", ".", "..") for p in parts):
+        raise ValueError(f"invalid store key {key!r}")
+
+
 def check_limit(key: str, size: int, limit: int | None) -> None:
     """Refuse a value of ``size`` bytes read with ``limit``.
 

@@ -41,7 +41,7 @@ import fsspec.core
 
 from mlvc_core.errors import KeyNotFound, MlvcError, PreconditionFailed, StorageError
 from mlvc_core.storage import gcs, generic, s3
-from mlvc_core.storage.base import KeyInfo, Store, Version, Writer, check_limit
+from mlvc_core.storage.base import KeyInfo, Store, Version, Writer, check_key, check_limit
 from mlvc_core.storage.fsspec_writers import BufferedFileWriter, SpoolWriter
 from mlvc_core.storage.timeouts import (
     bound_s3_retries,
@@ -55,12 +55,6 @@ __all__ = ["FsspecStore"]
 
 # Errors that are bugs in the caller or in mlvc, not failures of the backend.
 _PROGRAMMING_ERRORS = (TypeError, AttributeError, NameError, AssertionError, NotImplementedError)
-
-
-def _check_key(key: str) -> None:
-    parts = key.split("/")
-    if not key or key.startswith("/") or any(p in ("", ".", "..") for p in parts):
-        raise ValueError(f"invalid store key {key!r}")
 
 
 def _protocols(fs: Any) -> frozenset[str]:
@@ -130,7 +124,7 @@ class FsspecStore(Store):
     # -- helpers -------------------------------------------------------------------------------
 
     def _path(self, key: str) -> str:
-        _check_key(key)
+        check_key(key)
         return f"{self.root}/{key}" if self.root else key
 
     @contextlib.contextmanager

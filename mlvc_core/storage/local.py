@@ -21,16 +21,10 @@ from pathlib import Path
 from typing import BinaryIO
 
 from mlvc_core.errors import FormatError, KeyNotFound, PreconditionFailed, StorageError
-from mlvc_core.storage.base import KeyInfo, Store, Version, Writer, check_limit
+from mlvc_core.storage.base import KeyInfo, Store, Version, Writer, check_key, check_limit
 
 _TMP_SUFFIX = ".tmp-"
 _LOCK_DIR = ".cas-locks"
-
-
-def _check_key(key: str) -> None:
-    parts = key.split("/")
-    if not key or key.startswith("/") or any(p in ("", ".", "..") for p in parts):
-        raise ValueError(f"invalid store key {key!r}")
 
 
 class _FileWriter(Writer):
@@ -80,7 +74,7 @@ class LocalStore(Store):
         self.fsync = fsync
 
     def _path(self, key: str) -> Path:
-        _check_key(key)
+        check_key(key)
         return self.root / key
 
     def _open(self, key: str) -> tuple[int, int]:

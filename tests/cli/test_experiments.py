@@ -244,7 +244,7 @@ def _tree(d: Path) -> dict[str, bytes]:
 def test_python_api_and_cli_checkout_restore_the_same_files(
     cli: Cli, runs: dict[str, str], project: Path
 ) -> None:
-    from mlvc.tracking.ignore import CHECKOUT_MARKER
+    from mlvc.experiments.checkout import CHECKOUT_MARKER
 
     best = mlvc.experiments.get(runs["a"], repository=str(project / ".mlvc")).best()
     assert best is not None and best.step == 1

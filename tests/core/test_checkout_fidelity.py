@@ -487,7 +487,7 @@ done = Path(sys.argv[3])
 def progress(n):
     if not done.exists() and (Path(sys.argv[2]) / "a.bin").exists():
         done.write_text("first file in place")
-tree = repo.read_commit(repo.resolve("main")).tree
+tree = repo.read_commit(repo.resolve("heads/main")).tree
 restore_tree(repo, tree, Path(sys.argv[2]), progress=progress)
 """
 
@@ -518,7 +518,7 @@ def test_a_checkout_killed_midway_completes_when_run_again_without_force(
     assert child.wait() == -9  # killed, not finished
     # What was written is whole (renamed into place only once complete), so nothing in the
     # way differs from the snapshot: running it again needs no force and finishes the job.
-    restore_tree(repo, repo.read_commit(repo.resolve("main")).tree, out)
+    restore_tree(repo, repo.read_commit(repo.resolve("heads/main")).tree, out)
     for name in ("a.bin", "b.bin", "c.bin"):
         assert (out / name).read_bytes() == (src / name).read_bytes()
 

@@ -48,8 +48,8 @@ def _check_out_all(repo: Repository, tmp_path: Path, revs: list[str]) -> None:
 def test_version_1_repository_reads_and_checks_out(v1_repo: Path, tmp_path: Path) -> None:
     with Repository.open(v1_repo) as repo:
         assert check(repo).ok
-        assert repo.resolve("main").hex() == _expected()["main"]
-        _check_out_all(repo, tmp_path, ["main", "tags/v1"])
+        assert repo.resolve("heads/main").hex() == _expected()["main"]
+        _check_out_all(repo, tmp_path, ["heads/main", "tags/v1"])
 
 
 def test_version_1_repository_is_upgraded_by_its_first_write(
@@ -68,13 +68,13 @@ def test_version_1_repository_is_upgraded_by_its_first_write(
     fresh = Repository.open(v1_repo)
     # Old (version-1) index files and the new one are read side by side.
     assert check(fresh).ok
-    _check_out_all(fresh, tmp_path / "before-gc", ["main", "tags/v1"])
+    _check_out_all(fresh, tmp_path / "before-gc", ["heads/main", "tags/v1"])
     report = collect(fresh, dry_run=False)
     assert report.packs_deleted + report.packs_repacked >= 1  # the unreachable commit
     assert len(fresh.index_files()) == 1  # and the index consolidated into one file
     after = Repository.open(v1_repo)
     assert check(after).ok
-    _check_out_all(after, tmp_path / "after-gc", ["main", "tags/v1"])
+    _check_out_all(after, tmp_path / "after-gc", ["heads/main", "tags/v1"])
     checkout(after, cid, tmp_path / "new-out")
     assert (tmp_path / "new-out" / "new.txt").read_text() == "written by version 2\n"
     unreachable = _expected()["unreachable"]

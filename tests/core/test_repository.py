@@ -84,7 +84,7 @@ def test_commit_checkout_round_trip_on_every_store(store_factory, tmp_path: Path
     cid = commit_paths(repo, src, "first")
     # A second process opening the same store sees the commit.
     again = Repository.open(store_factory.reopen(repo.store))
-    assert again.resolve("main") == cid
+    assert again.resolve("heads/main") == cid
     out = tmp_path / "out"
     checkout(again, cid, out)
     assert read_all(out) == files
@@ -248,7 +248,7 @@ def test_branch_moves_by_compare_and_swap(tmp_path: Path) -> None:
     # A writer holding a stale view of the branch loses, with a conflict error.
     with pytest.raises(RefConflict):
         repo.refs.set("heads/main", c1, c1)
-    assert repo.resolve("main") == c2
+    assert repo.resolve("heads/main") == c2
     assert [c.message for _, c in repo.log(c2)] == ["two", "one"]
 
 
@@ -491,7 +491,7 @@ def test_push_sends_only_what_is_missing_and_moves_refs_forward(tmp_path: Path) 
     c2 = commit_paths(src, f, "v2")
     second = transfer(src, dst)
     assert 0 < second.bytes_sent < 0.15 * len(data)
-    assert Repository.open(tmp_path / "b").resolve("main") == c2
+    assert Repository.open(tmp_path / "b").resolve("heads/main") == c2
     assert check(Repository.open(tmp_path / "b")).ok
     # A diverged destination ref is not overwritten without force.
     dst2 = Repository.open(tmp_path / "b")

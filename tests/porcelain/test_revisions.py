@@ -170,6 +170,19 @@ def test_parse_gives_a_structured_value() -> None:
             revisions.parse(bad)
 
 
+def test_short_names_are_parsed_by_the_grammar_only(world: Repo, repo: Any) -> None:
+    """Core's ``Repository.resolve`` takes ids and full ref names; short names are the grammar's."""
+    ids = world.ids
+    assert repo.resolve("heads/main").hex() == ids["c2"]
+    assert repo.resolve("tags/prod").hex() == ids["A2"]
+    assert repo.resolve(ids["c1"][:9]).hex() == ids["c1"]
+    for short in ("main", "prod"):
+        with pytest.raises(ObjectNotFound):
+            repo.resolve(short)
+    assert revisions.resolve(repo, "main").commit_id.hex() == ids["c2"]
+    assert revisions.resolve(repo, "prod").commit_id.hex() == ids["A2"]
+
+
 @pytest.mark.parametrize("row", ROWS, ids=lambda r: r.form)
 def test_python_api(world: Repo, repo: Any, row: Row) -> None:
     form, want = world.fill(row.form), world.ids[row.commit]

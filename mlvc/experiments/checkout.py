@@ -4,6 +4,10 @@ The one checkout of :mod:`mlvc`: ``mlvc checkout`` and :meth:`mlvc.Checkpoint.ch
 come here. It chooses what to restore (a checkpoint's own files unless the whole snapshot is
 asked for), has :func:`mlvc_core.restore.restore_tree` write it (which finds every conflict
 before the first byte and never writes outside ``dest``), and says what it did.
+
+It also owns the checkout marker: a directory ``mlvc checkout`` creates holds a
+:data:`CHECKOUT_MARKER` file, which :mod:`mlvc.tracking.ignore` reads so that code snapshots
+leave such directories out.
 """
 
 from __future__ import annotations
@@ -14,11 +18,35 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mlvc.commands._describe import FileInfo, list_files
 from mlvc.experiments.revisions import Target, resolve
+from mlvc_core.ids import ObjectId
 from mlvc_core.repository import Repository
 from mlvc_core.restore import restore_tree
 from mlvc_core.session import ProgressFn
+from mlvc_core.trees import walk_tree
+
+CHECKOUT_MARKER = ".mlvc-checkout"
+"""The file that marks a directory ``mlvc checkout`` created (code snapshots leave it out)."""
+
+
+def mark_checkout(directory: str | os.PathLike[str], source: str) -> None:
+    """Mark ``directory`` as written by ``mlvc checkout`` (code snapshots then leave it out).
+
+    Args:
+        directory: A directory the checkout created.
+        source: What was checked out (a commit id), recorded for people reading the marker.
+    """
+    marker = Path(directory) / CHECKOUT_MARKER
+    marker.write_text(
+        "# Written by `mlvc checkout`: mlvc's code snapshots leave this directory out.\n"
+        f"# Delete this file to include it.\nsource = {source}\n"
+    )
+
+
+def _file_sizes(repo: Repository, commit_id: ObjectId) -> dict[str, int]:
+    """Every file (and symlink) of a commit's tree: relative path -> size in bytes."""
+    tree = repo.read_commit(commit_id).tree
+    return {rel: e.size for rel, e in walk_tree(repo, tree) if e.kind != "dir"}
 
 
 @dataclass(frozen=True)
@@ -64,10 +92,10 @@ def checkout_paths(
     return None
 
 
-def _selected(files: list[FileInfo], wanted: list[str] | None) -> list[FileInfo]:
+def _selected(sizes: dict[str, int], wanted: list[str] | None) -> list[str]:
     if wanted is None:
-        return files
-    return [f for f in files if any(f.path == w or f.path.startswith(w + "/") for w in wanted)]
+        return list(sizes)
+    return [p for p in sizes if any(p == w or p.startswith(w + "/") for w in wanted)]
 
 
 def checkout_size(
@@ -75,7 +103,8 @@ def checkout_size(
 ) -> int:
     """Bytes ``checkout`` would write (for a progress bar)."""
     wanted = checkout_paths(repo, target, paths, everything)
-    return sum(f.size for f in _selected(list_files(repo, target.commit_id), wanted))
+    sizes = _file_sizes(repo, target.commit_id)
+    return sum(sizes[p] for p in _selected(sizes, wanted))
 
 
 def checkout(
@@ -102,7 +131,7 @@ def checkout(
         force: Overwrite existing files.
         everything: Restore the whole snapshot of a checkpoint, code included.
         progress: Called with bytes written.
-        mark: Leave a :data:`mlvc.tracking.ignore.CHECKOUT_MARKER` file in a ``dest`` this checkout
+        mark: Leave a :data:`CHECKOUT_MARKER` file in a ``dest`` this checkout
             creates, so code snapshots leave it out (``mlvc checkout`` does; the Python API's
             :meth:`mlvc.Checkpoint.checkout` does not).
 
@@ -133,12 +162,9 @@ def checkout(
         on_skip=lambda p, why: skipped.append((p, why)),
     )
     if fresh and mark:  # a directory of mlvc's own: code snapshots leave it out
-        from mlvc.tracking.ignore import mark_checkout
-
         mark_checkout(dest, t.commit_id.hex())
-    files = list_files(repo, t.commit_id)
-    sizes = {f.path: f.size for f in files}
-    unchanged = len(_selected(files, wanted)) - len(written) - len(skipped)
+    sizes = _file_sizes(repo, t.commit_id)
+    unchanged = len(_selected(sizes, wanted)) - len(written) - len(skipped)
     return CheckoutResult(
         t, str(dest), written, sum(sizes.get(p, 0) for p in written), skipped, max(unchanged, 0)
     )
