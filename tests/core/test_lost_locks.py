@@ -244,3 +244,23 @@ def test_a_refreshed_lock_is_not_removed_as_stale(tmp_path: Path) -> None:
     writer.check(0)  # still held
     assert not store.exists(EXCLUSIVE)
     writer.release()
+
+
+def test_a_lock_within_its_lease_is_checked_without_a_request(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path)
+    held = ExclusiveLock.acquire(store, interval=3600, stale_after=2.0)
+    writes: list[str] = []
+    real = store.write_if
+
+    def counting(key: str, data: bytes, expected: Any) -> Any:
+        writes.append(key)
+        return real(key, data, expected)
+
+    store.write_if = counting  # type: ignore[method-assign]
+    held.check()
+    assert writes == []  # confirmed a moment ago: nothing to ask the store
+    time.sleep(1.1)  # past the lease (half the stale time) without a refresh: as if paused
+    held.check()
+    assert writes == [EXCLUSIVE]  # refreshed (conditionally) before going on
+    held.release()
+    assert not store.exists(EXCLUSIVE)
