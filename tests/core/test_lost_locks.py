@@ -73,10 +73,15 @@ def _rand(n: int, seed: int) -> bytes:
 
 
 @pytest.fixture(
-    params=["local", "s3_repo_url", pytest.param("seaweed_repo_url", marks=pytest.mark.slow)]
+    params=[
+        "local",
+        "s3_repo_url",
+        "gcs_repo_url",
+        pytest.param("seaweed_repo_url", marks=pytest.mark.slow),
+    ]
 )
 def location(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, dict[str, Any]]:
-    """A fresh repository location on local disk, moto and (slow) SeaweedFS."""
+    """A fresh repository location on local disk, moto, fake-gcs-server and (slow) SeaweedFS."""
     if request.param == "local":
         return str(tmp_path / "repo"), {}
     url, options = request.getfixturevalue(request.param)
