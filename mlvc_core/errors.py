@@ -137,6 +137,14 @@ class RepositoryLocked(RepositoryError):
         super().__init__(f"repository is locked by {holder}")
 
 
+class LockLost(RepositoryLocked):
+    """A lock this process held was taken over (it went unrefreshed too long): stop now."""
+
+    def __init__(self, what: str) -> None:
+        self.holder = what
+        MlvcError.__init__(self, what)
+
+
 class StorageError(MlvcError, OSError):
     """The storage backend failed (network, permissions, full disk...)."""
 

@@ -16,10 +16,13 @@
   generation record (``generation``) is advanced to name those files, and only then are the
   old index files and the dead packs deleted. A crash at any step leaves a repository whose
   index names only stored payloads; the next gc finishes the work.
-* Grace period: only when a writer may still be alive (a lock not refreshed for minutes on
-  another host, removed as stale, or in a dry run any writer's lock) are packs younger than the
-  grace period kept as they are: such a writer may still publish them. With no writer left,
-  everything no ref reaches is freed at once.
+* Lost lock: before every write that publishes and every delete, gc checks that it still
+  holds its lock (:meth:`~mlvc_core.lock.ExclusiveLock.check`); a gc paused past its lease
+  whose lock another process took over stops there with :class:`~mlvc_core.errors.LockLost`.
+* Grace period: only when a writer may still be alive (a lock not refreshed for minutes, its
+  holder paused or cut off, removed as stale, or in a dry run any writer's lock) are packs
+  younger than the grace period kept as they are: such a writer may still publish them. With
+  no writer left, everything no ref reaches is freed at once.
 
 The default is a dry run that only reports.
 """
@@ -31,10 +34,12 @@ from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
+from mlvc_core import lock as locks
 from mlvc_core.config import FORMAT_VERSION
 from mlvc_core.errors import FormatError
+from mlvc_core.holders import Holder
 from mlvc_core.ids import ObjectId
-from mlvc_core.lock import ExclusiveLock, Holder, active_writers
+from mlvc_core.lock import ExclusiveLock, active_writers
 from mlvc_core.packs import (
     GENERATION_KEY,
     PACK_PREFIX,
@@ -113,6 +118,8 @@ def collect(
 
     Raises:
         RepositoryLocked: Another gc runs or writers are active (only when not a dry run).
+        LockLost: gc was paused past its lock's lease and another process took the lock
+            over; it stopped before its next write or delete.
     """
     lock = None if dry_run else ExclusiveLock.acquire(repo.store)
     try:
@@ -126,10 +133,15 @@ def collect(
             progress,
             time.time() if now is None else now,
             writers,
+            _no_lock if lock is None else lock.check,
         )
     finally:
         if lock is not None:
             lock.release()
+
+
+def _no_lock(max_age: float | None = None) -> None:
+    """A dry run holds no lock: nothing to check."""
 
 
 @dataclass
@@ -148,9 +160,10 @@ def _collect(
     progress: Callable[[int], None] | None,
     now: float,
     writers: list[Holder],
+    check: Callable[..., None],
 ) -> GcReport:
     report = GcReport(dry_run=dry_run)
-    report.writers = [w.describe(now) for w in writers]
+    report.writers = [w.describe(now, locks.STALE_AFTER) for w in writers]
     protect = bool(writers)
     repo.reload_index()  # every index file as of now (no writer can add one meanwhile)
     if repo.bad_indexes:
@@ -228,10 +241,11 @@ def _collect(
     changed = bool(plan.repack or plan.delete_packs or plan.dead_entries)
     many_small = len(repo.small_index_files()) > 1
     if changed or many_small:
-        _rewrite(repo, plan, files, report)
+        _rewrite(repo, plan, files, report, check)
     else:
         report.index_files_after = report.index_files_before
     for key in plan.delete_temp:
+        check()
         repo.store.delete_temporary(key)
     return report
 
@@ -241,8 +255,14 @@ def _rewrite(
     plan: _Plan,
     files: dict[str, tuple[str, ...]],
     report: GcReport,
+    check: Callable[..., None],
 ) -> None:
-    """Repack, publish the new index and generation, then delete (in that order)."""
+    """Repack, publish the new index and generation, then delete (in that order).
+
+    ``check`` (the lock's) comes before every write that publishes and every delete; the
+    generation is written only right after a refresh of the lock has confirmed it.
+    """
+    check()
     entries = plan.keep + _repack(repo, plan.repack)
     new_ids: list[str] = []
     for start in range(0, max(len(entries), 1), INDEX_FILE_ENTRIES):
@@ -251,15 +271,19 @@ def _rewrite(
             break
         blob = encode_index_file(part)
         index_id = index_file_id(blob)
+        check()
         repo.store.write(index_file_key(index_id), blob)
         new_ids.append(index_id)
     generation = Generation(repo.read_generation().number + 1, tuple(new_ids))
+    check(0)
     repo.store.write(GENERATION_KEY, generation.encode(time.time()))
     # From here on every writer rebuilds its index from the files just named.
     for index_id in files:
         if index_id not in new_ids:
+            check()
             repo.store.delete(index_file_key(index_id))
     for pack_id in plan.delete_packs + [p for p, _ in plan.repack]:
+        check()
         repo.store.delete(pack_key(pack_id))
     repo.refresh()
     report.index_files_after = len(new_ids)

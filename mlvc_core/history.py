@@ -101,7 +101,7 @@ def advance(
             after ``attempts`` tries.
         RefNotFound: The ref was deleted while this was retrying.
         InvalidRefName: ``name`` is not a valid ref name.
-        RepositoryLocked: The session lost its lock to gc; nothing was published.
+        LockLost: The session lost its lock to gc; the ref was not moved.
     """
     refs = session.repo.refs
     parent = expected.target if expected is not None else None
@@ -110,6 +110,7 @@ def advance(
     session.flush()
     current = expected
     for attempt in range(max(1, attempts)):
+        session.check_lock()  # gc may have run if this process was paused past its lease
         try:
             if current is None:
                 summary = summarize({}, to_hex(cid)) if summarize is not None else {}

@@ -14,7 +14,7 @@ import contextlib
 import logging
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -315,13 +315,16 @@ class PackIndex:
             self._add_file(index_id, IndexFile(packs, part))
         return index_id
 
-    def merge_small_indexes(self, at: int = INDEX_MERGE_AT) -> int:
+    def merge_small_indexes(
+        self, at: int = INDEX_MERGE_AT, check: Callable[[], None] | None = None
+    ) -> int:
         """Merge small index files into one once ``at`` or more of them are loaded.
 
         Safe beside other writers and readers: the merged file is written before the small
         ones are deleted and names the same payloads, so nothing becomes less present (a
         reader that lists a small file just before it goes lists again). Call it only while
-        holding a shared lock, so gc cannot run meanwhile. Returns how many were merged.
+        holding a shared lock, so gc cannot run meanwhile, and pass its ``check``, called
+        right before the merged file is written. Returns how many were merged.
         """
         small = self.small_index_files()
         if len(small) < at:
@@ -331,6 +334,8 @@ class PackIndex:
         except KeyNotFound:
             return 0  # another writer is merging them: leave it to that one
         entries = [e for f in files.values() for e in f.entries]
+        if check is not None:
+            check()  # still under the lock? (gc may have replaced what was just read)
         merged = self.publish_index(entries)
         small = [i for i in files if i != merged]
         for i in small:

@@ -224,17 +224,21 @@ class RefStore:
             ) from None
         return Ref(ref.name, target, dict(summary), new_version)
 
-    def delete(self, name: str, expected: ObjectId | None = None) -> None:
-        """Remove the ref ``name`` (only if it still points at ``expected``, if given).
+    def delete(self, name: str, expected: ObjectId | Ref | None = None) -> None:
+        """Remove the ref ``name``, on condition of what the caller read (``expected``).
 
-        With ``expected`` the ref is read and removed by a conditional delete on the version
-        read (:meth:`Store.delete_if`), so a concurrent move is never lost silently. Without
-        it, the ref goes whatever it holds (also an unreadable one).
+        With a :class:`Ref` (as read by :meth:`get`), the ref goes only if nothing about it
+        changed since, summary included: one conditional delete on the version read
+        (:meth:`Store.delete_if`; a ref without a version, as listed, is read again and
+        compared whole first). With a commit id, it goes only if it still points there (read,
+        compared, deleted on condition of the version read). Either way a concurrent move is
+        never lost silently. Without ``expected``, the ref goes whatever it holds (use
+        :meth:`delete_unreadable` for one that could not be read).
 
         Raises:
             RefNotFound: It does not exist.
-            RefConflict: It points elsewhere than ``expected``, or moved meanwhile.
-            FormatError: ``expected`` was given and the ref is unreadable.
+            RefConflict: It changed since ``expected`` was read, or points elsewhere.
+            FormatError: ``expected`` was given and the ref is now unreadable.
         """
         validate_name(name)
         key = PREFIX + name
@@ -243,14 +247,56 @@ class RefStore:
                 raise RefNotFound(name)
             self.store.delete(key)
             return
-        current = self.require(name)
-        if current.target != expected or current.version is None:
-            raise RefConflict(name, to_hex(expected), to_hex(current.target))
+        want = expected.target if isinstance(expected, Ref) else expected
+        version = expected.version if isinstance(expected, Ref) else None
+        if version is None:
+            current = self.get(name)
+            if current is None:
+                if isinstance(expected, Ref):
+                    raise RefConflict(name, to_hex(want), None)
+                raise RefNotFound(name)
+            same = current == expected if isinstance(expected, Ref) else current.target == want
+            if not same or current.version is None:
+                raise RefConflict(name, to_hex(want), to_hex(current.target))
+            version = current.version
         try:
-            self.store.delete_if(key, current.version)
+            self.store.delete_if(key, version)
         except PreconditionFailed:
-            now = self.get(name)
-            raise RefConflict(name, to_hex(expected), to_hex(now.target) if now else None) from None
+            try:
+                now = self.get(name)
+            except FormatError:
+                now = None
+            raise RefConflict(name, to_hex(want), to_hex(now.target) if now else None) from None
+
+    def delete_unreadable(self, name: str) -> None:
+        """Remove the ref ``name`` only if it is (still) unreadable, as a caller found it.
+
+        Read, checked and deleted on condition of the version read: a ref rewritten readable
+        meanwhile stays.
+
+        Raises:
+            RefNotFound: It does not exist.
+            RefConflict: It is readable (now).
+        """
+        validate_name(name)
+        key = PREFIX + name
+        try:
+            data, version = self.store.read_versioned(key, MAX_REF_SIZE)
+        except KeyNotFound:
+            raise RefNotFound(name) from None
+        except FormatError:
+            self.store.delete(key)  # too large to read, so no version: it goes as it is
+            return
+        try:
+            ref = decode_ref(name, data)
+        except FormatError:
+            pass
+        else:
+            raise RefConflict(name, "an unreadable ref", to_hex(ref.target))
+        try:
+            self.store.delete_if(key, version)
+        except PreconditionFailed:
+            raise RefConflict(name, "an unreadable ref", "a new value") from None
 
     def list_keys(self, kind: str | None = None) -> Iterator[tuple[str, KeyInfo]]:
         """Names (and listing info: size, mtime) of refs, without reading them."""

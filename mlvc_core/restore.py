@@ -40,7 +40,6 @@ from pathlib import Path
 
 from mlvc_core.errors import FileExistsConflict, IntegrityError, UsageError
 from mlvc_core.ids import ObjectId, to_hex
-from mlvc_core.lock import pid_alive
 from mlvc_core.objects import Manifest, TreeEntry
 from mlvc_core.plan import (
     Disk,
@@ -50,6 +49,7 @@ from mlvc_core.plan import (
     name_refused_here,
     plan_checkout,
 )
+from mlvc_core.processes import pid_alive
 from mlvc_core.repository import Repository, default_workers
 from mlvc_core.session import ProgressFn
 

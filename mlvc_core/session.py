@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 from mlvc_core import codec
 from mlvc_core.config import FORMAT_VERSION
-from mlvc_core.errors import MlvcError, ObjectNotFound, RepositoryLocked
+from mlvc_core.errors import LockLost, MlvcError, ObjectNotFound
 from mlvc_core.ids import ObjectId, to_hex
 from mlvc_core.lock import SharedLock
 from mlvc_core.objects import CHUNK, COMMIT, Object, iter_tree_refs, object_id
@@ -159,7 +159,7 @@ class WriteSession:
         unprotected.
 
         Raises:
-            RepositoryLocked: This session's lock was removed as abandoned (it was not
+            LockLost: This session's lock was removed as abandoned (it was not
                 refreshed for minutes), so gc may have deleted what it reused; nothing
                 more is published.
         """
@@ -171,16 +171,34 @@ class WriteSession:
                     self._unindexed.extend(w.finish())
             self._data = self._meta = None
             if self._lock_handle is not None and self._unindexed:
-                self._lock_handle.refresh()  # still ours? (checked right before publishing)
-            if self._lock_handle is not None and self._lock_handle.lost:
-                raise RepositoryLocked(
-                    "gc, which removed this writer's lock as abandoned; nothing was "
-                    "published, retry"
-                )
+                self._check_lock(0)  # still ours? (confirmed right before publishing)
             if self._unindexed:
                 self.repo.publish_index(self._unindexed)
                 self._unindexed = []
                 self._pending.clear()
+
+    def check_lock(self) -> None:
+        """Make sure the session still holds its lock; call it right before moving a ref.
+
+        Costs no request while the lock's lease runs (see :mod:`mlvc_core.lock`).
+
+        Raises:
+            LockLost: The lock was taken over as abandoned (this process was paused for
+                minutes), so gc may have deleted what the session reused: publish nothing.
+        """
+        self._check_lock(None)
+
+    def _check_lock(self, max_age: float | None) -> None:
+        if self._lock_handle is None:
+            return
+        try:
+            self._lock_handle.check(max_age)
+        except LockLost:
+            raise LockLost(
+                "this writer's lock was removed as abandoned (it went unrefreshed for "
+                "minutes: the process was paused or cut off) and gc may have run since; "
+                "nothing more was published, retry"
+            ) from None
 
     def _spill(self, w: PackWriter) -> None:
         extra: PackWriter | None = None  # once ``w`` holds as many payloads as a pack may
@@ -198,10 +216,14 @@ class WriteSession:
 
     def finish(self) -> None:
         """Flush and end the session (merging small index files if many have accumulated)."""
-        self.flush()
+        try:
+            self.flush()
+        except BaseException:
+            self.abort()
+            raise
         if self._lock_handle is not None:
             try:
-                self.repo.merge_small_indexes()
+                self.repo.merge_small_indexes(check=self.check_lock)
             except MlvcError as exc:  # merging is housekeeping: never fail a commit for it
                 log.warning("mlvc: could not merge index files: %s", exc)
         self._release()

@@ -370,6 +370,30 @@ class RefStoreContract:
         refs.delete("tags/t")
         assert refs.get("tags/t") is None
 
+    def test_ref_delete_on_condition_of_the_ref_read(self, store: Store) -> None:
+        import pytest
+
+        refs = RefStore(store)
+        a = _oid("a")
+        read = refs.set("tags/t", a, None, {"type": "tag"})
+        edited = refs.update_summary(read, {"type": "tag", "note": "newer"})  # same target
+        with pytest.raises(RefConflict):
+            refs.delete("tags/t", read)  # changed since read, though not its target
+        assert refs.require("tags/t") == edited
+        listed = refs.scan("tags")[0][0]  # as listed: no version, compared whole instead
+        refs.delete("tags/t", listed)
+        assert refs.get("tags/t") is None
+        with pytest.raises(RefConflict):
+            refs.delete("tags/t", edited)  # gone meanwhile
+        store.write("refs/tags/bad", GARBAGE_REFS[1])
+        refs.set("tags/ok", a, None)
+        with pytest.raises(RefConflict):
+            refs.delete_unreadable("tags/ok")  # readable: not removed as if it were not
+        refs.delete_unreadable("tags/bad")
+        assert refs.get("tags/bad") is None and refs.get("tags/ok") is not None
+        with pytest.raises(RefNotFound):
+            refs.delete_unreadable("tags/bad")
+
     def test_ref_listing_by_kind_with_versions(self, store: Store) -> None:
         refs = RefStore(store)
         a, b, c = _oid("a"), _oid("b"), _oid("c")

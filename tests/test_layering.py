@@ -46,7 +46,5 @@ def test_architecture_page_names_every_module() -> None:
     words = set(re.findall(r"[A-Za-z_][A-Za-z_0-9]*", page))
     modules = [p.stem for p in (ROOT / "mlvc_core").glob("*.py") if p.stem != "__init__"]
     for package in ("experiments", "tracking", "commands"):
-        modules += [
-            p.stem for p in (ROOT / "mlvc" / package).glob("*.py") if p.stem != "__init__"
-        ]
+        modules += [p.stem for p in (ROOT / "mlvc" / package).glob("*.py") if p.stem != "__init__"]
     assert sorted(m for m in modules if m not in words) == []

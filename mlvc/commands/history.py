@@ -363,19 +363,21 @@ def tag_delete(repo: Repository, name: str) -> TagInfo | None:
     """Remove tag ``name`` (its history goes with it; ``gc`` may then free what only it kept).
 
     A tag that cannot be read (``mlvc fsck`` names it) is removed as well; None is returned
-    for it, as what it pointed at is unknown.
+    for it, as what it pointed at is unknown. The tag goes only as it was read: one moved
+    meanwhile (by another process) stays, and that is a conflict.
 
     Raises:
         RefNotFound: No such tag.
+        RefConflict: The tag changed between reading and removing it.
     """
     ref_name = validate_name(f"tags/{name}")
     try:
         ref = repo.refs.require(ref_name)
     except FormatError:
-        repo.refs.delete(ref_name)
+        repo.refs.delete_unreadable(ref_name)
         return None
     info = _tag_info(repo, ref, to_hex(ref.target))
-    repo.refs.delete(ref.name)
+    repo.refs.delete(ref.name, expected=ref)
     return info
 
 

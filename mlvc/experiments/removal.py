@@ -54,15 +54,25 @@ def remove(ids: str | Iterable[str], repository: RepositoryLike = None) -> list[
 
 
 def remove_experiment(repo: Repository, exp_id: str) -> None:
-    """Hide one experiment (full id): tombstone, then ref, heartbeat and metric series go."""
+    """Hide one experiment (full id): tombstone, then ref, heartbeat and metric series go.
+
+    The ref goes only as it was read: one that moved meanwhile (a live run recorded a
+    checkpoint) stays, with everything else, and that is a conflict (its tombstone, written
+    first, is ignored beside a live ref and replaced by the next removal).
+
+    Raises:
+        ObjectNotFound: No such experiment.
+        RefConflict: The experiment changed between reading and removing it.
+    """
     from mlvc.series import delete_series
 
     ref = repo.refs.get(ref_name(exp_id))
-    if ref is not None:
-        # A tombstone first (the ref as it was), so ``ls --all`` finds what ``gc`` has not
-        # collected yet without reading every commit; then the ref goes.
-        repo.store.write(tombstone_key(exp_id), encode_ref(ref.target, ref.summary))
-    repo.refs.delete(ref_name(exp_id))
+    if ref is None:
+        raise ObjectNotFound(exp_id, "experiment")
+    # A tombstone first (the ref as it was), so ``ls --all`` finds what ``gc`` has not
+    # collected yet without reading every commit; then the ref goes.
+    repo.store.write(tombstone_key(exp_id), encode_ref(ref.target, ref.summary))
+    repo.refs.delete(ref.name, expected=ref)
     repo.store.delete(heartbeat_key(exp_id))
     delete_series(repo, exp_id)
 

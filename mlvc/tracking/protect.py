@@ -22,7 +22,7 @@ from pathlib import Path
 from mlvc.errors import UsageError
 from mlvc.tracking.leases import COPY_DIR, CheckpointLeases, LeaseHelper
 from mlvc.tracking.options import Paths
-from mlvc_core.lock import pid_alive
+from mlvc_core.processes import pid_alive
 
 __all__ = [
     "FileProtector",

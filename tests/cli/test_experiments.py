@@ -266,3 +266,66 @@ def test_python_api_and_cli_checkout_restore_the_same_files(
     assert sorted(_tree(project / "api-all")) == ["model.bin", "train.py"]
     assert best.checkout(project / "api-none", paths=[]) == []  # nothing asked, nothing written
     assert best.checkout(project / "api-own") == []  # already there byte for byte
+
+
+def _move_before_delete(
+    monkeypatch: pytest.MonkeyPatch, project: Path, name: str, *mover: str
+) -> list[str]:
+    """Make a second ``mlvc`` process run ``mover`` right before ref ``name`` is deleted
+    (after the deleting command read it). Returns the names it moved, once each."""
+    import os
+    import subprocess
+    import sys
+
+    from mlvc_core.refs import RefStore
+
+    root = Path(__file__).resolve().parents[2]
+    real = RefStore.delete
+    moved: list[str] = []
+
+    def delete(self: RefStore, ref: str, *args: Any, **kwargs: Any) -> None:
+        if ref == name and not moved:
+            moved.append(ref)
+            subprocess.run(
+                [sys.executable, "-m", "mlvc", *mover],
+                cwd=project,
+                env={**os.environ, "PYTHONPATH": str(root)},
+                check=True,
+                capture_output=True,
+            )
+        real(self, ref, *args, **kwargs)
+
+    monkeypatch.setattr(RefStore, "delete", delete)
+    return moved
+
+
+def test_tag_delete_keeps_a_tag_moved_meanwhile(
+    cli: Cli, runs: dict[str, str], project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    a, b = runs["a"], runs["b"]
+    cli("tag", "production", f"{a[:8]}@best")
+    moved = _move_before_delete(
+        monkeypatch, project, "tags/production", "tag", "production", f"{b[:8]}@best"
+    )
+    err = cli("tag", "-d", "production", code=12).stderr
+    assert moved and "production" in err and "changed concurrently" in err
+    assert len(err.strip().splitlines()) == 1
+    shown = cli.json("show", "production")  # the newer target stays
+    assert shown["params"]["lr"] == 0.1
+    cli("tag", "-d", "production")  # unchanged since read: removed
+    cli("show", "production", code=4)
+
+
+def test_rm_keeps_an_experiment_changed_meanwhile(
+    cli: Cli, runs: dict[str, str], project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    a = runs["a"]
+    latest = cli.json("show", f"{a[:8]}@latest")["commit"]["id"]
+    # Its summary changes (a checkpoint hidden by another process), its target does not.
+    moved = _move_before_delete(monkeypatch, project, f"experiments/{a}", "rm", latest[:12])
+    err = cli("rm", a[:8], code=12).stderr
+    assert moved and "changed concurrently" in err and len(err.strip().splitlines()) == 1
+    entry = next(e for e in cli.json("ls") if e["id"] == a)  # still there, as changed
+    assert entry["checkpoints"] == 2
+    cli("rm", a[:8])
+    assert a not in {e["id"] for e in cli.json("ls")}

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from mlvc_core.errors import RepositoryLocked
-from mlvc_core.lock import EXCLUSIVE, ExclusiveLock, Holder, SharedLock, read_holder
+from mlvc_core.holders import Holder
+from mlvc_core.lock import EXCLUSIVE, ExclusiveLock, SharedLock, read_holder
 from mlvc_core.manifests import ingest_bytes
 from mlvc_core.repository import Repository
 from mlvc_core.session import WriteSession
@@ -146,7 +147,7 @@ def test_a_writer_waiting_for_gc_goes_before_the_next_gc(tmp_path: Path) -> None
 def test_process_start_from_proc_is_what_psutil_says() -> None:
     import psutil
 
-    from mlvc_core.lock import _linux_process_start
+    from mlvc_core.holders import _linux_process_start
 
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
     try:

@@ -435,7 +435,7 @@ def test_gc_dry_run_by_default_then_frees_only_unreachable(tmp_path: Path) -> No
 def test_gc_grace_period_protects_fresh_packs_only_of_a_writer_that_may_be_alive(
     tmp_path: Path,
 ) -> None:
-    from mlvc_core.lock import Holder
+    from mlvc_core.holders import Holder
 
     repo = Repository.init(tmp_path / "r", SMALL)
     (tmp_path / "f").write_bytes(rand(100_000))
