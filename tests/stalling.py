@@ -2,6 +2,12 @@
 
 * :class:`FrozenServer`: accepts every connection and never sends a byte back, as a hung
   server or a stalled load balancer does.
+* :class:`StallingServer`: accepts every connection, reads a request's headers and the first
+  bytes of its body, then stops reading (never answers, never closes): the client's send
+  buffers fill and an upload stalls, as behind a server or proxy that stopped draining it.
+* :class:`TricklingServer`: takes each request's body slowly but steadily (its last
+  ``fast_tail`` bytes at once), then answers ``200 OK`` (with an ETag, enough for an S3 PUT),
+  as a slow link does.
 * :class:`FreezableProxy`: forwards to a real server (moto) until :meth:`FreezableProxy.freeze`;
   from then on it answers nothing, on new connections and on the ones already open (a client's
   pooled keep-alive connection included); after :meth:`FreezableProxy.thaw` new connections
@@ -14,6 +20,7 @@ import contextlib
 import select
 import socket
 import threading
+import time
 from types import TracebackType
 from urllib.parse import urlsplit
 
@@ -57,6 +64,171 @@ class FrozenServer:
                 conn.close()
 
     def __enter__(self) -> FrozenServer:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class StallingServer:
+    """A TCP server on 127.0.0.1 that takes a request's headers and ``body_bytes``, then stalls.
+
+    Its sockets have a small receive buffer, so a client's upload stalls after a few hundred
+    KiB beyond what it read (plus the client's own send buffer), not after megabytes.
+    """
+
+    def __init__(self, body_bytes: int = 64 * 1024) -> None:
+        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        # Set before listen(): accepted sockets inherit it, and the window is small from the start.
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+        self._sock.bind((LOOPBACK, 0))
+        self._sock.listen()
+        self.port = int(self._sock.getsockname()[1])
+        self.url = f"http://{LOOPBACK}:{self.port}"
+        self._body_bytes = body_bytes
+        self._held: list[socket.socket] = []
+        self.headers: list[bytes] = []
+        """The head (request line and headers) of each request received."""
+        self.body_received: list[int] = []
+        """Bytes of body read from each connection before it stalled."""
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._accept, daemon=True)]
+        self._threads[0].start()
+
+    def _accept(self) -> None:
+        self._sock.settimeout(0.1)
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._sock.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            self._held.append(conn)
+            t = threading.Thread(target=self._take_some, args=(conn,), daemon=True)
+            self._threads.append(t)
+            t.start()
+
+    def _take_some(self, conn: socket.socket) -> None:
+        """Read the head and up to ``body_bytes`` of body, then nothing more (never close)."""
+        data = b""
+        conn.settimeout(0.1)
+        while not self._stop.is_set():
+            head, sep, rest = data.partition(b"\r\n\r\n")
+            if sep and len(rest) >= self._body_bytes:
+                break
+            try:
+                more = conn.recv(1 << 14)
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            if not more:
+                return
+            data += more
+        head, sep, rest = data.partition(b"\r\n\r\n")
+        self.headers.append(head)
+        self.body_received.append(len(rest))
+
+    @property
+    def connections(self) -> int:
+        """How many connections were accepted so far."""
+        return len(self._held)
+
+    def close(self) -> None:
+        """Stop accepting and drop every held connection."""
+        self._stop.set()
+        for conn in [self._sock, *self._held]:
+            with contextlib.suppress(OSError):
+                conn.close()
+        for t in self._threads:
+            t.join(5)
+
+    def __enter__(self) -> StallingServer:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class TricklingServer:
+    """A TCP server on 127.0.0.1 that reads each request body at ``rate`` bytes/s, then answers.
+
+    The last ``fast_tail`` bytes are read at once: what the client's kernel buffers held when
+    its last write returned, so that the wait for the answer measures the server, not the link.
+    """
+
+    def __init__(self, rate: int, fast_tail: int = 5 << 20) -> None:
+        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+        self._sock.bind((LOOPBACK, 0))
+        self._sock.listen()
+        self.url = f"http://{LOOPBACK}:{int(self._sock.getsockname()[1])}"
+        self._rate = rate
+        self._fast_tail = fast_tail
+        self.received: list[int] = []
+        """Body bytes of each request answered."""
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._accept, daemon=True)]
+        self._threads[0].start()
+
+    def _accept(self) -> None:
+        self._sock.settimeout(0.1)
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._sock.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            t = threading.Thread(target=self._serve, args=(conn,), daemon=True)
+            self._threads.append(t)
+            t.start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        with conn:
+            data = b""
+            while b"\r\n\r\n" not in data:
+                more = conn.recv(1 << 14)
+                if not more:
+                    return
+                data += more
+            head, _, body = data.partition(b"\r\n\r\n")
+            length = 0
+            for line in head.split(b"\r\n")[1:]:
+                name, _, value = line.partition(b":")
+                if name.strip().lower() == b"content-length":
+                    length = int(value)
+            got, start = len(body), time.monotonic()
+            while got < length and not self._stop.is_set():
+                if length - got > self._fast_tail:  # paced: never ahead of the rate
+                    self._stop.wait(max(0.0, start + got / self._rate - time.monotonic()))
+                more = conn.recv(min(1 << 16, length - got))
+                if not more:
+                    return
+                got += len(more)
+            self.received.append(got)
+            conn.sendall(b'HTTP/1.1 200 OK\r\nETag: "0"\r\nContent-Length: 0\r\n\r\n')
+
+    def close(self) -> None:
+        """Stop serving."""
+        self._stop.set()
+        with contextlib.suppress(OSError):
+            self._sock.close()
+        for t in self._threads:
+            t.join(5)
+
+    def __enter__(self) -> TricklingServer:
         return self
 
     def __exit__(
