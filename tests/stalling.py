@@ -11,7 +11,10 @@
 * :class:`FreezableProxy`: forwards to a real server (moto) until :meth:`FreezableProxy.freeze`;
   from then on it answers nothing, on new connections and on the ones already open (a client's
   pooled keep-alive connection included); after :meth:`FreezableProxy.thaw` new connections
-  work again, the frozen ones never answer.
+  work again, the frozen ones never answer. After :meth:`FreezableProxy.stall_uploads` it
+  forwards small requests but stops reading any connection that sends more than a limit (an
+  upload): it stays open and silent, as behind a server that stopped draining uploads, until
+  :meth:`FreezableProxy.thaw` closes it.
 """
 
 from __future__ import annotations
@@ -245,16 +248,21 @@ class FreezableProxy:
 
     Frozen, it answers nothing: every connection open at :meth:`freeze` or accepted while
     frozen stays open and silent for good, as with a hung server behind a load balancer.
-    After :meth:`thaw` new connections are forwarded again.
+    After :meth:`thaw` new connections are forwarded again. Its client sockets have a small
+    receive buffer, so an upload it stops reading stalls the client within a few hundred KiB.
     """
 
     def __init__(self, target: str) -> None:
         parts = urlsplit(target)
         self._target = (parts.hostname or LOOPBACK, int(parts.port or 80))
-        self._sock = socket.create_server((LOOPBACK, 0))
+        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+        self._sock.bind((LOOPBACK, 0))
+        self._sock.listen()
         self.port = int(self._sock.getsockname()[1])
         self.url = f"http://{LOOPBACK}:{self.port}"
         self._frozen = False
+        self._stall_limit: int | None = None
         self._era = 0  # connections of an era before the latest freeze are dead
         self._stop = threading.Event()
         self._open: list[socket.socket] = []
@@ -266,9 +274,17 @@ class FreezableProxy:
         self._frozen = True
         self._era += 1
 
+    def stall_uploads(self, limit: int = 1 << 20) -> None:
+        """From now on stop reading any connection once it sent ``limit`` more bytes.
+
+        Small requests still pass; an upload stalls part way, its connection open and silent.
+        """
+        self._stall_limit = limit
+
     def thaw(self) -> None:
-        """Forward new connections again (the frozen ones stay silent)."""
+        """Forward new connections again (frozen ones stay silent, stalled ones are closed)."""
         self._frozen = False
+        self._stall_limit = None
         self._era += 1
 
     def _accept(self) -> None:
@@ -295,21 +311,30 @@ class FreezableProxy:
             return
         self._open.append(upstream)
         ends = {client: upstream, upstream: client}
+        sent = 0  # by the client since uploads stall
+        stalled = False
         try:
             while not self._stop.is_set():
-                if self._era != era:  # frozen since: silent for good
-                    self._stop.wait(0.1)
+                limit = self._stall_limit
+                if stalled and self._era != era:
+                    return  # thawed: drop it (moto serves nothing while a body is pending)
+                stalled = stalled or (limit is not None and sent > limit)
+                if self._era != era or stalled:
+                    self._stop.wait(0.1)  # frozen or stalled since: silent for good
                     continue
+                if limit is None:
+                    sent = 0
                 ready, _, _ = select.select(list(ends), [], [], 0.1)
                 for src in ready:
                     data = src.recv(1 << 16)
                     if not data:
                         return
                     ends[src].sendall(data)
+                    sent += len(data) if src is client else 0
         except OSError:
             return
         finally:
-            if self._era == era or self._stop.is_set():
+            if self._era == era or self._stop.is_set() or stalled:
                 for s in (client, upstream):
                     with contextlib.suppress(OSError):
                         s.close()
