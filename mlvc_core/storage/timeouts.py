@@ -16,19 +16,30 @@ storage options override key by key:
   aiohttp then waits for the server's ``100 Continue`` before sending the body and before
   arming any timeout, so a frozen server would hold every write forever. (The body is sent
   at once instead; a refused upload costs its bytes, at most a pack part.)
+  The body itself is sent under a deadline: every 64 KiB of it must be taken by the socket
+  within ``read_timeout`` (:mod:`.send_deadline`), so a server that accepts an upload and
+  stops reading it fails the request like one that stops answering, while a long upload that
+  keeps moving is never cut short (no limit is set on a whole request). Both are installed
+  by one botocore ``before-send`` handler (:func:`send_s3_bodies_at_once`).
 * GCS: gcsfs sends its requests with ``requests_timeout``, which is None by default: no
   timeout at all. The default here is ``aiohttp.ClientTimeout(sock_connect=CONNECT_TIMEOUT,
   sock_read=READ_TIMEOUT)`` (no limit on a whole transfer, only on waiting for the server).
   gcsfs retries a timed-out request 6 times with backoff (about 31 s in all), so a frozen
   server fails a request after about two minutes. A number given as ``requests_timeout`` is
-  aiohttp's limit on the whole request.
+  aiohttp's limit on the whole request. Request bodies are sent under the same deadline as
+  on S3, ``sock_read`` seconds per 64 KiB (none with a number, which bounds the whole
+  request anyway): gcsfs's ``session_kwargs`` get ``request_class``
+  :class:`~mlvc_core.storage.send_deadline.DeadlineRequest` and the timeout as the session's
+  default, which names the deadline (the caller's own ``session_kwargs`` are kept).
 
-This module imports no backend library at import time (aiohttp only when a GCS store opens).
+This module imports no backend library at import time (aiohttp only when a GCS store opens
+or an S3 request with a body is sent).
 """
 
 from __future__ import annotations
 
 import copy
+import functools
 import logging
 from typing import Any
 
@@ -81,15 +92,23 @@ def with_timeouts(protocol: str, options: dict[str, Any]) -> dict[str, Any]:
             raise TypeError(f"storage option config_kwargs must be a table, not {config!r}")
         # botocore normalises the retries table in place: hand it copies.
         return {**options, "config_kwargs": copy.deepcopy({**_S3_CONFIG, **config})}
-    if protocol in GCS_PROTOCOLS and options.get("requests_timeout") is None:
+    if protocol in GCS_PROTOCOLS:
         import aiohttp  # gcsfs's HTTP client, there whenever gcsfs is
+
+        from mlvc_core.storage.send_deadline import DeadlineRequest
 
         # gcsfs logs each failed request with its traceback; where the program configured no
         # logging, Python would print them to stderr: mlvc reports the failure itself.
         logging.getLogger("gcsfs").addHandler(_QUIET)
 
-        timeout = aiohttp.ClientTimeout(sock_connect=CONNECT_TIMEOUT, sock_read=READ_TIMEOUT)
-        return {**options, "requests_timeout": timeout}
+        timeout = options.get("requests_timeout")
+        if timeout is None:
+            timeout = aiohttp.ClientTimeout(sock_connect=CONNECT_TIMEOUT, sock_read=READ_TIMEOUT)
+        # The session's default timeout names the send deadline of each request's body.
+        send = timeout if isinstance(timeout, aiohttp.ClientTimeout) else aiohttp.ClientTimeout()
+        session = {"request_class": DeadlineRequest, "timeout": send}
+        session.update(options.get("session_kwargs") or {})
+        return {**options, "requests_timeout": timeout, "session_kwargs": session}
     return options
 
 
@@ -98,15 +117,26 @@ def bound_s3_retries(fs: Any) -> None:
     fs.retries = min(int(getattr(fs, "retries", S3_CALL_ATTEMPTS)), S3_CALL_ATTEMPTS)
 
 
-def _drop_expect(request: Any, **_: Any) -> None:
-    """A botocore ``before-send`` handler: send the body at once (see the module docstring)."""
+def _prepare_send(request: Any, read_timeout: float | None = None, **_: Any) -> None:
+    """A botocore ``before-send`` handler: send the body at once, under a send deadline.
+
+    See the module docstring; the deadline is the request's read timeout (botocore's own
+    per-request override, else the client's).
+    """
     if "Expect" in request.headers:
         del request.headers["Expect"]  # not a signed header: the signature stays valid
+    if request.body is None:
+        return
+    from mlvc_core.storage.send_deadline import with_send_deadline
+
+    context = getattr(request, "context", None) or {}
+    request.body = with_send_deadline(request.body, context.get("read_timeout") or read_timeout)
 
 
 def send_s3_bodies_at_once(client: Any) -> None:
-    """Make a botocore S3 client send no ``Expect: 100-continue`` (idempotent per client)."""
-    client.meta.events.register("before-send.s3", _drop_expect, unique_id=_NO_EXPECT)
+    """Make a botocore S3 client send bodies at once and under a deadline (idempotent)."""
+    handler = functools.partial(_prepare_send, read_timeout=client.meta.config.read_timeout)
+    client.meta.events.register("before-send.s3", handler, unique_id=_NO_EXPECT)
 
 
 def describe(exc: BaseException) -> str:

@@ -15,7 +15,7 @@ from mlvc_core.errors import StorageError
 from mlvc_core.storage import timeouts
 from mlvc_core.storage.fsspec_store import FsspecStore
 from tests.servers import MOTO_KEY, MOTO_SECRET
-from tests.stalling import FrozenServer
+from tests.stalling import FrozenServer, StallingServer, TricklingServer
 
 
 @pytest.fixture
@@ -73,6 +73,35 @@ def test_s3_frozen_server_fails_each_call_after_bounded_attempts(frozen: FrozenS
         assert frozen.connections - before <= 4
 
 
+def test_s3_upload_the_server_stops_reading_fails_after_bounded_attempts() -> None:
+    # The server takes the headers and 64 KiB, then reads nothing more and never answers: the
+    # body fills the send buffers and the upload once waited for ever (no timeout covered
+    # sending). Now each piece of the body must be taken within read_timeout.
+    body = bytes(range(256)) * (64 * 1024)  # 16 MiB, more than the socket buffers hold
+    with StallingServer() as server:
+        store = _s3(server.url, read_timeout=0.5, connect_timeout=0.5)
+        start = time.monotonic()
+        with pytest.raises(StorageError, match="(?i)timeout"):
+            store.write("packs/big", body)
+        took = time.monotonic() - start
+        assert took < 10, f"the stalled upload took {took:.1f} s to fail"
+        assert 1 <= server.connections <= 4  # 2 s3fs attempts x 2 botocore attempts
+        assert all(b"PUT /bucket/repo/packs/big" in head for head in server.headers)
+        assert all(n < len(body) // 2 for n in server.body_received)
+
+
+def test_s3_slow_upload_that_keeps_moving_is_not_cut_short() -> None:
+    # 15 MiB of the body at 6 MiB/s: 2.5 s, 2.5 read timeouts; it moves all the time, so it
+    # succeeds (a limit on the whole request would have cut it).
+    body = b"m" * (20 << 20)
+    with TricklingServer(rate=6 << 20, fast_tail=5 << 20) as server:
+        store = _s3(server.url, read_timeout=1.0, connect_timeout=0.5)
+        start = time.monotonic()
+        store.write("packs/slow", body)
+        assert time.monotonic() - start > 2
+        assert server.received == [len(body)]
+
+
 def test_s3_reopened_store_keeps_the_callers_timeouts(frozen: FrozenServer) -> None:
     import pickle
 
@@ -109,6 +138,35 @@ def test_gcs_request_to_a_frozen_server_times_out(frozen: FrozenServer) -> None:
         fsspec.asyn.sync(fs.loop, one_attempt, fs, "GET", fs.url("bucket/repo/config"))
     assert time.monotonic() - start < 5
     assert frozen.connections == 1
+
+
+def test_gcs_upload_the_server_stops_reading_times_out() -> None:
+    import aiohttp
+    import fsspec.asyn
+    import gcsfs
+
+    from mlvc_core.storage.send_deadline import DeadlineRequest
+
+    body = b"g" * (16 << 20)
+    with StallingServer() as server:
+        store = _gcs(server.url, requests_timeout=aiohttp.ClientTimeout(sock_read=0.5))
+        fs = store.fs
+        assert fs.session_kwargs["request_class"] is DeadlineRequest
+        one_attempt = gcsfs.GCSFileSystem._request.__wrapped__  # as above: no retry loop
+        url = f"{fs._location}/upload/storage/v1/b/bucket/o"
+        start = time.monotonic()
+        with pytest.raises(TimeoutError):
+            fsspec.asyn.sync(
+                fs.loop, one_attempt, fs, "POST", url, uploadType="media", name="x", data=body
+            )
+        assert time.monotonic() - start < 5
+        assert server.connections == 1 and server.body_received[0] < len(body) // 2
+
+
+def test_gcs_callers_session_options_are_kept(frozen: FrozenServer) -> None:
+    fs = _gcs(frozen.url, session_kwargs={"trust_env": True}).fs
+    assert fs.session_kwargs["trust_env"] is True
+    assert fs.session_kwargs["timeout"].sock_read == timeouts.READ_TIMEOUT
 
 
 def test_a_bare_timeout_is_described_in_words() -> None:
