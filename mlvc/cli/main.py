@@ -66,6 +66,9 @@ def _plain(exc: BaseException) -> str:
 def _unknown_id(exc: BaseException) -> str:
     if isinstance(exc, core_errors.ObjectNotFound):
         what = "id" if exc.what in ("object", "revision", "commit") else f"{exc.what} id"
+        what = "file" if exc.what == "file" else what
+        if exc.detail:
+            return f"unknown {what}: {exc.oid!r} ({exc.detail})"
         return f"unknown {what}: {exc.oid!r}\nhint: `mlvc ls` lists experiments, `mlvc log` commits"
     if isinstance(exc, core_errors.RefNotFound):
         kind, _, name = exc.name.partition("/")

@@ -256,18 +256,16 @@ def _select(rev: Revision, exp: Experiment) -> Target:
     if rev.selector == "best":
         chosen = exp.best()
         if chosen is None:
-            raise ObjectNotFound(f"{rev.text} (the experiment has no primary metric)", "checkpoint")
+            raise ObjectNotFound(rev.text, "checkpoint", "the experiment has no primary metric")
     elif rev.selector == "latest":
         chosen = exp.latest()
         if chosen is None:
-            raise ObjectNotFound(
-                f"{rev.text} (the experiment has no checkpoints yet)", "checkpoint"
-            )
+            raise ObjectNotFound(rev.text, "checkpoint", "the experiment has no checkpoints yet")
     else:
         matches = [c for c in exp.checkpoints if c.step == rev.step]
         if not matches:
             steps = ", ".join(str(c.step) for c in exp.checkpoints) or "none"
-            raise ObjectNotFound(f"{rev.text} (steps of this experiment: {steps})", "checkpoint")
+            raise ObjectNotFound(rev.text, "checkpoint", f"steps of this experiment: {steps}")
         chosen = matches[-1]
     return Target(rev.text, "checkpoint", chosen.oid, exp.id, f"@{rev.selector}")
 
@@ -283,9 +281,10 @@ def _tag_version(repo: Repository, rev: Revision, target: Target) -> Target:
         return replace(target, spec=rev.text)
     if version > len(history):
         raise ObjectNotFound(
-            f"{rev.text} ({tag.short_name} has named {len(history) + 1} commit(s): "
-            f"@{{0}} to @{{{len(history)}}})",
+            rev.text,
             "tag target",
+            f"{tag.short_name} has named {len(history) + 1} commit(s): "
+            f"@{{0}} to @{{{len(history)}}}",
         )
     oid = oid_of(history[version - 1].get("target"))
     return _target_of_commit(repo, rev.text, oid, f"{tag.name}@{{{version}}}", tag.name)
@@ -296,8 +295,9 @@ def _ancestor(repo: Repository, rev: Revision, target: Target) -> Target:
     chain = [oid for oid, _ in repo.log(target.commit_id, limit=rev.back + 1)]
     if len(chain) <= rev.back:
         raise ObjectNotFound(
-            f"{rev.text} (only {len(chain) - 1} commit(s) before {rev.text.split('~', 1)[0]})",
+            rev.text,
             "ancestor",
+            f"only {len(chain) - 1} commit(s) before {rev.text.split('~', 1)[0]}",
         )
     return _target_of_commit(repo, rev.text, chain[-1], f"~{rev.back}", target.ref)
 
@@ -340,10 +340,10 @@ def checkpoint_of(repo: Repository, spec: str, any_commit: bool = False) -> Chec
         exp = target.experiment
         chosen = exp.best_or_latest() if exp is not None else None
         if chosen is None:
-            raise ObjectNotFound(f"{spec} (the experiment has no checkpoints yet)", "checkpoint")
+            raise ObjectNotFound(spec, "checkpoint", "the experiment has no checkpoints yet")
         return chosen
     if target.kind == "commit" and not any_commit:
-        raise ObjectNotFound(spec, "checkpoint")
+        raise ObjectNotFound(spec, "checkpoint", "it names a commit, not a checkpoint")
     return Checkpoint(repo, target.commit_id, repo.read_commit(target.commit_id))
 
 
