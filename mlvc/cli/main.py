@@ -86,7 +86,10 @@ def _ambiguous(exc: BaseException) -> str:
     assert isinstance(exc, core_errors.AmbiguousId)
     lines = [f"ambiguous id {exc.prefix!r}: it matches {len(exc.candidates)} ids:"]
     lines += [f"  {c}" for c in exc.candidates]
-    lines.append("hint: give more hex digits")
+    if all("/" in c for c in exc.candidates):
+        lines.append("hint: write the one you mean in full (tags/NAME or heads/NAME)")
+    else:
+        lines.append("hint: give more hex digits")
     return "\n".join(lines)
 
 

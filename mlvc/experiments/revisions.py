@@ -33,7 +33,7 @@ from typing import Any, Literal
 from mlvc.experiments.catalog import experiment_ids, load_experiment
 from mlvc.experiments.checkpoints import Checkpoint
 from mlvc.experiments.model import STALE_AFTER, Experiment
-from mlvc_core.errors import InvalidRefName, ObjectNotFound, UsageError
+from mlvc_core.errors import AmbiguousId, InvalidRefName, ObjectNotFound, UsageError
 from mlvc_core.ids import ObjectId, from_hex, is_hex_prefix, resolve_prefix, to_hex
 from mlvc_core.refs import Ref, validate_name
 from mlvc_core.repository import Repository
@@ -205,14 +205,44 @@ def _experiment_target(spec: str, exp: Experiment) -> Target:
 
 
 def _ref_named(repo: Repository, name: str) -> Ref | None:
+    found: list[Ref] = []
     for kind in ("tags", "heads"):
         try:
             ref = repo.refs.get(f"{kind}/{name}")
         except InvalidRefName:
             return None
         if ref is not None:
-            return ref
-    return None
+            found.append(ref)
+    if len(found) > 1:  # written before new names were checked (see check_new_name)
+        raise AmbiguousId(name, [r.name for r in found])
+    return found[0] if found else None
+
+
+def check_new_name(repo: Repository, kind: Literal["tags", "heads"], name: str) -> None:
+    """Refuse a new tag or branch name that another name would shadow or be shadowed by.
+
+    A tag and a branch never share a name, and neither is 7+ hex digits (that reads as an id
+    prefix), so every name resolves to one thing.
+
+    Args:
+        repo: The repository the name is created in.
+        kind: ``"tags"`` or ``"heads"`` (branches).
+        name: The new name (its characters are checked by :func:`validate_name`).
+
+    Raises:
+        InvalidRefName: Characters a ref name may not hold.
+        UsageError: The name reads as an id, or the other kind of ref has it.
+    """
+    noun = "tag" if kind == "tags" else "branch"
+    validate_name(f"{kind}/{name}")
+    if is_hex_prefix(name):
+        raise UsageError(
+            f"{noun} name {name!r} reads as an id prefix (7+ hex digits): choose another name"
+        )
+    other = "heads" if kind == "tags" else "tags"
+    if repo.refs.get(f"{other}/{name}") is not None:
+        taken = "branch" if other == "heads" else "tag"
+        raise UsageError(f"{noun} name {name!r} is already a {taken}'s: choose another name")
 
 
 def _experiment_target_of(

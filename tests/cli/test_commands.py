@@ -165,6 +165,31 @@ def test_tags_move_roll_back_and_keep_history(cli: Cli, write: Write) -> None:
     assert "invalid" in bad.stderr
 
 
+def test_a_name_resolves_to_one_thing(cli: Cli, write: Write, project: Path) -> None:
+    write("m/model.bin", "v0")
+    first = cli("commit", "m", "-m", "v0").stdout.strip()
+    write("m/model.bin", "v1")
+    second = cli("commit", "m", "-m", "v1").stdout.strip()
+    # A tag may not take a branch's name, nor read as an id prefix of 7+ hex digits.
+    assert "already a branch's" in cli("tag", "main", first, code=2).stderr
+    assert "reads as an id" in cli("tag", first, second, code=2).stderr
+    assert "reads as an id" in cli("tag", "deadbeef", second, code=2).stderr
+    cli("tag", "prod", first)
+    # A new branch may not take a tag's name (nor read as an id); existing branches go on.
+    assert "already a tag's" in cli("commit", "m", "-m", "x", "-b", "prod", code=2).stderr
+    assert "reads as an id" in cli("commit", "m", "-m", "x", "-b", "abcdef0", code=2).stderr
+    assert cli.json("show", "main")["target"]["via"] == "heads/main"
+    assert cli.json("show", "prod")["commit"]["id"].startswith(first)
+    # Both kinds under one name (a repository written before the check): ambiguous, and the
+    # full forms pick one.
+    refs = project / ".mlvc" / "refs"
+    (refs / "heads" / "prod").write_bytes((refs / "heads" / "main").read_bytes())
+    err = cli("show", "prod", code=4).stderr
+    assert "ambiguous" in err and "tags/prod" in err and "heads/prod" in err
+    assert cli.json("show", "tags/prod")["commit"]["id"].startswith(first)
+    assert cli.json("show", "heads/prod")["commit"]["id"].startswith(second)
+
+
 def test_stats_gc_fsck(cli: Cli, write: Write, project: Path) -> None:
     write("d/a.bin", os.urandom(200_000))
     cli("commit", "d", "-m", "one", "--branch", "scratch")
