@@ -294,7 +294,7 @@ def _select(rev: Revision, exp: Experiment) -> Target:
     else:
         matches = [c for c in exp.checkpoints if c.step == rev.step]
         if not matches:
-            steps = ", ".join(str(c.step) for c in exp.checkpoints) or "none"
+            steps = ", ".join(dict.fromkeys(str(c.step) for c in exp.checkpoints)) or "none"
             raise ObjectNotFound(rev.text, "checkpoint", f"steps of this experiment: {steps}")
         chosen = matches[-1]
     return Target(rev.text, "checkpoint", chosen.oid, exp.id, f"@{rev.selector}")
