@@ -30,6 +30,22 @@ def test_every_command_is_registered_and_has_an_example(project: Path) -> None:
         assert f"mlvc {name}" in out or name in ("ps",) and "mlvc ps" in out, name
 
 
+def test_help_names_arguments_as_click_does(project: Path) -> None:
+    cli = Cli(project)
+    usages = {
+        "show": "Usage: mlvc show [OPTIONS] ID\n",
+        "rm": "Usage: mlvc rm [OPTIONS] IDS...\n",
+        "init": "Usage: mlvc init [OPTIONS] [URL]\n",
+        "diff": "Usage: mlvc diff [OPTIONS] A B\n",
+    }
+    for name, usage in usages.items():
+        assert cli(name, "--help").stdout.startswith(usage), name
+    for name in COMMAND_TABLE:
+        out = cli(name, "--help").stdout
+        assert "{" not in out.splitlines()[0], name
+        assert not re.search(r"<(str|int|float|list\[\w+\])>", out), name
+
+
 def test_no_arguments_shows_help(project: Path) -> None:
     result = Cli(project)(code=None)
     assert result.exit_code in (0, 2)
