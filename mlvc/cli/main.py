@@ -17,7 +17,7 @@ Exit codes (restic's numbering where it fits):
 5     storage or network failure
 10    not a repository
 11    repository locked (gc is running; or, for `gc --yes`, writers are active)
-12    ref conflict (a concurrent writer moved a ref)
+12    ref conflict (a concurrent writer moved a ref; push/pull left a diverged ref alone)
 70    internal error (a bug)
 130   interrupted
 141   stdout closed early (``mlvc ls | head``), silently

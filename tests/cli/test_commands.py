@@ -278,6 +278,32 @@ def test_push_pull_clone_between_local_repositories(
     assert "not empty" in busy.stderr
 
 
+def test_push_and_pull_that_leave_a_diverged_ref_do_not_exit_0(
+    cli: Cli, write: Write, tmp_path: Path
+) -> None:
+    write("a.txt", "one")
+    cli("commit", "a.txt", "-m", "one")
+    remote = tmp_path / "remote"
+    cli("push", remote)
+    clone_dir = tmp_path / "clone"
+    cli("clone", remote, clone_dir)
+    (clone_dir / "a.txt").write_text("theirs")
+    theirs = cli("commit", "a.txt", "-m", "theirs", cwd=clone_dir).stdout.strip()
+    cli("push", remote, cwd=clone_dir)
+    write("a.txt", "ours")
+    ours = cli("commit", "a.txt", "-m", "ours").stdout.strip()
+
+    for verb in ("push", "pull"):
+        r = cli(verb, remote, code=12)
+        assert "heads/main" in r.stderr and "--force" in r.stderr
+    assert cli.json("log")["entries"][0]["short_id"] == ours
+    assert cli.json("log", cwd=clone_dir)["entries"][0]["short_id"] == theirs
+    cli("push", remote, "--force")
+    assert cli.json("pull", remote, cwd=clone_dir, code=12)["refs_skipped"] == ["heads/main"]
+    cli("pull", remote, "--force", cwd=clone_dir)
+    assert cli.json("log", cwd=clone_dir)["entries"][0]["short_id"] == ours
+
+
 def test_pull_from_nowhere_creates_nothing_there(cli: Cli, tmp_path: Path) -> None:
     nowhere = tmp_path / "nowhere"
     r = cli("pull", nowhere, code=10)
