@@ -33,6 +33,7 @@ from typing import Any, Literal
 from mlvc.experiments.catalog import experiment_ids, load_experiment
 from mlvc.experiments.checkpoints import Checkpoint
 from mlvc.experiments.model import STALE_AFTER, Experiment
+from mlvc.experiments.summary import tombstone_key
 from mlvc_core.errors import AmbiguousId, InvalidRefName, ObjectNotFound, UsageError
 from mlvc_core.ids import ObjectId, from_hex, is_hex_prefix, resolve_prefix, to_hex
 from mlvc_core.refs import Ref, validate_name
@@ -419,6 +420,8 @@ def removable(repo: Repository, spec: str) -> Target:
             "give the experiment or checkpoint id to hide it"
         )
     if target.kind == "commit":
+        if repo.store.exists(tombstone_key(to_hex(target.commit_id))):
+            raise UsageError(f"cannot remove {spec!r}: the experiment is already removed")
         raise UsageError(f"cannot remove {spec!r}: it is neither an experiment nor a checkpoint")
     return target
 

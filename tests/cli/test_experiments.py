@@ -241,6 +241,7 @@ def test_rm_hides_then_gc_frees(cli: Cli, runs: dict[str, str]) -> None:
     assert entry["checkpoints"] == 2 and entry["latest_step"] == 1
 
     assert "gc --yes" in cli("rm", a[:8]).stderr
+    assert "already removed" in cli("rm", a[:8], code=2).stderr
     assert [e["id"] for e in cli.json("ls")] == [b]
     everything = {e["id"]: e["status"] for e in cli.json("ls", "--all")}
     assert everything[a] == "removed"
