@@ -60,7 +60,9 @@ def test_init_writes_config_and_reuses_an_existing_repository(project: Path) -> 
     assert (project / ".mlvc" / "config").is_file()
     assert 'url = ".mlvc"' in (project / "mlvc.toml").read_text()
     again = cli("init")
-    assert "existing repository" in again.stderr
+    assert "existing repository" in again.stderr and "warning" not in again.stderr
+    moved = cli("init", "elsewhere")
+    assert "warning: the project used the repository at .mlvc until now" in moved.stderr
 
 
 def test_init_compression_settings_are_fixed_in_the_repository(project: Path) -> None:

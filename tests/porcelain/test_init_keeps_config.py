@@ -38,3 +38,10 @@ def test_init_again_keeps_storage_options_of_the_same_repository(tmp_path: Path)
 
     doc = read_project_config(tmp_path / "mlvc.toml")
     assert doc["repository"] == {"url": ".mlvc", "storage_options": {"anon": False}}
+
+
+def test_init_elsewhere_says_which_repository_the_project_used(tmp_path: Path) -> None:
+    assert commands.init(project_dir=tmp_path).previous_url is None
+    assert commands.init(project_dir=tmp_path).previous_url is None  # the same one again
+    moved = commands.init(str(tmp_path / "other"), project_dir=tmp_path)
+    assert moved.previous_url == ".mlvc"
