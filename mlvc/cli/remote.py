@@ -45,16 +45,15 @@ RefOpt = Annotated[
 ]
 ForceRefsOpt = Annotated[bool, typer.Option("--force", "-f", help="Move refs that diverged too.")]
 
-EXIT_DAMAGED = 3
-"""Some refs could not be read, so they were not sent (the code of damage in mlvc.cli.main)."""
 EXIT_REFS_LEFT = 12
 """Some refs diverged and were left alone (the code of a ref conflict in mlvc.cli.main)."""
 
 
 def _exit_code(rep: TransferReport) -> int:
-    """Non-zero when a ref asked for was not moved: a script must not take it as done."""
-    if rep.refs_unreadable:
-        return EXIT_DAMAGED
+    """Non-zero when a ref that diverged was left alone: a script must not take it as done.
+
+    Refs the source could not read are named in a warning; the rest was copied (exit 0).
+    """
     return EXIT_REFS_LEFT if rep.refs_skipped else 0
 
 
