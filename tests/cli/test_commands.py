@@ -147,6 +147,9 @@ def test_log_show_diff_checkout_on_commits(cli: Cli, write: Write, project: Path
     assert (out / "data" / "old.txt").read_text() == "old"
     refused = cli("checkout", b, "-o", out, code=1)
     assert "would overwrite existing files: data/model.bin" in refused.stderr
+    for bad_out in (out / "data" / "old.txt", out / "data" / "old.txt" / "sub"):
+        r = cli("checkout", a, "-o", bad_out, code=2)  # a file where a directory must go
+        assert r.stderr.startswith(f"error: {bad_out}"), r.stderr
     assert "--force" in refused.stderr
     assert (out / "data" / "model.bin").read_bytes() == big  # nothing written
     cli("checkout", b, "-o", out, "-f")
