@@ -117,6 +117,13 @@ def _would_overwrite(exc: BaseException) -> str:
     return "\n".join(lines)
 
 
+def _ref_conflict(exc: BaseException) -> str:
+    return (
+        f"{_plain(exc)}\nhint: another writer moved it first and nothing of yours was lost; "
+        "see where it points now (`mlvc log`), then run the command again"
+    )
+
+
 def _storage(exc: BaseException) -> str:
     return f"storage error: {_plain(exc)}\n{_STORAGE_HINT}"
 
@@ -139,7 +146,7 @@ ERROR_TABLE: list[tuple[Matcher, Callable[[BaseException], str], int]] = [
     (core_errors.KeyNotFound, _missing_key, 3),
     (core_errors.NotARepository, _plain, 10),
     (core_errors.RepositoryLocked, _plain, 11),
-    (core_errors.RefConflict, _plain, 12),
+    (core_errors.RefConflict, _ref_conflict, 12),
     (core_errors.MissingObject, _integrity, 3),
     (core_errors.AmbiguousId, _ambiguous, 4),
     (core_errors.ObjectNotFound, _unknown_id, 4),

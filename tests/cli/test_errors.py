@@ -128,6 +128,7 @@ def test_ref_conflict_when_the_branch_moves_during_a_commit(
     write("d/new.bin", b"mine")
     r = cli("commit", "d", "-m", "mine", code=12)
     assert "ref 'heads/main' was changed concurrently" in r.stderr
+    assert "hint: another writer moved it first" in r.stderr and "run the command again" in r.stderr
     monkeypatch.undo()
     assert cli.json("log")["entries"][0]["message"] == "concurrent"
 
