@@ -211,27 +211,6 @@ def load_settings(
     )
 
 
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    if isinstance(value, str):
-        escaped = value.replace("\\", "\\\\").replace('"', '\\"')
-        return f'"{escaped}"'
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    if isinstance(value, dict):
-        return "{" + ", ".join(f"{_toml_key(k)} = {_toml_value(v)}" for k, v in value.items()) + "}"
-    raise UsageError(f"cannot write {type(value).__name__} to mlvc.toml")
-
-
-def _toml_key(key: str) -> str:
-    if key and all(c.isalnum() or c in "-_" for c in key):
-        return key
-    return _toml_value(key)
-
-
 _SECRET_WORDS = ("secret", "password", "token", "credential", "key")
 
 
@@ -253,6 +232,9 @@ def write_project_config(
 ) -> Path:
     """Write ``<directory>/mlvc.toml`` naming the project's repository.
 
+    An existing file keeps everything but its ``[repository]`` table (remotes, snapshot
+    settings...); its storage options stay too when ``url`` is unchanged and none are given.
+
     Args:
         directory: The project directory.
         url: The repository URL or path (a local path is stored as given).
@@ -262,16 +244,29 @@ def write_project_config(
         The path written.
 
     Raises:
-        UsageError: An option looks like a credential (credentials belong in the environment).
+        UsageError: An option looks like a credential (credentials belong in the environment),
+            or an existing file is not valid TOML.
     """
+    import tomli_w
+
     options = dict(storage_options or {})
     _refuse_secrets(options)
-    lines = ["[repository]", f"url = {_toml_value(url)}"]
-    if options:
-        lines += ["", "[repository.storage_options]"]
-        lines += [f"{_toml_key(k)} = {_toml_value(v)}" for k, v in options.items()]
     path = Path(directory) / CONFIG_NAME
-    path.write_text("\n".join(lines) + "\n")
+    old = read_project_config(path) if path.is_file() else {}
+    old_repo = old.get("repository") or {}
+    if not options and old_repo.get("url") == url:
+        options = dict(old_repo.get("storage_options") or {})
+    repo: dict[str, Any] = {"url": url}
+    if options:
+        repo["storage_options"] = options
+    doc = {"repository": repo, **{k: v for k, v in old.items() if k != "repository"}}
+    try:
+        text = tomli_w.dumps(doc)
+    except TypeError as exc:
+        raise UsageError(f"cannot write {CONFIG_NAME}: {exc}") from exc
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
     return path
 
 

@@ -18,10 +18,12 @@ class MlvcError(Exception):
 class ObjectNotFound(MlvcError, KeyError):
     """An object id is not in the repository."""
 
-    def __init__(self, oid: str, what: str = "object") -> None:
+    def __init__(self, oid: str, what: str = "object", detail: str = "") -> None:
         self.oid = oid
         self.what = what
-        super().__init__(f"{what} {oid} not found")
+        self.detail = detail
+        """Why nothing matched (e.g. the steps an experiment does have); may be empty."""
+        super().__init__(f"{what} {oid} not found" + (f" ({detail})" if detail else ""))
 
     def __str__(self) -> str:
         return str(self.args[0])

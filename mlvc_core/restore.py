@@ -328,6 +328,8 @@ def restore_tree(
         dest.mkdir(parents=True, exist_ok=True)
     except FileExistsError:
         raise UsageError(f"{dest} exists and is not a directory") from None
+    except NotADirectoryError:
+        raise UsageError(f"{dest}: a part of this path is a file, not a directory") from None
     root_fd = os.open(dest, os.O_RDONLY | os.O_DIRECTORY | getattr(os, "O_CLOEXEC", 0))
     try:
         return _restore(repo, plan, root_fd, str(dest), force, progress, on_skip)

@@ -59,10 +59,10 @@ def _plain_metavar(param: Any) -> None:
 
     Typer 0.29 shows ``{id_}`` and ``<list[str]>``; an author's own ``metavar`` is kept.
     """
-    if getattr(param, "metavar", None) is not None or getattr(param, "is_flag", False):
-        return
     if getattr(param, "param_type_name", "") == "argument":
-        param.metavar = (param.name or "value").strip("_").upper()
+        _plain_argument(param)
+        return
+    if getattr(param, "metavar", None) is not None or getattr(param, "is_flag", False):
         return
     desc = getattr(param, "type_descriptor", None)
     annotation: Any = getattr(desc, "annotation", None)
@@ -71,6 +71,21 @@ def _plain_metavar(param: Any) -> None:
     name = _METAVARS.get(annotation) if isinstance(annotation, type) else None
     if name is not None:
         param.metavar = name
+
+
+def _plain_argument(param: Any) -> None:
+    """Show an argument as Click does: ``ID`` or ``[URL]`` or ``PATHS...``, no ``<str>`` type.
+
+    Typer 0.29 writes ``{ID}`` in the usage line and ``ID <str>`` in the list of arguments.
+    """
+    if getattr(param, "metavar", None) is None:
+        param.metavar = (param.name or "value").strip("_").upper()
+    if not hasattr(param, "_usage_display_name"):  # a Typer that renders arguments itself
+        return
+    name = param.metavar + ("..." if param.nargs != 1 else "")
+    usage = name if param.required else f"[{name}]"
+    param._usage_display_name = lambda: usage  # noqa: SLF001
+    param.display_type_rich = lambda ctx: None
 
 
 def _fast_param(param: Any) -> None:

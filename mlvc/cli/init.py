@@ -99,6 +99,11 @@ def init(
         _output.note(f"added {ignored} to .gitignore", st.quiet)
     verb = "created a repository" if result.created else "using the existing repository"
     _output.note(f"{verb} at {result.url}; wrote {result.config_path}", st.quiet)
+    if result.previous_url is not None:
+        _output.warn(
+            f"the project used the repository at {result.previous_url} until now; "
+            f"`mlvc init {result.previous_url}` goes back to it"
+        )
 
 
 def _git_ignore(url: str, config_path: str) -> str | None:

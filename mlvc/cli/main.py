@@ -17,7 +17,7 @@ Exit codes (restic's numbering where it fits):
 5     storage or network failure
 10    not a repository
 11    repository locked (gc is running; or, for `gc --yes`, writers are active)
-12    ref conflict (a concurrent writer moved a ref)
+12    ref conflict (a concurrent writer moved a ref; push/pull left a diverged ref alone)
 70    internal error (a bug)
 130   interrupted
 141   stdout closed early (``mlvc ls | head``), silently
@@ -66,6 +66,9 @@ def _plain(exc: BaseException) -> str:
 def _unknown_id(exc: BaseException) -> str:
     if isinstance(exc, core_errors.ObjectNotFound):
         what = "id" if exc.what in ("object", "revision", "commit") else f"{exc.what} id"
+        what = "file" if exc.what == "file" else what
+        if exc.detail:
+            return f"unknown {what}: {exc.oid!r} ({exc.detail})"
         return f"unknown {what}: {exc.oid!r}\nhint: `mlvc ls` lists experiments, `mlvc log` commits"
     if isinstance(exc, core_errors.RefNotFound):
         kind, _, name = exc.name.partition("/")
@@ -83,7 +86,10 @@ def _ambiguous(exc: BaseException) -> str:
     assert isinstance(exc, core_errors.AmbiguousId)
     lines = [f"ambiguous id {exc.prefix!r}: it matches {len(exc.candidates)} ids:"]
     lines += [f"  {c}" for c in exc.candidates]
-    lines.append("hint: give more hex digits")
+    if all("/" in c for c in exc.candidates):
+        lines.append("hint: write the one you mean in full (tags/NAME or heads/NAME)")
+    else:
+        lines.append("hint: give more hex digits")
     return "\n".join(lines)
 
 
@@ -111,6 +117,13 @@ def _would_overwrite(exc: BaseException) -> str:
     return "\n".join(lines)
 
 
+def _ref_conflict(exc: BaseException) -> str:
+    return (
+        f"{_plain(exc)}\nhint: another writer moved it first and nothing of yours was lost; "
+        "see where it points now (`mlvc log`), then run the command again"
+    )
+
+
 def _storage(exc: BaseException) -> str:
     return f"storage error: {_plain(exc)}\n{_STORAGE_HINT}"
 
@@ -133,7 +146,7 @@ ERROR_TABLE: list[tuple[Matcher, Callable[[BaseException], str], int]] = [
     (core_errors.KeyNotFound, _missing_key, 3),
     (core_errors.NotARepository, _plain, 10),
     (core_errors.RepositoryLocked, _plain, 11),
-    (core_errors.RefConflict, _plain, 12),
+    (core_errors.RefConflict, _ref_conflict, 12),
     (core_errors.MissingObject, _integrity, 3),
     (core_errors.AmbiguousId, _ambiguous, 4),
     (core_errors.ObjectNotFound, _unknown_id, 4),

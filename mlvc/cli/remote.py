@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -18,6 +18,9 @@ from mlvc import commands
 from mlvc import project_config as _project
 from mlvc.cli import _options, _output
 from mlvc.cli._options import JsonOpt, state
+
+if TYPE_CHECKING:
+    from mlvc_core.transfer import TransferReport
 
 UrlArg = Annotated[
     str,
@@ -41,6 +44,17 @@ RefOpt = Annotated[
     ),
 ]
 ForceRefsOpt = Annotated[bool, typer.Option("--force", "-f", help="Move refs that diverged too.")]
+
+EXIT_REFS_LEFT = 12
+"""Some refs diverged and were left alone (the code of a ref conflict in mlvc.cli.main)."""
+
+
+def _exit_code(rep: TransferReport) -> int:
+    """Non-zero when a ref that diverged was left alone: a script must not take it as done.
+
+    Refs the source could not read are named in a warning; the rest was copied (exit 0).
+    """
+    return EXIT_REFS_LEFT if rep.refs_skipped else 0
 
 
 def _render(r: commands.TransferResult, verb: str, json_: bool, quiet: bool) -> None:
@@ -76,8 +90,9 @@ def push(
     """Send refs and what they reach to a remote (default: origin).
 
     All refs unless --ref names some. The other repository is created if there is none
-    there. Endpoints and credentials come from the environment (AWS_ENDPOINT_URL,
-    AWS_PROFILE, GOOGLE_APPLICATION_CREDENTIALS).
+    there. A ref that diverged is left alone (exit 12) unless --force. Endpoints and
+    credentials come from the environment (AWS_ENDPOINT_URL, AWS_PROFILE,
+    GOOGLE_APPLICATION_CREDENTIALS).
 
     Examples:
         mlvc push
@@ -91,6 +106,8 @@ def push(
     with _output.progress("pushing", quiet=st.quiet) as bar:
         r = commands.push(st.repo(), url, refs=ref, force=force, progress=bar, total=bar.set_total)
     _render(r, "sent", json_, st.quiet)
+    if code := _exit_code(r.report):
+        raise typer.Exit(code)
 
 
 def pull(
@@ -102,7 +119,8 @@ def pull(
 ) -> None:
     """Fetch refs and what they reach from a remote (default: origin).
 
-    All refs unless --ref names some.
+    All refs unless --ref names some. A ref that diverged is left alone (exit 12) unless
+    --force.
 
     Examples:
         mlvc pull
@@ -114,6 +132,8 @@ def pull(
     with _output.progress("pulling", quiet=st.quiet) as bar:
         r = commands.pull(st.repo(), url, refs=ref, force=force, progress=bar, total=bar.set_total)
     _render(r, "received", json_, st.quiet)
+    if code := _exit_code(r.report):
+        raise typer.Exit(code)
 
 
 def clone(
@@ -145,6 +165,8 @@ def clone(
     if not json_:
         _output.note(f"cloned {r.source} into {directory}", st.quiet)
     _render(r, "received", json_, st.quiet)
+    if code := _exit_code(r.report):
+        raise typer.Exit(code)
 
 
 def register(app: typer.Typer) -> None:

@@ -21,7 +21,7 @@ from mlvc.commands._describe import (
     describe_commit,
     list_files,
 )
-from mlvc.experiments.revisions import oid_of, resolve
+from mlvc.experiments.revisions import check_new_name, oid_of, resolve
 from mlvc.experiments.summary import iso
 from mlvc_core.errors import FormatError, InvalidRefName, ObjectNotFound, RefNotFound, UsageError
 from mlvc_core.history import default_author, record_paths
@@ -143,8 +143,8 @@ def commit(
     path_list = [Path(p) for p in paths]
     if not path_list:
         raise UsageError("nothing to commit: give files or directories")
-    if branch is not None:
-        validate_name(f"heads/{branch}")
+    if branch is not None and repo.refs.get(validate_name(f"heads/{branch}")) is None:
+        check_new_name(repo, "heads", branch)
     own = repo.own_directories()
     for p in path_list:
         for d in (p.absolute(), *p.absolute().parents):
@@ -330,11 +330,14 @@ def tag_set(repo: Repository, name: str, spec: str) -> TagInfo:
 
     Raises:
         InvalidRefName: A name with characters outside ``[A-Za-z0-9._-]``.
+        UsageError: A new tag's name is a branch's, or reads as an id (7+ hex digits).
         RefConflict: Someone moved the tag at the same moment.
     """
     ref_name = validate_name(f"tags/{name}")
     target = resolve(repo, spec).commit_id
     current = repo.refs.get(ref_name)
+    if current is None:
+        check_new_name(repo, "tags", name)
     if current is not None and current.target == target:
         return _tag_info(repo, current, to_hex(target))
     now = time.time()

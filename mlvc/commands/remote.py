@@ -34,6 +34,8 @@ class InitResult:
     config_path: str
     created: bool
     """False when a repository already existed there (the project now uses it)."""
+    previous_url: str | None = None
+    """The repository the project's ``mlvc.toml`` named before, when it named another."""
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe form."""
@@ -93,7 +95,7 @@ def init(
     """
     if not 0 <= compression_level <= 19:
         raise UsageError(f"compression level must be 0 (none) to 19, not {compression_level}")
-    from mlvc.settings import write_project_config
+    from mlvc.settings import CONFIG_NAME, read_project_config, write_project_config
 
     options = dict(storage_options or {})
     check_storage_options(options)
@@ -108,8 +110,11 @@ def init(
         repo = _create(location, config, options)
         created = True
     repo.close()
+    old_path = project / CONFIG_NAME
+    before = read_project_config(old_path).get("repository", {}) if old_path.is_file() else {}
+    previous = before.get("url") if before.get("url") not in (None, url) else None
     config_path = write_project_config(project, url, options or None)
-    return InitResult(url=url, config_path=str(config_path), created=created)
+    return InitResult(url=url, config_path=str(config_path), created=created, previous_url=previous)
 
 
 @dataclass(frozen=True)

@@ -49,7 +49,7 @@ def open_file(repo: Repository, tree_id: ObjectId, path: str, where: str) -> io.
     """
     entry = find_entry(repo, tree_id, path)
     if entry is None or entry.kind != "file" or entry.oid is None:
-        raise ObjectNotFound(f"{path!r} in {where}", "file")
+        raise ObjectNotFound(path, "file", f"not in {where}")
     reader = ChunkedReader(repo, repo.read_manifest(entry.oid), name=path)
     return io.BufferedReader(reader, buffer_size=1 << 20)
 

@@ -33,7 +33,8 @@ from typing import Any, Literal
 from mlvc.experiments.catalog import experiment_ids, load_experiment
 from mlvc.experiments.checkpoints import Checkpoint
 from mlvc.experiments.model import STALE_AFTER, Experiment
-from mlvc_core.errors import InvalidRefName, ObjectNotFound, UsageError
+from mlvc.experiments.summary import tombstone_key
+from mlvc_core.errors import AmbiguousId, InvalidRefName, ObjectNotFound, UsageError
 from mlvc_core.ids import ObjectId, from_hex, is_hex_prefix, resolve_prefix, to_hex
 from mlvc_core.refs import Ref, validate_name
 from mlvc_core.repository import Repository
@@ -205,14 +206,44 @@ def _experiment_target(spec: str, exp: Experiment) -> Target:
 
 
 def _ref_named(repo: Repository, name: str) -> Ref | None:
+    found: list[Ref] = []
     for kind in ("tags", "heads"):
         try:
             ref = repo.refs.get(f"{kind}/{name}")
         except InvalidRefName:
             return None
         if ref is not None:
-            return ref
-    return None
+            found.append(ref)
+    if len(found) > 1:  # written before new names were checked (see check_new_name)
+        raise AmbiguousId(name, [r.name for r in found])
+    return found[0] if found else None
+
+
+def check_new_name(repo: Repository, kind: Literal["tags", "heads"], name: str) -> None:
+    """Refuse a new tag or branch name that another name would shadow or be shadowed by.
+
+    A tag and a branch never share a name, and neither is 7+ hex digits (that reads as an id
+    prefix), so every name resolves to one thing.
+
+    Args:
+        repo: The repository the name is created in.
+        kind: ``"tags"`` or ``"heads"`` (branches).
+        name: The new name (its characters are checked by :func:`validate_name`).
+
+    Raises:
+        InvalidRefName: Characters a ref name may not hold.
+        UsageError: The name reads as an id, or the other kind of ref has it.
+    """
+    noun = "tag" if kind == "tags" else "branch"
+    validate_name(f"{kind}/{name}")
+    if is_hex_prefix(name):
+        raise UsageError(
+            f"{noun} name {name!r} reads as an id prefix (7+ hex digits): choose another name"
+        )
+    other = "heads" if kind == "tags" else "tags"
+    if repo.refs.get(f"{other}/{name}") is not None:
+        taken = "branch" if other == "heads" else "tag"
+        raise UsageError(f"{noun} name {name!r} is already a {taken}'s: choose another name")
 
 
 def _experiment_target_of(
@@ -256,18 +287,16 @@ def _select(rev: Revision, exp: Experiment) -> Target:
     if rev.selector == "best":
         chosen = exp.best()
         if chosen is None:
-            raise ObjectNotFound(f"{rev.text} (the experiment has no primary metric)", "checkpoint")
+            raise ObjectNotFound(rev.text, "checkpoint", "the experiment has no primary metric")
     elif rev.selector == "latest":
         chosen = exp.latest()
         if chosen is None:
-            raise ObjectNotFound(
-                f"{rev.text} (the experiment has no checkpoints yet)", "checkpoint"
-            )
+            raise ObjectNotFound(rev.text, "checkpoint", "the experiment has no checkpoints yet")
     else:
         matches = [c for c in exp.checkpoints if c.step == rev.step]
         if not matches:
-            steps = ", ".join(str(c.step) for c in exp.checkpoints) or "none"
-            raise ObjectNotFound(f"{rev.text} (steps of this experiment: {steps})", "checkpoint")
+            steps = ", ".join(dict.fromkeys(str(c.step) for c in exp.checkpoints)) or "none"
+            raise ObjectNotFound(rev.text, "checkpoint", f"steps of this experiment: {steps}")
         chosen = matches[-1]
     return Target(rev.text, "checkpoint", chosen.oid, exp.id, f"@{rev.selector}")
 
@@ -283,9 +312,10 @@ def _tag_version(repo: Repository, rev: Revision, target: Target) -> Target:
         return replace(target, spec=rev.text)
     if version > len(history):
         raise ObjectNotFound(
-            f"{rev.text} ({tag.short_name} has named {len(history) + 1} commit(s): "
-            f"@{{0}} to @{{{len(history)}}})",
+            rev.text,
             "tag target",
+            f"{tag.short_name} has named {len(history) + 1} commit(s): "
+            f"@{{0}} to @{{{len(history)}}}",
         )
     oid = oid_of(history[version - 1].get("target"))
     return _target_of_commit(repo, rev.text, oid, f"{tag.name}@{{{version}}}", tag.name)
@@ -296,8 +326,9 @@ def _ancestor(repo: Repository, rev: Revision, target: Target) -> Target:
     chain = [oid for oid, _ in repo.log(target.commit_id, limit=rev.back + 1)]
     if len(chain) <= rev.back:
         raise ObjectNotFound(
-            f"{rev.text} (only {len(chain) - 1} commit(s) before {rev.text.split('~', 1)[0]})",
+            rev.text,
             "ancestor",
+            f"only {len(chain) - 1} commit(s) before {rev.text.split('~', 1)[0]}",
         )
     return _target_of_commit(repo, rev.text, chain[-1], f"~{rev.back}", target.ref)
 
@@ -340,10 +371,10 @@ def checkpoint_of(repo: Repository, spec: str, any_commit: bool = False) -> Chec
         exp = target.experiment
         chosen = exp.best_or_latest() if exp is not None else None
         if chosen is None:
-            raise ObjectNotFound(f"{spec} (the experiment has no checkpoints yet)", "checkpoint")
+            raise ObjectNotFound(spec, "checkpoint", "the experiment has no checkpoints yet")
         return chosen
     if target.kind == "commit" and not any_commit:
-        raise ObjectNotFound(spec, "checkpoint")
+        raise ObjectNotFound(spec, "checkpoint", "it names a commit, not a checkpoint")
     return Checkpoint(repo, target.commit_id, repo.read_commit(target.commit_id))
 
 
@@ -389,6 +420,8 @@ def removable(repo: Repository, spec: str) -> Target:
             "give the experiment or checkpoint id to hide it"
         )
     if target.kind == "commit":
+        if repo.store.exists(tombstone_key(to_hex(target.commit_id))):
+            raise UsageError(f"cannot remove {spec!r}: the experiment is already removed")
         raise UsageError(f"cannot remove {spec!r}: it is neither an experiment nor a checkpoint")
     return target
 

@@ -39,7 +39,7 @@ import fsspec
 import fsspec.asyn
 import fsspec.core
 
-from mlvc_core.errors import KeyNotFound, MlvcError, PreconditionFailed, StorageError
+from mlvc_core.errors import KeyNotFound, MlvcError, PreconditionFailed, StorageError, UsageError
 from mlvc_core.storage import gcs, generic, s3
 from mlvc_core.storage.base import KeyInfo, Store, Version, Writer, check_key, check_limit
 from mlvc_core.storage.fsspec_writers import BufferedFileWriter, SpoolWriter
@@ -97,6 +97,8 @@ class FsspecStore(Store):
 
         Raises:
             TypeError: ``config_kwargs`` is not a mapping.
+            UsageError: An unknown protocol, one whose package is not installed, or storage
+                options its filesystem refuses.
         """
         self.url = url.rstrip("/")
         self.storage_options = dict(storage_options)
@@ -106,7 +108,12 @@ class FsspecStore(Store):
             # Listings go to the server every time: another process may have written since.
             options.setdefault("use_listings_cache", False)
         self._hooked_client: Any = None
-        self.fs, root = fsspec.core.url_to_fs(url, **options)
+        try:
+            self.fs, root = fsspec.core.url_to_fs(url, **options)
+        except ImportError as exc:  # fsspec names the package a protocol needs
+            raise UsageError(f"cannot open {url}: {exc}") from exc
+        except (ValueError, TypeError) as exc:  # an unknown protocol, options it refuses
+            raise UsageError(f"cannot open {url}: {exc}") from exc
         self.root: str = root.rstrip("/")
         protocols = _protocols(self.fs)
         if protocols & s3.S3_PROTOCOLS:

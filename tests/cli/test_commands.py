@@ -30,6 +30,22 @@ def test_every_command_is_registered_and_has_an_example(project: Path) -> None:
         assert f"mlvc {name}" in out or name in ("ps",) and "mlvc ps" in out, name
 
 
+def test_help_names_arguments_as_click_does(project: Path) -> None:
+    cli = Cli(project)
+    usages = {
+        "show": "Usage: mlvc show [OPTIONS] ID\n",
+        "rm": "Usage: mlvc rm [OPTIONS] IDS...\n",
+        "init": "Usage: mlvc init [OPTIONS] [URL]\n",
+        "diff": "Usage: mlvc diff [OPTIONS] A B\n",
+    }
+    for name, usage in usages.items():
+        assert cli(name, "--help").stdout.startswith(usage), name
+    for name in COMMAND_TABLE:
+        out = cli(name, "--help").stdout
+        assert "{" not in out.splitlines()[0], name
+        assert not re.search(r"<(str|int|float|list\[\w+\])>", out), name
+
+
 def test_no_arguments_shows_help(project: Path) -> None:
     result = Cli(project)(code=None)
     assert result.exit_code in (0, 2)
@@ -44,7 +60,9 @@ def test_init_writes_config_and_reuses_an_existing_repository(project: Path) -> 
     assert (project / ".mlvc" / "config").is_file()
     assert 'url = ".mlvc"' in (project / "mlvc.toml").read_text()
     again = cli("init")
-    assert "existing repository" in again.stderr
+    assert "existing repository" in again.stderr and "warning" not in again.stderr
+    moved = cli("init", "elsewhere")
+    assert "warning: the project used the repository at .mlvc until now" in moved.stderr
 
 
 def test_init_compression_settings_are_fixed_in_the_repository(project: Path) -> None:
@@ -129,6 +147,9 @@ def test_log_show_diff_checkout_on_commits(cli: Cli, write: Write, project: Path
     assert (out / "data" / "old.txt").read_text() == "old"
     refused = cli("checkout", b, "-o", out, code=1)
     assert "would overwrite existing files: data/model.bin" in refused.stderr
+    for bad_out in (out / "data" / "old.txt", out / "data" / "old.txt" / "sub"):
+        r = cli("checkout", a, "-o", bad_out, code=2)  # a file where a directory must go
+        assert r.stderr.startswith(f"error: {bad_out}"), r.stderr
     assert "--force" in refused.stderr
     assert (out / "data" / "model.bin").read_bytes() == big  # nothing written
     cli("checkout", b, "-o", out, "-f")
@@ -163,6 +184,31 @@ def test_tags_move_roll_back_and_keep_history(cli: Cli, write: Write) -> None:
     assert "unknown tag" in r.stderr
     bad = cli("tag", "no/slash", ids[0], code=2)
     assert "invalid" in bad.stderr
+
+
+def test_a_name_resolves_to_one_thing(cli: Cli, write: Write, project: Path) -> None:
+    write("m/model.bin", "v0")
+    first = cli("commit", "m", "-m", "v0").stdout.strip()
+    write("m/model.bin", "v1")
+    second = cli("commit", "m", "-m", "v1").stdout.strip()
+    # A tag may not take a branch's name, nor read as an id prefix of 7+ hex digits.
+    assert "already a branch's" in cli("tag", "main", first, code=2).stderr
+    assert "reads as an id" in cli("tag", first, second, code=2).stderr
+    assert "reads as an id" in cli("tag", "deadbeef", second, code=2).stderr
+    cli("tag", "prod", first)
+    # A new branch may not take a tag's name (nor read as an id); existing branches go on.
+    assert "already a tag's" in cli("commit", "m", "-m", "x", "-b", "prod", code=2).stderr
+    assert "reads as an id" in cli("commit", "m", "-m", "x", "-b", "abcdef0", code=2).stderr
+    assert cli.json("show", "main")["target"]["via"] == "heads/main"
+    assert cli.json("show", "prod")["commit"]["id"].startswith(first)
+    # Both kinds under one name (a repository written before the check): ambiguous, and the
+    # full forms pick one.
+    refs = project / ".mlvc" / "refs"
+    (refs / "heads" / "prod").write_bytes((refs / "heads" / "main").read_bytes())
+    err = cli("show", "prod", code=4).stderr
+    assert "ambiguous" in err and "tags/prod" in err and "heads/prod" in err
+    assert cli.json("show", "tags/prod")["commit"]["id"].startswith(first)
+    assert cli.json("show", "heads/prod")["commit"]["id"].startswith(second)
 
 
 def test_stats_gc_fsck(cli: Cli, write: Write, project: Path) -> None:
@@ -235,6 +281,32 @@ def test_push_pull_clone_between_local_repositories(
     assert "received" in cli("pull", remote).stdout
     busy = cli("clone", remote, clone_dir, code=2)
     assert "not empty" in busy.stderr
+
+
+def test_push_and_pull_that_leave_a_diverged_ref_do_not_exit_0(
+    cli: Cli, write: Write, tmp_path: Path
+) -> None:
+    write("a.txt", "one")
+    cli("commit", "a.txt", "-m", "one")
+    remote = tmp_path / "remote"
+    cli("push", remote)
+    clone_dir = tmp_path / "clone"
+    cli("clone", remote, clone_dir)
+    (clone_dir / "a.txt").write_text("theirs")
+    theirs = cli("commit", "a.txt", "-m", "theirs", cwd=clone_dir).stdout.strip()
+    cli("push", remote, cwd=clone_dir)
+    write("a.txt", "ours")
+    ours = cli("commit", "a.txt", "-m", "ours").stdout.strip()
+
+    for verb in ("push", "pull"):
+        r = cli(verb, remote, code=12)
+        assert "heads/main" in r.stderr and "--force" in r.stderr
+    assert cli.json("log")["entries"][0]["short_id"] == ours
+    assert cli.json("log", cwd=clone_dir)["entries"][0]["short_id"] == theirs
+    cli("push", remote, "--force")
+    assert cli.json("pull", remote, cwd=clone_dir, code=12)["refs_skipped"] == ["heads/main"]
+    cli("pull", remote, "--force", cwd=clone_dir)
+    assert cli.json("log", cwd=clone_dir)["entries"][0]["short_id"] == ours
 
 
 def test_pull_from_nowhere_creates_nothing_there(cli: Cli, tmp_path: Path) -> None:

@@ -91,6 +91,16 @@ def test_not_a_repository(project: Path, tmp_path: Path) -> None:
     assert str(empty) in r.stderr
 
 
+def test_a_location_no_filesystem_opens_is_a_usage_error(project: Path) -> None:
+    cli = Cli(project)
+    for args in (("-R", "nosuchproto://bucket/repo", "ls"), ("init", "nosuchproto://b/r")):
+        r = cli(*args, code=2)
+        assert r.stderr.startswith("error: cannot open nosuchproto://"), r.stderr
+        assert "Protocol not known: nosuchproto" in r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1
+    assert not (project / "mlvc.toml").exists()
+
+
 def test_ref_conflict_when_the_branch_moves_during_a_commit(
     cli: Cli, write: Write, project: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -118,6 +128,7 @@ def test_ref_conflict_when_the_branch_moves_during_a_commit(
     write("d/new.bin", b"mine")
     r = cli("commit", "d", "-m", "mine", code=12)
     assert "ref 'heads/main' was changed concurrently" in r.stderr
+    assert "hint: another writer moved it first" in r.stderr and "run the command again" in r.stderr
     monkeypatch.undo()
     assert cli.json("log")["entries"][0]["message"] == "concurrent"
 

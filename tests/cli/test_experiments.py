@@ -162,6 +162,22 @@ def test_show_experiment_and_checkpoints(cli: Cli, runs: dict[str, str]) -> None
     assert by_id["kind"] == "checkpoint" and by_id["target"]["experiment"] == a
     missing = cli("show", f"{a[:8]}@step=7", code=4)
     assert "steps of this experiment: 0, 1, 2" in missing.stderr
+
+
+def test_unknown_names_are_quoted_as_typed_with_the_reason_beside(
+    cli: Cli, runs: dict[str, str]
+) -> None:
+    a = runs["a"][:8]
+    cases = {
+        f"{a}@step=7": f"error: unknown checkpoint id: '{a}@step=7' (steps of this experiment: ",
+        f"{a}~99": f"error: unknown ancestor id: '{a}~99' (only 2 commit(s) before {a})",
+    }
+    for name, line in cases.items():
+        err = cli("show", name, code=4).stderr
+        assert err.startswith(line), err
+        assert len(err.strip().splitlines()) == 1, err
+    err = cli("checkout", a, "--path", "nope.bin", "-o", "out", code=2).stderr
+    assert "nope.bin" in err
     bad = cli("show", f"{a[:8]}@soon", code=2)
     assert "bad selector" in bad.stderr
 
@@ -225,6 +241,7 @@ def test_rm_hides_then_gc_frees(cli: Cli, runs: dict[str, str]) -> None:
     assert entry["checkpoints"] == 2 and entry["latest_step"] == 1
 
     assert "gc --yes" in cli("rm", a[:8]).stderr
+    assert "already removed" in cli("rm", a[:8], code=2).stderr
     assert [e["id"] for e in cli.json("ls")] == [b]
     everything = {e["id"]: e["status"] for e in cli.json("ls", "--all")}
     assert everything[a] == "removed"

@@ -275,3 +275,12 @@ def test_ls_columns_say_what_filters_and_sort_use(project: Path) -> None:
     assert ls("-q", "--sort", "-val_acc").split() == [run.id[:12], peaked[:12]]
     err = ls("--sort", "nosuchkey", code=2)
     assert "unknown field 'nosuchkey'" in err and "val_acc" in err and "Traceback" not in err
+
+
+def test_a_missing_step_lists_each_recorded_step_once(project: Path) -> None:
+    with mlvc.track() as run:
+        for step in (0, 1, 0, 1):  # a loop restarted inside one run records steps again
+            run.checkpoint(step=step, metrics={"loss": 0.1})
+    with pytest.raises(ObjectNotFound) as info:
+        mlvc.load(f"{run.id[:8]}@step=7")
+    assert info.value.detail == "steps of this experiment: 0, 1"
