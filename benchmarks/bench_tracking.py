@@ -14,7 +14,8 @@ For a ~512 MiB state dict (scaled by ``--scale``), measured in the same run:
 * ``run.log`` of ``--log-points`` points (default 100,000), two metrics each, in a loop whose
   body is a small matrix product (a stand-in for a training step), beside the same loop
   without it and with a bare ``list.append`` instead (the floor), in alternating blocks -
-  target: overhead under 1%.
+  target: overhead under 1%; and the calling thread's CPU time per call in a tight loop,
+  beside the same bare append - target: under 0.3 us.
 
 * the longest ``run.checkpoint()`` call while the storage refuses every write, is frozen
   (writes never return) or slow (2 s per write), over 6 checkpoints of 8 MiB with the default
@@ -181,6 +182,58 @@ def log_overhead(points: int, work: Path, blocks: int = 20) -> dict[str, float]:
     }
 
 
+def log_call_cost(calls: int, work: Path, blocks: int = 60) -> dict[str, float]:
+    """The calling thread's CPU time per ``run.log`` call in a tight loop, and the floor's.
+
+    No training step between calls (the figure least disturbed by a loaded machine): blocks of
+    ``calls // blocks`` calls alternate with the same loop building the metrics dict only, and
+    with the bare ``list.append`` of :func:`log_overhead`; medians over the blocks.
+    """
+    import mlvc
+
+    now = time.time
+    per = max(1, calls // blocks)
+    cpu: dict[str, list[float]] = {"empty": [], "log": [], "bare": []}
+    with mlvc.track(path=work, repository=str(work / "call-repo")) as r:
+        r.log({"loss": 0.0, "lr": 0.0}, step=0)
+        r.flush()
+        base = 1
+        for blk in range(blocks):
+            order = ["empty", "log", "bare"]
+            for what in order[blk % 3 :] + order[: blk % 3]:
+                kept: list[tuple[int, float, dict[str, float]]] = []
+                keep = kept.append
+                c0 = time.thread_time()
+                if what == "empty":
+                    for _step in range(base, base + per):
+                        x = 0.5
+                        {"loss": x, "lr": 0.001}  # noqa: B018 - the dict the other loops build
+                elif what == "log":
+                    for step in range(base, base + per):
+                        x = 0.5
+                        r.log({"loss": x, "lr": 0.001}, step=step)
+                    base += per
+                else:
+                    for step in range(base, base + per):
+                        x = 0.5
+                        keep((step, now(), dict({"loss": x, "lr": 0.001})))
+                cpu[what].append(time.thread_time() - c0)
+
+    def per_call(what: str) -> list[float]:
+        return [(c - e) / per * 1e6 for c, e in zip(cpu[what], cpu["empty"], strict=True)]
+
+    log_q = statistics.quantiles(per_call("log"))
+    bare_q = statistics.quantiles(per_call("bare"))
+    return {
+        "call_log_us": log_q[1],
+        "call_log_q1": log_q[0],
+        "call_log_q3": log_q[2],
+        "call_bare_us": bare_q[1],
+        "call_bare_q1": bare_q[0],
+        "call_bare_q3": bare_q[2],
+    }
+
+
 def outage_blocking(work: Path) -> dict[str, float]:
     """Longest ``checkpoint()`` call while the storage refuses, freezes or crawls."""
     import threading
@@ -306,11 +359,31 @@ def log_rows(m: dict[str, float]) -> list[tuple[str, str, str, str]]:
     ]
 
 
+def call_rows(m: dict[str, float]) -> list[tuple[str, str, str, str]]:
+    """Table rows of :func:`log_call_cost`'s figures."""
+    return [
+        (
+            "run.log call, tight loop: calling thread's CPU (median, quartiles)",
+            f"{m['call_log_us']:.3f} us ({m['call_log_q1']:.3f}-{m['call_log_q3']:.3f})",
+            "",
+            "PASS" if m["call_log_us"] < 0.3 else "**FAIL** (target < 0.3 us)",
+        ),
+        (
+            "floor: bare list.append((step, time.time(), dict(metrics))), tight loop",
+            f"{m['call_bare_us']:.3f} us ({m['call_bare_q1']:.3f}-{m['call_bare_q3']:.3f})",
+            "",
+            "",
+        ),
+    ]
+
+
 def report(m: dict[str, float], command: str) -> str:
     """The markdown report of the figures measured."""
     rows = checkpoint_rows(m) if "size" in m else []
     if "points" in m:
         rows += log_rows(m)
+    if "call_log_us" in m:
+        rows += call_rows(m)
     for mode in ("refused", "frozen", "slow"):
         key = f"outage_{mode}"
         if key in m:
@@ -352,6 +425,7 @@ def main() -> None:
             m.update(run(args.scale, args.reps, work))
         (work / "project").mkdir(exist_ok=True)
         m.update(log_overhead(args.log_points, work / "project", args.log_blocks))
+        m.update(log_call_cost(3 * args.log_points, work / "project"))
         if not args.log_only:
             m.update(outage_blocking(work))
     finally:
