@@ -24,12 +24,15 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from decimal import Decimal
+from itertools import chain
 from typing import Any
 
-from mlvc.experiments.summary import json_number
+import orjson
+
 from mlvc_core.errors import FormatError, KeyNotFound
 from mlvc_core.repository import Repository
 
@@ -63,6 +66,8 @@ MAX_BUFFERED = 2_000_000
 FORMAT = 1
 
 Point = tuple[int, float, dict[str, float]]
+RawPoint = tuple[int, float, dict[Any, Any]]
+"""A point as logged: names and values as given (plain ``float``/``int`` values)."""
 
 
 def series_prefix(exp_id: str) -> str:
@@ -100,13 +105,68 @@ def metric_value(value: Any) -> float:
         raise TypeError(f"{type(value).__name__} {value!r} is not a number") from exc
 
 
-def encode_segment(points: list[Point]) -> bytes:
-    """The stored form of a segment."""
-    doc = {
-        "v": FORMAT,
-        "points": [[s, t, {k: json_number(v) for k, v in m.items()}] for s, t, m in points],
-    }
-    return zlib.compress(json.dumps(doc, separators=(",", ":")).encode(), 6)
+SLICE_POINTS = 64
+"""Points :func:`encode_segment` encodes between two calls of its ``pause``."""
+
+_AS_IS = frozenset([str, float])
+
+
+def _stored(step: int, t: float, values: dict[Any, Any]) -> list[Any]:
+    """One point as stored: names as ``str``, values as floats, non-finite ones as strings."""
+    out: dict[str, float | str] = {}
+    for k, v in values.items():
+        try:
+            value = float(v)
+        except (TypeError, ValueError, OverflowError) as exc:
+            log.warning("mlvc: metric %r of step %s not recorded: %s", k, step, exc)
+            continue
+        out[str(k)] = value if math.isfinite(value) else str(value)
+    return [step, t, out]
+
+
+def _points_json(points: Sequence[RawPoint]) -> bytes:
+    """``points`` as a JSON array, as stored (see :func:`encode_segment`)."""
+    maps = [m for _, _, m in points]
+    kinds = set(
+        map(type, chain(chain.from_iterable(maps), chain.from_iterable(map(dict.values, maps))))
+    )
+    if kinds <= _AS_IS:  # values are numbers (the caller's), so: str names, float values
+        try:
+            text = orjson.dumps(points)
+        except TypeError:  # a float name; a name orjson refuses (a lone surrogate)
+            pass
+        else:
+            if b'":null' not in text:  # orjson writes NaN and the infinities as null
+                return text
+    return json.dumps([_stored(*point) for point in points], separators=(",", ":")).encode()
+
+
+def encode_segment(points: Sequence[RawPoint], pause: Callable[[], object] | None = None) -> bytes:
+    """The stored form of a segment.
+
+    Encodes :data:`SLICE_POINTS` points at a time, calling ``pause`` between two slices (the
+    writing thread lets the training loop's thread have the interpreter there). A slice of
+    ``str`` names and finite ``float`` values is encoded as it is; any other point by point:
+    names through ``str``, values through ``float`` (one that is not a number is left out with
+    a warning), non-finite values as the strings ``"nan"``, ``"inf"``, ``"-inf"``. Numbers are
+    written in their shortest form that reads back as the same float; zlib level 1.
+
+    Args:
+        points: ``(step, time, {name: value})`` in logging order; values numbers.
+        pause: Called after each slice (None: never).
+
+    Returns:
+        The segment's bytes (see the module's docstring).
+    """
+    parts = [b'{"v":%d,"points":[' % FORMAT]
+    for i in range(0, len(points), SLICE_POINTS):
+        if i:
+            parts.append(b",")
+            if pause is not None:
+                pause()
+        parts.append(_points_json(points[i : i + SLICE_POINTS])[1:-1])
+    parts.append(b"]}")
+    return zlib.compress(b"".join(parts), 1)
 
 
 def decode_segment(data: bytes) -> list[Point]:

@@ -86,7 +86,8 @@ The package, one concern per module (none imports the CLI):
 ``code``               the code snapshot; ``ignore`` its ignore rules
 ``environment``        what a run records about where it runs (``_children``: fork-safe ``git``)
 ``params``             params made flat and JSON-safe; ``redaction`` keeps secrets out
-``steplog``            ``run.log()``: the cheap call and the thread writing segments
+``steplog``            the points ``run.log()`` keeps (the call is ``Run.log``) and the thread
+                       writing them in segments
                        (their format is :mod:`mlvc.series`'s, shared with the read side)
 ``heartbeat``          the live run's heartbeat object
 ``resume``             what ``resume=`` continues from, and restoring its files

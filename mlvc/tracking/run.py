@@ -57,6 +57,8 @@ log = logging.getLogger("mlvc")
 
 __all__ = ["Run", "init", "track"]
 
+_now = time.time
+
 CHECKPOINT_WAIT = 1.0
 """Seconds ``checkpoint()`` waits for room in a full queue before queueing anyway."""
 
@@ -93,6 +95,7 @@ class Run:
         self._config_error: BaseException | None = None
         self._resume_id: str | None = None
         self._next_step = 0
+        self._log_step = 0  # of the next point logged without a step
         self._stop_job: Job | None = None
         self._left_behind: LeftBehind | None = None
         self._backlog_warned = False
@@ -286,9 +289,15 @@ class Run:
     def log(self, metrics: Mapping[str, Any], step: int | None = None) -> None:
         """Record metric values at a step, cheaply: no file, no commit (see :mod:`mlvc.series`).
 
-        Points wait in memory and are written in batched segments by a background thread
-        (every few seconds, and when the run ends); read them back with
-        :meth:`Experiment.metrics <mlvc.experiments.Experiment.metrics>`.
+        The training loop's fast path: a copy of ``metrics`` and one list append of ``(step,
+        time.time(), values)``, no lock and no I/O (the run's :class:`StepLog` writes what
+        waits in batched segments from a background thread, every few seconds and when the
+        run ends). Plain ``float`` and ``int`` values are kept as they are and converted when
+        encoded; any other value is converted at the call, since it may change in place
+        afterwards (an accumulator tensor) or keep memory alive (a tensor's autograd graph).
+        Read the points back with :meth:`Experiment.metrics
+        <mlvc.experiments.Experiment.metrics>`. After :meth:`close`, a call records nothing
+        (the first one warns).
 
         Args:
             metrics: Metric name -> value (Python or numpy numbers, 0-d arrays, one-element
@@ -302,7 +311,20 @@ class Run:
         if self._disabled:
             return
         try:
-            self._series.log(metrics, step)
+            if step is None:
+                step = self._log_step
+            elif type(step) is not int:
+                step = int(step)
+            self._log_step = step + 1
+            values = dict(metrics)  # the caller may reuse its dict
+            for value in values.values():
+                if type(value) is not float and type(value) is not int:
+                    # a tensor may change in place or hold its graph: converted now
+                    values = clean_values(values, f"step {step}")
+                    if not values:
+                        return
+                    break
+            self._series.keep((step, _now(), values))
         except (TypeError, ValueError) as exc:
             self._failures.in_caller("log", exc)
 
@@ -373,7 +395,7 @@ class Run:
         self._primary = self._primary or found.primary
         self.params = {**found.params, **self.params}
         self._next_step = found.next_step
-        self._series.step = found.next_log_step
+        self._log_step = found.next_log_step
         if restore_files and found.checkpoint is not None:
             restore(found.checkpoint, self._code_dir, force)
 
@@ -396,7 +418,7 @@ class Run:
             if self._closed:
                 return
             self._closed = True
-        self._series.closed = True
+        self._series.end()
         if self._recorder.alive():
             job = self._stop_job = Job("stop", reason=reason, error=error)
             self._queue.put(job)
