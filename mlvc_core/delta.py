@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 
 from mlvc_core import codec
 from mlvc_core.errors import FormatError
+from mlvc_core.tensorfile import DTYPE_SIZES
 
 if TYPE_CHECKING:
     from numpy.typing import NDArray
@@ -54,20 +55,7 @@ DIFFERENCE = 1
 XOR = 1
 ORDERED = 2
 
-_FLOATS = {"BF16": 2, "F16": 2, "F32": 4, "F64": 8}
-_WIDTHS = {
-    "BOOL": 1,
-    "U8": 1,
-    "I8": 1,
-    "F8_E5M2": 1,
-    "F8_E4M3": 1,
-    "I16": 2,
-    "U16": 2,
-    "I32": 4,
-    "U32": 4,
-    "I64": 8,
-    "U64": 8,
-}
+_FLOATS = frozenset({"BF16", "F16", "F32", "F64"})
 _UINT = {1: "<u1", 2: "<u2", 4: "<u4", 8: "<u8"}
 _SINT = {1: "<i1", 2: "<i2", 4: "<i4", 8: "<i8"}
 _HEAD = struct.Struct("<BBBBII")
@@ -75,9 +63,8 @@ _HEAD = struct.Struct("<BBBBII")
 
 def _transform(dtype: str | None) -> tuple[int, int]:
     """``(transform, width)`` for a dtype name (safetensors spelling); XOR bytes if unknown."""
-    if dtype in _FLOATS:
-        return ORDERED, _FLOATS[dtype]
-    return XOR, _WIDTHS.get(dtype or "", 1)
+    width = DTYPE_SIZES.get(dtype or "", 1)
+    return (ORDERED if dtype in _FLOATS else XOR), width
 
 
 def _ordered(u: Words, bits: int) -> Words:
