@@ -258,7 +258,13 @@ class LocalStore(Store):
         fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
+            try:
+                yield
+            finally:
+                # Unlocked explicitly: a process forked meanwhile (a DataLoader worker) holds a
+                # copy of ``fd``, and a flock lives until every copy is closed, so closing ours
+                # alone would keep the key locked for as long as that worker lives.
+                fcntl.flock(fd, fcntl.LOCK_UN)
         finally:
             os.close(fd)
 

@@ -357,3 +357,34 @@ def test_conditional_delete_and_move_never_both_win(
             store.delete("refs/r")
         else:
             assert not store.exists("refs/r")
+
+
+def test_a_process_forked_inside_a_conditional_write_leaves_the_key_unlocked(
+    tmp_path: Path,
+) -> None:
+    """A training process forks DataLoader workers at any moment, also while a background
+    thread holds a local key's lock; the worker must not keep that key locked for its life."""
+    import os
+    import signal
+
+    store = LocalStore(tmp_path)
+    with store._locked("refs/heads/main"):  # the window of a compare-and-swap
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child: a worker that outlives the write
+            try:
+                time.sleep(30)
+            finally:
+                os._exit(0)
+    try:
+        done = threading.Event()
+
+        def write() -> None:
+            store.write_if("refs/heads/main", b"moved", None)
+            done.set()
+
+        threading.Thread(target=write, daemon=True).start()
+        assert done.wait(10), "the key stayed locked while the forked process lived"
+        assert store.read("refs/heads/main") == b"moved"
+    finally:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
