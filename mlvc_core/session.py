@@ -88,23 +88,19 @@ class WriteSession:
         return oid in self._pending or self.repo.has(oid)
 
     def _writer(self, kind: int) -> PackWriter:
+        """The open pack for ``kind`` (chunks and metadata go to separate packs)."""
         if kind == CHUNK:
-            if self._data is not None and (
-                self._data.size >= self.repo.config.pack_size or self._data.full
-            ):
-                self._unindexed.extend(self._data.finish())
-                self._data = None
-            if self._data is None:
-                self._data = PackWriter(self.repo.store)
+            self._data = self._open_pack(self._data)
             return self._data
-        if self._meta is not None and (
-            self._meta.size >= self.repo.config.pack_size or self._meta.full
-        ):
-            self._unindexed.extend(self._meta.finish())
-            self._meta = None
-        if self._meta is None:
-            self._meta = PackWriter(self.repo.store)
+        self._meta = self._open_pack(self._meta)
         return self._meta
+
+    def _open_pack(self, w: PackWriter | None) -> PackWriter:
+        """``w``, or a new pack once ``w`` is full (its entries then wait for the index)."""
+        if w is not None and (w.size >= self.repo.config.pack_size or w.full):
+            self._unindexed.extend(w.finish())
+            w = None
+        return w if w is not None else PackWriter(self.repo.store)
 
     def add_payload(
         self, oid: ObjectId, kind: int, codec_id: int, payload: bytes | memoryview, raw_len: int
