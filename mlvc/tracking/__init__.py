@@ -12,11 +12,11 @@
 Never break the training loop (docs/experiments.md, design invariant 5):
 
 * ``checkpoint()`` only protects the files and enqueues a job; the caller may overwrite them
-  as soon as the call returns. Large files are leased by a helper process (:mod:`.leases`):
-  the call returns once they are leased, the background thread reads them in place, and a
-  write to a file before its checkpoint is stored waits (in the kernel) while the helper
-  copies it, then goes ahead; that checkpoint is stored from the copy. Small files, and files
-  that cannot be leased, are copied into a private copy directory before the call returns.
+  as soon as the call returns, and no write of theirs ever waits for mlvc (:mod:`.copies`):
+  the files are cloned or copied into a private copy directory before the call returns, up to
+  ``copy_budget`` seconds (default 1 s); the rest is copied in the background at once, watched
+  for writes, and a file written to before its copy is complete costs that checkpoint (a
+  warning), never a torn record.
   A background thread chunks, stores and commits, then advances the experiment's ref by
   compare-and-swap. Up to ``max_pending`` (default 2) checkpoints wait for it unnoticed; a
   further one waits at most :data:`CHECKPOINT_WAIT` (1 s) for room, then is queued anyway with
@@ -28,7 +28,7 @@ Never break the training loop (docs/experiments.md, design invariant 5):
   :data:`EXIT_TIMEOUT`) for the storage to take what is pending; what it has not taken by then
   is kept in the local outbox (:mod:`.outbox`, under the cache directory), and the last
   line says so and names ``mlvc sync``, which sends it later.
-* ``checkpoint(copy=False)`` takes no lease and copies nothing, for loops that leave their
+* ``checkpoint(copy=False)`` copies nothing, for loops that leave their
   checkpoint files alone until the next checkpoint: the call only notes each file's identity
   (size, mtime, inode) and returns in microseconds; the background thread reads the files
   where they are.
@@ -75,9 +75,9 @@ The package, one concern per module (none imports the CLI):
 ``run``                the public API: :class:`Run` (delegates), :func:`track`, :func:`init`
 ``options``            :class:`RunOptions`, the one list of ``track()``'s keyword arguments
 ``failures``           log-and-go-on or raise (``strict``), and the failure count
-``protect``            the caller's thread: lease, copy or fingerprint a checkpoint's files
-``leases``             the lease helper's client and one checkpoint's leases and copies
-``_lease_helper``      the helper process that holds the leases (standard library only)
+``protect``            the caller's thread: copy or fingerprint a checkpoint's files
+``copies``             one checkpoint's copies (clone, kernel copy, within a time budget) and
+                       the run's background copier; ``changes`` sees writes to files in copy
 ``jobs``               the background jobs and their bounded queue
 ``recorder``           the worker thread: retries, waits for gc, survives anything
 ``commits``            what the worker stores: start, resume and checkpoint commits, each

@@ -1,4 +1,4 @@
-"""Child processes that tracking starts (``git``, the lease helper), safe against user forks.
+"""Child processes that tracking starts (``git``), safe against user forks.
 
 A training process forks while mlvc's background threads run: a PyTorch ``DataLoader`` forks
 its workers (without ``exec``), and so do ``multiprocessing`` pools. A fork copies every open

@@ -145,16 +145,8 @@ def give_up(stop: Job, recorder: Recorder, outbox: Path) -> LeftBehind:
 def _keep(root: Path, job: Job, writer: ExperimentWriter) -> None:
     """Copy one pending checkpoint's files (as they were at the call) into the outbox."""
     assert writer.exp_id is not None and writer.repo is not None
-    job.await_copies()  # files inside checkpointed directories: the helper's copies
-    files: list[tuple[str, Path]] = []
-    leases = job.files.leases
-    for rel, copied in job.files.items:
-        src = copied
-        if leases is not None:
-            lease = leases.copy_of(copied)
-            if lease is not None and lease.status != "copied":
-                src = Path(lease.src)  # still leased: unchanged since the call
-        files.append((rel, src))
+    job.await_copies()  # the copies still going on in the background
+    files = list(job.files.items)
     entry = {
         "kind": "checkpoint",
         "repository": writer.repo.url,

@@ -13,10 +13,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar
 
 from mlvc.errors import MlvcError
-from mlvc.tracking.leases import CopyFailed, Lease
+from mlvc.tracking.copies import CopyFailed, FileCopy
 from mlvc.tracking.protect import ProtectedFiles, fingerprint_of, remove_copy_dirs
 
 __all__ = ["CheckpointChanged", "Job", "JobQueue"]
@@ -68,61 +68,59 @@ class Job:
         return "experiment end" if self.kind == "stop" else self.kind
 
     def await_copies(self) -> None:
-        """Wait until the background copies of the files in the job's directories are made.
-
-        Files checkpointed on their own are read in place (:meth:`read`).
+        """Wait until the copies of the job's files still going on in the background end.
 
         Raises:
-            CheckpointChanged: A file changed while it was being copied.
-            CopyFailed: A copy failed, or was lost with the helper process.
+            CheckpointChanged: A file was written to before its copy was complete.
+            CopyFailed: A copy failed.
         """
-        leases = self.files.leases
-        if leases is None:
-            return
-        leases.copy_nested()
-        self._raise_missed(leases.wait_nested())
+        copies = self.files.copies
+        if copies is not None:
+            self._raise_missed(copies.wait())
 
     def read(self, copied: Path, ingest: Callable[[Path], _R]) -> _R:
-        """Run ``ingest`` on a copied file, or on the original while the helper leases it.
+        """Run ``ingest`` on a file as protected (its copy, once complete, or in place).
 
         Raises:
-            CheckpointChanged: The file changed before it was read or copied.
-            CopyFailed: Its copy failed, or was lost with the helper process.
+            CheckpointChanged: A file was written to before its copy was complete.
+            CopyFailed: A copy failed.
         """
-        leases = self.files.leases
-        if leases is None:
-            return ingest(copied)
-        result, status = leases.read(copied, ingest)
-        if status:
-            lease = leases.copy_of(copied)
-            assert lease is not None
-            self._raise_missed([lease])
-        return cast(_R, result)
+        self.await_copies()
+        return ingest(copied)
 
     def changed_in_place(self) -> list[str]:
         """Files read in place (``copy=False``) that changed since the job was queued."""
         return [p for p, fp in self.files.fingerprints.items() if fingerprint_of(p) != fp]
 
-    def _raise_missed(self, missed: list[Lease]) -> None:
+    def _raise_missed(self, missed: list[FileCopy]) -> None:
         changed = [c for c in missed if c.status == "changed"]
         if changed:
+            c = changed[0]
+            when = (
+                "while checkpoint() copied it"
+                if not c.in_background
+                else (
+                    f"{c.copied / 2**20:.0f} of {c.size / 2**20:.0f} MiB into its copy, which went "
+                    "on in the background after the call's copy budget"
+                )
+            )
             raise CheckpointChanged(
-                f"{changed[0].src} changed while mlvc was copying it (a write to it waited longer "
-                "than the kernel's lease-break time, /proc/sys/fs/lease-break-time), so the "
-                f"checkpoint at step {self.step} was not recorded"
+                f"{c.src} was written to before mlvc had copied it ({when}), so the checkpoint "
+                f"at step {self.step} was not recorded; raise track(copy_budget=...) (None: "
+                "copy whole before returning), or save to a new file name"
             )
         if missed:
-            what = "failed" if missed[0].status == "failed" else "was lost"
+            c = missed[0]
             raise CopyFailed(
-                f"the background copy of {missed[0].src} for the checkpoint at step {self.step} "
-                f"{what}: {missed[0].detail}"
+                f"the copy of {c.src} for the checkpoint at step {self.step} "
+                + (f"failed: {c.detail}" if c.status == "failed" else "was cancelled")
             )
 
     def cleanup(self) -> None:
-        """Let go of the job's leases and remove its copy directories."""
-        if self.files.leases is not None:
-            self.files.leases.wait()  # nothing may still write into the copy directories
-            self.files.leases = None
+        """Stop the job's copies still going on and remove its copy directories."""
+        if self.files.copies is not None:
+            self.files.copies.cancel()  # nothing may still write into the copy directories
+            self.files.copies = None
         remove_copy_dirs(self.files.copy_dirs)
         self.files.copy_dirs = []
 

@@ -1,11 +1,12 @@
 """Protecting a checkpoint's files in the caller's thread, before ``checkpoint()`` returns.
 
-``copy=True``: each file is leased (:mod:`mlvc.tracking.leases`) or copied into a private copy
-directory (:data:`~mlvc.tracking.leases.COPY_DIR` beside the file, else under the cache
-directory), so the loop may overwrite it at once. ``copy=False``: only each file's identity
-(:func:`fingerprint`) is noted; the background thread reads the files in place and drops the
-checkpoint if one changed. Copy directories left by dead processes of this host are swept.
-Touches no repository.
+``copy=True``: each file is cloned or copied into a private copy directory
+(:data:`~mlvc.tracking.copies.COPY_DIR` beside the file, so a clone is possible, else under the
+cache directory), within the run's copy budget, the rest in the background without ever making
+a writer wait (:mod:`mlvc.tracking.copies`), so the loop may overwrite it at once.
+``copy=False``: only each file's identity (:func:`fingerprint`) is noted; the background thread
+reads the files in place and drops the checkpoint if one changed. Copy directories left by dead
+processes of this host are swept. Touches no repository.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mlvc.errors import UsageError
-from mlvc.tracking.leases import COPY_DIR, CheckpointLeases, LeaseHelper
+from mlvc.tracking.copies import COPY_DIR, CheckpointCopies, Copier
 from mlvc.tracking.options import Paths
 from mlvc_core.processes import pid_alive
 
@@ -117,30 +118,35 @@ class ProtectedFiles:
         items: ``(path in the tree, file to read)`` per file or directory given.
         copy_dirs: The private copy directories to remove once the checkpoint is stored.
         fingerprints: Identity of each file read in place (``copy=False``).
-        leases: The files leased or copied in the background (``copy=True``).
+        copies: The files' copies (``copy=True``), some maybe still going on.
     """
 
     items: list[tuple[str, Path]] = field(default_factory=list)
     copy_dirs: list[Path] = field(default_factory=list)
     fingerprints: dict[str, Fingerprint] = field(default_factory=dict)
-    leases: CheckpointLeases | None = None
+    copies: CheckpointCopies | None = None
 
 
 class FileProtector:
-    """Protects the files of a run's checkpoints; owns the run's lease helper.
+    """Protects the files of a run's checkpoints; owns the run's copier.
 
     Args:
         code_dir: The code directory (tree paths are relative to it first).
         cwd: The run's working directory (tree paths are relative to it next).
         cache_dir: Where copies go when they cannot go beside the file (None: only there).
+        copy_budget: Seconds one ``checkpoint()`` call may spend copying before the rest of
+            its files are copied in the background (None: no limit).
     """
 
-    def __init__(self, code_dir: Path, cwd: Path, cache_dir: Path | None) -> None:
+    def __init__(
+        self, code_dir: Path, cwd: Path, cache_dir: Path | None, copy_budget: float | None
+    ) -> None:
         self.code_dir = code_dir
         self.cwd = cwd
         self.cache_dir = cache_dir
-        self.helper: LeaseHelper | None = None
-        """The lease helper's client, started by the first ``copy=True`` checkpoint."""
+        self.copy_budget = copy_budget
+        self.copier: Copier | None = None
+        """The run's copier, made by the first ``copy=True`` checkpoint."""
         self._swept: set[Path] = set()
 
     def tree_path(self, src: Path) -> str:
@@ -178,21 +184,26 @@ class FileProtector:
         raise last
 
     def protect(self, paths: Paths, copy: bool) -> ProtectedFiles:
-        """Lease or copy (``copy``), else fingerprint, the files of one checkpoint.
+        """Copy (``copy``), else fingerprint, the files of one checkpoint.
+
+        Returns once every file is copied, or once the copy budget is spent with the rest
+        going on in the background (see :mod:`mlvc.tracking.copies`).
 
         Raises:
             FileNotFoundError: A path does not exist.
             UsageError: The same path given twice.
-            OSError: A file could be neither leased nor copied.
+            OSError: A file could not be opened or copied.
         """
         out = ProtectedFiles()
         if paths is None:
             return out
         if isinstance(paths, (str, os.PathLike)):
             paths = [paths]
-        if copy and self.helper is None:
-            self.helper = LeaseHelper()
-        leases = out.leases = CheckpointLeases(self.helper) if copy else None
+        if copy and self.copier is None:
+            self.copier = Copier()
+        copies = None
+        if self.copier is not None and copy:
+            copies = out.copies = CheckpointCopies(self.copier, self.copy_budget)
         try:
             for p in paths:
                 src = Path(p)
@@ -203,7 +214,7 @@ class FileProtector:
                 rel = self.tree_path(src)
                 if any(r == rel for r, _ in out.items):
                     raise UsageError(f"checkpoint path given twice: {rel}")
-                if leases is None:
+                if copies is None:
                     src = src.absolute()
                     out.fingerprints.update(fingerprint(src))
                     out.items.append((rel, src))
@@ -211,18 +222,16 @@ class FileProtector:
                 d = self._copy_dir(src)
                 out.copy_dirs.append(d)
                 dst = d / Path(os.path.abspath(src)).name
-                leases.copy(src, dst)
+                copies.copy(src, dst)
                 out.items.append((rel, dst))
-            if leases is not None:
-                leases.protect()
         except BaseException:
-            if leases is not None:
-                leases.cancel()
+            if copies is not None:
+                copies.cancel()
             remove_copy_dirs(out.copy_dirs)
             raise
         return out
 
     def close(self) -> None:
-        """Stop the lease helper (after the worker: every copy it waited for is made)."""
-        if self.helper is not None:
-            self.helper.close()
+        """Stop the copier (after the worker: every copy it waited for is made)."""
+        if self.copier is not None:
+            self.copier.close()

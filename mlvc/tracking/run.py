@@ -2,7 +2,7 @@
 
 ``Run`` keeps the public methods and delegates each concern to its own object: the options
 (:mod:`~mlvc.tracking.options`), failures (:mod:`~mlvc.tracking.failures`), protecting
-checkpoint files (:mod:`~mlvc.tracking.protect`, :mod:`~mlvc.tracking.leases`), the background
+checkpoint files (:mod:`~mlvc.tracking.protect`, :mod:`~mlvc.tracking.copies`), the background
 recorder (:mod:`~mlvc.tracking.recorder`) and what it stores (:mod:`~mlvc.tracking.commits`),
 step metrics (:mod:`~mlvc.tracking.steplog`), the heartbeat, the end of the run
 (:mod:`~mlvc.tracking.ending`) and the exit hooks (:mod:`~mlvc.tracking.exits`). The package's
@@ -133,7 +133,10 @@ class Run:
             self._series_target, f"{int(time.time() * 1000):013d}-{uuid.uuid4().hex[:12]}"
         )
         self._files = FileProtector(
-            self._code_dir, self._cwd, self._settings.cache_dir if self._settings else None
+            self._code_dir,
+            self._cwd,
+            self._settings.cache_dir if self._settings else None,
+            o.copy_budget,
         )
         self._queue = JobQueue(o.max_pending)
         self._recorder = Recorder(
@@ -220,17 +223,18 @@ class Run:
         """Record a checkpoint: files (optional), step and metrics, committed in the background.
 
         Returns as soon as the files are protected and the job is queued; waits only when
-        ``max_pending`` checkpoints are already waiting. With ``copy=True`` (the default), files
-        of 1 MiB and more are leased by a helper process (a Linux file lease) and read in place
-        in the background while the lease is held: the loop may overwrite them at once. A write
-        that comes before a file is stored (``torch.save``, ``open(path, "wb")``) waits in the
-        kernel while the helper copies the file, then goes ahead, and that checkpoint is stored
-        from the copy (reading the files never waits). Smaller files, and where leases are
-        unavailable (other systems, network filesystems, files of another user, a file held
-        open for writing), are copied before the call returns, as is everything if the helper
-        cannot run. A write that waits longer than ``/proc/sys/fs/lease-break-time`` (45 s by
-        default) is let in by the kernel; that checkpoint is then dropped with a warning, never
-        recorded torn.
+        ``max_pending`` checkpoints are already waiting. With ``copy=True`` (the default) the
+        loop may open, overwrite, truncate, append to or rename over the files at once, and
+        nothing mlvc does ever makes that wait or fail (mlvc holds no lock or lease on them;
+        it only reads them). Each file is cloned (copy-on-write, where the filesystem can:
+        instant) or copied by the kernel into a private copy directory before the call
+        returns, up to the run's ``copy_budget`` (default 1 s of copying, about 3 GB from the
+        page cache); what is left is copied at once in the background, watched for writes. A
+        write that reaches a file before its background copy is complete costs that
+        checkpoint (a warning, or an error with ``strict=True``), never a torn record. Files on
+        filesystems another host may write to (NFS...), and where writes cannot be watched
+        (other systems), are copied whole before the call returns. See
+        :mod:`mlvc.tracking.copies`.
 
         Args:
             path: A file, a directory, or a list of them (weights, optimizer state, ...).
@@ -238,7 +242,7 @@ class Run:
             metrics: Metric values (numbers; tensors and numpy scalars are converted).
             primary_metric: ``(name, "minimize" | "maximize")`` ranking checkpoints for
                 ``best()``; once given, later checkpoints default to it.
-            copy: Protect the files (default), so they may be overwritten at once. False:
+            copy: Copy the files (default), so they may be overwritten at once. False:
                 return at once and read them in place in the background; a file changed before
                 it was stored drops the checkpoint with a warning.
 
