@@ -16,6 +16,14 @@ The guarantees are those of GCS (strong consistency for objects and listings):
   1.54 ignores that precondition, so the store compares the generation first as well.
 * ``open_write`` uses gcsfs's file: a simple upload at close for small objects, a resumable
   upload (finalised only by its last chunk) for large ones; ``abort`` cancels the session.
+* Credentials are looked up by :func:`default_token` when no ``token`` option is given, never
+  by gcsfs's own chain (``google_default``, ``cache``, ``cloud``, then ``anon``), whose
+  ``cloud`` step asks the GCE metadata server with retries and no overall limit: without a
+  network it could hang a command for minutes. The lookup (google.auth's default credentials,
+  then a first token, so no request waits for one) runs under a deadline,
+  :data:`CREDENTIALS_TIMEOUT`; one that does not end in time, or finds credentials that cannot
+  get a token, is a :class:`~mlvc_core.errors.StorageError` naming what to set. No credentials
+  anywhere means anonymous access (public buckets), as with gcsfs.
 * gcsfs must be imported with ``GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT=false`` in the environment
   when talking to an emulator (otherwise each bucket costs a 60 s gRPC probe); real GCS is fine
   either way.
@@ -27,15 +35,116 @@ mlvc's and invalidating caches stay with the store. gcsfs is imported lazily.
 from __future__ import annotations
 
 import json
+import threading
 from typing import Any
 
 from mlvc_core.errors import PreconditionFailed, StorageError
 
-__all__ = ["GCS_PROTOCOLS", "create", "delete_if", "get", "upload_if"]
+__all__ = [
+    "CREDENTIALS_TIMEOUT",
+    "GCS_PROTOCOLS",
+    "create",
+    "default_token",
+    "delete_if",
+    "get",
+    "upload_if",
+]
 
 GCS_PROTOCOLS = frozenset({"gs", "gcs"})
+CREDENTIALS_TIMEOUT = 10.0
+"""Seconds the lookup of default credentials (and their first token) may take."""
+TOKEN_REQUEST_TIMEOUT = 5.0
+"""Seconds one request for a token may wait for the server (within the lookup's deadline)."""
+SET_CREDENTIALS = (
+    "set GOOGLE_APPLICATION_CREDENTIALS to a service account key file or run `gcloud auth "
+    "application-default login`; for anonymous access (a public bucket, an emulator at "
+    "STORAGE_EMULATOR_HOST) off Google Cloud set NO_GCE_CHECK=true or pass the storage "
+    "option token=anon"
+)
+"""What a user can set, for messages."""
 
 _BOUNDARY = "==mlvc-0a7f3c=="
+
+
+def _look_up(access: str) -> tuple[Any, str | None]:
+    """google.auth's default credentials with a fresh token; ``("anon", None)`` if none exist.
+
+    Raises:
+        StorageError: Credentials were found but no token could be had for them.
+    """
+    import google.auth
+    import google.auth.exceptions
+    from google.auth.transport.requests import Request
+
+    scope = f"https://www.googleapis.com/auth/devstorage.{access}"
+    try:
+        credentials, project = google.auth.default(scopes=[scope])
+    except google.auth.exceptions.DefaultCredentialsError:
+        return "anon", None
+    try:
+        credentials.refresh(_TimedRequest(Request()))  # type: ignore[no-untyped-call]
+    except google.auth.exceptions.GoogleAuthError as exc:
+        raise StorageError(
+            f"cannot get a Google Cloud token with the default credentials ({exc}); "
+            + SET_CREDENTIALS
+        ) from exc
+    return credentials, project
+
+
+class _TimedRequest:
+    """A google.auth transport request whose each call waits at most TOKEN_REQUEST_TIMEOUT."""
+
+    def __init__(self, request: Any) -> None:
+        self._request = request
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        kwargs["timeout"] = min(float(kwargs.get("timeout") or 120), TOKEN_REQUEST_TIMEOUT)
+        return self._request(*args, **kwargs)
+
+
+def default_token(access: str = "full_control") -> tuple[Any, str | None]:
+    """The ``token`` option for gcsfs when none is given: found within a deadline.
+
+    Args:
+        access: gcsfs's ``access`` option (``read_only``, ``read_write``, ``full_control``).
+
+    Returns:
+        google.auth's default credentials, refreshed, and their project (if they name one);
+        or ``"anon"`` and None when no credentials are set up anywhere.
+
+    Raises:
+        StorageError: The lookup did not end within :data:`CREDENTIALS_TIMEOUT` seconds (the
+            GCE metadata server did not answer), or credentials were found but no token could
+            be had for them. The message names what to set.
+    """
+    found: list[tuple[Any, str | None]] = []
+    failed: list[BaseException] = []
+
+    def look() -> None:
+        try:
+            found.append(_look_up(access))
+        except BaseException as exc:  # noqa: BLE001 - reported in the caller's thread
+            failed.append(exc)
+
+    # A thread, not a timeout per request: google.auth asks the metadata server in several
+    # steps, each with its own retries. A lookup given up on ends on its own, unused.
+    worker = threading.Thread(target=look, name="mlvc-gcs-credentials", daemon=True)
+    worker.start()
+    worker.join(CREDENTIALS_TIMEOUT)
+    if found:
+        return found[0]
+    if failed:
+        exc = failed[0]
+        if isinstance(exc, StorageError):
+            raise exc
+        raise StorageError(
+            f"cannot look up Google Cloud credentials ({type(exc).__name__}: {exc}); "
+            + SET_CREDENTIALS
+        ) from exc
+    raise StorageError(
+        f"no Google Cloud credentials found within {CREDENTIALS_TIMEOUT:g} s (the lookup "
+        "waited for the GCE metadata server, which did not answer); " + SET_CREDENTIALS
+    )
 
 
 def _header(headers: Any, name: str) -> str | None:

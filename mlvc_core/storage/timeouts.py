@@ -31,6 +31,13 @@ storage options override key by key:
   request anyway): gcsfs's ``session_kwargs`` get ``request_class``
   :class:`~mlvc_core.storage.send_deadline.DeadlineRequest` and the timeout as the session's
   default, which names the deadline (the caller's own ``session_kwargs`` are kept).
+  gcsfs's extended filesystem (``GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT``, on by default) asks the
+  Storage Control API (gRPC) for each bucket's layout, retrying for 60 s: ``retry_timeout``
+  defaults to :data:`READ_TIMEOUT` here (the plain filesystem ignores the option).
+  Without a ``token`` option, the credentials are looked up under a deadline
+  (:data:`~mlvc_core.storage.gcs.CREDENTIALS_TIMEOUT` seconds, by
+  :func:`~mlvc_core.storage.gcs.default_token`) and handed to gcsfs, whose own lookup has no
+  overall limit.
 
 This module imports no backend library at import time (aiohttp only when a GCS store opens
 or an S3 request with a body is sent).
@@ -43,7 +50,7 @@ import functools
 import logging
 from typing import Any
 
-from mlvc_core.storage.gcs import GCS_PROTOCOLS
+from mlvc_core.storage.gcs import GCS_PROTOCOLS, default_token
 from mlvc_core.storage.s3 import S3_PROTOCOLS
 
 __all__ = [
@@ -85,6 +92,8 @@ def with_timeouts(protocol: str, options: dict[str, Any]) -> dict[str, Any]:
 
     Raises:
         TypeError: ``config_kwargs`` is not a mapping.
+        StorageError: GCS without a ``token`` option: no credentials could be looked up in
+            time (:func:`~mlvc_core.storage.gcs.default_token`).
     """
     if protocol in S3_PROTOCOLS:
         config = options.get("config_kwargs") or {}
@@ -108,7 +117,16 @@ def with_timeouts(protocol: str, options: dict[str, Any]) -> dict[str, Any]:
         send = timeout if isinstance(timeout, aiohttp.ClientTimeout) else aiohttp.ClientTimeout()
         session = {"request_class": DeadlineRequest, "timeout": send}
         session.update(options.get("session_kwargs") or {})
-        return {**options, "requests_timeout": timeout, "session_kwargs": session}
+        bounded = {**options, "requests_timeout": timeout, "session_kwargs": session}
+        # gcsfs's extended filesystem (GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT) asks the Storage
+        # Control API (gRPC) for a bucket's layout, retrying for 60 s; others ignore this.
+        bounded.setdefault("retry_timeout", READ_TIMEOUT)
+        if options.get("token") is None:
+            token, project = default_token(str(options.get("access") or "full_control"))
+            bounded["token"] = token
+            if project and not options.get("project"):
+                bounded["project"] = project
+        return bounded
     return options
 
 
