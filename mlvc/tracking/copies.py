@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import logging
 import os
 import shutil
@@ -74,9 +73,18 @@ CHUNK = 16 << 20
 FICLONE = 0x40049409
 """``ioctl`` request of a copy-on-write clone (Linux ``_IOW(0x94, 9, int)``)."""
 _OTHER_WAY = frozenset(
-    {errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.EPERM, errno.ENOTSUP}
+    {
+        errno.EXDEV,
+        errno.ENOSYS,
+        errno.EINVAL,
+        errno.EOPNOTSUPP,
+        errno.EPERM,
+        errno.ENOTSUP,
+        errno.ENOTSOCK,  # macOS: sendfile() writes only to sockets
+    }
 )
 _NO_CLONE = _OTHER_WAY | {errno.ENOTTY, errno.EBADF}
+_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 
 
 class CopyFailed(MlvcError):
@@ -114,7 +122,9 @@ class FileCopy:
         self._mode = stat_mod.S_IMODE(os.fstat(src_fd).st_mode)
         self.size = self._before[0]
         self._wd: int | None = None
-        self._method = "copy_file_range"
+        self._method = "copy_file_range" if hasattr(os, "copy_file_range") else "sendfile"
+        if not hasattr(os, "sendfile"):
+            self._method = "read"
         self._started = time.monotonic()
         self._cancelled = False
 
@@ -127,6 +137,10 @@ class FileCopy:
         Raises:
             OSError: The clone failed for another reason than lack of support.
         """
+        try:
+            import fcntl  # not on Windows
+        except ImportError:
+            return False
         try:
             fcntl.ioctl(self._dst_fd, FICLONE, self._src_fd)
         except OSError as exc:
@@ -149,7 +163,8 @@ class FileCopy:
                 elif self._method == "sendfile":
                     n = os.sendfile(self._dst_fd, self._src_fd, self.copied, CHUNK)
                 else:
-                    data = memoryview(os.pread(self._src_fd, CHUNK, self.copied))
+                    os.lseek(self._src_fd, self.copied, os.SEEK_SET)
+                    data = memoryview(os.read(self._src_fd, CHUNK))
                     n = len(data)
                     while data:
                         data = data[os.write(self._dst_fd, data) :]
@@ -174,7 +189,7 @@ class FileCopy:
                 same = identity(self._src_fd) == self._before and self.copied == self.size
                 status = "copied" if same and not written else "changed"
                 if status == "copied":
-                    os.fchmod(self._dst_fd, self._mode)
+                    os.chmod(self.dst, self._mode)
         except OSError as exc:
             status, detail = "failed", str(exc)
         finally:
@@ -220,11 +235,12 @@ class Copier:
             OSError: ``src`` cannot be opened or ``dst`` created, or a copy before the call
                 returns failed.
         """
-        src_fd = os.open(src, os.O_RDONLY | os.O_CLOEXEC)
+        src_fd = os.open(src, os.O_RDONLY | _CLOEXEC | getattr(os, "O_BINARY", 0))
         try:
             if not stat_mod.S_ISREG(os.fstat(src_fd).st_mode):
                 raise OSError(errno.EINVAL, "not a regular file", src)
-            dst_fd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | _CLOEXEC | getattr(os, "O_BINARY", 0)
+            dst_fd = os.open(dst, flags, 0o600)
         except BaseException:
             os.close(src_fd)
             raise

@@ -492,3 +492,28 @@ def test_the_watch_sees_writes_to_the_open_file_and_not_renames(project: Path, h
     finally:
         watch.close()
         os.close(fd)
+
+
+# ---------------------------------------------------------------------------- the copier itself
+
+
+@pytest.mark.parametrize("fails", [(), ("copy_file_range",), ("copy_file_range", "sendfile")])
+def test_copies_fall_back_to_sendfile_then_read_and_write(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fails: tuple[str, ...]
+) -> None:
+    def refuse(*_args: object) -> int:
+        raise OSError(18, "Invalid cross-device link")  # EXDEV
+
+    for name in fails:
+        monkeypatch.setattr(os, name, refuse)
+    src, data = tmp_path / "w.bin", os.urandom(3 * copies.CHUNK // 2 + 7)
+    src.write_bytes(data)
+    src.chmod(0o750)
+    copier = Copier()
+    try:
+        copy = copier.start(str(src), str(tmp_path / "copy"), deadline=None)
+    finally:
+        copier.close()
+    assert copy.status == "copied" and not copy.in_background
+    assert (tmp_path / "copy").read_bytes() == data
+    assert (tmp_path / "copy").stat().st_mode & 0o777 == 0o750
