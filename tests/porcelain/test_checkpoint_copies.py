@@ -33,6 +33,8 @@ torch = pytest.importorskip("torch")
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="inotify, signals")
 
 MIB = 1 << 20
+QUEUE = 64
+"""``max_pending``: checkpoints queued at once are never dropped as a backlog on a full disk."""
 
 
 def _watchable(directory: Path) -> bool:
@@ -99,7 +101,7 @@ def test_overwriting_right_after_checkpoint_records_each_version(
 ) -> None:
     weights = project / "model.pth"
     expected = {}
-    with mlvc.track() as run:
+    with mlvc.track(max_pending=QUEUE) as run:
         for step in range(8):
             expected[step] = _write(weights, step, writer)  # overwrites the previous version
             run.checkpoint(path="model.pth", step=step, metrics={"loss": 1 / (step + 1)})
@@ -129,7 +131,7 @@ def test_below_the_budget_every_change_right_after_the_call_keeps_the_checkpoint
     weights = project / "model.pth"
     weights.write_bytes(os.urandom(4 * MIB))
     expected = {}
-    with mlvc.track() as run:
+    with mlvc.track(max_pending=QUEUE) as run:
         for step in range(5):
             expected[step] = weights.read_bytes()
             run.checkpoint(path="model.pth", step=step)
@@ -185,7 +187,7 @@ def test_a_rename_over_a_file_in_its_background_copy_keeps_the_old_bytes(
 ) -> None:
     weights = project / "model.pth"
     expected = {0: _write(weights, 0, "torch", mib=8)}
-    with mlvc.track(copy_budget=0) as run:
+    with mlvc.track(copy_budget=0, max_pending=QUEUE) as run:
         run.checkpoint(path="model.pth", step=0)
         t0 = time.monotonic()
         expected[1] = _replace(weights, 1)  # the copy reads the file the call saw
@@ -228,7 +230,7 @@ def test_a_file_whose_writes_cannot_be_watched_is_copied_whole_before_returning(
     monkeypatch.setattr(changes, "LOCAL_FILESYSTEMS", frozenset())  # as on NFS
     weights = project / "model.pth"
     expected = {}
-    with mlvc.track(copy_budget=0) as run:
+    with mlvc.track(copy_budget=0, max_pending=QUEUE) as run:
         for step in range(3):
             expected[step] = _write(weights, step, "open", mib=4)
             run.checkpoint(path="model.pth", step=step)
@@ -244,7 +246,7 @@ def test_directory_of_small_and_large_files_and_a_symlink(project: Path, tmp_pat
     names = ["meta.json", "model.bin", "shard/0.bin", "shard/1.bin", "shard/tiny.bin"]
     sizes = [20, 3 * MIB, 2 * MIB, MIB, 100]
     versions = []
-    with mlvc.track() as run:
+    with mlvc.track(max_pending=QUEUE) as run:
         for step in range(3):
             version = {n: os.urandom(s + step) for n, s in zip(names, sizes, strict=True)}
             for name, data in version.items():
@@ -266,7 +268,7 @@ def test_directory_of_small_and_large_files_and_a_symlink(project: Path, tmp_pat
 @linux_only
 def test_close_leaves_no_copier_and_no_copy_directory(project: Path, tmp_path: Path) -> None:
     weights = project / "model.pth"
-    with mlvc.track(copy_budget=0) as run:
+    with mlvc.track(copy_budget=0, max_pending=QUEUE) as run:
         for step in range(3):
             _write(weights, step, "open")
             run.checkpoint(path="model.pth", step=step)
@@ -292,7 +294,7 @@ signal.signal(signal.SIGALRM, tick)
 signal.siginterrupt(signal.SIGALRM, True)  # as CPython installs handlers: no SA_RESTART
 size = int(sys.argv[1]) << 20
 worst = 0.0
-with mlvc.track() as run:
+with mlvc.track(max_pending=64) as run:
     signal.setitimer(signal.ITIMER_REAL, 0.002, 0.002)
     for step in range(int(sys.argv[2])):
         data = os.urandom(size)
@@ -359,7 +361,7 @@ torch.manual_seed(0)
 model = torch.nn.Linear(1024, 2048)  # 8 MiB of weights
 persistent = sys.argv[1] == "persistent"
 saved = {}
-with mlvc.track() as run:
+with mlvc.track(max_pending=64) as run:
     loader = DataLoader(DS(), batch_size=4, num_workers=2, persistent_workers=persistent)
     for epoch in range(int(sys.argv[2])):
         for batch in loader:  # non-persistent workers exit (SIGCHLD) as the epoch ends
@@ -422,7 +424,7 @@ CHILD = """
 import sys, time
 import mlvc
 
-with mlvc.track(heartbeat_interval=0.2) as run:
+with mlvc.track(heartbeat_interval=0.2, max_pending=64) as run:
     for step in range(int(sys.argv[1])):
         with open("model.pth", "wb") as f:
             f.write(step.to_bytes(4, "little") * (1 << 20))
