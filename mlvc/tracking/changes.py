@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import itertools
 import logging
 import os
 import sys
@@ -94,8 +95,10 @@ class ChangeWatch:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._inotify: Any = None
-        self._changed: set[int] = set()
-        self._watched: set[int] = set()
+        self._tokens = itertools.count(1)
+        self._wd_of: dict[int, int] = {}  # token -> inotify watch descriptor
+        self._tokens_of: dict[int, set[int]] = {}  # watch descriptor -> its tokens
+        self._changed: set[int] = set()  # tokens whose file was written to
         self._local: dict[int, bool] = {}  # st_dev -> on a watched filesystem
         self.unavailable: str | None = None
         if not sys.platform.startswith("linux"):
@@ -104,9 +107,12 @@ class ChangeWatch:
     def watch(self, fd: int) -> int | None:
         """Start watching the open file ``fd`` for writes.
 
+        The same file may be watched by several callers at once (one inotify watch serves
+        them all): each gets its own token, and sees only the writes after its own call.
+
         Returns:
-            A watch number for :meth:`changed` and :meth:`forget`; None if writes to this file
-            could go unseen (copy it whole before letting the caller go on).
+            A token for :meth:`changed` and :meth:`forget`; None if writes to this file could
+            go unseen (copy it whole before letting the caller go on).
         """
         if self.unavailable is not None:
             return None
@@ -123,32 +129,40 @@ class ChangeWatch:
             try:
                 if self._inotify is None:
                     self._inotify = _open_inotify()
+                # The same inode already watched gives the same descriptor: what is queued
+                # for it happened before this call, so it goes to the earlier tokens only.
+                self._drain()
                 wd = int(self._inotify.add_watch(f"/proc/self/fd/{fd}", _IN_MODIFY))
             except (OSError, ImportError, AttributeError) as exc:
                 if self._inotify is None:
                     self.unavailable = f"no inotify: {exc}"
                     log.info("mlvc: checkpoint files are copied whole before returning: %s", exc)
                 return None  # e.g. the watch limit: this file is copied whole
-            self._changed.discard(wd)  # a number used before: its old events are gone
-            self._watched.add(wd)
-            return wd
+            token = next(self._tokens)
+            self._wd_of[token] = wd
+            self._tokens_of.setdefault(wd, set()).add(token)
+            return token
 
-    def changed(self, wd: int) -> bool:
-        """True if the file watched as ``wd`` was written to since :meth:`watch`."""
+    def changed(self, token: int) -> bool:
+        """True if the file watched as ``token`` was written to since its :meth:`watch`."""
         with self._lock:
             self._drain()
-            return wd in self._changed
+            return token in self._changed
 
-    def forget(self, wd: int) -> None:
-        """Stop watching ``wd`` (after its last :meth:`changed`)."""
+    def forget(self, token: int) -> None:
+        """Stop watching for ``token`` (after its last :meth:`changed`)."""
         with self._lock:
-            self._watched.discard(wd)
-            self._changed.discard(wd)
+            self._changed.discard(token)
+            wd = self._wd_of.pop(token, None)
+            tokens = self._tokens_of.get(wd, set()) if wd is not None else set()
+            tokens.discard(token)
+            if wd is None or tokens:
+                return  # others still watch that file
+            del self._tokens_of[wd]
             if self._inotify is not None:
+                self._drain()  # events of that descriptor go before it can be reused
                 with contextlib.suppress(OSError):
                     self._inotify.rm_watch(wd)
-                self._drain()  # the removal's own event, so the number's events are gone
-                self._changed.discard(wd)
 
     def close(self) -> None:
         """Stop watching every file."""
@@ -157,22 +171,24 @@ class ChangeWatch:
                 with contextlib.suppress(OSError):
                     self._inotify.close()
                 self._inotify = None
-            self._watched.clear()
+            self._wd_of.clear()
+            self._tokens_of.clear()
             self._changed.clear()
 
     def _drain(self) -> None:
+        """Read the queued events: mark the tokens of every file written to."""
         if self._inotify is None:
             return
         try:
             events = self._inotify.read(timeout=0)
         except OSError:
-            events = []
-            self._changed |= self._watched  # unreadable: trust no copy in flight
+            self._changed.update(self._wd_of)  # unreadable: trust no copy in flight
+            return
         for event in events:
             if event.mask & _IN_Q_OVERFLOW:
-                self._changed |= self._watched  # events were lost: trust no copy in flight
+                self._changed.update(self._wd_of)  # events were lost: trust no copy in flight
             elif event.mask & _IN_MODIFY:
-                self._changed.add(event.wd)
+                self._changed.update(self._tokens_of.get(event.wd, ()))
 
 
 def _open_inotify() -> Any:  # noqa: ANN401 - inotify_simple ships no types

@@ -121,7 +121,7 @@ class FileCopy:
         self._before = identity(src_fd)
         self._mode = stat_mod.S_IMODE(os.fstat(src_fd).st_mode)
         self.size = self._before[0]
-        self._wd: int | None = None
+        self._token: int | None = None
         self._method = "copy_file_range" if hasattr(os, "copy_file_range") else "sendfile"
         if not hasattr(os, "sendfile"):
             self._method = "read"
@@ -185,7 +185,7 @@ class FileCopy:
             elif error is not None:
                 detail = f"{errno.errorcode.get(error.errno or 0, 'error')}: {error.strerror}"
             else:
-                written = self._wd is not None and watch.changed(self._wd)
+                written = self._token is not None and watch.changed(self._token)
                 same = identity(self._src_fd) == self._before and self.copied == self.size
                 status = "copied" if same and not written else "changed"
                 if status == "copied":
@@ -193,8 +193,8 @@ class FileCopy:
         except OSError as exc:
             status, detail = "failed", str(exc)
         finally:
-            if self._wd is not None:
-                watch.forget(self._wd)
+            if self._token is not None:
+                watch.forget(self._token)
             for fd in (self._src_fd, self._dst_fd):
                 with contextlib.suppress(OSError):
                     os.close(fd)
@@ -247,11 +247,11 @@ class Copier:
         copy = FileCopy(src, dst, src_fd, dst_fd)
         try:
             if self._may_leave(deadline):
-                copy._wd = self.watch.watch(src_fd)  # before the first byte is read
+                copy._token = self.watch.watch(src_fd)  # before the first byte is read
             if copy.clone():
                 copy.finish(self.watch)
                 return copy
-            while copy._wd is None or deadline is None or time.monotonic() < deadline:
+            while copy._token is None or deadline is None or time.monotonic() < deadline:
                 if copy.step():
                     copy.finish(self.watch)
                     return copy
@@ -298,8 +298,8 @@ class Copier:
     def _advance(self, copy: FileCopy) -> None:
         """Copy one chunk of ``copy``, or end it (finished, written to, cancelled, failed)."""
         try:
-            wd = copy._wd
-            if copy._cancelled or (wd is not None and self.watch.changed(wd)):
+            token = copy._token
+            if copy._cancelled or (token is not None and self.watch.changed(token)):
                 copy.finish(self.watch)  # a write came: the bytes of the call are gone
             elif copy.step():
                 copy.finish(self.watch)

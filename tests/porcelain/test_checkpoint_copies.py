@@ -519,3 +519,44 @@ def test_copies_fall_back_to_sendfile_then_read_and_write(
     assert copy.status == "copied" and not copy.in_background
     assert (tmp_path / "copy").read_bytes() == data
     assert (tmp_path / "copy").stat().st_mode & 0o777 == 0o750
+
+
+@linux_only
+@pytest.mark.usefixtures("watchable")
+def test_one_file_watched_twice_each_sees_only_the_writes_after_its_own_watch(
+    project: Path,
+) -> None:
+    path = project / "w.bin"
+    path.write_bytes(os.urandom(MIB))
+    fds = [os.open(path, os.O_RDONLY) for _ in range(3)]
+    watch = ChangeWatch()
+    try:
+        first = watch.watch(fds[0])
+        with open(path, "ab") as f:
+            f.write(b"x")
+        second, third = watch.watch(fds[1]), watch.watch(fds[2])
+        assert first is not None and second is not None and third is not None
+        assert watch.changed(first) and not watch.changed(second)
+        watch.forget(first)  # the others still watch the file
+        watch.forget(third)
+        os.truncate(path, 10)
+        assert watch.changed(second)
+        watch.forget(second)
+    finally:
+        watch.close()
+        for fd in fds:
+            os.close(fd)
+
+
+@linux_only
+@pytest.mark.usefixtures("watchable")
+def test_two_checkpoints_of_one_file_copied_at_once_are_both_kept(
+    project: Path, stalled_copier: threading.Event
+) -> None:
+    weights = project / "model.pth"
+    data = _write(weights, 0, "open", mib=8)
+    with mlvc.track(copy_budget=0, max_pending=QUEUE) as run:
+        run.checkpoint(path="model.pth", step=0)
+        run.checkpoint(path="model.pth", step=1)  # the same file, its first copy not begun
+        stalled_copier.set()
+    assert _recorded(run) == {0: data, 1: data}
