@@ -30,6 +30,12 @@ How (:class:`CheckpointCopies`, one per call; :class:`Copier`, one per run):
    other systems), and files past :data:`MAX_IN_FLIGHT` background copies, are copied whole
    before the call returns, whatever the budget.
 
+Why a writer never waits: mlvc holds no lease, lock or open-for-write on the user's files, and
+inotify only queues events. A kernel copy reads the page cache like any reader; a writer
+truncating the file waits at most for the page being read to be unlocked (microseconds,
+uninterruptible: never ``EINTR``). A clone holds the filesystem's inode lock for its own
+duration (a metadata operation: milliseconds), during which a writer waits the same way.
+
 So what a user can rely on: the call blocks for at most about the budget (plus the time to
 open and clone or copy files that cannot be watched); a loop that saves its next checkpoint
 after the copies finish (for files up to ~3 GB under the default budget: always) loses none;
