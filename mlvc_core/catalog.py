@@ -27,7 +27,7 @@ import contextlib
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -378,7 +378,7 @@ def scan(
     racy: float,
     compact: bool = True,
     compact_threshold: int | None = None,
-    held: Mapping[str, Copied] | None = None,
+    held: Callable[[], Mapping[str, Copied]] | None = None,
 ) -> ScanResult:
     """Every ref under ``prefix``, reading only those changed since the local cache or catalog.
 
@@ -389,8 +389,9 @@ def scan(
         racy: Seconds after its mtime before a ``size:mtime`` copy is trusted.
         compact: Rewrite the catalog when too many refs are newer than it.
         compact_threshold: Override :func:`compact_after` (tests, benchmarks).
-        held: Key -> the token of a copy the caller keeps in its own form (decoded rows);
-            a listed ref whose held copy is current (:func:`is_current`) is reported in
+        held: Gives key -> the token of a copy the caller keeps in its own form (decoded
+            rows); called once the listing is done, so the caller may load them meanwhile.
+            A listed ref whose held copy is current (:func:`is_current`) is reported in
             ``held`` and its bytes are neither loaded nor read.
 
     Returns:
@@ -408,9 +409,10 @@ def scan(
         elif info.key == ckey:
             cat_info = info
     result = ScanResult()
-    if held:
+    copies = held() if held is not None else None
+    if copies:
         result.held = {
-            k for k, info in listed.items() if k in held and is_current(held[k], info, racy)
+            k for k, info in listed.items() if k in copies and is_current(copies[k], info, racy)
         }
     wanted = [k for k in listed if k not in result.held]
     if result.held:

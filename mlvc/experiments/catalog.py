@@ -17,7 +17,8 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
@@ -69,7 +70,7 @@ def scan_refs(
     prefix: str,
     compact: bool = True,
     compact_threshold: int | None = None,
-    held: Mapping[str, Copied] | None = None,
+    held: Callable[[], Mapping[str, Copied]] | None = None,
 ) -> ScanResult:
     """Every ref under ``prefix`` via the catalog and the local cache (see mlvc_core.catalog).
 
@@ -170,9 +171,11 @@ def _experiments_of(
     """
     path = _rows_path(repo, prefix)
     repo_id = repo.config.repo_id
-    with paused_gc():
-        rows = load_rows(path, repo_id, prefix) if path is not None else {}
-        result = scan_refs(repo, prefix, held=rows)
+    with paused_gc(), ThreadPoolExecutor(1) as pool:
+        # The row cache loads while the listing waits on the store.
+        loading = pool.submit(load_rows, path, repo_id, prefix) if path is not None else None
+        result = scan_refs(repo, prefix, held=loading.result if loading is not None else None)
+        rows = loading.result() if loading is not None else {}
         beats = heartbeats(repo) if not removed else {}
         fresh: dict[str, Row] = {}
         kept: dict[str, Row] = {k: rows[k] for k in result.held}
