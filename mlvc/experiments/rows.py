@@ -92,13 +92,15 @@ def load_rows(path: Path, repo_id: str, prefix: str) -> dict[str, Row]:
     if hash_bytes(body) != digest:
         return {}
     try:
-        header, rows = msgpack.unpackb(body, raw=False)
+        header, presents, rows = msgpack.unpackb(body, raw=False)
         if header != _header(repo_id, prefix):
             return {}
+        sets = [frozenset(names) for names in presents]
         out: dict[str, Row] = {}
         for key, token, exact, read_at, target, summary in rows:
             if not (isinstance(key, str) and key.startswith(prefix)):
                 return {}
+            summary[-1] = sets[summary[-1]]
             out[key] = Row(
                 str(token),
                 bool(exact),
@@ -106,17 +108,20 @@ def load_rows(path: Path, repo_id: str, prefix: str) -> dict[str, Row]:
                 ObjectId(bytes(target)),
                 ExperimentSummary.from_row(summary),
             )
-    except (TypeError, ValueError, msgpack.UnpackException):
+    except (TypeError, ValueError, IndexError, msgpack.UnpackException):
         return {}
     return out
 
 
-def _packed(key: str, row: Row) -> bytes | None:
+def _packed(key: str, row: Row, presents: dict[tuple[str, ...], int]) -> bytes | None:
+    summary = row.summary.to_row()
+    names = tuple(summary[-1])
+    summary[-1] = presents.setdefault(names, len(presents))  # rows share a few: a table
     try:
         return cast(
             bytes,
             msgpack.packb(
-                [key, row.token, row.exact, row.read_at, bytes(row.target), row.summary.to_row()],
+                [key, row.token, row.exact, row.read_at, bytes(row.target), summary],
                 use_bin_type=True,
             ),
         )
@@ -130,8 +135,12 @@ def save_rows(path: Path, repo_id: str, prefix: str, rows: Mapping[str, Row]) ->
     A row msgpack cannot hold is left out; a file that cannot be written is left as it was
     (the next listing decodes those refs again).
     """
-    packed = [p for p in (_packed(k, rows[k]) for k in sorted(rows)) if p is not None]
-    body = _array2(msgpack.packb(_header(repo_id, prefix), use_bin_type=True), packed)
+    presents: dict[tuple[str, ...], int] = {}
+    packed = [p for p in (_packed(k, rows[k], presents) for k in sorted(rows)) if p is not None]
+    head = msgpack.packb(
+        [_header(repo_id, prefix), [list(names) for names in presents]], use_bin_type=True
+    )
+    body = _array3(head, packed)
     data = ROWS_MAGIC + hash_bytes(body) + body
     tmp: str | None = None
     try:
@@ -149,9 +158,13 @@ def save_rows(path: Path, repo_id: str, prefix: str, rows: Mapping[str, Row]) ->
                 os.unlink(tmp)
 
 
-def _array2(header: bytes, items: list[bytes]) -> bytes:
-    """The msgpack form of ``[header, [item, ...]]``, from the parts already packed."""
+def _array3(head: bytes, items: list[bytes]) -> bytes:
+    """``[header, presents, [item, ...]]`` in msgpack, from the packed parts.
+
+    ``head`` is ``[header, presents]`` packed: a one-byte array header (two elements), then
+    the two elements, which are kept.
+    """
     packer = msgpack.Packer(use_bin_type=True)
     return b"".join(
-        (packer.pack_array_header(2), header, packer.pack_array_header(len(items)), *items)
+        (packer.pack_array_header(3), head[1:], packer.pack_array_header(len(items)), *items)
     )

@@ -357,7 +357,7 @@ class ExperimentSummary:
 
     @classmethod
     def from_row(cls, row: list[Any]) -> ExperimentSummary:
-        """The summary a :meth:`to_row` list describes.
+        """The summary a :meth:`to_row` list describes (``present`` may be a frozenset).
 
         Raises:
             TypeError: ``row`` does not have the shape :meth:`to_row` gives.
@@ -366,8 +366,11 @@ class ExperimentSummary:
         if len(row) != len(ROW_FIELDS):
             raise ValueError(f"a summary row has {len(ROW_FIELDS)} fields, not {len(row)}")
         pm, best, removed, extra, present = row[_PLAIN:]
-        key = tuple(present)
-        shared = _PRESENT.get(key) or _PRESENT.setdefault(key, frozenset(present))
+        if isinstance(present, frozenset):
+            shared = present
+        else:
+            key = tuple(present)
+            shared = _PRESENT.get(key) or _PRESENT.setdefault(key, frozenset(present))
         build: Any = cls  # positional: the fields in ROW_FIELDS order
         return cast(
             ExperimentSummary,

@@ -228,3 +228,52 @@ def test_warm_ls_requests_stay_the_same_with_the_row_cache(
         assert counts[0] == counts[1] == {"GET": 1, "LIST": 2}, proxy.paths
     finally:
         proxy.close()
+
+
+SUMMARIES: list[dict[str, Any]] = [
+    {"type": "experiment", "status": "running", "params": {}, "latest_metrics": {}},
+    {
+        "type": "experiment",
+        "name": "n",
+        "created": 1_700_000_000,
+        "ended": 1.5,
+        "params": {"nested": {"a": [1, 2.5, None, True]}, "s": "ü"},
+        "status": "failed",
+        "end_reason": "exception",
+        "error": {"type": "ValueError", "message": "x"},
+        "resumed": 2,
+        "checkpoints": 3,
+        "latest": "ab" * 32,
+        "latest_step": 7,
+        "latest_metrics": {"loss": "nan", "acc": float("inf"), "n": -0.0},
+        "primary_metric": {"name": "loss", "goal": "maximize"},
+        "best": {"checkpoint": "cd" * 32, "step": None, "value": "-inf"},
+        "removed": ["ef" * 32],
+        "future_field": {"kept": [1, "x"]},
+    },
+    {"type": "experiment", "status": "stopped", "params": {"seed": 2**70}, "latest_metrics": {}},
+]
+
+
+def test_rows_give_back_the_summaries_they_were_made_from(tmp_path: Path) -> None:
+    from mlvc.experiments.rows import Row, load_rows, save_rows
+    from mlvc.experiments.summary import ExperimentSummary
+    from mlvc_core.ids import ObjectId
+
+    rows = {
+        f"refs/experiments/{i:064x}": Row(
+            f'"etag{i}"', True, 1.25, ObjectId(bytes([i]) * 32), ExperimentSummary.from_dict(s)
+        )
+        for i, s in enumerate(SUMMARIES)
+    }
+    path = tmp_path / "x.rows"
+    save_rows(path, "repo-1", "refs/experiments/", rows)
+    back = load_rows(path, "repo-1", "refs/experiments/")
+    big = "refs/experiments/" + f"{2:064x}"
+    assert set(back) == set(rows) - {big}  # an integer msgpack cannot hold: not cached
+    for key, row in back.items():
+        assert row == rows[key]
+        assert row.summary.to_dict() == rows[key].summary.to_dict()
+        assert json.dumps(row.summary.to_dict()) == json.dumps(rows[key].summary.to_dict())
+    assert load_rows(path, "repo-2", "refs/experiments/") == {}
+    assert load_rows(path, "repo-1", "removed/experiments/") == {}
