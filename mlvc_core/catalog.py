@@ -9,7 +9,8 @@ it, from the local cache first and the catalog second, and reads only the refs t
 since. A token is the version the backend lists (S3 ETag, GCS generation: exact, it names the
 bytes), or ``size:mtime`` where listings carry no version (local disk), then trusted only if the
 copy was read more than ``racy`` seconds after that mtime (a later write in the same timestamp
-tick would otherwise go unnoticed, as git's "racy clean" problem).
+tick would otherwise go unnoticed, as git's "racy clean" problem). A caller that keeps its own
+decoded copies passes their tokens as ``held``: refs they answer are not loaded at all.
 
 Compaction: when more refs are newer than the catalog than :func:`compact_after` allows, the
 scanning process rewrites it from what it just validated, by compare-and-swap on the version it

@@ -51,3 +51,40 @@ def test_cells_show_sorted_shortened_values_and_how_many_are_left_out() -> None:
     assert cells(values, limit=4, width=10) == "a=yyyyyyy... b=0.00012... c=true d=nan +1"
     assert cells({}, limit=4) == "-"
     assert cells({"n": 3, "m": None, "f": -math.inf}, limit=9) == "f=-inf m=- n=3"
+
+
+FREEZE = """
+import atexit, gc, sys
+from mlvc.cli import main
+atexit.register(lambda: print("frozen", gc.get_freeze_count() > 0))
+if sys.argv[1] == "caller":
+    try:
+        main(["config", "--help"])
+    except SystemExit:
+        pass
+    print("caller goes on", gc.get_freeze_count() > 0)
+else:
+    sys.argv = ["mlvc", "config", "--help"]
+    main()
+"""
+
+
+@pytest.mark.parametrize("how", ["caller", "program"])
+def test_only_the_program_entry_point_freezes_the_heap_before_exit(how: str) -> None:
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    out = subprocess.run(
+        [sys.executable, "-c", FREEZE, how],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=root,
+        env={"PYTHONPATH": str(root), "PATH": "/usr/bin:/bin"},
+    ).stdout
+    if how == "caller":
+        assert "caller goes on False" in out and "frozen False" in out
+    else:
+        assert "Usage" in out and "frozen True" in out
