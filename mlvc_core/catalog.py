@@ -9,7 +9,8 @@ it, from the local cache first and the catalog second, and reads only the refs t
 since. A token is the version the backend lists (S3 ETag, GCS generation: exact, it names the
 bytes), or ``size:mtime`` where listings carry no version (local disk), then trusted only if the
 copy was read more than ``racy`` seconds after that mtime (a later write in the same timestamp
-tick would otherwise go unnoticed, as git's "racy clean" problem).
+tick would otherwise go unnoticed, as git's "racy clean" problem). A caller that keeps its own
+decoded copies passes their tokens as ``held``: refs they answer are not loaded at all.
 
 Compaction: when more refs are newer than the catalog than :func:`compact_after` allows, the
 scanning process rewrites it from what it just validated, by compare-and-swap on the version it
@@ -27,11 +28,11 @@ import contextlib
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 import msgpack
 
@@ -48,6 +49,7 @@ from mlvc_core.storage.base import KeyInfo, Store, Version
 
 __all__ = [
     "CATALOG_MAGIC",
+    "Copied",
     "Entry",
     "LocalCache",
     "ScanResult",
@@ -70,6 +72,8 @@ MTIME_SLACK = 2.0
 mtime this much after the catalog's (refs written while it was compacted may be missed: they
 cost a cold reader a GET each, never a wrong answer)."""
 _WORKERS = 16
+_IN_BATCH = 500
+"""Keys per ``IN (...)`` query (SQLite allows 999 parameters by default)."""
 
 
 class Entry(NamedTuple):
@@ -85,6 +89,22 @@ class Entry(NamedTuple):
     """When the copy was read (seconds since the epoch, the reader's clock)."""
     doc: bytes
     """The ref's bytes as read."""
+
+
+class Copied(Protocol):
+    """What makes a copy of a ref trustworthy: the token it was read under (:class:`Entry`)."""
+
+    @property
+    def token(self) -> str:
+        """The listed version of the state copied, or ``size:mtime``."""
+
+    @property
+    def exact(self) -> bool:
+        """True if ``token`` is a backend version."""
+
+    @property
+    def read_at(self) -> float:
+        """When the copy was read (epoch seconds)."""
 
 
 def catalog_key(prefix: str) -> str:
@@ -108,7 +128,7 @@ def listed_token(info: KeyInfo) -> tuple[str, bool]:
     return f"{info.size}:{info.mtime!r}", False
 
 
-def is_current(entry: Entry, info: KeyInfo, racy: float) -> bool:
+def is_current(entry: Copied, info: KeyInfo, racy: float) -> bool:
     """True if ``entry`` is a copy of the state ``info`` lists."""
     token, exact = listed_token(info)
     if entry.token != token or entry.exact != exact:
@@ -216,20 +236,47 @@ class LocalCache:
                     p.unlink()
             self._db = self._open(self._path)
 
-    def load(self, prefix: str) -> dict[str, Entry]:
-        """Every cached copy under ``prefix``."""
+    def load(self, prefix: str, keys: Iterable[str] | None = None) -> dict[str, Entry]:
+        """Every cached copy under ``prefix``, or only those of ``keys``."""
         with self._lock:
             if self._db is None:
+                if keys is not None:
+                    return {k: self._mem[k] for k in keys if k in self._mem}
                 return {k: e for k, e in self._mem.items() if k.startswith(prefix)}
             try:
-                rows = self._db.execute(
-                    "SELECT key, token, exact, read_at, doc FROM refs WHERE key >= ? AND key < ?",
-                    (prefix, prefix + "\uffff"),
-                ).fetchall()
+                if keys is None:
+                    rows = self._db.execute(
+                        "SELECT key, token, exact, read_at, doc FROM refs "
+                        "WHERE key >= ? AND key < ?",
+                        (prefix, prefix + "\uffff"),
+                    ).fetchall()
+                else:
+                    wanted, rows = list(keys), []
+                    for i in range(0, len(wanted), _IN_BATCH):
+                        batch = wanted[i : i + _IN_BATCH]
+                        rows += self._db.execute(
+                            "SELECT key, token, exact, read_at, doc FROM refs WHERE key IN "
+                            f"({','.join('?' * len(batch))})",
+                            batch,
+                        ).fetchall()
             except sqlite3.Error:
                 self._fail()
                 return {}
         return {r[0]: Entry(r[0], r[1], bool(r[2]), r[3], bytes(r[4])) for r in rows}
+
+    def keys(self, prefix: str) -> list[str]:
+        """The keys of every cached copy under ``prefix``."""
+        with self._lock:
+            if self._db is None:
+                return [k for k in self._mem if k.startswith(prefix)]
+            try:
+                rows = self._db.execute(
+                    "SELECT key FROM refs WHERE key >= ? AND key < ?", (prefix, prefix + "\uffff")
+                ).fetchall()
+            except sqlite3.Error:
+                self._fail()
+                return []
+        return [r[0] for r in rows]
 
     def update(self, rows: Iterable[Entry], gone: Iterable[str]) -> None:
         """Store fresh copies and forget refs that no longer exist."""
@@ -283,7 +330,10 @@ class ScanResult:
     """What :func:`scan` found and what it cost.
 
     Attributes:
-        docs: Store key -> bytes of every ref listed under the prefix.
+        docs: Store key -> bytes of every ref listed under the prefix, except those ``held``.
+        entries: The same refs as the copies read or taken (token, read time, bytes).
+        held: Listed refs the caller's own copies answered (no bytes loaded or read).
+        listed: Every listed ref, in key order (those in ``docs`` and those ``held``).
         refs_read: Refs read one by one (they changed since the copies this process had).
         catalog_read: Whether the catalog object was read.
         compacted: Whether this scan rewrote the catalog.
@@ -291,6 +341,9 @@ class ScanResult:
     """
 
     docs: dict[str, bytes] = field(default_factory=dict)
+    entries: dict[str, Entry] = field(default_factory=dict)
+    held: set[str] = field(default_factory=set)
+    listed: list[str] = field(default_factory=list)
     refs_read: int = 0
     catalog_read: bool = False
     compacted: bool = False
@@ -309,6 +362,16 @@ def _read_one(store: Store, key: str, info: KeyInfo) -> Entry | None:
     return Entry(key, token, exact, read_at, data)
 
 
+def _read_many(store: Store, keys: list[str], listed: Mapping[str, KeyInfo]) -> list[Entry]:
+    """Read ``keys`` (in parallel on remote stores); refs deleted meanwhile are left out."""
+    if len(keys) > 4 and not store.is_local:
+        with ThreadPoolExecutor(_WORKERS) as pool:
+            got = list(pool.map(lambda k: _read_one(store, k, listed[k]), keys))
+    else:
+        got = [_read_one(store, k, listed[k]) for k in keys]
+    return [e for e in got if e is not None]
+
+
 def scan(
     store: Store,
     prefix: str,
@@ -316,6 +379,7 @@ def scan(
     racy: float,
     compact: bool = True,
     compact_threshold: int | None = None,
+    held: Callable[[], Mapping[str, Copied]] | None = None,
 ) -> ScanResult:
     """Every ref under ``prefix``, reading only those changed since the local cache or catalog.
 
@@ -326,6 +390,10 @@ def scan(
         racy: Seconds after its mtime before a ``size:mtime`` copy is trusted.
         compact: Rewrite the catalog when too many refs are newer than it.
         compact_threshold: Override :func:`compact_after` (tests, benchmarks).
+        held: Gives key -> the token of a copy the caller keeps in its own form (decoded
+            rows); called once the listing is done, so the caller may load them meanwhile.
+            A listed ref whose held copy is current (:func:`is_current`) is reported in
+            ``held`` and its bytes are neither loaded nor read.
 
     Returns:
         A :class:`ScanResult`.
@@ -341,13 +409,24 @@ def scan(
             listed[info.key] = info
         elif info.key == ckey:
             cat_info = info
-    local = cache.load(prefix)
     result = ScanResult()
+    copies = held() if held is not None else None
+    if copies:
+        result.held = {
+            k for k, info in listed.items() if k in copies and is_current(copies[k], info, racy)
+        }
+    wanted = [k for k in listed if k not in result.held]
+    if result.held:
+        local = cache.load(prefix, wanted) if wanted else {}
+        cached = cache.keys(prefix)
+    else:
+        local = cache.load(prefix)
+        cached = list(local)
     used: dict[str, Entry] = {}
     stale: list[str] = []
-    for key, info in listed.items():
+    for key in wanted:
         hit = local.get(key)
-        if hit is not None and is_current(hit, info, racy):
+        if hit is not None and is_current(hit, listed[key], racy):
             used[key] = hit
         else:
             stale.append(key)
@@ -379,20 +458,13 @@ def scan(
             if cat_token is not None:
                 cache.set_meta(ckey, cat_token)
 
-    fresh: list[Entry] = []
-    if stale:
-        if len(stale) > 4 and not store.is_local:
-            with ThreadPoolExecutor(_WORKERS) as pool:
-                got = list(pool.map(lambda k: _read_one(store, k, listed[k]), stale))
-        else:
-            got = [_read_one(store, k, listed[k]) for k in stale]
-        for entry in got:
-            if entry is not None:
-                fresh.append(entry)
-                used[entry.key] = entry
-        result.refs_read = len(stale)
-    cache.update(adopted + fresh, (k for k in local if k not in listed))
-    result.docs = {k: used[k].doc for k in listed if k in used}
+    fresh = _read_many(store, stale, listed) if stale else []
+    used.update((e.key, e) for e in fresh)
+    result.refs_read = len(stale)
+    cache.update(adopted + fresh, (k for k in cached if k not in listed))
+    result.listed = [k for k in listed if k in used or k in result.held]
+    result.entries = {k: used[k] for k in result.listed if k in used}
+    result.docs = {k: e.doc for k, e in result.entries.items()}
 
     if catalog is not None:
         result.newer = sum(
@@ -410,6 +482,8 @@ def scan(
     if compact and result.newer > threshold:
         if cat_info is not None and catalog is None:
             _, cat_version = _read_catalog(store, prefix)
+        if result.held:
+            used.update(_copies_of(store, cache, sorted(result.held), listed, racy))
         entries = [used[k] for k in sorted(used)]
         written = _write_catalog(store, prefix, entries, cat_version, cat_info is not None)
         result.compacted = written is not None
@@ -418,6 +492,18 @@ def scan(
             exact = any(i.version is not None for i in listed.values())
             cache.set_meta(ckey, str(written) if exact else "")
     return result
+
+
+def _copies_of(
+    store: Store, cache: LocalCache, keys: list[str], listed: Mapping[str, KeyInfo], racy: float
+) -> dict[str, Entry]:
+    """Current copies of ``keys`` with their bytes: from the local cache, else read."""
+    local = cache.load("", keys)
+    out = {k: e for k, e in local.items() if is_current(e, listed[k], racy)}
+    fresh = _read_many(store, [k for k in keys if k not in out], listed)
+    cache.update(fresh, ())
+    out.update((e.key, e) for e in fresh)
+    return out
 
 
 def _read_catalog(store: Store, prefix: str) -> tuple[dict[str, Entry] | None, Version | None]:

@@ -29,7 +29,25 @@ def main(argv: list[str] | None = None) -> None:
             return
     from mlvc.cli.main import main as run
 
-    run(argv)
+    try:
+        run(argv)
+    finally:
+        if argv is None:  # the program's entry point: the process ends next
+            _spare_teardown()
+
+
+def _spare_teardown() -> None:
+    """Keep the interpreter's shutdown from walking every object the command left alive.
+
+    Python runs the cyclic garbage collector several times while it shuts down; after an
+    ``ls`` of 10,000 experiments each pass walks a heap of about a million objects, 0.2-0.3 s
+    of CPU in all. Frozen objects are skipped by those passes (``gc.freeze``); nothing is
+    lost, the process is about to end. Only done when ``main`` runs as the program (no
+    ``argv`` given), never for a caller that goes on after it.
+    """
+    import gc
+
+    gc.freeze()
 
 
 def __getattr__(name: str) -> Any:

@@ -20,6 +20,7 @@ import math
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from itertools import chain
 from typing import TYPE_CHECKING, Any
 
 from mlvc_core.ids import SHORT_LEN  # hex digits of an id shown to people
@@ -29,6 +30,7 @@ if TYPE_CHECKING:  # rich costs ~50 ms to import: only commands that draw tables
 
 _NON_TTY_WIDTH = 200
 """Table width when stdout is not a terminal (pipes should not wrap or truncate)."""
+_IS_STR = str.__instancecheck__
 
 
 def _console(stderr: bool = False) -> Console:
@@ -86,6 +88,13 @@ def human_time(value: float | str | None) -> str:
 
 def fmt_value(v: Any) -> str:
     """A param or metric value, compactly (floats with 6 significant digits)."""
+    kind = type(v)
+    if kind is float:
+        return f"{v:.6g}" if math.isfinite(v) else str(v)
+    if kind is str:
+        return v  # type: ignore[no-any-return]
+    if kind is int:
+        return str(v)
     if v is None:
         return "-"
     if isinstance(v, bool):
@@ -187,22 +196,24 @@ def table(
         title: Optional caption above the table.
         right: Columns to right-align (numbers, sizes).
     """
-    cells = [[str(c) for c in columns], *([str(x) for x in r] for r in rows)]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
+    head = [str(c) for c in columns]
+    cells = [head, *(r if all(map(_IS_STR, r)) else [str(x) for x in r] for r in rows)]
+    widths = [max(map(len, column)) for column in zip(*cells, strict=True)]
     tty = sys.stdout.isatty()
     fits = sum(widths) + 2 * (len(widths) - 1) <= (_terminal_width() if tty else _NON_TTY_WIDTH)
-    plain = all(cell.isascii() and cell.isprintable() for row in cells for cell in row)
+    text = "".join(chain.from_iterable(cells))  # printable as a whole iff every cell is
+    plain = text.isascii() and text.isprintable()
     if (not fits or not plain) and len(rows) <= PLAIN_TABLE_ROWS:
         _rich_table(columns, rows, title, right)
         return
+    line = "  ".join(
+        f"{{:{'>' if name in right else '<'}{width}}}"
+        for name, width in zip(head, widths, strict=True)
+    ).format
     lines = [title] if title else []
-    for n, row in enumerate(cells):
-        padded = [
-            cell.rjust(w) if columns[i] in right else cell.ljust(w)
-            for i, (cell, w) in enumerate(zip(row, widths, strict=True))
-        ]
-        line = "  ".join(padded).rstrip()
-        lines.append(f"\x1b[1m{line}\x1b[0m" if n == 0 and tty else line)
+    lines.extend(line(*row).rstrip() for row in cells)
+    if tty:
+        lines[len(lines) - len(cells)] = f"\x1b[1m{lines[len(lines) - len(cells)]}\x1b[0m"
     sys.stdout.write("\n".join(lines) + "\n")
 
 

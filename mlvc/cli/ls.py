@@ -44,9 +44,13 @@ def cells(values: dict[str, Any] | None, limit: int, width: int = MAX_CELL) -> s
     """``k=v`` pairs sorted by key, each value shortened, ``+N`` for those left out."""
     if not values:
         return "-"
-    items = [f"{k}={shorten(_output.fmt_value(values[k]), width)}" for k in sorted(values)]
-    if len(items) > limit:
-        items = items[:limit] + [f"+{len(items) - limit}"]
+    fmt, keys = _output.fmt_value, sorted(values)
+    items = []
+    for k in keys[:limit]:
+        text = fmt(values[k])
+        items.append(f"{k}={text if len(text) <= width else shorten(text, width)}")
+    if len(keys) > limit:
+        items.append(f"+{len(keys) - limit}")
     return " ".join(items)
 
 

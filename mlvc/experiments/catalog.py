@@ -3,10 +3,12 @@
 :func:`scan` never reads commit chains nor pack indexes: it lists the refs (one request per
 1,000), takes every unchanged ref from this machine's cache or from the compacted catalog
 ``refs/experiments.catalog`` (:mod:`mlvc_core.catalog`), reads only the refs that changed,
-and lists ``heartbeats/`` once. :func:`experiment_ids` lists only the refs whose names start
-with an id prefix, which is how an id is looked up (:mod:`mlvc.experiments.revisions`).
+and lists ``heartbeats/`` once. A ref unchanged since this machine last checked it is taken
+from the row cache (:mod:`mlvc.experiments.rows`) without being loaded, decoded or checked
+again. :func:`experiment_ids` lists only the refs whose names start with an id prefix, which
+is how an id is looked up (:mod:`mlvc.experiments.revisions`).
 
-This module owns the local listing cache; it does not filter, sort or resolve names.
+This module owns the local listing caches; it does not filter, sort or resolve names.
 """
 
 from __future__ import annotations
@@ -15,9 +17,13 @@ import contextlib
 import logging
 import threading
 import time
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
+from pathlib import Path
 
 from mlvc.experiments.model import STALE_AFTER, Experiment
+from mlvc.experiments.rows import Row, load_rows, paused_gc, save_rows
 from mlvc.experiments.summary import (
     HEARTBEAT_PREFIX,
     REFS_PREFIX,
@@ -28,7 +34,7 @@ from mlvc.experiments.summary import (
     ref_name,
     tombstone_key,
 )
-from mlvc_core.catalog import LocalCache, ScanResult
+from mlvc_core.catalog import Copied, Entry, LocalCache, ScanResult
 from mlvc_core.catalog import scan as scan_catalog
 from mlvc_core.errors import FormatError, KeyNotFound, MlvcError, ObjectNotFound
 from mlvc_core.ids import SHORT_LEN, ObjectId
@@ -60,7 +66,11 @@ def _racy(repo: Repository) -> float:
 
 
 def scan_refs(
-    repo: Repository, prefix: str, compact: bool = True, compact_threshold: int | None = None
+    repo: Repository,
+    prefix: str,
+    compact: bool = True,
+    compact_threshold: int | None = None,
+    held: Callable[[], Mapping[str, Copied]] | None = None,
 ) -> ScanResult:
     """Every ref under ``prefix`` via the catalog and the local cache (see mlvc_core.catalog).
 
@@ -74,6 +84,7 @@ def scan_refs(
         _racy(repo),
         compact=compact,
         compact_threshold=compact_threshold,
+        held=held,
     )
 
 
@@ -117,48 +128,92 @@ def _parse_ref_doc(key: str, data: bytes) -> Ref:
     return ref
 
 
-def _experiments_of(
-    repo: Repository, docs: dict[str, bytes], prefix: str, stale_after: float, removed: bool
-) -> list[Experiment]:
-    beats = heartbeats(repo) if not removed else {}
-    out = []
-    now = time.time()
-    for key, data in docs.items():
-        exp_id = key[len(prefix) :]
+def _row_of(repo: Repository, key: str, entry: Entry) -> tuple[Row | None, bool]:
+    """The checked row of one ref copy, and whether it may be kept (it names ``entry``'s token).
+
+    A copy that does not decode may be what is damaged (this machine's cache, the catalog):
+    the copy is forgotten and the ref itself read; a ref that still does not decode is left
+    out of the listing with a warning (``fsck`` names it too).
+    """
+    try:
+        ref = _parse_ref_doc(key, entry.doc)
+        keep = True
+    except FormatError:
+        _cache_for(repo).update([], [key])
         try:
-            ref = _parse_ref_doc(key, data)
-        except FormatError:
-            # A copy from this machine's cache or the catalog may be what is damaged: read
-            # the ref itself, and forget the copy.
-            _cache_for(repo).update([], [key])
-            try:
-                ref = _parse_ref_doc(key, repo.store.read(key))
-            except (FormatError, KeyNotFound) as exc:
-                # Listed without it: the others are still shown (fsck names it too).
-                log.warning("mlvc: skipping experiment %s: %s", exp_id[:SHORT_LEN], exc)
+            ref = _parse_ref_doc(key, repo.store.read(key))
+            keep = False
+        except (FormatError, KeyNotFound) as exc:
+            log.warning("mlvc: skipping experiment %s: %s", key.rpartition("/")[2][:SHORT_LEN], exc)
+            return None, False
+    summary = ExperimentSummary.from_dict(ref.summary)
+    return Row(entry.token, entry.exact, entry.read_at, ObjectId(ref.target), summary), keep
+
+
+def _rows_path(repo: Repository, prefix: str) -> Path | None:
+    """``<cache dir>/refs.experiments.rows`` (``removed.experiments.rows``), or None."""
+    if repo.cache_dir is None:
+        return None
+    return repo.cache_dir / f"{prefix.strip('/').replace('/', '.')}.rows"
+
+
+def _experiments_of(
+    repo: Repository,
+    prefix: str,
+    stale_after: float,
+    removed: bool,
+    skip: set[str] | frozenset[str] = frozenset(),
+) -> list[Experiment]:
+    """Every experiment whose ref is under ``prefix`` (except the ids in ``skip``), in key order.
+
+    Refs unchanged since this machine checked them come from the row cache (:mod:`.rows`);
+    the others are decoded and checked, and the row cache rewritten.
+    """
+    path = _rows_path(repo, prefix)
+    repo_id = repo.config.repo_id
+    with paused_gc(), ThreadPoolExecutor(1) as pool:
+        # The row cache loads while the listing waits on the store.
+        loading = pool.submit(load_rows, path, repo_id, prefix) if path is not None else None
+        result = scan_refs(repo, prefix, held=loading.result if loading is not None else None)
+        rows = loading.result() if loading is not None else {}
+        beats = heartbeats(repo) if not removed else {}
+        fresh: dict[str, Row] = {}
+        kept: dict[str, Row] = {k: rows[k] for k in result.held}
+        for key, entry in result.entries.items():
+            row, keep = _row_of(repo, key, entry)
+            if row is not None:
+                fresh[key] = row
+                if keep:
+                    kept[key] = row
+        if path is not None and (len(kept) != len(rows) or len(kept) != len(result.held)):
+            save_rows(path, repo_id, prefix, kept)
+        out = []
+        now = time.time()
+        start = len(prefix)
+        for key in result.listed:
+            exp_id = key[start:]
+            row = rows[key] if key in result.held else fresh.get(key)
+            if row is None or exp_id in skip:
                 continue
-        summary = ExperimentSummary.from_dict(ref.summary)
-        if removed:
-            summary = replace(summary, status="removed")
-        out.append(
-            Experiment(
-                repo,
-                exp_id,
-                ObjectId(ref.target),
-                summary,
-                beats.get(exp_id),
-                stale_after,
-                removed=removed,
-                now=now,
+            summary = replace(row.summary, status="removed") if removed else row.summary
+            out.append(
+                Experiment(
+                    repo,
+                    exp_id,
+                    row.target,
+                    summary,
+                    beats.get(exp_id),
+                    stale_after,
+                    removed=removed,
+                    now=now,
+                )
             )
-        )
     return out
 
 
 def scan(repo: Repository, stale_after: float = STALE_AFTER) -> list[Experiment]:
-    """Every live experiment (from refs, the catalog and the local cache; see the module)."""
-    result = scan_refs(repo, REFS_PREFIX)
-    return _experiments_of(repo, result.docs, REFS_PREFIX, stale_after, removed=False)
+    """Every live experiment (from refs, the catalog and the local caches; see the module)."""
+    return _experiments_of(repo, REFS_PREFIX, stale_after, removed=False)
 
 
 def removed_experiments(repo: Repository, live: set[str]) -> list[Experiment]:
@@ -166,9 +221,7 @@ def removed_experiments(repo: Repository, live: set[str]) -> list[Experiment]:
 
     A tombstone whose commit ``gc`` has freed is dropped from the listing (and deleted).
     """
-    result = scan_refs(repo, REMOVED_PREFIX)
-    docs = {k: v for k, v in result.docs.items() if k[len(REMOVED_PREFIX) :] not in live}
-    exps = _experiments_of(repo, docs, REMOVED_PREFIX, STALE_AFTER, removed=True)
+    exps = _experiments_of(repo, REMOVED_PREFIX, STALE_AFTER, removed=True, skip=live)
     out = []
     for exp in exps:
         if repo.has(exp.target):

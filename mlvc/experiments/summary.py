@@ -16,7 +16,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field, fields, replace
 from datetime import datetime, timezone
-from typing import Any
+from operator import attrgetter
+from typing import Any, cast
 
 from mlvc_core import schema
 from mlvc_core.ids import ObjectId, to_hex
@@ -338,9 +339,61 @@ class ExperimentSummary:
             return self
         return replace(self, removed=(*self.removed, checkpoint))
 
+    def to_row(self) -> list[Any]:
+        """The summary as one flat list of plain values, in :data:`ROW_FIELDS` order.
+
+        What the listing's row cache keeps (msgpack): :meth:`from_row` gives back an equal
+        summary without decoding or checking the ref again.
+        """
+        pm, best = self.primary_metric, self.best
+        return [
+            *_plain_fields(self),
+            [pm[0], pm[1]] if pm is not None else None,
+            [best.checkpoint, best.step, best.value] if best is not None else None,
+            list(self.removed),
+            self.extra,
+            sorted(self.present),
+        ]
+
+    @classmethod
+    def from_row(cls, row: list[Any]) -> ExperimentSummary:
+        """The summary a :meth:`to_row` list describes (``present`` may be a frozenset).
+
+        Raises:
+            TypeError: ``row`` does not have the shape :meth:`to_row` gives.
+            ValueError: Likewise.
+        """
+        if len(row) != len(ROW_FIELDS):
+            raise ValueError(f"a summary row has {len(ROW_FIELDS)} fields, not {len(row)}")
+        pm, best, removed, extra, present = row[_PLAIN:]
+        if isinstance(present, frozenset):
+            shared = present
+        else:
+            key = tuple(present)
+            shared = _PRESENT.get(key) or _PRESENT.setdefault(key, frozenset(present))
+        build: Any = cls  # positional: the fields in ROW_FIELDS order
+        return cast(
+            ExperimentSummary,
+            build(
+                *row[:_PLAIN],
+                (pm[0], pm[1]) if pm is not None else None,
+                Best(best[0], best[1], best[2]) if best is not None else None,
+                tuple(removed),
+                extra,
+                shared,
+            ),
+        )
+
 
 _KNOWN = frozenset(f.name for f in fields(ExperimentSummary)) - {"extra", "present"}
 """The stored fields :class:`ExperimentSummary` reads (the others go to ``extra``)."""
+ROW_FIELDS = tuple(f.name for f in fields(ExperimentSummary))
+"""The order of :meth:`ExperimentSummary.to_row`: a row cache written for another is ignored."""
+_PLAIN = ROW_FIELDS.index("primary_metric")
+"""Row fields before this one are stored as they are."""
+_plain_fields = attrgetter(*ROW_FIELDS[:_PLAIN])
+_PRESENT: dict[tuple[str, ...], frozenset[str]] = {}
+"""One frozenset per distinct ``present`` (rows mostly share a handful)."""
 
 
 def _opt_str(value: Any) -> str | None:

@@ -37,6 +37,7 @@ from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from datetime import datetime, timezone
 from typing import Any, cast
+from xml.etree import ElementTree
 
 from mlvc_core.errors import PreconditionFailed
 from mlvc_core.storage.base import KeyInfo, check_limit
@@ -187,30 +188,93 @@ def delete_if(fs: Any, path: str, key: str, expected: str) -> None:
         raise
 
 
-def _fast_listing_parser(fs: Any, sync: Callable[..., Any]) -> None:
-    """Parse S3 timestamps with ``datetime.fromisoformat`` (C) instead of dateutil.
+def _timestamp(value: str) -> datetime:
+    """An S3 timestamp: ISO 8601 through ``datetime.fromisoformat`` (C), else botocore's parser."""
+    try:
+        d = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        from botocore.parsers import DEFAULT_TIMESTAMP_PARSER  # type: ignore[import-untyped]
 
-    botocore parses every ``LastModified`` of a listing with dateutil, about 50 us each:
-    most of the CPU of listing 10,000 refs. The parser factory belongs to this
-    filesystem's own client; anything not ISO 8601 still goes to botocore's parser.
+        return cast(datetime, DEFAULT_TIMESTAMP_PARSER(value))
+    return d if d.tzinfo is not None else d.replace(tzinfo=timezone.utc)
+
+
+def _flag(text: str) -> bool:
+    return text == "true"
+
+
+_OBJECT_FIELDS: dict[str, Callable[[str], Any]] = {
+    "Key": str,
+    "ETag": str,
+    "Size": int,
+    "LastModified": _timestamp,
+    "StorageClass": str,
+    "ChecksumType": str,
+    "IsLatest": _flag,
+}
+"""The scalar members of a listed object that :func:`parse_contents` converts itself."""
+_OBJECT_LISTS = frozenset({"ChecksumAlgorithm"})
+"""Members that repeat (flattened lists of strings)."""
+_LISTING_HOOK = "mlvc-listing-contents"
+
+
+def parse_contents(
+    response_dict: dict[str, Any], customized_response_dict: dict[str, Any], **_: Any
+) -> None:
+    """Parse the ``<Contents>`` of a ``ListObjectsV2`` response with ElementTree.
+
+    A handler of botocore's ``before-parse.s3.ListObjectsV2`` event: it puts ``Contents``
+    (each object as botocore would give it: ``Key``, ``Size`` as an int, ``LastModified`` as
+    an aware datetime, ``ETag`` quotes included...) into ``customized_response_dict``, which
+    botocore merges into the parsed response, and leaves in the body only the rest (name,
+    prefix, truncation, continuation token), which botocore parses as usual. botocore's
+    shape-walking parser takes about 20 ms for a page of 1,000 keys, this about 5 ms. A
+    response with anything this does not know (an owner, a restore status, an error) is left
+    untouched for botocore.
     """
+    if response_dict.get("status_code") != 200 or not response_dict.get("body"):
+        return
+    try:
+        root = ElementTree.fromstring(response_dict["body"])
+        tag = root.tag
+        ns = tag[: tag.index("}") + 1] if tag.startswith("{") else ""
+        if tag != ns + "ListBucketResult":
+            return
+        contents, cut = ns + "Contents", len(ns)
+        items: list[dict[str, Any]] = []
+        rest = ElementTree.Element(tag)
+        for node in root:
+            if node.tag != contents:
+                rest.append(node)
+                continue
+            item: dict[str, Any] = {}
+            for member in node:
+                name = member.tag[cut:]
+                if len(member) or not member.tag.startswith(ns):
+                    return  # a nested member (Owner, RestoreStatus): botocore's to parse
+                convert = _OBJECT_FIELDS.get(name)
+                if convert is not None:
+                    item[name] = convert(member.text or "")
+                elif name in _OBJECT_LISTS:
+                    item.setdefault(name, []).append(member.text or "")
+                else:
+                    return  # a member this does not know
+            items.append(item)
+    except (ElementTree.ParseError, ValueError, TypeError):
+        return
+    if items:
+        customized_response_dict["Contents"] = items
+    response_dict["body"] = ElementTree.tostring(rest)
+
+
+def _fast_listing(fs: Any, sync: Callable[..., Any]) -> None:
+    """Register :func:`parse_contents` on this filesystem's S3 client (once)."""
     if getattr(fs, "_s3", None) is None:
         sync(fs.set_session)
-    endpoint = getattr(getattr(fs, "_s3", None), "_endpoint", None)
-    factory = getattr(endpoint, "_response_parser_factory", None)
-    if factory is None or getattr(factory, "_mlvc_fast_timestamps", False):
-        return
-    from botocore.parsers import DEFAULT_TIMESTAMP_PARSER  # type: ignore[import-untyped]
-
-    def parse(value: Any) -> Any:
-        try:
-            d = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
-        except ValueError:
-            return DEFAULT_TIMESTAMP_PARSER(value)
-        return d if d.tzinfo is not None else d.replace(tzinfo=timezone.utc)
-
-    factory.set_parser_defaults(timestamp_parser=parse)
-    factory._mlvc_fast_timestamps = True
+    client = getattr(fs, "_s3", None)
+    events = getattr(getattr(client, "meta", None), "events", None)
+    if events is not None:
+        events.register("before-parse.s3.ListObjectsV2", parse_contents, unique_id=_LISTING_HOOK)
 
 
 def list_keys(
@@ -231,7 +295,7 @@ def list_keys(
     Yields:
         Each key (relative to ``root``) with its size, mtime and ETag, in key order.
     """
-    _fast_listing_parser(fs, sync)
+    _fast_listing(fs, sync)
     full = f"{root}/{prefix}" if root else prefix
     bucket, _, key_prefix = full.partition("/")
     head = full[len(bucket) + 1 : len(full) - len(prefix)]
