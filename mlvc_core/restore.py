@@ -19,7 +19,10 @@ Guarantees (tests guard each):
   and the process's umask applies on top (``0600`` stays ``0600``);
 * zero runs become holes again: an all-zero chunk is seeked over, not written;
 * each file is streamed chunk by chunk (read and verified on worker threads, a bounded number
-  in flight) into a temporary name beside its target, then renamed into place.
+  in flight) into a temporary name beside its target, then renamed into place; in a directory
+  this checkout creates, which is built under a temporary name and renamed into place once
+  complete (:mod:`mlvc_core.targets`; a target directory that does not exist yet is too), files
+  are created in place: a killed checkout leaves no torn file under a real name either way.
 """
 
 from __future__ import annotations
@@ -28,11 +31,7 @@ import contextlib
 import errno
 import logging
 import os
-import re
-import shutil
 import stat as stat_mod
-import sys
-import uuid
 from collections import deque
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future
@@ -49,16 +48,15 @@ from mlvc_core.plan import (
     name_refused_here,
     plan_checkout,
 )
-from mlvc_core.processes import pid_alive
 from mlvc_core.repository import Repository, default_workers
 from mlvc_core.session import ProgressFn
+from mlvc_core.targets import DIR_FLAGS, LaterDirs, put, remove, sweep_temporary, tmp_name
 
 log = logging.getLogger(__name__)
 
 SkipFn = Callable[[str, str], None]
 """Called with ``(relative path, reason)`` for each entry left out of a checkout."""
 
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
 _NEW_FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
 _NAME_ERRNOS = {errno.ENAMETOOLONG, errno.EILSEQ, errno.EINVAL}
 """Errors by which a file system refuses a name (too long, not in its encoding)."""
@@ -74,145 +72,6 @@ def _is_zero(data: bytes | memoryview) -> bool:
     return bytes(data).count(0) == len(data)
 
 
-def _remove(dir_fd: int, name: str) -> None:
-    """Remove whatever is called ``name`` in ``dir_fd`` (a directory with its contents)."""
-    st = os.lstat(name, dir_fd=dir_fd)
-    if not stat_mod.S_ISDIR(st.st_mode):
-        os.unlink(name, dir_fd=dir_fd)
-    elif sys.version_info >= (3, 11):
-        shutil.rmtree(name, dir_fd=dir_fd)
-    else:  # rmtree takes dir_fd from Python 3.11 on
-        _rmtree_at(dir_fd, name)
-
-
-def _rmtree_at(parent_fd: int, name: str) -> None:
-    """Remove directory ``name`` of ``parent_fd`` with its contents, following no link."""
-    fd = os.open(name, _DIR_FLAGS, dir_fd=parent_fd)
-    try:
-        for child in os.listdir(fd):
-            if stat_mod.S_ISDIR(os.lstat(child, dir_fd=fd).st_mode):
-                _rmtree_at(fd, child)
-            else:
-                os.unlink(child, dir_fd=fd)
-    finally:
-        os.close(fd)
-    os.rmdir(name, dir_fd=parent_fd)
-
-
-def _tmp_name() -> str:
-    # Short whatever the target's name (a name may already be NAME_MAX bytes long); it names
-    # the writing process, so a later checkout removes what a killed one left.
-    return f".mlvc-{os.getpid()}-{uuid.uuid4().hex[:12]}.tmp"
-
-
-_TMP_NAME = re.compile(r"\.mlvc-([0-9]{1,10})-[0-9a-f]{12}\.tmp")
-
-
-def sweep_temporary(dir_fd: int) -> None:
-    """Remove the temporary files a killed checkout left in a directory it was writing.
-
-    Only files named by :func:`_tmp_name` whose process no longer runs on this host go.
-    """
-    try:
-        names = os.listdir(dir_fd)
-    except OSError:
-        return
-    for name in names:
-        m = _TMP_NAME.fullmatch(name)
-        if m is not None and not pid_alive(int(m.group(1))):
-            with contextlib.suppress(OSError):
-                os.unlink(name, dir_fd=dir_fd)
-
-
-class _Dirs:
-    """Directory descriptors along the current path, opened without following links."""
-
-    def __init__(self, root_fd: int, plan: dict[Parts, TreeEntry], force: bool) -> None:
-        self._stack: list[tuple[Parts, int]] = [((), root_fd)]
-        self._plan = plan
-        self._force = force
-        sweep_temporary(root_fd)
-
-    def fd(self, parts: Parts) -> int:
-        """A descriptor of the directory at ``parts``, created (mode as recorded) if needed."""
-        while parts[: len(self._stack[-1][0])] != self._stack[-1][0]:
-            os.close(self._stack.pop()[1])
-        while len(self._stack[-1][0]) < len(parts):
-            here = parts[: len(self._stack[-1][0]) + 1]
-            fd = self._open(self._stack[-1][1], here)
-            self._stack.append((here, fd))
-            sweep_temporary(fd)
-        return self._stack[-1][1]
-
-    def _open(self, parent: int, here: Parts) -> int:
-        name = here[-1]
-        try:
-            return os.open(name, _DIR_FLAGS, dir_fd=parent)
-        except FileNotFoundError:
-            pass
-        except OSError as exc:
-            if exc.errno not in (errno.ENOTDIR, errno.ELOOP):
-                raise
-            if not self._force:  # appeared since the conflicts were looked for
-                raise FileExistsConflict(["/".join(here)]) from None
-            _remove(parent, name)
-        entry = self._plan.get(here)
-        mode = (entry.mode if entry is not None and entry.kind == "dir" else 0o755) & 0o777
-        with contextlib.suppress(FileExistsError):
-            os.mkdir(name, mode | 0o700, dir_fd=parent)  # the umask applies on top
-        return os.open(name, _DIR_FLAGS, dir_fd=parent)
-
-    def close(self) -> None:
-        """Close every descriptor but the root's."""
-        while len(self._stack) > 1:
-            os.close(self._stack.pop()[1])
-
-
-class _LaterDirs(_Dirs):
-    """:class:`_Dirs` whose descriptors, once left, stay open until :meth:`release`.
-
-    Files handed to worker threads are written through their directory's descriptor after
-    the walk has moved on: a descriptor is closed only once no worker can still use it.
-    """
-
-    def __init__(self, root_fd: int, plan: dict[Parts, TreeEntry], force: bool) -> None:
-        super().__init__(root_fd, plan, force)
-        self.left: list[int] = []
-
-    def fd(self, parts: Parts) -> int:
-        """As :meth:`_Dirs.fd`; descriptors left behind wait in :attr:`left`."""
-        while parts[: len(self._stack[-1][0])] != self._stack[-1][0]:
-            self.left.append(self._stack.pop()[1])
-        return super().fd(parts)
-
-    def release(self) -> None:
-        """Close the descriptors left behind (no worker may use them any more)."""
-        fds, self.left = self.left, []
-        for fd in fds:
-            os.close(fd)
-
-    def close(self) -> None:
-        """Close every descriptor but the root's, those left behind too."""
-        self.release()
-        super().close()
-
-
-def _put(dir_fd: int, tmp: str, name: str, force: bool = True) -> None:
-    """Rename ``tmp`` over ``name`` (a link is replaced, never followed).
-
-    A directory in the way is removed with its contents if ``force``, else a conflict.
-    """
-    try:
-        os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
-    except OSError as exc:
-        if exc.errno not in (errno.EISDIR, errno.ENOTEMPTY, errno.EEXIST):
-            raise
-        if not force:  # appeared since the conflicts were looked for
-            raise FileExistsConflict([name]) from None
-        _remove(dir_fd, name)
-        os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
-
-
 def write_file(
     repo: Repository,
     manifest: Manifest,
@@ -221,6 +80,7 @@ def write_file(
     progress: ProgressFn | None = None,
     force: bool = True,
     chunks: Iterable[bytes] | None = None,
+    in_place: bool = False,
 ) -> None:
     """Stream a manifest's chunks into ``target`` (a temporary file, then a rename).
 
@@ -234,38 +94,27 @@ def write_file(
         chunks: The manifest's chunks, already read and verified (by a caller that read
             several files' chunks together); by default they are read ahead on the worker
             threads.
+        in_place: Create ``target`` itself (it must not exist; no temporary name): for a
+            directory nobody sees yet (:meth:`mlvc_core.targets.Dirs.is_new`). A failure
+            removes what was written.
     """
     if isinstance(target, tuple):
         dir_fd, name = target
     else:
         dir_fd = os.open(target.parent, os.O_RDONLY | os.O_DIRECTORY)
         name = target.name
-    tmp = _tmp_name()
+    tmp = name if in_place else tmp_name()
     try:
         fd = os.open(tmp, _NEW_FILE_FLAGS, mode & 0o777, dir_fd=dir_fd)
         try:
             try:
                 if chunks is None:
                     chunks = repo.read_chunks(cid for cid, _ in manifest.chunks)
-                pos = end = 0  # where the next chunk goes; the end of the bytes written
-                for (cid, length), data in zip(manifest.chunks, chunks, strict=True):
-                    if len(data) != length:  # the manifest and the chunk disagree: write neither
-                        raise IntegrityError(
-                            to_hex(cid), f"{len(data)} bytes, its manifest says {length}"
-                        )
-                    if _is_zero(data):
-                        os.lseek(fd, len(data), os.SEEK_CUR)  # a hole
-                    else:
-                        _write_all(fd, data)
-                        end = pos + len(data)
-                    pos += len(data)
-                    if progress is not None:
-                        progress(len(data))
-                if end != manifest.size:  # a hole at the end (a seek alone writes nothing)
-                    os.ftruncate(fd, manifest.size)
+                _write_chunks(fd, manifest, chunks, progress)
             finally:
                 os.close(fd)
-            _put(dir_fd, tmp, name, force)
+            if not in_place:
+                put(dir_fd, tmp, name, force)
         except BaseException:
             with contextlib.suppress(OSError):
                 os.unlink(tmp, dir_fd=dir_fd)
@@ -273,6 +122,26 @@ def write_file(
     finally:
         if not isinstance(target, tuple):
             os.close(dir_fd)
+
+
+def _write_chunks(
+    fd: int, manifest: Manifest, chunks: Iterable[bytes], progress: ProgressFn | None
+) -> None:
+    """Write a manifest's chunks (checked against its lengths) at ``fd``; zero runs as holes."""
+    pos = end = 0  # where the next chunk goes; the end of the bytes written
+    for (cid, length), data in zip(manifest.chunks, chunks, strict=True):
+        if len(data) != length:  # the manifest and the chunk disagree: write neither
+            raise IntegrityError(to_hex(cid), f"{len(data)} bytes, its manifest says {length}")
+        if _is_zero(data):
+            os.lseek(fd, len(data), os.SEEK_CUR)  # a hole
+        else:
+            _write_all(fd, data)
+            end = pos + len(data)
+        pos += len(data)
+        if progress is not None:
+            progress(len(data))
+    if end != manifest.size:  # a hole at the end (a seek alone writes nothing)
+        os.ftruncate(fd, manifest.size)
 
 
 def _write_all(fd: int, data: bytes | memoryview) -> None:
@@ -283,10 +152,10 @@ def _write_all(fd: int, data: bytes | memoryview) -> None:
 
 
 def _make_link(dir_fd: int, name: str, target: str, force: bool) -> None:
-    tmp = _tmp_name()
+    tmp = tmp_name()
     os.symlink(target, tmp, dir_fd=dir_fd)
     try:
-        _put(dir_fd, tmp, name, force)
+        put(dir_fd, tmp, name, force)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp, dir_fd=dir_fd)
@@ -324,17 +193,61 @@ def restore_tree(
     """
     plan = plan_checkout(repo, tree_id, paths)
     dest = Path(dest)
+    fresh = not os.path.lexists(dest) and dest.name not in ("", ".", "..")
     try:
-        dest.mkdir(parents=True, exist_ok=True)
+        (dest.parent if fresh else dest).mkdir(parents=True, exist_ok=True)
     except FileExistsError:
         raise UsageError(f"{dest} exists and is not a directory") from None
     except NotADirectoryError:
         raise UsageError(f"{dest}: a part of this path is a file, not a directory") from None
-    root_fd = os.open(dest, os.O_RDONLY | os.O_DIRECTORY | getattr(os, "O_CLOEXEC", 0))
+    if fresh:
+        return _restore_fresh(repo, plan, dest, force, progress, on_skip)
+    root_fd = os.open(dest, _ROOT_FLAGS)
     try:
         return _restore(repo, plan, root_fd, str(dest), force, progress, on_skip)
     finally:
         os.close(root_fd)
+
+
+_ROOT_FLAGS = os.O_RDONLY | os.O_DIRECTORY | getattr(os, "O_CLOEXEC", 0)
+
+
+def _restore_fresh(
+    repo: Repository,
+    plan: dict[Parts, TreeEntry],
+    dest: Path,
+    force: bool,
+    progress: ProgressFn | None,
+    on_skip: SkipFn | None,
+) -> list[str]:
+    """:func:`_restore` into a ``dest`` that does not exist yet: built aside, then renamed.
+
+    The new directory is made under a temporary name beside ``dest`` (what a killed checkout
+    left there is removed first), every file created in it in place, and it is renamed to
+    ``dest`` once complete; on failure it is removed.
+
+    Raises:
+        FileExistsConflict: Something but an empty directory appeared at ``dest`` meanwhile.
+    """
+    parent_fd = os.open(dest.parent, _ROOT_FLAGS)
+    try:
+        sweep_temporary(parent_fd)
+        tmp = tmp_name()
+        os.mkdir(tmp, 0o777, dir_fd=parent_fd)  # as mkdir(1): the umask applies
+        try:
+            root_fd = os.open(tmp, DIR_FLAGS, dir_fd=parent_fd)
+            try:
+                written = _restore(repo, plan, root_fd, str(dest), force, progress, on_skip, True)
+            finally:
+                os.close(root_fd)
+            put(parent_fd, tmp, dest.name, force=False)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                remove(parent_fd, tmp)
+            raise
+        return written
+    finally:
+        os.close(parent_fd)
 
 
 def checkout(
@@ -375,6 +288,7 @@ def _restore(
     force: bool,
     progress: ProgressFn | None,
     on_skip: SkipFn | None,
+    root_new: bool = False,
 ) -> list[str]:
     def skip(parts: Parts, reason: str) -> None:
         rel = "/".join(parts)
@@ -407,7 +321,7 @@ def _restore(
 
     written: list[tuple[int, str]] = []  # (position in the plan, path): sorted at the end
     links: list[tuple[Parts, TreeEntry]] = []
-    dirs = _LaterDirs(root_fd, plan, force)
+    dirs = LaterDirs(root_fd, plan, force, root_new)
     batch: list[_Job] = []
     batch_bytes = 0
     inflight: deque[Future[list[_Done]]] = deque()
@@ -451,7 +365,9 @@ def _restore(
                     # Small files go to the worker threads in batches: a thread hand-off per
                     # file would cost more than writing it.
                     assert e.oid is not None
-                    batch.append((pos, parts, dirs.fd(parts[:-1]), e.oid, e.mode))
+                    dir_fd = dirs.fd(parts[:-1])
+                    new = dirs.is_new(parts[:-1])
+                    batch.append((pos, parts, dir_fd, e.oid, e.mode, new))
                     batch_bytes += e.size
                     if len(batch) >= _BATCH_FILES or batch_bytes >= _BATCH_BYTES:
                         send()
@@ -459,7 +375,8 @@ def _restore(
                     assert e.oid is not None
                     target = (dirs.fd(parts[:-1]), parts[-1])
                     manifest = repo.read_manifest(e.oid)
-                    write_file(repo, manifest, target, e.mode, progress, force)
+                    new = dirs.is_new(parts[:-1])
+                    write_file(repo, manifest, target, e.mode, progress, force, in_place=new)
                     written.append((pos, "/".join(parts)))
             except OSError as exc:
                 if exc.errno not in _NAME_ERRNOS or isinstance(exc, FileExistsConflict):
@@ -470,6 +387,12 @@ def _restore(
             send()
         while inflight:
             collect()
+        refused = dirs.publish(_NAME_ERRNOS)  # complete: new directories take their names
+        for parts, errno_ in refused:
+            skip(parts, f"this file system refuses its name ({os.strerror(errno_)})")
+            skipped.add(parts)
+        if refused:
+            written = [(i, r) for i, r in written if not _below(r, skipped)]
         for parts, e in links:
             if any(parts[:i] in skipped for i in range(1, len(parts))):
                 continue
@@ -484,12 +407,19 @@ def _restore(
         for f in inflight:  # let no worker write through a descriptor about to be closed
             with contextlib.suppress(BaseException):
                 f.result()
-        dirs.close()
+        dirs.discard()  # new directories not published (a failure): removed
     return [rel for _, rel in written]
 
 
-_Job = tuple[int, Parts, int, ObjectId, int]
-"""A small file for a worker: position in the plan, path, directory descriptor, manifest, mode."""
+def _below(rel: str, dirs: set[Parts]) -> bool:
+    """Whether the path ``rel`` is inside one of ``dirs``."""
+    parts = tuple(rel.split("/"))
+    return any(parts[:i] in dirs for i in range(1, len(parts)))
+
+
+_Job = tuple[int, Parts, int, ObjectId, int, bool]
+"""A small file for a worker: position in the plan, path, directory descriptor, manifest, mode,
+whether to create it in place (its directory is new)."""
 _Done = tuple[int, Parts, int, "str | None"]
 """A worker's answer for one file: position, path, bytes, why it was skipped (None: written)."""
 _BATCH_FILE = 1 << 20
@@ -505,16 +435,16 @@ def _write_batch(repo: Repository, jobs: list[_Job], force: bool) -> list[_Done]
 
     Memory: the batch's chunks (at most :data:`_BATCH_BYTES` plus one file).
     """
-    repo.prefetch_objects(oid for _, _, _, oid, _ in jobs)  # adjacent manifests: one read
-    manifests = [repo.read_manifest(oid) for _, _, _, oid, _ in jobs]
+    repo.prefetch_objects(job[3] for job in jobs)  # adjacent manifests: one read
+    manifests = [repo.read_manifest(job[3]) for job in jobs]
     # The batch's chunks were stored one after another: read them in runs, one read each.
     ids = (cid for m in manifests for cid, _ in m.chunks)
     data = iter([d for run in repo.chunk_runs(ids) for d in repo.read_run(run)])
     done: list[_Done] = []
-    for (i, parts, dir_fd, _, mode), manifest in zip(jobs, manifests, strict=True):
+    for (i, parts, dir_fd, _, mode, new), manifest in zip(jobs, manifests, strict=True):
         mine = [next(data) for _ in manifest.chunks]
         try:
-            write_file(repo, manifest, (dir_fd, parts[-1]), mode, None, force, mine)
+            write_file(repo, manifest, (dir_fd, parts[-1]), mode, None, force, mine, new)
         except OSError as exc:
             if exc.errno not in _NAME_ERRNOS or isinstance(exc, FileExistsConflict):
                 raise

@@ -328,16 +328,24 @@ def test_a_checkout_killed_mid_file_leaves_no_temporary_file_after_the_next(
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
+
+    def temporary() -> list[Path]:  # a file, or a new directory built aside, in the project
+        return [q for q in d.rglob(".mlvc-*.tmp") if not q.is_relative_to(d / ".mlvc")]
+
+    def mid_file() -> bool:  # a file begun under a temporary name or in such a directory
+        return any(f.is_file() for t in temporary() for f in [t, *t.rglob("*")])
+
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and p.poll() is None:
-        if out.is_dir() and any(n.endswith(".tmp") for n in os.listdir(out)):
+        if mid_file():
             break
         time.sleep(0.002)
     p.send_signal(signal.SIGKILL)
     p.wait()
-    if not any(n.endswith(".tmp") for n in os.listdir(out)):
+    if not mid_file():
         pytest.skip("the checkout finished before it could be killed mid-file")
     cli("checkout", cid, "-o", "out")
+    assert temporary() == []
     assert sorted(os.listdir(out)) == ["big.bin"]
     assert (out / "big.bin").read_bytes() == big
     from mlvc.repo import forget_shared

@@ -506,6 +506,7 @@ def test_a_checkout_killed_midway_completes_when_run_again_without_force(
     repo = Repository.init(tmp_path / "r")
     commit_paths(repo, src, "x", branch="main")
     out, done = tmp_path / "out", tmp_path / "done"
+    out.mkdir()  # an existing target: each file goes to a temporary name, then into place
     child = subprocess.Popen(
         [sys.executable, "-c", KILLED_CHECKOUT, str(tmp_path / "r"), str(out), str(done)],
         env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
