@@ -36,9 +36,11 @@ __all__ = [
     "sweep_copy_dirs",
 ]
 
-MIN_FREE_DISK = 0.05
+MIN_FREE_DISK = 0.01
 """A backlog of checkpoints (storage not answering) never leaves less than this fraction of
-the local disk free (and never less than 1 GB): further checkpoints are dropped instead."""
+the local disk free (and never less than 1 GB): further checkpoints are dropped instead.
+One percent, not more: a large disk that is 95% full still has room for many checkpoints, and
+dropping them there would lose what the user asked to keep."""
 
 Fingerprint = tuple[int, ...]
 
