@@ -9,13 +9,22 @@ format version first and refuses one it does not know.
 from __future__ import annotations
 
 import json
+import logging
 import uuid
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from mlvc_core import schema
 from mlvc_core.chunker import ChunkerParams
-from mlvc_core.errors import FormatError, UnsupportedFormatVersion
+from mlvc_core.errors import (
+    FormatError,
+    PreconditionFailed,
+    StorageError,
+    UnsupportedFormatVersion,
+)
+from mlvc_core.storage import Store
+
+log = logging.getLogger(__name__)
 
 FORMAT = "mlvc"
 FORMAT_VERSION = 3
@@ -138,3 +147,39 @@ class RepoConfig:
         except (KeyError, TypeError, ValueError) as exc:
             raise FormatError(f"malformed repository config: {exc}") from exc
         return config
+
+
+def upgrade_config(store: Store, key: str) -> tuple[RepoConfig, bool]:
+    """Bring the config stored at ``key`` to this mlvc's format version, by compare-and-swap.
+
+    Only the config is rewritten (version-1 index files stay valid; version 3 adds the
+    tensor block size). mlvc versions that know only the older version refuse the
+    repository afterwards, with a message.
+
+    Returns:
+        The config as it now is, and whether this call upgraded it (then a warning is logged).
+
+    Raises:
+        UnsupportedFormatVersion: The stored config names a version this mlvc does not know.
+        StorageError: The config kept changing under it.
+    """
+    for _ in range(5):
+        data, version = store.read_versioned(key, MAX_CONFIG_SIZE)
+        current = RepoConfig.decode(data)
+        if current.version >= FORMAT_VERSION:
+            return current, False
+        upgraded = current.upgraded()
+        try:
+            store.write_if(key, upgraded.encode(), version)
+        except PreconditionFailed:
+            continue  # another process upgraded it at the same moment: read it again
+        log.warning(
+            "mlvc: upgraded the repository at %s from format version %d to %d "
+            "(mlvc versions that only know version %d can no longer open it)",
+            store.url,
+            current.version,
+            FORMAT_VERSION,
+            current.version,
+        )
+        return upgraded, True
+    raise StorageError(f"cannot upgrade {store.url}: its config keeps changing")

@@ -21,7 +21,7 @@ from typing import Any
 
 from mlvc_core import codec, delta
 from mlvc_core.caches import BytesCache, ObjectCache
-from mlvc_core.config import FORMAT_VERSION, MAX_CONFIG_SIZE, RepoConfig
+from mlvc_core.config import MAX_CONFIG_SIZE, RepoConfig, upgrade_config
 from mlvc_core.errors import (
     FormatError,
     IntegrityError,
@@ -29,9 +29,7 @@ from mlvc_core.errors import (
     MlvcError,
     NotARepository,
     ObjectNotFound,
-    PreconditionFailed,
     RepositoryExists,
-    StorageError,
     UsageError,
 )
 from mlvc_core.ids import ObjectId, from_hex, hash_bytes, is_hex_prefix, resolve_prefix, to_hex
@@ -63,9 +61,9 @@ _SMALL_PACK_BYTES = 1 << 20
 """Packs up to this size are read whole when an object in them is read from a remote store."""
 _PACK_CACHE_BYTES = 32 << 20
 """Small packs kept in memory (bytes)."""
-BASE_CACHE_BYTES = 32 << 20
-"""Decoded delta bases kept in memory (bytes): checking out several versions coded against
-the same base decodes it once."""
+BASE_CACHE_BYTES = 16 << 20
+"""Decoded delta bases kept in memory (bytes): the bases prefetched for the runs a checkout
+has in flight, and those several versions coded against the same base share."""
 
 
 def default_workers() -> int:
@@ -315,6 +313,7 @@ class Repository(PackIndex):
         """
         first = run[0][1]
         end = run[-1][1].offset + run[-1][1].stored_len
+        self._prefetch_bases([loc.base for _, loc in run if loc.base is not None])
         try:
             blob = self.store.read_range(pack_key(first.pack), first.offset, end - first.offset)
         except KeyNotFound:
@@ -328,6 +327,27 @@ class Repository(PackIndex):
             self.verify_payload(oid, loc, view[loc.offset - first.offset :][: loc.stored_len])
             for oid, loc in run
         ]
+
+    def _prefetch_bases(self, bases: list[ObjectId]) -> None:
+        """Read the delta bases of a run not decoded yet, adjacent ones with one request.
+
+        The keyframes of a file's chunks lie side by side in their pack, so a run of deltas
+        costs one more request, not one per base. A hint: what fails here is read (and
+        reported) again by :meth:`delta_base`.
+        """
+        wanted = [b for b in dict.fromkeys(bases) if self._bases.get(b) is None]
+        with self._index_lock:
+            found = [
+                b
+                for b in wanted
+                if (loc := self._index.get(b)) and loc.kind == CHUNK and loc.codec != codec.DELTA
+            ]
+        if not found:
+            return
+        with contextlib.suppress(MlvcError):
+            for run in self.chunk_runs(found):
+                for (oid, _), raw in zip(run, self.read_run(run), strict=True):
+                    self._bases.put(oid, raw)
 
     def read_object(self, oid: ObjectId) -> Object:
         """A verified, decoded object (cached)."""
@@ -480,33 +500,12 @@ class Repository(PackIndex):
     def upgrade(self) -> bool:
         """Upgrade a repository of an older format version to this one's; True if it did.
 
-        Only the config is rewritten (version-1 index files stay valid; version 3 adds the
-        tensor block size). mlvc versions that know only the older version refuse the
-        repository afterwards, with a message.
-        Write sessions and gc do this on their own, logging a warning.
+        See :func:`~mlvc_core.config.upgrade_config`. Write sessions and gc do this on their
+        own, logging a warning.
 
         Raises:
             UnsupportedFormatVersion: The stored config names a version this mlvc does not know.
+            StorageError: The config kept changing under it.
         """
-        for _ in range(5):
-            data, version = self.store.read_versioned(CONFIG_KEY, MAX_CONFIG_SIZE)
-            current = RepoConfig.decode(data)
-            if current.version >= FORMAT_VERSION:
-                self.config = current
-                return False
-            upgraded = current.upgraded()
-            try:
-                self.store.write_if(CONFIG_KEY, upgraded.encode(), version)
-            except PreconditionFailed:
-                continue  # another process upgraded it at the same moment: read it again
-            self.config = upgraded
-            log.warning(
-                "mlvc: upgraded the repository at %s from format version %d to %d "
-                "(mlvc versions that only know version %d can no longer open it)",
-                self.url,
-                current.version,
-                FORMAT_VERSION,
-                current.version,
-            )
-            return True
-        raise StorageError(f"cannot upgrade {self.url}: its config keeps changing")
+        self.config, upgraded = upgrade_config(self.store, CONFIG_KEY)
+        return upgraded
