@@ -1,6 +1,6 @@
 """Delta coding benchmark: consecutive checkpoints of a full fine-tune, standalone vs delta.
 
-    PYTHONPATH=$PWD python benchmarks/bench_delta.py [--scale S] [--chunk KIB]
+    PYTHONPATH=$PWD python benchmarks/bench_delta.py [--scale S] [--chunk KIB] [--store]
 
 The tensors are those of the ``full`` workload (``workloads.full_layout``: mostly bf16, norms
 float32, the generator's seeds and rounding), built in memory tensor by tensor: a version and
@@ -18,6 +18,10 @@ against the previous version with the tensor's dtype (ordered-integer difference
 same with no dtype (XOR of bytes, one plane). Printed side by side: compression ratio
 (raw / payload) and encode and decode speed (MB/s, one thread); every payload is decoded and
 compared byte for byte.
+
+``--store`` commits five versions of each variant into a repository (deltas as stored by
+format version 3) and prints the stored ratio, the commit time and the checkout time of the
+latest version next to the same file committed alone (no deltas), in the same run.
 
 ``--chunking`` measures instead what tensor-aligned chunk boundaries (``mlvc_core.tensorfile``)
 save on the ``frozen`` workload's step from v2 to v3 (the head's 10 tensors change and the
@@ -118,14 +122,15 @@ def chunking(scale: float, seed: int = 0) -> None:
     params = ChunkerParams()
     cdc = make_fastcdc(params)
 
-    def chunks(data: bytes, aligned: bool) -> list[tuple[bytes, int]]:
-        bounds: list[int] = []
+    def chunks(data: bytes, aligned: bool, block: int = 0) -> list[tuple[bytes, int]]:
+        plan = tensorfile.CutPlan()
         if aligned:
             found = tensorfile.read_layout(io.BytesIO(data))
             assert found is not None
-            bounds = tensorfile.forced_boundaries(found, params.min)
+            plan = tensorfile.forced_boundaries(found, params.min, block)
         mv = memoryview(data)
-        return [(hash_bytes(mv[o : o + n]), n) for o, n in cut_between(cdc, mv, 0, bounds)]
+        cuts = cut_between(cdc, mv, 0, plan.boundaries, plan.blocks)
+        return [(hash_bytes(mv[o : o + n]), n) for o, n in cuts]
 
     old, new = version(2), version(3)
     changed = sum(t.nbytes for t in layout.tensors if t.head)
@@ -135,13 +140,107 @@ def chunking(scale: float, seed: int = 0) -> None:
     )
     print("| chunking | new MiB | reused | best possible |")
     print("|---|---|---|---|")
-    for aligned in (False, True):
-        have = {c for c, _ in chunks(old, aligned)}
-        fresh = sum(n for c, n in chunks(new, aligned) if c not in have)
+    ways = [
+        ("plain FastCDC", False, 0),
+        ("tensor-aligned, FastCDC inside", True, 0),
+        ("tensor-aligned, 256 KiB blocks inside", True, 256 << 10),
+        ("tensor-aligned, 1 MiB blocks inside", True, 1 << 20),
+        ("tensor-aligned, 4 MiB blocks inside", True, 4 << 20),
+    ]
+    for name, aligned, block in ways:
+        have = {c for c, _ in chunks(old, aligned, block)}
+        cut = chunks(new, aligned, block)
+        fresh = sum(n for c, n in cut if c not in have)
         print(
-            f"| {'tensor-aligned' if aligned else 'plain FastCDC'} | {fresh / 2**20:.2f} | "
-            f"{1 - fresh / len(new):.2%} | {1 - changed / len(new):.2%} |"
+            f"| {name} ({len(cut)} chunks) | {fresh / 2**20:.2f} | "
+            f"{1 - fresh / len(new):.2%} | {1 - changed / len(new):.2%} |",
+            flush=True,
         )
+
+
+def _write_versions(dest: Path, rel: float, scale: float, seed: int = 0) -> list[Path]:
+    """Five versions of the ``full`` layout whose master weights move by ``rel`` std each."""
+    layout = workloads.full_layout(scale)
+    with workloads.VersionFiles(dest, "model.safetensors") as files:
+        for v, f in enumerate(files, start=1):
+            meta = workloads.checkpoint_metadata(v, extra_from=workloads.VERSIONS + 1)
+            f.write(workloads.safetensors_header(layout.tensors, meta))
+        for ti, t in enumerate(layout.tensors):
+            is_norm = t.name.endswith("norm.weight")
+            for b, n in workloads.tensor_blocks(t):
+                master = workloads.weights(seed, ti, b, 0, n, is_norm)
+                for v, f in enumerate(files, start=1):
+                    noise = workloads.rng(seed, ti, b, v).standard_normal(n, dtype=np.float32)
+                    master += noise * np.float32(rel * workloads.WEIGHT_STD)
+                    f.write(workloads.to_dtype(master, t.dtype))
+    return [dest / f"v{v}" for v in range(1, workloads.VERSIONS + 1)]
+
+
+def _size(root: Path) -> int:
+    return sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
+
+
+def _checkout_s(repo_path: Path, commit: object, out: Path, reps: int) -> float:
+    """Median seconds of a checkout into a fresh directory, a freshly opened repository each."""
+    import shutil
+    import statistics
+
+    from mlvc_core import restore
+    from mlvc_core.repository import Repository
+
+    times = []
+    for _ in range(reps):
+        shutil.rmtree(out, ignore_errors=True)
+        with Repository.open(repo_path) as repo:
+            t0 = time.perf_counter()
+            restore.checkout(repo, commit, out)  # type: ignore[arg-type]
+            times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def store(scale: float, reps: int, work: Path) -> None:
+    """Commit five versions of each variant into a repository: ratio, time, checkout speed.
+
+    The checkout of the latest version (four deltas into its run) is timed next to the same
+    file committed alone into another repository (no deltas), in the same run.
+    """
+    import shutil
+
+    from mlvc_core import codec as codecs
+    from mlvc_core.history import commit_paths
+    from mlvc_core.repository import Repository
+
+    print(f"full layout x {scale}, 5 versions per variant, commit and checkout in-process")
+    print(
+        "| variant | logical MiB | stored MiB | ratio | deltas | commit s (all) | "
+        "checkout s (delta / alone) | speed vs alone |"
+    )
+    print("|" + "---|" * 8)
+    for variant, rel in VARIANTS.items():
+        root = work / variant
+        shutil.rmtree(root, ignore_errors=True)
+        versions = _write_versions(root / "data", rel, scale)
+        repo_path, alone_path = root / "repo", root / "alone"
+        logical = sum(_size(v) for v in versions)
+        t0 = time.perf_counter()
+        with Repository.init(repo_path) as repo:
+            for v in versions:
+                last = commit_paths(repo, [v], v.name, branch="main")
+        commit_s = time.perf_counter() - t0
+        with Repository.open(repo_path) as repo:
+            n_delta = sum(1 for _, loc in repo.iter_index() if loc.codec == codecs.DELTA)
+        with Repository.init(alone_path) as repo:
+            alone = commit_paths(repo, [versions[-1]], "alone", branch="main")
+        stored = _size(repo_path)
+        delta_s = _checkout_s(repo_path, last, root / "out", reps)
+        alone_s = _checkout_s(alone_path, alone, root / "out", reps)
+        print(
+            f"| {variant} ({rel:g} std) | {logical / 2**20:.0f} | {stored / 2**20:.1f} | "
+            f"{logical / stored:.2f}x | {n_delta} | {commit_s:.2f} | "
+            f"{delta_s:.3f} / {alone_s:.3f} | {alone_s / delta_s:.2f}x |",
+            flush=True,
+        )
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def main() -> None:
@@ -150,9 +249,15 @@ def main() -> None:
     parser.add_argument("--scale", type=float, default=0.25, help="of the ~512 MiB layout")
     parser.add_argument("--chunk", type=int, default=256, help="chunk size in KiB")
     parser.add_argument("--chunking", action="store_true", help="tensor-aligned chunking")
+    parser.add_argument("--store", action="store_true", help="commit 5 versions, check out")
+    parser.add_argument("--reps", type=int, default=3, help="checkouts timed (--store)")
+    parser.add_argument("--work", type=Path, default=Path(__file__).parent / ".work" / "delta")
     args = parser.parse_args()
     if args.chunking:
         chunking(args.scale)
+        return
+    if args.store:
+        store(args.scale, args.reps, args.work)
         return
     print(f"full layout x {args.scale}, {args.chunk} KiB chunks, one thread")
     head = "| variant | raw MiB | way | ratio | encode MB/s | decode MB/s |"

@@ -5,11 +5,14 @@ Reports every problem; never stops at the first.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections import defaultdict
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from mlvc_core.errors import FormatError, IntegrityError, KeyNotFound, MlvcError
 from mlvc_core.ids import ObjectId, to_hex
+from mlvc_core.objects import Manifest, Tree
 from mlvc_core.packs import (
     MAX_INDEX_FILE_SIZE,
     PACK_PREFIX,
@@ -18,8 +21,9 @@ from mlvc_core.packs import (
     index_file_key,
     pack_key,
 )
+from mlvc_core.refs import Ref
 from mlvc_core.repository import Repository
-from mlvc_core.walk import reachable, ref_roots
+from mlvc_core.walk import reachable, reachable_commits, ref_roots
 
 
 @dataclass(frozen=True)
@@ -112,6 +116,9 @@ def check(repo: Repository, progress: Callable[[int], None] | None = None) -> Ch
             continue
         for oid, loc in f.entries:
             by_pack.setdefault(loc.pack, []).append((oid, loc))
+    stored = {oid for p, entries in by_pack.items() if p in packs for oid, _ in entries}
+    needs: dict[ObjectId, list[ObjectId]] = defaultdict(list)
+    """Base id -> the deltas coded against it."""
     for pack_id, entries in sorted(by_pack.items()):
         if pack_id not in packs:
             report.problems.append(
@@ -129,9 +136,15 @@ def check(repo: Repository, progress: Callable[[int], None] | None = None) -> Ch
                 read += len(blob)
                 for (_, oid), loc in run:  # an id named by two index files is checked once
                     payload = blob[loc.offset - start : loc.offset - start + loc.stored_len]
+                    if loc.base is not None:
+                        needs[loc.base].append(oid)
+                        if loc.base not in stored:
+                            continue  # reported with its missing base, below
                     try:
                         repo.verify_payload(oid, loc, payload)
                     except IntegrityError as exc:
+                        if loc.base is not None and _unreadable(repo, loc.base):
+                            continue  # reported with its damaged base, below
                         report.problems.append(
                             Problem(to_hex(oid), "corrupt", f"{exc} in {pack_key(pack_id)}")
                         )
@@ -162,6 +175,9 @@ def check(repo: Repository, progress: Callable[[int], None] | None = None) -> Ch
         report.problems.append(Problem("refs", "unreadable", str(exc)))
     for oid, why in unreadable:
         report.problems.append(Problem(to_hex(oid), "corrupt", why))
+    bad = {b: b not in stored for b in needs if b not in stored or _unreadable(repo, b)}
+    if bad:
+        _report_bases(repo, refs, bad, needs, report)
     corrupt = {p.key for p in report.problems}
     for oid, referrer in missing:
         if to_hex(oid) not in corrupt:
@@ -173,3 +189,69 @@ def check(repo: Repository, progress: Callable[[int], None] | None = None) -> Ch
                 )
             )
     return report
+
+
+def _unreadable(repo: Repository, base: ObjectId) -> bool:
+    """True if the delta base ``base`` cannot be read (decoded bases are cached)."""
+    try:
+        repo.read_base(base)
+    except MlvcError:
+        return True
+    return False
+
+
+def _report_bases(
+    repo: Repository,
+    refs: Iterable[Ref],
+    bad: dict[ObjectId, bool],
+    needs: dict[ObjectId, list[ObjectId]],
+    report: CheckReport,
+) -> None:
+    """One problem per missing or damaged delta base, naming every commit it makes unreadable.
+
+    ``bad`` maps each such base to True when it is missing (else it is damaged).
+    """
+    lost = {d: b for b in bad for d in needs[b]}
+    hit: dict[ObjectId, set[ObjectId]] = defaultdict(set)  # base -> commits
+    memo: dict[ObjectId, frozenset[ObjectId]] = {}
+
+    def below(oid: ObjectId) -> frozenset[ObjectId]:
+        """The bad bases whose deltas the tree or manifest ``oid`` reaches."""
+        if oid not in memo:
+            memo[oid] = frozenset()  # a cycle (a damaged repository) adds nothing
+            try:
+                obj = repo.read_object(oid)
+            except MlvcError:
+                return frozenset()
+            found: set[ObjectId] = set()
+            if isinstance(obj, Manifest):
+                found = {lost[c] for c, _ in obj.chunks if c in lost}
+                found |= {c for c, _ in obj.chunks if c in bad}
+            elif isinstance(obj, Tree):
+                for e in obj.entries:
+                    if e.oid is not None and e.kind in ("file", "dir"):
+                        found |= below(e.oid)
+            memo[oid] = frozenset(found)
+        return memo[oid]
+
+    commits: set[ObjectId] = set()
+    for root in ref_roots(refs):
+        with contextlib.suppress(MlvcError):  # reported by the reachability walk
+            commits.update(reachable_commits(repo, [root]))
+    for cid in commits:
+        with contextlib.suppress(MlvcError):
+            for b in below(repo.read_commit(cid).tree):
+                hit[b].add(cid)
+    for b, missing in sorted(bad.items()):
+        names = sorted(to_hex(c)[:12] for c in hit[b])
+        more = f" and {len(names) - 20} more" if len(names) > 20 else ""
+        shown = ", ".join(names[:20]) + more
+        report.problems.append(
+            Problem(
+                to_hex(b),
+                "missing" if missing else "corrupt",
+                f"delta base {'not stored' if missing else 'damaged'}: {len(needs[b])} chunk(s) "
+                f"coded against it are unreadable, in {len(names)} commit(s)"
+                + (f": {shown}" if names else ""),
+            )
+        )

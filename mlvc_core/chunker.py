@@ -99,12 +99,17 @@ def make_fastcdc(params: ChunkerParams) -> Any:
 
 
 def cut_between(
-    cutter: Any, data: memoryview, at: int, boundaries: list[int]
+    cutter: Any,
+    data: memoryview,
+    at: int,
+    boundaries: list[int],
+    blocks: frozenset[int] = frozenset(),
 ) -> list[tuple[int, int]]:
     """Content-defined cuts of ``data`` that also end at every forced boundary inside it.
 
     FastCDC keeps no state across a boundary, so cutting each stretch between two forced
-    boundaries on its own gives the same chunks wherever that stretch sits in a file.
+    boundaries on its own gives the same chunks wherever that stretch sits in a file. A
+    stretch that starts at an offset in ``blocks`` is a fixed block: one chunk, not cut.
 
     Args:
         cutter: A :func:`make_fastcdc` cutter.
@@ -112,6 +117,8 @@ def cut_between(
         at: Offset of ``data``'s first byte in its file.
         boundaries: Sorted file offsets where a chunk must end (from
             :func:`mlvc_core.tensorfile.forced_boundaries`); those outside ``data`` are ignored.
+        blocks: File offsets where a fixed block starts (see
+            :class:`mlvc_core.tensorfile.CutPlan`).
 
     Returns:
         ``(offset in data, length)`` of each chunk, in order, covering ``data``.
@@ -119,12 +126,20 @@ def cut_between(
     import bisect
 
     out: list[tuple[int, int]] = []
+
+    def cut(start: int, end: int) -> None:
+        if at + start in blocks:
+            if end > start:
+                out.append((start, end - start))
+            return
+        out.extend((start + c.offset, c.length) for c in cutter.cut_buf(data[start:end]))
+
     start = 0
     for b in boundaries[bisect.bisect_right(boundaries, at) :]:
         end = b - at
         if end >= len(data):
             break
-        out.extend((start + c.offset, c.length) for c in cutter.cut_buf(data[start:end]))
+        cut(start, end)
         start = end
-    out.extend((start + c.offset, c.length) for c in cutter.cut_buf(data[start:]))
+    cut(start, len(data))
     return out

@@ -52,7 +52,10 @@ if TYPE_CHECKING:
 RAW = 0
 ZSTD = 1
 PLANES = 2
-CODECS = {RAW: "raw", ZSTD: "zstd", PLANES: "planes"}
+DELTA = 3
+"""A chunk coded against a base chunk (:mod:`mlvc_core.delta`); decoded by the repository,
+which has the base, never by :func:`decompress`."""
+CODECS = {RAW: "raw", ZSTD: "zstd", PLANES: "planes", DELTA: "delta"}
 
 DEFAULT_LEVEL = 1
 MIN_SAVING = 0.04
@@ -393,6 +396,8 @@ def decompress(payload: bytes | memoryview, codec: int, raw_len: int) -> bytes:
         out = _zstd_frame(payload, raw_len)
     elif codec == PLANES:
         out = _decompress_planes(payload, raw_len)
+    elif codec == DELTA:
+        raise FormatError("a delta payload is decoded against its base, not on its own")
     else:
         raise FormatError(f"unknown codec {codec}")
     if len(out) != raw_len:

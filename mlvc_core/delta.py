@@ -1,4 +1,4 @@
-"""Delta coding of a chunk against the same bytes of a previous version (pure; not yet stored).
+"""Delta coding of a chunk against the same bytes of a previous version (pure).
 
 A full fine-tune changes every tensor at every checkpoint, so no chunk deduplicates; but two
 consecutive checkpoints are close. :func:`encode` stores a chunk either on its own (the
@@ -38,14 +38,14 @@ from typing import TYPE_CHECKING, Any
 
 from mlvc_core import codec
 from mlvc_core.errors import FormatError
-from mlvc_core.tensorfile import DTYPE_SIZES
+from mlvc_core.tensorlayout import DTYPE_SIZES
 
 if TYPE_CHECKING:
     from numpy.typing import NDArray
 
     Words = NDArray[Any]
 
-__all__ = ["MAX_RAW", "decode", "encode"]
+__all__ = ["MAX_RAW", "decode", "encode", "encode_difference"]
 
 MAX_RAW = 16 << 20
 """Largest chunk a payload may decode to (bytes): the format's chunk ceiling."""
@@ -105,15 +105,31 @@ def _code(
 
 
 def _uncode(z: Words, base: memoryview, transform: int, width: int, skip: int) -> Words:
+    """The span's words from their codes ``z`` (overwritten) and the base."""
     import numpy as np
 
     old = _words(base, skip, len(z) * width, width)
     if transform == XOR:
-        return z ^ old
+        np.bitwise_xor(z, old, out=z)
+        return z
     bits = 8 * width
     t = z.dtype.type
-    d = (z >> t(1)) ^ np.negative(z & t(1))
-    return _unordered(_ordered(old, bits) + d, bits)
+    top, msb = t(bits - 1), t(1 << (bits - 1))
+    # In place, one temporary: d = unzigzag(z); o = ordered(old) + d; new = unordered(o).
+    m = np.bitwise_and(z, t(1))
+    np.negative(m, out=m)
+    np.right_shift(z, t(1), out=z)
+    np.bitwise_xor(z, m, out=z)  # the difference, mod 2**bits
+    np.right_shift(old, top, out=m)
+    np.negative(m, out=m)
+    np.bitwise_or(m, msb, out=m)
+    np.bitwise_xor(m, old, out=m)  # ordered(old)
+    np.add(z, m, out=z)
+    np.right_shift(z, top, out=m)
+    np.subtract(m, t(1), out=m)
+    np.bitwise_or(m, msb, out=m)
+    np.bitwise_xor(z, m, out=z)  # unordered
+    return z
 
 
 def _standalone(chunk: memoryview) -> bytes:
@@ -121,10 +137,10 @@ def _standalone(chunk: memoryview) -> bytes:
     return struct.pack("<BBI", STANDALONE, c, len(chunk)) + bytes(payload)
 
 
-def encode(
+def encode_difference(
     chunk: bytes | memoryview, base: bytes | memoryview, dtype: str | None, phase: int = 0
-) -> bytes:
-    """A payload for ``chunk``: the smaller of its standalone and its difference from ``base``.
+) -> bytes | None:
+    """The difference payload of ``chunk`` against ``base`` (None: they share no element).
 
     Args:
         chunk: The new bytes (at most :data:`MAX_RAW`).
@@ -133,8 +149,8 @@ def encode(
         phase: Position of ``chunk[0]`` within its element (``0 <= phase < width``).
 
     Returns:
-        The payload (see the module docstring); :func:`decode` with the same ``base`` gives
-        ``chunk`` back.
+        The difference form of the module docstring (a pack's codec-3 payload); :func:`decode`
+        with the same ``base`` gives ``chunk`` back.
 
     Raises:
         ValueError: ``chunk`` larger than :data:`MAX_RAW`, or ``phase`` out of range.
@@ -147,11 +163,10 @@ def encode(
     transform, width = _transform(dtype)
     if not 0 <= phase < width:
         raise ValueError(f"phase {phase} is out of range for {width}-byte elements")
-    alone = _standalone(chunk)
     skip = min((width - phase) % width, len(chunk))
     span = max(0, min(len(chunk), len(base)) - skip) // width * width
     if span == 0:
-        return alone
+        return None
     z = np.ascontiguousarray(_code(chunk, base, transform, width, skip, span))
     grid = z.view(np.uint8).reshape(-1, width)
     table: list[tuple[int, int]] = []
@@ -174,16 +189,36 @@ def encode(
         bytes([rc]),
         bytes(rpayload),
     ]
-    size = sum(len(p) for p in parts)
-    return b"".join(parts) if size < len(alone) else alone
+    return b"".join(parts)
 
 
-def decode(payload: bytes | memoryview, base: bytes | memoryview) -> bytes:
-    """Undo :func:`encode`, given the same ``base``.
+def encode(
+    chunk: bytes | memoryview, base: bytes | memoryview, dtype: str | None, phase: int = 0
+) -> bytes:
+    """A payload for ``chunk``: the smaller of its standalone and its difference from ``base``.
+
+    Arguments and errors as for :func:`encode_difference`.
+
+    Returns:
+        The payload (see the module docstring); :func:`decode` with the same ``base`` gives
+        ``chunk`` back.
+    """
+    chunk = memoryview(chunk).cast("B")
+    diff = encode_difference(chunk, base, dtype, phase)
+    alone = _standalone(chunk)
+    return diff if diff is not None and len(diff) < len(alone) else alone
+
+
+def decode(
+    payload: bytes | memoryview, base: bytes | memoryview, raw_len: int | None = None
+) -> bytes:
+    """Undo :func:`encode` (or :func:`encode_difference`), given the same ``base``.
 
     Args:
         payload: What :func:`encode` returned (untrusted).
         base: The bytes it was encoded against.
+        raw_len: The length the chunk must have (from an index entry), checked before
+            anything is decoded; None to take the payload's word.
 
     Returns:
         The chunk; the caller checks it against the chunk's id.
@@ -193,11 +228,14 @@ def decode(payload: bytes | memoryview, base: bytes | memoryview) -> bytes:
     """
     import numpy as np
 
+    expected = raw_len
     view, base = memoryview(payload).cast("B"), memoryview(base).cast("B")
     if len(view) < 6:
         raise FormatError("delta payload is too short")
     if view[0] == STANDALONE:
         c, raw_len = view[1], struct.unpack_from("<I", view, 2)[0]
+        if expected is not None and raw_len != expected:
+            raise FormatError(f"delta payload declares {raw_len} bytes, its index {expected}")
         if raw_len > MAX_RAW:
             raise FormatError(f"delta payload declares {raw_len} bytes, more than {MAX_RAW}")
         return codec.decompress(view[6:], c, raw_len)
@@ -206,6 +244,8 @@ def decode(payload: bytes | memoryview, base: bytes | memoryview) -> bytes:
     _, transform, width, skip, raw_len, span = _HEAD.unpack_from(view)
     if transform not in (XOR, ORDERED) or width not in _UINT or (transform, width) == (2, 1):
         raise FormatError(f"bad delta transform {transform} of width {width}")
+    if expected is not None and raw_len != expected:
+        raise FormatError(f"delta payload declares {raw_len} bytes, its index {expected}")
     if raw_len > MAX_RAW or skip >= width or span % width or skip + span > raw_len:
         raise FormatError("delta payload has inconsistent lengths")
     if skip + span > len(base):
@@ -214,7 +254,7 @@ def decode(payload: bytes | memoryview, base: bytes | memoryview) -> bytes:
     if len(view) < off:
         raise FormatError("truncated delta plane table")
     count = span // width
-    grid = np.empty((count, width), dtype=np.uint8)
+    planes: list[bytes | memoryview] = []
     for i in range(width):
         zstd, stored = struct.unpack_from("<BI", view, _HEAD.size + 5 * i)
         part = view[off : off + stored]
@@ -224,10 +264,20 @@ def decode(payload: bytes | memoryview, base: bytes | memoryview) -> bytes:
         plane = codec.decompress_frame(part, count) if zstd else part
         if len(plane) != count:
             raise FormatError(f"delta plane {i} has {len(plane)} bytes, expected {count}")
-        grid[:, i] = np.frombuffer(plane, dtype=np.uint8)
+        planes.append(plane)
     if off >= len(view):
         raise FormatError("delta payload has no residual")
     residual = codec.decompress(view[off + 1 :], view[off], raw_len - span)
-    z = grid.reshape(-1).view(_UINT[width])
-    words = _uncode(z, base, transform, width, skip)
-    return residual[:skip] + words.tobytes() + residual[skip:]
+    out = np.empty(raw_len, dtype=np.uint8)
+    # Interleave the planes into little-endian words from the top plane down (whole-array
+    # shifts and ors), straight into the output buffer.
+    z = out[skip : skip + span].view(_UINT[width])
+    np.copyto(z, np.frombuffer(planes[-1], dtype=np.uint8))
+    for plane in reversed(planes[:-1]):
+        np.left_shift(z, 8, out=z)
+        np.bitwise_or(z, np.frombuffer(plane, dtype=np.uint8), out=z)
+    _uncode(z, base, transform, width, skip)
+    rest = np.frombuffer(residual, dtype=np.uint8)
+    out[:skip] = rest[:skip]
+    out[skip + span :] = rest[skip:]
+    return out.tobytes()

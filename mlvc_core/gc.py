@@ -5,7 +5,9 @@
   is open, and every session that starts afterwards re-reads the index at the new generation
   before it deduplicates (:meth:`~mlvc_core.repository.Repository.refresh`).
 * Mark: every object and chunk reachable from any ref (including earlier targets a tag
-  remembers) is live.
+  remembers) is live, and so is the base of every delta that stays (a live one, or one in a
+  pack kept for the grace period): a base outlives the last delta coded against it, and a
+  repacked delta keeps naming its base.
 * Sweep, pack by pack: a pack with nothing live is deleted; a pack that is mostly dead is
   repacked (its live payloads copied verbatim into a new pack); small packs are merged once
   there are many; a pack no index file covers (its writer died before publishing it) and
@@ -40,6 +42,7 @@ from mlvc_core.errors import FormatError
 from mlvc_core.holders import Holder
 from mlvc_core.ids import ObjectId
 from mlvc_core.lock import ExclusiveLock, active_writers
+from mlvc_core.objects import CHUNK
 from mlvc_core.packs import (
     GENERATION_KEY,
     PACK_PREFIX,
@@ -185,12 +188,14 @@ def _collect(
     by_pack: dict[str, list[tuple[ObjectId, Location]]] = defaultdict(list)
     for oid, loc in repo.iter_index():
         by_pack[loc.pack].append((oid, loc))
+    graced = {p for p, i in pack_infos.items() if protect and now - i.mtime < grace}
+    _keep_bases(live, by_pack, graced)
     plan = _Plan()
     plan.dead_entries = sum(len(v) for p, v in by_pack.items() if p not in pack_infos)
     small: list[tuple[str, list[tuple[ObjectId, Location]]]] = []
     for pack_id, info in pack_infos.items():
         entries = by_pack.get(pack_id, [])
-        if protect and now - info.mtime < grace:
+        if pack_id in graced:
             report.packs_in_grace += 1
             report.bytes_kept += info.size
             plan.keep.extend(entries)
@@ -248,6 +253,23 @@ def _collect(
         check()
         repo.store.delete_temporary(key)
     return report
+
+
+def _keep_bases(
+    live: dict[ObjectId, int],
+    by_pack: dict[str, list[tuple[ObjectId, Location]]],
+    graced: set[str],
+) -> None:
+    """Mark live the base of every delta that stays: live ones and those of graced packs.
+
+    A base is a chunk stored on its own (never itself a delta), so one pass suffices; a base
+    no ref reaches is kept for as long as a delta coded against it is.
+    """
+    for pack_id, entries in by_pack.items():
+        keep_all = pack_id in graced
+        for oid, loc in entries:
+            if loc.base is not None and (keep_all or oid in live):
+                live.setdefault(loc.base, CHUNK)
 
 
 def _rewrite(
@@ -310,7 +332,7 @@ def _repack(
                     w = None
                 if w is None:
                     w = PackWriter(repo.store)
-                w.add(oid, loc.kind, loc.codec, payload, loc.raw_len)
+                w.add(oid, loc.kind, loc.codec, payload, loc.raw_len, loc.base)
                 done.add(oid)
         if w is not None:
             out.extend(w.finish())

@@ -302,8 +302,10 @@ class PackIndex:
 
         One file unless there are more than :data:`~mlvc_core.packs.MAX_PACK_ENTRIES`
         entries, the most one index file may hold. From then on the payloads are stored for
-        every reader. Returns the id of the last file written.
+        every reader. Returns the id of the last file written. Deltas come after every
+        payload stored on its own, so a base is never published after a delta that needs it.
         """
+        entries = sorted(entries, key=lambda e: e[1].base is not None)
         index_id = ""
         for start in range(0, max(len(entries), 1), MAX_PACK_ENTRIES):
             part = entries[start : start + MAX_PACK_ENTRIES]
@@ -366,6 +368,11 @@ class PackIndex:
             if loc is None:
                 raise ObjectNotFound(to_hex(oid))
         return loc
+
+    def index_entry(self, oid: ObjectId) -> Location | None:
+        """Where ``oid`` is stored as far as the loaded index files say (no new ones read)."""
+        self._ensure_index()
+        return self._index.get(oid)
 
     def _stored(self, oid: ObjectId) -> Location:
         """Where ``oid``, which something stored refers to, is stored.

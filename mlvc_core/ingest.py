@@ -28,7 +28,7 @@ from mlvc_core.manifests import SMALL_FILE, FileIngester, TooLarge
 from mlvc_core.objects import Manifest, Tree, TreeEntry, check_name
 from mlvc_core.repository import default_workers
 from mlvc_core.session import WriteSession
-from mlvc_core.trees import find_entry
+from mlvc_core.trees import find_previous_version
 
 if TYPE_CHECKING:
     from mlvc_core.statcache import StatCache  # sqlite3: imported only where a cache is used
@@ -154,13 +154,14 @@ class TreeBuilder:
         """The previous version of the file at ``rel``, if one is known and readable.
 
         ``previous`` (a manifest id, from the stat cache) comes first, then the guide tree's
-        file at that path.
+        file at that path, or the checkpoint file it replaces (``ckpt-100.pt`` for
+        ``ckpt-200.pt``: see :func:`~mlvc_core.trees.find_previous_version`).
         """
         repo = self.session.repo
         candidates = [previous] if previous is not None else []
         if self._guide is not None:
             try:  # a guide is only a hint: an unreadable one is no guide
-                e = find_entry(repo, self._guide, rel)
+                e = find_previous_version(repo, self._guide, rel)
             except MlvcError:
                 e = None
             if e is not None and e.kind == "file" and e.oid is not None:

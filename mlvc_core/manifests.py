@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mlvc_core import codec
+from mlvc_core.bases import Base, BaseFinder, Delta, code_against
 from mlvc_core.chunker import ChunkerParams, MiB, cut_between, make_fastcdc
 from mlvc_core.ids import ObjectId, hash_bytes
 from mlvc_core.objects import CHUNK, Manifest
@@ -55,18 +56,33 @@ _MAX_MISSES = 16
 """Failed guesses after which a file is just cut."""
 
 
-Result = tuple[ObjectId, int, "bytes | memoryview | None"]
+Result = tuple[ObjectId, int, "bytes | memoryview | Delta | None"]
 """A worker's answer for one chunk: id, codec, payload to store (None: already stored)."""
 
 
 def _store(
     oid: ObjectId, view: memoryview, level: int, planes: bool, has: Callable[[ObjectId], bool]
-) -> Result:
+) -> tuple[ObjectId, int, bytes | memoryview | None]:
     """A hashed chunk's result: compressed unless the repository already has it."""
     if has(oid):
         return oid, codec.RAW, None
     c, payload = codec.compress(view, level, planes)
     return oid, c, payload
+
+
+def _store_delta(
+    oid: ObjectId,
+    view: memoryview,
+    level: int,
+    planes: bool,
+    has: Callable[[ObjectId], bool],
+    base: Base,
+    read_base: Callable[[ObjectId], bytes],
+) -> Result:
+    """:func:`_store`, keeping the chunk's difference from ``base`` when that is smaller."""
+    if has(oid):
+        return oid, codec.RAW, None
+    return (oid, *code_against(view, base, read_base, level, planes))
 
 
 def _process_group(
@@ -75,21 +91,28 @@ def _process_group(
     planes: bool,
     has: Callable[[ObjectId], bool],
     seen: list[ObjectId],
+    bases: list[Base | None] | None = None,
+    read_base: Callable[[ObjectId], bytes] | None = None,
 ) -> list[Result]:
     """Worker: hash and :func:`_store` a run of chunks, one task for several (fewer hand-offs).
 
     A piece with an expected id (laid out from a previous version) that hashes to anything
     else ends the run: the result has one entry per piece before it. Ids go into ``seen`` as
     soon as they are known (before compressing), so the reading thread can spot a previous
-    version's chunk without waiting for the compression.
+    version's chunk without waiting for the compression. A piece with a base in ``bases``
+    is stored as its difference from it where that is smaller (:func:`_store_delta`).
     """
     out: list[Result] = []
-    for view, expected in pieces:
+    for i, (view, expected) in enumerate(pieces):
         oid = hash_bytes(view)
         if expected is not None and oid != expected:
             break
         seen.append(oid)
-        out.append(_store(oid, view, level, planes, has))
+        base = bases[i] if bases is not None else None
+        if base is not None and read_base is not None:
+            out.append(_store_delta(oid, view, level, planes, has, base, read_base))
+        else:
+            out.append(_store(oid, view, level, planes, has))
     return out
 
 
@@ -163,7 +186,9 @@ class FileIngester:
         self._bufs: list[mmap.mmap] = []
         self._level = self.repo.config.compression_level
         self._planes = self.repo.config.byte_planes
-        self._buf_size = max(_BUF, 4 * self.repo.config.chunker.max)
+        self._buf_size = max(
+            _BUF, 4 * self.repo.config.chunker.max, 4 * self.repo.config.tensor_block
+        )
 
     def _cdc(self) -> Any:
         if self._cutter is None:
@@ -191,7 +216,9 @@ class FileIngester:
         # A tensor file's large tensors are chunked on their own (their chunks stay the same
         # wherever they move): cutting ends a chunk at each of these offsets, and the guide
         # lays out none of its chunks across one.
-        bounds = chunk_boundaries(f, self.repo.config.chunker.min)
+        plan = chunk_boundaries(f, self.repo.config.chunker.min, self.repo.config.tensor_block)
+        bounds = plan.boundaries
+        finder = BaseFinder(self.repo, plan, guide) if guide is not None and plan.blocks else None
         g = _Guide(guide, self._buf_size // 2) if guide is not None and guide.chunks else None
         if g is not None and not (g.usable and f.seekable()):
             g = None
@@ -211,7 +238,9 @@ class FileIngester:
 
         def accept(result: Result, length: int) -> None:
             oid, c, payload = result
-            if payload is not None:
+            if isinstance(payload, Delta):
+                session.add_payload(oid, CHUNK, c, payload.payload, length, payload.base)
+            elif payload is not None:
                 session.add_payload(oid, CHUNK, c, payload, length)
             chunks.append((oid, length))
             session.read_bytes += length
@@ -320,7 +349,7 @@ class FileIngester:
                     expect, pos = self._lay_out(g, expect, data, base, eof, bi, pending, bounds)
                 if pos < filled and (g is None or expect is None):
                     rest = data[pos:filled]
-                    cuts = cut_between(self._cdc(), rest, base + pos, bounds)
+                    cuts = cut_between(self._cdc(), rest, base + pos, bounds, plan.blocks)
                     if not eof:
                         cuts.pop()  # the last piece ends at the buffer's end, not at a boundary
                     for i in range(0, len(cuts), _GROUP):
@@ -329,6 +358,9 @@ class FileIngester:
                             _Pending(bi, base + pos + run[0][0], [n for _, n in run], False),
                             [(rest[off : off + n], None) for off, n in run],
                             pending,
+                            [finder.base_for(base + pos + off, n) for off, n in run]
+                            if finder
+                            else None,
                         )
                     pos += sum(n for _, n in cuts)
                 tail = bytes(data[pos:filled])
@@ -344,14 +376,26 @@ class FileIngester:
             raise
         return Manifest(sum(n for _, n in chunks), tuple(chunks))
 
+    def _read_base(self, oid: ObjectId) -> bytes:
+        """A delta base's bytes, not cached (each is read once per commit)."""
+        return self.repo.read_base(oid, cache=False)
+
     def _submit(
         self,
         p: _Pending,
         pieces: list[tuple[memoryview, ObjectId | None]],
         pending: deque[_Pending],
+        bases: list[Base | None] | None = None,
     ) -> None:
         p.future = self.repo.pool.submit(
-            _process_group, pieces, self._level, self._planes, self.session.has, p.seen
+            _process_group,
+            pieces,
+            self._level,
+            self._planes,
+            self.session.has,
+            p.seen,
+            bases,
+            self._read_base if bases is not None else None,
         )
         pending.append(p)
 
@@ -412,8 +456,9 @@ class FileIngester:
         if len(data) < self.repo.config.chunker.min:
             cuts = [(0, len(data))] if data else []
         else:
-            bounds = chunk_boundaries(io.BytesIO(data), self.repo.config.chunker.min)
-            cuts = cut_between(self._cdc(), view, 0, bounds)
+            config = self.repo.config
+            plan = chunk_boundaries(io.BytesIO(data), config.chunker.min, config.tensor_block)
+            cuts = cut_between(self._cdc(), view, 0, plan.boundaries, plan.blocks)
         for offset, length in cuts:
             piece = view[offset : offset + length]
             oid = hash_bytes(piece)

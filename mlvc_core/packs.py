@@ -13,7 +13,8 @@ Pack index blob (the pack's trailer; also a version-1 index file)::
 
     b"MLVCIDX1" | blake3(body) (32 bytes) | body = zstd(msgpack({"pack": id, "entries": [...]}))
 
-with one entry ``[id, kind, offset, stored_len, raw_len, codec]`` per payload.
+with one entry ``[id, kind, offset, stored_len, raw_len, codec]`` per payload, plus a seventh
+field, the base chunk's id, for a delta (codec 3, format version 3).
 
 Index file (format version 2, ``index/<id>``, ``id`` = the first 32 hex digits of BLAKE3 of the
 file's bytes, so a copy is checked against its name), covering any
@@ -21,7 +22,7 @@ number of packs (one per write session flush; merged by writers and rewritten by
 
     b"MLVCIDX2" | blake3(body) (32 bytes) | body = zstd(msgpack({"packs": [pack id, ...],
                                    "entries": [[id, pack no, kind, offset, stored_len, raw_len,
-                                               codec], ...]}))
+                                               codec(, base)], ...]}))
 
 ``pack no`` indexes ``packs``. Readers trust a pack only through an index file, so a pack whose
 writer died before its index was written is invisible (and ``gc`` reclaims it).
@@ -41,7 +42,7 @@ from typing import Any, NamedTuple
 
 import msgpack
 
-from mlvc_core.codec import CODECS, RAW, compress_blob, decompress_blob
+from mlvc_core.codec import CODECS, DELTA, RAW, compress_blob, decompress_blob
 from mlvc_core.errors import FormatError, IntegrityError
 from mlvc_core.ids import DIGEST_SIZE, ObjectId, hash_bytes
 from mlvc_core.objects import CHUNK, KIND_NAMES, MAX_CHUNK_SIZE, MAX_OBJECT_SIZE
@@ -80,6 +81,8 @@ class Location(NamedTuple):
     raw_len: int
     codec: int
     kind: int
+    base: ObjectId | None = None
+    """The base chunk of a delta payload (codec :data:`~mlvc_core.codec.DELTA`), else None."""
 
 
 def pack_key(pack_id: str) -> str:
@@ -105,6 +108,7 @@ def encode_index(pack_id: str, entries: list[tuple[ObjectId, Location]]) -> byte
                 "pack": pack_id,
                 "entries": [
                     [oid, loc.kind, loc.offset, loc.stored_len, loc.raw_len, loc.codec]
+                    + ([] if loc.base is None else [loc.base])
                     for oid, loc in entries
                 ],
             },
@@ -177,9 +181,12 @@ def _int(value: object) -> int:
 def check_entry(pack_id: str, e: object) -> tuple[ObjectId, Location]:
     """Validate one index entry against the format's limits; return it decoded.
 
-    A chunk decodes to at most :data:`~mlvc_core.objects.MAX_CHUNK_SIZE` bytes and an object
-    to at most :data:`~mlvc_core.objects.MAX_OBJECT_SIZE`; a raw payload is stored as it is,
-    and a compressed one is kept only when smaller than its raw bytes.
+    ``e`` is ``[id, kind, offset, stored_len, raw_len, codec]``, followed by the base id when
+    (and only when) the codec is :data:`~mlvc_core.codec.DELTA`. A chunk decodes to at most
+    :data:`~mlvc_core.objects.MAX_CHUNK_SIZE` bytes and an object to at most
+    :data:`~mlvc_core.objects.MAX_OBJECT_SIZE`; a raw payload is stored as it is, and a
+    compressed one is kept only when smaller than its raw bytes. Only chunks are deltas, and
+    never of themselves.
 
     Raises:
         FormatError: A malformed entry, or one declaring more than the format allows.
@@ -192,6 +199,14 @@ def check_entry(pack_id: str, e: object) -> tuple[ObjectId, Location]:
     kind, offset, stored_len, raw_len, codec = map(_int, (kind, offset, stored_len, raw_len, codec))
     if kind not in KIND_NAMES or codec not in CODECS:
         raise FormatError(f"entry {oid.hex()} has unknown kind {kind} or codec {codec}")
+    base = e[6] if len(e) > 6 else None
+    if codec == DELTA:
+        if not isinstance(base, bytes) or len(base) != DIGEST_SIZE or base == oid:
+            raise FormatError(f"delta {oid.hex()} names no valid base")
+        if kind != CHUNK:
+            raise FormatError(f"{KIND_NAMES[kind]} {oid.hex()} is stored as a delta")
+    elif base is not None:
+        raise FormatError(f"{oid.hex()} names a base but is not a delta")
     limit = MAX_CHUNK_SIZE if kind == CHUNK else MAX_OBJECT_SIZE
     if raw_len > limit:
         raise FormatError(
@@ -201,7 +216,9 @@ def check_entry(pack_id: str, e: object) -> tuple[ObjectId, Location]:
         raise FormatError(f"{oid.hex()} declares {stored_len} stored bytes for {raw_len}")
     if offset < len(PACK_MAGIC):
         raise FormatError(f"{oid.hex()} has offset {offset}, inside the pack header")
-    return ObjectId(oid), Location(pack_id, offset, stored_len, raw_len, codec, kind)
+    return ObjectId(oid), Location(
+        pack_id, offset, stored_len, raw_len, codec, kind, None if base is None else ObjectId(base)
+    )
 
 
 class IndexFile(NamedTuple):
@@ -217,7 +234,8 @@ def encode_index_file(entries: list[tuple[ObjectId, Location]]) -> bytes:
     rows = []
     for oid, loc in entries:
         n = packs.setdefault(loc.pack, len(packs))
-        rows.append([oid, n, loc.kind, loc.offset, loc.stored_len, loc.raw_len, loc.codec])
+        row = [oid, n, loc.kind, loc.offset, loc.stored_len, loc.raw_len, loc.codec]
+        rows.append(row if loc.base is None else [*row, loc.base])
     body = compress_blob(msgpack.packb({"packs": list(packs), "entries": rows}, use_bin_type=True))
     return INDEX_FILE_MAGIC + hash_bytes(body) + body
 
@@ -265,7 +283,7 @@ def decode_index_file(data: bytes, name: str, index_id: str | None = None) -> In
                 raise FormatError(f"entry {str(e)[:80]} is not a list of 7 fields")
             if not 0 <= e[1] < len(packs):
                 raise FormatError(f"entry names pack number {e[1]} of {len(packs)}")
-            out.append(check_entry(packs[e[1]], [e[0], *e[2:7]]))
+            out.append(check_entry(packs[e[1]], [e[0], *e[2:]]))
     except FormatError as exc:
         raise FormatError(f"malformed index {name}: {exc}") from exc
     except (KeyError, TypeError, ValueError, IndexError, msgpack.UnpackException) as exc:
@@ -308,11 +326,17 @@ class PackWriter:
         return len(self.entries) >= MAX_PACK_ENTRIES
 
     def add(
-        self, oid: ObjectId, kind: int, codec: int, payload: bytes | memoryview, raw_len: int
+        self,
+        oid: ObjectId,
+        kind: int,
+        codec: int,
+        payload: bytes | memoryview,
+        raw_len: int,
+        base: ObjectId | None = None,
     ) -> Location:
-        """Append one payload; return where it went."""
+        """Append one payload (``base``: a delta's base chunk); return where it went."""
         assert self._out is not None, "pack already finished"
-        loc = Location(self.pack_id, self.size, len(payload), raw_len, codec, kind)
+        loc = Location(self.pack_id, self.size, len(payload), raw_len, codec, kind, base)
         self._out.write(payload)
         self.size += len(payload)
         self.entries.append((oid, loc))

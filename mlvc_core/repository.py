@@ -14,15 +14,14 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import threading
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import replace
 from typing import Any
 
-from mlvc_core import codec
-from mlvc_core.config import FORMAT_VERSION, MAX_CONFIG_SIZE, RepoConfig
+from mlvc_core import codec, delta
+from mlvc_core.caches import BytesCache, ObjectCache
+from mlvc_core.config import MAX_CONFIG_SIZE, RepoConfig, upgrade_config
 from mlvc_core.errors import (
     FormatError,
     IntegrityError,
@@ -30,9 +29,7 @@ from mlvc_core.errors import (
     MlvcError,
     NotARepository,
     ObjectNotFound,
-    PreconditionFailed,
     RepositoryExists,
-    StorageError,
     UsageError,
 )
 from mlvc_core.ids import ObjectId, from_hex, hash_bytes, is_hex_prefix, resolve_prefix, to_hex
@@ -59,63 +56,19 @@ CONFIG_KEY = "config"
 log = logging.getLogger(__name__)
 
 _RUN_BYTES = 4 << 20
+"""Most bytes, stored and decoded, in one run of :meth:`Repository.chunk_runs` (one request)."""
 _SMALL_PACK_BYTES = 1 << 20
 """Packs up to this size are read whole when an object in them is read from a remote store."""
-"""Most bytes, stored and decoded, in one run of :meth:`Repository.chunk_runs` (one request)."""
+_PACK_CACHE_BYTES = 32 << 20
+"""Small packs kept in memory (bytes)."""
+BASE_CACHE_BYTES = 16 << 20
+"""Decoded delta bases kept in memory (bytes): the bases prefetched for the runs a checkout
+has in flight, and those several versions coded against the same base share."""
 
 
 def default_workers() -> int:
     """Threads for hashing/compression: one per core (blake3 and zstd release the GIL)."""
     return max(2, os.cpu_count() or 2)
-
-
-class _ObjectCache:
-    """A small LRU of decoded objects (trees and manifests are read again and again)."""
-
-    def __init__(self, capacity: int = 4096) -> None:
-        self._d: OrderedDict[ObjectId, Object] = OrderedDict()
-        self._cap = capacity
-        self._lock = threading.Lock()
-
-    def get(self, oid: ObjectId) -> Object | None:
-        with self._lock:
-            obj = self._d.get(oid)
-            if obj is not None:
-                self._d.move_to_end(oid)
-            return obj
-
-    def put(self, oid: ObjectId, obj: Object) -> None:
-        with self._lock:
-            self._d[oid] = obj
-            if len(self._d) > self._cap:
-                self._d.popitem(last=False)
-
-
-class _PackCache:
-    """Whole small packs read from a remote store, most recent first, bounded in bytes."""
-
-    def __init__(self, capacity: int = 32 << 20) -> None:
-        self._d: OrderedDict[str, bytes] = OrderedDict()
-        self._bytes = 0
-        self._cap = capacity
-        self._lock = threading.Lock()
-
-    def get(self, pack_id: str) -> bytes | None:
-        with self._lock:
-            blob = self._d.get(pack_id)
-            if blob is not None:
-                self._d.move_to_end(pack_id)
-            return blob
-
-    def put(self, pack_id: str, blob: bytes) -> None:
-        with self._lock:
-            if pack_id in self._d:
-                return
-            self._d[pack_id] = blob
-            self._bytes += len(blob)
-            while self._bytes > self._cap and len(self._d) > 1:
-                _, old = self._d.popitem(last=False)
-                self._bytes -= len(old)
 
 
 class Repository(PackIndex):
@@ -132,12 +85,13 @@ class Repository(PackIndex):
         self.config = config
         self.refs = RefStore(store)
         self.url = store.url
-        self._objects = _ObjectCache()
+        self._objects = ObjectCache()
         self._pool: ThreadPoolExecutor | None = None
-        self._packs = _PackCache()
+        self._packs: BytesCache[str] = BytesCache(_PACK_CACHE_BYTES)
+        self._bases: BytesCache[ObjectId] = BytesCache(BASE_CACHE_BYTES)
 
     def _forget_decoded(self) -> None:
-        self._objects = _ObjectCache()
+        self._objects = ObjectCache()
 
     # ------------------------------------------------------------------ open / init
 
@@ -251,22 +205,60 @@ class Repository(PackIndex):
         self.refresh()
         return self._index.get(oid, old) != old
 
-    @staticmethod
-    def verify_payload(oid: ObjectId, loc: Location, payload: bytes | memoryview) -> bytes:
-        """Decompress and re-hash one payload read from a pack.
+    def verify_payload(self, oid: ObjectId, loc: Location, payload: bytes | memoryview) -> bytes:
+        """Decode and re-hash one payload read from a pack (a delta: against its base).
 
         Raises:
-            IntegrityError: Truncated, undecodable, or hashing to another id.
+            IntegrityError: Truncated, undecodable, hashing to another id, or a delta whose
+                base is missing, damaged or itself a delta.
         """
         if len(payload) != loc.stored_len:
             raise IntegrityError(to_hex(oid), "pack is truncated")
         try:
-            raw = codec.decompress(payload, loc.codec, loc.raw_len)
+            if loc.codec == codec.DELTA:
+                raw = delta.decode(payload, self.delta_base(oid, loc), loc.raw_len)
+            else:
+                raw = codec.decompress(payload, loc.codec, loc.raw_len)
         except FormatError as exc:
             raise IntegrityError(to_hex(oid), str(exc)) from exc
         if hash_bytes(raw) != oid:
             raise IntegrityError(to_hex(oid), "content does not match its id")
         return raw
+
+    def delta_base(self, oid: ObjectId, loc: Location) -> bytes:
+        """The verified bytes of the base that the delta ``oid`` (stored at ``loc``) needs.
+
+        Raises:
+            IntegrityError: The base is not stored, is damaged, or is not a plain chunk.
+        """
+        if loc.base is None:
+            raise IntegrityError(to_hex(oid), "a delta without a base")
+        try:
+            return self.read_base(loc.base)
+        except MlvcError as exc:
+            raise IntegrityError(to_hex(oid), f"its delta base is unreadable: {exc}") from exc
+
+    def read_base(self, base: ObjectId, cache: bool = True) -> bytes:
+        """The verified bytes of a chunk that deltas are coded against.
+
+        Decoded bases are kept in a bounded LRU (:data:`BASE_CACHE_BYTES`) unless ``cache``
+        is False (a writer reads each base once). A base is always a chunk stored on its own,
+        so one read of a chunk reads at most one base.
+
+        Raises:
+            MissingObject: The base is not stored.
+            IntegrityError: It is damaged, or not a chunk stored on its own.
+        """
+        data = self._bases.get(base)
+        if data is not None:
+            return data
+        found = self._stored(base)
+        if found.kind != CHUNK or found.codec == codec.DELTA:
+            raise IntegrityError(to_hex(base), "a delta base must be a chunk stored on its own")
+        data = self.read_raw(base)
+        if cache:
+            self._bases.put(base, data)
+        return data
 
     def read_chunks(self, oids: Iterable[ObjectId], prefetch: int = 4) -> Iterator[bytes]:
         """Verified chunk bytes, in order, read and checked on the worker threads.
@@ -321,6 +313,7 @@ class Repository(PackIndex):
         """
         first = run[0][1]
         end = run[-1][1].offset + run[-1][1].stored_len
+        self._prefetch_bases([loc.base for _, loc in run if loc.base is not None])
         try:
             blob = self.store.read_range(pack_key(first.pack), first.offset, end - first.offset)
         except KeyNotFound:
@@ -334,6 +327,27 @@ class Repository(PackIndex):
             self.verify_payload(oid, loc, view[loc.offset - first.offset :][: loc.stored_len])
             for oid, loc in run
         ]
+
+    def _prefetch_bases(self, bases: list[ObjectId]) -> None:
+        """Read the delta bases of a run not decoded yet, adjacent ones with one request.
+
+        The keyframes of a file's chunks lie side by side in their pack, so a run of deltas
+        costs one more request, not one per base. A hint: what fails here is read (and
+        reported) again by :meth:`delta_base`.
+        """
+        wanted = [b for b in dict.fromkeys(bases) if self._bases.get(b) is None]
+        with self._index_lock:
+            found = [
+                b
+                for b in wanted
+                if (loc := self._index.get(b)) and loc.kind == CHUNK and loc.codec != codec.DELTA
+            ]
+        if not found:
+            return
+        with contextlib.suppress(MlvcError):
+            for run in self.chunk_runs(found):
+                for (oid, _), raw in zip(run, self.read_run(run), strict=True):
+                    self._bases.put(oid, raw)
 
     def read_object(self, oid: ObjectId) -> Object:
         """A verified, decoded object (cached)."""
@@ -486,32 +500,12 @@ class Repository(PackIndex):
     def upgrade(self) -> bool:
         """Upgrade a repository of an older format version to this one's; True if it did.
 
-        Version 1 to 2 rewrites only the config (version-1 index files stay valid). mlvc
-        versions that know only version 1 refuse the repository afterwards, with a message.
-        Write sessions and gc do this on their own, logging a warning.
+        See :func:`~mlvc_core.config.upgrade_config`. Write sessions and gc do this on their
+        own, logging a warning.
 
         Raises:
             UnsupportedFormatVersion: The stored config names a version this mlvc does not know.
+            StorageError: The config kept changing under it.
         """
-        for _ in range(5):
-            data, version = self.store.read_versioned(CONFIG_KEY, MAX_CONFIG_SIZE)
-            current = RepoConfig.decode(data)
-            if current.version >= FORMAT_VERSION:
-                self.config = current
-                return False
-            upgraded = replace(current, version=FORMAT_VERSION)
-            try:
-                self.store.write_if(CONFIG_KEY, upgraded.encode(), version)
-            except PreconditionFailed:
-                continue  # another process upgraded it at the same moment: read it again
-            self.config = upgraded
-            log.warning(
-                "mlvc: upgraded the repository at %s from format version %d to %d "
-                "(mlvc versions that only know version %d can no longer open it)",
-                self.url,
-                current.version,
-                FORMAT_VERSION,
-                current.version,
-            )
-            return True
-        raise StorageError(f"cannot upgrade {self.url}: its config keeps changing")
+        self.config, upgraded = upgrade_config(self.store, CONFIG_KEY)
+        return upgraded

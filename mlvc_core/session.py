@@ -103,19 +103,31 @@ class WriteSession:
         return w if w is not None else PackWriter(self.repo.store)
 
     def add_payload(
-        self, oid: ObjectId, kind: int, codec_id: int, payload: bytes | memoryview, raw_len: int
+        self,
+        oid: ObjectId,
+        kind: int,
+        codec_id: int,
+        payload: bytes | memoryview,
+        raw_len: int,
+        base: ObjectId | None = None,
     ) -> bool:
-        """Store an already hashed and compressed payload unless present. True if written."""
+        """Store an already hashed and compressed payload unless present. True if written.
+
+        A delta (``codec_id`` :data:`~mlvc_core.codec.DELTA`) names its ``base``, a chunk
+        stored on its own in the current generation or earlier in this session.
+        """
         with self._lock:
             if self.has(oid):
                 return False
+            if base is not None and not self.has(base):
+                raise ObjectNotFound(to_hex(base))  # never store a delta whose base is gone
             if kind != CHUNK and self._meta is None and self._held_bytes < META_BUFFER:
                 self._held.append((oid, kind, codec_id, bytes(payload), raw_len))
                 self._held_bytes += len(payload)
             else:
                 if kind != CHUNK and self._held:
                     self._spill(self._writer(kind))  # too much metadata: a pack of its own
-                self._writer(kind).add(oid, kind, codec_id, payload, raw_len)
+                self._writer(kind).add(oid, kind, codec_id, payload, raw_len, base)
             self._pending.add(oid)
             self.new_bytes += raw_len
             self.stored_bytes += len(payload)

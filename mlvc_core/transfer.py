@@ -12,7 +12,11 @@ What moves is decided from the two repositories' indexes, never by reading objec
   verified (decompressed and re-hashed) as it passes, then published with an index file of its
   own: an interrupted transfer resumes pack by pack, since a copied pack is indexed at once;
 * from a pack the destination partly has, the payloads it lacks are read in runs of adjacent
-  payloads (one ranged read per run, up to :data:`_BATCH_BYTES`) and appended to new packs.
+  payloads (one ranged read per run, up to :data:`_BATCH_BYTES`) and appended to new packs;
+* a delta travels with its base (a named ref's payloads include the bases of its deltas) and
+  is never published before it: whole packs are copied in waves, a pack once the bases its
+  deltas need are at the destination or inside it, and packs still waiting after that go
+  with the runs, whose index file lists stored-alone payloads before deltas.
 
 So a clone costs requests per pack, not per object: one listing of the source's packs, their
 pieces, and one PUT per pack and per index file. Refs are read through the experiment catalog
@@ -89,6 +93,10 @@ def _is_ancestor(repo: Repository, old: ObjectId, new: ObjectId, limit: int = 10
         seen.add(oid)
         stack.extend(repo.read_commit(oid).parents)
     return False
+
+
+def _offset(entry: tuple[ObjectId, Location]) -> int:
+    return entry[1].offset
 
 
 def _batches(entries: list[tuple[ObjectId, Location]]) -> Iterator[list[tuple[ObjectId, Location]]]:
@@ -221,8 +229,11 @@ def transfer(
     else:
         chosen = sorted(_all_refs(src, report).values(), key=lambda r: r.name)
         wanted = None
+    index = dict(src.iter_index())
+    if wanted is not None:  # and the base of every delta they reach
+        wanted.update([loc.base for oid in wanted if (loc := index.get(oid)) and loc.base])
     by_pack: dict[str, list[tuple[ObjectId, Location]]] = defaultdict(list)
-    for oid, loc in src.iter_index():
+    for oid, loc in index.items():
         if wanted is None or oid in wanted:
             by_pack[loc.pack].append((oid, loc))
     whole: list[tuple[str, list[tuple[ObjectId, Location]]]] = []
@@ -249,11 +260,42 @@ def transfer(
     tick = _Progress(progress)
 
     with WriteSession(dst) as session:
-        _copy_whole_packs(src, dst, whole, sizes, tick, report)
+        # A delta is published only once its base is: whole packs go in waves, each pack
+        # once every base its deltas need is at the destination or inside it; packs whose
+        # bases never arrive that way go with the runs, whose index file comes last.
+        while whole:
+            ready, waiting = _ready(dst, whole)
+            if not ready:
+                runs.extend(waiting)
+                break
+            _copy_whole_packs(src, dst, ready, sizes, tick, report)
+            whole = waiting
         _copy_runs(src, session, runs, tick, report)
         session.flush()
         _move_refs(src, dst, chosen, force, report)
     return report
+
+
+def _ready(
+    dst: Repository, whole: list[tuple[str, list[tuple[ObjectId, Location]]]]
+) -> tuple[
+    list[tuple[str, list[tuple[ObjectId, Location]]]],
+    list[tuple[str, list[tuple[ObjectId, Location]]]],
+]:
+    """Split ``whole`` into packs that may be published now and packs that must wait.
+
+    A pack may be published once the base of each of its deltas is stored at ``dst`` or
+    travels in the pack itself.
+    """
+    ready, waiting = [], []
+    for pack_id, entries in whole:
+        own = {oid for oid, _ in entries}
+        needs = {loc.base for _, loc in entries if loc.base is not None} - own
+        if all(dst.has(b) for b in needs):
+            ready.append((pack_id, entries))
+        else:
+            waiting.append((pack_id, entries))
+    return ready, waiting
 
 
 def _copy_whole_packs(
@@ -311,10 +353,15 @@ def _copy_runs(
             out.append((oid, loc, payload))
         return out
 
+    # Payloads stored on their own first, deltas after: a delta's base is then in the
+    # session (or already stored) when the delta is added.
     jobs = [
         (pack_id, batch)
+        for deltas in (False, True)
         for pack_id, entries in runs
-        for batch in _batches(sorted(entries, key=lambda e: e[1].offset))
+        for batch in _batches(
+            sorted((e for e in entries if (e[1].base is not None) == deltas), key=_offset)
+        )
     ]
     pending: list[Future[list[tuple[ObjectId, Location, bytes]]]] = []
     it = iter(jobs)
@@ -328,7 +375,7 @@ def _copy_runs(
         if nxt is not None:
             pending.append(src.pool.submit(fetch, *nxt))
         for oid, loc, payload in fut.result():
-            session.add_payload(oid, loc.kind, loc.codec, payload, loc.raw_len)
+            session.add_payload(oid, loc.kind, loc.codec, payload, loc.raw_len, loc.base)
             report.objects_sent += 1
             report.bytes_sent += len(payload)
             tick(len(payload))

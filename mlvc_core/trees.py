@@ -9,6 +9,7 @@ Reachability over objects (each visited once by id) is :mod:`mlvc_core.walk`'s.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from typing import NamedTuple
 
@@ -148,3 +149,31 @@ def find_entry(repo: Repository, tree_id: ObjectId, path: str) -> TreeEntry | No
             return None
         current = entry.oid if entry.kind == "dir" else None
     return entry
+
+
+_DIGITS = re.compile(r"[0-9]+")
+
+
+def find_previous_version(repo: Repository, tree_id: ObjectId, path: str) -> TreeEntry | None:
+    """The file that was the previous version of ``path`` in the tree ``tree_id``, or None.
+
+    The file at the same path if there is one; otherwise, for checkpoint files whose names
+    carry their step (``ckpt-100.pt`` then ``ckpt-200.pt``), the file in the same directory
+    whose name is equal once every run of digits is ignored, the one with the largest
+    numbers (compared run by run) if several are.
+    """
+    entry = find_entry(repo, tree_id, path)
+    if entry is not None:
+        return entry if entry.kind == "file" else None
+    head, _, name = path.strip("/").rpartition("/")
+    pattern = _DIGITS.sub("", name)
+    if pattern == name:
+        return None
+    parent = find_entry(repo, tree_id, head) if head else None
+    if head and (parent is None or parent.kind != "dir" or parent.oid is None):
+        return None
+    tree = repo.read_tree(parent.oid if parent is not None and parent.oid else tree_id)
+    found = [e for e in tree.entries if e.kind == "file" and _DIGITS.sub("", e.name) == pattern]
+    if not found:
+        return None
+    return max(found, key=lambda e: [int(d) for d in _DIGITS.findall(e.name)])

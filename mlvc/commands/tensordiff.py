@@ -24,7 +24,8 @@ from mlvc_core.ids import ObjectId
 from mlvc_core.objects import Manifest
 from mlvc_core.reader import ChunkedReader
 from mlvc_core.repository import Repository
-from mlvc_core.tensorfile import DTYPE_SIZES, TensorInfo, TensorLayout, read_layout
+from mlvc_core.tensorfile import read_layout
+from mlvc_core.tensorlayout import DTYPE_SIZES, TensorInfo, TensorLayout
 from mlvc_core.trees import walk_tree
 
 __all__ = ["TENSOR_SUFFIXES", "TensorChange", "TensorDiff", "TensorFileDiff", "tensor_diff"]

@@ -1,4 +1,4 @@
-"""The frozen version-1 repository stays readable."""
+"""The frozen version-1 and version-2 repositories stay readable and upgrade to version 3."""
 
 from __future__ import annotations
 
@@ -89,12 +89,73 @@ def test_upgrade_command_and_refusal_of_an_unknown_version(v1_repo: Path) -> Non
 
     runner = CliRunner()
     r = runner.invoke(app, ["-R", str(v1_repo), "upgrade"])
-    assert r.exit_code == 0 and "from format version 1 to 2" in r.output
+    assert r.exit_code == 0 and "from format version 1 to 3" in r.output
     r = runner.invoke(app, ["-R", str(v1_repo), "upgrade"])
-    assert r.exit_code == 0 and "already at format version 2" in r.output
+    assert r.exit_code == 0 and "already at format version 3" in r.output
     doc = json.loads((v1_repo / "config").read_text())
-    doc["version"] = 3
+    assert doc["tensors"] == {"block": 1 << 20}
+    doc["version"] = 4
     (v1_repo / "config").write_text(json.dumps(doc))
     r = runner.invoke(app, ["-R", str(v1_repo), "ls"])
     assert r.exit_code != 0
-    assert "format version 3 is not supported" in r.output and "upgrade mlvc" in r.output
+    assert "format version 4 is not supported" in r.output and "upgrade mlvc" in r.output
+
+
+@pytest.fixture
+def v2_repo(tmp_path: Path) -> Path:
+    dest = tmp_path / "v2"
+    shutil.copytree(DATA / "v2-tensors", dest)
+    return dest
+
+
+def _files_of(out: Path) -> dict[str, str]:
+    return {
+        p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in out.iterdir() if p.is_file()
+    }
+
+
+def test_version_2_repository_reads_then_upgrades_and_stores_deltas(
+    v2_repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mlvc_core.config import RepoConfig
+
+    expected = json.loads((DATA / "v2-tensors.json").read_text())
+    with Repository.open(v2_repo) as repo:
+        assert repo.config.version == 2 and repo.config.tensor_block == 0
+        assert check(repo).ok
+        for i, (cid, files) in enumerate(expected["commits"].items()):
+            checkout(repo, bytes.fromhex(cid), tmp_path / f"out{i}")  # type: ignore[arg-type]
+            assert _files_of(tmp_path / f"out{i}") == files
+    # The first write upgrades to version 3 (fixed tensor blocks from then on) ...
+    work = tmp_path / "work"
+    shutil.copytree(tmp_path / "out1", work)
+    model = work / "model.safetensors"
+    data = bytearray(model.read_bytes())
+    data[-300_000] ^= 1
+    model.write_bytes(bytes(data))
+    repo = Repository.open(v2_repo)
+    first = commit_paths(repo, [model], "v3 a", branch="main")
+    assert RepoConfig.decode((v2_repo / "config").read_bytes()).tensor_block == 1 << 20
+    data[-200_000] ^= 1
+    model.write_bytes(bytes(data))
+    second = commit_paths(repo, [model], "v3 b", branch="main")
+    from tests.core.test_deltas import model as big_model
+
+    model.write_bytes(big_model(0))  # checkpoints large enough for the delta path
+    commit_paths(repo, [model], "v3 c", branch="main")
+    model.write_bytes(big_model(1))
+    third = commit_paths(repo, [model], "v3 d", branch="main")
+    fresh = Repository.open(v2_repo)
+    assert check(fresh).ok
+    assert any(loc.codec == 3 for _, loc in fresh.iter_index())
+    for cid in (first, second, third):
+        checkout(fresh, cid, tmp_path / cid.hex())
+    assert (tmp_path / second.hex() / "model.safetensors").read_bytes() == bytes(data)
+    assert (tmp_path / third.hex() / "model.safetensors").read_bytes() == big_model(1)
+    # ... and an mlvc that knows only version 2 refuses the upgraded repository clearly.
+    from mlvc_core import config
+    from mlvc_core.errors import UnsupportedFormatVersion
+
+    monkeypatch.setattr(config, "SUPPORTED_VERSIONS", (1, 2))
+    with pytest.raises(UnsupportedFormatVersion, match="format version 3 is not supported"):
+        Repository.open(v2_repo)

@@ -17,7 +17,8 @@ from mlvc_core.errors import FormatError
 from mlvc_core.ingest import ingest_paths
 from mlvc_core.repository import Repository
 from mlvc_core.session import WriteSession
-from mlvc_core.tensorfile import parse_safetensors, parse_torch_zip, read_layout
+from mlvc_core.tensorfile import parse_safetensors, read_layout
+from mlvc_core.torchzip import parse_torch_zip
 
 safetensors_numpy = pytest.importorskip("safetensors.numpy")
 
@@ -210,7 +211,7 @@ def test_plain_cdc_would_not_have_deduplicated_the_insertion() -> None:
     ts = _weights(1, 6, 512)
     layout = read_layout(io.BytesIO(_st_bytes(ts)))
     assert layout is not None
-    bounds = tensorfile.forced_boundaries(layout, 64 * 1024)
+    bounds = tensorfile.forced_boundaries(layout, 64 * 1024).boundaries
     big = [t for t in layout.tensors if t.nbytes >= 64 * 1024]
     assert bounds == sorted({e for t in big for e in (t.start, t.end)})
 
@@ -226,11 +227,11 @@ def test_ring_buffer_reads_cut_a_tensor_file_as_one_pass_over_it_would(tmp_path:
     layout = read_layout(io.BytesIO(data))
     assert layout is not None
     params = repo.config.chunker
-    bounds = tensorfile.forced_boundaries(layout, params.min)
-    whole = cut_between(make_fastcdc(params), memoryview(data), 0, bounds)
+    plan = tensorfile.forced_boundaries(layout, params.min, repo.config.tensor_block)
+    whole = cut_between(make_fastcdc(params), memoryview(data), 0, plan.boundaries, plan.blocks)
     assert [n for _, n in manifest.chunks] == [n for _, n in whole]
     ends = set(np.cumsum([n for _, n in manifest.chunks]).tolist())
-    assert set(bounds) <= ends
+    assert set(plan.boundaries) <= ends
 
 
 def test_a_self_referencing_pickle_is_read_in_bounded_time() -> None:
@@ -297,6 +298,6 @@ def test_a_guided_read_of_a_tensor_file_gives_the_manifest_cutting_gives(
 
     with monkeypatch.context() as m:
         if first_plain:  # a version committed before tensor files were recognised
-            m.setattr(manifests, "chunk_boundaries", lambda f, n: [])
+            m.setattr(manifests, "chunk_boundaries", lambda f, n, b=0: tensorfile.CutPlan())
         guide = read(old)
     assert read(new, guide) == read(new)
