@@ -277,3 +277,24 @@ def test_rows_give_back_the_summaries_they_were_made_from(tmp_path: Path) -> Non
         assert json.dumps(row.summary.to_dict()) == json.dumps(rows[key].summary.to_dict())
     assert load_rows(path, "repo-2", "refs/experiments/") == {}
     assert load_rows(path, "repo-1", "removed/experiments/") == {}
+
+
+def test_a_compaction_writes_every_ref_even_those_the_row_cache_answered(tmp_path: Path) -> None:
+    from mlvc.experiments.rows import load_rows
+    from mlvc_core.catalog import LocalCache, catalog_key, decode_catalog, scan
+
+    prefix = "refs/experiments/"
+    with Repository.init(str(tmp_path / "repo"), cache_dir=tmp_path / "cache") as repo:
+        ids = make_experiments(repo, 7, seed=6)
+        exps_catalog.scan(repo)  # writes the row cache
+        rows = load_rows(exps_catalog._rows_path(repo, prefix), repo.config.repo_id, prefix)
+        assert len(rows) == 7
+        # A local cache without the refs' bytes: the held ones must be read to be compacted.
+        result = scan(
+            repo.store, prefix, LocalCache(None), -1.0, compact_threshold=0, held=lambda: rows
+        )
+        assert result.held == set(rows) and result.docs == {} and result.compacted
+        catalog = decode_catalog(repo.store.read(catalog_key(prefix)), prefix)
+        assert sorted(catalog) == sorted(prefix + i for i in ids)
+        for key, entry in catalog.items():
+            assert entry.doc == repo.store.read(key)
