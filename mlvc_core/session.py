@@ -16,9 +16,9 @@ from collections.abc import Callable
 from mlvc_core import codec
 from mlvc_core.config import FORMAT_VERSION
 from mlvc_core.errors import LockLost, MlvcError, ObjectNotFound
-from mlvc_core.ids import ObjectId, to_hex
+from mlvc_core.ids import ObjectId, hash_bytes, to_hex
 from mlvc_core.lock import SharedLock
-from mlvc_core.objects import CHUNK, COMMIT, Object, iter_tree_refs, object_id
+from mlvc_core.objects import CHUNK, COMMIT, Object, iter_tree_refs
 from mlvc_core.packs import Location, PackWriter
 from mlvc_core.repository import Repository
 
@@ -32,6 +32,10 @@ GC_WAIT = 60.0
 commit should outlast a short gc, not fail at once)."""
 META_BUFFER = 1 << 20
 """Bytes of metadata a write session holds back to append to its data pack at the flush."""
+RAW_METADATA = 128
+"""Metadata objects shorter than this are stored raw without trying zstd: a small file's
+manifest (one chunk id, ~66 bytes) never shrinks by the 4% that compression must save, and
+trying cost ~3 us a file."""
 
 
 class WriteSession:
@@ -142,9 +146,12 @@ class WriteSession:
         """
         self._check_refs(obj)
         data = obj.encode()
-        oid = object_id(obj)
+        oid = hash_bytes(data)  # as :func:`object_id`, without encoding it twice
         if not self.has(oid):
-            c, payload = codec.compress(data, 3)
+            payload: bytes | memoryview = data
+            c = codec.RAW
+            if len(data) >= RAW_METADATA:
+                c, payload = codec.compress(data, 3)
             self.add_payload(oid, obj.kind, c, payload, len(data))
         self.repo.remember(oid, obj)
         return oid
