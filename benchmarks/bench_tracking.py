@@ -113,8 +113,12 @@ def run(scale: float, reps: int, work: Path) -> dict[str, float]:
     }
 
 
-def log_overhead(points: int, work: Path, blocks: int = 20) -> dict[str, float]:
+def log_overhead(points: int, work: Path, blocks: int = 20, side: int = 96) -> dict[str, float]:
     """The training loop without ``run.log``, with it, and with a bare list append instead.
+
+    Each step of the loop is one ``side`` x ``side`` float32 matrix product on one thread:
+    96 gives a step of about 20-30 us (a stress test: far shorter than any real training
+    step), 384 one of a few milliseconds (a small model's step on a CPU).
 
     ``points`` steps of each loop, in ``blocks`` blocks; each block runs the three loops one
     after the other, in an order rotated from block to block (the machine is shared: load
@@ -130,7 +134,7 @@ def log_overhead(points: int, work: Path, blocks: int = 20) -> dict[str, float]:
     import mlvc
 
     torch.set_num_threads(1)
-    a, b = torch.rand(96, 96), torch.rand(96, 96)
+    a, b = torch.rand(side, side), torch.rand(side, side)
     now = time.time
 
     def body() -> float:
@@ -175,6 +179,7 @@ def log_overhead(points: int, work: Path, blocks: int = 20) -> dict[str, float]:
     return {
         "points": n,
         "blocks": blocks,
+        "side": side,
         "plain": sum(wall["plain"]),
         "logged": sum(wall["logged"]),
         "bare": sum(wall["bare"]),
@@ -338,7 +343,8 @@ def log_rows(m: dict[str, float]) -> list[tuple[str, str, str, str]]:
     )
     return [
         (
-            f"loop of {m['points']:.0f} steps (a 96x96 matmul each), {m['blocks']:.0f} blocks",
+            f"loop of {m['points']:.0f} steps (a {m['side']:.0f}x{m['side']:.0f} matmul each, "
+            f"{m['plain'] / m['points'] * 1e6:.0f} us), {m['blocks']:.0f} blocks",
             f"{m['plain']:.3f} s",
             "baseline",
             "",
@@ -482,6 +488,12 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--log-points", type=int, default=100_000)
     ap.add_argument("--log-blocks", type=int, default=20)
+    ap.add_argument(
+        "--log-matmul",
+        type=int,
+        default=96,
+        help="side of the square matrix product each step of the run.log loop computes",
+    )
     ap.add_argument("--log-only", action="store_true", help="only the run.log loop")
     ap.add_argument("--copy-only", action="store_true", help="only the copy figures")
     ap.add_argument("--results", default=str(Path(__file__).parent / "results"))
@@ -502,7 +514,7 @@ def main() -> None:
         if not args.log_only:
             m.update(run(args.scale, args.reps, work))
         (work / "project").mkdir(exist_ok=True)
-        m.update(log_overhead(args.log_points, work / "project", args.log_blocks))
+        m.update(log_overhead(args.log_points, work / "project", args.log_blocks, args.log_matmul))
         m.update(log_call_cost(3 * args.log_points, work / "project"))
         if not args.log_only:
             m.update(outage_blocking(work))
@@ -510,7 +522,7 @@ def main() -> None:
         shutil.rmtree(work, ignore_errors=True)
     command = (
         f"python benchmarks/bench_tracking.py --log-points {args.log_points} "
-        f"--log-blocks {args.log_blocks}"
+        f"--log-blocks {args.log_blocks} --log-matmul {args.log_matmul}"
     )
     command += " --log-only" if args.log_only else f" --scale {args.scale} --reps {args.reps}"
     text = report(m, command)
