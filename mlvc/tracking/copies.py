@@ -352,22 +352,33 @@ class CheckpointCopies:
         self.copies: list[FileCopy] = []
         """Every file copied, in order."""
 
-    def copy(self, src: Path, dst: Path) -> None:
+    def copy(self, src: Path, dst: Path, skip: frozenset[tuple[int, int]] = frozenset()) -> None:
         """Copy a file or a directory (links kept as links; sockets, FIFOs, devices left out).
 
-        Copy directories inside a directory are left out too.
+        Inside a directory, copy directories and the directories of ``skip`` are left out.
+
+        Args:
+            src: The file or directory.
+            dst: Its copy (a new path).
+            skip: ``(st_dev, st_ino)`` of directories never copied (the repository, caches).
 
         Raises:
             OSError: A file could not be opened, created or copied.
         """
         if src.is_dir():
-            shutil.copytree(
-                src,
-                dst,
-                symlinks=True,
-                copy_function=self._copy_member,
-                ignore=shutil.ignore_patterns(COPY_DIR),
-            )
+
+            def ignore(directory: str, names: list[str]) -> set[str]:
+                left_out = {COPY_DIR} & set(names)
+                for name in names if skip else ():
+                    try:
+                        st = os.lstat(os.path.join(directory, name))
+                    except OSError:
+                        continue
+                    if (st.st_dev, st.st_ino) in skip:
+                        left_out.add(name)
+                return left_out
+
+            shutil.copytree(src, dst, symlinks=True, copy_function=self._copy_member, ignore=ignore)
         else:
             self._copy_file(str(src), str(dst))
 

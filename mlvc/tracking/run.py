@@ -63,6 +63,17 @@ CHECKPOINT_WAIT = 1.0
 """Seconds ``checkpoint()`` waits for room in a full queue before queueing anyway."""
 
 
+def _own_dirs(settings: Settings | None) -> list[Path]:
+    """The repository (when local) and the cache: never copied from a checkpoint directory."""
+    if settings is None:
+        return []
+    dirs = [settings.cache_dir]
+    if settings.is_local:
+        url = settings.repository_url
+        dirs.append(Path(url[len("file://") :] if url.startswith("file://") else url))
+    return dirs
+
+
 def _clean_metrics(metrics: Mapping[str, Any] | None) -> dict[str, float | str]:
     return {k: json_number(v) for k, v in clean_values(metrics or {}, "a checkpoint").items()}
 
@@ -137,6 +148,7 @@ class Run:
             self._cwd,
             self._settings.cache_dir if self._settings else None,
             o.copy_budget,
+            _own_dirs(self._settings),
         )
         self._queue = JobQueue(o.max_pending)
         self._recorder = Recorder(

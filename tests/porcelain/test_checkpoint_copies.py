@@ -607,3 +607,51 @@ def test_a_fifo_given_as_the_checkpoint_path_is_refused_without_blocking(
         assert _call_returns(lambda: run.checkpoint(path=fifo, step=0), [fifo])
     assert mlvc.experiments.get(run.id).checkpoints == []
     assert "not a regular file" in caplog.text
+
+
+def test_a_checkpoint_of_the_project_directory_copies_neither_repository_nor_cache(
+    project: Path, tmp_path: Path
+) -> None:
+    (project / "model.bin").write_bytes(b"weights")
+    with mlvc.track(max_pending=QUEUE) as run:  # the repository holds packs, refs, locks...
+        run.checkpoint(path="model.bin", step=0)
+    with mlvc.track(max_pending=QUEUE) as run:
+        run.checkpoint(path=".", step=0)
+    (ckpt,) = mlvc.experiments.get(run.id).checkpoints
+    out = tmp_path / "out"
+    ckpt.checkout(out)
+    recorded = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()}
+    assert "proj/model.bin" in recorded
+    assert not [p for p in recorded if p.startswith("proj/.mlvc/")], sorted(recorded)
+
+
+def test_a_checkpoint_of_a_directory_holding_the_cache_leaves_the_cache_out(
+    project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    outputs = project / "outputs"
+    (outputs / "cache").mkdir(parents=True)
+    monkeypatch.setenv("MLVC_CACHE_DIR", str(outputs / "cache"))
+    (outputs / "model.bin").write_bytes(b"weights")
+    with mlvc.track(max_pending=QUEUE) as run:  # the cache holds the stat cache...
+        run.checkpoint(path=outputs / "model.bin", step=0)
+    assert any(p.is_file() for p in (outputs / "cache").rglob("*"))
+    with mlvc.track(max_pending=QUEUE) as run:
+        run.checkpoint(path=outputs, step=0)
+    (ckpt,) = mlvc.experiments.get(run.id).checkpoints
+    out = tmp_path / "out"
+    ckpt.checkout(out)
+    recorded = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()}
+    assert "outputs/model.bin" in recorded
+    assert not [p for p in recorded if p.startswith("outputs/cache/")], sorted(recorded)
+
+
+def test_a_checkpoint_read_in_place_of_the_project_directory_is_recorded(
+    project: Path, tmp_path: Path
+) -> None:
+    (project / "model.bin").write_bytes(b"weights")
+    with mlvc.track(max_pending=QUEUE) as run:  # the repository and cache change as it writes
+        run.checkpoint(path="model.bin", step=0)
+    with mlvc.track(max_pending=QUEUE, strict=True) as run:
+        run.checkpoint(path=".", step=0, copy=False)
+        run.checkpoint(path=".", step=1, copy=False)
+    assert [c.step for c in mlvc.experiments.get(run.id).checkpoints] == [0, 1]
