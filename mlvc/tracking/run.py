@@ -38,6 +38,7 @@ from mlvc.tracking.options import (
     Paths,
     PrimaryArg,
     RunOptions,
+    check_numbers,
     default_name,
     parse_primary,
     takes_run_options,
@@ -117,6 +118,7 @@ class Run:
         self._primary: tuple[str, str] | None = None
         repo: Repository | None = None
         try:
+            check_numbers(o)
             self.params = canonical_params(o.params)
             self._primary = parse_primary(o.primary_metric)
             repo, self._settings = self._locate(o)
