@@ -5,7 +5,6 @@ Reports every problem; never stops at the first.
 
 from __future__ import annotations
 
-import contextlib
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -214,6 +213,7 @@ def _report_bases(
     lost = {d: b for b in bad for d in needs[b]}
     hit: dict[ObjectId, set[ObjectId]] = defaultdict(set)  # base -> commits
     memo: dict[ObjectId, frozenset[ObjectId]] = {}
+    unread = [0]  # commits, trees and manifests that could not be read: the list is partial
 
     def below(oid: ObjectId) -> frozenset[ObjectId]:
         """The bad bases whose deltas the tree or manifest ``oid`` reaches."""
@@ -222,6 +222,7 @@ def _report_bases(
             try:
                 obj = repo.read_object(oid)
             except MlvcError:
+                unread[0] += 1
                 return frozenset()
             found: set[ObjectId] = set()
             if isinstance(obj, Manifest):
@@ -236,12 +237,16 @@ def _report_bases(
 
     commits: set[ObjectId] = set()
     for root in ref_roots(refs):
-        with contextlib.suppress(MlvcError):  # reported by the reachability walk
+        try:
             commits.update(reachable_commits(repo, [root]))
+        except MlvcError:  # reported by the reachability walk
+            unread[0] += 1
     for cid in commits:
-        with contextlib.suppress(MlvcError):
+        try:
             for b in below(repo.read_commit(cid).tree):
                 hit[b].add(cid)
+        except MlvcError:
+            unread[0] += 1
     for b, missing in sorted(bad.items()):
         names = sorted(to_hex(c)[:12] for c in hit[b])
         more = f" and {len(names) - 20} more" if len(names) > 20 else ""
@@ -252,6 +257,12 @@ def _report_bases(
                 "missing" if missing else "corrupt",
                 f"delta base {'not stored' if missing else 'damaged'}: {len(needs[b])} chunk(s) "
                 f"coded against it are unreadable, in {len(names)} commit(s)"
-                + (f": {shown}" if names else ""),
+                + (f": {shown}" if names else "")
+                + (
+                    f" (and maybe others: {unread[0]} commit(s), tree(s) or history walk(s) "
+                    "could not be read, see above)"
+                    if unread[0]
+                    else ""
+                ),
             )
         )

@@ -91,6 +91,7 @@ _OTHER_WAY = frozenset(
 )
 _NO_CLONE = _OTHER_WAY | {errno.ENOTTY, errno.EBADF}
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+_NONBLOCK = getattr(os, "O_NONBLOCK", 0)
 
 
 class CopyFailed(MlvcError):
@@ -241,10 +242,14 @@ class Copier:
             OSError: ``src`` cannot be opened or ``dst`` created, or a copy before the call
                 returns failed.
         """
-        src_fd = os.open(src, os.O_RDONLY | _CLOEXEC | getattr(os, "O_BINARY", 0))
+        # Non-blocking: opening a FIFO for reading would wait for a writer, forever.
+        flags = os.O_RDONLY | _NONBLOCK | _CLOEXEC | getattr(os, "O_BINARY", 0)
+        src_fd = os.open(src, flags)
         try:
             if not stat_mod.S_ISREG(os.fstat(src_fd).st_mode):
                 raise OSError(errno.EINVAL, "not a regular file", src)
+            if _NONBLOCK:
+                os.set_blocking(src_fd, True)
             flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | _CLOEXEC | getattr(os, "O_BINARY", 0)
             dst_fd = os.open(dst, flags, 0o600)
         except BaseException:
@@ -347,25 +352,47 @@ class CheckpointCopies:
         self.copies: list[FileCopy] = []
         """Every file copied, in order."""
 
-    def copy(self, src: Path, dst: Path) -> None:
-        """Copy a file or a directory (symlinks kept as links, copy directories left out).
+    def copy(self, src: Path, dst: Path, skip: frozenset[tuple[int, int]] = frozenset()) -> None:
+        """Copy a file or a directory (links kept as links; sockets, FIFOs, devices left out).
+
+        Inside a directory, copy directories and the directories of ``skip`` are left out.
+
+        Args:
+            src: The file or directory.
+            dst: Its copy (a new path).
+            skip: ``(st_dev, st_ino)`` of directories never copied (the repository, caches).
 
         Raises:
             OSError: A file could not be opened, created or copied.
         """
         if src.is_dir():
-            shutil.copytree(
-                src,
-                dst,
-                symlinks=True,
-                copy_function=self._copy_file,
-                ignore=shutil.ignore_patterns(COPY_DIR),
-            )
+
+            def ignore(directory: str, names: list[str]) -> set[str]:
+                left_out = {COPY_DIR} & set(names)
+                for name in names if skip else ():
+                    try:
+                        st = os.lstat(os.path.join(directory, name))
+                    except OSError:
+                        continue
+                    if (st.st_dev, st.st_ino) in skip:
+                        left_out.add(name)
+                return left_out
+
+            shutil.copytree(src, dst, symlinks=True, copy_function=self._copy_member, ignore=ignore)
         else:
             self._copy_file(str(src), str(dst))
 
     def _copy_file(self, src: str, dst: str) -> str:
         self.copies.append(self._copier.start(src, dst, self._deadline))
+        return dst
+
+    def _copy_member(self, src: str, dst: str) -> str:
+        """Copy a file met inside a directory; leave out sockets, FIFOs and devices.
+
+        They hold no content, as in a commit (docs/format.md), and opening one may block.
+        """
+        if stat_mod.S_ISREG(os.stat(src).st_mode):
+            self._copy_file(src, dst)
         return dst
 
     def wait(self) -> list[FileCopy]:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import functools
 import inspect
+import math
+import numbers
 import os
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -31,6 +33,7 @@ __all__ = [
     "Paths",
     "PrimaryArg",
     "RunOptions",
+    "check_numbers",
     "default_name",
     "parse_primary",
     "takes_run_options",
@@ -134,6 +137,42 @@ takes_run_options = _signature_of(RunOptions)
 The fields of :class:`RunOptions` are the one place the arguments of ``track()`` and
 ``init()`` are written; type checkers and ``help()`` see them on the decorated function.
 """
+
+
+_NUMBERS: dict[str, tuple[float, bool, bool, bool]] = {
+    # option: (least allowed, least excluded, None allowed, whole numbers only)
+    "heartbeat_interval": (0, True, False, False),
+    "exit_timeout": (0, False, False, False),
+    "copy_budget": (0, False, True, False),
+    "max_pending": (1, False, False, True),
+    "max_code_files": (0, False, False, True),
+    "max_code_file_size": (0, False, True, True),
+}
+
+
+def check_numbers(options: RunOptions) -> None:
+    """Check the numeric options: a bad one would kill or spin a background thread.
+
+    Raises:
+        UsageError: An option is not a number (``bool`` is not one), is NaN, or is out of
+            its range (``heartbeat_interval`` finite and > 0; ``max_pending`` >= 1; the
+            others >= 0).
+    """
+    for name, (least, excluded, none_ok, whole) in _NUMBERS.items():
+        value = getattr(options, name)
+        if value is None and none_ok:
+            continue
+        kind = numbers.Integral if whole else numbers.Real  # numpy's numbers too
+        ok = isinstance(value, kind) and not isinstance(value, bool)
+        if ok and excluded:  # an interval: finite and positive
+            ok = math.isfinite(value) and value > least
+        elif ok:  # a limit: infinity means none, NaN means nothing
+            ok = not math.isnan(value) and value >= least
+        if not ok:
+            what = "a whole number" if whole else "a number of seconds"
+            bound = f"{'above' if excluded else 'at least'} {least}"
+            also = " or None" if none_ok else ""
+            raise UsageError(f"{name} must be {what} {bound}{also}, not {value!r}")
 
 
 def parse_primary(value: PrimaryArg) -> tuple[str, str] | None:

@@ -17,6 +17,7 @@ import os
 import shutil
 import socket
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -54,19 +55,34 @@ def fingerprint_of(path: str) -> Fingerprint | None:
     return (st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns)
 
 
-def fingerprint(src: Path) -> dict[str, Fingerprint]:
-    """Identity (size, mtime, inode, ctime) of a file or of every file under a directory."""
+def fingerprint(
+    src: Path, skip: frozenset[tuple[int, int]] = frozenset()
+) -> dict[str, Fingerprint]:
+    """Identity (size, mtime, inode, ctime) of a file or of every file under a directory.
+
+    Directories whose ``(st_dev, st_ino)`` is in ``skip`` are left out with what they hold.
+    """
     if not src.is_dir() or src.is_symlink():
         fp = fingerprint_of(str(src))
         return {str(src): fp} if fp is not None else {}
     out: dict[str, Fingerprint] = {}
-    for dirpath, _dirs, files in os.walk(src):
+    for dirpath, dirs, files in os.walk(src):
+        if skip:
+            dirs[:] = [d for d in dirs if _dir_id(os.path.join(dirpath, d)) not in skip]
         for name in files:
             full = os.path.join(dirpath, name)
             fp = fingerprint_of(full)
             if fp is not None:
                 out[full] = fp
     return out
+
+
+def _dir_id(path: str) -> tuple[int, int] | None:
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino)
 
 
 def size_of(paths: Paths) -> int:
@@ -138,15 +154,23 @@ class FileProtector:
         cache_dir: Where copies go when they cannot go beside the file (None: only there).
         copy_budget: Seconds one ``checkpoint()`` call may spend copying before the rest of
             its files are copied in the background (None: no limit).
+        skip_dirs: Directories never copied from inside a checkpoint's directory (the
+            repository when local, the cache directory), as a commit never records them.
     """
 
     def __init__(
-        self, code_dir: Path, cwd: Path, cache_dir: Path | None, copy_budget: float | None
+        self,
+        code_dir: Path,
+        cwd: Path,
+        cache_dir: Path | None,
+        copy_budget: float | None,
+        skip_dirs: Sequence[Path] = (),
     ) -> None:
         self.code_dir = code_dir
         self.cwd = cwd
         self.cache_dir = cache_dir
         self.copy_budget = copy_budget
+        self.skip_dirs = list(skip_dirs)
         self.copier: Copier | None = None
         """The run's copier, made by the first ``copy=True`` checkpoint."""
         self._swept: set[Path] = set()
@@ -166,6 +190,15 @@ class FileProtector:
             if rel not in ("", "."):
                 return rel
         return absolute.name
+
+    def _skipped(self) -> frozenset[tuple[int, int]]:
+        """``(st_dev, st_ino)`` of the directories never copied (those that exist now)."""
+        ids = set()
+        for d in self.skip_dirs:
+            with contextlib.suppress(OSError):
+                st = os.stat(d)
+                ids.add((st.st_dev, st.st_ino))
+        return frozenset(ids)
 
     def _copy_dir(self, src: Path) -> Path:
         unique = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:12]}"
@@ -204,6 +237,7 @@ class FileProtector:
         if copy and self.copier is None:
             self.copier = Copier()
         copies = None
+        skip = self._skipped()
         if self.copier is not None and copy:
             copies = out.copies = CheckpointCopies(self.copier, self.copy_budget)
         try:
@@ -218,13 +252,13 @@ class FileProtector:
                     raise UsageError(f"checkpoint path given twice: {rel}")
                 if copies is None:
                     src = src.absolute()
-                    out.fingerprints.update(fingerprint(src))
+                    out.fingerprints.update(fingerprint(src, skip))
                     out.items.append((rel, src))
                     continue
                 d = self._copy_dir(src)
                 out.copy_dirs.append(d)
                 dst = d / Path(os.path.abspath(src)).name
-                copies.copy(src, dst)
+                copies.copy(src, dst, skip)
                 out.items.append((rel, dst))
         except BaseException:
             if copies is not None:

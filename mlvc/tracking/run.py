@@ -38,6 +38,7 @@ from mlvc.tracking.options import (
     Paths,
     PrimaryArg,
     RunOptions,
+    check_numbers,
     default_name,
     parse_primary,
     takes_run_options,
@@ -61,6 +62,17 @@ _now = time.time
 
 CHECKPOINT_WAIT = 1.0
 """Seconds ``checkpoint()`` waits for room in a full queue before queueing anyway."""
+
+
+def _own_dirs(settings: Settings | None) -> list[Path]:
+    """The repository (when local) and the cache: never copied from a checkpoint directory."""
+    if settings is None:
+        return []
+    dirs = [settings.cache_dir]
+    if settings.is_local:
+        url = settings.repository_url
+        dirs.append(Path(url[len("file://") :] if url.startswith("file://") else url))
+    return dirs
 
 
 def _clean_metrics(metrics: Mapping[str, Any] | None) -> dict[str, float | str]:
@@ -106,6 +118,7 @@ class Run:
         self._primary: tuple[str, str] | None = None
         repo: Repository | None = None
         try:
+            check_numbers(o)
             self.params = canonical_params(o.params)
             self._primary = parse_primary(o.primary_metric)
             repo, self._settings = self._locate(o)
@@ -137,6 +150,7 @@ class Run:
             self._cwd,
             self._settings.cache_dir if self._settings else None,
             o.copy_budget,
+            _own_dirs(self._settings),
         )
         self._queue = JobQueue(o.max_pending)
         self._recorder = Recorder(

@@ -223,3 +223,26 @@ def test_kill_9_while_committing_deltas_leaves_a_clean_repository(tmp_path: Path
         assert check(final).ok
         assert _read(final, final.resolve("heads/main"), tmp_path / f"p{n}") == model(2)
     assert codec.DELTA == 3
+
+
+def test_fsck_says_when_the_commits_a_lost_base_breaks_could_not_all_be_read(
+    tmp_path: Path,
+) -> None:
+    repo = Repository.init(tmp_path / "r")
+    old = _commit(repo, model(0), None, "heads/old")
+    new = _commit(repo, model(1), _manifest_of(repo, old), "heads/new")
+    third = _commit(repo, model(2), _manifest_of(repo, new), "heads/third")
+    base = next(iter(deltas(repo).values())).base
+    assert base is not None
+    loc = repo.index_entry(base)
+    third_loc = repo.index_entry(third)
+    assert loc is not None and third_loc is not None and third_loc.pack != loc.pack
+    path = Path(repo.url) / pack_key(loc.pack)
+    blob = bytearray(path.read_bytes())
+    blob[loc.offset + loc.stored_len // 2] ^= 0xFF
+    path.write_bytes(bytes(blob))
+    (Path(repo.url) / pack_key(third_loc.pack)).unlink()  # the third commit is unreadable too
+    report = check(Repository.open(repo.url))
+    (about,) = [p for p in report.problems if p.key == base.hex() and "delta base" in p.message]
+    assert new.hex()[:12] in about.message
+    assert "could not be read" in about.message  # the list of commits is not the whole story

@@ -18,6 +18,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -560,3 +561,97 @@ def test_two_checkpoints_of_one_file_copied_at_once_are_both_kept(
         run.checkpoint(path="model.pth", step=1)  # the same file, its first copy not begun
         stalled_copier.set()
     assert _recorded(run) == {0: data, 1: data}
+
+
+def _call_returns(call: Callable[[], None], fifos: list[Path], seconds: float = 20.0) -> bool:
+    """Run ``call`` in a thread; whether it returned within ``seconds``.
+
+    A call still blocked on opening one of ``fifos`` is released by opening it for writing.
+    """
+    thread = threading.Thread(target=call, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    returned = not thread.is_alive()
+    if not returned:
+        for fifo in fifos:
+            with contextlib.suppress(OSError):
+                os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        thread.join(seconds)
+    return returned
+
+
+@linux_only
+def test_a_fifo_in_a_checkpoint_directory_is_left_out_without_blocking(
+    project: Path, tmp_path: Path
+) -> None:
+    ckpt_dir = project / "ckpt"
+    ckpt_dir.mkdir()
+    (ckpt_dir / "model.bin").write_bytes(b"weights")
+    fifo = ckpt_dir / "events.pipe"
+    os.mkfifo(fifo)
+    with mlvc.track(max_pending=QUEUE) as run:
+        assert _call_returns(lambda: run.checkpoint(path=ckpt_dir, step=0), [fifo])
+    (ckpt,) = mlvc.experiments.get(run.id).checkpoints
+    ckpt.checkout(tmp_path / "out")
+    assert (tmp_path / "out" / "ckpt" / "model.bin").read_bytes() == b"weights"
+    assert not os.path.lexists(tmp_path / "out" / "ckpt" / "events.pipe")
+
+
+@linux_only
+def test_a_fifo_given_as_the_checkpoint_path_is_refused_without_blocking(
+    project: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    fifo = project / "model.pipe"
+    os.mkfifo(fifo)
+    with caplog.at_level(logging.WARNING, logger="mlvc"), mlvc.track(max_pending=QUEUE) as run:
+        assert _call_returns(lambda: run.checkpoint(path=fifo, step=0), [fifo])
+    assert mlvc.experiments.get(run.id).checkpoints == []
+    assert "not a regular file" in caplog.text
+
+
+def test_a_checkpoint_of_the_project_directory_copies_neither_repository_nor_cache(
+    project: Path, tmp_path: Path
+) -> None:
+    (project / "model.bin").write_bytes(b"weights")
+    with mlvc.track(max_pending=QUEUE) as run:  # the repository holds packs, refs, locks...
+        run.checkpoint(path="model.bin", step=0)
+    with mlvc.track(max_pending=QUEUE) as run:
+        run.checkpoint(path=".", step=0)
+    (ckpt,) = mlvc.experiments.get(run.id).checkpoints
+    out = tmp_path / "out"
+    ckpt.checkout(out)
+    recorded = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()}
+    assert "proj/model.bin" in recorded
+    assert not [p for p in recorded if p.startswith("proj/.mlvc/")], sorted(recorded)
+
+
+def test_a_checkpoint_of_a_directory_holding_the_cache_leaves_the_cache_out(
+    project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    outputs = project / "outputs"
+    (outputs / "cache").mkdir(parents=True)
+    monkeypatch.setenv("MLVC_CACHE_DIR", str(outputs / "cache"))
+    (outputs / "model.bin").write_bytes(b"weights")
+    with mlvc.track(max_pending=QUEUE) as run:  # the cache holds the stat cache...
+        run.checkpoint(path=outputs / "model.bin", step=0)
+    assert any(p.is_file() for p in (outputs / "cache").rglob("*"))
+    with mlvc.track(max_pending=QUEUE) as run:
+        run.checkpoint(path=outputs, step=0)
+    (ckpt,) = mlvc.experiments.get(run.id).checkpoints
+    out = tmp_path / "out"
+    ckpt.checkout(out)
+    recorded = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()}
+    assert "outputs/model.bin" in recorded
+    assert not [p for p in recorded if p.startswith("outputs/cache/")], sorted(recorded)
+
+
+def test_a_checkpoint_read_in_place_of_the_project_directory_is_recorded(
+    project: Path, tmp_path: Path
+) -> None:
+    (project / "model.bin").write_bytes(b"weights")
+    with mlvc.track(max_pending=QUEUE) as run:  # the repository and cache change as it writes
+        run.checkpoint(path="model.bin", step=0)
+    with mlvc.track(max_pending=QUEUE, strict=True) as run:
+        run.checkpoint(path=".", step=0, copy=False)
+        run.checkpoint(path=".", step=1, copy=False)
+    assert [c.step for c in mlvc.experiments.get(run.id).checkpoints] == [0, 1]

@@ -7,6 +7,7 @@ import inspect
 import logging
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -101,3 +102,32 @@ def test_importing_the_package_does_not_start_a_run() -> None:
         env=subprocess_env(Path.cwd()),
     )
     assert out.stdout.split() == ["False", "False"]
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"heartbeat_interval": 0},
+        {"heartbeat_interval": -1.0},
+        {"heartbeat_interval": "10"},
+        {"heartbeat_interval": float("nan")},
+        {"copy_budget": "1"},
+        {"copy_budget": -1},
+        {"exit_timeout": float("nan")},
+        {"max_pending": 0},
+        {"max_code_files": -1},
+    ],
+)
+def test_a_bad_numeric_option_is_one_clear_warning_not_a_dead_or_spinning_thread(
+    project: Path, bad: dict[str, object], caplog: pytest.LogCaptureFixture
+) -> None:
+    (name,) = bad
+    with caplog.at_level(logging.WARNING, logger="mlvc"):
+        with mlvc.track(**bad) as run:  # type: ignore[arg-type]
+            run.checkpoint(path="train.py", step=0)
+    assert run.id is None
+    assert "could not record run configuration" in caplog.text
+    assert name in caplog.text
+    assert not [t for t in threading.enumerate() if t.name == "mlvc-heartbeat"]
+    with pytest.raises(TrackingError, match=name):
+        mlvc.track(strict=True, **bad).close()  # type: ignore[arg-type]
