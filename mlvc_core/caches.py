@@ -70,3 +70,10 @@ class BytesCache(Generic[K]):
             while self._bytes > self._cap and len(self._d) > 1:
                 _, old = self._d.popitem(last=False)
                 self._bytes -= len(old)
+
+    def discard(self, key: K) -> None:
+        """Forget ``key`` if cached."""
+        with self._lock:
+            blob = self._d.pop(key, None)
+            if blob is not None:
+                self._bytes -= len(blob)
