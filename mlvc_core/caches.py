@@ -2,8 +2,9 @@
 
 Decoded objects (trees and manifests are read again and again), whole small packs read from
 a remote store, and decoded delta bases (the chunks that deltas of later versions are coded
-against). Each is bounded (by count or by bytes) and thread-safe; nothing here reads, verifies
-or evicts by anything but recency. Only :class:`~mlvc_core.repository.Repository` uses them.
+against; the repository keys each by whether it has been hashed yet). Each is bounded (by
+count or by bytes) and thread-safe; nothing here reads, verifies or evicts by anything but
+recency. Only :class:`~mlvc_core.repository.Repository` uses them.
 """
 
 from __future__ import annotations
