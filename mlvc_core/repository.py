@@ -265,6 +265,7 @@ class Repository(PackIndex):
                 self._bases.discard((loc.base, False))
                 bad = IntegrityError(to_hex(loc.base), "content does not match its id")
                 raise IntegrityError(to_hex(oid), f"its delta base is unreadable: {bad}")
+            self._bases.discard((loc.base, False))
             self._bases.put((loc.base, True), base)
         raise IntegrityError(to_hex(oid), failure)
 
