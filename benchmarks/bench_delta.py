@@ -180,22 +180,37 @@ def _size(root: Path) -> int:
     return sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
 
 
-def _checkout_s(repo_path: Path, commit: object, out: Path, reps: int) -> float:
-    """Median seconds of a checkout into a fresh directory, a freshly opened repository each."""
+def _checkout_s(repo_path: Path, commit: object, out: Path) -> float:
+    """Seconds of one checkout into a fresh directory, from a freshly opened repository."""
     import shutil
-    import statistics
 
     from mlvc_core import restore
     from mlvc_core.repository import Repository
 
-    times = []
-    for _ in range(reps):
-        shutil.rmtree(out, ignore_errors=True)
-        with Repository.open(repo_path) as repo:
-            t0 = time.perf_counter()
-            restore.checkout(repo, commit, out)  # type: ignore[arg-type]
-            times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    shutil.rmtree(out, ignore_errors=True)
+    with Repository.open(repo_path) as repo:
+        t0 = time.perf_counter()
+        restore.checkout(repo, commit, out)  # type: ignore[arg-type]
+        return time.perf_counter() - t0
+
+
+def _paired(delta: tuple[Path, object], alone: tuple[Path, object], out: Path, reps: int) -> str:
+    """Checkouts of both repositories taken in turn: median seconds and speed ratio (range).
+
+    On a shared machine the load moves within seconds; a pair of checkouts taken back to
+    back sees about the same load, so the ratio of each pair is steadier than the ratio of
+    the medians.
+    """
+    import statistics
+
+    pairs = [(_checkout_s(*delta, out), _checkout_s(*alone, out)) for _ in range(reps)]
+    ratios = sorted(a / d for d, a in pairs)
+    d_s = statistics.median(d for d, _ in pairs)
+    a_s = statistics.median(a for _, a in pairs)
+    return (
+        f"{d_s:.3f} / {a_s:.3f} | {statistics.median(ratios):.2f}x "
+        f"({ratios[0]:.2f}-{ratios[-1]:.2f})"
+    )
 
 
 def store(scale: float, reps: int, work: Path) -> None:
@@ -213,7 +228,7 @@ def store(scale: float, reps: int, work: Path) -> None:
     print(f"full layout x {scale}, 5 versions per variant, commit and checkout in-process")
     print(
         "| variant | logical MiB | stored MiB | ratio | deltas | commit s (all) | "
-        "checkout s (delta / alone) | speed vs alone |"
+        "checkout s (delta / alone) | speed vs alone (range) |"
     )
     print("|" + "---|" * 8)
     for variant, rel in VARIANTS.items():
@@ -232,12 +247,10 @@ def store(scale: float, reps: int, work: Path) -> None:
         with Repository.init(alone_path) as repo:
             alone = commit_paths(repo, [versions[-1]], "alone", branch="main")
         stored = _size(repo_path)
-        delta_s = _checkout_s(repo_path, last, root / "out", reps)
-        alone_s = _checkout_s(alone_path, alone, root / "out", reps)
+        timed = _paired((repo_path, last), (alone_path, alone), root / "out", reps)
         print(
             f"| {variant} ({rel:g} std) | {logical / 2**20:.0f} | {stored / 2**20:.1f} | "
-            f"{logical / stored:.2f}x | {n_delta} | {commit_s:.2f} | "
-            f"{delta_s:.3f} / {alone_s:.3f} | {alone_s / delta_s:.2f}x |",
+            f"{logical / stored:.2f}x | {n_delta} | {commit_s:.2f} | {timed} |",
             flush=True,
         )
         shutil.rmtree(root, ignore_errors=True)
@@ -250,7 +263,7 @@ def main() -> None:
     parser.add_argument("--chunk", type=int, default=256, help="chunk size in KiB")
     parser.add_argument("--chunking", action="store_true", help="tensor-aligned chunking")
     parser.add_argument("--store", action="store_true", help="commit 5 versions, check out")
-    parser.add_argument("--reps", type=int, default=3, help="checkouts timed (--store)")
+    parser.add_argument("--reps", type=int, default=9, help="checkout pairs timed (--store)")
     parser.add_argument("--work", type=Path, default=Path(__file__).parent / ".work" / "delta")
     args = parser.parse_args()
     if args.chunking:

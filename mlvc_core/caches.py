@@ -2,8 +2,9 @@
 
 Decoded objects (trees and manifests are read again and again), whole small packs read from
 a remote store, and decoded delta bases (the chunks that deltas of later versions are coded
-against). Each is bounded (by count or by bytes) and thread-safe; nothing here reads, verifies
-or evicts by anything but recency. Only :class:`~mlvc_core.repository.Repository` uses them.
+against; the repository keys each by whether it has been hashed yet). Each is bounded (by
+count or by bytes) and thread-safe; nothing here reads, verifies or evicts by anything but
+recency. Only :class:`~mlvc_core.repository.Repository` uses them.
 """
 
 from __future__ import annotations
@@ -70,3 +71,10 @@ class BytesCache(Generic[K]):
             while self._bytes > self._cap and len(self._d) > 1:
                 _, old = self._d.popitem(last=False)
                 self._bytes -= len(old)
+
+    def discard(self, key: K) -> None:
+        """Forget ``key`` if cached."""
+        with self._lock:
+            blob = self._d.pop(key, None)
+            if blob is not None:
+                self._bytes -= len(blob)

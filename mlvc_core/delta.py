@@ -34,6 +34,7 @@ the payload's size and ``base``, and every frame is bounded by the length it mus
 from __future__ import annotations
 
 import struct
+import threading
 from typing import TYPE_CHECKING, Any
 
 from mlvc_core import codec
@@ -41,6 +42,7 @@ from mlvc_core.errors import FormatError
 from mlvc_core.tensorlayout import DTYPE_SIZES
 
 if TYPE_CHECKING:
+    import numpy as np
     from numpy.typing import NDArray
 
     Words = NDArray[Any]
@@ -59,6 +61,25 @@ _FLOATS = frozenset({"BF16", "F16", "F32", "F64"})
 _UINT = {1: "<u1", 2: "<u2", 4: "<u4", 8: "<u8"}
 _SINT = {1: "<i1", 2: "<i2", 4: "<i4", 8: "<i8"}
 _HEAD = struct.Struct("<BBBBII")
+_SCRATCH_MAX = 4 << 20
+"""Larger scratch buffers are not kept between decodes."""
+_local = threading.local()
+
+
+def _scratch(name: str, nbytes: int) -> NDArray[np.uint8]:
+    """This thread's reusable buffer ``name`` of ``nbytes`` bytes (never handed out).
+
+    Fresh memory of a chunk's size costs a page fault per page at its first write, which
+    is more than the arithmetic done on it.
+    """
+    import numpy as np
+
+    buf: NDArray[np.uint8] | None = getattr(_local, name, None)
+    if buf is None or buf.size < nbytes:
+        buf = np.empty(nbytes, dtype=np.uint8)
+        if nbytes <= _SCRATCH_MAX:
+            setattr(_local, name, buf)
+    return buf[:nbytes]
 
 
 def _transform(dtype: str | None) -> tuple[int, int]:
@@ -114,21 +135,24 @@ def _uncode(z: Words, base: memoryview, transform: int, width: int, skip: int) -
         return z
     bits = 8 * width
     t = z.dtype.type
-    top, msb = t(bits - 1), t(1 << (bits - 1))
-    # In place, one temporary: d = unzigzag(z); o = ordered(old) + d; new = unordered(o).
-    m = np.bitwise_and(z, t(1))
-    np.negative(m, out=m)
+    top, msb = bits - 1, t(1 << (bits - 1))
+    # In place with one temporary, twelve whole-array passes; an arithmetic shift of the
+    # signed view spreads a word's top bit over the word.
+    m = _scratch("temp", z.nbytes).view(z.dtype)
+    ms, zs = m.view(_SINT[width]), z.view(_SINT[width])
+    np.left_shift(z, t(top), out=m)
+    np.right_shift(ms, top, out=ms)  # -(z & 1)
     np.right_shift(z, t(1), out=z)
-    np.bitwise_xor(z, m, out=z)  # the difference, mod 2**bits
-    np.right_shift(old, top, out=m)
-    np.negative(m, out=m)
+    np.bitwise_xor(z, m, out=z)  # d = unzigzag(z), the difference mod 2**bits
+    np.right_shift(old.view(_SINT[width]), top, out=ms)
     np.bitwise_or(m, msb, out=m)
     np.bitwise_xor(m, old, out=m)  # ordered(old)
-    np.add(z, m, out=z)
-    np.right_shift(z, top, out=m)
-    np.subtract(m, t(1), out=m)
-    np.bitwise_or(m, msb, out=m)
-    np.bitwise_xor(z, m, out=z)  # unordered
+    np.add(z, m, out=z)  # o = ordered(new)
+    # unordered(o): o ^ msb, then flip the other bits too where that left the top bit set.
+    np.bitwise_xor(z, msb, out=z)
+    np.right_shift(zs, top, out=ms)
+    np.right_shift(m, t(1), out=m)
+    np.bitwise_xor(z, m, out=z)
     return z
 
 
@@ -268,14 +292,18 @@ def decode(
     if off >= len(view):
         raise FormatError("delta payload has no residual")
     residual = codec.decompress(view[off + 1 :], view[off], raw_len - span)
-    out = np.empty(raw_len, dtype=np.uint8)
+    out = _scratch("out", raw_len)  # copied out by tobytes()
     # Interleave the planes into little-endian words from the top plane down (whole-array
     # shifts and ors), straight into the output buffer.
+    # (Widening each lower plane into a word array first makes the or one of equal types,
+    # which numpy runs without its casting buffer.)
     z = out[skip : skip + span].view(_UINT[width])
     np.copyto(z, np.frombuffer(planes[-1], dtype=np.uint8))
+    wide = _scratch("temp", z.nbytes).view(z.dtype)
     for plane in reversed(planes[:-1]):
-        np.left_shift(z, 8, out=z)
-        np.bitwise_or(z, np.frombuffer(plane, dtype=np.uint8), out=z)
+        np.left_shift(z, z.dtype.type(8), out=z)
+        np.copyto(wide, np.frombuffer(plane, dtype=np.uint8))
+        np.bitwise_or(z, wide, out=z)
     _uncode(z, base, transform, width, skip)
     rest = np.frombuffer(residual, dtype=np.uint8)
     out[:skip] = rest[:skip]

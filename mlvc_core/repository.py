@@ -88,7 +88,9 @@ class Repository(PackIndex):
         self._objects = ObjectCache()
         self._pool: ThreadPoolExecutor | None = None
         self._packs: BytesCache[str] = BytesCache(_PACK_CACHE_BYTES)
-        self._bases: BytesCache[ObjectId] = BytesCache(BASE_CACHE_BYTES)
+        # Keyed (base, verified): a reader decodes a base without hashing it, since the delta
+        # it serves is verified and a mismatch then checks the base (see _apply_delta).
+        self._bases: BytesCache[tuple[ObjectId, bool]] = BytesCache(BASE_CACHE_BYTES)
 
     def _forget_decoded(self) -> None:
         self._objects = ObjectCache()
@@ -185,15 +187,18 @@ class Repository(PackIndex):
             ObjectNotFound: Not stored.
             IntegrityError: The stored bytes are damaged.
         """
+        return self.verify_payload(oid, *self._payload(oid))
+
+    def _payload(self, oid: ObjectId) -> tuple[Location, bytes]:
+        """Where ``oid`` is stored and its payload as stored (a repacked one followed)."""
         loc = self._stored(oid)
         try:
-            payload = self.store.read_range(pack_key(loc.pack), loc.offset, loc.stored_len)
+            return loc, self.store.read_range(pack_key(loc.pack), loc.offset, loc.stored_len)
         except KeyNotFound:
             if not self._moved(oid, loc):
                 raise
             loc = self.locate(oid)
-            payload = self.store.read_range(pack_key(loc.pack), loc.offset, loc.stored_len)
-        return self.verify_payload(oid, loc, payload)
+            return loc, self.store.read_range(pack_key(loc.pack), loc.offset, loc.stored_len)
 
     def _moved(self, oid: ObjectId, old: Location) -> bool:
         """True if ``oid``, whose pack at ``old`` is gone, lives elsewhere now.
@@ -212,31 +217,78 @@ class Repository(PackIndex):
             IntegrityError: Truncated, undecodable, hashing to another id, or a delta whose
                 base is missing, damaged or itself a delta.
         """
-        if len(payload) != loc.stored_len:
-            raise IntegrityError(to_hex(oid), "pack is truncated")
-        try:
-            if loc.codec == codec.DELTA:
-                raw = delta.decode(payload, self.delta_base(oid, loc), loc.raw_len)
-            else:
-                raw = codec.decompress(payload, loc.codec, loc.raw_len)
-        except FormatError as exc:
-            raise IntegrityError(to_hex(oid), str(exc)) from exc
+        if loc.codec == codec.DELTA:
+            return self._apply_delta(oid, loc, payload)
+        raw = self._decode(oid, loc, payload)
         if hash_bytes(raw) != oid:
             raise IntegrityError(to_hex(oid), "content does not match its id")
         return raw
 
-    def delta_base(self, oid: ObjectId, loc: Location) -> bytes:
-        """The verified bytes of the base that the delta ``oid`` (stored at ``loc``) needs.
+    def _decode(self, oid: ObjectId, loc: Location, payload: bytes | memoryview) -> bytes:
+        """The bytes of a payload stored on its own (codec 0-2), not yet verified."""
+        if len(payload) != loc.stored_len:
+            raise IntegrityError(to_hex(oid), "pack is truncated")
+        try:
+            return codec.decompress(payload, loc.codec, loc.raw_len)
+        except FormatError as exc:
+            raise IntegrityError(to_hex(oid), str(exc)) from exc
+
+    def _apply_delta(self, oid: ObjectId, loc: Location, payload: bytes | memoryview) -> bytes:
+        """The verified chunk of a delta payload: decoded against its base, then re-hashed.
+
+        The base is decoded but hashed only when the result does not match ``oid``: a
+        damaged base then makes the result wrong, and is named as the cause. (A base whose
+        damage lies outside the bytes the delta uses gives the right chunk, which is
+        verified; fsck and any read of the base itself still report it.)
 
         Raises:
-            IntegrityError: The base is not stored, is damaged, or is not a plain chunk.
+            IntegrityError: As :meth:`verify_payload`.
         """
+        if len(payload) != loc.stored_len:
+            raise IntegrityError(to_hex(oid), "pack is truncated")
         if loc.base is None:
             raise IntegrityError(to_hex(oid), "a delta without a base")
         try:
-            return self.read_base(loc.base)
+            base, verified = self._decoded_base(loc.base)
         except MlvcError as exc:
             raise IntegrityError(to_hex(oid), f"its delta base is unreadable: {exc}") from exc
+        try:
+            raw = delta.decode(payload, base, loc.raw_len)
+        except FormatError as exc:
+            failure = str(exc)
+        else:
+            if hash_bytes(raw) == oid:
+                return raw
+            failure = "content does not match its id"
+        if not verified:
+            if hash_bytes(base) != loc.base:
+                self._bases.discard((loc.base, False))
+                bad = IntegrityError(to_hex(loc.base), "content does not match its id")
+                raise IntegrityError(to_hex(oid), f"its delta base is unreadable: {bad}")
+            self._bases.discard((loc.base, False))
+            self._bases.put((loc.base, True), base)
+        raise IntegrityError(to_hex(oid), failure)
+
+    def _decoded_base(self, base: ObjectId) -> tuple[bytes, bool]:
+        """The decoded bytes of a delta base, and whether they have been verified yet.
+
+        Raises:
+            MissingObject: The base is not stored.
+            IntegrityError: It is undecodable, or not a chunk stored on its own.
+        """
+        for verified in (True, False):
+            data = self._bases.get((base, verified))
+            if data is not None:
+                return data, verified
+        self._check_base(base)
+        data = self._decode(base, *self._payload(base))
+        self._bases.put((base, False), data)
+        return data, False
+
+    def _check_base(self, base: ObjectId) -> None:
+        found = self._stored(base)
+        if found.kind != CHUNK or found.codec == codec.DELTA:
+            raise IntegrityError(to_hex(base), "a delta base must be a chunk stored on its own")
 
     def read_base(self, base: ObjectId, cache: bool = True) -> bytes:
         """The verified bytes of a chunk that deltas are coded against.
@@ -249,15 +301,13 @@ class Repository(PackIndex):
             MissingObject: The base is not stored.
             IntegrityError: It is damaged, or not a chunk stored on its own.
         """
-        data = self._bases.get(base)
+        data = self._bases.get((base, True))
         if data is not None:
             return data
-        found = self._stored(base)
-        if found.kind != CHUNK or found.codec == codec.DELTA:
-            raise IntegrityError(to_hex(base), "a delta base must be a chunk stored on its own")
+        self._check_base(base)
         data = self.read_raw(base)
         if cache:
-            self._bases.put(base, data)
+            self._bases.put((base, True), data)
         return data
 
     def read_chunks(self, oids: Iterable[ObjectId], prefetch: int = 4) -> Iterator[bytes]:
@@ -311,31 +361,44 @@ class Repository(PackIndex):
         A pack gone since the index was loaded (gc repacked it: the generation moved) is
         looked up again in the current generation, payload by payload.
         """
+        self._prefetch_bases([loc.base for _, loc in run if loc.base is not None])
+        payloads = self._run_payloads(run)
+        if payloads is None:
+            return [self.read_raw(oid) for oid, _ in run]
+        return [
+            self.verify_payload(oid, loc, payload)
+            for (oid, loc), payload in zip(run, payloads, strict=True)
+        ]
+
+    def _run_payloads(
+        self, run: list[tuple[ObjectId, Location]]
+    ) -> list[bytes | memoryview] | None:
+        """The payloads of a run, read with one request; None if its pack is gone (moved)."""
         first = run[0][1]
         end = run[-1][1].offset + run[-1][1].stored_len
-        self._prefetch_bases([loc.base for _, loc in run if loc.base is not None])
         try:
             blob = self.store.read_range(pack_key(first.pack), first.offset, end - first.offset)
         except KeyNotFound:
             if not self._moved(run[0][0], first):
                 raise
-            return [self.read_raw(oid) for oid, _ in run]
+            return None
         if len(run) == 1:
-            return [self.verify_payload(run[0][0], first, blob)]  # a raw chunk: no copy
+            return [blob]  # a raw chunk: no copy
         view = memoryview(blob)
-        return [
-            self.verify_payload(oid, loc, view[loc.offset - first.offset :][: loc.stored_len])
-            for oid, loc in run
-        ]
+        return [view[loc.offset - first.offset :][: loc.stored_len] for _, loc in run]
 
     def _prefetch_bases(self, bases: list[ObjectId]) -> None:
-        """Read the delta bases of a run not decoded yet, adjacent ones with one request.
+        """Decode the delta bases of a run not decoded yet, adjacent ones with one request.
 
         The keyframes of a file's chunks lie side by side in their pack, so a run of deltas
         costs one more request, not one per base. A hint: what fails here is read (and
-        reported) again by :meth:`delta_base`.
+        reported) again by :meth:`_apply_delta`. The bases are not hashed here: see there.
         """
-        wanted = [b for b in dict.fromkeys(bases) if self._bases.get(b) is None]
+        wanted = [
+            b
+            for b in dict.fromkeys(bases)
+            if self._bases.get((b, True)) is None and self._bases.get((b, False)) is None
+        ]
         with self._index_lock:
             found = [
                 b
@@ -346,8 +409,11 @@ class Repository(PackIndex):
             return
         with contextlib.suppress(MlvcError):
             for run in self.chunk_runs(found):
-                for (oid, _), raw in zip(run, self.read_run(run), strict=True):
-                    self._bases.put(oid, raw)
+                payloads = self._run_payloads(run)
+                if payloads is None:
+                    return
+                for (oid, loc), payload in zip(run, payloads, strict=True):
+                    self._bases.put((oid, False), self._decode(oid, loc, payload))
 
     def read_object(self, oid: ObjectId) -> Object:
         """A verified, decoded object (cached)."""
