@@ -9,10 +9,8 @@ real point, for N spread over the whole operation.
 from __future__ import annotations
 
 import hashlib
-import os
 import random
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -24,49 +22,13 @@ from mlvc_core.gc import collect
 from mlvc_core.history import commit_paths
 from mlvc_core.repository import Repository
 from mlvc_core.restore import checkout
+from tests.core.killpoints import run_killed
 
-ROOT = Path(__file__).resolve().parents[2]
 SMALL = RepoConfig(chunker=ChunkerParams(min=1024, avg=4096, max=16384), pack_size=128 << 10)
-
-CHILD = r"""
-import os, signal, sys
-from mlvc_core.storage import local
-op, repo_path, arg, kill_at = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
-count = [0]
-def point():
-    count[0] += 1
-    if count[0] == kill_at:
-        os.kill(os.getpid(), signal.SIGKILL)
-def hook(cls, name):
-    orig = getattr(cls, name)
-    def wrapped(self, *a, **k):
-        point()
-        return orig(self, *a, **k)
-    setattr(cls, name, wrapped)
-for name in ("write", "create", "delete", "write_if", "delete_temporary"):
-    hook(local.LocalStore, name)
-for name in ("write", "close"):
-    hook(local._FileWriter, name)
-from mlvc_core.gc import collect
-from mlvc_core.repository import Repository
-from mlvc_core.history import commit_paths
-repo = Repository.open(repo_path)
-if op == "commit":
-    commit_paths(repo, arg, "new", branch="main")
-else:
-    collect(repo, dry_run=False, grace_seconds=0)
-print(count[0])
-"""
 
 
 def _child(op: str, repo: Path, arg: str, kill_at: int) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-c", CHILD, op, str(repo), arg, str(kill_at)],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        timeout=60,
-    )
+    return run_killed(op, repo, arg, kill_at, timeout=60)
 
 
 def _tree(root: Path, seed: int) -> dict[str, str]:

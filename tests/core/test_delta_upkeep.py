@@ -7,7 +7,6 @@ import io
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -23,9 +22,8 @@ from mlvc_core.packs import pack_key
 from mlvc_core.repository import Repository
 from mlvc_core.restore import checkout
 from mlvc_core.session import WriteSession
+from tests.core.killpoints import run_killed
 from tests.core.test_deltas import commit_file, deltas, model
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def _commit(
@@ -150,40 +148,8 @@ def test_an_interrupted_clone_never_leaves_a_delta_without_its_base(
     assert _read(done, src.resolve("heads/main"), tmp_path / "out") == model(2)
 
 
-CHILD = r"""
-import os, signal, sys
-from mlvc_core.storage import local
-repo_path, path, kill_at = sys.argv[1], sys.argv[2], int(sys.argv[3])
-count = [0]
-def point():
-    count[0] += 1
-    if count[0] == kill_at:
-        os.kill(os.getpid(), signal.SIGKILL)
-def hook(cls, name):
-    orig = getattr(cls, name)
-    def wrapped(self, *a, **k):
-        point()
-        return orig(self, *a, **k)
-    setattr(cls, name, wrapped)
-for name in ("write", "create", "delete", "write_if", "delete_temporary"):
-    hook(local.LocalStore, name)
-for name in ("write", "close"):
-    hook(local._FileWriter, name)
-from mlvc_core.repository import Repository
-from mlvc_core.history import commit_paths
-commit_paths(Repository.open(repo_path), path, "new", branch="main")
-print(count[0])
-"""
-
-
 def _child(repo: Path, path: Path, kill_at: int) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-c", CHILD, str(repo), str(path), str(kill_at)],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        timeout=120,
-    )
+    return run_killed("commit", repo, str(path), kill_at)
 
 
 def test_kill_9_while_committing_deltas_leaves_a_clean_repository(tmp_path: Path) -> None:
