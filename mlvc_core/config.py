@@ -149,15 +149,20 @@ class RepoConfig:
         return config
 
 
-def upgrade_config(store: Store, key: str) -> tuple[RepoConfig, bool]:
+def upgrade_config(store: Store, key: str, *, announce: bool = True) -> tuple[RepoConfig, bool]:
     """Bring the config stored at ``key`` to this mlvc's format version, by compare-and-swap.
 
     Only the config is rewritten (version-1 index files stay valid; version 3 adds the
     tensor block size). mlvc versions that know only the older version refuse the
     repository afterwards, with a message.
 
+    Args:
+        store: The repository's store.
+        key: The config's key.
+        announce: Log a warning when this call upgrades (False where the caller reports it).
+
     Returns:
-        The config as it now is, and whether this call upgraded it (then a warning is logged).
+        The config as it now is, and whether this call upgraded it.
 
     Raises:
         UnsupportedFormatVersion: The stored config names a version this mlvc does not know.
@@ -173,6 +178,8 @@ def upgrade_config(store: Store, key: str) -> tuple[RepoConfig, bool]:
             store.write_if(key, upgraded.encode(), version)
         except PreconditionFailed:
             continue  # another process upgraded it at the same moment: read it again
+        if not announce:
+            return upgraded, True
         log.warning(
             "mlvc: upgraded the repository at %s from format version %d to %d "
             "(mlvc versions that only know version %d can no longer open it)",

@@ -230,6 +230,9 @@ class TreeBuilder:
         deadline = start + self.patience_s
         reads = 0
         files: FileIngester = getattr(self._local, "files", None) or self._files
+        # Chunks of abandoned reads stay stored (for gc) but are not what the commit records:
+        # the session's byte counts leave out those the kept read does not use.
+        abandoned: set[ObjectId] = set()
         with open(path, "rb", buffering=0) as f:
             fd = f.fileno()
             while True:
@@ -239,10 +242,13 @@ class TreeBuilder:
                     manifest = files.ingest(f, before.st_size, guide)
                     after = os.fstat(fd)
                     if _stamp(after) == _stamp(before) and manifest.size == after.st_size:
+                        self.session.uncount(abandoned.difference(c for c, _ in manifest.chunks))
                         return manifest, after
+                    abandoned.update(c for c, _ in manifest.chunks)
                     f.seek(0)
                 if not _quiet(fd, deadline):
                     break
+        self.session.uncount(abandoned)
         raise FileChanged(str(path), reads, time.monotonic() - start)
 
     def entry(self, path: Path, name: str, rel: str) -> TreeEntry | None:

@@ -563,15 +563,15 @@ class Repository(PackIndex):
 
     # ------------------------------------------------------------------ writes
 
-    def upgrade(self) -> bool:
+    def upgrade(self, *, announce: bool = True) -> bool:
         """Upgrade a repository of an older format version to this one's; True if it did.
 
         See :func:`~mlvc_core.config.upgrade_config`. Write sessions and gc do this on their
-        own, logging a warning.
+        own, logging a warning; ``announce=False`` leaves the telling to the caller.
 
         Raises:
             UnsupportedFormatVersion: The stored config names a version this mlvc does not know.
             StorageError: The config kept changing under it.
         """
-        self.config, upgraded = upgrade_config(self.store, CONFIG_KEY)
+        self.config, upgraded = upgrade_config(self.store, CONFIG_KEY, announce=announce)
         return upgraded

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from mlvc_core import codec
 from mlvc_core.config import FORMAT_VERSION
@@ -63,8 +63,9 @@ class WriteSession:
         self.progress = progress
         self._data: PackWriter | None = None
         self._meta: PackWriter | None = None
-        self._pending: set[ObjectId] = set()
-        """Written (or held back) in this session, not yet in a published index file."""
+        self._pending: dict[ObjectId, tuple[int, int]] = {}
+        """Written (or held back) in this session, not yet in a published index file: the
+        raw and stored bytes each counts in :attr:`new_bytes` and :attr:`stored_bytes`."""
         self._held: list[tuple[ObjectId, int, int, bytes, int]] = []
         """Metadata payloads held back for the flush: id, kind, codec, payload, raw length."""
         self._held_bytes = 0
@@ -132,10 +133,25 @@ class WriteSession:
                 if kind != CHUNK and self._held:
                     self._spill(self._writer(kind))  # too much metadata: a pack of its own
                 self._writer(kind).add(oid, kind, codec_id, payload, raw_len, base)
-            self._pending.add(oid)
+            self._pending[oid] = (raw_len, len(payload))
             self.new_bytes += raw_len
             self.stored_bytes += len(payload)
             return True
+
+    def uncount(self, oids: Iterable[ObjectId]) -> None:
+        """Take back from :attr:`new_bytes` and :attr:`stored_bytes` what ``oids`` added.
+
+        For chunks of a read that was abandoned (the file changed under it): they stay
+        stored, unreferenced, for gc, but are not what the session recorded. Ids this session
+        did not write, or already took back, count nothing.
+        """
+        with self._lock:
+            for oid in oids:
+                raw_len, stored = self._pending.get(oid, (0, 0))
+                if raw_len or stored:
+                    self._pending[oid] = (0, 0)
+                    self.new_bytes -= raw_len
+                    self.stored_bytes -= stored
 
     def add_object(self, obj: Object) -> ObjectId:
         """Encode and store a manifest, tree or commit; return its id.

@@ -183,6 +183,13 @@ def _tensors(repo: Any, a: str, b: str, json_: bool) -> None:
         )
     if not r.files:
         _output.note("no tensor files in both snapshots")
+    if r.not_tensor_files:
+        n = len(r.not_tensor_files)
+        names = ", ".join(r.not_tensor_files[:5]) + (f", +{n - 5} more" if n > 5 else "")
+        _output.note(
+            f"{n} changed {'file is' if n == 1 else 'files are'} not tensor files "
+            f"(not compared): {names}"
+        )
 
 
 def register(app: typer.Typer) -> None:

@@ -72,6 +72,21 @@ def input_size(paths: Iterable[str | os.PathLike[str]]) -> int:
     return total
 
 
+def _special_kind(mode: int) -> str | None:
+    """What a FIFO, socket or device is called in a message; None for recordable kinds."""
+    if stat.S_ISFIFO(mode):
+        return "a FIFO"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    if stat.S_ISCHR(mode):
+        return "a character device"
+    if stat.S_ISBLK(mode):
+        return "a block device"
+    if stat.S_ISREG(mode) or stat.S_ISDIR(mode) or stat.S_ISLNK(mode):
+        return None
+    return "a special file"
+
+
 def snapshot_roots(
     paths: list[Path], cwd: Path | None = None
 ) -> tuple[list[Path], Callable[[str], bool] | None]:
@@ -88,12 +103,22 @@ def snapshot_roots(
         ``(paths for ingest, exclude predicate on tree paths or None)``.
 
     Raises:
-        UsageError: A path does not exist.
+        UsageError: A path does not exist, or is a FIFO, socket or device (content that
+            cannot be recorded; inside a directory such files are skipped instead).
     """
     here = (cwd or Path.cwd()).absolute()
     for p in paths:
-        if not p.exists() and not p.is_symlink():
-            raise UsageError(f"no such file or directory: {p}")
+        try:
+            st = os.lstat(p)
+        except FileNotFoundError:
+            raise UsageError(f"no such file or directory: {p}") from None
+        except OSError as exc:
+            raise UsageError(f"cannot read {p}: {exc.strerror}") from None
+        kind = _special_kind(st.st_mode)
+        if kind is not None:
+            raise UsageError(
+                f"{p} is {kind}: only files, directories and symlinks can be committed"
+            )
     wanted: list[str] = []
     for p in paths:
         full = Path(os.path.normpath(here / p))

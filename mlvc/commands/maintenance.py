@@ -59,7 +59,7 @@ def upgrade(repo: Repository) -> tuple[int, int]:
         UnsupportedFormatVersion: The repository is newer than this mlvc.
     """
     before = repo.config.version
-    repo.upgrade()
+    repo.upgrade(announce=False)  # the caller reports the upgrade: no second line
     return before, repo.config.version
 
 

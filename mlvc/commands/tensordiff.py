@@ -113,6 +113,9 @@ class TensorDiff:
     a: Target
     b: Target
     files: list[TensorFileDiff]
+    not_tensor_files: list[str] = field(default_factory=list)
+    """Files in both snapshots whose content differs but that were not compared: not tensor
+    files, not parsable as one, or of another kind of tensor file on each side."""
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe form."""
@@ -120,6 +123,7 @@ class TensorDiff:
             "a": self.a.to_dict(),
             "b": self.b.to_dict(),
             "files": [f.to_dict() for f in self.files],
+            "not_tensor_files": list(self.not_tensor_files),
         }
 
 
@@ -246,11 +250,11 @@ def _file_diff(path: str, a: _Side, b: _Side) -> TensorFileDiff | None:
     return TensorFileDiff(path, lb.kind, out)
 
 
-def _tensor_files(repo: Repository, tree: ObjectId) -> dict[str, ObjectId]:
+def _files(repo: Repository, tree: ObjectId) -> dict[str, ObjectId]:
     return {
         path: entry.oid
         for path, entry in walk_tree(repo, tree)
-        if entry.kind == "file" and entry.oid is not None and path.endswith(TENSOR_SUFFIXES)
+        if entry.kind == "file" and entry.oid is not None
     }
 
 
@@ -264,7 +268,8 @@ def tensor_diff(repo: Repository, spec_a: str, spec_b: str) -> TensorDiff:
 
     Returns:
         One entry per tensor file present in both, sorted by path; in each, B's tensors in
-        file order, then those only A has.
+        file order, then those only A has. Files in both whose content differs but that are
+        not tensor files (or do not parse as one) are listed, sorted, in ``not_tensor_files``.
 
     Raises:
         ObjectNotFound: Either id names nothing.
@@ -272,16 +277,21 @@ def tensor_diff(repo: Repository, spec_a: str, spec_b: str) -> TensorDiff:
         IntegrityError: A chunk read back does not match its id.
     """
     ta, tb = resolve(repo, spec_a), resolve(repo, spec_b)
-    files_a = _tensor_files(repo, repo.read_commit(ta.commit_id).tree)
-    files_b = _tensor_files(repo, repo.read_commit(tb.commit_id).tree)
+    files_a = _files(repo, repo.read_commit(ta.commit_id).tree)
+    files_b = _files(repo, repo.read_commit(tb.commit_id).tree)
     out: list[TensorFileDiff] = []
+    skipped: list[str] = []
     for path in sorted(set(files_a) & set(files_b)):
-        a, b = _Side(repo, files_a[path], path), _Side(repo, files_b[path], path)
-        try:
-            d = _file_diff(path, a, b)
-        finally:
-            a.reader.close()
-            b.reader.close()
+        d = None
+        if path.endswith(TENSOR_SUFFIXES):
+            a, b = _Side(repo, files_a[path], path), _Side(repo, files_b[path], path)
+            try:
+                d = _file_diff(path, a, b)
+            finally:
+                a.reader.close()
+                b.reader.close()
         if d is not None:
             out.append(d)
-    return TensorDiff(ta, tb, out)
+        elif files_a[path] != files_b[path]:
+            skipped.append(path)
+    return TensorDiff(ta, tb, out, skipped)

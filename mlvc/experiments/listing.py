@@ -31,7 +31,8 @@ _OPS: dict[str, Callable[[Any, Any], bool]] = {
     "<": operator.lt,
     ">": operator.gt,
 }
-_CONDITION = re.compile(r"^\s*([A-Za-z_][\w.\-/]*)\s*(<=|>=|==|!=|=|<|>)\s*((?![<>=!]).+?)\s*$")
+_CONDITION = re.compile(r"^\s*([A-Za-z_][\w.\-/]*)\s*(<=|>=|==|!=|=|<|>)\s*((?![<>=!\s]).+?)\s*$")
+_OPERATOR = re.compile(r"<=|>=|==|!=|=|<|>")
 _MISSING = object()
 
 
@@ -150,6 +151,18 @@ def _literal(text: str) -> Any:
         return text
 
 
+def _what_is_wrong(text: str) -> str:
+    """Which part of ``FIELD OP VALUE`` a malformed condition lacks or garbles."""
+    op = _OPERATOR.search(text)
+    if op is None:
+        return "no operator"
+    if not text[: op.start()].strip():
+        return f"no field before {op.group()!r}"
+    if not text[op.end() :].strip():
+        return f"no value after {op.group()!r}"
+    return "cannot parse it"
+
+
 class _Condition:
     """One ``FIELD OP VALUE`` filter condition."""
 
@@ -157,8 +170,9 @@ class _Condition:
         m = _CONDITION.match(text)
         if m is None:
             raise UsageError(
-                f"bad filter {text!r}: write FIELD OP VALUE, e.g. 'loss < 0.2', 'lr = 0.01', "
-                "'status = running' (OP is one of = == != < <= > >=)"
+                f"bad filter {text!r}: {_what_is_wrong(text)}; write FIELD OP VALUE, e.g. "
+                "'loss < 0.2', 'lr = 0.01', 'status = running' (OP is one of = == != < <= > >=; "
+                "an empty text value is written '')"
             )
         self.field, op_text, self.raw = m.groups()
         self.op = _OPS[op_text]

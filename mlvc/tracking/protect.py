@@ -1,9 +1,10 @@
 """Protecting a checkpoint's files in the caller's thread, before ``checkpoint()`` returns.
 
 ``copy=True``: each file is cloned or copied into a private copy directory
-(:data:`~mlvc.tracking.copies.COPY_DIR` beside the file, so a clone is possible, else under the
-cache directory), within the run's copy budget, the rest in the background without ever making
-a writer wait (:mod:`mlvc.tracking.copies`), so the loop may overwrite it at once.
+(:data:`~mlvc.tracking.copies.COPY_DIR` beside the file when that is inside the project, so a
+clone is possible, else under the cache directory; never above the project root), within the
+run's copy budget, the rest in the background without ever making a writer wait
+(:mod:`mlvc.tracking.copies`), so the loop may overwrite it at once.
 ``copy=False``: only each file's identity (:func:`fingerprint`) is noted; the background thread
 reads the files in place and drops the checkpoint if one changed. Copy directories left by dead
 processes of this host are swept. Touches no repository.
@@ -22,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mlvc.errors import UsageError
+from mlvc.settings import default_cache_dir
 from mlvc.tracking.copies import COPY_DIR, CheckpointCopies, Copier
 from mlvc.tracking.options import Paths
 from mlvc_core.processes import pid_alive
@@ -151,7 +153,8 @@ class FileProtector:
     Args:
         code_dir: The code directory (tree paths are relative to it first).
         cwd: The run's working directory (tree paths are relative to it next).
-        cache_dir: Where copies go when they cannot go beside the file (None: only there).
+        cache_dir: Where copies go when they cannot go beside the file inside the project
+            (None: the default cache directory).
         copy_budget: Seconds one ``checkpoint()`` call may spend copying before the rest of
             its files are copied in the background (None: no limit).
         skip_dirs: Directories never copied from inside a checkpoint's directory (the
@@ -200,11 +203,24 @@ class FileProtector:
                 ids.add((st.st_dev, st.st_ino))
         return frozenset(ids)
 
+    def _in_project(self, directory: Path) -> bool:
+        """Whether ``directory`` is the code or working directory, or lies under one."""
+        return any(directory == base or base in directory.parents for base in self._roots())
+
+    def _roots(self) -> list[Path]:
+        return [Path(os.path.abspath(base)) for base in (self.code_dir, self.cwd)]
+
     def _copy_dir(self, src: Path) -> Path:
+        """A new private copy directory for ``src``.
+
+        Beside ``src`` (so a clone is possible) when that is inside the project, else under the
+        cache directory: never above the project root (a checkpoint of ``.`` or of a file
+        elsewhere is not copied into a directory the user never gave).
+        """
         unique = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:12]}"
-        candidates = [Path(os.path.abspath(src)).parent / COPY_DIR]
-        if self.cache_dir is not None:
-            candidates.append(self.cache_dir / "staging")
+        parent = Path(os.path.abspath(src)).parent
+        candidates = [parent / COPY_DIR] if self._in_project(parent) else []
+        candidates.append((self.cache_dir or default_cache_dir()) / "staging")
         last: OSError | None = None
         for root in candidates:
             if root not in self._swept:

@@ -103,6 +103,24 @@ def test_commit_of_a_missing_path_is_a_usage_error(cli: Cli) -> None:
     assert "no such file" in r.stderr
 
 
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs here")
+def test_commit_of_a_special_file_is_refused_and_records_nothing(
+    cli: Cli, write: Write, project: Path
+) -> None:
+    os.mkfifo(project / "pipe")
+    write("data/a.txt", "a\n")
+    for args in (["pipe"], ["/dev/zero"], ["data", "pipe"]):
+        r = cli("commit", *args, "-m", "x", code=2)
+        lines = r.stderr.strip().splitlines()
+        assert len(lines) == 1, r.stderr
+        assert args[-1] in lines[0] and ("FIFO" in lines[0] or "device" in lines[0])
+    cli("log", code=4)  # the branch was never created: nothing was committed
+    # Inside a directory a FIFO is skipped, as before.
+    os.mkfifo(project / "data" / "pipe")
+    doc = cli.json("commit", "data", "-m", "dir")
+    assert doc["files"] == 1
+
+
 def test_log_show_diff_checkout_on_commits(cli: Cli, write: Write, project: Path) -> None:
     big = os.urandom(300_000)
     write("data/model.bin", big)

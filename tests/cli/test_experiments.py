@@ -109,6 +109,27 @@ def test_ls_json_table_filter_sort_and_ids(cli: Cli, runs: dict[str, str]) -> No
     assert "bad filter" in bad.stderr
 
 
+@pytest.mark.parametrize(
+    ("condition", "reason"),
+    [
+        ("status = ", "no value after '='"),
+        ("loss >", "no value after '>'"),
+        ("loss <=\t", "no value after '<='"),
+        ("= 3", "no field before '='"),
+        ("loss", "no operator"),
+    ],
+)
+def test_ls_refuses_an_incomplete_filter(cli: Cli, condition: str, reason: str) -> None:
+    r = cli("ls", "--filter", condition, code=2)
+    lines = r.stderr.strip().splitlines()
+    assert "bad filter" in lines[0] and reason in lines[0], r.stderr
+    assert "no experiments" not in r.output
+
+
+def test_ls_filter_on_an_empty_text_value_is_written_quoted(cli: Cli, runs: dict[str, str]) -> None:
+    assert cli.json("ls", "--filter", "status = ''") == []
+
+
 def test_ps_lists_only_running_experiments(cli: Cli, runs: dict[str, str], project: Path) -> None:
     assert cli.json("ps") == []
     assert "no experiments" in cli("ps").stderr

@@ -95,17 +95,23 @@ def test_tensor_diff_of_torch_checkpoints(cli: Cli, write: Write) -> None:
     assert math.isclose(t["model.enc.weight"]["rel_norm"], 0.01, rel_tol=1e-4)
 
 
-def test_tensor_diff_ignores_other_files_and_refuses_code_with_tensors(
+def test_tensor_diff_names_changed_files_it_could_not_compare_and_refuses_code_with_tensors(
     cli: Cli, write: Write
 ) -> None:
     write("d/notes.txt", "a")
+    write("d/same.txt", "same")
     write("d/weights.bin", b"not a tensor file at all" * 100)
     a = cli("commit", "d", "-m", "a").stdout.strip()
     write("d/notes.txt", "b")
     write("d/weights.bin", b"still not one" * 100)
     b = cli("commit", "d", "-m", "b").stdout.strip()
-    assert cli.json("diff", a, b, "--tensors")["files"] == []
-    assert "no tensor files" in cli("diff", a, b, "--tensors").stderr
+    doc = cli.json("diff", a, b, "--tensors")
+    assert doc["files"] == []
+    assert doc["not_tensor_files"] == ["d/notes.txt", "d/weights.bin"]
+    err = cli("diff", a, b, "--tensors").stderr
+    assert "no tensor files" in err
+    assert "2 changed files are not tensor files" in err and "d/weights.bin" in err
+    assert "same.txt" not in err
     bad = cli("diff", a, b, "--tensors", "--code", code=2)
     assert "cannot be combined" in bad.stderr
 

@@ -125,3 +125,39 @@ def test_files_removed_while_a_directory_is_committed_are_left_out(
     out = tmp_path / "out"
     checkout(repo, cid, out)
     assert sorted(p.name for p in out.iterdir()) == ["a.dir", "z.txt"]
+
+
+def test_a_commit_counts_only_the_bytes_of_the_read_it_kept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+
+    from mlvc_core.history import record_paths
+    from mlvc_core.manifests import FileIngester
+
+    data = tmp_path / "data"
+    data.mkdir()
+    big = data / "big.bin"
+    size = 4 << 20
+    big.write_bytes(os.urandom(size))
+    real_ingest = FileIngester.ingest
+    reads = []
+
+    def ingest_then_rewrite(self: FileIngester, *args: object, **kwargs: object) -> object:
+        manifest = real_ingest(self, *args, **kwargs)  # type: ignore[arg-type]
+        reads.append(manifest)
+        if len(reads) == 1:  # the first read is overtaken by a rewrite with other bytes
+            big.write_bytes(os.urandom(size))
+        return manifest
+
+    monkeypatch.setattr(FileIngester, "ingest", ingest_then_rewrite)
+    repo = Repository.init(tmp_path / "r")
+    done = record_paths(repo, data, "rewritten while read")
+    assert len(reads) == 2
+    # What the commit recorded: the file once (plus its few metadata objects), not the
+    # abandoned first read as well.
+    assert size <= done.new_bytes < size + (64 << 10), done.new_bytes
+    assert done.stored_bytes < size + (64 << 10), done.stored_bytes
+    out = tmp_path / "out"
+    checkout(repo, done.commit, out)
+    assert (out / "big.bin").read_bytes() == big.read_bytes()

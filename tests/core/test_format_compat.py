@@ -159,3 +159,22 @@ def test_version_2_repository_reads_then_upgrades_and_stores_deltas(
     monkeypatch.setattr(config, "SUPPORTED_VERSIONS", (1, 2))
     with pytest.raises(UnsupportedFormatVersion, match="format version 3 is not supported"):
         Repository.open(v2_repo)
+
+
+def test_upgrade_command_says_it_once(v1_repo: Path, tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "MLVC_CACHE_DIR": str(tmp_path / "cache")}
+    env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).parents[2]), env.get("PYTHONPATH", "")])
+    r = subprocess.run(
+        [sys.executable, "-m", "mlvc", "-R", str(v1_repo), "upgrade"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+    assert r.returncode == 0, r.stderr
+    said = (r.stdout + r.stderr).strip().splitlines()
+    assert len(said) == 1 and "from format version 1 to 3" in said[0], said

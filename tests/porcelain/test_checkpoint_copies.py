@@ -625,6 +625,26 @@ def test_a_checkpoint_of_the_project_directory_copies_neither_repository_nor_cac
     assert not [p for p in recorded if p.startswith("proj/.mlvc/")], sorted(recorded)
 
 
+def test_copies_never_go_above_the_project_root(
+    project: Path, tmp_path: Path, stalled_copier: threading.Event
+) -> None:
+    (project / "model.bin").write_bytes(os.urandom(3 * MIB))
+    elsewhere = tmp_path / "scratch"
+    elsewhere.mkdir()
+    (elsewhere / "other.bin").write_bytes(b"weights")
+    with mlvc.track(copy_budget=0, max_pending=QUEUE) as run:
+        run.checkpoint(path=".", step=0)
+        run.checkpoint(path=elsewhere / "other.bin", step=1)
+        try:  # the copies are held in flight: where they are is where they would be left
+            assert not (tmp_path / ".mlvc-staging").exists()
+            assert not (elsewhere / ".mlvc-staging").exists()
+            assert list((tmp_path / "cache" / "staging").iterdir())
+        finally:
+            stalled_copier.set()
+    assert not (tmp_path / ".mlvc-staging").exists()
+    assert [c.step for c in mlvc.experiments.get(run.id).checkpoints] == [0, 1]
+
+
 def test_a_checkpoint_of_a_directory_holding_the_cache_leaves_the_cache_out(
     project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
