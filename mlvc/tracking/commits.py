@@ -32,6 +32,7 @@ from mlvc.tracking.code import shown_name, snapshot_code
 from mlvc.tracking.environment import environment
 from mlvc.tracking.heartbeat import Heartbeat
 from mlvc.tracking.jobs import CheckpointChanged, Job
+from mlvc.tracking.protect import remove_copy_dirs
 from mlvc_core.errors import RefConflict
 from mlvc_core.history import CAS_ATTEMPTS, MakeFn, advance, default_author, retry_pause
 from mlvc_core.ids import ObjectId, to_hex
@@ -185,17 +186,15 @@ class ExperimentWriter:
         repo: Repository | None,
         heartbeat: Heartbeat,
         code_dir: Path,
-        max_code_file_size: int | None,
-        max_code_files: int,
     ) -> None:
         self.settings = settings
         self.repo = repo
         self.heartbeat = heartbeat
         self.code_dir = code_dir
-        self.max_code_file_size = max_code_file_size
-        self.max_code_files = max_code_files
         self.exp_id: str | None = None
         self.code_tree: ObjectId | None = None
+        self.code_copy: Path | None = None
+        """The private copy of the code taken by ``track()``, read by the start."""
         self.summary: dict[str, Any] = {}
         self.saved = 0
 
@@ -229,9 +228,9 @@ class ExperimentWriter:
         # Refs move while the session is still open (after flush): the session's shared lock
         # keeps gc away from what it stored until a ref reaches it (docs/format.md).
         with WriteSession(repo) as s:
-            code_tree = self.code_tree = snapshot_code(
-                s, self.code_dir, self.settings, self.max_code_file_size, self.max_code_files
-            )
+            if self.code_copy is None:
+                raise MlvcError("the code snapshot was not taken when the run started")
+            code_tree = self.code_tree = snapshot_code(s, self.code_copy)
             if resume_id is None:
                 first = Commit(
                     tree=code_tree,
@@ -280,7 +279,14 @@ class ExperimentWriter:
                 ref = repo.refs.require(ref_name(exp_id))
                 self.summary = advance(s, ref.name, ref, on_parent(make), summarize).ref.summary
         self.exp_id = exp_id
+        self.drop_code_copy()
         self.heartbeat.start(repo.store, exp_id)
+
+    def drop_code_copy(self) -> None:
+        """Remove the private copy of the code (stored, or the run is over)."""
+        if self.code_copy is not None:
+            remove_copy_dirs([self.code_copy.parent])
+            self.code_copy = None
 
     def checkpoint(self, job: Job, progress: Callable[[int], None] | None = None) -> None:
         """Store one checkpoint's files over the code snapshot, commit, move the ref.

