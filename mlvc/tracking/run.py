@@ -36,10 +36,12 @@ from mlvc.tracking.failures import Failures
 from mlvc.tracking.heartbeat import Heartbeat
 from mlvc.tracking.jobs import Job, JobQueue
 from mlvc.tracking.options import (
+    MAX_STEP,
     Paths,
     PrimaryArg,
     RunOptions,
     check_numbers,
+    check_step,
     default_name,
     parse_primary,
     takes_run_options,
@@ -253,7 +255,10 @@ class Run:
 
         Args:
             path: A file, a directory, or a list of them (weights, optimizer state, ...).
-            step: The training step (default: one more than the previous checkpoint's).
+            step: The training step: a non-negative integer below 2**64 (Python or numpy;
+                not a ``bool`` or a float) (default: one more than the previous checkpoint's).
+                Any other value skips the checkpoint with a warning (``strict=True``:
+                raises).
             metrics: Metric values (numbers; tensors and numpy scalars are converted).
             primary_metric: ``(name, "minimize" | "maximize")`` ranking checkpoints for
                 ``best()``; once given, later checkpoints default to it.
@@ -274,7 +279,7 @@ class Run:
             return
         job_step = self._next_step if step is None else step
         try:
-            job_step = int(job_step)
+            job_step = check_step(job_step)
             clean = _clean_metrics(metrics)
             primary = parse_primary(primary_metric)
             if primary is not None and self._primary is None:
@@ -322,18 +327,20 @@ class Run:
             metrics: Metric name -> value (Python or numpy numbers, 0-d arrays, one-element
                 tensors, bools, ``Decimal``; NaN and infinities are kept). Other values are
                 left out with a warning.
-            step: The step (default: one more than the previous ``log``'s, from 0).
+            step: The step: a non-negative integer below 2**64 (Python or numpy; not a
+                ``bool`` or a float) (default: one more than the previous ``log``'s, from 0).
+                Any other value records nothing, with a warning.
 
         Raises:
-            TrackingError: Only with ``strict=True``: ``step`` is not an integer.
+            TrackingError: Only with ``strict=True``: ``step`` is not such an integer.
         """
         if self._disabled:
             return
         try:
             if step is None:
                 step = self._log_step
-            elif type(step) is not int:
-                step = int(step)
+            elif type(step) is not int or not 0 <= step <= MAX_STEP:
+                step = check_step(step)
             self._log_step = step + 1
             values = dict(metrics)  # the caller may reuse its dict
             for value in values.values():
@@ -344,7 +351,7 @@ class Run:
                         return
                     break
             self._series.keep((step, _now(), values))
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, UsageError) as exc:
             self._failures.in_caller("log", exc)
 
     def flush(self, timeout: float | None = None) -> bool:
