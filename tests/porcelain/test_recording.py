@@ -342,3 +342,21 @@ def test_a_file_created_after_track_returned_is_never_in_the_start_commit(
     assert _start_commit_files(repo_dir, run.id) == {"train.py": b"print('training')\n"}
     cache = tmp_path / "cache" / "staging"
     assert not cache.exists() or not any(cache.iterdir())  # the private copy is removed
+
+
+def test_the_last_line_says_when_the_experiment_was_removed_while_it_ran(
+    project: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    repo_dir = tmp_path / "repo"
+    with mlvc.track(repository=repo_dir) as run:
+        run.checkpoint(step=0, metrics={"loss": 1.0})
+        run.flush()
+        assert run.id is not None
+        assert mlvc.experiments.remove(run.id, repository=repo_dir) == [run.id]
+        run.checkpoint(step=1, metrics={"loss": 0.5})
+        run.checkpoint(step=2, metrics={"loss": 0.25})
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "saved experiment" not in last
+    assert f"experiment {run.id[:12]} was removed (mlvc rm) while the run went on" in last
+    assert "2 later checkpoints NOT recorded" in last
+    assert mlvc.experiments.list(repository=repo_dir) == []
