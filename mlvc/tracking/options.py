@@ -195,7 +195,10 @@ def check_step(step: object) -> int:
     if type(step) is int:
         value = step
     else:
-        if isinstance(step, (bool, float)) or type(step).__name__ == "bool_":
+        # numpy booleans (named bool_ in 1.x, bool in 2.x) and torch ones are no steps
+        dtype = str(getattr(step, "dtype", ""))
+        boolean = type(step).__name__ in ("bool", "bool_") or dtype in ("bool", "torch.bool")
+        if boolean or isinstance(step, (bool, float)):
             raise UsageError(f"step must be a non-negative integer, not {step!r}")
         try:
             value = operator.index(step)  # type: ignore[arg-type]
