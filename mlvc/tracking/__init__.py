@@ -51,7 +51,8 @@ Never break the training loop (docs/experiments.md, design invariant 5):
 
 What a run records by itself: the code snapshot (``path``, default the project directory,
 honouring ``.gitignore``/``.mlvcignore``; files over ``max_code_file_size`` and files past
-``max_code_files`` are left out with a warning), params, Python version and platform, installed
+``max_code_files`` are left out with a warning; as on disk when ``track()`` returned: it is
+copied privately before it returns), params, Python version and platform, installed
 package versions, git commit/branch/dirty flag and diff (capped at 1 MiB), user, host, command
 line, working directory, start and end time. Environment variables are never recorded.
 

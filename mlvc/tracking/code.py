@@ -2,8 +2,9 @@
 
 The code directory, honouring ``.gitignore``/``.mlvcignore`` (:mod:`mlvc.tracking.ignore`);
 files over the size limit and files past the count limit are left out with a warning, as are
-names that are not UTF-8, unreadable files, and files that keep changing while they are read
-(a log the run itself writes). Writes only through the caller's write session.
+names that are not UTF-8, unreadable files, and files that change while they are copied.
+:func:`copy_code` copies the files in the caller's thread when the run starts; the start
+commit stores that copy (:func:`snapshot_code`), through the caller's write session.
 """
 
 from __future__ import annotations
@@ -14,23 +15,29 @@ import stat as stat_mod
 from pathlib import Path
 
 from mlvc.errors import MlvcError
-from mlvc.repo import stat_cache
 from mlvc.settings import Settings
 from mlvc.tracking.ignore import IgnoreMatcher
-from mlvc.tracking.options import PathArg
+from mlvc.tracking.protect import FileProtector
 from mlvc_core.ids import ObjectId
 from mlvc_core.ingest import ingest_paths
 from mlvc_core.session import WriteSession
 
 log = logging.getLogger("mlvc")
 
-__all__ = ["MAX_CODE_FILE_SIZE", "code_size_limit", "shown_name", "snapshot_code"]
+__all__ = [
+    "MAX_CODE_FILE_SIZE",
+    "MAX_CODE_TOTAL_SIZE",
+    "code_size_limit",
+    "copy_code",
+    "shown_name",
+    "snapshot_code",
+]
 
 MAX_CODE_FILE_SIZE = 64 << 20
 """Default bytes above which a file stays out of the code snapshot."""
-CODE_PATIENCE_S = 5.0
-"""How long the code snapshot waits for a file that changes while it is read (a log the
-run itself writes) before leaving it out with a warning."""
+MAX_CODE_TOTAL_SIZE = 512 << 20
+"""Bytes of files past which the code snapshot stops (it is copied before ``track()``
+returns: this bounds that copy, about 0.2 s from the page cache)."""
 
 
 def shown_name(rel: str) -> str:
@@ -73,36 +80,42 @@ def code_size_limit(given: int | None, settings: Settings) -> int:
         return MAX_CODE_FILE_SIZE
 
 
-def snapshot_code(
-    session: WriteSession,
+def copy_code(
+    protector: FileProtector,
     root: Path,
     settings: Settings,
     max_file_size: int | None,
     max_files: int,
-) -> ObjectId:
-    """Store the code directory ``root`` as a tree; warn about what was left out.
+) -> Path:
+    """Copy the code directory ``root`` into a private copy now; warn about what is left out.
+
+    Called by ``track()`` before it returns, so the recorded code is what was on disk then,
+    however late the start commit lands (a gc holding the repository, a start retried at the
+    first checkpoint). Only the files the snapshot keeps are copied (ignore rules, the size
+    and count limits), each cloned or copied by the kernel (:mod:`mlvc.tracking.copies`), so
+    the cost is bounded by ``max_files`` files, :data:`MAX_CODE_TOTAL_SIZE` bytes in all.
+    Measured on the development machine (2 shared cores, ext4, no reflinks): about 75 ms
+    for a project of 300 source files (2.5 MB), most of it matching the ignore rules, which
+    the snapshot paid in the background before.
 
     Args:
-        session: The write session to store into.
+        protector: The run's file protector (owns the copier and the copy directories).
         root: The code directory.
-        settings: The run's settings (the cache directory is left out, as is a local
-            repository inside ``root``).
+        settings: The run's settings.
         max_file_size: ``track(max_code_file_size=...)`` (None: the project's setting).
         max_files: The snapshot stops after this many files.
 
     Returns:
-        The tree's id.
+        The copy of ``root`` (inside a copy directory: remove its parent once stored).
+
+    Raises:
+        OSError: The copy directory could not be made.
     """
-    repo = session.repo
-    skip: list[PathArg] = [settings.cache_dir]
-    if repo.store.is_local:
-        skip.append(repo.url)
-    matcher = IgnoreMatcher(root, skip_paths=skip)
+    matcher = IgnoreMatcher(root, skip_paths=list(protector.skip_dirs))
     limit = code_size_limit(max_file_size, settings)
     too_big: list[str] = []
-    changing: list[str] = []
     untakable: list[str] = []
-    counted = [0]
+    counted = [0, 0]  # files, bytes
 
     def exclude(rel: str) -> bool:
         if _untakable(root, rel):
@@ -120,21 +133,10 @@ def snapshot_code(
             too_big.append(rel)
             return True
         counted[0] += 1
-        return counted[0] > max_files
+        counted[1] += st.st_size
+        return counted[0] > max_files or counted[1] > MAX_CODE_TOTAL_SIZE
 
-    cache = stat_cache(repo)
-    try:
-        tree = ingest_paths(
-            session,
-            [root],
-            exclude=exclude,
-            stat_cache=cache,
-            on_changed=lambda rel, exc: changing.append(rel),
-            patience_s=CODE_PATIENCE_S,
-        )
-    finally:
-        if cache is not None:
-            cache.close()
+    copy, changing = protector.copy_tree(root, exclude)
     if untakable:
         log.warning(
             "mlvc: code snapshot left out %d file(s) it cannot store (a name that is not "
@@ -153,16 +155,30 @@ def snapshot_code(
         )
     if changing:
         log.warning(
-            "mlvc: code snapshot left out %d file(s) that kept changing while they were "
-            "read (logs? add them to .mlvcignore): %s",
+            "mlvc: code snapshot left out %d file(s) that kept changing (or vanished) while "
+            "they were copied (logs? add them to .mlvcignore): %s",
             len(changing),
-            ", ".join(changing[:10]),
+            ", ".join(shown_name(r) for r in changing[:10]),
         )
-    if counted[0] > max_files:
+    if counted[0] > max_files or counted[1] > MAX_CODE_TOTAL_SIZE:
         log.warning(
-            "mlvc: code snapshot of %s stopped at %d files; pass track(path=...) or add an "
-            ".mlvcignore to snapshot only the code",
+            "mlvc: code snapshot of %s stopped at %d files or %d MiB; pass track(path=...) or "
+            "add an .mlvcignore to snapshot only the code",
             root,
             max_files,
+            MAX_CODE_TOTAL_SIZE >> 20,
         )
-    return tree
+    return copy
+
+
+def snapshot_code(session: WriteSession, copy: Path) -> ObjectId:
+    """Store the private copy :func:`copy_code` made as a tree.
+
+    Args:
+        session: The write session to store into.
+        copy: The copy of the code directory.
+
+    Returns:
+        The tree's id.
+    """
+    return ingest_paths(session, [copy])

@@ -32,7 +32,8 @@ from mlvc.tracking.code import shown_name, snapshot_code
 from mlvc.tracking.environment import environment
 from mlvc.tracking.heartbeat import Heartbeat
 from mlvc.tracking.jobs import CheckpointChanged, Job
-from mlvc_core.errors import RefConflict
+from mlvc.tracking.protect import remove_copy_dirs
+from mlvc_core.errors import RefConflict, RefNotFound
 from mlvc_core.history import CAS_ATTEMPTS, MakeFn, advance, default_author, retry_pause
 from mlvc_core.ids import ObjectId, to_hex
 from mlvc_core.ingest import TreeBuilder
@@ -44,6 +45,7 @@ from mlvc_core.session import WriteSession
 log = logging.getLogger("mlvc")
 
 __all__ = [
+    "ExperimentRemoved",
     "ExperimentWriter",
     "on_parent",
     "checkpoint_commit",
@@ -168,6 +170,10 @@ def checkpoint_commit(
     )
 
 
+class ExperimentRemoved(MlvcError):
+    """The run's experiment was removed (``mlvc rm``) while the run went on."""
+
+
 class ExperimentWriter:
     """Records one run's experiment in its repository; used by the background thread only.
 
@@ -177,6 +183,8 @@ class ExperimentWriter:
         code_tree: The code snapshot's tree.
         summary: The experiment's summary as last written.
         saved: Checkpoints stored by this run.
+        removed: The experiment was removed (``mlvc rm``) while the run went on.
+        unrecorded: Checkpoints not recorded because the experiment had been removed.
     """
 
     def __init__(
@@ -185,19 +193,19 @@ class ExperimentWriter:
         repo: Repository | None,
         heartbeat: Heartbeat,
         code_dir: Path,
-        max_code_file_size: int | None,
-        max_code_files: int,
     ) -> None:
         self.settings = settings
         self.repo = repo
         self.heartbeat = heartbeat
         self.code_dir = code_dir
-        self.max_code_file_size = max_code_file_size
-        self.max_code_files = max_code_files
         self.exp_id: str | None = None
         self.code_tree: ObjectId | None = None
+        self.code_copy: Path | None = None
+        """The private copy of the code taken by ``track()``, read by the start."""
         self.summary: dict[str, Any] = {}
         self.saved = 0
+        self.removed = False
+        self.unrecorded = 0
 
     def open(self) -> Repository:
         """The repository, opened (and created if missing) on first use."""
@@ -229,9 +237,9 @@ class ExperimentWriter:
         # Refs move while the session is still open (after flush): the session's shared lock
         # keeps gc away from what it stored until a ref reaches it (docs/format.md).
         with WriteSession(repo) as s:
-            code_tree = self.code_tree = snapshot_code(
-                s, self.code_dir, self.settings, self.max_code_file_size, self.max_code_files
-            )
+            if self.code_copy is None:
+                raise MlvcError("the code snapshot was not taken when the run started")
+            code_tree = self.code_tree = snapshot_code(s, self.code_copy)
             if resume_id is None:
                 first = Commit(
                     tree=code_tree,
@@ -280,7 +288,14 @@ class ExperimentWriter:
                 ref = repo.refs.require(ref_name(exp_id))
                 self.summary = advance(s, ref.name, ref, on_parent(make), summarize).ref.summary
         self.exp_id = exp_id
+        self.drop_code_copy()
         self.heartbeat.start(repo.store, exp_id)
+
+    def drop_code_copy(self) -> None:
+        """Remove the private copy of the code (stored, or the run is over)."""
+        if self.code_copy is not None:
+            remove_copy_dirs([self.code_copy.parent])
+            self.code_copy = None
 
     def checkpoint(self, job: Job, progress: Callable[[int], None] | None = None) -> None:
         """Store one checkpoint's files over the code snapshot, commit, move the ref.
@@ -288,7 +303,20 @@ class ExperimentWriter:
         Raises:
             CheckpointChanged: A file changed before it was stored (the checkpoint is dropped).
             CopyFailed: A background copy of a file failed.
+            ExperimentRemoved: The experiment was removed while the run went on.
         """
+        assert self.exp_id is not None
+        try:
+            self._checkpoint(job, progress)
+        except RefNotFound as exc:
+            self.removed = True
+            self.unrecorded += 1
+            raise ExperimentRemoved(
+                f"experiment {self.exp_id[:12]} was removed (mlvc rm) while the run went on: "
+                f"the checkpoint at step {job.step} was not recorded"
+            ) from exc
+
+    def _checkpoint(self, job: Job, progress: Callable[[int], None] | None) -> None:
         assert self.exp_id is not None
         repo, exp_id = self.open(), self.exp_id
         ref = repo.refs.require(ref_name(exp_id))
@@ -357,6 +385,8 @@ class ExperimentWriter:
             )
         if ref is not None:
             self.summary = ref.summary
+        elif repo.refs.get(ref_name(self.exp_id)) is None:
+            self.removed = True  # nothing to end: removed while the run went on
         repo.store.delete(heartbeat_key(self.exp_id))
         with contextlib.suppress(MlvcError, OSError):
             compact_catalog(repo)  # a writer keeps the experiment catalog compact

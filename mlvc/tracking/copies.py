@@ -54,6 +54,7 @@ import stat as stat_mod
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from pathlib import Path
 
 from mlvc.errors import MlvcError
@@ -352,7 +353,13 @@ class CheckpointCopies:
         self.copies: list[FileCopy] = []
         """Every file copied, in order."""
 
-    def copy(self, src: Path, dst: Path, skip: frozenset[tuple[int, int]] = frozenset()) -> None:
+    def copy(
+        self,
+        src: Path,
+        dst: Path,
+        skip: frozenset[tuple[int, int]] = frozenset(),
+        exclude: Callable[[str], bool] | None = None,
+    ) -> None:
         """Copy a file or a directory (links kept as links; sockets, FIFOs, devices left out).
 
         Inside a directory, copy directories and the directories of ``skip`` are left out.
@@ -361,6 +368,8 @@ class CheckpointCopies:
             src: The file or directory.
             dst: Its copy (a new path).
             skip: ``(st_dev, st_ino)`` of directories never copied (the repository, caches).
+            exclude: Inside a directory, called with each member's path relative to ``src``
+                (``/``-separated); True leaves it (and what it holds) out.
 
         Raises:
             OSError: A file could not be opened, created or copied.
@@ -369,6 +378,10 @@ class CheckpointCopies:
 
             def ignore(directory: str, names: list[str]) -> set[str]:
                 left_out = {COPY_DIR} & set(names)
+                if exclude is not None:
+                    rel = os.path.relpath(directory, src)
+                    prefix = "" if rel == "." else rel.replace(os.sep, "/") + "/"
+                    left_out.update(n for n in names if exclude(prefix + n))
                 for name in names if skip else ():
                     try:
                         st = os.lstat(os.path.join(directory, name))

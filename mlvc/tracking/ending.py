@@ -197,6 +197,13 @@ def final_line(
         )
     s = writer.summary
     n = int(s.get("checkpoints") or 0)
+    if writer.removed:
+        lost = writer.unrecorded
+        return (
+            f"mlvc: experiment {exp_id[:12]} was removed (mlvc rm) while the run went on"
+            + (f" in {where}" if where else "")
+            + (f"; {lost} later checkpoint{'' if lost == 1 else 's'} NOT recorded" if lost else "")
+        )
     if left_behind is not None:
         kept, lost = left_behind.kept, left_behind.lost
         return (

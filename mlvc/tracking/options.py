@@ -12,6 +12,7 @@ import functools
 import inspect
 import math
 import numbers
+import operator
 import os
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -29,11 +30,13 @@ __all__ = [
     "DEFAULT_HEARTBEAT",
     "EXIT_TIMEOUT",
     "MAX_CODE_FILES",
+    "MAX_STEP",
     "PathArg",
     "Paths",
     "PrimaryArg",
     "RunOptions",
     "check_numbers",
+    "check_step",
     "default_name",
     "parse_primary",
     "takes_run_options",
@@ -173,6 +176,37 @@ def check_numbers(options: RunOptions) -> None:
             bound = f"{'above' if excluded else 'at least'} {least}"
             also = " or None" if none_ok else ""
             raise UsageError(f"{name} must be {what} {bound}{also}, not {value!r}")
+
+
+MAX_STEP = (1 << 64) - 1
+"""The largest step (steps are stored as unsigned 64-bit integers)."""
+
+
+def check_step(step: object) -> int:
+    """A step as given to ``checkpoint()`` or ``log()``: a whole number in [0, 2**64).
+
+    Python and numpy integers (anything with ``__index__``: a one-element integer tensor
+    too) are accepted; ``bool``, floats (even integral ones: ``1.0``), strings and the rest
+    are not, since turning them into a step would record another step than meant.
+
+    Raises:
+        UsageError: Not an integer, negative, or 2**64 or more.
+    """
+    if type(step) is int:
+        value = step
+    else:
+        # numpy booleans (named bool_ in 1.x, bool in 2.x) and torch ones are no steps
+        dtype = str(getattr(step, "dtype", ""))
+        boolean = type(step).__name__ in ("bool", "bool_") or dtype in ("bool", "torch.bool")
+        if boolean or isinstance(step, (bool, float)):
+            raise UsageError(f"step must be a non-negative integer, not {step!r}")
+        try:
+            value = operator.index(step)  # type: ignore[arg-type]
+        except TypeError:
+            raise UsageError(f"step must be a non-negative integer, not {step!r}") from None
+    if not 0 <= value <= MAX_STEP:
+        raise UsageError(f"step must be a non-negative integer below 2**64, not {value}")
+    return value
 
 
 def parse_primary(value: PrimaryArg) -> tuple[str, str] | None:

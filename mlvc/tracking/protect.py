@@ -18,7 +18,7 @@ import os
 import shutil
 import socket
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -210,17 +210,19 @@ class FileProtector:
     def _roots(self) -> list[Path]:
         return [Path(os.path.abspath(base)) for base in (self.code_dir, self.cwd)]
 
-    def _copy_dir(self, src: Path) -> Path:
-        """A new private copy directory for ``src``.
+    def _copy_dir(self, near: Path, cache_first: bool = False) -> Path:
+        """A new private copy directory in directory ``near``, else under the cache directory.
 
-        Beside ``src`` (so a clone is possible) when that is inside the project, else under the
-        cache directory: never above the project root (a checkpoint of ``.`` or of a file
-        elsewhere is not copied into a directory the user never gave).
+        In ``near`` (so a clone is possible) only when that is inside the project, never above
+        the project root (a checkpoint of ``.`` or of a file elsewhere is not copied into a
+        directory the user never gave). ``cache_first``: under the cache directory first (never
+        read by a checkpoint of a project directory, which leaves the cache out).
         """
         unique = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:12]}"
-        parent = Path(os.path.abspath(src)).parent
-        candidates = [parent / COPY_DIR] if self._in_project(parent) else []
-        candidates.append((self.cache_dir or default_cache_dir()) / "staging")
+        near = Path(os.path.abspath(near))
+        staging = (self.cache_dir or default_cache_dir()) / "staging"
+        candidates = [near / COPY_DIR] if self._in_project(near) else []
+        candidates.insert(0 if cache_first else len(candidates), staging)
         last: OSError | None = None
         for root in candidates:
             if root not in self._swept:
@@ -271,7 +273,7 @@ class FileProtector:
                     out.fingerprints.update(fingerprint(src, skip))
                     out.items.append((rel, src))
                     continue
-                d = self._copy_dir(src)
+                d = self._copy_dir(Path(os.path.abspath(src)).parent)
                 out.copy_dirs.append(d)
                 dst = d / Path(os.path.abspath(src)).name
                 copies.copy(src, dst, skip)
@@ -282,6 +284,43 @@ class FileProtector:
             remove_copy_dirs(out.copy_dirs)
             raise
         return out
+
+    def copy_tree(self, root: Path, exclude: Callable[[str], bool]) -> tuple[Path, list[str]]:
+        """Copy the directory ``root``, less what ``exclude`` names, whole before returning.
+
+        The copy goes into a private copy directory under the cache directory, else inside
+        ``root`` (left out of every snapshot); remove it with :func:`remove_copy_dirs`
+        on the returned path's parent.
+
+        Returns:
+            The copy of ``root``, and the paths (relative to ``root``) of the files that
+            could not be copied or changed while copied: they are not in the copy.
+
+        Raises:
+            OSError: The copy directory could not be made.
+        """
+        if self.copier is None:
+            self.copier = Copier()
+        copies = CheckpointCopies(self.copier, None)
+        d = self._copy_dir(Path(os.path.abspath(root)), cache_first=True)
+        dst = d / "code"
+        failed: list[str] = []
+        try:
+            copies.copy(root, dst, self._skipped(), exclude)
+        except shutil.Error as exc:  # per-file failures, the rest is copied
+            for src, copied, _why in exc.args[0]:
+                failed.append(os.path.relpath(src, root))
+                with contextlib.suppress(OSError):
+                    os.unlink(copied)  # partial
+        except BaseException:
+            copies.cancel()
+            remove_copy_dirs([d])
+            raise
+        for bad in copies.wait():
+            failed.append(os.path.relpath(bad.src, root))
+            with contextlib.suppress(OSError):
+                os.unlink(bad.dst)
+        return dst, failed
 
     def close(self) -> None:
         """Stop the copier (after the worker: every copy it waited for is made)."""

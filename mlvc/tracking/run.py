@@ -28,6 +28,7 @@ from mlvc.experiments.model import Experiment
 from mlvc.experiments.summary import json_number
 from mlvc.repo import open_repo
 from mlvc.settings import Settings, distributed_rank, launch_directory, load_settings, project_start
+from mlvc.tracking.code import copy_code
 from mlvc.tracking.commits import ExperimentWriter
 from mlvc.tracking.ending import LeftBehind, final_line, give_up, human, wait_for
 from mlvc.tracking.exits import ExitHooks, end_of
@@ -35,10 +36,12 @@ from mlvc.tracking.failures import Failures
 from mlvc.tracking.heartbeat import Heartbeat
 from mlvc.tracking.jobs import Job, JobQueue
 from mlvc.tracking.options import (
+    MAX_STEP,
     Paths,
     PrimaryArg,
     RunOptions,
     check_numbers,
+    check_step,
     default_name,
     parse_primary,
     takes_run_options,
@@ -139,8 +142,6 @@ class Run:
             repo,
             self._heartbeat,
             self._code_dir,
-            o.max_code_file_size,
-            o.max_code_files,
         )
         self._series = StepLog(
             self._series_target, f"{int(time.time() * 1000):013d}-{uuid.uuid4().hex[:12]}"
@@ -171,6 +172,8 @@ class Run:
                 self._prepare_resume(o.resume, o.restore, o.restore_force)  # one per node
         elif o.resume is not None and not self._disabled:
             self._prepare_resume(o.resume, o.restore, o.restore_force)
+        if not self._disabled:
+            self._copy_code()
         if self._disabled:
             self._recorder.started.set()
             return
@@ -252,7 +255,10 @@ class Run:
 
         Args:
             path: A file, a directory, or a list of them (weights, optimizer state, ...).
-            step: The training step (default: one more than the previous checkpoint's).
+            step: The training step: a non-negative integer below 2**64 (Python or numpy;
+                not a ``bool`` or a float) (default: one more than the previous checkpoint's).
+                Any other value skips the checkpoint with a warning (``strict=True``:
+                raises).
             metrics: Metric values (numbers; tensors and numpy scalars are converted).
             primary_metric: ``(name, "minimize" | "maximize")`` ranking checkpoints for
                 ``best()``; once given, later checkpoints default to it.
@@ -273,7 +279,7 @@ class Run:
             return
         job_step = self._next_step if step is None else step
         try:
-            job_step = int(job_step)
+            job_step = check_step(job_step)
             clean = _clean_metrics(metrics)
             primary = parse_primary(primary_metric)
             if primary is not None and self._primary is None:
@@ -321,18 +327,20 @@ class Run:
             metrics: Metric name -> value (Python or numpy numbers, 0-d arrays, one-element
                 tensors, bools, ``Decimal``; NaN and infinities are kept). Other values are
                 left out with a warning.
-            step: The step (default: one more than the previous ``log``'s, from 0).
+            step: The step: a non-negative integer below 2**64 (Python or numpy; not a
+                ``bool`` or a float) (default: one more than the previous ``log``'s, from 0).
+                Any other value records nothing, with a warning.
 
         Raises:
-            TrackingError: Only with ``strict=True``: ``step`` is not an integer.
+            TrackingError: Only with ``strict=True``: ``step`` is not such an integer.
         """
         if self._disabled:
             return
         try:
             if step is None:
                 step = self._log_step
-            elif type(step) is not int:
-                step = int(step)
+            elif type(step) is not int or not 0 <= step <= MAX_STEP:
+                step = check_step(step)
             self._log_step = step + 1
             values = dict(metrics)  # the caller may reuse its dict
             for value in values.values():
@@ -343,7 +351,7 @@ class Run:
                         return
                     break
             self._series.keep((step, _now(), values))
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, UsageError) as exc:
             self._failures.in_caller("log", exc)
 
     def flush(self, timeout: float | None = None) -> bool:
@@ -417,6 +425,19 @@ class Run:
         if restore_files and found.checkpoint is not None:
             restore(found.checkpoint, self._code_dir, force)
 
+    def _copy_code(self) -> None:
+        """Take the code snapshot's bytes now (see :func:`~mlvc.tracking.code.copy_code`)."""
+        assert self._settings is not None
+        o = self._options
+        try:
+            self._writer.code_copy = copy_code(
+                self._files, self._code_dir, self._settings, o.max_code_file_size, o.max_code_files
+            )
+        except Exception as exc:  # noqa: BLE001 - never break training unless strict
+            self._disabled = True
+            self._config_error = exc
+            self._failures.in_caller("code snapshot", exc)
+
     def _start_experiment(self) -> None:
         self._writer.start(
             self.name, self.params, self._primary, self._started_at, self._argv, self._resume_id
@@ -447,6 +468,8 @@ class Run:
                 self._left_behind = give_up(job, self._recorder, root)
                 self._heartbeat.stop(wait=False)  # it may be stuck in the storage too
                 self._series.close(wait=False)
+        if self._left_behind is None:
+            self._writer.drop_code_copy()
         self._files.close()  # after the worker: every copy it waited for is made
         self._exits.uninstall()
         repo = self._writer.repo
@@ -473,6 +496,11 @@ def track(options: RunOptions) -> Run:
 
     Takes the fields of :class:`~mlvc.tracking.options.RunOptions` as keyword arguments
     (``path``, ``params``, ``repository``, ``name``, ``strict``, ``resume``, ``restore``...).
+
+    The code snapshot is what was on disk when ``track()`` returns: the code directory's
+    files are copied privately before it returns (about 75 ms for 300 source files; bounded
+    by the snapshot's file count and size limits, see :func:`~mlvc.tracking.code.copy_code`),
+    and the start commit stores that copy in the background.
 
     Args:
         options: The run's options.

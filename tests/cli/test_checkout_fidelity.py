@@ -105,11 +105,9 @@ def test_a_code_snapshot_leaves_out_a_log_being_written(
     import logging
 
     import mlvc
-    from mlvc.tracking import code
 
     monkeypatch.chdir(project)
     (project / "train.py").write_text("print('training')\n")
-    monkeypatch.setattr(code, "CODE_PATIENCE_S", 1.0)
     appender = _appending(project / "train.log", tmp_path / "started")
     try:
         with caplog.at_level(logging.WARNING, logger="mlvc"):

@@ -13,6 +13,7 @@ import pytest
 import mlvc
 from mlvc.repo import open_repo
 from mlvc.settings import load_settings
+from mlvc_core.ids import from_hex
 from mlvc_core.lock import ExclusiveLock
 
 
@@ -264,11 +265,6 @@ def test_environment_records_machine_and_accelerators_without_initialising_cuda(
         assert acc["driver"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="open fault: the code snapshot is read in the background when the start is "
-    "recorded (after gc, or at the first checkpoint after a failed start), not at track()",
-)
 def test_the_code_snapshot_is_the_code_when_track_returned_even_if_gc_delays_the_start(
     project: Path, tmp_path: Path
 ) -> None:
@@ -288,3 +284,79 @@ def test_the_code_snapshot_is_the_code_when_track_returned_even_if_gc_delays_the
     (ckpt,) = mlvc.experiments.get(run.id, repository=repo_dir).checkpoints
     with ckpt.open("train.py") as f:
         assert f.read() == b"print('training')\n"
+
+
+def _start_commit_files(repo_dir: Path, exp_id: str) -> dict[str, bytes]:
+    """The files of an experiment's first commit (the code snapshot), by name."""
+    repo = open_repo(load_settings(repo_dir))
+    tree = repo.read_tree(repo.read_commit(from_hex(exp_id)).tree)
+    out = {}
+    for e in tree.entries:
+        assert e.kind == "file", e
+        assert e.oid is not None
+        manifest = repo.read_manifest(e.oid)
+        out[e.name] = b"".join(repo.read_chunks([oid for oid, _n in manifest.chunks]))
+    return out
+
+
+def test_the_code_snapshot_is_the_code_when_track_returned_even_if_the_start_is_retried(
+    project: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    repo_dir = tmp_path / "repo"
+    repo_dir.write_text("not yet a repository")  # the start fails: it cannot create it
+    with caplog.at_level(logging.INFO, logger="mlvc"):
+        run = mlvc.track(repository=repo_dir)
+        assert run.id is None  # the start failed
+        # Edits after track() returned, then a file checkpointed later.
+        (project / "train.py").write_text("print('the next experiment')\n")
+        (project / "late.txt").write_text("written after track()")
+        repo_dir.unlink()  # the repository becomes reachable: the checkpoint retries the start
+        run.checkpoint(path="late.txt", step=0)
+        run.close()
+    assert "retrying to record the experiment start" in caplog.text
+    exp_id = run._writer.exp_id
+    assert exp_id is not None
+    assert _start_commit_files(repo_dir, exp_id) == {"train.py": b"print('training')\n"}
+    (ckpt,) = mlvc.experiments.get(exp_id, repository=repo_dir).checkpoints
+    assert sorted(p for p, _ in ckpt.files(all=True)) == ["late.txt", "train.py"]
+    with ckpt.open("train.py") as f:
+        assert f.read() == b"print('training')\n"
+
+
+def test_a_file_created_after_track_returned_is_never_in_the_start_commit(
+    project: Path, tmp_path: Path
+) -> None:
+    repo_dir = tmp_path / "repo"
+    mlvc.track(repository=repo_dir).close()  # the repository exists
+    repo = open_repo(load_settings(repo_dir))
+    gc_lock = ExclusiveLock.acquire(repo.store)  # the start waits for a gc
+    try:
+        run = mlvc.track(repository=repo_dir)
+        (project / "late.txt").write_text("x")
+        (project / "train.py").unlink()  # removed meanwhile: still recorded as it was
+    finally:
+        gc_lock.release()
+    run.checkpoint(path="late.txt", step=0)
+    run.close()
+    assert run.id is not None
+    assert _start_commit_files(repo_dir, run.id) == {"train.py": b"print('training')\n"}
+    cache = tmp_path / "cache" / "staging"
+    assert not cache.exists() or not any(cache.iterdir())  # the private copy is removed
+
+
+def test_the_last_line_says_when_the_experiment_was_removed_while_it_ran(
+    project: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    repo_dir = tmp_path / "repo"
+    with mlvc.track(repository=repo_dir) as run:
+        run.checkpoint(step=0, metrics={"loss": 1.0})
+        run.flush()
+        assert run.id is not None
+        assert mlvc.experiments.remove(run.id, repository=repo_dir) == [run.id]
+        run.checkpoint(step=1, metrics={"loss": 0.5})
+        run.checkpoint(step=2, metrics={"loss": 0.25})
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "saved experiment" not in last
+    assert f"experiment {run.id[:12]} was removed (mlvc rm) while the run went on" in last
+    assert "2 later checkpoints NOT recorded" in last
+    assert mlvc.experiments.list(repository=repo_dir) == []

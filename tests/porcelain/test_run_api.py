@@ -65,7 +65,7 @@ def test_log_refuses_a_bad_step_clearly(
         with mlvc.track(repository=tmp_path / "repo") as run:
             run.log({"x": 1.0}, step="three")  # type: ignore[arg-type]
             run.log({"x": 2.0})
-    assert "could not record log: ValueError" in caplog.text
+    assert "could not record log: UsageError: step must be a non-negative integer" in caplog.text
     exp = mlvc.experiments.get(run.id, repository=tmp_path / "repo")  # type: ignore[arg-type]
     assert exp.metrics("x") == [(0, 2.0)]
     with mlvc.track(repository=tmp_path / "repo", strict=True) as strict:
