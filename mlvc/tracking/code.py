@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import stat as stat_mod
+import time
 from pathlib import Path
 
 from mlvc.errors import MlvcError
@@ -26,6 +27,7 @@ log = logging.getLogger("mlvc")
 
 __all__ = [
     "MAX_CODE_FILE_SIZE",
+    "CODE_COPY_SECONDS",
     "MAX_CODE_TOTAL_SIZE",
     "code_size_limit",
     "copy_code",
@@ -36,6 +38,10 @@ __all__ = [
 MAX_CODE_FILE_SIZE = 64 << 20
 """Default bytes above which a file stays out of the code snapshot."""
 MAX_CODE_TOTAL_SIZE = 512 << 20
+CODE_COPY_SECONDS = 2.0
+"""``track()`` spends at most about this long copying the code: a script outside any project
+(whose "code directory" is, say, /tmp) must not stall its start for the seconds that copying
+20,000 unrelated files takes. Files past it are left out, with a warning."""
 """Bytes of files past which the code snapshot stops (it is copied before ``track()``
 returns: this bounds that copy, about 0.2 s from the page cache)."""
 
@@ -93,7 +99,8 @@ def copy_code(
     however late the start commit lands (a gc holding the repository, a start retried at the
     first checkpoint). Only the files the snapshot keeps are copied (ignore rules, the size
     and count limits), each cloned or copied by the kernel (:mod:`mlvc.tracking.copies`), so
-    the cost is bounded by ``max_files`` files, :data:`MAX_CODE_TOTAL_SIZE` bytes in all.
+    the cost is bounded by ``max_files`` files, :data:`MAX_CODE_TOTAL_SIZE` bytes in all and
+    :data:`CODE_COPY_SECONDS` of copying (what is past a bound is left out, with a warning).
     Measured on the development machine (2 shared cores, ext4, no reflinks): about 75 ms
     for a project of 300 source files (2.5 MB), most of it matching the ignore rules, which
     the snapshot paid in the background before.
@@ -116,8 +123,13 @@ def copy_code(
     too_big: list[str] = []
     untakable: list[str] = []
     counted = [0, 0]  # files, bytes
+    deadline = time.monotonic() + CODE_COPY_SECONDS
+    late = [0]
 
     def exclude(rel: str) -> bool:
+        if late[0] or time.monotonic() > deadline:
+            late[0] += 1
+            return True
         if _untakable(root, rel):
             untakable.append(rel)
             return True
@@ -160,7 +172,15 @@ def copy_code(
             len(changing),
             ", ".join(shown_name(r) for r in changing[:10]),
         )
-    if counted[0] > max_files or counted[1] > MAX_CODE_TOTAL_SIZE:
+    if late[0]:
+        log.warning(
+            "mlvc: code snapshot of %s stopped after %g s of copying (%d files taken); pass "
+            "track(path=...) or add an .mlvcignore to snapshot only the code",
+            root,
+            CODE_COPY_SECONDS,
+            counted[0],
+        )
+    elif counted[0] > max_files or counted[1] > MAX_CODE_TOTAL_SIZE:
         log.warning(
             "mlvc: code snapshot of %s stopped at %d files or %d MiB; pass track(path=...) or "
             "add an .mlvcignore to snapshot only the code",

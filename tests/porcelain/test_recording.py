@@ -360,3 +360,21 @@ def test_the_last_line_says_when_the_experiment_was_removed_while_it_ran(
     assert f"experiment {run.id[:12]} was removed (mlvc rm) while the run went on" in last
     assert "2 later checkpoints NOT recorded" in last
     assert mlvc.experiments.list(repository=repo_dir) == []
+
+
+def test_copying_the_code_at_start_is_bounded_in_time(
+    project: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A code directory too large to copy in time costs files of the snapshot, not the start."""
+    from mlvc.tracking import code
+
+    for i in range(50):
+        (project / f"mod{i}.py").write_text(f"x = {i}\n")
+    monkeypatch.setattr(code, "CODE_COPY_SECONDS", 0.0)  # already past when the copy starts
+    with caplog.at_level(logging.WARNING, logger="mlvc"):
+        with mlvc.track(repository=tmp_path / "repo") as run:
+            pass
+    assert "code snapshot of" in caplog.text and "stopped after 0 s of copying" in caplog.text
+    assert run.id is not None
+    files = _start_commit_files(tmp_path / "repo", run.id)  # the run is recorded
+    assert not any(f.startswith("mod") for f in files)  # the files past the bound left out
