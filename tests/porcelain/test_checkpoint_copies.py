@@ -609,6 +609,13 @@ def test_a_fifo_given_as_the_checkpoint_path_is_refused_without_blocking(
     assert "not a regular file" in caplog.text
 
 
+def _recorded_files(run_id: str | None, out: Path) -> set[str]:
+    """The files of a run's only checkpoint, checked out into ``out``, by path."""
+    (ckpt,) = mlvc.experiments.get(run_id).checkpoints  # type: ignore[arg-type]
+    ckpt.checkout(out)
+    return {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()}
+
+
 def test_a_checkpoint_of_the_project_directory_copies_neither_repository_nor_cache(
     project: Path, tmp_path: Path
 ) -> None:
@@ -617,10 +624,7 @@ def test_a_checkpoint_of_the_project_directory_copies_neither_repository_nor_cac
         run.checkpoint(path="model.bin", step=0)
     with mlvc.track(max_pending=QUEUE) as run:
         run.checkpoint(path=".", step=0)
-    (ckpt,) = mlvc.experiments.get(run.id).checkpoints
-    out = tmp_path / "out"
-    ckpt.checkout(out)
-    recorded = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()}
+    recorded = _recorded_files(run.id, tmp_path / "out")
     assert "proj/model.bin" in recorded
     assert not [p for p in recorded if p.startswith("proj/.mlvc/")], sorted(recorded)
 
@@ -657,10 +661,7 @@ def test_a_checkpoint_of_a_directory_holding_the_cache_leaves_the_cache_out(
     assert any(p.is_file() for p in (outputs / "cache").rglob("*"))
     with mlvc.track(max_pending=QUEUE) as run:
         run.checkpoint(path=outputs, step=0)
-    (ckpt,) = mlvc.experiments.get(run.id).checkpoints
-    out = tmp_path / "out"
-    ckpt.checkout(out)
-    recorded = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()}
+    recorded = _recorded_files(run.id, tmp_path / "out")
     assert "outputs/model.bin" in recorded
     assert not [p for p in recorded if p.startswith("outputs/cache/")], sorted(recorded)
 
