@@ -98,14 +98,6 @@ def _ordered(u: Words, bits: int) -> Words:
     return out
 
 
-def _unordered(o: Words, bits: int) -> Words:
-    """Inverse of :func:`_ordered`."""
-    t = o.dtype.type
-    neg = (o >> t(bits - 1)) - t(1)  # all ones where the top bit is clear (a negative float)
-    out: Words = o ^ (neg | t(1 << (bits - 1)))
-    return out
-
-
 def _words(data: bytes | memoryview, offset: int, span: int, width: int) -> Words:
     import numpy as np
 
@@ -148,7 +140,8 @@ def _uncode(z: Words, base: memoryview, transform: int, width: int, skip: int) -
     np.bitwise_or(m, msb, out=m)
     np.bitwise_xor(m, old, out=m)  # ordered(old)
     np.add(z, m, out=z)  # o = ordered(new)
-    # unordered(o): o ^ msb, then flip the other bits too where that left the top bit set.
+    # The inverse of _ordered(o): o ^ msb, then flip the other bits too where that left
+    # the top bit set.
     np.bitwise_xor(z, msb, out=z)
     np.right_shift(zs, top, out=ms)
     np.right_shift(m, t(1), out=m)
