@@ -27,6 +27,7 @@ from mlvc_core.repository import Repository
 from mlvc_core.restore import checkout
 from mlvc_core.session import WriteSession
 from mlvc_core.statcache import StatCache
+from tests.core.intact import assert_branches_intact
 
 SMALL = RepoConfig(chunker=ChunkerParams(min=1024, avg=4096, max=16384))
 ROOT = Path(__file__).resolve().parents[2]
@@ -42,18 +43,6 @@ def _old(path: Path) -> None:
     os.utime(path, (t, t))
 
 
-def _verify(repo_path: Path, expected: dict[str, bytes], tmp_path: Path) -> None:
-    """fsck clean, and each branch's file checks out byte-identical."""
-    repo = Repository.open(repo_path)
-    report = check(repo)
-    assert report.ok, report.problems
-    for i, (branch, data) in enumerate(sorted(expected.items())):
-        out = tmp_path / f"verify-{i}"
-        checkout(repo, f"heads/{branch}", out)
-        (got,) = [p for p in out.rglob("*") if p.is_file()]
-        assert got.read_bytes() == data, branch
-
-
 def test_a_writer_opened_before_gc_stores_again_what_gc_deleted(tmp_path: Path) -> None:
     """The training-run case: the repository was opened (index loaded) before gc ran."""
     weights = tmp_path / "w.bin"
@@ -66,7 +55,7 @@ def test_a_writer_opened_before_gc_stores_again_what_gc_deleted(tmp_path: Path) 
     assert report.packs_deleted >= 1 and report.generation == 1
     commit_paths(run, weights, "checkpoint", branch="e1")  # same bytes as e0's
     assert run.generation == 1
-    _verify(tmp_path / "r", {"e1": weights.read_bytes()}, tmp_path)
+    assert_branches_intact(Repository.open(tmp_path / "r"), {"e1": weights.read_bytes()}, tmp_path)
 
 
 def test_gc_between_the_checkpoints_of_a_live_tracked_run(tmp_path: Path) -> None:
@@ -154,7 +143,7 @@ def test_a_stat_cache_hit_is_not_trusted_after_gc_removed_its_manifest(tmp_path:
     # The stat cache still names drop.bin's manifest; the repository no longer stores it.
     cid2 = commit_paths(repo, drop, "again", branch="drop", stat_cache=cache)
     assert repo.read_commit(cid2)
-    _verify(tmp_path / "r", {"drop": drop.read_bytes()}, tmp_path)
+    assert_branches_intact(Repository.open(tmp_path / "r"), {"drop": drop.read_bytes()}, tmp_path)
 
 
 def test_a_session_refuses_to_store_a_tree_naming_what_is_not_stored(tmp_path: Path) -> None:

@@ -21,7 +21,6 @@ from typing import Any
 import pytest
 
 from mlvc_core import lock as lock_mod
-from mlvc_core.check import check
 from mlvc_core.chunker import ChunkerParams
 from mlvc_core.config import RepoConfig
 from mlvc_core.errors import LockLost
@@ -29,8 +28,8 @@ from mlvc_core.gc import collect
 from mlvc_core.history import commit_paths
 from mlvc_core.lock import EXCLUSIVE, ExclusiveLock, SharedLock, read_holder
 from mlvc_core.repository import Repository
-from mlvc_core.restore import checkout
 from mlvc_core.storage import LocalStore
+from tests.core.intact import assert_branches_intact
 
 ROOT = Path(__file__).resolve().parents[2]
 SMALL = RepoConfig(chunker=ChunkerParams(min=1024, avg=4096, max=16384))
@@ -140,17 +139,6 @@ def _keys(repo: Repository) -> dict[str, int]:
     return {i.key: i.size for p in ("packs/", "index/", "refs/") for i in repo.store.list(p)}
 
 
-def _verify(repo: Repository, expected: dict[str, bytes], tmp_path: Path) -> None:
-    """fsck clean, and each branch's file checks out byte-identical."""
-    report = check(repo)
-    assert report.ok, report.problems
-    for i, (branch, data) in enumerate(sorted(expected.items())):
-        out = tmp_path / f"verify-{i}"
-        checkout(repo, f"heads/{branch}", out)
-        (got,) = [p for p in out.rglob("*") if p.is_file()]
-        assert got.read_bytes() == data, branch
-
-
 @pytest.mark.usefixtures("short_locks")
 def test_a_paused_gc_whose_lock_was_taken_over_deletes_nothing(
     location: tuple[str, dict[str, Any]], tmp_path: Path
@@ -175,9 +163,13 @@ def test_a_paused_gc_whose_lock_was_taken_over_deletes_nothing(
     taker.release()
     assert not repo.store.exists(EXCLUSIVE)
     fresh = Repository.open(url, cache_dir=tmp_path / "c4", **options)
-    _verify(fresh, {"main": a.read_bytes(), "again": b.read_bytes()}, tmp_path / "v1")
+    assert_branches_intact(
+        fresh, {"main": a.read_bytes(), "again": b.read_bytes()}, tmp_path / "v1"
+    )
     collect(fresh, dry_run=False, grace_seconds=0)  # a gc that runs to the end changes nothing
-    _verify(fresh, {"main": a.read_bytes(), "again": b.read_bytes()}, tmp_path / "v2")
+    assert_branches_intact(
+        fresh, {"main": a.read_bytes(), "again": b.read_bytes()}, tmp_path / "v2"
+    )
 
 
 @pytest.mark.usefixtures("short_locks")
@@ -194,9 +186,9 @@ def test_a_paused_writer_whose_lock_gc_took_publishes_nothing(
     assert repo.refs.get("heads/late") is None  # never points at what gc freed
     assert not list(repo.store.list("locks/"))
     fresh = Repository.open(url, cache_dir=tmp_path / "c4", **options)
-    _verify(fresh, {"main": a.read_bytes()}, tmp_path / "v1")
+    assert_branches_intact(fresh, {"main": a.read_bytes()}, tmp_path / "v1")
     commit_paths(fresh, b, "retry", branch="late")  # a retry stores b again
-    _verify(fresh, {"main": a.read_bytes(), "late": b.read_bytes()}, tmp_path / "v2")
+    assert_branches_intact(fresh, {"main": a.read_bytes(), "late": b.read_bytes()}, tmp_path / "v2")
 
 
 def test_a_lock_taken_over_is_lost_and_left_to_its_new_holder(tmp_path: Path) -> None:
