@@ -1,6 +1,6 @@
 """Delta coding benchmark: consecutive checkpoints of a full fine-tune, standalone vs delta.
 
-    PYTHONPATH=$PWD python benchmarks/bench_delta.py [--scale S] [--chunk KIB] [--store]
+    PYTHONPATH=$PWD python benchmarks/bench_delta.py [--scale S] [--chunk KIB] [--store|--bounds]
 
 The tensors are those of the ``full`` workload (``workloads.full_layout``: mostly bf16, norms
 float32, the generator's seeds and rounding), built in memory tensor by tensor: a version and
@@ -22,6 +22,13 @@ compared byte for byte.
 ``--store`` commits five versions of each variant into a repository (deltas as stored by
 format version 3) and prints the stored ratio, the commit time and the checkout time of the
 latest version next to the same file committed alone (no deltas), in the same run.
+
+``--bounds`` prints how far any coder could go: the order-0 entropy of the ``full``
+variants' five versions (v1's values; each later version's ordered difference from v1, the
+base the one-base rule gives, and from the version before, alone and given the base's
+exponent) as ratio bounds, beside what today's coder stores and what a prototype that groups
+the difference by the base's exponent would, with the decoder's cost of that grouping; then
+the entropy bound of the ``frozen`` workload, whose head is redrawn at every version.
 
 ``--chunking`` measures instead what tensor-aligned chunk boundaries (``mlvc_core.tensorfile``)
 save on the ``frozen`` workload's step from v2 to v3 (the head's 10 tensors change and the
@@ -256,6 +263,195 @@ def store(scale: float, reps: int, work: Path) -> None:
         shutil.rmtree(root, ignore_errors=True)
 
 
+# ---------------------------------------------------------------------------- bounds
+
+
+def _entropy(counts: np.ndarray) -> float:
+    """Order-0 entropy (bits per symbol) of a histogram."""
+    p = counts[counts > 0] / counts.sum()
+    return float(-(p * np.log2(p)).sum())
+
+
+class _Histogram:
+    """Counts of int64 symbols, merged block by block (memory: the distinct symbols)."""
+
+    def __init__(self) -> None:
+        self.keys = np.zeros(0, np.int64)
+        self.counts = np.zeros(0, np.int64)
+
+    def add(self, symbols: np.ndarray) -> None:
+        keys, counts = np.unique(symbols, return_counts=True)
+        keys, inv = np.unique(np.concatenate([self.keys, keys]), return_inverse=True)
+        self.counts = np.bincount(inv, np.concatenate([self.counts, counts])).astype(np.int64)
+        self.keys = keys
+
+    def bits(self, context_shift: int = 0) -> float:
+        """Entropy of the symbols; with ``context_shift``, given their bits above it."""
+        h = _entropy(self.counts)
+        if context_shift:
+            _, inv = np.unique(self.keys >> context_shift, return_inverse=True)
+            h -= _entropy(np.bincount(inv, self.counts))
+        return h
+
+    def marginal_bits(self, context_shift: int) -> float:
+        """Entropy of the symbols' bits below ``context_shift`` alone."""
+        _, inv = np.unique(self.keys & ((1 << context_shift) - 1), return_inverse=True)
+        return _entropy(np.bincount(inv, self.counts))
+
+
+_Z = 18
+"""Bits of a zigzag-coded bf16 difference (two ordered integers differ by < 2**16)."""
+
+
+def _difference(new: np.ndarray, old: np.ndarray) -> np.ndarray:
+    """``old``'s bf16 exponent << _Z | zigzag(ordered(new) - ordered(old)), as int64."""
+    d = delta._ordered(new, 16).astype(np.int64) - delta._ordered(old, 16).astype(np.int64)
+    z = (d << 1) ^ (d >> 63)
+    return ((old.astype(np.int64) >> 7) & 0xFF) << _Z | z
+
+
+def _grouped_size(new: bytes, old: bytes) -> int:
+    """Payload bytes of a prototype that codes the difference grouped by the base's exponent.
+
+    The zigzag words are stably sorted by the base's exponent (a permutation the decoder can
+    rebuild from the base), then split into byte planes and zstd as :mod:`mlvc_core.delta`.
+    """
+    a, b = np.frombuffer(new, np.uint16), np.frombuffer(old, np.uint16)
+    d = (delta._ordered(a, 16) - delta._ordered(b, 16)).view(np.int16)
+    z = ((d << 1) ^ (d >> 15)).view(np.uint16)
+    perm = np.argsort(((b >> 7) & 0xFF).astype(np.uint8), kind="stable")
+    grid = z[perm].view(np.uint8).reshape(-1, 2)
+    size = 0
+    for i in range(2):
+        plane = np.ascontiguousarray(grid[:, i]).tobytes()
+        size += min(len(plane), len(codec.compress_plane(plane)))
+    return size
+
+
+def _permutation_ms(count: int, reps: int = 20) -> float:
+    """Milliseconds a decoder spends rebuilding and applying that permutation (bf16 words)."""
+    rng = np.random.default_rng(0)
+    base = workloads.to_dtype(rng.standard_normal(count, np.float32) * 0.02, "BF16")
+    b = np.frombuffer(base, np.uint16)
+    z, out = b.copy(), np.empty_like(b)
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        perm = np.argsort(((b >> 7) & 0xFF).astype(np.uint8), kind="stable")
+        out[perm] = z
+    return (time.perf_counter() - t0) / reps * 1e3
+
+
+def bounds(scale: float, chunk: int, seed: int = 0) -> None:
+    """Print the order-0 entropy bounds of the ``full`` variants and the ``frozen`` workload.
+
+    ``full`` variants: five bf16 versions as the ``full`` workload writes them; the entropy of
+    v1's values, and of each later version's ordered difference (zigzag) from v1 (the
+    keyframe rule: one base per chunk) and from the version before (a chain), alone and given
+    the base's exponent. The float32 norms (0.4% of the bytes) count as free, so a ratio bound
+    is an upper bound. Beside them, today's coder (:func:`mlvc_core.delta.encode_difference`
+    on ``chunk``-byte pieces, and the per-chunk codec for v1) and the exponent-grouped
+    prototype (:func:`_grouped_size`).
+    """
+    layout = workloads.full_layout(scale)
+    versions = workloads.VERSIONS
+    print(
+        f"full layout x {scale}: bits per bf16 element "
+        f"(order-0 entropy; coded: {chunk >> 10} KiB pieces)"
+    )
+    print(
+        "| variant | v1 H / coded | v_k - v1: H, H given exponent, coded, grouped (k = 2..5) "
+        "| v_k - v_k-1: H given exponent | ratio bound keyframe / chain | ratio coded |"
+    )
+    print("|" + "---|" * 6)
+    for variant, rel in VARIANTS.items():
+        first, coded_v1 = np.zeros(1 << 16, np.int64), 0
+        key = [_Histogram() for _ in range(versions)]
+        chain = [_Histogram() for _ in range(versions)]
+        coded, grouped = [0] * versions, [0] * versions
+        elements = 0
+        for ti, t in enumerate(layout.tensors):
+            if t.dtype != "BF16":
+                continue
+            for b, n in workloads.tensor_blocks(t):
+                master = workloads.weights(seed, ti, b, 0, n, False)
+                vs: list[bytes] = []
+                for v in range(1, versions + 1):
+                    noise = workloads.rng(seed, ti, b, v).standard_normal(n, dtype=np.float32)
+                    master += noise * np.float32(rel * workloads.WEIGHT_STD)
+                    vs.append(workloads.to_dtype(master, "BF16"))
+                words = [np.frombuffer(v, np.uint16) for v in vs]
+                elements += n
+                first += np.bincount(words[0], minlength=1 << 16)
+                for off in range(0, len(vs[0]), chunk):
+                    coded_v1 += len(codec.compress(vs[0][off : off + chunk], planes=True)[1])
+                for k in range(1, versions):
+                    key[k].add(_difference(words[k], words[0]))
+                    chain[k].add(_difference(words[k], words[k - 1]))
+                    for off in range(0, len(vs[0]), chunk):
+                        new, old = vs[k][off : off + chunk], vs[0][off : off + chunk]
+                        payload = len(delta.encode(new, old, "BF16"))
+                        coded[k] += payload
+                        grouped[k] += min(payload, _grouped_size(new, old))
+        h1 = _entropy(first)
+        ks = range(1, versions)
+        cells = "; ".join(
+            f"{key[k].marginal_bits(_Z):.2f}, {key[k].bits(_Z):.2f}, "
+            f"{8 * coded[k] / elements:.2f}, {8 * grouped[k] / elements:.2f}"
+            for k in ks
+        )
+        keyframe = h1 + sum(key[k].bits(_Z) for k in ks)
+        chained = h1 + sum(chain[k].bits(_Z) for k in ks)
+        today = 8 * (coded_v1 + sum(coded[k] for k in ks)) / elements
+        print(
+            f"| {variant} ({rel:g} std) | {h1:.2f} / {8 * coded_v1 / elements:.2f} | {cells} | "
+            + ", ".join(f"{chain[k].bits(_Z):.2f}" for k in ks)
+            + f" | {16 * versions / keyframe:.2f}x / {16 * versions / chained:.2f}x "
+            f"| {16 * versions / today:.2f}x |",
+            flush=True,
+        )
+    print(
+        f"rebuilding and applying the grouping permutation costs "
+        f"{_permutation_ms(chunk // 2):.2f} ms per {chunk >> 10} KiB of bf16 (decoder side)"
+    )
+    _frozen_bound(scale, seed)
+
+
+def _frozen_bound(scale: float, seed: int) -> None:
+    """Print the ``frozen`` workload's entropy bound (its heads are redrawn every version).
+
+    bf16 tensors: the order-0 entropy of their values. float32 tensors: the entropy of the
+    generator's Gaussian rounded to float32, estimated on the values themselves as the mean
+    of ``-log2(pdf(x) * ulp(x))``.
+    """
+    layout = workloads.frozen_layout(scale)
+    hist = {False: np.zeros(1 << 16, np.int64), True: np.zeros(1 << 16, np.int64)}
+    f32_bits = {False: 0.0, True: 0.0}
+    total = 0
+    for ti, t in enumerate(layout.tensors):
+        is_norm = t.name.endswith("norm.weight")
+        for b, n in workloads.tensor_blocks(t):
+            x = workloads.weights(seed, ti, b, 1, n, is_norm)
+            total += n * workloads.DTYPE_SIZES[t.dtype]
+            if t.dtype == "BF16":
+                words = np.frombuffer(workloads.to_dtype(x, "BF16"), np.uint16)
+                hist[t.head] += np.bincount(words, minlength=1 << 16)
+                continue
+            std = workloads.WEIGHT_STD
+            u = (x - (1.0 if is_norm else 0.0)) / std
+            log_pdf = -0.5 * u.astype(np.float64) ** 2 - np.log(std * np.sqrt(2 * np.pi))
+            ulp = np.spacing(np.abs(x)).astype(np.float64)
+            f32_bits[t.head] += float((-(log_pdf / np.log(2)) - np.log2(ulp)).sum())
+    bits = {head: _entropy(h) * int(h.sum()) + f32_bits[head] for head, h in hist.items()}
+    versions = workloads.VERSIONS
+    stored = bits[False] + bits[True] * versions
+    print(
+        f"frozen layout x {scale}: {total / 2**20:.2f} MiB per version; entropy of v1 "
+        f"{(bits[False] + bits[True]) / 8 / 2**20:.2f} MiB, of each later version's redrawn "
+        f"head {bits[True] / 8 / 2**20:.2f} MiB; ratio bound over {versions} versions "
+        f"{versions * total * 8 / stored:.2f}x"
+    )
+
+
 def main() -> None:
     """Run every variant and print the table."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -263,6 +459,7 @@ def main() -> None:
     parser.add_argument("--chunk", type=int, default=256, help="chunk size in KiB")
     parser.add_argument("--chunking", action="store_true", help="tensor-aligned chunking")
     parser.add_argument("--store", action="store_true", help="commit 5 versions, check out")
+    parser.add_argument("--bounds", action="store_true", help="entropy bounds of the ratios")
     parser.add_argument("--reps", type=int, default=9, help="checkout pairs timed (--store)")
     parser.add_argument("--work", type=Path, default=Path(__file__).parent / ".work" / "delta")
     args = parser.parse_args()
@@ -271,6 +468,9 @@ def main() -> None:
         return
     if args.store:
         store(args.scale, args.reps, args.work)
+        return
+    if args.bounds:
+        bounds(args.scale, args.chunk << 10)
         return
     print(f"full layout x {args.scale}, {args.chunk} KiB chunks, one thread")
     head = "| variant | raw MiB | way | ratio | encode MB/s | decode MB/s |"
