@@ -299,15 +299,19 @@ class _Histogram:
         return _entropy(np.bincount(inv, self.counts))
 
 
-_Z = 18
-"""Bits of a zigzag-coded bf16 difference (two ordered integers differ by < 2**16)."""
+_Z = 16
+"""Bits of a zigzag-coded bf16 difference."""
+
+
+def _zigzag(new: bytes | np.ndarray, old: bytes | np.ndarray) -> np.ndarray:
+    """The words :mod:`mlvc_core.delta` codes for a bf16 piece: zigzag(ordered difference)."""
+    a, b = memoryview(new).cast("B"), memoryview(old).cast("B")
+    return delta._code(a, b, delta.ORDERED, 2, 0, len(a))
 
 
 def _difference(new: np.ndarray, old: np.ndarray) -> np.ndarray:
-    """``old``'s bf16 exponent << _Z | zigzag(ordered(new) - ordered(old)), as int64."""
-    d = delta._ordered(new, 16).astype(np.int64) - delta._ordered(old, 16).astype(np.int64)
-    z = (d << 1) ^ (d >> 63)
-    return ((old.astype(np.int64) >> 7) & 0xFF) << _Z | z
+    """``old``'s bf16 exponent << _Z | the coded word, as int64 (a symbol in its context)."""
+    return ((old.astype(np.int64) >> 7) & 0xFF) << _Z | _zigzag(new, old).astype(np.int64)
 
 
 def _grouped_size(new: bytes, old: bytes) -> int:
@@ -316,11 +320,9 @@ def _grouped_size(new: bytes, old: bytes) -> int:
     The zigzag words are stably sorted by the base's exponent (a permutation the decoder can
     rebuild from the base), then split into byte planes and zstd as :mod:`mlvc_core.delta`.
     """
-    a, b = np.frombuffer(new, np.uint16), np.frombuffer(old, np.uint16)
-    d = (delta._ordered(a, 16) - delta._ordered(b, 16)).view(np.int16)
-    z = ((d << 1) ^ (d >> 15)).view(np.uint16)
+    b = np.frombuffer(old, np.uint16)
     perm = np.argsort(((b >> 7) & 0xFF).astype(np.uint8), kind="stable")
-    grid = z[perm].view(np.uint8).reshape(-1, 2)
+    grid = _zigzag(new, old)[perm].view(np.uint8).reshape(-1, 2)
     size = 0
     for i in range(2):
         plane = np.ascontiguousarray(grid[:, i]).tobytes()
