@@ -275,7 +275,7 @@ def markdown(rows: list[dict[str, Any]], ns: list[int]) -> str:
             kinds = ", ".join(
                 f"{k} {v}"
                 for k, v in row.items()
-                if k not in ("op", "n", "wall_s", "cpu_s", "requests")
+                if k not in ("op", "n", "wall_s", "cpu_s", "requests", "latency_ms")
             )
             cells.append(
                 " | ".join(

@@ -30,7 +30,8 @@ The guarantees are those of S3 itself (strong read-after-write and list-after-wr
   continued until it reaches the next range (:func:`list_ranges`).
 
 Functions here take the s3fs filesystem and full paths (``bucket/key``); mapping errors to
-mlvc's and invalidating caches stay with the store. Only botocore is imported here, lazily.
+mlvc's and invalidating caches stay with the store. Only s3fs and botocore are imported here,
+lazily.
 """
 
 from __future__ import annotations
@@ -88,8 +89,9 @@ def import_s3fs() -> None:
     mlvc never configures), and ``httpx`` imports its command line: ``rich``, ``pygments``
     and ``click``, about 0.1 s of every command that opens an S3 repository. While s3fs is
     imported, those names read as not installed (a ``None`` entry in ``sys.modules``);
-    afterwards they import as usual, for anything else in the process. Nothing is hidden if
-    s3fs, or httpx, is already imported.
+    afterwards they import as usual, for anything else in the process (another thread that
+    imports httpx in that window, while s3fs is imported, finds it missing). Nothing is hidden
+    if s3fs, or httpx, is already imported.
     """
     if "s3fs" in sys.modules:
         return
