@@ -42,8 +42,9 @@ class Entry(NamedTuple):
 class LocalCache:
     """Copies of refs on this machine, in SQLite (or in memory without a path).
 
-    A hint: rows are trusted only through :func:`is_current`; a database that cannot be opened
-    or read is deleted and created again (or, failing that, replaced by memory).
+    A hint: rows are trusted only through :func:`mlvc_core.catalog.is_current`; a database
+    that cannot be opened or read is deleted and created again (or, failing that, replaced by
+    memory).
     """
 
     def __init__(self, path: Path | None) -> None:
