@@ -16,6 +16,9 @@ with S3 requests counted by a proxy in front of SeaweedFS (``tests/s3_counter.py
 With ``--compare TREE`` (another checkout of mlvc, e.g. the code before a change), ``ls`` warm,
 ``ls --json`` warm and ``ls`` cold also run with that tree's code, interleaved with this one's
 (``--repeat`` times each, each tree with its own local cache): rows ``... (compare)``, medians.
+``--latency MS ...`` repeats those runs with the proxy holding each request that many
+milliseconds first (a distant server's round trip; requests in flight at once wait at once):
+rows ``ls warm-30ms (this)``...
 Both trees are byte-compiled first (``compileall``), as an installed package is: otherwise a
 process with ``PYTHONDONTWRITEBYTECODE`` set compiles every mlvc module on each start.
 
@@ -23,6 +26,7 @@ Usage (from the repository root)::
 
     PYTHONPATH=$PWD python benchmarks/bench_scale.py --n 1000 10000
     PYTHONPATH=$PWD python benchmarks/bench_scale.py --n 10000 --compare /tmp/before --repeat 4
+    PYTHONPATH=$PWD python benchmarks/bench_scale.py --n 10000 --compare /tmp/before --latency 0 30
 
 Writes ``benchmarks/results/scale.json`` and ``scale.md``.
 """
@@ -172,17 +176,20 @@ def _median(rows: list[dict[str, Any]], name: str) -> dict[str, Any]:
     return out
 
 
-def compare_ls(runners: dict[str, Runner], repeat: int) -> list[dict[str, Any]]:
-    """``ls`` warm, ``ls --json`` warm and ``ls`` cold with each tree, interleaved."""
+def compare_ls(runners: dict[str, Runner], repeat: int, tag: str = "") -> list[dict[str, Any]]:
+    """``ls`` warm, ``ls --json`` warm and ``ls`` cold with each tree, interleaved.
+
+    ``tag`` names the caches (one set per proxy latency) and is added to the rows' names.
+    """
     got: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for label, r in runners.items():
-        r.mlvc(f"ls (first) {label}", ["ls"], f"cmp-{label}")  # fills the warm cache
+        r.mlvc(f"ls (first) {label}{tag}", ["ls"], f"cmp-{label}{tag}")  # fills the warm cache
     for i in range(repeat):
         for label, r in runners.items():
             for op, args, cache in (
-                ("ls warm", ["ls"], f"cmp-{label}"),
-                ("ls --json warm", ["ls", "--json"], f"cmp-{label}"),
-                ("ls cold", ["ls"], f"cmp-cold-{label}-{i}"),
+                (f"ls warm{tag}", ["ls"], f"cmp-{label}{tag}"),
+                (f"ls --json warm{tag}", ["ls", "--json"], f"cmp-{label}{tag}"),
+                (f"ls cold{tag}", ["ls"], f"cmp-cold-{label}{tag}-{i}"),
             ):
                 got.setdefault((op, label), []).append(r.mlvc(f"{op} {label}", args, cache))
     return [_median(rows, f"{op} ({label})") for (op, label), rows in got.items()]
@@ -195,6 +202,7 @@ def measure_n(
     work: Path,
     compare: Path | None = None,
     repeat: int = 3,
+    latencies: tuple[float, ...] = (0.0,),
 ) -> list[dict[str, Any]]:
     """Generate ``n`` experiments and measure every operation; rows of results."""
     url = f"s3://{remote.BUCKET}/scale-{n}"
@@ -222,8 +230,20 @@ def measure_n(
         rows.append(r.mlvc("clone", ["clone", url, str(r.work / "clone")], "clone"))
         rows.append(r.mlvc("gc (dry run)", ["gc"], "gc"))
         if compare is not None:
-            other = Runner(proxy, url, r.work, compare)
-            rows += compare_ls({"this": r, "compare": other}, repeat)
+            for latency in latencies:
+                slow = CountingProxy(weed.endpoint, latency / 1000) if latency else proxy
+                try:
+                    runners = {
+                        "this": Runner(slow, url, r.work),
+                        "compare": Runner(slow, url, r.work, compare),
+                    }
+                    got = compare_ls(runners, repeat, f"-{latency:g}ms" if latency else "")
+                finally:
+                    if slow is not proxy:
+                        slow.close()
+                for row in got:
+                    row["latency_ms"] = latency
+                rows += got
         for row in rows:
             row["n"] = n
         packs = sum(
@@ -255,7 +275,7 @@ def markdown(rows: list[dict[str, Any]], ns: list[int]) -> str:
             kinds = ", ".join(
                 f"{k} {v}"
                 for k, v in row.items()
-                if k not in ("op", "n", "wall_s", "cpu_s", "requests")
+                if k not in ("op", "n", "wall_s", "cpu_s", "requests", "latency_ms")
             )
             cells.append(
                 " | ".join(
@@ -275,6 +295,13 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("/tmp/mlvc-bench-scale"))
     parser.add_argument("--compare", type=Path, help="also time ls with this checkout's code")
     parser.add_argument("--repeat", type=int, default=3, help="runs of each compared ls")
+    parser.add_argument(
+        "--latency",
+        type=float,
+        nargs="+",
+        default=[0.0],
+        help="milliseconds the proxy adds to each request in the compared runs (one set each)",
+    )
     args = parser.parse_args()
     for tree in (ROOT, args.compare):
         if tree is not None:
@@ -286,7 +313,9 @@ def main() -> None:
     with remote.SeaweedFS(weed_bin, args.work / "weed") as weed:
         weed.filesystem().mkdir(remote.BUCKET)
         for n in args.n:
-            rows += measure_n(weed, n, args.processes, args.work, args.compare, args.repeat)
+            rows += measure_n(
+                weed, n, args.processes, args.work, args.compare, args.repeat, tuple(args.latency)
+            )
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "scale.json").write_text(json.dumps(rows, indent=1) + "\n")
     (RESULTS / "scale.md").write_text(markdown(rows, args.n))

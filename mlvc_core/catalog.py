@@ -6,11 +6,13 @@ every ref under the prefix as it was when the catalog was written, each with the
 state it was copied from. :func:`scan` lists the prefix (one LIST request per 1,000 keys, which
 also lists the catalog itself), takes every ref whose listed token equals the token recorded for
 it, from the local cache first and the catalog second, and reads only the refs that changed
-since. A token is the version the backend lists (S3 ETag, GCS generation: exact, it names the
-bytes), or ``size:mtime`` where listings carry no version (local disk), then trusted only if the
-copy was read more than ``racy`` seconds after that mtime (a later write in the same timestamp
-tick would otherwise go unnoticed, as git's "racy clean" problem). A caller that keeps its own
-decoded copies passes their tokens as ``held``: refs they answer are not loaded at all.
+since. The listing's pages are requested at once, as ranges between keys the previous listing
+saw (:data:`BOUNDS_META`). A token is the version the backend lists (S3 ETag, GCS generation:
+exact, it names the bytes), or ``size:mtime`` where listings carry no version (local disk), then
+trusted only if the copy was read more than ``racy`` seconds after that mtime (a later write in
+the same timestamp tick would otherwise go unnoticed, as git's "racy clean" problem). A caller
+that keeps its own decoded copies passes their tokens as ``held``: refs they answer are not
+loaded at all.
 
 Compaction: when more refs are newer than the catalog than :func:`compact_after` allows, the
 scanning process rewrites it from what it just validated, by compare-and-swap on the version it
@@ -24,15 +26,12 @@ Must not import ``mlvc`` or know what a ref's document means: documents are opaq
 
 from __future__ import annotations
 
-import contextlib
-import sqlite3
-import threading
+import json
 import time
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import NamedTuple, Protocol
+from typing import Protocol
 
 import msgpack
 
@@ -45,6 +44,7 @@ from mlvc_core.errors import (
     StorageError,
 )
 from mlvc_core.ids import DIGEST_SIZE, hash_bytes
+from mlvc_core.refcache import Entry, LocalCache
 from mlvc_core.storage.base import KeyInfo, Store, Version
 
 __all__ = [
@@ -72,23 +72,10 @@ MTIME_SLACK = 2.0
 mtime this much after the catalog's (refs written while it was compacted may be missed: they
 cost a cold reader a GET each, never a wrong answer)."""
 _WORKERS = 16
-_IN_BATCH = 500
-"""Keys per ``IN (...)`` query (SQLite allows 999 parameters by default)."""
-
-
-class Entry(NamedTuple):
-    """One ref as copied into a catalog or the local cache."""
-
-    key: str
-    """Store key of the ref (``refs/experiments/<id>``)."""
-    token: str
-    """The listed version of the state copied, or ``size:mtime``."""
-    exact: bool
-    """True if ``token`` is a backend version (names the bytes); False for ``size:mtime``."""
-    read_at: float
-    """When the copy was read (seconds since the epoch, the reader's clock)."""
-    doc: bytes
-    """The ref's bytes as read."""
+BOUNDS_META = "bounds:"
+"""Local cache meta entry (``bounds:<prefix>``): the keys where the last listing of ``prefix``
+was cut into ranges (:func:`range_bounds_of`), a JSON list; the next listing requests those
+ranges at once (:meth:`~mlvc_core.storage.base.Store.list_ranges`)."""
 
 
 class Copied(Protocol):
@@ -179,149 +166,6 @@ def decode_catalog(data: bytes, prefix: str) -> dict[str, Entry]:
     return out
 
 
-# ---------------------------------------------------------------------------------- local cache
-
-
-class LocalCache:
-    """Copies of refs on this machine, in SQLite (or in memory without a path).
-
-    A hint: rows are trusted only through :func:`is_current`; a database that cannot be opened
-    or read is deleted and created again (or, failing that, replaced by memory).
-    """
-
-    def __init__(self, path: Path | None) -> None:
-        self._path = path
-        self._lock = threading.Lock()
-        self._mem: dict[str, Entry] = {}
-        self._meta: dict[str, str] = {}
-        self._db: sqlite3.Connection | None = None
-        if path is not None:
-            self._db = self._open(path)
-
-    @staticmethod
-    def _connect(path: Path) -> sqlite3.Connection:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        db = sqlite3.connect(str(path), timeout=30, check_same_thread=False, isolation_level=None)
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute(
-            "CREATE TABLE IF NOT EXISTS refs (key TEXT PRIMARY KEY, token TEXT, exact INTEGER, "
-            "read_at REAL, doc BLOB)"
-        )
-        db.execute("CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT)")
-        db.execute("SELECT count(*) FROM refs").fetchone()
-        return db
-
-    def _open(self, path: Path) -> sqlite3.Connection | None:
-        try:
-            return self._connect(path)
-        except (sqlite3.Error, OSError):
-            pass
-        for p in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):  # damaged: start afresh
-            with contextlib.suppress(OSError):
-                p.unlink()
-        try:
-            return self._connect(path)
-        except (sqlite3.Error, OSError):
-            return None  # unusable: the cache lives in memory and only costs reads
-
-    def _fail(self) -> None:
-        """The database broke while in use: rebuild it (it is only a cache)."""
-        if self._db is not None:
-            with contextlib.suppress(sqlite3.Error):
-                self._db.close()
-        self._db = None
-        if self._path is not None:
-            for p in (self._path, Path(f"{self._path}-wal"), Path(f"{self._path}-shm")):
-                with contextlib.suppress(OSError):
-                    p.unlink()
-            self._db = self._open(self._path)
-
-    def load(self, prefix: str, keys: Iterable[str] | None = None) -> dict[str, Entry]:
-        """Every cached copy under ``prefix``, or only those of ``keys``."""
-        with self._lock:
-            if self._db is None:
-                if keys is not None:
-                    return {k: self._mem[k] for k in keys if k in self._mem}
-                return {k: e for k, e in self._mem.items() if k.startswith(prefix)}
-            try:
-                if keys is None:
-                    rows = self._db.execute(
-                        "SELECT key, token, exact, read_at, doc FROM refs "
-                        "WHERE key >= ? AND key < ?",
-                        (prefix, prefix + "\uffff"),
-                    ).fetchall()
-                else:
-                    wanted, rows = list(keys), []
-                    for i in range(0, len(wanted), _IN_BATCH):
-                        batch = wanted[i : i + _IN_BATCH]
-                        rows += self._db.execute(
-                            "SELECT key, token, exact, read_at, doc FROM refs WHERE key IN "
-                            f"({','.join('?' * len(batch))})",
-                            batch,
-                        ).fetchall()
-            except sqlite3.Error:
-                self._fail()
-                return {}
-        return {r[0]: Entry(r[0], r[1], bool(r[2]), r[3], bytes(r[4])) for r in rows}
-
-    def keys(self, prefix: str) -> list[str]:
-        """The keys of every cached copy under ``prefix``."""
-        with self._lock:
-            if self._db is None:
-                return [k for k in self._mem if k.startswith(prefix)]
-            try:
-                rows = self._db.execute(
-                    "SELECT key FROM refs WHERE key >= ? AND key < ?", (prefix, prefix + "\uffff")
-                ).fetchall()
-            except sqlite3.Error:
-                self._fail()
-                return []
-        return [r[0] for r in rows]
-
-    def update(self, rows: Iterable[Entry], gone: Iterable[str]) -> None:
-        """Store fresh copies and forget refs that no longer exist."""
-        rows, gone = list(rows), list(gone)
-        if not rows and not gone:
-            return
-        with self._lock:
-            if self._db is None:
-                self._mem.update((e.key, e) for e in rows)
-                for k in gone:
-                    self._mem.pop(k, None)
-                return
-            try:
-                self._db.execute("BEGIN")
-                self._db.executemany(
-                    "INSERT OR REPLACE INTO refs VALUES (?, ?, ?, ?, ?)",
-                    [(e.key, e.token, int(e.exact), e.read_at, e.doc) for e in rows],
-                )
-                self._db.executemany("DELETE FROM refs WHERE key = ?", [(k,) for k in gone])
-                self._db.execute("COMMIT")
-            except sqlite3.Error:
-                with contextlib.suppress(sqlite3.Error):
-                    self._db.execute("ROLLBACK")
-
-    def get_meta(self, name: str) -> str | None:
-        """A remembered value (the token of the last catalog merged...)."""
-        with self._lock:
-            if self._db is None:
-                return self._meta.get(name)
-            try:
-                row = self._db.execute("SELECT value FROM meta WHERE name = ?", (name,)).fetchone()
-            except sqlite3.Error:
-                return None
-        return str(row[0]) if row is not None else None
-
-    def set_meta(self, name: str, value: str) -> None:
-        """Remember a value."""
-        with self._lock:
-            if self._db is None:
-                self._meta[name] = value
-                return
-            with contextlib.suppress(sqlite3.Error):
-                self._db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (name, value))
-
-
 # ---------------------------------------------------------------------------------- scanning
 
 
@@ -404,11 +248,15 @@ def scan(
     ckey = catalog_key(prefix)
     listed: dict[str, KeyInfo] = {}
     cat_info: KeyInfo | None = None
-    for info in store.list(prefix.rstrip("/")):
+    bounds = _bounds(cache.get_meta(BOUNDS_META + prefix))
+    for info in store.list_ranges(prefix.rstrip("/"), bounds):
         if info.key.startswith(prefix):
             listed[info.key] = info
         elif info.key == ckey:
             cat_info = info
+    now_bounds = range_bounds_of(list(listed), store.list_page_size)
+    if now_bounds != bounds:
+        cache.set_meta(BOUNDS_META + prefix, json.dumps(now_bounds))
     result = ScanResult()
     copies = held() if held is not None else None
     if copies:
@@ -492,6 +340,29 @@ def scan(
             exact = any(i.version is not None for i in listed.values())
             cache.set_meta(ckey, str(written) if exact else "")
     return result
+
+
+def range_bounds_of(keys: list[str], page_size: int) -> list[str]:
+    """Where to cut the next listing of ``keys`` (sorted) into ranges of a page each.
+
+    As many ranges as the listing has pages, of equal size (the slack of the last page spread
+    over all): ``keys[s-1], keys[2s-1], ...`` for ``s = ceil(n / ceil(n / page_size))``, the
+    last key excluded (a range after it would be empty).
+    """
+    if len(keys) <= page_size:
+        return []
+    ranges = -(-len(keys) // page_size)
+    spacing = -(-len(keys) // ranges)
+    return keys[spacing - 1 : len(keys) - 1 : spacing]
+
+
+def _bounds(text: str | None) -> list[str]:
+    """The remembered range bounds (a hint: anything malformed counts as none)."""
+    try:
+        value = json.loads(text) if text else []
+    except ValueError:
+        return []
+    return [b for b in value if isinstance(b, str)] if isinstance(value, list) else []
 
 
 def _copies_of(

@@ -124,6 +124,39 @@ class StoreContract:
         assert list(store.list("p/zz")) == []
         assert list(store.list("nodir/zz")) == []
 
+    def test_ranged_listing_equals_the_listing(self, store: Store) -> None:
+        store.list_page_size = 4  # many pages from few keys
+        assert list(store.list_ranges("g/", ["g/k05", "g/k10"])) == []  # nothing there yet
+        for i in range(0, 40, 2):
+            store.write(f"g/k{i:02d}", b"x" * i)
+        store.write("g/sub/deep", b"d")
+        store.write("g.sibling", b"s")  # sorts before g/ but is not under it
+        store.write("h/other", b"o")
+
+        def same(bounds: list[str]) -> list[str]:
+            ranged = list(store.list_ranges("g/", bounds))
+            assert ranged == list(store.list("g/")), bounds
+            return [k.key for k in ranged]
+
+        seen = same([])
+        bounds = seen[2::3]  # every third key, as a caller keeps them
+        assert same(bounds) == seen
+        store.write("g/k01", b"added before the first bound")
+        store.write("g/k07", b"added between bounds")
+        store.write("g/k99", b"added beyond the last bound")
+        store.delete(bounds[1])  # a bound itself is gone
+        store.delete("g/k16")
+        same(bounds)
+        for i in range(20):  # one range outgrows its page many times over
+            store.write(f"g/k08x{i:02d}", b"crowded")
+        same(bounds)
+        for key in ("g/k20", "g/k22", "g/k24", "g/k26", "g/k28"):
+            store.delete(key)  # whole ranges emptied
+        same(bounds)
+        # Bounds are hints: unsorted, repeated, absent, outside the prefix, past the end.
+        assert same(["zz/none", "g/k30", "g/k03", "g/k03", "a", "g/zzz", "g.sibling"])
+        assert list(store.list_ranges("none/", bounds)) == []
+
     def test_listed_version_names_the_bytes(self, store: Store) -> None:
         store.write("v/x", b"one")
         (first,) = store.list("v/x")

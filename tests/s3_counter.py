@@ -12,6 +12,7 @@ from __future__ import annotations
 import collections
 import http.client
 import threading
+import time
 import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -56,7 +57,14 @@ class CountingProxy:
         paths: ``(operation, path)`` of every request since the last reset.
     """
 
-    def __init__(self, upstream: str) -> None:
+    def __init__(self, upstream: str, latency: float = 0.0) -> None:
+        """Listen on a free port of 127.0.0.1 (``url``).
+
+        Args:
+            upstream: The server to forward to.
+            latency: Seconds each request waits before it is forwarded (a distant server's
+                round trip; requests in flight at once wait at once).
+        """
         up = urllib.parse.urlsplit(upstream)
         self._host, self._port = up.hostname or "127.0.0.1", up.port or 80
         self.counts: collections.Counter[str] = collections.Counter()
@@ -76,6 +84,8 @@ class CountingProxy:
                     proxy.counts[op] += 1
                     proxy.paths.append((op, self.path))
                 body = self._read_body()
+                if latency:
+                    time.sleep(latency)
                 headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP}
                 if body is not None:
                     headers["Content-Length"] = str(len(body))

@@ -77,6 +77,8 @@ def human_time(value: float | str | None) -> str:
     try:
         if isinstance(value, (int, float)):
             t = _dt.datetime.fromtimestamp(float(value))
+            if t.year >= 1000:  # isoformat pads years to 4 digits, strftime's %Y may not
+                return t.isoformat(" ", "seconds")  # the same text, 3x faster
         else:
             t = _dt.datetime.fromisoformat(str(value).replace("Z", "+00:00"))
             if t.tzinfo is not None:

@@ -128,10 +128,12 @@ def ls(
         mlvc rm $(mlvc ls -q --filter "status = crashed")
     """
     from mlvc import experiments
+    from mlvc.experiments.rows import paused_gc
 
     st = state(ctx)
     items = experiments.list(st.repo(), filter=filter_ or None, sort=sort, include_removed=all_)
-    _render(list(items), json_, ids_only, st.quiet)
+    with paused_gc():  # no collection walks the listing's objects for each batch of cells
+        _render(list(items), json_, ids_only, st.quiet)
 
 
 def ps(

@@ -171,12 +171,13 @@ def _experiments_of(
     """
     path = _rows_path(repo, prefix)
     repo_id = repo.config.repo_id
-    with paused_gc(), ThreadPoolExecutor(1) as pool:
-        # The row cache loads while the listing waits on the store.
+    with paused_gc(), ThreadPoolExecutor(2) as pool:
+        # The row cache loads, and the heartbeats are listed, while the refs are listed.
         loading = pool.submit(load_rows, path, repo_id, prefix) if path is not None else None
+        beating = pool.submit(heartbeats, repo) if not removed else None
         result = scan_refs(repo, prefix, held=loading.result if loading is not None else None)
         rows = loading.result() if loading is not None else {}
-        beats = heartbeats(repo) if not removed else {}
+        beats = beating.result() if beating is not None else {}
         fresh: dict[str, Row] = {}
         kept: dict[str, Row] = {k: rows[k] for k in result.held}
         for key, entry in result.entries.items():

@@ -27,6 +27,12 @@ Contract, per method:
   (the S3 ETag, the GCS generation) equal to the one ``read_versioned`` returns for the same
   bytes, so a listing tells whether a key changed without reading it. Partial writes are not
   keys (``list_temporary`` names those a killed writer left).
+* ``list_ranges`` yields exactly what ``list`` yields for the same prefix. Its ``bounds``
+  (keys a previous listing saw, e.g. every 900th) only say where an object store may cut the
+  listing into ranges ``(-, b1], (b1, b2], ..., (bn, -)`` and request them all at once; each
+  range is listed until it passes its upper bound, so keys added, removed or moved anywhere
+  (between the bounds, beyond the last, the bounds themselves) are listed as ``list`` would.
+  Stores whose listing is not paged (local disk, memory) list once and ignore the bounds.
 * Failures of the backend itself surface as :class:`~mlvc_core.errors.StorageError`.
 
 This module must not import fsspec or any backend library.
@@ -36,7 +42,7 @@ from __future__ import annotations
 
 import abc
 import types
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import BinaryIO, NewType
 
@@ -83,6 +89,11 @@ def check_limit(key: str, size: int, limit: int | None) -> None:
         )
 
 
+def range_bounds(prefix: str, bounds: Sequence[str]) -> list[str]:
+    """The bounds of a ranged listing that can cut it: those under ``prefix``, sorted, unique."""
+    return sorted({b for b in bounds if isinstance(b, str) and b.startswith(prefix) and b})
+
+
 class Writer(abc.ABC):
     """A streaming writer returned by :meth:`Store.open_write`."""
 
@@ -122,6 +133,10 @@ class Store(abc.ABC):
     is_local: bool = False
     """True when reads are cheap local file reads (no cache needed)."""
 
+    list_page_size: int = 1000
+    """Keys a listing request returns at most, where listings come in pages (S3 ``MaxKeys``,
+    GCS ``maxResults``); callers space the bounds of :meth:`list_ranges` by it."""
+
     @abc.abstractmethod
     def read(self, key: str, limit: int | None = None) -> bytes:
         """Return the whole value of ``key`` (refused if it is longer than ``limit``)."""
@@ -159,6 +174,24 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def list(self, prefix: str) -> Iterator[KeyInfo]:
         """Every key that starts with ``prefix`` (``refs/`` or a partial name: ``refs/ab``)."""
+
+    def list_ranges(self, prefix: str, bounds: Sequence[str]) -> Iterator[KeyInfo]:
+        """Every key that starts with ``prefix``, as :meth:`list` yields them, listed by ranges.
+
+        Args:
+            prefix: As for :meth:`list`.
+            bounds: Keys where the listing may be cut: ranges ``(-, b1], (b1, b2], ...,
+                (bn, -)`` are requested at once by stores whose listings come in pages (S3,
+                GCS). Hints only: any keys (present or not, sorted or not) give the same
+                result; those not under ``prefix`` are ignored.
+
+        Yields:
+            Each key with its size, mtime and version, in key order, exactly once.
+
+        Raises:
+            StorageError: The backend failed.
+        """
+        return self.list(prefix)
 
     @abc.abstractmethod
     def delete(self, key: str) -> None:

@@ -32,7 +32,7 @@ race :class:`~mlvc_core.errors.PreconditionFailed`, any other failure of the bac
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any, BinaryIO, cast
 
 import fsspec
@@ -40,7 +40,7 @@ import fsspec.asyn
 import fsspec.core
 
 from mlvc_core.errors import KeyNotFound, MlvcError, PreconditionFailed, StorageError, UsageError
-from mlvc_core.storage import gcs, generic, s3
+from mlvc_core.storage import base, gcs, generic, s3
 from mlvc_core.storage.base import KeyInfo, Store, Version, Writer, check_key, check_limit
 from mlvc_core.storage.fsspec_writers import BufferedFileWriter, SpoolWriter
 from mlvc_core.storage.timeouts import (
@@ -107,6 +107,8 @@ class FsspecStore(Store):
         if protocol in s3.S3_PROTOCOLS | gcs.GCS_PROTOCOLS:
             # Listings go to the server every time: another process may have written since.
             options.setdefault("use_listings_cache", False)
+        if protocol in s3.S3_PROTOCOLS:
+            s3.import_s3fs()
         self._hooked_client: Any = None
         try:
             self.fs, root = fsspec.core.url_to_fs(url, **options)
@@ -274,20 +276,38 @@ class FsspecStore(Store):
         Raises:
             StorageError: The backend failed.
         """
+        return self.list_ranges(prefix, ())
+
+    def list_ranges(self, prefix: str, bounds: Sequence[str]) -> Iterator[KeyInfo]:
+        """What :meth:`list` gives; S3 and GCS request the ranges between ``bounds`` at once.
+
+        See :func:`.s3.list_ranges` and :func:`.gcs.list_ranges`; other filesystems list once.
+
+        Raises:
+            StorageError: The backend failed.
+        """
         if prefix.startswith("/"):
             raise ValueError(f"invalid prefix {prefix!r}")
+        cuts = base.range_bounds(prefix, bounds)
         if self.backend == "s3":
             guard = lambda: self._errors(prefix, "list", missing_is_key=False)  # noqa: E731
-            yield from s3.list_keys(self.fs, self.root, prefix, guard, self._sync)
+            yield from s3.list_ranges(
+                self.fs, self.root, prefix, cuts, guard, self._sync, self.list_page_size
+            )
             return
-        base = prefix.rpartition("/")[0]
-        search = (f"{self.root}/{base}" if self.root else base) if base else self.root
-        head = f"{self.root}/" if self.root else ""
         with self._errors(prefix, "list", missing_is_key=False):
+            if self.backend == "gcs" and cuts:
+                yield from gcs.list_ranges(
+                    self.fs, self.root, prefix, cuts, self._sync, self.list_page_size
+                )
+                return
+            under = prefix.rpartition("/")[0]
+            search = (f"{self.root}/{under}" if self.root else under) if under else self.root
             try:
                 found = self.fs.find(search, withdirs=False, detail=True)
             except FileNotFoundError:
                 return
+        head = f"{self.root}/" if self.root else ""
         for name in sorted(found):
             info = found[name]
             name = name.lstrip("/") if not head.startswith("/") else name

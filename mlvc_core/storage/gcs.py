@@ -16,6 +16,9 @@ The guarantees are those of GCS (strong consistency for objects and listings):
   1.54 ignores that precondition, so the store compares the generation first as well.
 * ``open_write`` uses gcsfs's file: a simple upload at close for small objects, a resumable
   upload (finalised only by its last chunk) for large ones; ``abort`` cancels the session.
+* ``list_ranges`` lists the ranges between known names at once, each by ``startOffset`` and
+  ``endOffset`` (a half-open range the server cuts exactly) and its own page tokens
+  (:func:`list_ranges`); ``list`` is gcsfs's ``find``.
 * Credentials are looked up by :func:`default_token` when no ``token`` option is given, never
   by gcsfs's own chain (``google_default``, ``cache``, ``cloud``, then ``anon``), whose
   ``cloud`` step asks the GCE metadata server with retries and no overall limit: without a
@@ -34,11 +37,15 @@ mlvc's and invalidating caches stay with the store. gcsfs is imported lazily.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from mlvc_core.errors import PreconditionFailed, StorageError
+from mlvc_core.storage.base import KeyInfo
+from mlvc_core.storage.timestamps import to_epoch
 
 __all__ = [
     "CREDENTIALS_TIMEOUT",
@@ -47,6 +54,7 @@ __all__ = [
     "default_token",
     "delete_if",
     "get",
+    "list_ranges",
     "upload_if",
 ]
 
@@ -241,3 +249,79 @@ def delete_if(fs: Any, path: str, key: str, expected: str) -> None:
         fs.call("DELETE", "b/{}/o/{}", bucket, name, ifGenerationMatch=expected)
     except (FileExistsError, FileNotFoundError):
         raise PreconditionFailed(key) from None
+
+
+def list_ranges(
+    fs: Any,
+    root: str,
+    prefix: str,
+    bounds: list[str],
+    sync: Callable[..., Any],
+    page_size: int = 1000,
+) -> list[KeyInfo]:
+    """Every object under ``root/prefix``, listed as ranges cut at ``bounds``, all at once.
+
+    Range ``i`` is ``[bounds[i-1], bounds[i])`` (``startOffset``, ``endOffset``: the server
+    lists exactly the names in it), read page by page to its end, so the union is the whole
+    listing whatever changed since the bounds were seen.
+
+    Args:
+        fs: The gcsfs filesystem.
+        root: The store's root (``bucket/prefix``).
+        prefix: The key prefix.
+        bounds: Keys relative to ``root``, sorted, unique, each under ``prefix``.
+        sync: Runs a coroutine function on ``fs``'s event loop.
+        page_size: Objects per request (``maxResults``).
+
+    Returns:
+        Each key (relative to ``root``) with its size, mtime and generation, in name order.
+    """
+    full = f"{root}/{prefix}" if root else prefix
+    bucket, _, name_prefix = full.partition("/")
+    head = full[len(bucket) + 1 : len(full) - len(prefix)]
+    edges: list[str | None] = [None, *(head + b for b in bounds), None]
+
+    async def one(start: str | None, end: str | None) -> list[dict[str, Any]]:
+        items: list[dict[str, Any]] = []
+        token: str | None = None
+        while True:
+            page = await fs._call(
+                "GET",
+                "b/{}/o",
+                bucket,
+                json_out=True,
+                prefix=name_prefix,
+                startOffset=start,
+                endOffset=end,
+                maxResults=page_size,
+                pageToken=token,
+            )
+            items.extend(page.get("items") or [])
+            token = page.get("nextPageToken")
+            if not token:
+                return items
+
+    async def gather() -> list[list[dict[str, Any]]]:
+        return list(
+            await asyncio.gather(*(one(a, b) for a, b in zip(edges, edges[1:], strict=False)))
+        )
+
+    try:
+        ranges = sync(gather)
+    except FileNotFoundError:
+        return []
+    out = []
+    for items in ranges:
+        for item in items:
+            key = str(item["name"])[len(head) :]
+            if key and not key.endswith("/"):
+                generation = item.get("generation")
+                out.append(
+                    KeyInfo(
+                        key,
+                        int(item.get("size") or 0),
+                        to_epoch(item.get("updated")) or 0.0,
+                        str(generation) if generation not in (None, "") else None,
+                    )
+                )
+    return out

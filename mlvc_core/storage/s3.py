@@ -26,13 +26,18 @@ The guarantees are those of S3 itself (strong read-after-write and list-after-wr
   killed writer left are listed by :func:`list_uploads` and aborted by :func:`abort_upload`.
 * ``list`` is ``ListObjectsV2`` (:func:`list_keys`), one request per 1,000 keys and nothing
   more; each key comes with its ETag, the version ``read_versioned`` returns for the same bytes.
+  ``list_ranges`` requests the ranges between known keys at once (``StartAfter``), each
+  continued until it reaches the next range (:func:`list_ranges`).
 
 Functions here take the s3fs filesystem and full paths (``bucket/key``); mapping errors to
-mlvc's and invalidating caches stay with the store. Only botocore is imported here, lazily.
+mlvc's and invalidating caches stay with the store. Only s3fs and botocore are imported here,
+lazily.
 """
 
 from __future__ import annotations
 
+import asyncio
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from datetime import datetime, timezone
@@ -52,19 +57,57 @@ __all__ = [
     "error_code",
     "get",
     "head",
+    "import_s3fs",
     "list_keys",
+    "list_ranges",
     "list_uploads",
     "precondition_failed",
     "put_if",
 ]
 
 S3_PROTOCOLS = frozenset({"s3", "s3a"})
+PAGE_SIZE = 1000
+"""Keys per ``ListObjectsV2`` request (S3's maximum)."""
+RANGE_REQUESTS = 10
+"""Range listings in flight at once (aiobotocore's default connection pool holds 10)."""
 
 UPLOAD_MARK = "#upload="
 """Separates a key from an upload id in the names :func:`list_uploads` gives."""
 
 Guard = Callable[[], AbstractContextManager[None]]
 """A context manager factory that maps one request's errors to mlvc's."""
+
+
+_UNUSED_BACKENDS = ("httpx2", "httpx")
+"""What aiobotocore imports at its own import for an HTTP backend mlvc never asks for."""
+
+
+def import_s3fs() -> None:
+    """Import s3fs without the optional HTTP backend aiobotocore would import with it.
+
+    aiobotocore imports ``httpx`` whenever it is installed (only for ``HttpxSession``, which
+    mlvc never configures), and ``httpx`` imports its command line: ``rich``, ``pygments``
+    and ``click``, about 0.1 s of every command that opens an S3 repository. While s3fs is
+    imported, those names read as not installed (a ``None`` entry in ``sys.modules``);
+    afterwards they import as usual, for anything else in the process (another thread that
+    imports httpx in that window, while s3fs is imported, finds it missing). Nothing is hidden
+    if s3fs, or httpx, is already imported.
+    """
+    if "s3fs" in sys.modules:
+        return
+    hidden = [name for name in _UNUSED_BACKENDS if name not in sys.modules]
+    if len(hidden) < len(_UNUSED_BACKENDS):
+        hidden = []  # the process uses one already: nothing to save
+    for name in hidden:
+        sys.modules[name] = None  # type: ignore[assignment]
+    try:
+        import s3fs  # noqa: F401
+    except ImportError:
+        pass  # fsspec names the missing package when the URL is opened
+    finally:
+        for name in hidden:
+            if sys.modules.get(name, 0) is None:
+                del sys.modules[name]
 
 
 def _client_error(exc: BaseException) -> dict[str, Any]:
@@ -277,10 +320,35 @@ def _fast_listing(fs: Any, sync: Callable[..., Any]) -> None:
         events.register("before-parse.s3.ListObjectsV2", parse_contents, unique_id=_LISTING_HOOK)
 
 
+def _key_info(item: dict[str, Any], head: str) -> KeyInfo | None:
+    """The :class:`KeyInfo` of one listed object (``head``: the store root's part of its key)."""
+    key = str(item["Key"])[len(head) :]
+    if not key or key.endswith("/"):
+        return None
+    return KeyInfo(
+        key,
+        int(item.get("Size") or 0),
+        to_epoch(item.get("LastModified")) or 0.0,
+        str(item["ETag"]) if item.get("ETag") else None,
+    )
+
+
+def _split(root: str, prefix: str) -> tuple[str, str, str]:
+    """``(bucket, S3 key prefix, head)`` of ``prefix`` under ``root`` (``head``: root's part)."""
+    full = f"{root}/{prefix}" if root else prefix
+    bucket, _, key_prefix = full.partition("/")
+    return bucket, key_prefix, full[len(bucket) + 1 : len(full) - len(prefix)]
+
+
 def list_keys(
-    fs: Any, root: str, prefix: str, guard: Guard, sync: Callable[..., Any]
+    fs: Any,
+    root: str,
+    prefix: str,
+    guard: Guard,
+    sync: Callable[..., Any],
+    page_size: int = PAGE_SIZE,
 ) -> Iterator[KeyInfo]:
-    """``ListObjectsV2`` pages under ``root/prefix`` (one request per 1,000 keys, none more).
+    """``ListObjectsV2`` pages under ``root/prefix`` (one request per page of keys, none more).
 
     s3fs's ``find`` adds a HEAD and a second listing when nothing matches; a listing that
     ``ls`` makes for every experiment must cost exactly its pages.
@@ -291,17 +359,16 @@ def list_keys(
         prefix: The key prefix.
         guard: Wraps each request (error mapping).
         sync: Runs a coroutine function on ``fs``'s event loop.
+        page_size: Keys per request (``MaxKeys``; S3 returns at most 1,000).
 
     Yields:
         Each key (relative to ``root``) with its size, mtime and ETag, in key order.
     """
     _fast_listing(fs, sync)
-    full = f"{root}/{prefix}" if root else prefix
-    bucket, _, key_prefix = full.partition("/")
-    head = full[len(bucket) + 1 : len(full) - len(prefix)]
+    bucket, key_prefix, head = _split(root, prefix)
     token: str | None = None
     while True:
-        kwargs: dict[str, Any] = {"Bucket": bucket, "Prefix": key_prefix}
+        kwargs: dict[str, Any] = {"Bucket": bucket, "Prefix": key_prefix, "MaxKeys": page_size}
         if token:
             kwargs["ContinuationToken"] = token
         with guard():
@@ -310,18 +377,96 @@ def list_keys(
             except FileNotFoundError:
                 return
         for item in page.get("Contents") or []:
-            key = str(item["Key"])[len(head) :]
-            if not key or key.endswith("/"):
-                continue
-            yield KeyInfo(
-                key,
-                int(item.get("Size") or 0),
-                to_epoch(item.get("LastModified")) or 0.0,
-                str(item["ETag"]) if item.get("ETag") else None,
-            )
+            info = _key_info(item, head)
+            if info is not None:
+                yield info
         token = page.get("NextContinuationToken") if page.get("IsTruncated") else None
         if not token:
             return
+
+
+async def _list_range(
+    fs: Any, args: dict[str, Any], after: str | None, upto: str | None, gate: asyncio.Semaphore
+) -> list[dict[str, Any]]:
+    """The objects of one range ``(after, upto]`` (full S3 keys; None: unbounded).
+
+    The range's first page starts after ``after``; further pages follow its continuation
+    tokens until a page reaches ``upto`` or the listing ends, so keys added inside the range
+    since its bounds were seen are listed too (at one more request per page they fill).
+    """
+    kwargs = dict(args)
+    if after is not None:
+        kwargs["StartAfter"] = after
+    items: list[dict[str, Any]] = []
+    while True:
+        async with gate:
+            page = await fs._call_s3("list_objects_v2", **kwargs)
+        contents = page.get("Contents") or []
+        items.extend(contents)
+        token = page.get("NextContinuationToken") if page.get("IsTruncated") else None
+        if not token or (upto is not None and contents and str(contents[-1]["Key"]) >= upto):
+            break
+        kwargs["ContinuationToken"] = token
+    if upto is not None:
+        items = [item for item in items if str(item["Key"]) <= upto]
+    return items
+
+
+def list_ranges(
+    fs: Any,
+    root: str,
+    prefix: str,
+    bounds: list[str],
+    guard: Guard,
+    sync: Callable[..., Any],
+    page_size: int = PAGE_SIZE,
+) -> Iterator[KeyInfo]:
+    """What :func:`list_keys` yields, requested as ranges cut at ``bounds``, all at once.
+
+    Range ``i`` is ``(bounds[i-1], bounds[i]]`` (the first starts at the prefix, the last
+    runs to the end): its first page is a ``ListObjectsV2`` with ``StartAfter`` the range's
+    lower bound, and it goes on page by page until it reaches its upper bound (or the end of
+    the listing); keys past the upper bound belong to the next range and are dropped. Every key
+    under the prefix lies in exactly one range, and each range is listed to its end, so the
+    union is the listing :func:`list_keys` gives, whatever changed since the bounds were seen;
+    only the requests differ: one per range when no range outgrew a page (bounds spaced by a
+    little less than ``page_size`` leave room).
+
+    Args:
+        fs: The s3fs filesystem.
+        root: The store's root (``bucket/prefix``).
+        prefix: The key prefix.
+        bounds: Keys relative to ``root``, sorted, unique, each under ``prefix``.
+        guard: Wraps the requests (error mapping).
+        sync: Runs a coroutine function on ``fs``'s event loop.
+        page_size: Keys per request (``MaxKeys``).
+
+    Yields:
+        Each key (relative to ``root``) with its size, mtime and ETag, in key order.
+    """
+    if not bounds:
+        yield from list_keys(fs, root, prefix, guard, sync, page_size)
+        return
+    _fast_listing(fs, sync)
+    bucket, key_prefix, head = _split(root, prefix)
+    args = {"Bucket": bucket, "Prefix": key_prefix, "MaxKeys": page_size}
+    edges: list[str | None] = [None, *(head + b for b in bounds), None]
+
+    async def gather() -> list[list[dict[str, Any]]]:
+        gate = asyncio.Semaphore(RANGE_REQUESTS)
+        ranges = zip(edges, edges[1:], strict=False)
+        return list(await asyncio.gather(*(_list_range(fs, args, a, b, gate) for a, b in ranges)))
+
+    with guard():
+        try:
+            ranges = sync(gather)
+        except FileNotFoundError:
+            return
+    for items in ranges:
+        for item in items:
+            info = _key_info(item, head)
+            if info is not None:
+                yield info
 
 
 def list_uploads(fs: Any, root: str, prefix: str, guard: Guard) -> Iterator[KeyInfo]:

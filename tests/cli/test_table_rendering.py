@@ -88,3 +88,28 @@ def test_only_the_program_entry_point_freezes_the_heap_before_exit(how: str) -> 
         assert "caller goes on False" in out and "frozen False" in out
     else:
         assert "Usage" in out and "frozen True" in out
+
+
+@pytest.mark.parametrize("zone", ["UTC", "America/New_York", "Africa/Monrovia", "Asia/Kolkata"])
+def test_times_read_as_strftime_writes_them_in_every_zone(
+    zone: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import datetime as dt
+    import random
+    import time
+
+    monkeypatch.setenv("TZ", zone)
+    time.tzset()
+    try:
+        rng = random.Random(zone)
+        stamps = [rng.uniform(-3e10, 3e11) for _ in range(3000)]
+        stamps += [1_700_000_000.9999996, 1_700_000_000.4999995, 0, -1, 1e-7, 99.0]
+        for t in stamps:
+            try:
+                want = dt.datetime.fromtimestamp(t).strftime("%Y-%m-%d %H:%M:%S")
+            except (ValueError, OverflowError, OSError):
+                want = str(t)
+            assert _output.human_time(t) == want, t
+    finally:
+        monkeypatch.undo()
+        time.tzset()
