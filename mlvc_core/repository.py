@@ -14,10 +14,11 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import threading
 from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mlvc_core import codec, delta
 from mlvc_core.caches import BytesCache, ObjectCache
@@ -50,6 +51,12 @@ from mlvc_core.packs import (
 from mlvc_core.refs import KINDS, Ref, RefStore
 from mlvc_core.storage import LocalStore, Store, open_store
 
+if TYPE_CHECKING:
+    import numpy as np
+    from numpy.typing import NDArray
+
+    Arena = NDArray[np.uint8]
+
 CONFIG_KEY = "config"
 
 
@@ -62,8 +69,17 @@ _SMALL_PACK_BYTES = 1 << 20
 _PACK_CACHE_BYTES = 32 << 20
 """Small packs kept in memory (bytes)."""
 BASE_CACHE_BYTES = 16 << 20
-"""Decoded delta bases kept in memory (bytes): the bases prefetched for the runs a checkout
-has in flight, and those several versions coded against the same base share."""
+"""Decoded delta bases kept in memory (bytes): the bases prefetched for the runs a reader
+of :meth:`Repository.read_run` has in flight, and those several versions coded against the
+same base share."""
+_SLOT_ALIGN = 64
+"""Chunks decoded into an arena start at multiples of this many bytes (whole cache lines)."""
+ARENA_BYTES = _RUN_BYTES + (64 << 10)
+"""Size of an arena that the chunks of one run are decoded into (:meth:`Repository.read_run_into`):
+a run's raw bytes plus the alignment of up to 1,024 chunks. A run that needs more gets a
+buffer of its own."""
+_ARENAS_KEPT = 6
+"""Free arenas a repository keeps for the next reads (a stream holds ``prefetch + 1``)."""
 
 
 def default_workers() -> int:
@@ -91,6 +107,8 @@ class Repository(PackIndex):
         # Keyed (base, verified): a reader decodes a base without hashing it, since the delta
         # it serves is verified and a mismatch then checks the base (see _apply_delta).
         self._bases: BytesCache[tuple[ObjectId, bool]] = BytesCache(BASE_CACHE_BYTES)
+        self._arenas: list[Arena] = []
+        self._arena_lock = threading.Lock()
 
     def _forget_decoded(self) -> None:
         self._objects = ObjectCache()
@@ -163,6 +181,8 @@ class Repository(PackIndex):
         if self._pool is not None:
             self._pool.shutdown(wait=True)
             self._pool = None
+        with self._arena_lock:
+            self._arenas.clear()
         self.store.close()
 
     def __enter__(self) -> Repository:
@@ -218,7 +238,7 @@ class Repository(PackIndex):
                 base is missing, damaged or itself a delta.
         """
         if loc.codec == codec.DELTA:
-            return self._apply_delta(oid, loc, payload)
+            return bytes(self._apply_delta(oid, loc, payload))  # bytes already: no copy
         raw = self._decode(oid, loc, payload)
         if hash_bytes(raw) != oid:
             raise IntegrityError(to_hex(oid), "content does not match its id")
@@ -233,13 +253,40 @@ class Repository(PackIndex):
         except FormatError as exc:
             raise IntegrityError(to_hex(oid), str(exc)) from exc
 
-    def _apply_delta(self, oid: ObjectId, loc: Location, payload: bytes | memoryview) -> bytes:
+    def _decode_into(
+        self, oid: ObjectId, loc: Location, payload: bytes | memoryview, out: Arena
+    ) -> memoryview:
+        """:meth:`_decode` into ``out`` (``loc.raw_len`` bytes); returns where the bytes are."""
+        if len(payload) != loc.stored_len:
+            raise IntegrityError(to_hex(oid), "pack is truncated")
+        try:
+            return codec.decompress_into(payload, loc.codec, out)
+        except FormatError as exc:
+            raise IntegrityError(to_hex(oid), str(exc)) from exc
+
+    def _apply_delta(
+        self,
+        oid: ObjectId,
+        loc: Location,
+        payload: bytes | memoryview,
+        out: Arena | None = None,
+        stored_base: tuple[Location, bytes | memoryview] | None = None,
+    ) -> bytes | memoryview:
         """The verified chunk of a delta payload: decoded against its base, then re-hashed.
 
         The base is decoded but hashed only when the result does not match ``oid``: a
         damaged base then makes the result wrong, and is named as the cause. (A base whose
         damage lies outside the bytes the delta uses gives the right chunk, which is
         verified; fsck and any read of the base itself still report it.)
+
+        Args:
+            oid: The chunk.
+            loc: Its index entry (a delta's).
+            payload: Its payload as stored.
+            out: Decode into this buffer (``loc.raw_len`` bytes) instead of new ``bytes``.
+            stored_base: The base's index entry and payload, already read: a base not in
+                the cache is then decoded from it into this thread's scratch buffer and not
+                cached (a file read front to back uses each base once).
 
         Raises:
             IntegrityError: As :meth:`verify_payload`.
@@ -249,11 +296,14 @@ class Repository(PackIndex):
         if loc.base is None:
             raise IntegrityError(to_hex(oid), "a delta without a base")
         try:
-            base, verified = self._decoded_base(loc.base)
+            base, verified = self._decoded_base(loc.base, stored_base)
         except MlvcError as exc:
             raise IntegrityError(to_hex(oid), f"its delta base is unreadable: {exc}") from exc
         try:
-            raw = delta.decode(payload, base, loc.raw_len)
+            if out is None:
+                raw: bytes | memoryview = delta.decode(payload, base, loc.raw_len)
+            else:
+                raw = delta.decode_into(payload, base, out)
         except FormatError as exc:
             failure = str(exc)
         else:
@@ -266,11 +316,16 @@ class Repository(PackIndex):
                 bad = IntegrityError(to_hex(loc.base), "content does not match its id")
                 raise IntegrityError(to_hex(oid), f"its delta base is unreadable: {bad}")
             self._bases.discard((loc.base, False))
-            self._bases.put((loc.base, True), base)
+            self._bases.put((loc.base, True), bytes(base))
         raise IntegrityError(to_hex(oid), failure)
 
-    def _decoded_base(self, base: ObjectId) -> tuple[bytes, bool]:
+    def _decoded_base(
+        self, base: ObjectId, stored: tuple[Location, bytes | memoryview] | None = None
+    ) -> tuple[bytes | memoryview, bool]:
         """The decoded bytes of a delta base, and whether they have been verified yet.
+
+        ``stored``: see :meth:`_apply_delta` (bytes decoded from it are valid until the
+        next base is decoded on this thread).
 
         Raises:
             MissingObject: The base is not stored.
@@ -281,6 +336,9 @@ class Repository(PackIndex):
             if data is not None:
                 return data, verified
         self._check_base(base)
+        if stored is not None:
+            loc, payload = stored
+            return self._decode_into(base, loc, payload, codec.scratch("base", loc.raw_len)), False
         data = self._decode(base, *self._payload(base))
         self._bases.put((base, False), data)
         return data, False
@@ -326,6 +384,61 @@ class Repository(PackIndex):
         while pending:
             yield from pending.popleft().result()
 
+    def stream_chunks(self, oids: Iterable[ObjectId], prefetch: int = 4) -> Iterator[memoryview]:
+        """:meth:`read_chunks` for a reader that is done with each chunk before the next.
+
+        The chunks are decoded on the worker threads straight into buffers that are reused
+        (:meth:`read_run_into`): no copy of a decoded chunk into new ``bytes``, no fresh
+        memory per chunk. Each chunk yielded is valid only until the next one is requested
+        (then its buffer may be overwritten): write or hash it, never keep it. Memory: at
+        most ``prefetch + 1`` runs (:data:`ARENA_BYTES` each).
+
+        Raises:
+            ObjectNotFound: An id is not stored.
+            IntegrityError: A chunk is damaged (raised when the iteration reaches it).
+        """
+        pending: deque[tuple[Arena, Future[list[memoryview]]]] = deque()
+        try:
+            for run in self.chunk_runs(oids):
+                arena = self.take_arena(run)
+                pending.append((arena, self.pool.submit(self.read_run_into, run, arena)))
+                if len(pending) >= prefetch:
+                    arena, done = pending.popleft()
+                    yield from done.result()
+                    self.give_arena(arena)
+            while pending:
+                arena, done = pending[0]
+                yield from done.result()
+                pending.popleft()
+                self.give_arena(arena)
+        finally:
+            for arena, done in pending:  # no arena back in use while a worker writes to it
+                with contextlib.suppress(BaseException):
+                    done.result()
+                self.give_arena(arena)
+
+    def take_arena(self, run: list[tuple[ObjectId, Location]]) -> Arena:
+        """A buffer to decode ``run`` into with :meth:`read_run_into`.
+
+        Hand it back with :meth:`give_arena` once its chunks are no longer used.
+        """
+        import numpy as np
+
+        need = sum(-(-loc.raw_len // _SLOT_ALIGN) * _SLOT_ALIGN for _, loc in run)
+        if need > ARENA_BYTES:
+            return np.empty(need, dtype=np.uint8)
+        with self._arena_lock:
+            if self._arenas:
+                return self._arenas.pop()
+        return np.empty(ARENA_BYTES, dtype=np.uint8)
+
+    def give_arena(self, arena: Arena) -> None:
+        """Keep ``arena`` for the next :meth:`take_arena` (its chunks must be unused now)."""
+        if len(arena) == ARENA_BYTES:
+            with self._arena_lock:
+                if len(self._arenas) < _ARENAS_KEPT:
+                    self._arenas.append(arena)
+
     def chunk_runs(self, oids: Iterable[ObjectId]) -> Iterator[list[tuple[ObjectId, Location]]]:
         """``oids`` located and grouped, in order, into runs of payloads adjacent in one pack.
 
@@ -369,6 +482,66 @@ class Repository(PackIndex):
             self.verify_payload(oid, loc, payload)
             for (oid, loc), payload in zip(run, payloads, strict=True)
         ]
+
+    def read_run_into(self, run: list[tuple[ObjectId, Location]], arena: Arena) -> list[memoryview]:
+        """:meth:`read_run`, decoding into ``arena`` (from :meth:`take_arena`) without copies.
+
+        Each chunk is decoded into its own slot of ``arena`` (a raw one is left in the
+        payload read), so the results stay valid while ``arena`` is not reused. The delta
+        bases of the run that are not cached are read with one request per adjacent group
+        and decoded into a per-thread buffer right before the chunk that needs them (a file
+        read front to back uses each base once, so nothing is cached or copied).
+
+        Raises:
+            IntegrityError: A chunk is damaged, or its base (named).
+        """
+        payloads = self._run_payloads(run)
+        if payloads is None:
+            return [memoryview(self.read_raw(oid)) for oid, _ in run]
+        bases = self._base_payloads([loc.base for _, loc in run if loc.base is not None])
+        out: list[memoryview] = []
+        pos = 0
+        for (oid, loc), payload in zip(run, payloads, strict=True):
+            slot = arena[pos : pos + loc.raw_len]
+            pos += -(-loc.raw_len // _SLOT_ALIGN) * _SLOT_ALIGN
+            if loc.codec == codec.DELTA:
+                stored = bases.get(loc.base) if loc.base is not None else None
+                data = self._apply_delta(oid, loc, payload, slot, stored)
+            else:
+                data = self._decode_into(oid, loc, payload, slot)
+                if hash_bytes(data) != oid:
+                    raise IntegrityError(to_hex(oid), "content does not match its id")
+            out.append(memoryview(data))
+        return out
+
+    def _base_payloads(
+        self, bases: list[ObjectId]
+    ) -> dict[ObjectId, tuple[Location, bytes | memoryview]]:
+        """The stored payloads of the delta bases not decoded in the cache.
+
+        Adjacent ones are read with one request. A hint: what fails here is read and
+        reported by the delta's own read.
+        """
+        wanted = [
+            b
+            for b in dict.fromkeys(bases)
+            if self._bases.get((b, True)) is None and self._bases.get((b, False)) is None
+        ]
+        with self._index_lock:
+            found = [
+                b
+                for b in wanted
+                if (loc := self._index.get(b)) and loc.kind == CHUNK and loc.codec != codec.DELTA
+            ]
+        out: dict[ObjectId, tuple[Location, bytes | memoryview]] = {}
+        with contextlib.suppress(MlvcError):
+            for run in self.chunk_runs(found):
+                payloads = self._run_payloads(run)
+                if payloads is None:
+                    break
+                for (oid, loc), payload in zip(run, payloads, strict=True):
+                    out[oid] = (loc, payload)
+        return out
 
     def _run_payloads(
         self, run: list[tuple[ObjectId, Location]]
