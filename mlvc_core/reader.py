@@ -17,7 +17,7 @@ from mlvc_core.packs import Location
 from mlvc_core.repository import Repository
 
 if TYPE_CHECKING:
-    from mlvc_core.repository import Arena
+    from mlvc_core.reads import Arena
 
 
 class ChunkedReader(io.RawIOBase):
