@@ -214,12 +214,13 @@ class Repository(ChunkReads):
                     yield from done.result()
                     self.give_arena(arena)
             while pending:
-                arena, done = pending[0]
+                arena, done = pending.popleft()
                 yield from done.result()
-                pending.popleft()
                 self.give_arena(arena)
         finally:
-            for arena, done in pending:  # no arena back in use while a worker writes to it
+            # The run being yielded when the reader stops keeps its arena (the reader may
+            # still hold its chunk); the others go back once no worker writes to them.
+            for arena, done in pending:
                 with contextlib.suppress(BaseException):
                     done.result()
                 self.give_arena(arena)

@@ -104,9 +104,11 @@ def test_a_stream_closed_early_leaves_no_arena_to_a_running_decode(
     with Repository.open(path) as repo:
         for _ in range(3):
             stream = repo.stream_chunks(chunks, prefetch=4)
-            next(stream)
+            held = next(stream)
+            kept = bytes(held)
             stream.close()  # runs still in flight: waited for before their arenas go back
             assert b"".join(bytes(d) for d in repo.stream_chunks(chunks)) == model(LATEST)
+            assert bytes(held) == kept  # the chunk held when it stopped was not reused
 
 
 def test_a_chunked_reader_reads_deltas_exactly_in_any_order(
