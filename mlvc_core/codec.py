@@ -238,8 +238,14 @@ _SCRATCH_MAX = 4 << 20
 """Larger scratch buffers are not kept between calls."""
 
 
-def _scratch(name: str, size: int) -> NDArray[np.uint8]:
-    """This thread's reusable buffer ``name``, ``size`` bytes long; never handed out."""
+def scratch(name: str, size: int) -> NDArray[np.uint8]:
+    """This thread's reusable buffer ``name``, ``size`` bytes long (contents undefined).
+
+    Fresh memory of a chunk's size costs a page fault per page at its first write (on this
+    machine about as much as decoding it), so the read and write paths decode into buffers
+    kept per thread. A buffer is valid until the next call with the same ``name`` on the
+    same thread; callers never hand one out. Buffers above :data:`_SCRATCH_MAX` are not kept.
+    """
     import numpy as np
 
     buf: NDArray[np.uint8] | None = getattr(_local, name, None)
@@ -284,7 +290,7 @@ def _compress_planes(data: bytes | memoryview, width: int, mask: int) -> memoryv
     for i in range(width):
         frame = None
         if mask >> i & 1:
-            plane = _scratch("plane_in", plane_len)
+            plane = scratch("plane_in", plane_len)
             _take_plane(data, i, width, plane)
             z: bytes = cctx.compress(plane.data)
             if len(z) <= plane_len * (1.0 - MIN_SAVING):
@@ -309,7 +315,11 @@ def _compress_planes(data: bytes | memoryview, width: int, mask: int) -> memoryv
     return out.data
 
 
-def _decompress_planes(payload: bytes | memoryview, raw_len: int) -> bytes:
+def _decompress_planes(payload: bytes | memoryview, raw_len: int, out: NDArray[np.uint8]) -> None:
+    """Decode a ``PLANES`` payload into ``out`` (``raw_len`` bytes).
+
+    Its zstd planes are decoded into this thread's scratch buffer, not into new memory.
+    """
     import numpy as np
 
     if len(payload) < 2 or payload[0] not in (2, 4):
@@ -320,29 +330,35 @@ def _decompress_planes(payload: bytes | memoryview, raw_len: int) -> bytes:
         raise FormatError("truncated byte-plane header")
     lengths = struct.unpack_from(f"<{width}I", payload, 2)
     plane_len, tail_len = divmod(raw_len, width)
-    view = memoryview(payload)
+    view = memoryview(payload).cast("B")
+    decoded = scratch("planes", plane_len * width)
     planes = []
     off = head
     for i, n in enumerate(lengths):
-        part: bytes | memoryview = view[off : off + n]
+        part = view[off : off + n]
         off += n
         if mask >> i & 1:
-            part = _zstd_frame(part, plane_len)
-        if len(part) != plane_len:
+            plane = decoded[i * plane_len : (i + 1) * plane_len]
+            _zstd_frame_into(part, plane)
+        elif len(part) != plane_len:
             raise FormatError(f"byte plane {i} has {len(part)} bytes, expected {plane_len}")
-        planes.append(np.frombuffer(part, dtype=np.uint8))
+        else:
+            plane = np.frombuffer(part, dtype=np.uint8)
+        planes.append(plane)
     if len(payload) - off != tail_len:
         raise FormatError("byte-plane payload has a wrong tail length")
-    out = _scratch("plane_out", raw_len)  # copied out by tobytes()
     # Interleave by building little-endian words from the top plane down: whole-array shifts
-    # and ors, which numpy vectorises, instead of a byte-strided scatter per plane.
+    # and ors, which numpy vectorises, instead of a byte-strided scatter per plane. (Each
+    # lower plane is widened into a word array first: an or of equal types runs without
+    # numpy's casting buffer.)
     words = out[: plane_len * width].view(_WORD[width])
     np.copyto(words, planes[-1])
+    wide = scratch("plane_wide", words.nbytes).view(words.dtype)
     for plane in reversed(planes[:-1]):
-        np.left_shift(words, 8, out=words)
-        np.bitwise_or(words, plane, out=words)
+        np.multiply(words, words.dtype.type(256), out=words)  # << 8, faster in numpy
+        np.copyto(wide, plane)
+        np.bitwise_or(words, wide, out=words)
     out[plane_len * width :] = np.frombuffer(view, dtype=np.uint8, offset=off)
-    return out.tobytes()
 
 
 _DIRECT_MAX = 4 << 20
@@ -384,6 +400,31 @@ def _zstd_frame(payload: bytes | memoryview, raw_len: int) -> bytes:
     return out
 
 
+def _zstd_frame_into(payload: bytes | memoryview, out: NDArray[np.uint8]) -> None:
+    """Decode one zstd frame into ``out``, which it must fill exactly (never written past).
+
+    Raises:
+        FormatError: Undecodable, or a size other than ``len(out)``.
+    """
+    raw_len = len(out)
+    try:
+        declared = zstandard.frame_content_size(payload)
+        if declared not in (-1, raw_len):
+            raise FormatError(f"payload declares {declared} bytes, expected {raw_len}")
+        reader = _decompressor().stream_reader(payload, read_across_frames=False)
+        target = out.data
+        filled = 0
+        while filled < raw_len:
+            n = reader.readinto(target[filled:])
+            if n == 0:
+                break
+            filled += n
+        if filled != raw_len or reader.read(1):
+            raise FormatError(f"zstd frame does not yield {raw_len} bytes")
+    except zstandard.ZstdError as exc:
+        raise FormatError(f"undecodable zstd payload: {exc}") from exc
+
+
 def decompress(payload: bytes | memoryview, codec: int, raw_len: int) -> bytes:
     """Undo :func:`compress`, never producing more than ``raw_len`` bytes.
 
@@ -395,7 +436,9 @@ def decompress(payload: bytes | memoryview, codec: int, raw_len: int) -> bytes:
     elif codec == ZSTD:
         out = _zstd_frame(payload, raw_len)
     elif codec == PLANES:
-        out = _decompress_planes(payload, raw_len)
+        buf = scratch("plane_out", raw_len)
+        _decompress_planes(payload, raw_len, buf)
+        out = buf.tobytes()
     elif codec == DELTA:
         raise FormatError("a delta payload is decoded against its base, not on its own")
     else:
@@ -403,6 +446,32 @@ def decompress(payload: bytes | memoryview, codec: int, raw_len: int) -> bytes:
     if len(out) != raw_len:
         raise FormatError(f"payload decodes to {len(out)} bytes, expected {raw_len}")
     return out
+
+
+def decompress_into(payload: bytes | memoryview, codec: int, out: NDArray[np.uint8]) -> memoryview:
+    """Undo :func:`compress` into ``out`` (a writable uint8 array of the raw length).
+
+    Returns:
+        Where the bytes are: ``out``, or for a ``RAW`` payload the payload itself (not
+        copied).
+
+    Raises:
+        FormatError: As :func:`decompress`.
+    """
+    raw_len = len(out)
+    if codec == RAW:
+        if len(payload) != raw_len:
+            raise FormatError(f"payload decodes to {len(payload)} bytes, expected {raw_len}")
+        return memoryview(payload)
+    if codec == ZSTD:
+        _zstd_frame_into(payload, out)
+    elif codec == PLANES:
+        _decompress_planes(payload, raw_len, out)
+    elif codec == DELTA:
+        raise FormatError("a delta payload is decoded against its base, not on its own")
+    else:
+        raise FormatError(f"unknown codec {codec}")
+    return out.data
 
 
 def compress_blob(data: bytes, level: int = 3) -> bytes:
@@ -448,3 +517,12 @@ def decompress_frame(payload: bytes | memoryview, raw_len: int) -> bytes:
     if len(out) != raw_len:
         raise FormatError(f"zstd frame yields {len(out)} bytes, expected {raw_len}")
     return out
+
+
+def decompress_frame_into(payload: bytes | memoryview, out: NDArray[np.uint8]) -> None:
+    """Decode one zstd frame into ``out``, which it must fill exactly, never more.
+
+    Raises:
+        FormatError: Undecodable, or a size other than ``len(out)``.
+    """
+    _zstd_frame_into(payload, out)

@@ -34,7 +34,6 @@ the payload's size and ``base``, and every frame is bounded by the length it mus
 from __future__ import annotations
 
 import struct
-import threading
 from typing import TYPE_CHECKING, Any
 
 from mlvc_core import codec
@@ -47,7 +46,7 @@ if TYPE_CHECKING:
 
     Words = NDArray[Any]
 
-__all__ = ["MAX_RAW", "decode", "encode", "encode_difference"]
+__all__ = ["MAX_RAW", "decode", "decode_into", "encode", "encode_difference"]
 
 MAX_RAW = 16 << 20
 """Largest chunk a payload may decode to (bytes): the format's chunk ceiling."""
@@ -61,25 +60,6 @@ _FLOATS = frozenset({"BF16", "F16", "F32", "F64"})
 _UINT = {1: "<u1", 2: "<u2", 4: "<u4", 8: "<u8"}
 _SINT = {1: "<i1", 2: "<i2", 4: "<i4", 8: "<i8"}
 _HEAD = struct.Struct("<BBBBII")
-_SCRATCH_MAX = 4 << 20
-"""Larger scratch buffers are not kept between decodes."""
-_local = threading.local()
-
-
-def _scratch(name: str, nbytes: int) -> NDArray[np.uint8]:
-    """This thread's reusable buffer ``name`` of ``nbytes`` bytes (never handed out).
-
-    Fresh memory of a chunk's size costs a page fault per page at its first write, which
-    is more than the arithmetic done on it.
-    """
-    import numpy as np
-
-    buf: NDArray[np.uint8] | None = getattr(_local, name, None)
-    if buf is None or buf.size < nbytes:
-        buf = np.empty(nbytes, dtype=np.uint8)
-        if nbytes <= _SCRATCH_MAX:
-            setattr(_local, name, buf)
-    return buf[:nbytes]
 
 
 def _transform(dtype: str | None) -> tuple[int, int]:
@@ -118,34 +98,36 @@ def _code(
 
 
 def _uncode(z: Words, base: memoryview, transform: int, width: int, skip: int) -> Words:
-    """The span's words from their codes ``z`` (overwritten) and the base."""
+    """The span's words from their codes ``z`` (overwritten) and the base.
+
+    With ``S(u) = u ^ ((u >>a (bits-1)) >> 1)`` (sign-magnitude bits to two's-complement
+    order; its own inverse), the ordered integer is ``S(u) ^ msb``, and an xor with the msb
+    is an addition of it modulo ``2**bits``, so ``new = S(unzigzag(z) + S(old))``: eleven
+    whole-array passes with one temporary, in place.
+    """
     import numpy as np
 
     old = _words(base, skip, len(z) * width, width)
     if transform == XOR:
         np.bitwise_xor(z, old, out=z)
         return z
-    bits = 8 * width
+    top = 8 * width - 1
     t = z.dtype.type
-    top, msb = bits - 1, t(1 << (bits - 1))
-    # In place with one temporary, twelve whole-array passes; an arithmetic shift of the
-    # signed view spreads a word's top bit over the word.
-    m = _scratch("temp", z.nbytes).view(z.dtype)
+    m = codec.scratch("delta_temp", z.nbytes).view(z.dtype)
     ms, zs = m.view(_SINT[width]), z.view(_SINT[width])
-    np.left_shift(z, t(top), out=m)
+    # An arithmetic shift of the signed view spreads a word's top bit over the word; a
+    # multiply by a power of two is numpy's faster left shift.
+    np.multiply(z, t(1 << top), out=m)
     np.right_shift(ms, top, out=ms)  # -(z & 1)
     np.right_shift(z, t(1), out=z)
     np.bitwise_xor(z, m, out=z)  # d = unzigzag(z), the difference mod 2**bits
     np.right_shift(old.view(_SINT[width]), top, out=ms)
-    np.bitwise_or(m, msb, out=m)
-    np.bitwise_xor(m, old, out=m)  # ordered(old)
-    np.add(z, m, out=z)  # o = ordered(new)
-    # The inverse of _ordered(o): o ^ msb, then flip the other bits too where that left
-    # the top bit set.
-    np.bitwise_xor(z, msb, out=z)
+    np.right_shift(m, t(1), out=m)
+    np.bitwise_xor(m, old, out=m)  # S(old)
+    np.add(z, m, out=z)
     np.right_shift(zs, top, out=ms)
     np.right_shift(m, t(1), out=m)
-    np.bitwise_xor(z, m, out=z)
+    np.bitwise_xor(z, m, out=z)  # S(d + S(old))
     return z
 
 
@@ -238,30 +220,61 @@ def decode(
             anything is decoded; None to take the payload's word.
 
     Returns:
-        The chunk; the caller checks it against the chunk's id.
+        The chunk (new ``bytes``, the caller's to keep); the caller checks it against the
+        chunk's id.
+
+    Raises:
+        FormatError: A malformed payload, or a ``base`` shorter than it needs.
+    """
+    view = memoryview(payload).cast("B")
+    if raw_len is None:
+        at = 2 if len(view) and view[0] == STANDALONE else 4
+        if len(view) < at + 4:
+            raise FormatError("delta payload is too short")
+        raw_len = struct.unpack_from("<I", view, at)[0]
+        if raw_len > MAX_RAW:
+            raise FormatError(f"delta payload declares {raw_len} bytes, more than {MAX_RAW}")
+    out = codec.scratch("delta_out", raw_len)
+    return bytes(decode_into(view, base, out))
+
+
+def decode_into(
+    payload: bytes | memoryview, base: bytes | memoryview, out: NDArray[np.uint8]
+) -> memoryview:
+    """Undo :func:`encode` into ``out``, given the same ``base``: :func:`decode` without a copy.
+
+    Args:
+        payload: What :func:`encode` returned (untrusted).
+        base: The bytes it was encoded against.
+        out: A writable uint8 array of the length the chunk must have (from an index entry),
+            checked before anything is decoded.
+
+    Returns:
+        Where the chunk is: a view of ``out``, or of a raw standalone payload's own
+        bytes. Intermediate planes go to this thread's scratch buffers
+        (:func:`mlvc_core.codec.scratch`), so a decode allocates no memory of the chunk's
+        size.
 
     Raises:
         FormatError: A malformed payload, or a ``base`` shorter than it needs.
     """
     import numpy as np
 
-    expected = raw_len
+    expected = len(out)
     view, base = memoryview(payload).cast("B"), memoryview(base).cast("B")
     if len(view) < 6:
         raise FormatError("delta payload is too short")
     if view[0] == STANDALONE:
         c, raw_len = view[1], struct.unpack_from("<I", view, 2)[0]
-        if expected is not None and raw_len != expected:
+        if raw_len != expected:
             raise FormatError(f"delta payload declares {raw_len} bytes, its index {expected}")
-        if raw_len > MAX_RAW:
-            raise FormatError(f"delta payload declares {raw_len} bytes, more than {MAX_RAW}")
-        return codec.decompress(view[6:], c, raw_len)
+        return codec.decompress_into(view[6:], c, out)
     if view[0] != DIFFERENCE or len(view) < _HEAD.size:
         raise FormatError(f"unknown delta payload kind {view[0]}")
     _, transform, width, skip, raw_len, span = _HEAD.unpack_from(view)
     if transform not in (XOR, ORDERED) or width not in _UINT or (transform, width) == (2, 1):
         raise FormatError(f"bad delta transform {transform} of width {width}")
-    if expected is not None and raw_len != expected:
+    if raw_len != expected:
         raise FormatError(f"delta payload declares {raw_len} bytes, its index {expected}")
     if raw_len > MAX_RAW or skip >= width or span % width or skip + span > raw_len:
         raise FormatError("delta payload has inconsistent lengths")
@@ -271,34 +284,38 @@ def decode(
     if len(view) < off:
         raise FormatError("truncated delta plane table")
     count = span // width
-    planes: list[bytes | memoryview] = []
+    decoded = codec.scratch("delta_planes", span)
+    planes: list[NDArray[np.uint8]] = []
     for i in range(width):
         zstd, stored = struct.unpack_from("<BI", view, _HEAD.size + 5 * i)
         part = view[off : off + stored]
         if len(part) != stored:
             raise FormatError("truncated delta plane")
         off += stored
-        plane = codec.decompress_frame(part, count) if zstd else part
-        if len(plane) != count:
-            raise FormatError(f"delta plane {i} has {len(plane)} bytes, expected {count}")
+        if zstd:
+            plane = decoded[i * count : (i + 1) * count]
+            codec.decompress_frame_into(part, plane)
+        elif stored != count:
+            raise FormatError(f"delta plane {i} has {stored} bytes, expected {count}")
+        else:
+            plane = np.frombuffer(part, dtype=np.uint8)
         planes.append(plane)
     if off >= len(view):
         raise FormatError("delta payload has no residual")
     residual = codec.decompress(view[off + 1 :], view[off], raw_len - span)
-    out = _scratch("out", raw_len)  # copied out by tobytes()
     # Interleave the planes into little-endian words from the top plane down (whole-array
     # shifts and ors), straight into the output buffer.
     # (Widening each lower plane into a word array first makes the or one of equal types,
     # which numpy runs without its casting buffer.)
     z = out[skip : skip + span].view(_UINT[width])
-    np.copyto(z, np.frombuffer(planes[-1], dtype=np.uint8))
-    wide = _scratch("temp", z.nbytes).view(z.dtype)
+    np.copyto(z, planes[-1])
+    wide = codec.scratch("delta_temp", z.nbytes).view(z.dtype)
     for plane in reversed(planes[:-1]):
-        np.left_shift(z, z.dtype.type(8), out=z)
-        np.copyto(wide, np.frombuffer(plane, dtype=np.uint8))
+        np.multiply(z, z.dtype.type(256), out=z)  # << 8
+        np.copyto(wide, plane)
         np.bitwise_or(z, wide, out=z)
     _uncode(z, base, transform, width, skip)
     rest = np.frombuffer(residual, dtype=np.uint8)
     out[:skip] = rest[:skip]
     out[skip + span :] = rest[skip:]
-    return out.tobytes()
+    return out.data

@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import io
 from concurrent.futures import Future
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mlvc_core.errors import IntegrityError
 from mlvc_core.ids import ObjectId, to_hex
 from mlvc_core.objects import Manifest
 from mlvc_core.packs import Location
 from mlvc_core.repository import Repository
+
+if TYPE_CHECKING:
+    from mlvc_core.reads import Arena
 
 
 class ChunkedReader(io.RawIOBase):
@@ -24,8 +27,9 @@ class ChunkedReader(io.RawIOBase):
     up to a few MiB, see :meth:`Repository.chunk_runs`): reading a file front to back from a
     bucket costs a round trip per run, not per chunk. Once reads go front to back (a run is
     needed right where the last one ended), the next run is read on a worker thread while
-    this one is consumed. Memory holds at most two runs of decoded chunks, so any file can
-    be read however large.
+    this one is consumed. Runs are decoded into the repository's reusable arenas
+    (:meth:`Repository.read_run_into`) and copied once, into the caller's buffer. Memory
+    holds at most two runs of decoded chunks, so any file can be read however large.
     """
 
     def __init__(self, repo: Repository, manifest: Manifest, name: str = "") -> None:
@@ -39,9 +43,11 @@ class ChunkedReader(io.RawIOBase):
             pos += n
         self._size = manifest.size
         self._pos = 0
-        self._cache: dict[int, bytes] = {}
-        self._end = -1  # index just past the cached run
-        self._ahead: tuple[int, Future[list[bytes]]] | None = None  # the next run, being read
+        self._run: list[memoryview] = []  # the decoded chunks of the current run
+        self._first = 0  # index of its first chunk
+        self._arena: Arena | None = None  # where they are decoded
+        self._end = -1  # index just past the current run
+        self._ahead: tuple[int, Arena, Future[list[memoryview]]] | None = None  # the next run
         self.name = name
 
     def readable(self) -> bool:
@@ -72,25 +78,54 @@ class ChunkedReader(io.RawIOBase):
     def tell(self) -> int:
         return self._pos
 
-    def _chunk(self, i: int) -> bytes:
-        data = self._cache.get(i)
-        if data is None:
-            sequential = i == self._end
-            if self._ahead is not None and self._ahead[0] == i:
-                chunks = self._ahead[1].result()
-            else:
-                chunks = self._repo.read_run(self._run_at(i))
-            self._ahead = None
-            self._cache = dict(enumerate(chunks, start=i))
-            self._end = i + len(chunks)
-            if sequential and self._end < len(self._chunks):
-                ahead = self._repo.pool.submit(self._repo.read_run, self._run_at(self._end))
-                self._ahead = (self._end, ahead)
-            data = self._cache[i]
+    def _chunk(self, i: int) -> memoryview:
+        """Chunk ``i``, valid until the next run is decoded over it (read it at once)."""
+        if not self._first <= i < self._first + len(self._run):
+            self._load(i)
+        data = self._run[i - self._first]
         cid, length = self._chunks[i]
         if len(data) != length:
             raise IntegrityError(to_hex(cid), f"{len(data)} bytes, its manifest says {length}")
         return data
+
+    def _load(self, i: int) -> None:
+        """Decode the run that starts at chunk ``i`` (and the next one ahead, front to back).
+
+        Each run is decoded into an arena of the repository's (no copies); the previous
+        run's is handed back once nothing reads from it.
+        """
+        repo = self._repo
+        sequential = i == self._end
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None and ahead[0] == i:
+            _, arena, pending = ahead
+            chunks = pending.result()
+        else:
+            # A run read ahead for another place is left to finish: its arena is dropped,
+            # never handed back while a worker may still write into it.
+            run = self._run_at(i)
+            arena = repo.take_arena(run)
+            chunks = repo.read_run_into(run, arena)
+        self._release()
+        self._run, self._first, self._arena = chunks, i, arena
+        self._end = i + len(chunks)
+        if sequential and self._end < len(self._chunks):
+            run = self._run_at(self._end)
+            nxt = repo.take_arena(run)
+            self._ahead = (self._end, nxt, repo.pool.submit(repo.read_run_into, run, nxt))
+
+    def _release(self) -> None:
+        """Hand the current run's arena back (no chunk of it is read any more)."""
+        arena, self._arena, self._run = self._arena, None, []
+        if arena is not None:
+            self._repo.give_arena(arena)
+
+    def close(self) -> None:
+        """Close the reader; its buffers go back to the repository."""
+        if not self.closed:
+            self._ahead = None  # left to finish; its arena is dropped
+            self._release()
+        super().close()
 
     def _run_at(self, i: int) -> list[tuple[ObjectId, Location]]:
         # Ids from i on, without copying the tail of a manifest of maybe 100 000s of chunks

@@ -5,8 +5,9 @@ and refs move to new commits only through :func:`mlvc_core.history.advance`, ref
 compare-and-swap (see docs/format.md). A crash at any point leaves at worst unreferenced packs
 for ``gc``.
 
-Every read is verified: a payload is decompressed (bounded by its recorded length) and re-hashed;
-a mismatch raises :class:`~mlvc_core.errors.IntegrityError` naming the id.
+Every read is verified (:mod:`mlvc_core.reads`): a payload is decompressed (bounded by its
+recorded length) and re-hashed; a mismatch raises :class:`~mlvc_core.errors.IntegrityError`
+naming the id. Here the reads of a file's chunks run on the worker threads, a few runs ahead.
 """
 
 from __future__ import annotations
@@ -15,16 +16,14 @@ import contextlib
 import logging
 import os
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Generator, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from mlvc_core import codec, delta
 from mlvc_core.caches import BytesCache, ObjectCache
 from mlvc_core.config import MAX_CONFIG_SIZE, RepoConfig, upgrade_config
 from mlvc_core.errors import (
     FormatError,
-    IntegrityError,
     KeyNotFound,
     MlvcError,
     NotARepository,
@@ -32,8 +31,7 @@ from mlvc_core.errors import (
     RepositoryExists,
     UsageError,
 )
-from mlvc_core.ids import ObjectId, from_hex, hash_bytes, is_hex_prefix, resolve_prefix, to_hex
-from mlvc_core.indexes import PackIndex
+from mlvc_core.ids import ObjectId, from_hex, is_hex_prefix, resolve_prefix, to_hex
 from mlvc_core.objects import (
     CHUNK,
     KIND_NAMES,
@@ -43,27 +41,23 @@ from mlvc_core.objects import (
     Tree,
     decode,
 )
-from mlvc_core.packs import (
-    Location,
-    pack_key,
-)
+from mlvc_core.packs import pack_key
+from mlvc_core.reads import ChunkReads
 from mlvc_core.refs import KINDS, Ref, RefStore
 from mlvc_core.storage import LocalStore, Store, open_store
+
+if TYPE_CHECKING:
+    from mlvc_core.reads import Arena
 
 CONFIG_KEY = "config"
 
 
 log = logging.getLogger(__name__)
 
-_RUN_BYTES = 4 << 20
-"""Most bytes, stored and decoded, in one run of :meth:`Repository.chunk_runs` (one request)."""
 _SMALL_PACK_BYTES = 1 << 20
 """Packs up to this size are read whole when an object in them is read from a remote store."""
 _PACK_CACHE_BYTES = 32 << 20
 """Small packs kept in memory (bytes)."""
-BASE_CACHE_BYTES = 16 << 20
-"""Decoded delta bases kept in memory (bytes): the bases prefetched for the runs a checkout
-has in flight, and those several versions coded against the same base share."""
 
 
 def default_workers() -> int:
@@ -71,11 +65,11 @@ def default_workers() -> int:
     return max(2, os.cpu_count() or 2)
 
 
-class Repository(PackIndex):
+class Repository(ChunkReads):
     """An mlvc repository. Open with :meth:`open`, create with :meth:`init`.
 
-    The index of its packs (what is stored where, and the generation it is at) is the
-    :class:`~mlvc_core.indexes.PackIndex` it extends.
+    The index of its packs (what is stored where, and the generation it is at) and the
+    verified reads of chunks are the :class:`~mlvc_core.reads.ChunkReads` it extends.
     """
 
     def __init__(
@@ -88,9 +82,6 @@ class Repository(PackIndex):
         self._objects = ObjectCache()
         self._pool: ThreadPoolExecutor | None = None
         self._packs: BytesCache[str] = BytesCache(_PACK_CACHE_BYTES)
-        # Keyed (base, verified): a reader decodes a base without hashing it, since the delta
-        # it serves is verified and a mismatch then checks the base (see _apply_delta).
-        self._bases: BytesCache[tuple[ObjectId, bool]] = BytesCache(BASE_CACHE_BYTES)
 
     def _forget_decoded(self) -> None:
         self._objects = ObjectCache()
@@ -163,6 +154,7 @@ class Repository(PackIndex):
         if self._pool is not None:
             self._pool.shutdown(wait=True)
             self._pool = None
+        self.drop_arenas()
         self.store.close()
 
     def __enter__(self) -> Repository:
@@ -180,136 +172,6 @@ class Repository(PackIndex):
 
     # ------------------------------------------------------------------ reads
 
-    def read_raw(self, oid: ObjectId) -> bytes:
-        """The verified, uncompressed bytes of a chunk or object.
-
-        Raises:
-            ObjectNotFound: Not stored.
-            IntegrityError: The stored bytes are damaged.
-        """
-        return self.verify_payload(oid, *self._payload(oid))
-
-    def _payload(self, oid: ObjectId) -> tuple[Location, bytes]:
-        """Where ``oid`` is stored and its payload as stored (a repacked one followed)."""
-        loc = self._stored(oid)
-        try:
-            return loc, self.store.read_range(pack_key(loc.pack), loc.offset, loc.stored_len)
-        except KeyNotFound:
-            if not self._moved(oid, loc):
-                raise
-            loc = self.locate(oid)
-            return loc, self.store.read_range(pack_key(loc.pack), loc.offset, loc.stored_len)
-
-    def _moved(self, oid: ObjectId, old: Location) -> bool:
-        """True if ``oid``, whose pack at ``old`` is gone, lives elsewhere now.
-
-        gc repacked it since the index was loaded; another thread may have refreshed already.
-        """
-        if self._index.get(oid, old) != old:
-            return True
-        self.refresh()
-        return self._index.get(oid, old) != old
-
-    def verify_payload(self, oid: ObjectId, loc: Location, payload: bytes | memoryview) -> bytes:
-        """Decode and re-hash one payload read from a pack (a delta: against its base).
-
-        Raises:
-            IntegrityError: Truncated, undecodable, hashing to another id, or a delta whose
-                base is missing, damaged or itself a delta.
-        """
-        if loc.codec == codec.DELTA:
-            return self._apply_delta(oid, loc, payload)
-        raw = self._decode(oid, loc, payload)
-        if hash_bytes(raw) != oid:
-            raise IntegrityError(to_hex(oid), "content does not match its id")
-        return raw
-
-    def _decode(self, oid: ObjectId, loc: Location, payload: bytes | memoryview) -> bytes:
-        """The bytes of a payload stored on its own (codec 0-2), not yet verified."""
-        if len(payload) != loc.stored_len:
-            raise IntegrityError(to_hex(oid), "pack is truncated")
-        try:
-            return codec.decompress(payload, loc.codec, loc.raw_len)
-        except FormatError as exc:
-            raise IntegrityError(to_hex(oid), str(exc)) from exc
-
-    def _apply_delta(self, oid: ObjectId, loc: Location, payload: bytes | memoryview) -> bytes:
-        """The verified chunk of a delta payload: decoded against its base, then re-hashed.
-
-        The base is decoded but hashed only when the result does not match ``oid``: a
-        damaged base then makes the result wrong, and is named as the cause. (A base whose
-        damage lies outside the bytes the delta uses gives the right chunk, which is
-        verified; fsck and any read of the base itself still report it.)
-
-        Raises:
-            IntegrityError: As :meth:`verify_payload`.
-        """
-        if len(payload) != loc.stored_len:
-            raise IntegrityError(to_hex(oid), "pack is truncated")
-        if loc.base is None:
-            raise IntegrityError(to_hex(oid), "a delta without a base")
-        try:
-            base, verified = self._decoded_base(loc.base)
-        except MlvcError as exc:
-            raise IntegrityError(to_hex(oid), f"its delta base is unreadable: {exc}") from exc
-        try:
-            raw = delta.decode(payload, base, loc.raw_len)
-        except FormatError as exc:
-            failure = str(exc)
-        else:
-            if hash_bytes(raw) == oid:
-                return raw
-            failure = "content does not match its id"
-        if not verified:
-            if hash_bytes(base) != loc.base:
-                self._bases.discard((loc.base, False))
-                bad = IntegrityError(to_hex(loc.base), "content does not match its id")
-                raise IntegrityError(to_hex(oid), f"its delta base is unreadable: {bad}")
-            self._bases.discard((loc.base, False))
-            self._bases.put((loc.base, True), base)
-        raise IntegrityError(to_hex(oid), failure)
-
-    def _decoded_base(self, base: ObjectId) -> tuple[bytes, bool]:
-        """The decoded bytes of a delta base, and whether they have been verified yet.
-
-        Raises:
-            MissingObject: The base is not stored.
-            IntegrityError: It is undecodable, or not a chunk stored on its own.
-        """
-        for verified in (True, False):
-            data = self._bases.get((base, verified))
-            if data is not None:
-                return data, verified
-        self._check_base(base)
-        data = self._decode(base, *self._payload(base))
-        self._bases.put((base, False), data)
-        return data, False
-
-    def _check_base(self, base: ObjectId) -> None:
-        found = self._stored(base)
-        if found.kind != CHUNK or found.codec == codec.DELTA:
-            raise IntegrityError(to_hex(base), "a delta base must be a chunk stored on its own")
-
-    def read_base(self, base: ObjectId, cache: bool = True) -> bytes:
-        """The verified bytes of a chunk that deltas are coded against.
-
-        Decoded bases are kept in a bounded LRU (:data:`BASE_CACHE_BYTES`) unless ``cache``
-        is False (a writer reads each base once). A base is always a chunk stored on its own,
-        so one read of a chunk reads at most one base.
-
-        Raises:
-            MissingObject: The base is not stored.
-            IntegrityError: It is damaged, or not a chunk stored on its own.
-        """
-        data = self._bases.get((base, True))
-        if data is not None:
-            return data
-        self._check_base(base)
-        data = self.read_raw(base)
-        if cache:
-            self._bases.put((base, True), data)
-        return data
-
     def read_chunks(self, oids: Iterable[ObjectId], prefetch: int = 4) -> Iterator[bytes]:
         """Verified chunk bytes, in order, read and checked on the worker threads.
 
@@ -326,94 +188,42 @@ class Repository(PackIndex):
         while pending:
             yield from pending.popleft().result()
 
-    def chunk_runs(self, oids: Iterable[ObjectId]) -> Iterator[list[tuple[ObjectId, Location]]]:
-        """``oids`` located and grouped, in order, into runs of payloads adjacent in one pack.
+    def stream_chunks(
+        self, oids: Iterable[ObjectId], prefetch: int = 4
+    ) -> Generator[memoryview, None, None]:
+        """:meth:`read_chunks` for a reader that is done with each chunk before the next.
 
-        A run holds at most :data:`_RUN_BYTES` of stored bytes and of raw bytes (a run of
-        well-compressed text must not decode into hundreds of MiB).
+        The chunks are decoded on the worker threads straight into buffers that are reused
+        (:meth:`read_run_into`): no copy of a decoded chunk into new ``bytes``, no fresh
+        memory per chunk. Each chunk yielded is valid only until the next one is requested
+        (then its buffer may be overwritten): write or hash it, never keep it. Memory: at
+        most ``prefetch + 1`` runs (:data:`~mlvc_core.reads.ARENA_BYTES` each). Closed
+        early, it waits for the runs still being decoded before their buffers are reused.
 
         Raises:
-            ObjectNotFound: An id is not stored (raised when the iteration reaches it).
+            ObjectNotFound: An id is not stored.
+            IntegrityError: A chunk is damaged (raised when the iteration reaches it).
         """
-        run: list[tuple[ObjectId, Location]] = []
-        start = end = raw = 0
-        for oid in oids:
-            loc = self._stored(oid)
-            if run and (
-                loc.pack != run[0][1].pack
-                or loc.offset != end
-                or loc.offset + loc.stored_len - start > _RUN_BYTES
-                or raw + loc.raw_len > _RUN_BYTES
-            ):
-                yield run
-                run = []
-            if not run:
-                start, raw = loc.offset, 0
-            run.append((oid, loc))
-            end = loc.offset + loc.stored_len
-            raw += loc.raw_len
-        if run:
-            yield run
-
-    def read_run(self, run: list[tuple[ObjectId, Location]]) -> list[bytes]:
-        """The verified bytes of a run from :meth:`chunk_runs`, read with one request.
-
-        A pack gone since the index was loaded (gc repacked it: the generation moved) is
-        looked up again in the current generation, payload by payload.
-        """
-        self._prefetch_bases([loc.base for _, loc in run if loc.base is not None])
-        payloads = self._run_payloads(run)
-        if payloads is None:
-            return [self.read_raw(oid) for oid, _ in run]
-        return [
-            self.verify_payload(oid, loc, payload)
-            for (oid, loc), payload in zip(run, payloads, strict=True)
-        ]
-
-    def _run_payloads(
-        self, run: list[tuple[ObjectId, Location]]
-    ) -> list[bytes | memoryview] | None:
-        """The payloads of a run, read with one request; None if its pack is gone (moved)."""
-        first = run[0][1]
-        end = run[-1][1].offset + run[-1][1].stored_len
+        pending: deque[tuple[Arena, Future[list[memoryview]]]] = deque()
         try:
-            blob = self.store.read_range(pack_key(first.pack), first.offset, end - first.offset)
-        except KeyNotFound:
-            if not self._moved(run[0][0], first):
-                raise
-            return None
-        if len(run) == 1:
-            return [blob]  # a raw chunk: no copy
-        view = memoryview(blob)
-        return [view[loc.offset - first.offset :][: loc.stored_len] for _, loc in run]
-
-    def _prefetch_bases(self, bases: list[ObjectId]) -> None:
-        """Decode the delta bases of a run not decoded yet, adjacent ones with one request.
-
-        The keyframes of a file's chunks lie side by side in their pack, so a run of deltas
-        costs one more request, not one per base. A hint: what fails here is read (and
-        reported) again by :meth:`_apply_delta`. The bases are not hashed here: see there.
-        """
-        wanted = [
-            b
-            for b in dict.fromkeys(bases)
-            if self._bases.get((b, True)) is None and self._bases.get((b, False)) is None
-        ]
-        with self._index_lock:
-            found = [
-                b
-                for b in wanted
-                if (loc := self._index.get(b)) and loc.kind == CHUNK and loc.codec != codec.DELTA
-            ]
-        if not found:
-            return
-        with contextlib.suppress(MlvcError):
-            for run in self.chunk_runs(found):
-                payloads = self._run_payloads(run)
-                if payloads is None:
-                    return
-                for (oid, loc), payload in zip(run, payloads, strict=True):
-                    self._bases.put((oid, False), self._decode(oid, loc, payload))
+            for run in self.chunk_runs(oids):
+                arena = self.take_arena(run)
+                pending.append((arena, self.pool.submit(self.read_run_into, run, arena)))
+                if len(pending) >= prefetch:
+                    arena, done = pending.popleft()
+                    yield from done.result()
+                    self.give_arena(arena)
+            while pending:
+                arena, done = pending.popleft()
+                yield from done.result()
+                self.give_arena(arena)
+        finally:
+            # The run being yielded when the reader stops keeps its arena (the reader may
+            # still hold its chunk); the others go back once no worker writes to them.
+            for arena, done in pending:
+                with contextlib.suppress(BaseException):
+                    done.result()
+                self.give_arena(arena)
 
     def read_object(self, oid: ObjectId) -> Object:
         """A verified, decoded object (cached)."""

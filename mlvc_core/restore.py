@@ -108,9 +108,10 @@ def write_file(
         fd = os.open(tmp, _NEW_FILE_FLAGS, mode & 0o777, dir_fd=dir_fd)
         try:
             try:
-                if chunks is None:
-                    chunks = repo.read_chunks(cid for cid, _ in manifest.chunks)
-                _write_chunks(fd, manifest, chunks, progress)
+                # Each chunk is written before the next is decoded over it.
+                ids = (cid for cid, _ in manifest.chunks)
+                data = repo.stream_chunks(ids) if chunks is None else chunks
+                _write_chunks(fd, manifest, data, progress)
             finally:
                 os.close(fd)
             if not in_place:
@@ -125,7 +126,10 @@ def write_file(
 
 
 def _write_chunks(
-    fd: int, manifest: Manifest, chunks: Iterable[bytes], progress: ProgressFn | None
+    fd: int,
+    manifest: Manifest,
+    chunks: Iterable[bytes | memoryview],
+    progress: ProgressFn | None,
 ) -> None:
     """Write a manifest's chunks (checked against its lengths) at ``fd``; zero runs as holes."""
     pos = end = 0  # where the next chunk goes; the end of the bytes written

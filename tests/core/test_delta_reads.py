@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from mlvc_core import codec, repository
+from mlvc_core import codec, delta, reads
 from mlvc_core.errors import IntegrityError
 from mlvc_core.ids import ObjectId, hash_bytes
 from mlvc_core.packs import Location, pack_key
@@ -43,7 +43,7 @@ def _flip_decodable(repo: Repository, oid: ObjectId, loc: Location) -> None:
         try:
             if loc.codec == codec.DELTA:
                 assert loc.base is not None
-                raw = repository.delta.decode(payload, repo.read_base(loc.base), loc.raw_len)
+                raw = delta.decode(payload, repo.read_base(loc.base), loc.raw_len)
             else:
                 raw = codec.decompress(payload, loc.codec, loc.raw_len)
         except Exception:  # noqa: BLE001 - any undecodable flip: try another byte
@@ -69,7 +69,7 @@ def test_a_clean_read_hashes_each_chunk_once_and_no_base(
         return hash_bytes(data)
 
     fresh = Repository.open(repo.url)
-    monkeypatch.setattr(repository, "hash_bytes", counting)
+    monkeypatch.setattr(reads, "hash_bytes", counting)
     got = b"".join(fresh.read_chunks(chunks))
     assert got == model(2)
     assert len(hashed) == len(chunks)  # every result verified; no base hashed on the way

@@ -655,7 +655,7 @@ def test_reads_take_a_files_adjacent_chunks_with_one_request_per_run(tmp_path: P
     """On a bucket every request costs a round trip: a file's chunks, stored one after another
     in a pack, are read together (at most a few MiB per request), not one request each."""
     from mlvc_core.history import commit_paths
-    from mlvc_core.repository import _RUN_BYTES
+    from mlvc_core.reads import _RUN_BYTES
     from mlvc_core.restore import checkout
 
     class CountingStore(MemoryStore):

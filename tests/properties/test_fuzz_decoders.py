@@ -224,6 +224,19 @@ def test_payload_mutated(raw: bytes, data: st.DataObject) -> None:
     _only_documented(lambda: codec.decompress_blob(bad, max_size=1 << 20))
 
 
+@FUZZ
+@given(st.binary(min_size=1, max_size=20_000), st.data())
+def test_payload_mutated_into_a_buffer(raw: bytes, data: st.DataObject) -> None:
+    import numpy as np
+
+    c, payload = codec.compress(raw, 1, planes=True)
+    bad = _flip(bytes(payload), data.draw)
+    n = data.draw(st.integers(0, 2 * len(raw)))
+    buf = np.full(n + 256, 0xA5, dtype=np.uint8)
+    _only_documented(lambda: codec.decompress_into(bad, c, buf[:n]))
+    assert bytes(buf[n:]) == b"\xa5" * 256  # never written past the buffer given
+
+
 # ------------------------------------------------------------------ refs, summaries, config
 
 _TAG = {
