@@ -341,7 +341,7 @@ class TreeBuilder:
 
         def again(job: _Small) -> None:  # read here, as any file on its own
             with contextlib.suppress(FileNotFoundError):
-                slots[job[0]] = self.entry(job[1], job[2], job[3])
+                slots[job[0]] = self.entry(Path(job[1]), job[2], job[3])
 
         def collect() -> None:
             jobs, future = inflight.popleft()
@@ -367,7 +367,7 @@ class TreeBuilder:
             batch, batches[procs], sizes[procs] = batches[procs], [], 0
             readers = self._readers
             if procs and readers is not None:
-                paths = [str(job[1]) for job in batch]
+                paths = [job[1] for job in batch]
                 inflight.append((batch, readers.submit(paths, one_chunk, level, planes)))
             else:
                 inflight.append((batch, self.session.repo.pool.submit(self._read_batch, batch)))
@@ -375,11 +375,10 @@ class TreeBuilder:
                 collect()
 
         base = str(directory.absolute())  # as :func:`_cache_key` has it
+        prefix = base if base.endswith(os.sep) else base + os.sep  # + a name: its path
         try:
             for i in range(0, len(names), _PREFETCH):
-                for name, child_rel, st, hit in self._look(
-                    directory, base, rel, names[i:][:_PREFETCH]
-                ):
+                for name, child_rel, st, hit in self._look(prefix, rel, names[i:][:_PREFETCH]):
                     if st is not None and stat_mod.S_ISREG(st.st_mode) and st.st_size <= SMALL_FILE:
                         mode = stat_mod.S_IMODE(st.st_mode) & 0o777
                         if hit is not None and hit[1] and self._cached_ok(hit[0], st.st_size):
@@ -387,12 +386,12 @@ class TreeBuilder:
                             if progress is not None:
                                 progress(st.st_size)
                             continue
-                        key = _key_of(os.path.join(base, name))
+                        full = prefix + name
                         self._queued += 1
                         readers = self._reader_pool()
                         procs = st.st_size < one_chunk and readers is not None and readers.ready
                         batches[procs].append(
-                            (len(slots), directory / name, name, child_rel, mode, key)
+                            (len(slots), full, name, child_rel, mode, _key_of(full))
                         )
                         slots.append(None)
                         sizes[procs] += st.st_size
@@ -427,7 +426,7 @@ class TreeBuilder:
         return self.session.add_object(manifest)
 
     def _look(
-        self, directory: Path, base: str, rel: str, names: list[str]
+        self, prefix: str, rel: str, names: list[str]
     ) -> list[tuple[str, str, os.stat_result | None, tuple[ObjectId, bool] | None]]:
         """``(name, relative path, lstat or None, stat-cache record or None)`` of each name.
 
@@ -443,7 +442,7 @@ class TreeBuilder:
                 continue
             check_name(name)
             try:
-                st: os.stat_result | None = os.lstat(os.path.join(directory, name))
+                st: os.stat_result | None = os.lstat(prefix + name)
             except FileNotFoundError:
                 st = None
             out.append((name, child_rel, st, None))
@@ -455,7 +454,7 @@ class TreeBuilder:
             if st is not None and stat_mod.S_ISREG(st.st_mode) and st.st_size <= SMALL_FILE
         ]
         found = self.stat_cache.previous_many(
-            [(_key_of(os.path.join(base, out[i][0])), out[i][2]) for i in small]
+            [(_key_of(prefix + out[i][0]), out[i][2]) for i in small]
         )
         wanted = []
         for i, record in zip(small, found, strict=True):
@@ -475,7 +474,7 @@ class TreeBuilder:
         out: list[_Read] = []
         for _, path, _, _, _, _ in jobs:
             try:
-                manifest, stable = self.read(path)
+                manifest, stable = self.read(Path(path))
             except (FileChanged, TooLarge) as exc:
                 out.append((None, 0, None, exc))
                 continue
@@ -488,8 +487,9 @@ class TreeBuilder:
         return out
 
 
-_Small = tuple[int, Path, str, str, int, str]
-"""A small file for a worker: slot in the tree, path, name, relative path, mode, cache key."""
+_Small = tuple[int, str, str, str, int, str]
+"""A small file for a worker: slot in the tree, absolute path, name, relative path, mode, cache
+key."""
 _Read = tuple["ObjectId | None", int, "os.stat_result | None", "Exception | None"]
 """A worker's answer: manifest id, size, the stat it was read at; or why it was not read."""
 _BATCH_FILES = 64
