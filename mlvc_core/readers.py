@@ -9,7 +9,7 @@ and sends back per file its stat, its chunk id, codec and payload. The parent ke
 rest (dedup, pack writing, manifests, trees, the stat cache), so what a commit records is the
 same whichever path read a file.
 
-The workers are plain ``python -m mlvc_core.readers`` processes speaking pickles over their
+The workers are plain Python processes running :func:`serve`, speaking pickles over their
 standard input and output (no ``multiprocessing``: it would import the caller's ``__main__``,
 a training script, in every worker). Each starts in a session of its own, so a Ctrl-C at the
 terminal reaches only the parent, which then stops them; a worker whose parent dies (even by
@@ -27,6 +27,7 @@ import contextlib
 import os
 import pickle
 import queue
+import signal
 import subprocess
 import sys
 import threading
@@ -165,11 +166,10 @@ class ReaderPool:
             for _ in range(workers):
                 self._procs.append(
                     subprocess.Popen(
-                        [sys.executable, "-m", "mlvc_core.readers"],
+                        [sys.executable, "-c", _WORKER, _HERE],
                         stdin=subprocess.PIPE,
                         stdout=subprocess.PIPE,
                         start_new_session=True,  # a terminal's Ctrl-C reaches the parent only
-                        env=_worker_env(),
                     )
                 )
         except BaseException:
@@ -276,17 +276,15 @@ class ReaderPool:
         self.close()
 
 
-def _worker_env() -> dict[str, str]:
-    """The worker's environment: the parent's, with this package importable as it is here."""
-    env = dict(os.environ)
-    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    path = env.get("PYTHONPATH")
-    env["PYTHONPATH"] = here + (os.pathsep + path if path else "")
-    return env
-
-
-if __name__ == "__main__":
-    import signal
-
+def serve() -> None:
+    """A worker process's main: answer requests on standard input until it ends."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops us (closing our input)
     _serve(sys.stdin.buffer, sys.stdout.buffer)
+
+
+_WORKER = (
+    "import sys; p = sys.argv[1]; p in sys.path or sys.path.insert(0, p); "
+    "from mlvc_core.readers import serve; serve()"
+)
+"""A worker's program: this very package (the parent's, wherever it was imported from)."""
+_HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
