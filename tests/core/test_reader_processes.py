@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from concurrent.futures import Future
 from pathlib import Path
 
 import numpy as np
@@ -115,6 +116,45 @@ def test_a_commit_through_reader_processes_records_what_threads_do(
     again = commit_paths(a, tmp_path / "src", "v2", stat_cache=cache)
     assert a.read_commit(again).tree == with_procs
     assert pooled.batches == 0
+
+
+def test_what_a_reader_cannot_read_cleanly_is_left_to_the_parent(tmp_path: Path) -> None:
+    gone = tmp_path / "gone"
+    grown = tmp_path / "grown"
+    grown.write_bytes(bytes(30_000))
+    empty = tmp_path / "empty"
+    empty.write_bytes(b"")
+    text = tmp_path / "text"
+    text.write_bytes(b"abc " * 5000)
+    old = time.time() - 10  # settled: read at once
+    for p in (grown, empty, text):
+        os.utime(p, (old, old))
+    got = readers.read_batch([str(gone), str(grown), str(empty), str(text)], 30_000, 1, True)
+    assert got[0] is readers.AGAIN and got[1] is readers.AGAIN  # vanished; not below the limit
+    assert got[2] is not None and got[2][3] is None and got[2][0].st_size == 0
+    assert got[3] is not None and got[3][0].st_size == 20_000 and got[3][2] != 0  # compressed
+
+
+def test_files_sent_back_unread_are_read_by_the_committing_process(
+    tmp_path: Path, pooled: type[_Started], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _dataset(tmp_path / "src", 200)
+    (tmp_path / "src" / "d1" / "f0001").unlink()  # listed by nobody: the tree simply lacks it
+
+    class Refusing(_Started):  # as workers that found every file changing under them
+        def submit(self, paths: list[str], *args: object) -> object:  # type: ignore[override]
+            type(self).batches += 1
+            future: Future[list[readers.Read | None]] = Future()
+            future.set_result([readers.AGAIN] * len(paths))
+            return future
+
+    monkeypatch.setattr(ingest, "ReaderPool", Refusing)
+    a = Repository.init(tmp_path / "a")
+    refused = a.read_commit(commit_paths(a, tmp_path / "src", "v1")).tree
+    assert Refusing.batches > 0
+    monkeypatch.setattr(ingest, "_reader_processes", lambda: 0)
+    b = Repository.init(tmp_path / "b")
+    assert b.read_commit(commit_paths(b, tmp_path / "src", "v1")).tree == refused
 
 
 def test_a_small_commit_starts_no_reader_process(
