@@ -166,9 +166,10 @@ class ReaderPool:
             for _ in range(workers):
                 self._procs.append(
                     subprocess.Popen(
-                        [sys.executable, "-c", _WORKER, _HERE],
+                        [sys.executable, "-I", "-c", _WORKER, _PACKAGE, *map(str, sys.path)],
                         stdin=subprocess.PIPE,
                         stdout=subprocess.PIPE,
+                        stderr=subprocess.DEVNULL,  # one that fails says so by ending
                         start_new_session=True,  # a terminal's Ctrl-C reaches the parent only
                     )
                 )
@@ -276,15 +277,26 @@ class ReaderPool:
         self.close()
 
 
+_PACKAGE = os.path.dirname(os.path.abspath(__file__))
+
+
 def serve() -> None:
     """A worker process's main: answer requests on standard input until it ends."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops us (closing our input)
     _serve(sys.stdin.buffer, sys.stdout.buffer)
 
 
-_WORKER = (
-    "import sys; p = sys.argv[1]; p in sys.path or sys.path.insert(0, p); "
-    "from mlvc_core.readers import serve; serve()"
+_WORKER = """
+import importlib.util, os, sys
+here, sys.path[:] = sys.argv[1], [p for p in sys.argv[2:] if p]
+spec = importlib.util.spec_from_file_location(
+    "mlvc_core", os.path.join(here, "__init__.py"), submodule_search_locations=[here]
 )
-"""A worker's program: this very package (the parent's, wherever it was imported from)."""
-_HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.modules["mlvc_core"] = package = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(package)
+from mlvc_core.readers import serve
+serve()
+"""
+"""A worker's program: the very package the parent runs (whatever the working directory
+holds), its other imports found as the parent's are (its ``sys.path``, less the working
+directory's ``''``)."""

@@ -118,6 +118,19 @@ def test_a_commit_through_reader_processes_records_what_threads_do(
     assert pooled.batches == 0
 
 
+def test_readers_run_this_package_whatever_the_working_directory_holds(
+    tmp_path: Path, pooled: type[_Started], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _dataset(tmp_path / "src", 100)
+    other = tmp_path / "project" / "mlvc_core"  # another copy of the package, without readers
+    other.mkdir(parents=True)
+    (other / "__init__.py").write_text("raise ImportError('not this one')\n")
+    monkeypatch.chdir(other.parent)
+    repo = Repository.init(tmp_path / "r")
+    commit_paths(repo, tmp_path / "src", "v1")
+    assert pooled.batches > 0  # the workers started (they answer only once imported)
+
+
 def test_what_a_reader_cannot_read_cleanly_is_left_to_the_parent(tmp_path: Path) -> None:
     gone = tmp_path / "gone"
     grown = tmp_path / "grown"
