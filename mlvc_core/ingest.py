@@ -22,11 +22,12 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from mlvc_core import codec
 from mlvc_core.chunker import MiB
 from mlvc_core.errors import FileChanged, MlvcError, UsageError
 from mlvc_core.ids import ObjectId
 from mlvc_core.manifests import SMALL_FILE, FileIngester, TooLarge
-from mlvc_core.objects import CHUNK, Manifest, Tree, TreeEntry, check_name
+from mlvc_core.objects import CHUNK, MANIFEST, Manifest, Tree, TreeEntry, check_name
 from mlvc_core.readers import AGAIN, Read, ReaderPool, settled, stamp
 from mlvc_core.repository import default_workers
 from mlvc_core.session import WriteSession
@@ -348,7 +349,7 @@ class TreeBuilder:
             for job, answer in zip(jobs, future.result(), strict=True):
                 if answer is AGAIN:
                     again(job)
-                elif len(answer) == 4 and isinstance(answer[0], os.stat_result):
+                elif len(answer) == 6:
                     st = answer[0]
                     stored(job, self._store_read(answer), st.st_size, st)
                 else:
@@ -416,14 +417,16 @@ class TreeBuilder:
         return Tree(tuple(e for e in slots if e is not None))
 
     def _store_read(self, answer: Read) -> ObjectId:
-        """Store what a reader process sent for one file; return its manifest's id."""
-        st, oid, codec_id, payload = answer
-        if payload is None:
-            manifest = Manifest(0, ())
-        else:
+        """Store what a reader process sent for one file; return its manifest's id.
+
+        The chunk first, then its manifest, encoded and hashed by the reader and stored raw
+        as :meth:`~mlvc_core.session.WriteSession.add_object` stores one this small.
+        """
+        st, manifest, manifest_id, oid, codec_id, payload = answer
+        if payload is not None:
             self.session.add_payload(oid, CHUNK, codec_id, payload, st.st_size)
-            manifest = Manifest(st.st_size, ((oid, st.st_size),))
-        return self.session.add_object(manifest)
+        self.session.add_payload(manifest_id, MANIFEST, codec.RAW, manifest, len(manifest))
+        return manifest_id
 
     def _look(
         self, prefix: str, rel: str, names: list[str]

@@ -38,6 +38,7 @@ from typing import IO, Any
 from mlvc_core import codec
 from mlvc_core.errors import MlvcError
 from mlvc_core.ids import ObjectId, hash_bytes
+from mlvc_core.objects import Manifest
 
 AGAIN = None
 """A worker's answer for a file the parent must read itself."""
@@ -45,8 +46,9 @@ AGAIN = None
 Stamp = tuple[int, int, int, int, int]
 """``(size, mtime_ns, ctime_ns, ino, dev)``: what changes when a file's content does."""
 
-Read = tuple[os.stat_result, ObjectId, int, "bytes | None"]
-"""A worker's answer for one file: its stat as read, chunk id, codec, payload (None: empty)."""
+Read = tuple[os.stat_result, bytes, ObjectId, ObjectId, int, "bytes | None"]
+"""A worker's answer for one file: its stat as read, its manifest's encoding and id, its chunk's
+id, codec and payload (None: an empty file, no chunk)."""
 
 _SETTLE_NS = 20_000_000
 """How long after its last change a file is read: longer than a kernel timestamp tick
@@ -90,6 +92,9 @@ _OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOCTTY"
 def read_one(path: str, limit: int, level: int, planes: bool) -> Read | None:
     """Read, hash and compress one file of fewer than ``limit`` bytes; :data:`AGAIN` if not clean.
 
+    The file is one chunk (below the chunker's minimum, never cut); its manifest is encoded
+    here too, so the parent only stores.
+
     The file is read once settled (:func:`settled`); its stamp before and after the read must
     agree and the bytes read be its size, else (or on any ``OSError``, or once it has grown
     to ``limit``) it is :data:`AGAIN`.
@@ -111,9 +116,13 @@ def read_one(path: str, limit: int, level: int, planes: bool) -> Read | None:
     if stamp(after) != stamp(before) or len(data) != after.st_size:
         return AGAIN
     if not data:
-        return after, hash_bytes(b""), codec.RAW, None
+        manifest = Manifest(0, ()).encode()
+        return after, manifest, hash_bytes(manifest), hash_bytes(b""), codec.RAW, None
+    oid = hash_bytes(data)
+    manifest = Manifest(len(data), ((oid, len(data)),)).encode()
     c, payload = codec.compress(data, level, planes)
-    return after, hash_bytes(data), c, bytes(payload) if c != codec.RAW else data
+    stored = bytes(payload) if c != codec.RAW else data
+    return after, manifest, hash_bytes(manifest), oid, c, stored
 
 
 def read_batch(paths: list[str], limit: int, level: int, planes: bool) -> list[Read | None]:

@@ -19,6 +19,8 @@ import pytest
 from mlvc_core import ingest, readers
 from mlvc_core.check import check
 from mlvc_core.history import commit_paths
+from mlvc_core.ids import hash_bytes
+from mlvc_core.objects import Manifest
 from mlvc_core.repository import Repository
 from mlvc_core.restore import checkout
 from mlvc_core.statcache import StatCache
@@ -144,8 +146,10 @@ def test_what_a_reader_cannot_read_cleanly_is_left_to_the_parent(tmp_path: Path)
         os.utime(p, (old, old))
     got = readers.read_batch([str(gone), str(grown), str(empty), str(text)], 30_000, 1, True)
     assert got[0] is readers.AGAIN and got[1] is readers.AGAIN  # vanished; not below the limit
-    assert got[2] is not None and got[2][3] is None and got[2][0].st_size == 0
-    assert got[3] is not None and got[3][0].st_size == 20_000 and got[3][2] != 0  # compressed
+    assert got[2] is not None and got[2][5] is None and got[2][0].st_size == 0
+    assert got[3] is not None and got[3][0].st_size == 20_000 and got[3][4] != 0  # compressed
+    assert got[3][1] == Manifest(20_000, ((got[3][3], 20_000),)).encode()
+    assert got[3][2] == hash_bytes(got[3][1]) and got[3][3] == hash_bytes(text.read_bytes())
 
 
 def test_files_sent_back_unread_are_read_by_the_committing_process(
@@ -217,6 +221,8 @@ CHILD = r"""
 import sys, time
 from mlvc_core import ingest, readers
 from mlvc_core.history import commit_paths
+from mlvc_core.ids import hash_bytes
+from mlvc_core.objects import Manifest
 from mlvc_core.repository import Repository
 ingest.POOL_FILES = 0
 
