@@ -22,13 +22,13 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from mlvc_core import codec
+from mlvc_core import readers
 from mlvc_core.chunker import MiB
 from mlvc_core.errors import FileChanged, MlvcError, UsageError
 from mlvc_core.ids import ObjectId
 from mlvc_core.manifests import SMALL_FILE, FileIngester, TooLarge
-from mlvc_core.objects import CHUNK, MANIFEST, Manifest, Tree, TreeEntry, check_name
-from mlvc_core.readers import AGAIN, Read, ReaderPool, settled, stamp
+from mlvc_core.objects import Manifest, Tree, TreeEntry, check_name
+from mlvc_core.readers import AGAIN, Read, Readers, settled, stamp
 from mlvc_core.repository import default_workers
 from mlvc_core.session import WriteSession
 from mlvc_core.trees import find_previous_version
@@ -83,17 +83,6 @@ def _is_excluded(exclude: ExcludeFn | None, rel: str) -> bool:
     return exclude is not None and exclude(rel)
 
 
-POOL_FILES = 2000
-"""Small files a walk queues for reading before it starts reader processes: their start-up
-(an interpreter each, overlapped with the walk) would cost a smaller commit more than it saves."""
-
-
-def _reader_processes() -> int:
-    """Reader processes for a large walk: one per core; none on one core (nothing to gain)."""
-    cores = os.cpu_count() or 1
-    return cores if cores > 1 else 0
-
-
 _PREFETCH = 1024
 """Stat-cache hits whose manifests are read together (well under the object cache's size)."""
 
@@ -138,40 +127,17 @@ class TreeBuilder:
         self.patience_s = PATIENCE_S if patience_s is None else patience_s
         self.own_dirs = session.repo.own_directories()
         """Directories never snapshotted: the repository being written to, its local cache."""
-        self.reader_processes = _reader_processes()
-        """Reader processes to start once a walk has :data:`POOL_FILES` small files to read
-        (0: none, every file is read on threads)."""
-        self._readers: ReaderPool | None = None
-        self._queued = 0  # small files sent to be read in this walk
-        self._depth = 0  # nested walks (:meth:`__enter__`): the outermost ends the readers
+        self.readers = Readers(readers.default_workers())
+        """Reader processes, started once a walk has queued enough small files to read."""
 
     def __enter__(self) -> TreeBuilder:
         """Start a walk: reader processes started during it live until the outermost ends."""
-        self._depth += 1
+        self.readers.__enter__()
         return self
 
     def __exit__(self, *exc: object) -> None:
         """End a walk; the outermost stops the reader processes, if any were started."""
-        self._depth -= 1
-        if self._depth == 0:
-            self._queued = 0
-            readers, self._readers = self._readers, None
-            if readers is not None:
-                readers.close()
-
-    def _reader_pool(self) -> ReaderPool | None:
-        """The reader processes, started once this walk has queued :data:`POOL_FILES` files.
-
-        A commit of fewer files never pays their start-up. If they cannot be started, the
-        walk goes on with threads.
-        """
-        if self._readers is None and self.reader_processes and self._queued >= POOL_FILES:
-            try:
-                self._readers = ReaderPool(self.reader_processes)
-            except OSError as exc:
-                log.debug("mlvc: no reader processes (%s): reading on threads", exc)
-                self.reader_processes = 0
-        return self._readers
+        self.readers.__exit__()
 
     def guide_for(self, rel: str, previous: ObjectId | None = None) -> Manifest | None:
         """The previous version of the file at ``rel``, if one is known and readable.
@@ -307,11 +273,12 @@ class TreeBuilder:
         repository's worker threads, :data:`_BATCH_FILES` to a task (a thread hand-off per
         file would cost more than the file), each exactly as :meth:`read` does alone (the
         same retries of a file that changes while it is read). Once the walk has queued
-        :data:`POOL_FILES` of them, files below the chunker's minimum (one chunk each) go
-        to reader processes instead (:mod:`mlvc_core.readers`), which use every core; this
-        thread stores what they send back (:meth:`_store_read`), and reads any file they
-        could not read cleanly itself. Entries take their places in name order, so the tree
-        is the one a sequential walk builds. At most ``2 x workers`` tasks are in flight.
+        :data:`~mlvc_core.readers.POOL_FILES` of them, files below the chunker's minimum
+        (one chunk each) go to reader processes instead (:mod:`mlvc_core.readers`), which
+        use every core; this thread stores what they send back
+        (:func:`~mlvc_core.readers.store`), and reads any file they could not read cleanly
+        itself. Entries take their places in name order, so the tree is the one a sequential
+        walk builds. At most ``2 x workers`` tasks are in flight.
         Stat-cache hits are looked up :data:`_PREFETCH` names at a time (one query) and
         their manifests read together.
         """
@@ -351,7 +318,7 @@ class TreeBuilder:
                     again(job)
                 elif len(answer) == 6:
                     st = answer[0]
-                    stored(job, self._store_read(answer), st.st_size, st)
+                    stored(job, readers.store(self.session, answer), st.st_size, st)
                 else:
                     manifest_id, size, stable, exc = answer
                     if isinstance(exc, FileChanged):
@@ -366,10 +333,10 @@ class TreeBuilder:
 
         def send(procs: bool) -> None:
             batch, batches[procs], sizes[procs] = batches[procs], [], 0
-            readers = self._readers
-            if procs and readers is not None:
+            pool = self.readers.pool
+            if procs and pool is not None:
                 paths = [job[1] for job in batch]
-                inflight.append((batch, readers.submit(paths, one_chunk, level, planes)))
+                inflight.append((batch, pool.submit(paths, one_chunk, level, planes)))
             else:
                 inflight.append((batch, self.session.repo.pool.submit(self._read_batch, batch)))
             while len(inflight) > window:
@@ -388,9 +355,8 @@ class TreeBuilder:
                                 progress(st.st_size)
                             continue
                         full = prefix + name
-                        self._queued += 1
-                        readers = self._reader_pool()
-                        procs = st.st_size < one_chunk and readers is not None and readers.ready
+                        ready = self.readers.queued()
+                        procs = st.st_size < one_chunk and ready
                         batches[procs].append(
                             (len(slots), full, name, child_rel, mode, _key_of(full))
                         )
@@ -415,18 +381,6 @@ class TreeBuilder:
                 with contextlib.suppress(BaseException):
                     future.result()
         return Tree(tuple(e for e in slots if e is not None))
-
-    def _store_read(self, answer: Read) -> ObjectId:
-        """Store what a reader process sent for one file; return its manifest's id.
-
-        The chunk first, then its manifest, encoded and hashed by the reader and stored raw
-        as :meth:`~mlvc_core.session.WriteSession.add_object` stores one this small.
-        """
-        st, manifest, manifest_id, oid, codec_id, payload = answer
-        if payload is not None:
-            self.session.add_payload(oid, CHUNK, codec_id, payload, st.st_size)
-        self.session.add_payload(manifest_id, MANIFEST, codec.RAW, manifest, len(manifest))
-        return manifest_id
 
     def _look(
         self, prefix: str, rel: str, names: list[str]

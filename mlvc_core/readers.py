@@ -24,6 +24,7 @@ patience and error reporting of the threaded path.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import pickle
 import queue
@@ -33,12 +34,21 @@ import sys
 import threading
 import time
 from concurrent.futures import Future
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from mlvc_core import codec
 from mlvc_core.errors import MlvcError
 from mlvc_core.ids import ObjectId, hash_bytes
-from mlvc_core.objects import Manifest
+from mlvc_core.objects import CHUNK, MANIFEST, Manifest
+
+if TYPE_CHECKING:
+    from mlvc_core.session import WriteSession  # not in a worker: it imports the repository
+
+log = logging.getLogger(__name__)
+
+POOL_FILES = 2000
+"""Small files a walk queues for reading before it starts reader processes: their start-up
+(an interpreter each, overlapped with the walk) would cost a smaller commit more than it saves."""
 
 AGAIN = None
 """A worker's answer for a file the parent must read itself."""
@@ -284,6 +294,67 @@ class ReaderPool:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def default_workers() -> int:
+    """Reader processes for a large walk: one per core.
+
+    None on one core (nothing to gain), nor where this interpreter cannot be started again
+    (embedded: no ``sys.executable``).
+    """
+    cores = os.cpu_count() or 1
+    return cores if cores > 1 and sys.executable else 0
+
+
+class Readers:
+    """The reader processes of one walk, started once it has queued :data:`POOL_FILES` files.
+
+    A context manager; nested walks share one set, which the outermost one stops. A commit of
+    fewer files never starts them; if they cannot be started, the walk reads on threads.
+    """
+
+    def __init__(self, workers: int) -> None:
+        """Set up, starting nothing (``workers``: how many processes to start; 0: none)."""
+        self.workers = workers
+        self.pool: ReaderPool | None = None
+        self._queued = 0
+        self._depth = 0
+
+    def queued(self) -> bool:
+        """Count one more file queued to be read; whether :attr:`pool` takes files now."""
+        self._queued += 1
+        if self.pool is None and self.workers and self._queued >= POOL_FILES:
+            try:
+                self.pool = ReaderPool(self.workers)
+            except OSError as exc:
+                log.debug("mlvc: no reader processes (%s): reading on threads", exc)
+                self.workers = 0
+        return self.pool is not None and self.pool.ready
+
+    def __enter__(self) -> Readers:
+        self._depth += 1
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._depth -= 1
+        if self._depth == 0:
+            self._queued = 0
+            pool, self.pool = self.pool, None
+            if pool is not None:
+                pool.close()
+
+
+def store(session: WriteSession, answer: Read) -> ObjectId:
+    """Store what a reader process sent for one file in ``session``; its manifest's id.
+
+    The chunk first, then its manifest, encoded and hashed by the reader and stored raw as
+    :meth:`~mlvc_core.session.WriteSession.add_object` stores one this small.
+    """
+    st, manifest, manifest_id, oid, codec_id, payload = answer
+    if payload is not None:
+        session.add_payload(oid, CHUNK, codec_id, payload, st.st_size)
+    session.add_payload(manifest_id, MANIFEST, codec.RAW, manifest, len(manifest))
+    return manifest_id
 
 
 _PACKAGE = os.path.dirname(os.path.abspath(__file__))

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mlvc_core import ingest, readers
+from mlvc_core import readers
 from mlvc_core.check import check
 from mlvc_core.history import commit_paths
 from mlvc_core.ids import hash_bytes
@@ -90,9 +90,9 @@ def _gone(pids: list[int], within: float = 10.0) -> bool:
 @pytest.fixture
 def pooled(monkeypatch: pytest.MonkeyPatch) -> type[_Started]:
     """Reader processes from the first small file on, two of them."""
-    monkeypatch.setattr(ingest, "POOL_FILES", 0)
-    monkeypatch.setattr(ingest, "_reader_processes", lambda: 2)
-    monkeypatch.setattr(ingest, "ReaderPool", _Started)
+    monkeypatch.setattr(readers, "POOL_FILES", 0)
+    monkeypatch.setattr(readers, "default_workers", lambda: 2)
+    monkeypatch.setattr(readers, "ReaderPool", _Started)
     _Started.batches = 0
     return _Started
 
@@ -105,7 +105,7 @@ def test_a_commit_through_reader_processes_records_what_threads_do(
     cache = StatCache(tmp_path / "cache.db")
     with_procs = a.read_commit(commit_paths(a, tmp_path / "src", "v1", stat_cache=cache)).tree
     assert pooled.batches > 0
-    monkeypatch.setattr(ingest, "_reader_processes", lambda: 0)
+    monkeypatch.setattr(readers, "default_workers", lambda: 0)
     b = Repository.init(tmp_path / "b")
     threads = b.read_commit(commit_paths(b, tmp_path / "src", "v1")).tree
     assert with_procs == threads  # the same manifests, trees and ids
@@ -165,11 +165,11 @@ def test_files_sent_back_unread_are_read_by_the_committing_process(
             future.set_result([readers.AGAIN] * len(paths))
             return future
 
-    monkeypatch.setattr(ingest, "ReaderPool", Refusing)
+    monkeypatch.setattr(readers, "ReaderPool", Refusing)
     a = Repository.init(tmp_path / "a")
     refused = a.read_commit(commit_paths(a, tmp_path / "src", "v1")).tree
     assert Refusing.batches > 0
-    monkeypatch.setattr(ingest, "_reader_processes", lambda: 0)
+    monkeypatch.setattr(readers, "default_workers", lambda: 0)
     b = Repository.init(tmp_path / "b")
     assert b.read_commit(commit_paths(b, tmp_path / "src", "v1")).tree == refused
 
@@ -180,9 +180,9 @@ def test_a_small_commit_starts_no_reader_process(
     def refuse(workers: int) -> None:
         raise AssertionError("reader processes started for a small commit")
 
-    monkeypatch.setattr(ingest, "ReaderPool", refuse)
-    monkeypatch.setattr(ingest, "_reader_processes", lambda: 2)
-    _dataset(tmp_path / "src", min(100, ingest.POOL_FILES - 1))
+    monkeypatch.setattr(readers, "ReaderPool", refuse)
+    monkeypatch.setattr(readers, "default_workers", lambda: 2)
+    _dataset(tmp_path / "src", min(100, readers.POOL_FILES - 1))
     repo = Repository.init(tmp_path / "r")
     commit_paths(repo, tmp_path / "src", "small")
 
@@ -202,7 +202,7 @@ def test_a_reader_killed_mid_commit_fails_it_publishing_nothing(
                 assert _gone(pids)
             return super().submit(*args, **kw)
 
-    monkeypatch.setattr(ingest, "ReaderPool", Killed)
+    monkeypatch.setattr(readers, "ReaderPool", Killed)
     repo = Repository.init(tmp_path / "r")
     with pytest.raises(readers.ReaderDied, match="ended before answering"):
         commit_paths(repo, tmp_path / "src", "killed")
@@ -210,7 +210,7 @@ def test_a_reader_killed_mid_commit_fails_it_publishing_nothing(
     assert check(repo).ok
     assert pids and _gone(pids)
     # The next commit works (fresh workers) and checks out byte for byte.
-    monkeypatch.setattr(ingest, "ReaderPool", _Started)
+    monkeypatch.setattr(readers, "ReaderPool", _Started)
     commit_paths(repo, tmp_path / "src", "again")
     checkout(repo, "heads/main", tmp_path / "out")
     for rel, body in files.items():
@@ -219,12 +219,10 @@ def test_a_reader_killed_mid_commit_fails_it_publishing_nothing(
 
 CHILD = r"""
 import sys, time
-from mlvc_core import ingest, readers
+from mlvc_core import readers
 from mlvc_core.history import commit_paths
-from mlvc_core.ids import hash_bytes
-from mlvc_core.objects import Manifest
 from mlvc_core.repository import Repository
-ingest.POOL_FILES = 0
+readers.POOL_FILES = 0
 
 class Pool(readers.ReaderPool):
     def __init__(self, workers):
@@ -233,12 +231,12 @@ class Pool(readers.ReaderPool):
             time.sleep(0.01)
         print(" ".join(map(str, self.pids)), flush=True)
 
-ingest.ReaderPool = Pool
-store = ingest.TreeBuilder._store_read
-def slow(self, answer):
+readers.ReaderPool = Pool
+store = readers.store
+def slow(session, answer):
     time.sleep(0.02)  # a commit long enough to be interrupted
-    return store(self, answer)
-ingest.TreeBuilder._store_read = slow
+    return store(session, answer)
+readers.store = slow
 commit_paths(Repository.open(sys.argv[1]), sys.argv[2], "interrupted")
 """
 
