@@ -11,6 +11,7 @@ tree. Nothing here moves a ref.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import stat as stat_mod
 import threading
@@ -21,11 +22,13 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from mlvc_core import readers
 from mlvc_core.chunker import MiB
 from mlvc_core.errors import FileChanged, MlvcError, UsageError
 from mlvc_core.ids import ObjectId
 from mlvc_core.manifests import SMALL_FILE, FileIngester, TooLarge
 from mlvc_core.objects import Manifest, Tree, TreeEntry, check_name
+from mlvc_core.readers import AGAIN, Read, Readers, settled, stamp
 from mlvc_core.repository import default_workers
 from mlvc_core.session import WriteSession
 from mlvc_core.trees import find_previous_version
@@ -33,51 +36,26 @@ from mlvc_core.trees import find_previous_version
 if TYPE_CHECKING:
     from mlvc_core.statcache import StatCache  # sqlite3: imported only where a cache is used
 
+log = logging.getLogger(__name__)
+
 PATIENCE_S = 60.0
 """How long a file that changed while it was read is waited for (see :meth:`TreeBuilder.read`)."""
 _QUIET_S = 0.5
 """How long a changed file must stay unchanged before it is read again."""
 _POLL_S = 0.05
-_SETTLE_NS = 20_000_000
-"""How long after its last change a file is read: longer than a kernel timestamp tick
-(at most 10 ms), so any write during the read moves its mtime or ctime."""
-_COARSE_SETTLE_NS = 2_100_000_000
 
 ExcludeFn = Callable[[str], bool]
 
 
-def _stamp(st: os.stat_result) -> tuple[int, ...]:
-    """What changes when a file's content does."""
-    return (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev)
-
-
-def _settled(fd: int) -> os.stat_result | None:
-    """The file's stat once its last change is more than a timestamp tick old, or None.
-
-    None if it kept changing meanwhile. A file system that keeps whole seconds only (both
-    stamps whole: FAT, some network file systems) has a tick of up to two seconds.
-    """
-    st = os.fstat(fd)
-    for _ in range(4):
-        coarse = st.st_mtime_ns % 1_000_000_000 == 0 and st.st_ctime_ns % 1_000_000_000 == 0
-        settle = _COARSE_SETTLE_NS if coarse else _SETTLE_NS
-        wait = max(st.st_mtime_ns, st.st_ctime_ns) + settle - time.time_ns()
-        if not 0 < wait <= settle:  # old enough, or stamped in the future (not ours)
-            return st
-        time.sleep(wait / 1e9)
-        st = os.fstat(fd)
-    return None
-
-
 def _quiet(fd: int, deadline: float) -> bool:
     """Wait until the file stays unchanged for :data:`_QUIET_S`; False at ``deadline``."""
-    last = _stamp(os.fstat(fd))
+    last = stamp(os.fstat(fd))
     since = time.monotonic()
     while time.monotonic() - since < _QUIET_S:
         if time.monotonic() >= deadline:
             return False
         time.sleep(_POLL_S)
-        now = _stamp(os.fstat(fd))
+        now = stamp(os.fstat(fd))
         if now != last:
             last, since = now, time.monotonic()
     return True
@@ -149,6 +127,17 @@ class TreeBuilder:
         self.patience_s = PATIENCE_S if patience_s is None else patience_s
         self.own_dirs = session.repo.own_directories()
         """Directories never snapshotted: the repository being written to, its local cache."""
+        self.readers = Readers(readers.default_workers())
+        """Reader processes, started once a walk has queued enough small files to read."""
+
+    def __enter__(self) -> TreeBuilder:
+        """Start a walk: reader processes started during it live until the outermost ends."""
+        self.readers.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        """End a walk; the outermost stops the reader processes, if any were started."""
+        self.readers.__exit__()
 
     def guide_for(self, rel: str, previous: ObjectId | None = None) -> Manifest | None:
         """The previous version of the file at ``rel``, if one is known and readable.
@@ -221,7 +210,8 @@ class TreeBuilder:
         not its size, the file is read again once it has stayed unchanged for
         :data:`_QUIET_S` (a rewrite in progress usually ends), for up to ``patience_s``
         seconds. A read starts only once the file's last change is older than a timestamp
-        tick (:data:`_SETTLE_NS`), so a write during the read always moves its timestamps.
+        tick (:func:`~mlvc_core.readers.settled`), so a write during the read always moves
+        its timestamps.
 
         Raises:
             FileChanged: It was still changing after ``patience_s``.
@@ -236,12 +226,12 @@ class TreeBuilder:
         with open(path, "rb", buffering=0) as f:
             fd = f.fileno()
             while True:
-                before = _settled(fd)
+                before = settled(fd)
                 if before is not None:
                     reads += 1
                     manifest = files.ingest(f, before.st_size, guide)
                     after = os.fstat(fd)
-                    if _stamp(after) == _stamp(before) and manifest.size == after.st_size:
+                    if stamp(after) == stamp(before) and manifest.size == after.st_size:
                         self.session.uncount(abandoned.difference(c for c, _ in manifest.chunks))
                         return manifest, after
                     abandoned.update(c for c, _ in manifest.chunks)
@@ -282,53 +272,81 @@ class TreeBuilder:
         Small files (up to :data:`SMALL_FILE`) are read, cut, hashed and compressed on the
         repository's worker threads, :data:`_BATCH_FILES` to a task (a thread hand-off per
         file would cost more than the file), each exactly as :meth:`read` does alone (the
-        same retries of a file that changes while it is read); their entries take their
-        places in name order, so the tree is the one a sequential walk builds. At most
-        ``2 x workers`` tasks are in flight. Stat-cache hits are looked up
-        :data:`_PREFETCH` names at a time (one query) and their manifests read together.
+        same retries of a file that changes while it is read). Once the walk has queued
+        :data:`~mlvc_core.readers.POOL_FILES` of them, files below the chunker's minimum
+        (one chunk each) go to reader processes instead (:mod:`mlvc_core.readers`), which
+        use every core; this thread stores what they send back
+        (:func:`~mlvc_core.readers.store`), and reads any file they could not read cleanly
+        itself. Entries take their places in name order, so the tree is the one a sequential
+        walk builds. At most ``2 x workers`` tasks are in flight.
+        Stat-cache hits are looked up :data:`_PREFETCH` names at a time (one query) and
+        their manifests read together.
         """
+        with self:
+            return self._tree(directory, rel)
+
+    def _tree(self, directory: Path, rel: str) -> Tree:
         with os.scandir(directory) as it:
             names = sorted(e.name for e in it)
         slots: list[TreeEntry | None] = []
-        batch: list[_Small] = []
-        batch_bytes = 0
-        inflight: deque[tuple[list[_Small], Future[list[_Read]]]] = deque()
+        batches: list[list[_Small]] = [[], []]  # for threads, for processes
+        sizes = [0, 0]
+        inflight: deque[tuple[list[_Small], Future[list[_Read]] | Future[list[Read | None]]]]
+        inflight = deque()
         window = 2 * default_workers()
         progress = self.session.progress
+        one_chunk = self.session.repo.config.chunker.min
+        level = self.session.repo.config.compression_level
+        planes = self.session.repo.config.byte_planes
+
+        def stored(job: _Small, manifest_id: ObjectId, size: int, st: os.stat_result) -> None:
+            if self.stat_cache is not None:
+                self.stat_cache.record(job[5], st, manifest_id)
+            slots[job[0]] = TreeEntry(job[2], "file", manifest_id, size, job[4])
+            self.session.read_bytes += size
+            if progress is not None and size:
+                progress(size)
+
+        def again(job: _Small) -> None:  # read here, as any file on its own
+            with contextlib.suppress(FileNotFoundError):
+                slots[job[0]] = self.entry(Path(job[1]), job[2], job[3])
 
         def collect() -> None:
             jobs, future = inflight.popleft()
-            for job, (manifest_id, size, stable, exc) in zip(jobs, future.result(), strict=True):
-                idx, path, name, child_rel, mode, key = job
-                if isinstance(exc, FileChanged):
-                    if self.on_changed is None:
-                        raise exc
-                    self.on_changed(child_rel, exc)
-                elif isinstance(exc, TooLarge):  # grew meanwhile: read here, as any large file
-                    with contextlib.suppress(FileNotFoundError):
-                        slots[idx] = self.entry(path, name, child_rel)
-                elif exc is None:
-                    assert manifest_id is not None and stable is not None
-                    if self.stat_cache is not None:
-                        self.stat_cache.record(key, stable, manifest_id)
-                    slots[idx] = TreeEntry(name, "file", manifest_id, size, mode)
-                    self.session.read_bytes += size
-                    if progress is not None and size:
-                        progress(size)
+            for job, answer in zip(jobs, future.result(), strict=True):
+                if answer is AGAIN:
+                    again(job)
+                elif len(answer) == 6:
+                    st = answer[0]
+                    stored(job, readers.store(self.session, answer), st.st_size, st)
+                else:
+                    manifest_id, size, stable, exc = answer
+                    if isinstance(exc, FileChanged):
+                        if self.on_changed is None:
+                            raise exc
+                        self.on_changed(job[3], exc)
+                    elif isinstance(exc, TooLarge):  # grew meanwhile
+                        again(job)
+                    elif exc is None:
+                        assert manifest_id is not None and stable is not None
+                        stored(job, manifest_id, size, stable)
 
-        def send() -> None:
-            nonlocal batch, batch_bytes
-            inflight.append((batch, self.session.repo.pool.submit(self._read_batch, batch)))
-            batch, batch_bytes = [], 0
+        def send(procs: bool) -> None:
+            batch, batches[procs], sizes[procs] = batches[procs], [], 0
+            pool = self.readers.pool
+            if procs and pool is not None:
+                paths = [job[1] for job in batch]
+                inflight.append((batch, pool.submit(paths, one_chunk, level, planes)))
+            else:
+                inflight.append((batch, self.session.repo.pool.submit(self._read_batch, batch)))
             while len(inflight) > window:
                 collect()
 
         base = str(directory.absolute())  # as :func:`_cache_key` has it
+        prefix = base if base.endswith(os.sep) else base + os.sep  # + a name: its path
         try:
             for i in range(0, len(names), _PREFETCH):
-                for name, child_rel, st, hit in self._look(
-                    directory, base, rel, names[i:][:_PREFETCH]
-                ):
+                for name, child_rel, st, hit in self._look(prefix, rel, names[i:][:_PREFETCH]):
                     if st is not None and stat_mod.S_ISREG(st.st_mode) and st.st_size <= SMALL_FILE:
                         mode = stat_mod.S_IMODE(st.st_mode) & 0o777
                         if hit is not None and hit[1] and self._cached_ok(hit[0], st.st_size):
@@ -336,12 +354,16 @@ class TreeBuilder:
                             if progress is not None:
                                 progress(st.st_size)
                             continue
-                        key = _key_of(os.path.join(base, name))
-                        batch.append((len(slots), directory / name, name, child_rel, mode, key))
+                        full = prefix + name
+                        ready = self.readers.queued()
+                        procs = st.st_size < one_chunk and ready
+                        batches[procs].append(
+                            (len(slots), full, name, child_rel, mode, _key_of(full))
+                        )
                         slots.append(None)
-                        batch_bytes += st.st_size
-                        if len(batch) >= _BATCH_FILES or batch_bytes >= _BATCH_BYTES:
-                            send()
+                        sizes[procs] += st.st_size
+                        if len(batches[procs]) >= _BATCH_FILES or sizes[procs] >= _BATCH_BYTES:
+                            send(procs)
                         continue
                     try:
                         slots.append(self.entry(directory / name, name, child_rel))
@@ -349,8 +371,9 @@ class TreeBuilder:
                         if isinstance(exc, MlvcError):  # the repository's, not the file's
                             raise
                         # removed since the directory was listed: not part of it any more
-            if batch:
-                send()
+            for procs in (False, True):
+                if batches[procs]:
+                    send(procs)
             while inflight:
                 collect()
         finally:
@@ -360,7 +383,7 @@ class TreeBuilder:
         return Tree(tuple(e for e in slots if e is not None))
 
     def _look(
-        self, directory: Path, base: str, rel: str, names: list[str]
+        self, prefix: str, rel: str, names: list[str]
     ) -> list[tuple[str, str, os.stat_result | None, tuple[ObjectId, bool] | None]]:
         """``(name, relative path, lstat or None, stat-cache record or None)`` of each name.
 
@@ -376,7 +399,7 @@ class TreeBuilder:
                 continue
             check_name(name)
             try:
-                st: os.stat_result | None = os.lstat(os.path.join(directory, name))
+                st: os.stat_result | None = os.lstat(prefix + name)
             except FileNotFoundError:
                 st = None
             out.append((name, child_rel, st, None))
@@ -388,7 +411,7 @@ class TreeBuilder:
             if st is not None and stat_mod.S_ISREG(st.st_mode) and st.st_size <= SMALL_FILE
         ]
         found = self.stat_cache.previous_many(
-            [(_key_of(os.path.join(base, out[i][0])), out[i][2]) for i in small]
+            [(_key_of(prefix + out[i][0]), out[i][2]) for i in small]
         )
         wanted = []
         for i, record in zip(small, found, strict=True):
@@ -408,7 +431,7 @@ class TreeBuilder:
         out: list[_Read] = []
         for _, path, _, _, _, _ in jobs:
             try:
-                manifest, stable = self.read(path)
+                manifest, stable = self.read(Path(path))
             except (FileChanged, TooLarge) as exc:
                 out.append((None, 0, None, exc))
                 continue
@@ -421,8 +444,9 @@ class TreeBuilder:
         return out
 
 
-_Small = tuple[int, Path, str, str, int, str]
-"""A small file for a worker: slot in the tree, path, name, relative path, mode, cache key."""
+_Small = tuple[int, str, str, str, int, str]
+"""A small file for a worker: slot in the tree, absolute path, name, relative path, mode, cache
+key."""
 _Read = tuple["ObjectId | None", int, "os.stat_result | None", "Exception | None"]
 """A worker's answer: manifest id, size, the stat it was read at; or why it was not read."""
 _BATCH_FILES = 64
@@ -459,21 +483,22 @@ def ingest_paths(
             if (st.st_dev, st.st_ino) in builder.own_dirs:
                 raise UsageError(f"{p} is the repository (or its cache): it is never committed")
     try:
-        if len(resolved) == 1 and resolved[0].is_dir() and not resolved[0].is_symlink():
-            root = builder.tree(resolved[0])
-        else:
-            entries: dict[str, TreeEntry] = {}
-            for p in resolved:
-                name = p.absolute().name
-                if name in entries:
-                    raise UsageError(
-                        f"two paths are both named {name!r}; commit their parent instead"
-                    )
-                e = builder.entry(p, name, name)
-                if e is not None:
-                    entries[name] = e
-            root = Tree(tuple(entries.values()))
-        return session.add_object(root)
+        with builder:  # one set of reader processes for every path
+            if len(resolved) == 1 and resolved[0].is_dir() and not resolved[0].is_symlink():
+                root = builder.tree(resolved[0])
+            else:
+                entries: dict[str, TreeEntry] = {}
+                for p in resolved:
+                    name = p.absolute().name
+                    if name in entries:
+                        raise UsageError(
+                            f"two paths are both named {name!r}; commit their parent instead"
+                        )
+                    e = builder.entry(p, name, name)
+                    if e is not None:
+                        entries[name] = e
+                root = Tree(tuple(entries.values()))
+            return session.add_object(root)
     finally:
         if stat_cache is not None:
             stat_cache.flush()
