@@ -202,7 +202,8 @@ def restore_tree(
     try:
         made.mkdir(parents=True, exist_ok=True)
     except FileExistsError:
-        raise UsageError(f"{made} exists and is not a directory") from None
+        where = "" if made == dest else f"{dest}: "
+        raise UsageError(f"{where}{made} exists and is not a directory") from None
     except NotADirectoryError:
         raise UsageError(f"{dest}: a part of this path is a file, not a directory") from None
     if fresh:

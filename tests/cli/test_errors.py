@@ -240,7 +240,9 @@ def test_checkout_into_a_path_under_a_file_names_that_file(
 ) -> None:
     c = _commit(cli, write)
     (project / "afile").write_bytes(b"not a directory")
-    for target in ("afile/out", "afile"):
-        r = cli("checkout", c, "-o", target, code=2)
-        assert r.stderr.strip() == "error: afile exists and is not a directory", r.stderr
+    for target, message in (
+        ("afile/out", "error: afile/out: afile exists and is not a directory"),
+        ("afile", "error: afile exists and is not a directory"),
+    ):
+        assert cli("checkout", c, "-o", target, code=2).stderr.strip() == message
     assert (project / "afile").read_bytes() == b"not a directory"
