@@ -4,7 +4,8 @@ Each copy is an :class:`Entry`: a ref's bytes and the token (listed version, or
 ``size:mtime``) of the state they were read in; :mod:`mlvc_core.catalog` decides when a copy
 still stands for its ref. The cache also keeps a few named values (``meta``): the token of the
 last catalog merged, where the last listing was cut into ranges. A hint (docs/format.md, "Local
-caches are hints"): a database that cannot be opened or read is deleted and created again.
+caches are hints"): a database that cannot be opened or read is deleted and created again, and
+a copy is stored after its BLAKE3 digest, so a damaged row is ignored (the ref read again).
 
 Must not import the store or know what a ref's document means.
 """
@@ -17,6 +18,8 @@ import threading
 from collections.abc import Iterable
 from pathlib import Path
 from typing import NamedTuple
+
+from mlvc_core.ids import DIGEST_SIZE, hash_bytes
 
 __all__ = ["Entry", "LocalCache"]
 
@@ -37,6 +40,28 @@ class Entry(NamedTuple):
     """When the copy was read (seconds since the epoch, the reader's clock)."""
     doc: bytes
     """The ref's bytes as read."""
+
+
+def _sealed(doc: bytes) -> bytes:
+    """How a copy's bytes are stored: their BLAKE3 digest, then the bytes."""
+    return hash_bytes(doc) + doc
+
+
+def _entry(row: tuple[object, ...]) -> Entry | None:
+    """The copy a database row holds; None if the row is damaged (then it is read again)."""
+    key, token, exact, read_at, sealed = row
+    if not (
+        isinstance(key, str)
+        and isinstance(token, str)
+        and exact in (0, 1)
+        and isinstance(read_at, float)
+        and isinstance(sealed, bytes)
+    ):
+        return None
+    doc = sealed[DIGEST_SIZE:]
+    if sealed[:DIGEST_SIZE] != hash_bytes(doc):
+        return None
+    return Entry(key, token, bool(exact), read_at, doc)
 
 
 class LocalCache:
@@ -120,7 +145,7 @@ class LocalCache:
             except sqlite3.Error:
                 self._fail()
                 return {}
-        return {r[0]: Entry(r[0], r[1], bool(r[2]), r[3], bytes(r[4])) for r in rows}
+        return {e.key: e for e in map(_entry, rows) if e is not None}
 
     def keys(self, prefix: str) -> list[str]:
         """The keys of every cached copy under ``prefix``."""
@@ -151,7 +176,7 @@ class LocalCache:
                 self._db.execute("BEGIN")
                 self._db.executemany(
                     "INSERT OR REPLACE INTO refs VALUES (?, ?, ?, ?, ?)",
-                    [(e.key, e.token, int(e.exact), e.read_at, e.doc) for e in rows],
+                    [(e.key, e.token, int(e.exact), e.read_at, _sealed(e.doc)) for e in rows],
                 )
                 self._db.executemany("DELETE FROM refs WHERE key = ?", [(k,) for k in gone])
                 self._db.execute("COMMIT")

@@ -198,10 +198,12 @@ def restore_tree(
     plan = plan_checkout(repo, tree_id, paths)
     dest = Path(dest)
     fresh = not os.path.lexists(dest) and dest.name not in ("", ".", "..")
+    made = dest.parent if fresh else dest
     try:
-        (dest.parent if fresh else dest).mkdir(parents=True, exist_ok=True)
+        made.mkdir(parents=True, exist_ok=True)
     except FileExistsError:
-        raise UsageError(f"{dest} exists and is not a directory") from None
+        where = "" if made == dest else f"{dest}: "
+        raise UsageError(f"{where}{made} exists and is not a directory") from None
     except NotADirectoryError:
         raise UsageError(f"{dest}: a part of this path is a file, not a directory") from None
     if fresh:

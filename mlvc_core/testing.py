@@ -155,6 +155,9 @@ class StoreContract:
         same(bounds)
         # Bounds are hints: unsorted, repeated, absent, outside the prefix, past the end.
         assert same(["zz/none", "g/k30", "g/k03", "g/k03", "a", "g/zzz", "g.sibling"])
+        # ...and keys no listing holds: unencodable, control characters, too long.
+        assert same(["g/\ud800", "g/k10\x00", "g/k12\uffff", "g/\U0010ffff", "g/" + "k" * 2000])
+        assert same(["g/k1 ?#%&+=", "g/k2\\/../~", "g/k3%00%ZZ"])  # odd, but printable
         assert list(store.list_ranges("none/", bounds)) == []
 
     def test_listed_version_names_the_bytes(self, store: Store) -> None:

@@ -89,9 +89,30 @@ def check_limit(key: str, size: int, limit: int | None) -> None:
         )
 
 
+_MAX_BOUND = 1024
+"""Longest range bound kept (characters): S3 and GCS keys are at most 1,024 bytes."""
+
+
 def range_bounds(prefix: str, bounds: Sequence[str]) -> list[str]:
-    """The bounds of a ranged listing that can cut it: those under ``prefix``, sorted, unique."""
-    return sorted({b for b in bounds if isinstance(b, str) and b.startswith(prefix) and b})
+    """The bounds of a ranged listing that can cut it: those under ``prefix``, sorted, unique.
+
+    Bounds are hints (a damaged local cache may hold anything), so only printable ASCII keys
+    of at most :data:`_MAX_BOUND` characters are kept: a server may refuse a listing that
+    starts after any other string (a lone surrogate cannot even be encoded), and a bound
+    dropped only makes a range longer. (Sorting ASCII strings sorts their bytes, the order
+    the servers list in.)
+    """
+    return sorted(
+        {
+            b
+            for b in bounds
+            if isinstance(b, str)
+            and b.startswith(prefix)
+            and 0 < len(b) <= _MAX_BOUND
+            and b.isascii()
+            and b.isprintable()
+        }
+    )
 
 
 class Writer(abc.ABC):

@@ -233,3 +233,16 @@ def test_click_usage_errors_keep_exit_code_2(cli: Cli) -> None:
     r = cli("commit", "x", code=2)  # -m missing
     assert "message" in r.output.lower()
     assert cli("nosuchcommand", code=2).exit_code == 2
+
+
+def test_checkout_into_a_path_under_a_file_names_that_file(
+    cli: Cli, write: Write, project: Path
+) -> None:
+    c = _commit(cli, write)
+    (project / "afile").write_bytes(b"not a directory")
+    for target, message in (
+        ("afile/out", "error: afile/out: afile exists and is not a directory"),
+        ("afile", "error: afile exists and is not a directory"),
+    ):
+        assert cli("checkout", c, "-o", target, code=2).stderr.strip() == message
+    assert (project / "afile").read_bytes() == b"not a directory"

@@ -9,7 +9,9 @@ server by a proxy (``tests/s3_counter.py``).
 
 from __future__ import annotations
 
+import contextlib
 import json
+import sqlite3
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -18,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from mlvc_core.catalog import range_bounds_of
+from mlvc_core.catalog import BOUNDS_META, range_bounds_of
 from mlvc_core.repository import Repository
 from mlvc_core.storage.fsspec_store import FsspecStore
 from tests.porcelain.conftest import subprocess_env
@@ -117,3 +119,27 @@ def test_range_bounds_cut_a_listing_into_equal_pages() -> None:
     assert sizes == [990] * 10  # each leaves room for 10 keys added before the next listing
     assert range_bounds_of(keys[:1000], 1000) == []  # one page: nothing to cut
     assert range_bounds_of(keys[:1001], 1000) == [keys[500]]
+
+
+def test_ls_with_damaged_range_bounds_in_its_cache_prints_what_a_cold_ls_prints(
+    proxied: tuple[CountingProxy, str, dict[str, Any], dict[str, str]],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    _proxy, url, options, env = proxied
+    with Repository.init(url, **options) as repo:
+        make_experiments(repo, 10, seed=9)
+    ls = Lister(url, env, monkeypatch)
+    cold = ls.both(tmp_path / "cold")
+    warm_cache = tmp_path / "warm"
+    ls(warm_cache)
+    (db,) = warm_cache.glob("*/refs.sqlite")
+    damaged = ["refs/experiments/\ud800", "refs/experiments/0\x00", "refs/experiments/f\uffff"]
+    with contextlib.closing(sqlite3.connect(db)) as con, con:
+        con.execute(
+            "UPDATE meta SET value = ? WHERE name = ?",
+            (json.dumps(damaged), BOUNDS_META + "refs/experiments/"),
+        )
+    for rows in warm_cache.glob("*/*.rows"):
+        rows.unlink()  # every row from the scan
+    assert ls.both(warm_cache) == cold
