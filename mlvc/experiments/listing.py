@@ -175,8 +175,11 @@ class _Condition:
                 "an empty text value is written '')"
             )
         self.field, op_text, self.raw = m.groups()
+        self.text = text
         self.op = _OPS[op_text]
         self.want = _literal(self.raw)
+        # An unquoted word ordered against a number is a typo, not a text comparison.
+        self.word = op_text in ("<", "<=", ">", ">=") and self.raw == self.want
 
     def __call__(self, exp: Experiment) -> bool:
         have = _field(exp, self.field)
@@ -187,6 +190,11 @@ class _Condition:
             return bool(op(str(have).lower(), str(want).lower()))
         if isinstance(have, (int, float)) and isinstance(want, float):
             return bool(op(float(have), want))
+        if isinstance(have, (int, float)) and self.word:
+            raise UsageError(
+                f"bad filter {self.text!r}: {self.field} is a number and {self.raw!r} is not "
+                "(quote it to compare as text)"
+            )
         if isinstance(have, str) and isinstance(want, float):
             number = as_float(have)  # "nan"/"inf" as stored for non-finite values
             if number is not None and not math.isfinite(number):

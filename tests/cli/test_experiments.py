@@ -126,6 +126,19 @@ def test_ls_refuses_an_incomplete_filter(cli: Cli, condition: str, reason: str) 
     assert "no experiments" not in r.output
 
 
+@pytest.mark.parametrize("condition", ["loss < abc", "lr >= high", "best > x"])
+def test_ls_refuses_a_word_ordered_against_a_number(cli: Cli, condition: str) -> None:
+    r = cli("ls", "--filter", condition, code=2)
+    line = r.stderr.strip().splitlines()[0]
+    assert "bad filter" in line and "is a number" in line and "quote it" in line, r.stderr
+    assert r.stdout == ""
+
+
+def test_ls_orders_a_quoted_word_as_text(cli: Cli, runs: dict[str, str]) -> None:
+    # Quoted, the word is meant as text: the numbers are compared as their text.
+    assert cli.json("ls", "--filter", "loss < 'abc'") != []
+
+
 def test_ls_filter_on_an_empty_text_value_is_written_quoted(cli: Cli, runs: dict[str, str]) -> None:
     assert cli.json("ls", "--filter", "status = ''") == []
 
