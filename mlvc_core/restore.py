@@ -239,7 +239,10 @@ def _restore_fresh(
     try:
         sweep_temporary(parent_fd)
         tmp = tmp_name()
-        os.mkdir(tmp, 0o777, dir_fd=parent_fd)  # as mkdir(1): the umask applies
+        try:
+            os.mkdir(tmp, 0o777, dir_fd=parent_fd)  # as mkdir(1): the umask applies
+        except OSError as exc:  # say where the user asked for, not the temporary name
+            raise OSError(exc.errno, exc.strerror, str(dest)) from None
         try:
             root_fd = os.open(tmp, DIR_FLAGS, dir_fd=parent_fd)
             try:

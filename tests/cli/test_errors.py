@@ -246,3 +246,13 @@ def test_checkout_into_a_path_under_a_file_names_that_file(
     ):
         assert cli("checkout", c, "-o", target, code=2).stderr.strip() == message
     assert (project / "afile").read_bytes() == b"not a directory"
+
+
+@pytest.mark.skipif(not Path("/proc/1").is_dir(), reason="needs Linux procfs")
+def test_checkout_where_no_directory_can_be_made_names_the_target(
+    cli: Cli, write: Write, project: Path
+) -> None:
+    c = _commit(cli, write)
+    r = cli("checkout", c, "-o", "/proc/1/out", code=None)  # procfs refuses every mkdir
+    assert r.exit_code not in (0, 70)  # an I/O error, not a crash
+    assert "/proc/1/out" in r.stderr and ".mlvc-" not in r.stderr
