@@ -89,6 +89,8 @@ def check_limit(key: str, size: int, limit: int | None) -> None:
         )
 
 
+MAX_RANGES = 64
+"""Most ranges one ranged listing is cut into (see :func:`range_bounds`)."""
 _MAX_BOUND = 1024
 """Longest range bound kept (characters): S3 and GCS keys are at most 1,024 bytes."""
 
@@ -100,9 +102,10 @@ def range_bounds(prefix: str, bounds: Sequence[str]) -> list[str]:
     of at most :data:`_MAX_BOUND` characters are kept: a server may refuse a listing that
     starts after any other string (a lone surrogate cannot even be encoded), and a bound
     dropped only makes a range longer. (Sorting ASCII strings sorts their bytes, the order
-    the servers list in.)
+    the servers list in.) At most :data:`MAX_RANGES` ranges are kept (their bounds evenly
+    spaced): a damaged cache holding thousands of bounds costs at most that many requests.
     """
-    return sorted(
+    kept = sorted(
         {
             b
             for b in bounds
@@ -113,6 +116,10 @@ def range_bounds(prefix: str, bounds: Sequence[str]) -> list[str]:
             and b.isprintable()
         }
     )
+    if len(kept) < MAX_RANGES:
+        return kept
+    step = len(kept) / MAX_RANGES
+    return [kept[int(i * step)] for i in range(1, MAX_RANGES)]
 
 
 class Writer(abc.ABC):

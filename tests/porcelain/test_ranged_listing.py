@@ -22,6 +22,7 @@ import pytest
 
 from mlvc_core.catalog import BOUNDS_META, range_bounds_of
 from mlvc_core.repository import Repository
+from mlvc_core.storage.base import MAX_RANGES, range_bounds
 from mlvc_core.storage.fsspec_store import FsspecStore
 from tests.porcelain.conftest import subprocess_env
 from tests.porcelain.test_listing_rows import CHANGE, Lister
@@ -119,6 +120,16 @@ def test_range_bounds_cut_a_listing_into_equal_pages() -> None:
     assert sizes == [990] * 10  # each leaves room for 10 keys added before the next listing
     assert range_bounds_of(keys[:1000], 1000) == []  # one page: nothing to cut
     assert range_bounds_of(keys[:1001], 1000) == [keys[500]]
+
+
+def test_thousands_of_remembered_bounds_cut_a_listing_into_at_most_max_ranges() -> None:
+    keys = [f"refs/experiments/{i:06d}" for i in range(5_000)]
+    cut = range_bounds("refs/experiments/", [*reversed(keys), "elsewhere/x", *keys[:50]])
+    assert len(cut) == MAX_RANGES - 1 and cut == sorted(set(cut)) and set(cut) <= set(keys)
+    at = [keys.index(b) for b in cut]
+    gaps = [b - a for a, b in zip(at, at[1:], strict=False)]
+    assert max(gaps) - min(gaps) <= 1  # evenly spaced
+    assert range_bounds("refs/experiments/", keys[:10]) == keys[:10]  # few: all kept
 
 
 def test_ls_with_damaged_range_bounds_in_its_cache_prints_what_a_cold_ls_prints(
