@@ -337,6 +337,20 @@ class ChunkReads(PackIndex):
             out.append(memoryview(data))
         return out
 
+    def _bases_to_read(self, bases: list[ObjectId]) -> list[ObjectId]:
+        """Those of ``bases`` (once each, in order) not in the cache and stored as keyframes."""
+        wanted = [
+            b
+            for b in dict.fromkeys(bases)
+            if self._bases.get((b, True)) is None and self._bases.get((b, False)) is None
+        ]
+        with self._index_lock:
+            return [
+                b
+                for b in wanted
+                if (loc := self._index.get(b)) and loc.kind == CHUNK and loc.codec != codec.DELTA
+            ]
+
     def _base_payloads(
         self, bases: list[ObjectId]
     ) -> dict[ObjectId, tuple[Location, bytes | memoryview]]:
@@ -345,17 +359,7 @@ class ChunkReads(PackIndex):
         Adjacent ones are read with one request. A hint: what fails here is read and
         reported by the delta's own read.
         """
-        wanted = [
-            b
-            for b in dict.fromkeys(bases)
-            if self._bases.get((b, True)) is None and self._bases.get((b, False)) is None
-        ]
-        with self._index_lock:
-            found = [
-                b
-                for b in wanted
-                if (loc := self._index.get(b)) and loc.kind == CHUNK and loc.codec != codec.DELTA
-            ]
+        found = self._bases_to_read(bases)
         out: dict[ObjectId, tuple[Location, bytes | memoryview]] = {}
         with contextlib.suppress(MlvcError):
             for run in self.chunk_runs(found):
@@ -390,17 +394,7 @@ class ChunkReads(PackIndex):
         costs one more request, not one per base. A hint: what fails here is read (and
         reported) again by :meth:`_apply_delta`. The bases are not hashed here: see there.
         """
-        wanted = [
-            b
-            for b in dict.fromkeys(bases)
-            if self._bases.get((b, True)) is None and self._bases.get((b, False)) is None
-        ]
-        with self._index_lock:
-            found = [
-                b
-                for b in wanted
-                if (loc := self._index.get(b)) and loc.kind == CHUNK and loc.codec != codec.DELTA
-            ]
+        found = self._bases_to_read(bases)
         if not found:
             return
         with contextlib.suppress(MlvcError):
