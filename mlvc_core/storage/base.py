@@ -89,6 +89,17 @@ def check_limit(key: str, size: int, limit: int | None) -> None:
         )
 
 
+def split_bucket(root: str, prefix: str) -> tuple[str, str, str]:
+    """``(bucket, object-name prefix, head)`` of the keys under ``prefix`` in a bucket store.
+
+    ``root`` is the store's ``bucket/path``; ``head`` is the part of every object name
+    before the key (``path/``, or empty), so ``name[len(head):]`` is the key.
+    """
+    full = f"{root}/{prefix}" if root else prefix
+    bucket, _, name_prefix = full.partition("/")
+    return bucket, name_prefix, full[len(bucket) + 1 : len(full) - len(prefix)]
+
+
 MAX_RANGES = 64
 """Most ranges one ranged listing is cut into (see :func:`range_bounds`)."""
 _MAX_BOUND = 1024

@@ -44,7 +44,7 @@ from collections.abc import Callable
 from typing import Any
 
 from mlvc_core.errors import PreconditionFailed, StorageError
-from mlvc_core.storage.base import KeyInfo
+from mlvc_core.storage.base import KeyInfo, split_bucket
 from mlvc_core.storage.timestamps import to_epoch
 
 __all__ = [
@@ -276,9 +276,7 @@ def list_ranges(
     Returns:
         Each key (relative to ``root``) with its size, mtime and generation, in name order.
     """
-    full = f"{root}/{prefix}" if root else prefix
-    bucket, _, name_prefix = full.partition("/")
-    head = full[len(bucket) + 1 : len(full) - len(prefix)]
+    bucket, name_prefix, head = split_bucket(root, prefix)
     edges: list[str | None] = [None, *(head + b for b in bounds), None]
 
     async def one(start: str | None, end: str | None) -> list[dict[str, Any]]:

@@ -45,7 +45,7 @@ from typing import Any, cast
 from xml.etree import ElementTree
 
 from mlvc_core.errors import PreconditionFailed
-from mlvc_core.storage.base import KeyInfo, check_limit
+from mlvc_core.storage.base import KeyInfo, check_limit, split_bucket
 from mlvc_core.storage.timestamps import to_epoch
 
 __all__ = [
@@ -333,13 +333,6 @@ def _key_info(item: dict[str, Any], head: str) -> KeyInfo | None:
     )
 
 
-def _split(root: str, prefix: str) -> tuple[str, str, str]:
-    """``(bucket, S3 key prefix, head)`` of ``prefix`` under ``root`` (``head``: root's part)."""
-    full = f"{root}/{prefix}" if root else prefix
-    bucket, _, key_prefix = full.partition("/")
-    return bucket, key_prefix, full[len(bucket) + 1 : len(full) - len(prefix)]
-
-
 def list_keys(
     fs: Any,
     root: str,
@@ -365,7 +358,7 @@ def list_keys(
         Each key (relative to ``root``) with its size, mtime and ETag, in key order.
     """
     _fast_listing(fs, sync)
-    bucket, key_prefix, head = _split(root, prefix)
+    bucket, key_prefix, head = split_bucket(root, prefix)
     token: str | None = None
     while True:
         kwargs: dict[str, Any] = {"Bucket": bucket, "Prefix": key_prefix, "MaxKeys": page_size}
@@ -448,7 +441,7 @@ def list_ranges(
         yield from list_keys(fs, root, prefix, guard, sync, page_size)
         return
     _fast_listing(fs, sync)
-    bucket, key_prefix, head = _split(root, prefix)
+    bucket, key_prefix, head = split_bucket(root, prefix)
     args = {"Bucket": bucket, "Prefix": key_prefix, "MaxKeys": page_size}
     edges: list[str | None] = [None, *(head + b for b in bounds), None]
 
