@@ -316,7 +316,7 @@ class TreeBuilder:
             for job, answer in zip(jobs, future.result(), strict=True):
                 if answer is AGAIN:
                     again(job)
-                elif len(answer) == 6:
+                elif len(answer) == 6:  # a reader process's Read; a thread answers in 4
                     st = answer[0]
                     stored(job, readers.store(self.session, answer), st.st_size, st)
                 else:
