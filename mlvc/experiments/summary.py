@@ -17,7 +17,7 @@ import math
 from dataclasses import dataclass, field, fields, replace
 from datetime import datetime, timezone
 from operator import attrgetter
-from typing import Any, cast
+from typing import Any
 
 from mlvc_core import schema
 from mlvc_core.ids import ObjectId, to_hex
@@ -371,18 +371,24 @@ class ExperimentSummary:
         else:
             key = tuple(present)
             shared = _PRESENT.get(key) or _PRESENT.setdefault(key, frozenset(present))
-        build: Any = cls  # positional: the fields in ROW_FIELDS order
-        return cast(
-            ExperimentSummary,
-            build(
-                *row[:_PLAIN],
-                (pm[0], pm[1]) if pm is not None else None,
-                Best(best[0], best[1], best[2]) if best is not None else None,
-                tuple(removed),
-                extra,
-                shared,
-            ),
+        # Every field set at once, as the frozen dataclass's __init__ would one by one (it
+        # has no checks to skip): a listing builds thousands of summaries.
+        summary = object.__new__(cls)
+        summary.__dict__.update(
+            zip(
+                ROW_FIELDS,
+                (
+                    *row[:_PLAIN],
+                    (pm[0], pm[1]) if pm is not None else None,
+                    Best(best[0], best[1], best[2]) if best is not None else None,
+                    tuple(removed),
+                    extra,
+                    shared,
+                ),
+                strict=True,
+            )
         )
+        return summary
 
 
 _KNOWN = frozenset(f.name for f in fields(ExperimentSummary)) - {"extra", "present"}

@@ -263,26 +263,29 @@ _LISTING_HOOK = "mlvc-listing-contents"
 
 def parse_contents(
     response_dict: dict[str, Any], customized_response_dict: dict[str, Any], **_: Any
-) -> None:
+) -> bool:
     """Parse the ``<Contents>`` of a ``ListObjectsV2`` response with ElementTree.
 
-    A handler of botocore's ``before-parse.s3.ListObjectsV2`` event: it puts ``Contents``
-    (each object as botocore would give it: ``Key``, ``Size`` as an int, ``LastModified`` as
-    an aware datetime, ``ETag`` quotes included...) into ``customized_response_dict``, which
-    botocore merges into the parsed response, and leaves in the body only the rest (name,
-    prefix, truncation, continuation token), which botocore parses as usual. botocore's
-    shape-walking parser takes about 20 ms for a page of 1,000 keys, this about 5 ms. A
-    response with anything this does not know (an owner, a restore status, an error) is left
-    untouched for botocore.
+    It puts ``Contents`` (each object as botocore would give it: ``Key``, ``Size`` as an int,
+    ``LastModified`` as an aware datetime, ``ETag`` quotes included...) into
+    ``customized_response_dict``, which botocore merges into the parsed response, and leaves in
+    the body only the rest (name, prefix, truncation, continuation token), which botocore
+    parses as usual. botocore's shape-walking parser takes about 20 ms for a page of 1,000
+    keys, this about 5 ms. A response with anything this does not know (an owner, a restore
+    status, an error) is left untouched for botocore.
+
+    Returns:
+        True if the body is a well-formed ``ListBucketResult`` (so not an error document,
+        whether or not its objects were taken out); False for anything else.
     """
     if response_dict.get("status_code") != 200 or not response_dict.get("body"):
-        return
+        return False
     try:
         root = ElementTree.fromstring(response_dict["body"])
         tag = root.tag
         ns = tag[: tag.index("}") + 1] if tag.startswith("{") else ""
         if tag != ns + "ListBucketResult":
-            return
+            return False
         contents, cut = ns + "Contents", len(ns)
         items: list[dict[str, Any]] = []
         rest = ElementTree.Element(tag)
@@ -294,30 +297,72 @@ def parse_contents(
             for member in node:
                 name = member.tag[cut:]
                 if len(member) or not member.tag.startswith(ns):
-                    return  # a nested member (Owner, RestoreStatus): botocore's to parse
+                    return True  # a nested member (Owner, RestoreStatus): botocore's to parse
                 convert = _OBJECT_FIELDS.get(name)
                 if convert is not None:
                     item[name] = convert(member.text or "")
                 elif name in _OBJECT_LISTS:
                     item.setdefault(name, []).append(member.text or "")
                 else:
-                    return  # a member this does not know
+                    return True  # a member this does not know
             items.append(item)
-    except (ElementTree.ParseError, ValueError, TypeError):
-        return
+    except ElementTree.ParseError:
+        return False
+    except (ValueError, TypeError):
+        return True  # well-formed, with a value this does not convert: botocore's to parse
     if items:
         customized_response_dict["Contents"] = items
     response_dict["body"] = ElementTree.tostring(rest)
+    return True
+
+
+def _page_handler(check: Callable[..., Any]) -> Callable[..., None]:
+    """The error-in-a-200 ``check`` of botocore and :func:`parse_contents`, one parse a page.
+
+    botocore's ``_handle_200_error`` (a ``before-parse.s3.*`` handler) parses every 200
+    response body to tell an embedded ``<Error>`` (or a truncated body) from a result, and
+    turns it into a 500 for its retry logic: for a listing page, as long again as
+    :func:`parse_contents`. A ``ListObjectsV2`` page that parses as a ``ListBucketResult`` is
+    neither; everything else still goes through ``check``.
+    """
+
+    def handle(
+        operation_model: Any,
+        response_dict: dict[str, Any],
+        customized_response_dict: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if (
+            getattr(operation_model, "name", None) == "ListObjectsV2"
+            and customized_response_dict is not None
+            and parse_contents(response_dict, customized_response_dict)
+        ):
+            return
+        check(operation_model=operation_model, response_dict=response_dict, **kwargs)
+
+    return handle
 
 
 def _fast_listing(fs: Any, sync: Callable[..., Any]) -> None:
-    """Register :func:`parse_contents` on this filesystem's S3 client (once)."""
+    """Put :func:`parse_contents` on this filesystem's S3 client (once).
+
+    Where botocore's own check of each page is known, in its place (:func:`_page_handler`).
+    Calling it again changes nothing (the handler is registered under one unique id).
+    """
     if getattr(fs, "_s3", None) is None:
         sync(fs.set_session)
     client = getattr(fs, "_s3", None)
     events = getattr(getattr(client, "meta", None), "events", None)
-    if events is not None:
+    if events is None:
+        return
+    from botocore import handlers  # type: ignore[import-untyped]
+
+    check = getattr(handlers, "_handle_200_error", None)
+    if check is None:  # a botocore without it: its own check, if any, parses pages too
         events.register("before-parse.s3.ListObjectsV2", parse_contents, unique_id=_LISTING_HOOK)
+    else:  # (if botocore registered it elsewhere, unregister does nothing and both run)
+        events.unregister("before-parse.s3.*", check)
+        events.register_first("before-parse.s3.*", _page_handler(check), unique_id=_LISTING_HOOK)
 
 
 def _key_info(item: dict[str, Any], head: str) -> KeyInfo | None:

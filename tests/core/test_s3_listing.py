@@ -121,3 +121,73 @@ def test_a_page_it_does_not_know_is_left_to_botocore_whole(body: bytes, status: 
     response, custom = _parse(body, status)
     assert custom == {}
     assert response["body"] == body
+
+
+def _operation(name: str) -> Any:
+    import botocore.session
+
+    return botocore.session.get_session().get_service_model("s3").operation_model(name)
+
+
+@pytest.mark.parametrize(
+    "body,status_after",
+    [
+        (PAGE, 200),
+        (PAGE.replace(b"<Size>0</Size>", b"<Size>0</Size><Novel>1</Novel>"), 200),
+        (PAGE[:-20], 500),
+        (b"<Error><Code>InternalError</Code></Error>", 500),
+    ],
+    ids=["page", "unknown-member", "truncated", "error-doc"],
+)
+def test_one_parse_a_page_still_turns_an_error_inside_a_200_into_a_retry(
+    body: bytes, status_after: int
+) -> None:
+    # botocore's own check of 200 bodies is replaced for listings by the page's one parse: an
+    # error document or a torn body must still become a 500, which botocore retries.
+    from botocore import handlers
+
+    from mlvc_core.storage.s3 import _page_handler
+
+    handle = _page_handler(handlers._handle_200_error)
+    response = {"status_code": 200, "headers": {}, "body": body}
+    custom: dict[str, Any] = {}
+    handle(_operation("ListObjectsV2"), response, custom)
+    assert response["status_code"] == status_after
+    assert ("Contents" in custom) == (body == PAGE)
+
+
+def test_other_operations_keep_botocores_check() -> None:
+    from botocore import handlers
+
+    from mlvc_core.storage.s3 import _page_handler
+
+    handle = _page_handler(handlers._handle_200_error)
+    body = b"<Error><Code>InternalError</Code></Error>"
+    response = {"status_code": 200, "headers": {}, "body": body}
+    handle(_operation("CompleteMultipartUpload"), response, {})
+    assert response["status_code"] == 500
+    assert response["body"] == body
+
+
+def test_a_listing_page_is_parsed_once(moto_clean: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from botocore import handlers
+
+    checked: list[int] = []
+    check = handlers._looks_like_special_case_error
+
+    def counting(status: int, body: bytes) -> bool:
+        checked.append(len(body))
+        return bool(check(status, body))
+
+    monkeypatch.setattr(handlers, "_looks_like_special_case_error", counting)
+    options = moto_options(moto_clean)
+    store = open_store(f"s3://{make_s3_bucket(options)}/repo", **options)
+    for name in NAMES:
+        store.write(name, b"x")
+    list(store.list("nothing"))  # the client exists and its handlers are in place
+    checked.clear()
+    assert len(list(store.list("refs"))) == len(NAMES)
+    assert checked == []  # botocore's check did not parse the page a second time
+    store.write("refs/more", b"x")  # other requests keep botocore's check
+    assert store.read("refs/more") == b"x"
+    store.close()
