@@ -291,7 +291,11 @@ class TreeBuilder:
         slots: list[TreeEntry | None] = []
         batches: list[list[_Small]] = [[], []]  # for threads, for processes
         sizes = [0, 0]
-        inflight: deque[tuple[list[_Small], Future[list[_Read]] | Future[list[Read | None]]]]
+        # Each batch's files, in walk order, and its answers: from a worker thread, or from a
+        # reader process (the other None).
+        inflight: deque[
+            tuple[list[_Small], Future[list[_Read]] | None, Future[list[Read | None]] | None]
+        ]
         inflight = deque()
         window = 2 * default_workers()
         progress = self.session.progress
@@ -312,13 +316,19 @@ class TreeBuilder:
                 slots[job[0]] = self.entry(Path(job[1]), job[2], job[3])
 
         def collect() -> None:
-            jobs, future = inflight.popleft()
-            for job, answer in zip(jobs, future.result(), strict=True):
+            jobs, on_thread, in_reader = inflight.popleft()
+            if in_reader is not None:
+                for job, read in zip(jobs, in_reader.result(), strict=True):
+                    if read is AGAIN:  # not read cleanly there
+                        again(job)
+                    else:
+                        st = read[0]
+                        stored(job, readers.store(self.session, read), st.st_size, st)
+                return
+            assert on_thread is not None
+            for job, answer in zip(jobs, on_thread.result(), strict=True):
                 if answer is AGAIN:
                     again(job)
-                elif len(answer) == 6:  # a reader process's Read; a thread answers in 4
-                    st = answer[0]
-                    stored(job, readers.store(self.session, answer), st.st_size, st)
                 else:
                     manifest_id, size, stable, exc = answer
                     if isinstance(exc, FileChanged):
@@ -336,9 +346,10 @@ class TreeBuilder:
             pool = self.readers.pool
             if procs and pool is not None:
                 paths = [job[1] for job in batch]
-                inflight.append((batch, pool.submit(paths, one_chunk, level, planes)))
+                inflight.append((batch, None, pool.submit(paths, one_chunk, level, planes)))
             else:
-                inflight.append((batch, self.session.repo.pool.submit(self._read_batch, batch)))
+                reading = self.session.repo.pool.submit(self._read_batch, batch)
+                inflight.append((batch, reading, None))
             while len(inflight) > window:
                 collect()
 
@@ -377,9 +388,12 @@ class TreeBuilder:
             while inflight:
                 collect()
         finally:
-            for _, future in inflight:  # let no worker outlive the walk
+            for _, on_thread, in_reader in inflight:  # let no worker outlive the walk
                 with contextlib.suppress(BaseException):
-                    future.result()
+                    if on_thread is not None:
+                        on_thread.result()
+                    if in_reader is not None:
+                        in_reader.result()
         return Tree(tuple(e for e in slots if e is not None))
 
     def _look(
