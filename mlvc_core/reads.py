@@ -23,7 +23,7 @@ from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING
 
 from mlvc_core import codec, delta
-from mlvc_core.caches import BytesCache
+from mlvc_core.caches import LRU
 from mlvc_core.errors import FormatError, IntegrityError, KeyNotFound, MlvcError
 from mlvc_core.ids import ObjectId, hash_bytes, to_hex
 from mlvc_core.indexes import PackIndex
@@ -63,7 +63,7 @@ class ChunkReads(PackIndex):
         super().__init__(store, cache_dir)
         # Keyed (base, verified): a reader decodes a base without hashing it, since the delta
         # it serves is verified and a mismatch then checks the base (see _apply_delta).
-        self._bases: BytesCache[tuple[ObjectId, bool]] = BytesCache(BASE_CACHE_BYTES)
+        self._bases: LRU[tuple[ObjectId, bool], bytes] = LRU(BASE_CACHE_BYTES, len)
         self._arenas: list[Arena] = []
         self._arena_lock = threading.Lock()
 

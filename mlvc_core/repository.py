@@ -20,7 +20,7 @@ from collections.abc import Generator, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
-from mlvc_core.caches import BytesCache, ObjectCache
+from mlvc_core.caches import LRU
 from mlvc_core.config import MAX_CONFIG_SIZE, RepoConfig, upgrade_config
 from mlvc_core.errors import (
     FormatError,
@@ -56,6 +56,8 @@ log = logging.getLogger(__name__)
 
 _SMALL_PACK_BYTES = 1 << 20
 """Packs up to this size are read whole when an object in them is read from a remote store."""
+_DECODED_OBJECTS = 4096
+"""Decoded trees and manifests kept in memory, most recently used first."""
 _PACK_CACHE_BYTES = 32 << 20
 """Small packs kept in memory (bytes)."""
 
@@ -79,12 +81,12 @@ class Repository(ChunkReads):
         self.config = config
         self.refs = RefStore(store)
         self.url = store.url
-        self._objects = ObjectCache()
+        self._objects: LRU[ObjectId, Object] = LRU(_DECODED_OBJECTS)
         self._pool: ThreadPoolExecutor | None = None
-        self._packs: BytesCache[str] = BytesCache(_PACK_CACHE_BYTES)
+        self._packs: LRU[str, bytes] = LRU(_PACK_CACHE_BYTES, len)
 
     def _forget_decoded(self) -> None:
-        self._objects = ObjectCache()
+        self._objects = LRU(_DECODED_OBJECTS)
 
     # ------------------------------------------------------------------ open / init
 

@@ -202,7 +202,7 @@ def test_gc_aborts_the_multipart_upload_of_a_killed_push(moto_clean: str, tmp_pa
 def test_a_walk_of_every_ref_reads_each_small_pack_once(
     proxied_moto: tuple[CountingProxy, str, dict[str, Any]],
 ) -> None:
-    from mlvc_core.caches import BytesCache
+    from mlvc_core.caches import LRU
     from mlvc_core.walk import all_roots, reachable
 
     proxy, bucket_url, options = proxied_moto
@@ -212,7 +212,7 @@ def test_a_walk_of_every_ref_reads_each_small_pack_once(
     with Repository.open(url, **options) as repo:
         packs = {loc.pack for _, loc in repo.iter_index()}
         biggest = max(i.size for i in repo.store.list(PACK_PREFIX))
-        repo._packs = BytesCache(capacity=2 * biggest)  # room for two packs at a time
+        repo._packs = LRU(2 * biggest, len)  # room for two packs at a time
         roots = all_roots(repo)
         proxy.reset()
         reachable(repo, roots)
