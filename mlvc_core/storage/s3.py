@@ -243,10 +243,6 @@ def _timestamp(value: str) -> datetime:
     return d if d.tzinfo is not None else d.replace(tzinfo=timezone.utc)
 
 
-def _flag(text: str) -> bool:
-    return text == "true"
-
-
 _OBJECT_FIELDS: dict[str, Callable[[str], Any]] = {
     "Key": str,
     "ETag": str,
@@ -254,9 +250,9 @@ _OBJECT_FIELDS: dict[str, Callable[[str], Any]] = {
     "LastModified": _timestamp,
     "StorageClass": str,
     "ChecksumType": str,
-    "IsLatest": _flag,
 }
-"""The scalar members of a listed object that :func:`parse_contents` converts itself."""
+"""The scalar members of a listed object (botocore's ``Object`` shape) that :func:`parse_contents`
+converts itself; any other member (one botocore drops, as ``IsLatest``) leaves the page to it."""
 _OBJECT_LISTS = frozenset({"ChecksumAlgorithm"})
 """Members that repeat (flattened lists of strings)."""
 _LISTING_HOOK = "mlvc-listing-contents"

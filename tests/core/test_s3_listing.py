@@ -337,3 +337,58 @@ def test_a_missing_bucket_still_lists_nothing(moto_clean: str) -> None:
     assert list(store.list("refs/")) == []
     assert list(store.list_ranges("refs/", ["refs/a", "refs/b"])) == []
     store.close()
+
+
+def _botocore_parse(response: dict[str, Any]) -> dict[str, Any]:
+    from botocore import parsers
+
+    parsed = parsers.create_parser("rest-xml").parse(
+        response, _operation("ListObjectsV2").output_shape
+    )
+    parsed.pop("ResponseMetadata", None)
+    return dict(parsed)
+
+
+_ONE = (
+    b"<Contents><Key>p/a</Key><LastModified>2026-01-02T03:04:05.678Z</LastModified>"
+    b'<ETag>"e"</ETag><Size>3</Size>%s</Contents>'
+)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        PAGE,
+        PAGE.replace(b"<Size>0</Size>", b"<Size>0</Size><IsLatest>true</IsLatest>"),
+        PAGE.replace(b"<Size>0</Size>", b"<Size>0</Size><VersionId>v1</VersionId>"),
+        PAGE.replace(b"<Key>p/a</Key>", b"<Key>  p/a \n</Key>"),
+        PAGE.replace(b"<Key>p/a</Key>", b"<Key><![CDATA[p/<a>]]>&#x1F600;&amp;</Key>"),
+        PAGE.replace(b"03:04:05.678Z", b"03:04:05.678+02:00"),
+        PAGE.replace(b"2026-01-02T03:04:06Z", b"Fri, 02 Jan 2026 03:04:06 GMT"),
+        PAGE.replace(b"<Size>12</Size>", b"<Size> 12 </Size>"),
+        PAGE.replace(b"<ETag>&quot;e2&quot;</ETag>", b"<ETag/>"),
+        PAGE.replace(
+            b"</ListBucketResult>",
+            b"<CommonPrefixes><Prefix>p/x/</Prefix></CommonPrefixes></ListBucketResult>",
+        ),
+        PAGE.replace(b' xmlns="http://s3.amazonaws.com/doc/2006-03-01/"', b""),
+    ],
+    ids=[
+        "page",
+        "is-latest",
+        "version-id",
+        "blank-key",
+        "escaped-key",
+        "offset",
+        "rfc822",
+        "padded-size",
+        "empty-etag",
+        "common-prefixes",
+        "no-namespace",
+    ],
+)
+def test_a_page_parses_to_what_botocore_alone_gives(body: bytes) -> None:
+    response, custom = _parse(body)
+    ours = _botocore_parse(response)
+    ours.update(custom)
+    assert ours == _botocore_parse({"status_code": 200, "headers": {}, "body": body})
