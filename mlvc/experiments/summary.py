@@ -202,8 +202,11 @@ class ExperimentSummary:
     removed: tuple[str, ...] = ()
     """Ids of checkpoints hidden by ``rm``."""
     extra: dict[str, Any] = field(default_factory=dict)
-    present: frozenset[str] = field(default=_ALWAYS, compare=False)
-    """The fields the stored form has (a null one included), so ``to_dict`` writes them back."""
+    present: frozenset[str] = field(default=_ALWAYS, compare=False, repr=False)
+    """The fields the stored form has (a null one included), so ``to_dict`` writes them back.
+
+    Bookkeeping, left out of comparisons and of ``repr`` (a set's order depends on how it was
+    built: a summary from the row cache must print as a freshly decoded one does)."""
 
     @classmethod
     def from_dict(cls, doc: dict[str, Any]) -> ExperimentSummary:

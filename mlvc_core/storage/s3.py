@@ -37,6 +37,7 @@ lazily.
 from __future__ import annotations
 
 import asyncio
+import errno
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
@@ -242,10 +243,6 @@ def _timestamp(value: str) -> datetime:
     return d if d.tzinfo is not None else d.replace(tzinfo=timezone.utc)
 
 
-def _flag(text: str) -> bool:
-    return text == "true"
-
-
 _OBJECT_FIELDS: dict[str, Callable[[str], Any]] = {
     "Key": str,
     "ETag": str,
@@ -253,9 +250,9 @@ _OBJECT_FIELDS: dict[str, Callable[[str], Any]] = {
     "LastModified": _timestamp,
     "StorageClass": str,
     "ChecksumType": str,
-    "IsLatest": _flag,
 }
-"""The scalar members of a listed object that :func:`parse_contents` converts itself."""
+"""The scalar members of a listed object (botocore's ``Object`` shape) that :func:`parse_contents`
+converts itself; any other member (one botocore drops, as ``IsLatest``) leaves the page to it."""
 _OBJECT_LISTS = frozenset({"ChecksumAlgorithm"})
 """Members that repeat (flattened lists of strings)."""
 _LISTING_HOOK = "mlvc-listing-contents"
@@ -323,7 +320,10 @@ def _page_handler(check: Callable[..., Any]) -> Callable[..., None]:
     response body to tell an embedded ``<Error>`` (or a truncated body) from a result, and
     turns it into a 500 for its retry logic: for a listing page, as long again as
     :func:`parse_contents`. A ``ListObjectsV2`` page that parses as a ``ListBucketResult`` is
-    neither; everything else still goes through ``check``.
+    neither. Any other 200 answer to ``ListObjectsV2`` (an error document, a torn, empty or
+    foreign body) becomes a 500 here, so it is retried and then raised: botocore would read an
+    empty or foreign body as a last, empty page and the listing would end there, short.
+    Every other operation still goes through ``check``.
     """
 
     def handle(
@@ -335,9 +335,12 @@ def _page_handler(check: Callable[..., Any]) -> Callable[..., None]:
         if (
             getattr(operation_model, "name", None) == "ListObjectsV2"
             and customized_response_dict is not None
-            and parse_contents(response_dict, customized_response_dict)
         ):
-            return
+            if parse_contents(response_dict, customized_response_dict):
+                return
+            if response_dict.get("status_code") == 200:
+                response_dict["status_code"] = 500  # not a listing page: retried, then raised
+                return
         check(operation_model=operation_model, response_dict=response_dict, **kwargs)
 
     return handle
@@ -413,7 +416,9 @@ def list_keys(
             try:
                 page = fs.call_s3("list_objects_v2", **kwargs)
             except FileNotFoundError:
-                return
+                if token is None:
+                    return  # no bucket: nothing listed
+                raise  # a later page: the listing is cut short, not ended (StorageError)
         for item in page.get("Contents") or []:
             info = _key_info(item, head)
             if info is not None:
@@ -438,7 +443,12 @@ async def _list_range(
     items: list[dict[str, Any]] = []
     while True:
         async with gate:
-            page = await fs._call_s3("list_objects_v2", **kwargs)
+            try:
+                page = await fs._call_s3("list_objects_v2", **kwargs)
+            except FileNotFoundError as exc:
+                if "ContinuationToken" not in kwargs:
+                    raise  # no bucket (if every range says so: see list_ranges)
+                raise OSError(errno.EIO, f"a listing page went missing: {exc}") from exc
         contents = page.get("Contents") or []
         items.extend(contents)
         token = page.get("NextContinuationToken") if page.get("IsTruncated") else None
@@ -490,16 +500,20 @@ def list_ranges(
     args = {"Bucket": bucket, "Prefix": key_prefix, "MaxKeys": page_size}
     edges: list[str | None] = [None, *(head + b for b in bounds), None]
 
-    async def gather() -> list[list[dict[str, Any]]]:
+    async def gather() -> list[list[dict[str, Any]] | BaseException]:
         gate = asyncio.Semaphore(RANGE_REQUESTS)
         ranges = zip(edges, edges[1:], strict=False)
-        return list(await asyncio.gather(*(_list_range(fs, args, a, b, gate) for a, b in ranges)))
+        jobs = (_list_range(fs, args, a, b, gate) for a, b in ranges)
+        return list(await asyncio.gather(*jobs, return_exceptions=True))
 
     with guard():
-        try:
-            ranges = sync(gather)
-        except FileNotFoundError:
-            return
+        answers = sync(gather)
+        failed = [a for a in answers if isinstance(a, BaseException)]
+        if failed and all(isinstance(a, FileNotFoundError) for a in answers):
+            return  # no bucket: every range says so
+        if failed:  # a range not found beside ranges that were: cut short, not empty
+            raise failed[0]
+    ranges = cast(list[list[dict[str, Any]]], answers)
     for items in ranges:
         for item in items:
             info = _key_info(item, head)

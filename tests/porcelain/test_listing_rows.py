@@ -298,3 +298,30 @@ def test_a_compaction_writes_every_ref_even_those_the_row_cache_answered(tmp_pat
         assert sorted(catalog) == sorted(prefix + i for i in ids)
         for key, entry in catalog.items():
             assert entry.doc == repo.store.read(key)
+
+
+def test_summaries_from_rows_print_and_derive_like_decoded_ones(tmp_path: Path) -> None:
+    from mlvc.experiments.rows import Row, load_rows, save_rows
+    from mlvc.experiments.summary import ExperimentSummary
+    from mlvc_core.ids import ObjectId
+
+    decoded = {
+        f"refs/experiments/{i:064x}": ExperimentSummary.from_dict(s)
+        for i, s in enumerate(SUMMARIES)
+        if i != 2  # (an integer msgpack cannot hold: never cached)
+    }
+    rows = {k: Row('"e"', True, 1.0, ObjectId(b"\1" * 32), s) for k, s in decoded.items()}
+    save_rows(tmp_path / "x.rows", "r", "refs/experiments/", rows)
+    back = load_rows(tmp_path / "x.rows", "r", "refs/experiments/")
+    assert set(back) == set(decoded)
+    for key, fresh in decoded.items():
+        cached = back[key].summary
+        assert cached == fresh and repr(cached) == repr(fresh) and str(cached) == str(fresh)
+        for derive in (
+            lambda s: s.with_checkpoint("ab" * 32, 7, {"loss": 0.5}, ("loss", "minimize")),
+            lambda s: s.ended_with("failed", 2.0, "exception", {"type": "E", "message": "m"}),
+            lambda s: s.resumed_with({"lr": 0.1}),
+        ):
+            assert derive(cached) == derive(fresh)
+            assert repr(derive(cached)) == repr(derive(fresh))
+            assert derive(cached).to_dict() == derive(fresh).to_dict()
