@@ -297,6 +297,7 @@ class TreeBuilder:
             tuple[list[_Small], Future[list[_Read]] | None, Future[list[Read | None]] | None]
         ]
         inflight = deque()
+        lost_reader: list[readers.ReaderDied] = []  # a reader process ended (said once)
         window = 2 * default_workers()
         progress = self.session.progress
         one_chunk = self.session.repo.config.chunker.min
@@ -318,7 +319,18 @@ class TreeBuilder:
         def collect() -> None:
             jobs, on_thread, in_reader = inflight.popleft()
             if in_reader is not None:
-                for job, read in zip(jobs, in_reader.result(), strict=True):
+                try:
+                    answers = in_reader.result()
+                except readers.ReaderDied as died:
+                    # Killed (the OOM killer...): nothing of the batch was stored, and the
+                    # pool takes no more; this batch is read here, the rest on threads.
+                    if not lost_reader:
+                        log.warning("mlvc: %s; reading its files in this process", died)
+                        lost_reader.append(died)
+                    for job in jobs:
+                        again(job)
+                    return
+                for job, read in zip(jobs, answers, strict=True):
                     if read is AGAIN:  # not read cleanly there
                         again(job)
                     else:

@@ -13,8 +13,9 @@ The workers are plain Python processes running :func:`serve`, speaking pickles o
 standard input and output (no ``multiprocessing``: it would import the caller's ``__main__``,
 a training script, in every worker). Each starts in a session of its own, so a Ctrl-C at the
 terminal reaches only the parent, which then stops them; a worker whose parent dies (even by
-``kill -9``) reads the end of its input and exits. A worker that dies fails its batch and the
-pool (:class:`ReaderDied`): the commit fails before anything is published.
+``kill -9``) reads the end of its input and exits. A worker that dies (killed, out of memory)
+fails its batch and the pool (:class:`ReaderDied`): nothing of those batches was stored, and
+the walk reads their files itself and the rest on its threads, with one warning.
 
 A file a worker cannot read cleanly (it changed during the read, vanished, grew, or any
 ``OSError``) comes back as :data:`AGAIN`: the parent reads it itself, with the full
@@ -242,8 +243,7 @@ class ReaderPool:
                 code = proc.poll()
                 why = f"exit status {code}" if code is not None else type(exc).__name__
                 self._broken = ReaderDied(
-                    f"a reader process (pid {proc.pid}) ended before answering ({why}); "
-                    "nothing was recorded, retry"
+                    f"a reader process (pid {proc.pid}) ended before answering ({why})"
                 )
                 future.set_exception(self._broken)
                 continue
