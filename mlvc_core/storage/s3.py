@@ -41,7 +41,7 @@ import errno
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any, cast
 from xml.etree import ElementTree
 
@@ -233,14 +233,20 @@ def delete_if(fs: Any, path: str, key: str, expected: str) -> None:
 
 
 def _timestamp(value: str) -> datetime:
-    """An S3 timestamp: ISO 8601 through ``datetime.fromisoformat`` (C), else botocore's parser."""
+    """An S3 timestamp, read as botocore reads it.
+
+    ISO 8601 with a zone through ``datetime.fromisoformat`` (C); anything else (another form,
+    or no zone, which botocore leaves naive) through botocore's own parser.
+    """
     try:
-        d = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        d: datetime | None = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
+        d = None
+    if d is None or d.tzinfo is None:
         from botocore.parsers import DEFAULT_TIMESTAMP_PARSER  # type: ignore[import-untyped]
 
         return cast(datetime, DEFAULT_TIMESTAMP_PARSER(value))
-    return d if d.tzinfo is not None else d.replace(tzinfo=timezone.utc)
+    return d
 
 
 _OBJECT_FIELDS: dict[str, Callable[[str], Any]] = {

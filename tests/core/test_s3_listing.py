@@ -365,6 +365,7 @@ _ONE = (
         PAGE.replace(b"<Key>p/a</Key>", b"<Key><![CDATA[p/<a>]]>&#x1F600;&amp;</Key>"),
         PAGE.replace(b"03:04:05.678Z", b"03:04:05.678+02:00"),
         PAGE.replace(b"2026-01-02T03:04:06Z", b"Fri, 02 Jan 2026 03:04:06 GMT"),
+        PAGE.replace(b"2026-01-02T03:04:06Z", b"2026-01-02T03:04:06"),
         PAGE.replace(b"<Size>12</Size>", b"<Size> 12 </Size>"),
         PAGE.replace(b"<ETag>&quot;e2&quot;</ETag>", b"<ETag/>"),
         PAGE.replace(
@@ -381,6 +382,7 @@ _ONE = (
         "escaped-key",
         "offset",
         "rfc822",
+        "no-zone",
         "padded-size",
         "empty-etag",
         "common-prefixes",
