@@ -394,13 +394,6 @@ class ChunkReads(PackIndex):
         costs one more request, not one per base. A hint: what fails here is read (and
         reported) again by :meth:`_apply_delta`. The bases are not hashed here: see there.
         """
-        found = self._bases_to_read(bases)
-        if not found:
-            return
         with contextlib.suppress(MlvcError):
-            for run in self.chunk_runs(found):
-                payloads = self._run_payloads(run)
-                if payloads is None:
-                    return
-                for (oid, loc), payload in zip(run, payloads, strict=True):
-                    self._bases.put((oid, False), self._decode(oid, loc, payload))
+            for oid, (loc, payload) in self._base_payloads(bases).items():
+                self._bases.put((oid, False), self._decode(oid, loc, payload))

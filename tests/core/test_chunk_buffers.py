@@ -16,7 +16,7 @@ from mlvc_core.packs import Location
 from mlvc_core.reader import ChunkedReader
 from mlvc_core.repository import Repository
 from mlvc_core.restore import checkout
-from tests.core.test_delta_reads import _flip_decodable
+from tests.core.test_delta_reads import _flip_decodable, damage_a_base
 from tests.core.test_deltas import commit_file, deltas, model
 
 LATEST = 3
@@ -159,13 +159,7 @@ def test_a_streamed_read_names_a_damaged_base(
     path = _damaged_copy(versions, tmp_path)
     chunks = versions[2]
     with Repository.open(path) as repo:
-        coded = deltas(repo)
-        oid = next(c for c in chunks if c in coded)
-        base = coded[oid].base
-        assert base is not None
-        loc = repo.index_entry(base)
-        assert loc is not None
-        _flip_decodable(repo, base, loc)
+        oid, base = damage_a_base(repo, chunks)
     with Repository.open(path) as fresh:
         with pytest.raises(IntegrityError, match=f"delta base is unreadable.*{base.hex()}") as e:
             for _ in fresh.stream_chunks(chunks):

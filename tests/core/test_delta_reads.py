@@ -55,6 +55,21 @@ def _flip_decodable(repo: Repository, oid: ObjectId, loc: Location) -> None:
     raise AssertionError("no decodable flip")
 
 
+def damage_a_base(repo: Repository, chunks: list[ObjectId]) -> tuple[ObjectId, ObjectId]:
+    """Damage the base of the first delta among ``chunks``; the delta's id and its base's.
+
+    The base still decodes, to other bytes.
+    """
+    coded = deltas(repo)
+    oid = next(c for c in chunks if c in coded)
+    base = coded[oid].base
+    assert base is not None
+    loc = repo.index_entry(base)
+    assert loc is not None
+    _flip_decodable(repo, base, loc)
+    return oid, base
+
+
 def test_a_clean_read_hashes_each_chunk_once_and_no_base(
     versions: tuple[Repository, ObjectId], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -77,14 +92,7 @@ def test_a_clean_read_hashes_each_chunk_once_and_no_base(
 
 def test_a_damaged_base_that_still_decodes_is_named(versions: tuple[Repository, ObjectId]) -> None:
     repo, cid = versions
-    chunks = _file_chunks(repo, cid)
-    coded = deltas(repo)
-    oid = next(c for c in chunks if c in coded)
-    base = coded[oid].base
-    assert base is not None
-    loc = repo.index_entry(base)
-    assert loc is not None
-    _flip_decodable(repo, base, loc)
+    oid, base = damage_a_base(repo, _file_chunks(repo, cid))
     fresh = Repository.open(repo.url)
     for _ in range(2):  # and again, with the decoded base cached by the first read
         with pytest.raises(IntegrityError, match=f"delta base is unreadable.*{base.hex()}") as e:
